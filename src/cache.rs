@@ -1,0 +1,126 @@
+//! The in-memory result cache: an LRU bounded in bytes.
+//!
+//! Keys are `v1|{image id}|{canonical spec}|q{quality}|{format token}`: image ids are never
+//! reused and originals never change, so a key names exactly one result. Entries carry the
+//! image's owner so bearer requests can be authorised on a hit without touching storage.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use lru::LruCache;
+
+use crate::options::OutputFormat;
+
+/// A cached transform result.
+#[derive(Debug, Clone)]
+pub struct CachedResult {
+    pub bytes: Bytes,
+    pub format: OutputFormat,
+    pub etag: String,
+    pub owner: String,
+    pub last_modified: SystemTime,
+}
+
+/// A byte-bounded LRU.
+pub struct MemoryCache {
+    // A std Mutex: held only for map operations, never across an `.await`.
+    inner: Mutex<Inner>,
+    capacity: u64,
+    max_item: u64,
+}
+
+struct Inner {
+    lru: LruCache<String, Arc<CachedResult>>,
+    bytes: u64,
+}
+
+/// Bookkeeping cost of an entry beyond its body.
+const ENTRY_OVERHEAD: u64 = 256;
+
+fn cost(key: &str, item: &CachedResult) -> u64 {
+    item.bytes.len() as u64 + key.len() as u64 + item.owner.len() as u64 + ENTRY_OVERHEAD
+}
+
+impl MemoryCache {
+    pub fn new(capacity: u64, max_item: u64) -> MemoryCache {
+        MemoryCache {
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            capacity,
+            max_item,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<CachedResult>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.lru.get(key).cloned()
+    }
+
+    /// Inserts unless the item is over the per-item cap; evicts least-recently-used entries
+    /// until the total fits. Returns whether the item was admitted.
+    pub fn insert(&self, key: String, item: Arc<CachedResult>) -> bool {
+        let size = cost(&key, &item);
+        if item.bytes.len() as u64 > self.max_item || size > self.capacity {
+            return false;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = inner.lru.pop(&key) {
+            inner.bytes -= cost(&key, &old);
+        }
+        while inner.bytes + size > self.capacity {
+            match inner.lru.pop_lru() {
+                Some((k, v)) => inner.bytes -= cost(&k, &v),
+                None => break,
+            }
+        }
+        inner.bytes += size;
+        inner.lru.put(key, item);
+        true
+    }
+
+    /// Bytes currently accounted.
+    pub fn bytes(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: usize) -> Arc<CachedResult> {
+        Arc::new(CachedResult {
+            bytes: Bytes::from(vec![0u8; n]),
+            format: OutputFormat::Png,
+            etag: "\"x\"".into(),
+            owner: "o".into(),
+            last_modified: SystemTime::UNIX_EPOCH,
+        })
+    }
+
+    #[test]
+    fn bounded_in_bytes_with_lru_eviction() {
+        let c = MemoryCache::new(3_000, 1_000);
+        assert!(c.insert("a".into(), item(900)));
+        assert!(c.insert("b".into(), item(900)));
+        assert!(c.get("a").is_some()); // a is now most recent
+        assert!(c.insert("c".into(), item(900)));
+        assert!(c.get("b").is_none(), "b was least recently used");
+        assert!(c.get("a").is_some() && c.get("c").is_some());
+        assert!(c.bytes() <= 3_000);
+        assert!(!c.insert("big".into(), item(1_001)), "over the item cap");
+        assert!(c.get("big").is_none());
+    }
+
+    #[test]
+    fn replacing_a_key_does_not_leak_accounting() {
+        let c = MemoryCache::new(10_000, 5_000);
+        for _ in 0..10 {
+            c.insert("k".into(), item(1_000));
+        }
+        assert_eq!(c.bytes(), 1_000 + 1 + 1 + ENTRY_OVERHEAD);
+    }
+}

@@ -1,0 +1,883 @@
+//! Typed configuration: defaults in code → TOML file → `PIXGATE__SECTION__KEY` environment.
+//!
+//! Every key has a default here (an empty string means "unset"), so the type of an environment
+//! override is always known from the default: strings stay strings even when they look like
+//! numbers, lists are comma-separated, and a key that does not exist is an error that names it.
+//! [`Config::validate`] runs at start and fails with the offending key named.
+//!
+//! With no file and no `PIXGATE__*` variable the server runs the *embedded default*: filesystem
+//! storage under `./data`, in-process limits, and development secrets (see [`DevSecrets`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "PIXGATE__";
+
+/// A configuration problem, naming the key and its environment variable.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}` ({env}): {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub env: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.to_owned(),
+            env: env_name(key),
+            message: message.into(),
+        }
+    }
+}
+
+/// `server.listen` → `PIXGATE__SERVER__LISTEN`.
+pub fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase())
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub signing: SigningConfig,
+    pub auth: AuthConfig,
+    pub redis: RedisConfig,
+    pub limits: LimitsConfig,
+    pub transform: TransformConfig,
+    pub cache: CacheConfig,
+    pub log: LogConfig,
+    /// True when neither a file nor an environment override was given.
+    #[serde(skip)]
+    pub embedded: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Separate listener for `/metrics`; empty means `/metrics` is served on `listen`.
+    pub metrics_listen: String,
+    /// CIDRs whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
+    pub max_connections: u64,
+    /// Time allowed for a client to send a complete request head (slowloris guard).
+    pub header_read_timeout_secs: u64,
+    /// Time allowed for a whole request, body and processing included.
+    pub request_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take before the process exits anyway.
+    pub shutdown_grace_secs: u64,
+    /// Body cap for every route except uploads (which use `limits.max_source_bytes`).
+    pub max_body_bytes: u64,
+    pub http2_max_concurrent_streams: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `fs` or `s3`.
+    pub backend: String,
+    pub fs_root: String,
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    pub s3_bucket: String,
+    pub s3_derived_bucket: String,
+    pub s3_force_path_style: bool,
+    /// Each storage operation is abandoned after this long.
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SigningConfig {
+    /// Hex keys, paired by position with `salts`; the first pair signs, every pair verifies.
+    pub keys: Vec<String>,
+    pub salts: Vec<String>,
+    pub signature_size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub jwt_hs256_secret: String,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub role_claim: String,
+    pub plan_claim: String,
+    pub leeway_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Empty: no Redis (in-process limits).
+    pub url: String,
+    pub timeout_ms: u64,
+    pub pool_size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Upload body cap and read cap for originals.
+    pub max_source_bytes: u64,
+    /// Pixel cap of a source image, checked from its header before any decode.
+    pub max_source_pixels: u64,
+    /// Pixel cap of a transform result.
+    pub max_result_pixels: u64,
+    /// Largest width or height a URL may ask for (libwebp's own ceiling is 16383).
+    pub max_result_dimension: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransformConfig {
+    /// Concurrent CPU transforms; 0 means one per core.
+    pub workers: u64,
+    /// Transforms allowed to wait for a worker before new ones get 503.
+    pub queue_len: u64,
+    pub default_quality: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Memory LRU budget in bytes of encoded results.
+    pub memory_bytes: u64,
+    /// Results larger than this are not kept in memory.
+    pub max_item_bytes: u64,
+    /// `max-age` of transform responses (never beyond a signed URL's `exp`).
+    pub max_age_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `pixgate=debug,info`.
+    pub level: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            metrics_listen: String::new(),
+            trusted_proxies: Vec::new(),
+            max_connections: 1024,
+            header_read_timeout_secs: 10,
+            request_timeout_secs: 30,
+            shutdown_grace_secs: 25,
+            max_body_bytes: 64 * 1024,
+            http2_max_concurrent_streams: 100,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: "fs".into(),
+            fs_root: "./data".into(),
+            s3_endpoint: String::new(),
+            s3_region: "us-east-1".into(),
+            s3_bucket: String::new(),
+            s3_derived_bucket: String::new(),
+            s3_force_path_style: false,
+            timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        SigningConfig {
+            keys: Vec::new(),
+            salts: Vec::new(),
+            signature_size: 32,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_hs256_secret: String::new(),
+            jwt_issuer: String::new(),
+            jwt_audience: String::new(),
+            role_claim: "role".into(),
+            plan_claim: "plan".into(),
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            timeout_ms: 250,
+            pool_size: 16,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_source_bytes: 25 * 1024 * 1024,
+            max_source_pixels: 50_000_000,
+            max_result_pixels: 40_000_000,
+            max_result_dimension: 16_383,
+        }
+    }
+}
+
+impl Default for TransformConfig {
+    fn default() -> Self {
+        TransformConfig {
+            workers: 0,
+            queue_len: 64,
+            default_quality: 80,
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            memory_bytes: 256 * 1024 * 1024,
+            max_item_bytes: 8 * 1024 * 1024,
+            max_age_secs: 31_536_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "pretty".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// Keys whose values are secrets: redacted by `check-config`, never logged.
+const SECRET_KEYS: &[&str] = &["signing.keys", "signing.salts", "auth.jwt_hs256_secret"];
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the `PIXGATE__*` entries of `env`.
+    /// Does not validate: call [`Config::validate`] (after dev secrets, if embedded).
+    pub fn load<I>(file: Option<&Path>, env: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let defaults = toml::Value::try_from(Config::default())
+            .map_err(|e| ConfigError::new("<defaults>", e.to_string()))?;
+        let mut merged = defaults.clone();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new("<file>", format!("cannot read {}: {e}", path.display()))
+            })?;
+            let table: toml::Table = toml::from_str(&text)
+                .map_err(|e| ConfigError::new("<file>", format!("{}: {e}", path.display())))?;
+            merge(&mut merged, toml::Value::Table(table));
+        }
+        let mut env_seen = false;
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        // Deterministic order, so a failing key is reported the same way every time.
+        overrides.sort();
+        for (name, raw) in overrides {
+            env_seen = true;
+            let path: Vec<String> = name[ENV_PREFIX.len()..]
+                .split("__")
+                .map(str::to_lowercase)
+                .collect();
+            let key = path.join(".");
+            if path.iter().any(String::is_empty) {
+                return Err(ConfigError::new(&key, format!("malformed variable {name}")));
+            }
+            let value = typed_env_value(&defaults, &path, &raw)?;
+            set_path(&mut merged, &path, value);
+        }
+        let mut config: Config = merged
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::new("<config>", e.message().to_owned()))?;
+        config.embedded = file.is_none() && !env_seen;
+        Ok(config)
+    }
+
+    /// Checks every key; the first problem is returned with the key named.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        s.listen
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::new("server.listen", format!("not address:port: {e}")))?;
+        if !s.metrics_listen.is_empty() {
+            s.metrics_listen.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::new("server.metrics_listen", format!("not address:port: {e}"))
+            })?;
+        }
+        for cidr in &s.trusted_proxies {
+            parse_cidr(cidr).map_err(|m| ConfigError::new("server.trusted_proxies", m))?;
+        }
+        positive("server.max_connections", s.max_connections)?;
+        positive("server.header_read_timeout_secs", s.header_read_timeout_secs)?;
+        positive("server.request_timeout_secs", s.request_timeout_secs)?;
+        positive("server.max_body_bytes", s.max_body_bytes)?;
+        positive(
+            "server.http2_max_concurrent_streams",
+            s.http2_max_concurrent_streams,
+        )?;
+
+        let st = &self.storage;
+        match st.backend.as_str() {
+            "fs" => {
+                if st.fs_root.is_empty() {
+                    return Err(ConfigError::new("storage.fs_root", "must not be empty"));
+                }
+            }
+            "s3" => {
+                for (key, v) in [
+                    ("storage.s3_region", &st.s3_region),
+                    ("storage.s3_bucket", &st.s3_bucket),
+                    ("storage.s3_derived_bucket", &st.s3_derived_bucket),
+                ] {
+                    if v.is_empty() {
+                        return Err(ConfigError::new(key, "required when storage.backend = s3"));
+                    }
+                }
+            }
+            other => {
+                return Err(ConfigError::new(
+                    "storage.backend",
+                    format!("`{other}` is not one of: fs, s3"),
+                ));
+            }
+        }
+        positive("storage.timeout_secs", st.timeout_secs)?;
+
+        let sg = &self.signing;
+        if sg.keys.is_empty() {
+            return Err(ConfigError::new(
+                "signing.keys",
+                "at least one hex key is required",
+            ));
+        }
+        if sg.keys.len() != sg.salts.len() {
+            return Err(ConfigError::new(
+                "signing.salts",
+                format!(
+                    "{} salts for {} keys: keys and salts pair by position",
+                    sg.salts.len(),
+                    sg.keys.len()
+                ),
+            ));
+        }
+        for (key, list) in [("signing.keys", &sg.keys), ("signing.salts", &sg.salts)] {
+            for (i, v) in list.iter().enumerate() {
+                match hex::decode(v) {
+                    Ok(b) if !b.is_empty() => {}
+                    _ => {
+                        return Err(ConfigError::new(
+                            key,
+                            format!("entry {i} is not non-empty hex"),
+                        ));
+                    }
+                }
+            }
+        }
+        if !(1..=32).contains(&sg.signature_size) {
+            return Err(ConfigError::new(
+                "signing.signature_size",
+                "must be between 1 and 32",
+            ));
+        }
+
+        let a = &self.auth;
+        if a.jwt_hs256_secret.len() < 32 {
+            return Err(ConfigError::new(
+                "auth.jwt_hs256_secret",
+                "at least 32 bytes are required for HS256 (RFC 7518 §3.2)",
+            ));
+        }
+        if !self.embedded {
+            if a.jwt_issuer.is_empty() {
+                return Err(ConfigError::new(
+                    "auth.jwt_issuer",
+                    "required outside the embedded default",
+                ));
+            }
+            if a.jwt_audience.is_empty() {
+                return Err(ConfigError::new(
+                    "auth.jwt_audience",
+                    "required outside the embedded default",
+                ));
+            }
+        }
+        if a.role_claim.is_empty() {
+            return Err(ConfigError::new("auth.role_claim", "must not be empty"));
+        }
+        if a.plan_claim.is_empty() {
+            return Err(ConfigError::new("auth.plan_claim", "must not be empty"));
+        }
+
+        let r = &self.redis;
+        if !r.url.is_empty() && !(r.url.starts_with("redis://") || r.url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::new(
+                "redis.url",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        positive("redis.timeout_ms", r.timeout_ms)?;
+        positive("redis.pool_size", r.pool_size)?;
+
+        let l = &self.limits;
+        positive("limits.max_source_bytes", l.max_source_bytes)?;
+        positive("limits.max_source_pixels", l.max_source_pixels)?;
+        positive("limits.max_result_pixels", l.max_result_pixels)?;
+        if !(1..=16_383).contains(&l.max_result_dimension) {
+            return Err(ConfigError::new(
+                "limits.max_result_dimension",
+                "must be between 1 and 16383 (the WebP ceiling)",
+            ));
+        }
+
+        let t = &self.transform;
+        if !(1..=100).contains(&t.default_quality) {
+            return Err(ConfigError::new(
+                "transform.default_quality",
+                "must be between 1 and 100",
+            ));
+        }
+
+        let c = &self.cache;
+        if c.max_item_bytes > c.memory_bytes {
+            return Err(ConfigError::new(
+                "cache.max_item_bytes",
+                "must not exceed cache.memory_bytes",
+            ));
+        }
+
+        match self.log.format.as_str() {
+            "pretty" | "json" => {}
+            other => {
+                return Err(ConfigError::new(
+                    "log.format",
+                    format!("`{other}` is not one of: pretty, json"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs development secrets (embedded default only).
+    pub fn apply_dev_secrets(&mut self, dev: &DevSecrets) {
+        self.signing.keys = vec![dev.signing_key.clone()];
+        self.signing.salts = vec![dev.signing_salt.clone()];
+        self.auth.jwt_hs256_secret = dev.jwt_secret.clone();
+    }
+
+    /// Number of CPU workers after resolving `0` to the core count.
+    pub fn workers(&self) -> usize {
+        match self.transform.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The effective configuration as TOML with secrets redacted.
+    pub fn redacted_toml(&self) -> String {
+        let mut value = match toml::Value::try_from(self) {
+            Ok(v) => v,
+            Err(e) => return format!("# cannot render config: {e}\n"),
+        };
+        for key in SECRET_KEYS {
+            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+            let redacted = match get_path(&value, &path) {
+                Some(toml::Value::String(s)) if !s.is_empty() => {
+                    Some(toml::Value::String("<redacted>".into()))
+                }
+                Some(toml::Value::Array(a)) => Some(toml::Value::Array(
+                    a.iter()
+                        .map(|_| toml::Value::String("<redacted>".into()))
+                        .collect(),
+                )),
+                _ => None,
+            };
+            if let Some(v) = redacted {
+                set_path(&mut value, &path, v);
+            }
+        }
+        // A Redis URL may carry a password.
+        let redis_path = ["redis".to_owned(), "url".to_owned()];
+        if let Some(toml::Value::String(url)) = get_path(&value, &redis_path) {
+            let clean = redact_url_password(url);
+            set_path(&mut value, &redis_path, toml::Value::String(clean));
+        }
+        toml::to_string_pretty(&value).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Secrets for the embedded default: random once, kept beside the data so `pixgate sign` and
+/// `pixgate token` agree with the running server. Never well-known constants, so an embedded
+/// default accidentally exposed is not trivially forgeable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevSecrets {
+    pub signing_key: String,
+    pub signing_salt: String,
+    pub jwt_secret: String,
+}
+
+impl DevSecrets {
+    /// Path of the secrets file under the filesystem root (outside every bucket directory).
+    pub fn path(fs_root: &str) -> PathBuf {
+        Path::new(fs_root).join(".pixgate-dev-secrets.json")
+    }
+
+    /// Reads the secrets file, creating it (mode 0600) with fresh random values if absent.
+    /// Start-up code: blocking I/O is fine here.
+    pub fn load_or_create(fs_root: &str) -> std::io::Result<DevSecrets> {
+        let path = Self::path(fs_root);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(fs_root)?;
+                let secrets = DevSecrets {
+                    signing_key: hex::encode(random_bytes::<32>()?),
+                    signing_salt: hex::encode(random_bytes::<16>()?),
+                    jwt_secret: hex::encode(random_bytes::<32>()?),
+                };
+                let json = serde_json::to_vec_pretty(&secrets).map_err(std::io::Error::other)?;
+                write_private(&path, &json)?;
+                Ok(secrets)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(b)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
+
+/// Parses `a.b.c.d/n` or `::1/128`; a bare address means a single host.
+pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(net);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("`{s}` is not a CIDR or IP address"))
+}
+
+fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        Err(ConfigError::new(key, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+fn redact_url_password(url: &str) -> String {
+    // scheme://user:password@host → scheme://user:<redacted>@host
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.find('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    format!(
+        "{}://{}:<redacted>@{}",
+        &url[..scheme_end],
+        user,
+        &rest[at + 1..]
+    )
+}
+
+/// Deep-merges `overlay` into `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Value, overlay: toml::Value) {
+    match (base, overlay) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn get_path<'a>(v: &'a toml::Value, path: &[String]) -> Option<&'a toml::Value> {
+    path.iter().try_fold(v, |cur, seg| cur.get(seg.as_str()))
+}
+
+fn set_path(root: &mut toml::Value, path: &[String], value: toml::Value) {
+    let mut cur = root;
+    for (i, seg) in path.iter().enumerate() {
+        let toml::Value::Table(t) = cur else { return };
+        if i + 1 == path.len() {
+            t.insert(seg.clone(), value);
+            return;
+        }
+        cur = t
+            .entry(seg.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    }
+}
+
+/// Converts an environment string to the type of the key's default.
+fn typed_env_value(
+    defaults: &toml::Value,
+    path: &[String],
+    raw: &str,
+) -> Result<toml::Value, ConfigError> {
+    let key = path.join(".");
+    let Some(default) = get_path(defaults, path) else {
+        return Err(ConfigError::new(&key, "unknown configuration key"));
+    };
+    let bad = |what: &str| ConfigError::new(&key, format!("`{raw}` is not {what}"));
+    Ok(match default {
+        toml::Value::String(_) => toml::Value::String(raw.to_owned()),
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?)
+        }
+        toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => return Err(bad("true or false")),
+        }),
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+        toml::Value::Table(_) => return Err(ConfigError::new(&key, "is a section, not a key")),
+        toml::Value::Datetime(_) => toml::Value::String(raw.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn valid_env() -> Vec<(String, String)> {
+        env(&[
+            ("PIXGATE__SIGNING__KEYS", "736563726574"),
+            ("PIXGATE__SIGNING__SALTS", "68656C6C6F"),
+            (
+                "PIXGATE__AUTH__JWT_HS256_SECRET",
+                "0123456789abcdef0123456789abcdef",
+            ),
+            ("PIXGATE__AUTH__JWT_ISSUER", "https://idp.example"),
+            ("PIXGATE__AUTH__JWT_AUDIENCE", "pixgate"),
+        ])
+    }
+
+    #[test]
+    fn no_file_and_no_env_is_the_embedded_default() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert!(c.embedded);
+        assert_eq!(c.storage.backend, "fs");
+        assert_eq!(c.storage.fs_root, "./data");
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        // Without dev secrets it is not valid yet.
+        assert_eq!(c.validate().unwrap_err().key, "signing.keys");
+    }
+
+    #[test]
+    fn env_overrides_are_typed_by_the_default() {
+        let mut e = valid_env();
+        e.retain(|(k, _)| k != "PIXGATE__AUTH__JWT_AUDIENCE");
+        e.extend(env(&[
+            ("PIXGATE__SERVER__MAX_CONNECTIONS", "7"),
+            ("PIXGATE__STORAGE__S3_FORCE_PATH_STYLE", "true"),
+            // A string key keeps a numeric-looking value as a string.
+            ("PIXGATE__AUTH__JWT_AUDIENCE", "12345"),
+            ("PIXGATE__SERVER__TRUSTED_PROXIES", "10.0.0.0/8, ::1"),
+            ("OTHER_VAR", "ignored"),
+        ]));
+        let c = Config::load(None, e).unwrap();
+        assert!(!c.embedded);
+        assert_eq!(c.server.max_connections, 7);
+        assert!(c.storage.s3_force_path_style);
+        assert_eq!(c.auth.jwt_audience, "12345");
+        assert_eq!(c.server.trusted_proxies, vec!["10.0.0.0/8", "::1"]);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_env_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"127.0.0.1:9000\"\nmax_connections = 5\n",
+        )
+        .unwrap();
+        let mut e = valid_env();
+        e.push(("PIXGATE__SERVER__MAX_CONNECTIONS".into(), "6".into()));
+        let c = Config::load(Some(&path), e).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9000");
+        assert_eq!(c.server.max_connections, 6);
+        assert!(!c.embedded);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases: Vec<(&str, &str, &str)> = vec![
+            ("PIXGATE__SERVER__MAX_CONNECTIONS", "many", "server.max_connections"),
+            ("PIXGATE__SERVER__NOPE", "1", "server.nope"),
+            ("PIXGATE__SERVER__LISTEN", "localhost", "server.listen"),
+            ("PIXGATE__STORAGE__BACKEND", "ftp", "storage.backend"),
+            ("PIXGATE__SIGNING__SIGNATURE_SIZE", "33", "signing.signature_size"),
+            ("PIXGATE__SIGNING__SALTS", "aa,bb", "signing.salts"),
+            ("PIXGATE__SIGNING__KEYS", "zz", "signing.keys"),
+            ("PIXGATE__AUTH__JWT_HS256_SECRET", "short", "auth.jwt_hs256_secret"),
+            ("PIXGATE__AUTH__JWT_ISSUER", "", "auth.jwt_issuer"),
+            ("PIXGATE__SERVER__TRUSTED_PROXIES", "not-a-net", "server.trusted_proxies"),
+            ("PIXGATE__LOG__FORMAT", "xml", "log.format"),
+            ("PIXGATE__REDIS__URL", "http://x", "redis.url"),
+            ("PIXGATE__CACHE__MAX_ITEM_BYTES", "999999999999", "cache.max_item_bytes"),
+        ];
+        for (var, value, key) in cases {
+            let mut e = valid_env();
+            e.retain(|(k, _)| k != var);
+            e.push((var.to_owned(), value.to_owned()));
+            let err = Config::load(None, e).and_then(|c| c.validate().map(|_| c));
+            let err = err.expect_err(var);
+            assert_eq!(err.key, key, "{var}={value}: {err}");
+            assert!(err.to_string().contains(&env_name(key)), "{err}");
+        }
+        // s3 needs its buckets
+        let mut e = valid_env();
+        e.push(("PIXGATE__STORAGE__BACKEND".into(), "s3".into()));
+        let err = Config::load(None, e).unwrap().validate().unwrap_err();
+        assert_eq!(err.key, "storage.s3_bucket");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "[server]\nlisen = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path), Vec::new()).unwrap_err();
+        assert!(err.message.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn redaction_hides_every_secret() {
+        let mut e = valid_env();
+        e.push((
+            "PIXGATE__REDIS__URL".into(),
+            "redis://user:hunter2@localhost:6379/0".into(),
+        ));
+        let c = Config::load(None, e).unwrap();
+        let out = c.redacted_toml();
+        for secret in [
+            "736563726574",
+            "68656C6C6F",
+            "0123456789abcdef0123456789abcdef",
+            "hunter2",
+        ] {
+            assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+        }
+        assert!(out.contains("<redacted>"));
+        assert!(out.contains("localhost:6379"));
+    }
+
+    #[test]
+    fn dev_secrets_persist_and_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let a = DevSecrets::load_or_create(root).unwrap();
+        let b = DevSecrets::load_or_create(root).unwrap();
+        assert_eq!(a.jwt_secret, b.jwt_secret);
+        assert_eq!(a.jwt_secret.len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(DevSecrets::path(root))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let mut c = Config::load(None, Vec::new()).unwrap();
+        c.apply_dev_secrets(&a);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn sample_config_file_documents_every_key() {
+        let sample = include_str!("../config/pixgate.toml");
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let toml::Value::Table(sections) = defaults else {
+            panic!()
+        };
+        for (section, keys) in sections {
+            let toml::Value::Table(keys) = keys else {
+                continue;
+            };
+            for key in keys.keys() {
+                let full = format!("{section}.{key}");
+                assert!(
+                    sample.contains(&env_name(&full)),
+                    "config/pixgate.toml does not document {full}"
+                );
+            }
+        }
+        // And the sample itself parses into a config.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, sample).unwrap();
+        Config::load(Some(&path), Vec::new()).unwrap();
+    }
+}

@@ -1,0 +1,265 @@
+//! The one error type that reaches the HTTP layer.
+//!
+//! Every failure a client can see has a stable machine `code`, an HTTP status, a public message
+//! and a `category` (also a metric label). Internal detail (S3 error bodies, file paths, Redis
+//! messages) is carried for the log only and never rendered into a response: see
+//! [`Error::public_message`].
+
+use http::StatusCode;
+
+use crate::image::ImageError;
+use crate::storage::StorageError;
+
+/// Coarse error families, used as a low-cardinality metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    Client,
+    Auth,
+    NotFound,
+    Limit,
+    Overload,
+    Upstream,
+    Internal,
+}
+
+/// Everything that can go wrong while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid signature")]
+    InvalidSignature,
+    #[error("url expired")]
+    UrlExpired,
+    #[error("unknown option `{0}`")]
+    UnknownOption(String),
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    #[error("invalid source: {0}")]
+    InvalidSource(String),
+    #[error("unsupported output format `{0}`")]
+    UnsupportedFormat(String),
+    #[error("missing bearer token")]
+    MissingToken,
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    #[error("token expired")]
+    TokenExpired,
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    #[error("payload larger than {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("image has {width}x{height} pixels, more than the limit of {limit}")]
+    TooManyPixels { width: u32, height: u32, limit: u64 },
+    #[error("invalid image: {0}")]
+    InvalidImage(String),
+    #[error("requested result of {width}x{height} pixels is over the limit of {limit}")]
+    ResultTooLarge { width: u32, height: u32, limit: u64 },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("server overloaded")]
+    Overloaded,
+    #[error("request timed out")]
+    Timeout,
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::InvalidSignature | Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::UrlExpired => StatusCode::GONE,
+            Error::UnknownOption(_)
+            | Error::InvalidOption(_)
+            | Error::InvalidSource(_)
+            | Error::UnsupportedFormat(_)
+            | Error::ResultTooLarge { .. }
+            | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::MissingToken | Error::InvalidToken(_) | Error::TokenExpired => {
+                StatusCode::UNAUTHORIZED
+            }
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::TooManyPixels { .. } | Error::InvalidImage(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Error::Overloaded | Error::Timeout | Error::StorageUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code. Clients and tests match on these; never rename one.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidSignature => "invalid_signature",
+            Error::UrlExpired => "url_expired",
+            Error::UnknownOption(_) => "unknown_option",
+            Error::InvalidOption(_) => "invalid_option",
+            Error::InvalidSource(_) => "invalid_source",
+            Error::UnsupportedFormat(_) => "unsupported_format",
+            Error::MissingToken => "missing_token",
+            Error::InvalidToken(_) => "invalid_token",
+            Error::TokenExpired => "token_expired",
+            Error::Forbidden(_) => "forbidden",
+            Error::NotFound => "not_found",
+            Error::MethodNotAllowed(_) => "method_not_allowed",
+            Error::UnsupportedMediaType(_) => "unsupported_media_type",
+            Error::PayloadTooLarge { .. } => "payload_too_large",
+            Error::TooManyPixels { .. } => "too_many_pixels",
+            Error::InvalidImage(_) => "invalid_image",
+            Error::ResultTooLarge { .. } => "result_too_large",
+            Error::BadRequest(_) => "bad_request",
+            Error::Overloaded => "overloaded",
+            Error::Timeout => "timeout",
+            Error::StorageUnavailable(_) => "storage_unavailable",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The category, used as a metric label.
+    pub fn category(&self) -> Category {
+        match self {
+            Error::MissingToken
+            | Error::InvalidToken(_)
+            | Error::TokenExpired
+            | Error::InvalidSignature
+            | Error::Forbidden(_) => Category::Auth,
+            Error::NotFound => Category::NotFound,
+            Error::PayloadTooLarge { .. }
+            | Error::TooManyPixels { .. }
+            | Error::ResultTooLarge { .. } => Category::Limit,
+            Error::Overloaded | Error::Timeout => Category::Overload,
+            Error::StorageUnavailable(_) => Category::Upstream,
+            Error::Internal(_) => Category::Internal,
+            _ => Category::Client,
+        }
+    }
+
+    /// The message sent to the client. Client errors describe the client's own input;
+    /// server-side errors say nothing about internals.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::StorageUnavailable(_) => "storage temporarily unavailable".to_owned(),
+            Error::Internal(_) => "internal server error".to_owned(),
+            Error::InvalidToken(_) => "the access token is invalid".to_owned(),
+            Error::InvalidImage(_) => "the image could not be decoded".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Client => "client",
+            Category::Auth => "auth",
+            Category::NotFound => "not_found",
+            Category::Limit => "limit",
+            Category::Overload => "overload",
+            Category::Upstream => "upstream",
+            Category::Internal => "internal",
+        }
+    }
+}
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound => Error::NotFound,
+            // A stored object larger than the read cap is an operator problem, not the client's.
+            StorageError::TooLarge { limit } => {
+                Error::Internal(format!("stored object exceeds read cap of {limit} bytes"))
+            }
+            StorageError::Timeout => Error::StorageUnavailable("storage timed out".to_owned()),
+            StorageError::Backend(msg) => Error::StorageUnavailable(msg),
+            StorageError::InvalidKey(msg) => Error::Internal(format!("invalid object key: {msg}")),
+        }
+    }
+}
+
+impl From<ImageError> for Error {
+    fn from(e: ImageError) -> Self {
+        match e {
+            ImageError::UnknownFormat => {
+                Error::UnsupportedMediaType("not a JPEG, PNG, WebP or GIF image".to_owned())
+            }
+            ImageError::TooManyPixels {
+                width,
+                height,
+                limit,
+            } => Error::TooManyPixels {
+                width,
+                height,
+                limit,
+            },
+            ImageError::ResultTooLarge {
+                width,
+                height,
+                limit,
+            } => Error::ResultTooLarge {
+                width,
+                height,
+                limit,
+            },
+            ImageError::Corrupt(msg) => Error::InvalidImage(msg),
+            ImageError::Encode(msg) => Error::Internal(format!("encode failed: {msg}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_details_never_reach_the_public_message() {
+        let e = Error::StorageUnavailable("s3://secret-bucket/path: AccessDenied".into());
+        assert!(!e.public_message().contains("secret"));
+        let e = Error::Internal("/var/lib/pixgate/x: permission denied".into());
+        assert!(!e.public_message().contains("/var"));
+    }
+
+    #[test]
+    fn statuses_and_codes_are_stable() {
+        let cases: Vec<(Error, u16, &str)> = vec![
+            (Error::InvalidSignature, 403, "invalid_signature"),
+            (Error::UrlExpired, 410, "url_expired"),
+            (Error::UnknownOption("x".into()), 400, "unknown_option"),
+            (Error::MissingToken, 401, "missing_token"),
+            (Error::TokenExpired, 401, "token_expired"),
+            (Error::NotFound, 404, "not_found"),
+            (Error::PayloadTooLarge { limit: 1 }, 413, "payload_too_large"),
+            (
+                Error::UnsupportedMediaType("html".into()),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                Error::TooManyPixels {
+                    width: 1,
+                    height: 1,
+                    limit: 0,
+                },
+                422,
+                "too_many_pixels",
+            ),
+            (Error::Overloaded, 503, "overloaded"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!(e.status().as_u16(), status, "{e:?}");
+            assert_eq!(e.code(), code);
+        }
+    }
+}

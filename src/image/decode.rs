@@ -1,0 +1,149 @@
+//! Full decoders, normalising every source to 8-bit RGB or RGBA.
+//!
+//! JPEG: zune-jpeg (memory-safe Rust) in strict mode, so a truncated or corrupt stream is an
+//! error rather than a grey-filled picture. PNG: the `png` crate (palette, 16-bit, grey, alpha,
+//! interlace expanded). WebP: libwebp through the `webp` crate. GIF: the first frame composited
+//! on a transparent canvas. Callers must have checked [`super::ImageLimits`] on the [`Probe`]
+//! first; the decoders are additionally given the probed size so a stream cannot grow past it.
+
+use std::io::Cursor;
+
+use super::{Bitmap, ImageError, ImageFormat, Probe};
+
+/// Decodes `bytes`, whose header was probed as `probe`.
+pub fn decode(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
+    let bitmap = match probe.format {
+        ImageFormat::Jpeg => jpeg(bytes, probe)?,
+        ImageFormat::Png => png(bytes, probe)?,
+        ImageFormat::Webp => webp(bytes)?,
+        ImageFormat::Gif => gif(bytes, probe)?,
+    };
+    if (bitmap.width, bitmap.height) != (probe.width, probe.height) {
+        return Err(ImageError::Corrupt(
+            "decoded size differs from the header".into(),
+        ));
+    }
+    let expected = bitmap.width as usize * bitmap.height as usize * usize::from(bitmap.channels);
+    if bitmap.data.len() != expected {
+        return Err(ImageError::Corrupt("short pixel buffer".into()));
+    }
+    Ok(bitmap)
+}
+
+fn corrupt(e: impl std::fmt::Display) -> ImageError {
+    ImageError::Corrupt(e.to_string())
+}
+
+fn jpeg(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(probe.width as usize)
+        .set_max_height(probe.height as usize)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    let data = decoder.decode().map_err(corrupt)?;
+    let (w, h) = decoder
+        .dimensions()
+        .ok_or_else(|| corrupt("no dimensions"))?;
+    Ok(Bitmap {
+        width: u32::try_from(w).map_err(corrupt)?,
+        height: u32::try_from(h).map_err(corrupt)?,
+        channels: 3,
+        data,
+    })
+}
+
+fn png(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
+    let mut decoder = png::Decoder::new(Cursor::new(bytes));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    // Bound the decoder's own allocations to the probed size (RGBA at 16 bits, plus slack).
+    let limit = (probe.width as usize)
+        .saturating_mul(probe.height as usize)
+        .saturating_mul(8)
+        .saturating_add(1 << 20);
+    decoder.set_limits(png::Limits { bytes: limit });
+    let mut reader = decoder.read_info().map_err(corrupt)?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| corrupt("image too large for this platform"))?;
+    let mut buf = vec![0u8; size];
+    let info = reader.next_frame(&mut buf).map_err(corrupt)?;
+    buf.truncate(info.buffer_size());
+    let (channels, data) = match info.color_type {
+        png::ColorType::Rgb => (3, buf),
+        png::ColorType::Rgba => (4, buf),
+        png::ColorType::Grayscale => (3, buf.iter().flat_map(|&g| [g, g, g]).collect()),
+        png::ColorType::GrayscaleAlpha => (
+            4,
+            buf.chunks_exact(2)
+                .flat_map(|p| [p[0], p[0], p[0], p[1]])
+                .collect(),
+        ),
+        png::ColorType::Indexed => return Err(corrupt("palette was not expanded")),
+    };
+    Ok(Bitmap {
+        width: info.width,
+        height: info.height,
+        channels,
+        data,
+    })
+}
+
+fn webp(bytes: &[u8]) -> Result<Bitmap, ImageError> {
+    let img = webp::Decoder::new(bytes)
+        .decode()
+        .ok_or_else(|| corrupt("invalid or animated WebP"))?;
+    Ok(Bitmap {
+        width: img.width(),
+        height: img.height(),
+        channels: if img.is_alpha() { 4 } else { 3 },
+        data: img.to_vec(),
+    })
+}
+
+fn gif(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
+    let mut options = gif::DecodeOptions::new();
+    options.set_color_output(gif::ColorOutput::RGBA);
+    let canvas_bytes = (probe.width as usize)
+        .saturating_mul(probe.height as usize)
+        .saturating_mul(4);
+    let budget = (canvas_bytes as u64).saturating_add(1 << 16);
+    options.set_memory_limit(match std::num::NonZeroU64::new(budget) {
+        Some(n) => gif::MemoryLimit::Bytes(n),
+        None => gif::MemoryLimit::Unlimited,
+    });
+    let mut decoder = options.read_info(Cursor::new(bytes)).map_err(corrupt)?;
+    let (w, h) = (
+        u32::from(decoder.width()),
+        u32::from(decoder.height()),
+    );
+    let frame = decoder
+        .read_next_frame()
+        .map_err(corrupt)?
+        .ok_or_else(|| corrupt("GIF has no frames"))?;
+    // Composite the first frame onto a transparent canvas of the logical screen size.
+    let mut data = vec![0u8; canvas_bytes];
+    let (fx, fy) = (usize::from(frame.left), usize::from(frame.top));
+    let (fw, fh) = (usize::from(frame.width), usize::from(frame.height));
+    let cw = w as usize;
+    for row in 0..fh {
+        let y = fy + row;
+        if y >= h as usize {
+            break;
+        }
+        let visible = fw.min(cw.saturating_sub(fx));
+        let src = &frame.buffer[row * fw * 4..(row * fw + visible) * 4];
+        let dst_start = (y * cw + fx) * 4;
+        data[dst_start..dst_start + visible * 4].copy_from_slice(src);
+    }
+    Ok(Bitmap {
+        width: w,
+        height: h,
+        channels: 4,
+        data,
+    })
+}

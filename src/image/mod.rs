@@ -1,0 +1,131 @@
+//! The image engine: bytes + spec in, bytes + metadata out.
+//!
+//! Invariants: no I/O, no HTTP, no clock, no globals. Every source is probed from its header
+//! ([`probe`]) and checked against [`ImageLimits`] *before* any pixel is decoded, so a
+//! decompression bomb costs a few header bytes. Outputs carry pixels only: no EXIF, GPS, XMP or
+//! ICC from the source survives (the encoders are never given any).
+//!
+//! Code map: `probe` (format sniffing, header dimensions, EXIF orientation) → `decode` →
+//! `geometry` (what to crop and how big, in oriented coordinates) → `resize`
+//! (fast_image_resize, Lanczos3) → `orient` → `encode`; `pipeline` strings them together.
+
+mod decode;
+mod encode;
+mod exif;
+mod geometry;
+mod orient;
+mod pipeline;
+mod probe;
+
+pub use decode::decode;
+pub use geometry::{Geometry, plan};
+pub use pipeline::{Encoded, transform, validate_upload};
+pub use probe::{Probe, probe, sniff};
+
+/// Source formats pixgate accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Jpeg,
+    Png,
+    Webp,
+    Gif,
+}
+
+impl ImageFormat {
+    pub fn mime(self) -> &'static str {
+        match self {
+            ImageFormat::Jpeg => "image/jpeg",
+            ImageFormat::Png => "image/png",
+            ImageFormat::Webp => "image/webp",
+            ImageFormat::Gif => "image/gif",
+        }
+    }
+
+    /// Maps a declared media type (parameters ignored, case-insensitive) to a format.
+    pub fn from_mime(mime: &str) -> Option<ImageFormat> {
+        let essence = mime.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        match essence.as_str() {
+            "image/jpeg" | "image/jpg" | "image/pjpeg" => Some(ImageFormat::Jpeg),
+            "image/png" => Some(ImageFormat::Png),
+            "image/webp" => Some(ImageFormat::Webp),
+            "image/gif" => Some(ImageFormat::Gif),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Jpeg => "jpeg",
+            ImageFormat::Png => "png",
+            ImageFormat::Webp => "webp",
+            ImageFormat::Gif => "gif",
+        }
+    }
+}
+
+/// Limits checked before work is done.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageLimits {
+    pub max_source_pixels: u64,
+    pub max_result_pixels: u64,
+    pub max_result_dimension: u32,
+}
+
+/// Decoded pixels, 8 bits per channel, RGB (3) or RGBA (4, not premultiplied).
+#[derive(Debug, Clone)]
+pub struct Bitmap {
+    pub width: u32,
+    pub height: u32,
+    pub channels: u8,
+    pub data: Vec<u8>,
+}
+
+/// What can go wrong inside the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("not a JPEG, PNG, WebP or GIF image")]
+    UnknownFormat,
+    #[error("{width}x{height} is more than {limit} pixels")]
+    TooManyPixels { width: u32, height: u32, limit: u64 },
+    #[error("result {width}x{height} is over the limit of {limit} pixels")]
+    ResultTooLarge { width: u32, height: u32, limit: u64 },
+    #[error("corrupt image: {0}")]
+    Corrupt(String),
+    #[error("encode failed: {0}")]
+    Encode(String),
+}
+
+impl ImageLimits {
+    /// Refuses a source whose header claims too many pixels.
+    pub fn check_source(&self, width: u32, height: u32) -> Result<(), ImageError> {
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > self.max_source_pixels {
+            return Err(ImageError::TooManyPixels {
+                width,
+                height,
+                limit: self.max_source_pixels,
+            });
+        }
+        if width == 0 || height == 0 {
+            return Err(ImageError::Corrupt("zero-sized image".into()));
+        }
+        Ok(())
+    }
+
+    /// Refuses a result that would be too large.
+    pub fn check_result(&self, width: u32, height: u32) -> Result<(), ImageError> {
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > self.max_result_pixels
+            || width > self.max_result_dimension
+            || height > self.max_result_dimension
+        {
+            return Err(ImageError::ResultTooLarge {
+                width,
+                height,
+                limit: self.max_result_pixels,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,292 @@
+//! Format sniffing and header-only probing: dimensions and EXIF orientation without decoding.
+//!
+//! The probe reads container structure only (JPEG markers, PNG chunks, RIFF chunks, the GIF
+//! screen descriptor), bounded by the input length, so limits can be enforced before a decoder
+//! allocates anything.
+
+use super::{ImageError, ImageFormat, exif};
+
+/// What the header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+    /// EXIF orientation 1..=8 (1 when absent).
+    pub orientation: u8,
+}
+
+impl Probe {
+    /// Dimensions after applying the orientation (5..=8 swap width and height).
+    pub fn oriented_dimensions(&self) -> (u32, u32) {
+        if self.orientation >= 5 {
+            (self.height, self.width)
+        } else {
+            (self.width, self.height)
+        }
+    }
+}
+
+/// Identifies the format from magic bytes alone.
+pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(ImageFormat::Jpeg)
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(ImageFormat::Png)
+    } else if bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        Some(ImageFormat::Webp)
+    } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+        Some(ImageFormat::Gif)
+    } else {
+        None
+    }
+}
+
+/// Reads format, dimensions and orientation from the header.
+pub fn probe(bytes: &[u8]) -> Result<Probe, ImageError> {
+    let format = sniff(bytes).ok_or(ImageError::UnknownFormat)?;
+    let (width, height, orientation) = match format {
+        ImageFormat::Jpeg => jpeg(bytes),
+        ImageFormat::Png => png(bytes),
+        ImageFormat::Webp => webp(bytes),
+        ImageFormat::Gif => gif(bytes),
+    }
+    .ok_or_else(|| ImageError::Corrupt(format!("unreadable {} header", format.as_str())))?;
+    Ok(Probe {
+        format,
+        width,
+        height,
+        orientation,
+    })
+}
+
+fn be16(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(off)?, *b.get(off + 1)?]))
+}
+
+fn be32(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(off..off + 4)?.try_into().ok()?))
+}
+
+fn le16(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_le_bytes([*b.get(off)?, *b.get(off + 1)?]))
+}
+
+fn le24(b: &[u8], off: usize) -> Option<u32> {
+    let s = b.get(off..off + 3)?;
+    Some(u32::from(s[0]) | u32::from(s[1]) << 8 | u32::from(s[2]) << 16)
+}
+
+fn le32(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
+}
+
+fn jpeg(b: &[u8]) -> Option<(u32, u32, u8)> {
+    let mut pos = 2;
+    let mut orientation = 1;
+    loop {
+        if *b.get(pos)? != 0xFF {
+            return None;
+        }
+        // Fill bytes: any number of 0xFF before the marker code.
+        while *b.get(pos)? == 0xFF {
+            pos += 1;
+        }
+        let marker = *b.get(pos)?;
+        pos += 1;
+        match marker {
+            0xD8 | 0x01 | 0xD0..=0xD7 => continue,
+            0xD9 | 0xDA => return None, // end of image or scan before any frame header
+            _ => {}
+        }
+        let len = usize::from(be16(b, pos)?);
+        if len < 2 {
+            return None;
+        }
+        let seg = b.get(pos + 2..pos + len)?;
+        match marker {
+            0xE1 if seg.starts_with(b"Exif\0\0") => orientation = exif::orientation(&seg[6..]),
+            0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
+                let height = u32::from(be16(seg, 1)?);
+                let width = u32::from(be16(seg, 3)?);
+                return Some((width, height, orientation));
+            }
+            _ => {}
+        }
+        pos += len;
+    }
+}
+
+fn png(b: &[u8]) -> Option<(u32, u32, u8)> {
+    // IHDR must be the first chunk.
+    if be32(b, 8)? != 13 || b.get(12..16)? != b"IHDR" {
+        return None;
+    }
+    let width = be32(b, 16)?;
+    let height = be32(b, 20)?;
+    if width > i32::MAX as u32 || height > i32::MAX as u32 {
+        return None;
+    }
+    // Look for eXIf before the image data.
+    let mut pos = 8usize;
+    let mut orientation = 1;
+    while let (Some(len), Some(kind)) = (be32(b, pos), b.get(pos + 4..pos + 8)) {
+        let len = usize::try_from(len).ok()?;
+        let data_start = pos + 8;
+        let data_end = data_start.checked_add(len)?;
+        if kind == b"IDAT" || kind == b"IEND" {
+            break;
+        }
+        if kind == b"eXIf" {
+            orientation = exif::orientation(b.get(data_start..data_end)?);
+            break;
+        }
+        pos = data_end.checked_add(4)?; // skip CRC
+    }
+    Some((width, height, orientation))
+}
+
+fn webp(b: &[u8]) -> Option<(u32, u32, u8)> {
+    let chunk = b.get(12..16)?;
+    match chunk {
+        b"VP8 " => {
+            // Frame tag (3 bytes) then the start code 9D 01 2A, then 14-bit dimensions.
+            if b.get(23..26)? != [0x9D, 0x01, 0x2A] {
+                return None;
+            }
+            let w = u32::from(le16(b, 26)? & 0x3FFF);
+            let h = u32::from(le16(b, 28)? & 0x3FFF);
+            Some((w, h, 1))
+        }
+        b"VP8L" => {
+            if *b.get(20)? != 0x2F {
+                return None;
+            }
+            let bits = le32(b, 21)?;
+            let w = (bits & 0x3FFF) + 1;
+            let h = ((bits >> 14) & 0x3FFF) + 1;
+            Some((w, h, 1))
+        }
+        b"VP8X" => {
+            let w = le24(b, 24)? + 1;
+            let h = le24(b, 27)? + 1;
+            // Walk the remaining chunks for EXIF.
+            let mut pos = 12usize;
+            let mut orientation = 1;
+            while let (Some(kind), Some(len)) = (b.get(pos..pos + 4), le32(b, pos + 4)) {
+                let len = usize::try_from(len).ok()?;
+                let start = pos + 8;
+                let end = start.checked_add(len)?;
+                if kind == b"EXIF" {
+                    let data = b.get(start..end)?;
+                    // Some writers keep the JPEG-style "Exif\0\0" prefix.
+                    let tiff = data.strip_prefix(b"Exif\0\0").unwrap_or(data);
+                    orientation = exif::orientation(tiff);
+                    break;
+                }
+                pos = end.checked_add(len & 1)?; // chunks are padded to even sizes
+            }
+            Some((w, h, orientation))
+        }
+        _ => None,
+    }
+}
+
+fn gif(b: &[u8]) -> Option<(u32, u32, u8)> {
+    Some((u32::from(le16(b, 6)?), u32::from(le16(b, 8)?), 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::exif::tests::tiff_with_orientation;
+    use super::*;
+
+    fn png_header(w: u32, h: u32) -> Vec<u8> {
+        let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+        v.extend_from_slice(&13u32.to_be_bytes());
+        v.extend_from_slice(b"IHDR");
+        v.extend_from_slice(&w.to_be_bytes());
+        v.extend_from_slice(&h.to_be_bytes());
+        v.extend_from_slice(&[8, 2, 0, 0, 0]);
+        v.extend_from_slice(&[0, 0, 0, 0]); // CRC (not checked by the probe)
+        v
+    }
+
+    #[test]
+    fn sniffs_magic_bytes() {
+        assert_eq!(sniff(&[0xFF, 0xD8, 0xFF, 0xE0]), Some(ImageFormat::Jpeg));
+        assert_eq!(sniff(&png_header(1, 1)), Some(ImageFormat::Png));
+        assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Some(ImageFormat::Webp));
+        assert_eq!(sniff(b"GIF89a\x01\0\x01\0"), Some(ImageFormat::Gif));
+        assert_eq!(sniff(b"<!DOCTYPE html><html>"), None);
+        assert_eq!(sniff(b"RIFF\0\0\0\0WAVEfmt "), None);
+        assert_eq!(sniff(&[]), None);
+    }
+
+    #[test]
+    fn png_pixel_flood_header_is_read_without_decoding() {
+        let p = probe(&png_header(30_000, 30_000)).unwrap();
+        assert_eq!((p.width, p.height), (30_000, 30_000));
+    }
+
+    #[test]
+    fn jpeg_sof_and_exif_orientation() {
+        let mut v = vec![0xFF, 0xD8];
+        let tiff = tiff_with_orientation(6, false);
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(&tiff);
+        v.extend_from_slice(&[0xFF, 0xE1]);
+        v.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+        v.extend_from_slice(&app1);
+        // SOF0: length 17, precision 8, height 300, width 400, 3 components
+        v.extend_from_slice(&[0xFF, 0xFF, 0xC0, 0, 17, 8, 0x01, 0x2C, 0x01, 0x90, 3]);
+        v.extend_from_slice(&[0; 9]);
+        let p = probe(&v).unwrap();
+        assert_eq!((p.width, p.height, p.orientation), (400, 300, 6));
+        assert_eq!(p.oriented_dimensions(), (300, 400));
+    }
+
+    #[test]
+    fn truncated_or_garbled_headers_are_corrupt() {
+        let cases: Vec<Vec<u8>> = vec![
+            vec![0xFF, 0xD8, 0xFF],
+            vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, 1, 2],
+            vec![0xFF, 0xD8, 0xFF, 0xDA, 0, 2],
+            vec![0xFF, 0xD8, 0xFF, 0xC0, 0, 1],
+            png_header(1, 1)[..20].to_vec(),
+            b"RIFF\0\0\0\0WEBPVP8Z".to_vec(),
+            b"RIFF\0\0\0\0WEBPVP8 \0\0\0\0\0\0\0\0\0\0\0".to_vec(),
+            b"GIF89a\x01".to_vec(),
+        ];
+        for c in cases {
+            assert!(
+                matches!(probe(&c), Err(ImageError::Corrupt(_))),
+                "{c:?} → {:?}",
+                probe(&c)
+            );
+        }
+        assert!(matches!(probe(b"hello"), Err(ImageError::UnknownFormat)));
+    }
+
+    #[test]
+    fn webp_headers() {
+        // VP8L 5x7
+        let mut v = b"RIFF\0\0\0\0WEBPVP8L\0\0\0\0\x2F".to_vec();
+        let bits: u32 = 4 | (6 << 14);
+        v.extend_from_slice(&bits.to_le_bytes());
+        let p = probe(&v).unwrap();
+        assert_eq!((p.width, p.height), (5, 7));
+        // VP8X 1000x2000 with an EXIF chunk saying 8
+        let mut v = b"RIFF\0\0\0\0WEBPVP8X".to_vec();
+        v.extend_from_slice(&10u32.to_le_bytes());
+        v.extend_from_slice(&[0x08, 0, 0, 0]);
+        v.extend_from_slice(&(999u32.to_le_bytes()[..3]));
+        v.extend_from_slice(&(1999u32.to_le_bytes()[..3]));
+        let tiff = tiff_with_orientation(8, true);
+        v.extend_from_slice(b"EXIF");
+        v.extend_from_slice(&(tiff.len() as u32).to_le_bytes());
+        v.extend_from_slice(&tiff);
+        let p = probe(&v).unwrap();
+        assert_eq!((p.width, p.height, p.orientation), (1000, 2000, 8));
+    }
+}

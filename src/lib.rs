@@ -1,0 +1,34 @@
+//! pixgate — an on-the-fly image transform proxy that is safe to put on the internet.
+//!
+//! Code map (see `docs/architecture.md` for the full picture and invariants):
+//!
+//! - [`server`] accept loop, connection limit, timeouts, graceful shutdown
+//! - [`http`] routing, handlers, and `finish`, the single exit for every response
+//! - [`signature`] imgproxy-compatible HMAC URL signatures
+//! - [`options`] URL grammar → typed, bounded [`options::TransformSpec`]
+//! - [`auth`] bearer JWTs, principals and roles
+//! - [`catalog`] image records (original + metadata) over [`storage`]
+//! - [`storage`] the `ObjectStore` trait; `fs` and `s3` backends
+//! - [`cache`] the memory LRU of results
+//! - [`workers`] the bounded CPU pool
+//! - [`image`] pure image engine: probe, decode, resize, encode
+//! - [`config`], [`error`], [`metrics`], [`id`], [`app`] (wiring)
+//!
+//! Invariants: `image` does no I/O; nothing touches storage before a signature or token is
+//! verified; only `http` maps errors to statuses; a 2xx reports only completed durable writes.
+
+pub mod app;
+pub mod auth;
+pub mod cache;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod id;
+pub mod image;
+pub mod metrics;
+pub mod options;
+pub mod server;
+pub mod signature;
+pub mod storage;
+pub mod workers;

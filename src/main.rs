@@ -1,0 +1,258 @@
+//! The `pixgate` binary: `serve`, `sign`, `token`, `check-config`.
+//!
+//! Start-up code: errors are printed with the offending config key and the process exits
+//! non-zero. Nothing here runs on a request path.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use pixgate::app::App;
+use pixgate::auth::{Role, TokenRequest, mint_hs256};
+use pixgate::config::{Config, DevSecrets};
+use pixgate::http::Listener;
+use pixgate::options::{ParseLimits, parse_path};
+use pixgate::server;
+use pixgate::signature::Signer;
+
+#[derive(Parser)]
+#[command(name = "pixgate", version, about = "On-the-fly image transform proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the signed URL path for PATH, e.g. /rs:fit:300:300/f:webp/plain/IMAGE_ID.
+    Sign {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Adds an `exp:` option this far in the future (e.g. 1h, 30m, 7d).
+        #[arg(long)]
+        expires_in: Option<String>,
+        path: String,
+    },
+    /// Mint an HS256 JWT with the configured secret (development and tests).
+    Token {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        sub: String,
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Validate and print the effective configuration, secrets redacted.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Sign {
+            config,
+            expires_in,
+            path,
+        } => sign(config, expires_in, &path),
+        Command::Token {
+            config,
+            sub,
+            role,
+            plan,
+            ttl,
+        } => token(config, sub, &role, plan, &ttl),
+        Command::CheckConfig { config } => check_config(config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("pixgate: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Defaults → file → env; embedded default gets dev secrets; then validation.
+fn load_config(file: Option<PathBuf>) -> Result<Config, String> {
+    let mut config = Config::load(file.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+    if config.embedded {
+        let secrets = DevSecrets::load_or_create(&config.storage.fs_root).map_err(|e| {
+            format!(
+                "cannot read or create {}: {e}",
+                DevSecrets::path(&config.storage.fs_root).display()
+            )
+        })?;
+        config.apply_dev_secrets(&secrets);
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn check_config(file: Option<PathBuf>) -> Result<(), String> {
+    let config = load_config(file)?;
+    if config.embedded {
+        println!("# embedded default (no config file, no PIXGATE__* variables)");
+    }
+    print!("{}", config.redacted_toml());
+    Ok(())
+}
+
+fn sign(file: Option<PathBuf>, expires_in: Option<String>, path: &str) -> Result<(), String> {
+    let config = load_config(file)?;
+    if !path.starts_with('/') {
+        return Err("PATH must start with /".into());
+    }
+    let path = match expires_in {
+        Some(d) => {
+            let ttl = humantime::parse_duration(&d).map_err(|e| format!("--expires-in: {e}"))?;
+            let exp = SystemTime::now()
+                .checked_add(ttl)
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .ok_or("--expires-in is out of range")?
+                .as_secs();
+            format!("/exp:{exp}{path}")
+        }
+        None => path.to_owned(),
+    };
+    // Refuse to sign something the server would refuse to serve.
+    parse_path(
+        &path,
+        ParseLimits {
+            max_dimension: config.limits.max_result_dimension as u32,
+        },
+    )
+    .map_err(|e| format!("invalid path: {e}"))?;
+    let signer = Signer::from_hex(
+        &config.signing.keys,
+        &config.signing.salts,
+        config.signing.signature_size as usize,
+    )?;
+    println!("/{}{}", signer.sign(&path), path);
+    Ok(())
+}
+
+fn token(
+    file: Option<PathBuf>,
+    sub: String,
+    role: &str,
+    plan: Option<String>,
+    ttl: &str,
+) -> Result<(), String> {
+    let config = load_config(file)?;
+    let role = Role::parse(role).ok_or("--role must be viewer, editor or admin")?;
+    let ttl = humantime::parse_duration(ttl).map_err(|e| format!("--ttl: {e}"))?;
+    let t = mint_hs256(
+        &config.auth,
+        &TokenRequest {
+            sub,
+            role,
+            plan,
+            ttl_secs: ttl.as_secs(),
+        },
+    )?;
+    println!("{t}");
+    Ok(())
+}
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(file: Option<PathBuf>) -> Result<(), String> {
+    let config = load_config(file)?;
+    init_tracing(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    if config.embedded {
+        let secrets = DevSecrets::path(&config.storage.fs_root);
+        tracing::warn!(
+            secrets = %secrets.display(),
+            "EMBEDDED DEFAULT: development signing key and JWT secret in use; do not expose this server"
+        );
+        eprintln!(
+            "\n  !!! pixgate is running on the EMBEDDED DEFAULT with DEVELOPMENT SECRETS ({}).\n  !!! Do not expose it. Configure signing.keys, auth.jwt_hs256_secret, issuer and audience for real use.\n",
+            secrets.display()
+        );
+    }
+    let (listener, addr) = server::bind(&config.server.listen)
+        .await
+        .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
+    let metrics_listener = if config.server.metrics_listen.is_empty() {
+        None
+    } else {
+        Some(
+            server::bind(&config.server.metrics_listen)
+                .await
+                .map_err(|e| format!("server.metrics_listen {}: {e}", config.server.metrics_listen))?,
+        )
+    };
+    let app = Arc::new(App::build(config).await?);
+    tracing::info!(%addr, backend = app.store.backend(), "pixgate listening");
+    // A machine-readable line for scripts and the test harness (which may bind port 0).
+    println!("pixgate listening on http://{addr}");
+    if let Some((_, maddr)) = &metrics_listener {
+        println!("pixgate metrics on http://{maddr}");
+    }
+    let _ = std::io::stdout().flush();
+
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(server::serve(
+        listener,
+        app.clone(),
+        Listener::Main,
+        stop(rx.clone()),
+    )));
+    if let Some((l, _)) = metrics_listener {
+        tasks.push(tokio::spawn(server::serve(
+            l,
+            app.clone(),
+            Listener::Metrics,
+            stop(rx.clone()),
+        )));
+    }
+    server::shutdown_signal().await;
+    let _ = tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    // Blocking-pool jobs of abandoned requests must not hold the process open.
+    tracing::info!("pixgate stopped");
+    drop(app);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! Filesystem backend (the embedded default): `<root>/<bucket>/<key>`.
+//!
+//! Writes go to a dot-prefixed temporary file in the target directory, are fsynced, then
+//! renamed over the target (atomic on POSIX), and the directory is fsynced. Dot-prefixed names
+//! can never be [`ObjectKey`]s, so temporaries are invisible to `get` and `list`. All file I/O
+//! runs on the blocking pool.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{Bucket, ObjectKey, ObjectStore, StorageError, with_deadline};
+
+/// Stores objects as files under a root directory.
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    root: PathBuf,
+    timeout: Duration,
+}
+
+impl FsStore {
+    /// Creates the root and bucket directories if needed (start-up code).
+    pub fn new(root: impl Into<PathBuf>, timeout: Duration) -> std::io::Result<FsStore> {
+        let root = root.into();
+        for b in [Bucket::Originals, Bucket::Derived] {
+            std::fs::create_dir_all(root.join(b.as_str()))?;
+        }
+        Ok(FsStore { root, timeout })
+    }
+
+    fn path(&self, bucket: Bucket, key: &ObjectKey) -> PathBuf {
+        // Safe by construction: ObjectKey segments cannot be empty, `.`/`..`, or absolute.
+        self.root.join(bucket.as_str()).join(key.as_str())
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        with_deadline(self.timeout, async move {
+            tokio::task::spawn_blocking(f)
+                .await
+                .map_err(|e| StorageError::Backend(format!("blocking task: {e}")))?
+        })
+        .await
+    }
+}
+
+fn io_err(e: std::io::Error) -> StorageError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        StorageError::NotFound
+    } else {
+        StorageError::Backend(e.to_string())
+    }
+}
+
+fn write_atomic(path: &Path, body: &[u8]) -> Result<(), StorageError> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| StorageError::Backend("object path has no parent".into()))?;
+    std::fs::create_dir_all(dir).map_err(io_err)?;
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(|e| StorageError::Backend(e.to_string()))?;
+    let tmp = dir.join(format!(".tmp-{}", hex::encode(suffix)));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // Make the rename itself durable.
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io_err)
+}
+
+fn read_capped(path: &Path, max: u64) -> Result<Bytes, StorageError> {
+    let f = std::fs::File::open(path).map_err(io_err)?;
+    let meta = f.metadata().map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(StorageError::NotFound);
+    }
+    if meta.len() > max {
+        return Err(StorageError::TooLarge { limit: max });
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    // The file may grow between stat and read: never read past the cap.
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(io_err)?;
+    if buf.len() as u64 > max {
+        return Err(StorageError::TooLarge { limit: max });
+    }
+    Ok(Bytes::from(buf))
+}
+
+fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue; // temporaries
+        }
+        let path = entry.path();
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            walk(base, &path, out)?;
+        } else if ft.is_file()
+            && let Ok(rel) = path.strip_prefix(base)
+        {
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ObjectStore for FsStore {
+    async fn put(
+        &self,
+        bucket: Bucket,
+        key: &ObjectKey,
+        body: Bytes,
+        _content_type: &str,
+    ) -> Result<(), StorageError> {
+        let path = self.path(bucket, key);
+        self.blocking(move || write_atomic(&path, &body)).await
+    }
+
+    async fn get(
+        &self,
+        bucket: Bucket,
+        key: &ObjectKey,
+        max_bytes: u64,
+    ) -> Result<Bytes, StorageError> {
+        let path = self.path(bucket, key);
+        self.blocking(move || read_capped(&path, max_bytes)).await
+    }
+
+    async fn delete(&self, bucket: Bucket, key: &ObjectKey) -> Result<(), StorageError> {
+        let path = self.path(bucket, key);
+        self.blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(e)),
+        })
+        .await
+    }
+
+    async fn list(&self, bucket: Bucket, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
+        let base = self.root.join(bucket.as_str());
+        let prefix = prefix.to_owned();
+        self.blocking(move || {
+            // Walk only the deepest directory the prefix names fully.
+            let dir_part = prefix.rsplit_once('/').map_or("", |(d, _)| d);
+            let start = if dir_part.is_empty() {
+                base.clone()
+            } else {
+                base.join(ObjectKey::new(dir_part)?.as_str())
+            };
+            let mut names = Vec::new();
+            walk(&base, &start, &mut names).map_err(io_err)?;
+            let mut keys: Vec<ObjectKey> = names
+                .into_iter()
+                .filter(|n| n.starts_with(&prefix))
+                .filter_map(|n| ObjectKey::new(n).ok())
+                .collect();
+            keys.sort();
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        let root = self.root.clone();
+        self.blocking(move || {
+            for b in [Bucket::Originals, Bucket::Derived] {
+                let m = std::fs::metadata(root.join(b.as_str())).map_err(io_err)?;
+                if !m.is_dir() || m.permissions().readonly() {
+                    return Err(StorageError::Backend(format!(
+                        "{} is not a writable directory",
+                        b.as_str()
+                    )));
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    fn backend(&self) -> &'static str {
+        "fs"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, FsStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStore::new(dir.path(), Duration::from_secs(5)).unwrap();
+        (dir, s)
+    }
+
+    fn key(s: &str) -> ObjectKey {
+        ObjectKey::new(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn put_get_list_delete() {
+        let (_d, s) = store();
+        let k = key("images/abc/original");
+        s.put(Bucket::Originals, &k, Bytes::from_static(b"hello"), "x")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get(Bucket::Originals, &k, 100).await.unwrap(),
+            &b"hello"[..]
+        );
+        // Buckets are separate namespaces.
+        assert!(matches!(
+            s.get(Bucket::Derived, &k, 100).await,
+            Err(StorageError::NotFound)
+        ));
+        s.put(Bucket::Originals, &key("images/abc/meta.json"), Bytes::new(), "x")
+            .await
+            .unwrap();
+        s.put(Bucket::Originals, &key("images/abd/meta.json"), Bytes::new(), "x")
+            .await
+            .unwrap();
+        let listed = s.list(Bucket::Originals, "images/abc/").await.unwrap();
+        assert_eq!(listed, vec![key("images/abc/meta.json"), k.clone()]);
+        assert_eq!(s.list(Bucket::Originals, "images/ab").await.unwrap().len(), 3);
+        assert!(s.list(Bucket::Originals, "nothing/").await.unwrap().is_empty());
+        s.delete(Bucket::Originals, &k).await.unwrap();
+        s.delete(Bucket::Originals, &k).await.unwrap(); // idempotent
+        assert!(matches!(
+            s.get(Bucket::Originals, &k, 100).await,
+            Err(StorageError::NotFound)
+        ));
+    }
+
+    #[tokio::test]
+    async fn reads_are_capped() {
+        let (_d, s) = store();
+        let k = key("big");
+        s.put(Bucket::Originals, &k, Bytes::from(vec![0u8; 1000]), "x")
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.get(Bucket::Originals, &k, 999).await,
+            Err(StorageError::TooLarge { limit: 999 })
+        ));
+        assert_eq!(s.get(Bucket::Originals, &k, 1000).await.unwrap().len(), 1000);
+    }
+
+    #[tokio::test]
+    async fn overwrite_is_atomic_and_leaves_no_temporaries() {
+        let (d, s) = store();
+        let k = key("a/b");
+        for i in 0..5u8 {
+            s.put(Bucket::Originals, &k, Bytes::from(vec![i; 64]), "x")
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.get(Bucket::Originals, &k, 64).await.unwrap()[0], 4);
+        let names: Vec<_> = std::fs::read_dir(d.path().join("originals/a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["b"]);
+    }
+
+    #[tokio::test]
+    async fn directories_are_not_objects() {
+        let (_d, s) = store();
+        s.put(Bucket::Originals, &key("dir/file"), Bytes::new(), "x")
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.get(Bucket::Originals, &key("dir"), 10).await,
+            Err(StorageError::NotFound)
+        ));
+        s.check().await.unwrap();
+    }
+}

@@ -1,0 +1,207 @@
+//! S3 backend (AWS S3, Garage, MinIO, R2…): originals and derived results in two buckets.
+//!
+//! Credentials come from the standard AWS chain (`AWS_ACCESS_KEY_ID`, profiles, web identity…);
+//! region and endpoint from config. Checksums are only sent/validated when an operation requires
+//! them, which keeps S3-compatible servers that lag AWS's newest checksum headers working.
+//! Reads check `Content-Length` before streaming and stop at the cap while streaming.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::{Bytes, BytesMut};
+
+use super::{Bucket, ObjectKey, ObjectStore, StorageError, with_deadline};
+use crate::config::StorageConfig;
+
+/// Objects in S3 buckets.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    originals: String,
+    derived: String,
+    timeout: Duration,
+}
+
+impl S3Store {
+    /// Builds the client (no network I/O happens here).
+    pub async fn new(cfg: &StorageConfig) -> S3Store {
+        let timeout = Duration::from_secs(cfg.timeout_secs);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(cfg.s3_region.clone()))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3).min(timeout))
+                    .operation_timeout(timeout)
+                    .build(),
+            );
+        if !cfg.s3_endpoint.is_empty() {
+            loader = loader.endpoint_url(cfg.s3_endpoint.clone());
+        }
+        let shared = loader.load().await;
+        let conf = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(cfg.s3_force_path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .build();
+        S3Store {
+            client: Client::from_conf(conf),
+            originals: cfg.s3_bucket.clone(),
+            derived: cfg.s3_derived_bucket.clone(),
+            timeout,
+        }
+    }
+
+    fn bucket(&self, b: Bucket) -> &str {
+        match b {
+            Bucket::Originals => &self.originals,
+            Bucket::Derived => &self.derived,
+        }
+    }
+}
+
+/// Maps an SDK error; 404 / NoSuchKey / NoSuchBucket-less "not found" become `NotFound`.
+fn sdk_err<E, R>(e: aws_sdk_s3::error::SdkError<E, R>) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+    aws_sdk_s3::error::SdkError<E, R>: std::error::Error + 'static,
+{
+    if let Some(se) = e.as_service_error()
+        && matches!(se.code(), Some("NoSuchKey") | Some("NotFound"))
+    {
+        return StorageError::NotFound;
+    }
+    if let aws_sdk_s3::error::SdkError::TimeoutError(_) = e {
+        return StorageError::Timeout;
+    }
+    StorageError::Backend(DisplayErrorContext(&e).to_string())
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn put(
+        &self,
+        bucket: Bucket,
+        key: &ObjectKey,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        let req = self
+            .client
+            .put_object()
+            .bucket(self.bucket(bucket))
+            .key(key.as_str())
+            .content_type(content_type)
+            .body(ByteStream::from(body));
+        with_deadline(self.timeout, async move {
+            req.send().await.map(|_| ()).map_err(sdk_err)
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        bucket: Bucket,
+        key: &ObjectKey,
+        max_bytes: u64,
+    ) -> Result<Bytes, StorageError> {
+        let req = self
+            .client
+            .get_object()
+            .bucket(self.bucket(bucket))
+            .key(key.as_str());
+        with_deadline(self.timeout, async move {
+            let out = req.send().await.map_err(sdk_err)?;
+            let declared = out.content_length().unwrap_or(0).max(0) as u64;
+            if declared > max_bytes {
+                return Err(StorageError::TooLarge { limit: max_bytes });
+            }
+            let mut body = out.body;
+            let mut buf = BytesMut::with_capacity(declared as usize);
+            while let Some(chunk) = body
+                .try_next()
+                .await
+                .map_err(|e| StorageError::Backend(DisplayErrorContext(&e).to_string()))?
+            {
+                if (buf.len() + chunk.len()) as u64 > max_bytes {
+                    return Err(StorageError::TooLarge { limit: max_bytes });
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(buf.freeze())
+        })
+        .await
+    }
+
+    async fn delete(&self, bucket: Bucket, key: &ObjectKey) -> Result<(), StorageError> {
+        let req = self
+            .client
+            .delete_object()
+            .bucket(self.bucket(bucket))
+            .key(key.as_str());
+        with_deadline(self.timeout, async move {
+            match req.send().await.map_err(sdk_err) {
+                Ok(_) | Err(StorageError::NotFound) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, bucket: Bucket, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
+        let bucket = self.bucket(bucket).to_owned();
+        with_deadline(self.timeout, async move {
+            let mut keys = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let out = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&bucket)
+                    .prefix(prefix)
+                    .set_continuation_token(token.take())
+                    .send()
+                    .await
+                    .map_err(sdk_err)?;
+                for obj in out.contents() {
+                    // Objects written by others under a non-conforming name are skipped.
+                    if let Some(k) = obj.key().and_then(|k| ObjectKey::new(k).ok()) {
+                        keys.push(k);
+                    }
+                }
+                match out.next_continuation_token() {
+                    Some(t) if out.is_truncated().unwrap_or(false) => token = Some(t.to_owned()),
+                    _ => break,
+                }
+            }
+            keys.sort();
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        with_deadline(self.timeout, async move {
+            for b in [&self.originals, &self.derived] {
+                self.client
+                    .head_bucket()
+                    .bucket(b)
+                    .send()
+                    .await
+                    .map_err(sdk_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    fn backend(&self) -> &'static str {
+        "s3"
+    }
+}

@@ -1,0 +1,139 @@
+//! The CPU pool: a semaphore of `transform.workers` permits and a bounded queue in front.
+//!
+//! CPU work (decode, resize, encode, hashing large bodies) runs on tokio's blocking pool, never
+//! on the async workers. When `workers + queue_len` jobs are already admitted, new work is
+//! refused at once with 503 `overloaded` instead of piling up. Admission is released in `Drop`,
+//! so a request cancelled while queued frees its slot.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use prometheus::IntGauge;
+use tokio::sync::Semaphore;
+
+use crate::error::Error;
+
+/// Runs CPU-bound closures with bounded concurrency and queueing.
+pub struct Workers {
+    permits: Arc<Semaphore>,
+    admitted: Arc<AtomicUsize>,
+    max_admitted: usize,
+    depth: IntGauge,
+}
+
+struct Admission {
+    admitted: Arc<AtomicUsize>,
+    depth: IntGauge,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.admitted.fetch_sub(1, Ordering::AcqRel);
+        self.depth.dec();
+    }
+}
+
+impl Workers {
+    pub fn new(workers: usize, queue_len: usize, depth: IntGauge) -> Workers {
+        let workers = workers.max(1);
+        Workers {
+            permits: Arc::new(Semaphore::new(workers)),
+            admitted: Arc::new(AtomicUsize::new(0)),
+            max_admitted: workers + queue_len,
+            depth,
+        }
+    }
+
+    fn admit(&self) -> Result<Admission, Error> {
+        let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
+        let admission = Admission {
+            admitted: self.admitted.clone(),
+            depth: self.depth.clone(),
+        };
+        self.depth.inc();
+        if prev >= self.max_admitted {
+            return Err(Error::Overloaded); // `admission` drops and undoes the increment
+        }
+        Ok(admission)
+    }
+
+    /// Runs `f` on the blocking pool once a worker is free.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let admission = self.admit()?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Internal("worker pool closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            // Both are held until the work is done, even if the caller went away.
+            let _permit = permit;
+            let _admission = admission;
+            f()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("worker task failed: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn full_queue_is_refused_fast_and_recovers() {
+        let w = Arc::new(Workers::new(1, 1, IntGauge::new("d", "d").unwrap()));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let block = |rx: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>| {
+            move || {
+                let _ = rx.lock().unwrap().recv();
+            }
+        };
+        let w1 = w.clone();
+        let r1 = rx.clone();
+        let running = tokio::spawn(async move { w1.run(block(r1)).await });
+        let w2 = w.clone();
+        let r2 = rx.clone();
+        let queued = tokio::spawn(async move { w2.run(block(r2)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let refused = w.run(|| ()).await;
+        assert_eq!(refused.unwrap_err().code(), "overloaded");
+        tx.send(()).unwrap();
+        tx.send(()).unwrap();
+        running.await.unwrap().unwrap();
+        queued.await.unwrap().unwrap();
+        w.run(|| ()).await.unwrap();
+        assert_eq!(w.admitted.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn cancelled_waiter_frees_its_slot() {
+        let w = Arc::new(Workers::new(1, 1, IntGauge::new("d", "d").unwrap()));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let w1 = w.clone();
+        let running = tokio::spawn(async move {
+            w1.run(move || {
+                let _ = rx.recv();
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let w2 = w.clone();
+        let waiter = tokio::spawn(async move { w2.run(|| ()).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(w.admitted.load(Ordering::Acquire), 1);
+        tx.send(()).unwrap();
+        running.await.unwrap().unwrap();
+        assert_eq!(w.admitted.load(Ordering::Acquire), 0);
+    }
+}
