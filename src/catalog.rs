@@ -97,7 +97,11 @@ impl Catalog {
     pub async fn original(&self, id: &ImageId) -> Result<Bytes, Error> {
         Ok(self
             .store
-            .get(Bucket::Originals, &key(id, "original")?, self.max_source_bytes)
+            .get(
+                Bucket::Originals,
+                &key(id, "original")?,
+                self.max_source_bytes,
+            )
             .await?)
     }
 }
@@ -126,7 +130,10 @@ mod tests {
             created_at: "2026-01-01T00:00:00Z".into(),
         };
         assert_eq!(catalog.meta(&id).await.unwrap_err().code(), "not_found");
-        catalog.create(&meta, Bytes::from_static(b"abc")).await.unwrap();
+        catalog
+            .create(&meta, Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
         assert_eq!(catalog.meta(&id).await.unwrap(), meta);
         assert_eq!(catalog.original(&id).await.unwrap(), &b"abc"[..]);
     }

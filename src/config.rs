@@ -331,7 +331,10 @@ impl Config {
             parse_cidr(cidr).map_err(|m| ConfigError::new("server.trusted_proxies", m))?;
         }
         positive("server.max_connections", s.max_connections)?;
-        positive("server.header_read_timeout_secs", s.header_read_timeout_secs)?;
+        positive(
+            "server.header_read_timeout_secs",
+            s.header_read_timeout_secs,
+        )?;
         positive("server.request_timeout_secs", s.request_timeout_secs)?;
         positive("server.max_body_bytes", s.max_body_bytes)?;
         positive(
@@ -432,8 +435,7 @@ impl Config {
         }
 
         let r = &self.redis;
-        if !r.url.is_empty() && !(r.url.starts_with("redis://") || r.url.starts_with("rediss://"))
-        {
+        if !(r.url.is_empty() || r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
             return Err(ConfigError::new(
                 "redis.url",
                 "must start with redis:// or rediss://",
@@ -679,7 +681,9 @@ fn typed_env_value(
         toml::Value::Integer(_) => {
             toml::Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?)
         }
-        toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?),
+        toml::Value::Float(_) => {
+            toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?)
+        }
         toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
             "true" | "1" => true,
             "false" | "0" => false,
@@ -773,19 +777,39 @@ mod tests {
     #[test]
     fn bad_values_name_the_key() {
         let cases: Vec<(&str, &str, &str)> = vec![
-            ("PIXGATE__SERVER__MAX_CONNECTIONS", "many", "server.max_connections"),
+            (
+                "PIXGATE__SERVER__MAX_CONNECTIONS",
+                "many",
+                "server.max_connections",
+            ),
             ("PIXGATE__SERVER__NOPE", "1", "server.nope"),
             ("PIXGATE__SERVER__LISTEN", "localhost", "server.listen"),
             ("PIXGATE__STORAGE__BACKEND", "ftp", "storage.backend"),
-            ("PIXGATE__SIGNING__SIGNATURE_SIZE", "33", "signing.signature_size"),
+            (
+                "PIXGATE__SIGNING__SIGNATURE_SIZE",
+                "33",
+                "signing.signature_size",
+            ),
             ("PIXGATE__SIGNING__SALTS", "aa,bb", "signing.salts"),
             ("PIXGATE__SIGNING__KEYS", "zz", "signing.keys"),
-            ("PIXGATE__AUTH__JWT_HS256_SECRET", "short", "auth.jwt_hs256_secret"),
+            (
+                "PIXGATE__AUTH__JWT_HS256_SECRET",
+                "short",
+                "auth.jwt_hs256_secret",
+            ),
             ("PIXGATE__AUTH__JWT_ISSUER", "", "auth.jwt_issuer"),
-            ("PIXGATE__SERVER__TRUSTED_PROXIES", "not-a-net", "server.trusted_proxies"),
+            (
+                "PIXGATE__SERVER__TRUSTED_PROXIES",
+                "not-a-net",
+                "server.trusted_proxies",
+            ),
             ("PIXGATE__LOG__FORMAT", "xml", "log.format"),
             ("PIXGATE__REDIS__URL", "http://x", "redis.url"),
-            ("PIXGATE__CACHE__MAX_ITEM_BYTES", "999999999999", "cache.max_item_bytes"),
+            (
+                "PIXGATE__CACHE__MAX_ITEM_BYTES",
+                "999999999999",
+                "cache.max_item_bytes",
+            ),
         ];
         for (var, value, key) in cases {
             let mut e = valid_env();

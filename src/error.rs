@@ -240,7 +240,11 @@ mod tests {
             (Error::MissingToken, 401, "missing_token"),
             (Error::TokenExpired, 401, "token_expired"),
             (Error::NotFound, 404, "not_found"),
-            (Error::PayloadTooLarge { limit: 1 }, 413, "payload_too_large"),
+            (
+                Error::PayloadTooLarge { limit: 1 },
+                413,
+                "payload_too_large",
+            ),
             (
                 Error::UnsupportedMediaType("html".into()),
                 415,

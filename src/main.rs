@@ -214,7 +214,12 @@ async fn run(config: Config) -> Result<(), String> {
         Some(
             server::bind(&config.server.metrics_listen)
                 .await
-                .map_err(|e| format!("server.metrics_listen {}: {e}", config.server.metrics_listen))?,
+                .map_err(|e| {
+                    format!(
+                        "server.metrics_listen {}: {e}",
+                        config.server.metrics_listen
+                    )
+                })?,
         )
     };
     let app = Arc::new(App::build(config).await?);

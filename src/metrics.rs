@@ -4,8 +4,8 @@
 //! error categories. Never user ids, image ids or IPs.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub const HTTP_REQUESTS_TOTAL: &str = "pixgate_http_requests_total";
@@ -49,7 +49,10 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
-            Opts::new(HTTP_REQUESTS_TOTAL, "HTTP requests by route and status class."),
+            Opts::new(
+                HTTP_REQUESTS_TOTAL,
+                "HTTP requests by route and status class.",
+            ),
             &["route", "status_class"],
         )?;
         let http_duration = HistogramVec::new(
@@ -61,11 +64,17 @@ impl Metrics {
             &["route"],
         )?;
         let http_bytes_out = IntCounterVec::new(
-            Opts::new(HTTP_RESPONSE_BYTES_TOTAL, "Response body bytes sent, by route."),
+            Opts::new(
+                HTTP_RESPONSE_BYTES_TOTAL,
+                "Response body bytes sent, by route.",
+            ),
             &["route"],
         )?;
         let http_errors = IntCounterVec::new(
-            Opts::new(HTTP_ERRORS_TOTAL, "Error responses by route and error category."),
+            Opts::new(
+                HTTP_ERRORS_TOTAL,
+                "Error responses by route and error category.",
+            ),
             &["route", "category"],
         )?;
         let inflight = IntGauge::new(INFLIGHT_REQUESTS, "Requests being processed.")?;
@@ -156,8 +165,12 @@ mod tests {
     #[test]
     fn renders_contract_names() {
         let m = Metrics::new().unwrap();
-        m.http_requests.with_label_values(&["transform", "2xx"]).inc();
-        m.http_duration.with_label_values(&["transform"]).observe(0.01);
+        m.http_requests
+            .with_label_values(&["transform", "2xx"])
+            .inc();
+        m.http_duration
+            .with_label_values(&["transform"])
+            .observe(0.01);
         m.cache_requests.with_label_values(&["memory", "hit"]).inc();
         m.transform_duration.observe(0.05);
         let text = m.render();

@@ -41,7 +41,10 @@ pub enum Gravity {
     SouthEast,
     SouthWest,
     /// Focus point in ten-thousandths of width and height (0..=10000).
-    FocusPoint { x: u16, y: u16 },
+    FocusPoint {
+        x: u16,
+        y: u16,
+    },
 }
 
 /// Output encodings this build produces.
@@ -448,7 +451,8 @@ fn parse_bool(s: &str) -> Result<bool, Error> {
 
 /// A decimal like `2` or `1.5`, kept in thousandths; 0 < dpr ≤ 8.
 fn parse_dpr(s: &str) -> Result<u32, Error> {
-    let milli = parse_fixed(s, 3).ok_or_else(|| Error::InvalidOption("dpr must be a number".into()))?;
+    let milli =
+        parse_fixed(s, 3).ok_or_else(|| Error::InvalidOption("dpr must be a number".into()))?;
     if milli == 0 || milli > u64::from(MAX_DPR_MILLI) {
         return Err(Error::InvalidOption("dpr must be in (0, 8]".into()));
     }
@@ -467,7 +471,11 @@ fn parse_fixed(s: &str, places: u32) -> Option<u64> {
         return None;
     }
     let int_v: u64 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    let mut frac_v: u64 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+    let mut frac_v: u64 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
     for _ in frac.len()..places as usize {
         frac_v *= 10;
     }
@@ -635,7 +643,10 @@ mod tests {
             (format!("/w:-1/plain/{ID}"), "invalid_option"),
             (format!("/w:+1/plain/{ID}"), "invalid_option"),
             (format!("/w:16384/plain/{ID}"), "invalid_option"),
-            (format!("/w:99999999999999999999999/plain/{ID}"), "invalid_option"),
+            (
+                format!("/w:99999999999999999999999/plain/{ID}"),
+                "invalid_option",
+            ),
             (format!("/w:1/w:2/plain/{ID}"), "invalid_option"),
             (format!("/w:1/width:2/plain/{ID}"), "invalid_option"),
             (format!("/w:/plain/{ID}"), "invalid_option"),

@@ -79,11 +79,12 @@ impl JwtVerifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(Error::InvalidToken("token too long".into()));
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| match e.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
                 ErrorKind::ExpiredSignature => Error::TokenExpired,
                 other => Error::InvalidToken(format!("{other:?}")),
-            })?;
+            },
+        )?;
         let claims = data.claims;
         if claims.sub.is_empty()
             || claims.sub.len() > MAX_SUB_LEN
@@ -139,7 +140,10 @@ pub fn mint_hs256(cfg: &AuthConfig, req: &TokenRequest) -> Result<String, String
     claims.insert("sub".into(), Value::String(req.sub.clone()));
     claims.insert("iat".into(), Value::from(now));
     claims.insert("exp".into(), Value::from(now + req.ttl_secs));
-    claims.insert(cfg.role_claim.clone(), Value::String(req.role.as_str().into()));
+    claims.insert(
+        cfg.role_claim.clone(),
+        Value::String(req.role.as_str().into()),
+    );
     if let Some(plan) = &req.plan {
         claims.insert(cfg.plan_claim.clone(), Value::String(plan.clone()));
     }
@@ -245,7 +249,11 @@ mod tests {
                 "invalid_token",
             ),
             ("no sub", with(&|c| drop(c.remove("sub"))), "invalid_token"),
-            ("empty sub", with(&|c| drop(c.insert("sub".into(), json!("")))), "invalid_token"),
+            (
+                "empty sub",
+                with(&|c| drop(c.insert("sub".into(), json!("")))),
+                "invalid_token",
+            ),
             ("no exp", with(&|c| drop(c.remove("exp"))), "invalid_token"),
             (
                 "string exp",

@@ -78,7 +78,9 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, Error> {
         .split_once(' ')
         .ok_or_else(|| Error::InvalidToken("malformed authorization header".into()))?;
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Error::InvalidToken("unsupported authorization scheme".into()));
+        return Err(Error::InvalidToken(
+            "unsupported authorization scheme".into(),
+        ));
     }
     let token = token.trim();
     if token.is_empty() {
@@ -103,11 +105,19 @@ mod tests {
         assert_eq!(bearer_token(&headers("Bearer abc")).unwrap(), Some("abc"));
         assert_eq!(bearer_token(&headers("bearer abc")).unwrap(), Some("abc"));
         assert_eq!(
-            bearer_token(&headers("Basic dXNlcjpwYXNz")).unwrap_err().code(),
+            bearer_token(&headers("Basic dXNlcjpwYXNz"))
+                .unwrap_err()
+                .code(),
             "invalid_token"
         );
-        assert_eq!(bearer_token(&headers("Bearer ")).unwrap_err().code(), "missing_token");
-        assert_eq!(bearer_token(&headers("Bearer")).unwrap_err().code(), "invalid_token");
+        assert_eq!(
+            bearer_token(&headers("Bearer ")).unwrap_err().code(),
+            "missing_token"
+        );
+        assert_eq!(
+            bearer_token(&headers("Bearer")).unwrap_err().code(),
+            "invalid_token"
+        );
     }
 
     #[test]
@@ -120,7 +130,10 @@ mod tests {
         };
         assert!(p.can_read("u1"));
         assert!(!p.can_read("u2"));
-        assert_eq!(p.require(Role::Editor, "upload").unwrap_err().code(), "forbidden");
+        assert_eq!(
+            p.require(Role::Editor, "upload").unwrap_err().code(),
+            "forbidden"
+        );
         let admin = Principal {
             role: Role::Admin,
             ..p

@@ -84,7 +84,10 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
     app.catalog.create(&meta, Bytes::clone(&bytes)).await?;
     tracing::info!(request_id = %ctx.request_id, image = %id, format = probe.format.as_str(), bytes = meta.bytes, "image stored");
 
-    let mut resp = json_response(StatusCode::CREATED, &serde_json::to_value(&meta).unwrap_or_default());
+    let mut resp = json_response(
+        StatusCode::CREATED,
+        &serde_json::to_value(&meta).unwrap_or_default(),
+    );
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/images/{id}")) {
         resp.headers_mut().insert(LOCATION, v);
     }

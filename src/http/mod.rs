@@ -73,7 +73,7 @@ pub enum Listener {
     Metrics,
 }
 
-fn classify(method: &Method, path: &str, listener: Listener, app: &App) -> Route {
+fn classify(path: &str, listener: Listener, app: &App) -> Route {
     match path {
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
@@ -83,7 +83,7 @@ fn classify(method: &Method, path: &str, listener: Listener, app: &App) -> Route
             Route::Metrics
         }
         _ if listener == Listener::Metrics => Route::Api,
-        "/v1/images" if method == Method::POST => Route::ImagesCreate,
+        "/v1/images" => Route::ImagesCreate,
         p if p.starts_with("/v1/images/") => Route::ImagesGet,
         p if p == "/v1" || p.starts_with("/v1/") => Route::Api,
         _ => Route::Transform,
@@ -103,7 +103,7 @@ pub async fn handle(
         request_id: request_id(req.headers()),
         client_ip: client_ip(peer.ip(), req.headers(), &app.trusted_proxies),
     };
-    let route = classify(req.method(), req.uri().path(), listener, &app);
+    let route = classify(req.uri().path(), listener, &app);
     let is_head = req.method() == Method::HEAD;
     let deadline = Duration::from_secs(app.config.server.request_timeout_secs);
     let result = match tokio::time::timeout(deadline, dispatch(&app, route, req, &ctx)).await {
@@ -237,7 +237,10 @@ pub(crate) async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, Error
     let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             Err(Error::PayloadTooLarge { limit })
         }
         Err(_) => Err(Error::BadRequest("could not read the request body".into())),
@@ -323,12 +326,18 @@ mod tests {
         h.insert("x-forwarded-for", "1.2.3.4, 10.0.0.7".parse().unwrap());
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();
         let stranger: IpAddr = "5.6.7.8".parse().unwrap();
-        assert_eq!(client_ip(proxy, &h, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         // A client that is not a trusted proxy cannot spoof its address.
         assert_eq!(client_ip(stranger, &h, &trusted), stranger);
         // Spoofed left-most entries are ignored: the right-most untrusted hop wins.
         h.insert("x-forwarded-for", "6.6.6.6, 1.2.3.4".parse().unwrap());
-        assert_eq!(client_ip(proxy, &h, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         h.insert("x-forwarded-for", "garbage".parse().unwrap());
         assert_eq!(client_ip(proxy, &h, &trusted), proxy);
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &[]), proxy);

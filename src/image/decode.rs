@@ -117,10 +117,7 @@ fn gif(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
         None => gif::MemoryLimit::Unlimited,
     });
     let mut decoder = options.read_info(Cursor::new(bytes)).map_err(corrupt)?;
-    let (w, h) = (
-        u32::from(decoder.width()),
-        u32::from(decoder.height()),
-    );
+    let (w, h) = (u32::from(decoder.width()), u32::from(decoder.height()));
     let frame = decoder
         .read_next_frame()
         .map_err(corrupt)?

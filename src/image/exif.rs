@@ -8,7 +8,9 @@ const MAX_ENTRIES: usize = 512;
 
 /// Orientation 1..=8 from a TIFF-structured EXIF payload (starting at `II`/`MM`), or 1.
 pub fn orientation(tiff: &[u8]) -> u8 {
-    read_orientation(tiff).filter(|o| (1..=8).contains(o)).unwrap_or(1)
+    read_orientation(tiff)
+        .filter(|o| (1..=8).contains(o))
+        .unwrap_or(1)
 }
 
 fn read_orientation(tiff: &[u8]) -> Option<u8> {

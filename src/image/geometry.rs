@@ -16,8 +16,7 @@ pub struct Geometry {
 impl Geometry {
     /// True when the plan is the identity (no crop, no scale).
     pub fn is_identity(&self, width: u32, height: u32) -> bool {
-        self.out == (width, height)
-            && self.crop == (0.0, 0.0, f64::from(width), f64::from(height))
+        self.out == (width, height) && self.crop == (0.0, 0.0, f64::from(width), f64::from(height))
     }
 }
 

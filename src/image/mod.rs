@@ -44,7 +44,12 @@ impl ImageFormat {
 
     /// Maps a declared media type (parameters ignored, case-insensitive) to a format.
     pub fn from_mime(mime: &str) -> Option<ImageFormat> {
-        let essence = mime.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = mime
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
             "image/jpeg" | "image/jpg" | "image/pjpeg" => Some(ImageFormat::Jpeg),
             "image/png" => Some(ImageFormat::Png),

@@ -162,9 +162,8 @@ mod tests {
         for input in [OutputFormat::Jpeg, OutputFormat::Png, OutputFormat::Webp] {
             let bytes = encode(&src, input, 90).unwrap();
             for output in [OutputFormat::Jpeg, OutputFormat::Png, OutputFormat::Webp] {
-                let out =
-                    transform(&bytes, &spec(32, 0, ResizingType::Fit), output, 80, &LIMITS)
-                        .unwrap();
+                let out = transform(&bytes, &spec(32, 0, ResizingType::Fit), output, 80, &LIMITS)
+                    .unwrap();
                 assert_eq!((out.width, out.height), (32, 24));
                 let p = probe(&out.bytes).unwrap();
                 assert_eq!((p.width, p.height), (32, 24));
@@ -181,7 +180,13 @@ mod tests {
             ..LIMITS
         };
         assert!(matches!(
-            transform(&bytes, &TransformSpec::default(), OutputFormat::Png, 80, &tight),
+            transform(
+                &bytes,
+                &TransformSpec::default(),
+                OutputFormat::Png,
+                80,
+                &tight
+            ),
             Err(ImageError::TooManyPixels { .. })
         ));
         let mut big = spec(4000, 4000, ResizingType::Force);

@@ -236,16 +236,34 @@ mod tests {
             s.get(Bucket::Derived, &k, 100).await,
             Err(StorageError::NotFound)
         ));
-        s.put(Bucket::Originals, &key("images/abc/meta.json"), Bytes::new(), "x")
-            .await
-            .unwrap();
-        s.put(Bucket::Originals, &key("images/abd/meta.json"), Bytes::new(), "x")
-            .await
-            .unwrap();
+        s.put(
+            Bucket::Originals,
+            &key("images/abc/meta.json"),
+            Bytes::new(),
+            "x",
+        )
+        .await
+        .unwrap();
+        s.put(
+            Bucket::Originals,
+            &key("images/abd/meta.json"),
+            Bytes::new(),
+            "x",
+        )
+        .await
+        .unwrap();
         let listed = s.list(Bucket::Originals, "images/abc/").await.unwrap();
         assert_eq!(listed, vec![key("images/abc/meta.json"), k.clone()]);
-        assert_eq!(s.list(Bucket::Originals, "images/ab").await.unwrap().len(), 3);
-        assert!(s.list(Bucket::Originals, "nothing/").await.unwrap().is_empty());
+        assert_eq!(
+            s.list(Bucket::Originals, "images/ab").await.unwrap().len(),
+            3
+        );
+        assert!(
+            s.list(Bucket::Originals, "nothing/")
+                .await
+                .unwrap()
+                .is_empty()
+        );
         s.delete(Bucket::Originals, &k).await.unwrap();
         s.delete(Bucket::Originals, &k).await.unwrap(); // idempotent
         assert!(matches!(
@@ -265,7 +283,10 @@ mod tests {
             s.get(Bucket::Originals, &k, 999).await,
             Err(StorageError::TooLarge { limit: 999 })
         ));
-        assert_eq!(s.get(Bucket::Originals, &k, 1000).await.unwrap().len(), 1000);
+        assert_eq!(
+            s.get(Bucket::Originals, &k, 1000).await.unwrap().len(),
+            1000
+        );
     }
 
     #[tokio::test]

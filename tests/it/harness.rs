@@ -1,0 +1,552 @@
+//! Shared test harness: real `redis-server` and real Garage (S3) started hermetically on
+//! ephemeral ports, once per test binary; a real `pixgate serve` subprocess per test.
+//!
+//! Services are spawned from one long-lived thread with `PR_SET_PDEATHSIG`, so they die with the
+//! test process even though Rust runs no destructors for statics. Each pixgate instance gets its
+//! own temporary directory and configuration through `PIXGATE__*` variables only.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pixgate::auth::{Role, TokenRequest, mint_hs256};
+use pixgate::config::AuthConfig;
+use pixgate::signature::Signer;
+
+pub const SIGNING_KEY: &str = "943b421c9eb07c830af81030552c86009268de4e532ba2ee2eab8247c6da0881";
+pub const SIGNING_SALT: &str = "520f986b998545b4785e0defbc4f3c1203f22de2374a3d53cb7a7fe9fea309c5";
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-42";
+pub const ISSUER: &str = "https://idp.test/";
+pub const AUDIENCE: &str = "pixgate-tests";
+const S3_KEY_ID: &str = "GK0123456789abcdef01234567";
+const S3_SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub const ORIGINALS_BUCKET: &str = "pixgate-originals";
+pub const DERIVED_BUCKET: &str = "pixgate-derived";
+
+/// Which storage backend a server uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Filesystem storage, no Redis: the embedded default's shape.
+    Fs,
+    /// Garage S3 plus Redis: the production shape.
+    S3,
+}
+
+/// The shared external services.
+pub struct Services {
+    pub redis_port: u16,
+    pub s3_endpoint: String,
+}
+
+static SERVICES: OnceLock<Services> = OnceLock::new();
+
+/// Starts Redis and Garage once for this test binary.
+pub fn services() -> &'static Services {
+    SERVICES.get_or_init(|| {
+        let (tx, rx) = mpsc::channel();
+        // The spawning thread must outlive the children (PDEATHSIG fires when it exits).
+        std::thread::Builder::new()
+            .name("test-services".into())
+            .spawn(move || {
+                let (started, _children) = start_services();
+                let _ = tx.send(started);
+                // Keeps the children's handles (and this thread) alive for the whole run.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawn services thread");
+        rx.recv().expect("services thread died")
+    })
+}
+
+fn start_services() -> (Services, Vec<Child>) {
+    let root = tempfile::Builder::new()
+        .prefix("pixgate-it-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    let redis_port = free_port();
+    let mut redis = Command::new("redis-server");
+    redis
+        .args(["--port", &redis_port.to_string()])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let redis = spawn_tied(&mut redis).expect("redis-server (apt-get install redis-server)");
+    wait_port(redis_port, Duration::from_secs(10));
+
+    let (s3_endpoint, garage) = start_garage(&root);
+    (
+        Services {
+            redis_port,
+            s3_endpoint,
+        },
+        vec![redis, garage],
+    )
+}
+
+fn start_garage(root: &Path) -> (String, Child) {
+    let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+    let cfg = root.join("garage.toml");
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).expect("rng");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"metadata_dir = "{meta}"
+data_dir = "{data}"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:{s3}"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+"#,
+            meta = root.join("garage-meta").display(),
+            data = root.join("garage-data").display(),
+            secret = hex::encode(secret),
+        ),
+    )
+    .expect("write garage config");
+    let log = std::fs::File::create(root.join("garage.log")).expect("garage log");
+    let mut server = Command::new(garage_bin());
+    server
+        .arg("-c")
+        .arg(&cfg)
+        .arg("server")
+        .stdout(Stdio::null())
+        .stderr(log);
+    let child =
+        spawn_tied(&mut server).expect("garage (cargo install garage --version 2.5.0 --locked)");
+    wait_port(s3, Duration::from_secs(20));
+    wait_port(rpc, Duration::from_secs(20));
+
+    let node = retry(|| garage(&cfg, &["node", "id", "-q"]));
+    let node = node.trim().split('@').next().unwrap_or_default().to_owned();
+    retry(|| garage(&cfg, &["layout", "assign", "-z", "dc1", "-c", "1G", &node]));
+    retry(|| garage(&cfg, &["layout", "apply", "--version", "1"]));
+    retry(|| {
+        garage(
+            &cfg,
+            &[
+                "key", "import", "--yes", "-n", "pixgate", S3_KEY_ID, S3_SECRET,
+            ],
+        )
+    });
+    for bucket in [ORIGINALS_BUCKET, DERIVED_BUCKET] {
+        retry(|| garage(&cfg, &["bucket", "create", bucket]));
+        retry(|| {
+            garage(
+                &cfg,
+                &[
+                    "bucket", "allow", "--read", "--write", "--owner", bucket, "--key", "pixgate",
+                ],
+            )
+        });
+    }
+    (format!("http://127.0.0.1:{s3}"), child)
+}
+
+fn garage_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("GARAGE_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        let p = PathBuf::from(home).join("bin/garage");
+        if p.exists() {
+            return p;
+        }
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let p = PathBuf::from(home).join(".cargo/bin/garage");
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("garage")
+}
+
+fn garage(cfg: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(garage_bin())
+        .arg("-c")
+        .arg(cfg)
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "garage {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn retry(mut f: impl FnMut() -> Result<String, String>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => panic!("{e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Spawns a child that receives SIGKILL when the spawning thread exits.
+fn spawn_tied(cmd: &mut Command) -> std::io::Result<Child> {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_port(port: u16, max: Duration) {
+    let deadline = Instant::now() + max;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running `pixgate serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+/// Environment for a server on `backend`, plus overrides.
+pub fn server_env(backend: Backend, dir: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("PIXGATE__SERVER__LISTEN", "127.0.0.1:0"),
+        ("PIXGATE__SIGNING__KEYS", SIGNING_KEY),
+        ("PIXGATE__SIGNING__SALTS", SIGNING_SALT),
+        ("PIXGATE__AUTH__JWT_HS256_SECRET", JWT_SECRET),
+        ("PIXGATE__AUTH__JWT_ISSUER", ISSUER),
+        ("PIXGATE__AUTH__JWT_AUDIENCE", AUDIENCE),
+        ("PIXGATE__LOG__LEVEL", "pixgate=debug,warn"),
+        ("PIXGATE__TRANSFORM__WORKERS", "2"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    match backend {
+        Backend::Fs => {
+            env.push((
+                "PIXGATE__STORAGE__FS_ROOT".into(),
+                dir.join("data").display().to_string(),
+            ));
+        }
+        Backend::S3 => {
+            let s = services();
+            for (k, v) in [
+                ("PIXGATE__STORAGE__BACKEND", "s3"),
+                ("PIXGATE__STORAGE__S3_ENDPOINT", s.s3_endpoint.as_str()),
+                ("PIXGATE__STORAGE__S3_REGION", "garage"),
+                ("PIXGATE__STORAGE__S3_BUCKET", ORIGINALS_BUCKET),
+                ("PIXGATE__STORAGE__S3_DERIVED_BUCKET", DERIVED_BUCKET),
+                ("PIXGATE__STORAGE__S3_FORCE_PATH_STYLE", "true"),
+                ("AWS_ACCESS_KEY_ID", S3_KEY_ID),
+                ("AWS_SECRET_ACCESS_KEY", S3_SECRET),
+            ] {
+                env.push((k.into(), v.into()));
+            }
+            env.push((
+                "PIXGATE__REDIS__URL".into(),
+                format!("redis://127.0.0.1:{}/0", s.redis_port),
+            ));
+        }
+    }
+    for (k, v) in extra {
+        env.retain(|(ek, _)| ek != k);
+        env.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    env
+}
+
+/// A `pixgate` command with a clean environment (no inherited PIXGATE__ or AWS_ variables).
+pub fn pixgate_cmd(env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pixgate"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        // Never let the AWS SDK probe instance metadata from a test.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    cmd
+}
+
+impl Server {
+    pub fn start(backend: Backend) -> Server {
+        Server::start_with(backend, &[])
+    }
+
+    pub fn start_with(backend: Backend, extra: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = server_env(backend, dir.path(), extra);
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
+        let mut cmd = pixgate_cmd(&env);
+        cmd.arg("serve")
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut child = spawn_tied(&mut cmd).expect("spawn pixgate");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(url) = line.strip_prefix("pixgate listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(b) => b,
+            Err(_) => {
+                let log =
+                    std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+                let _ = child.kill();
+                panic!("pixgate did not start:\n{log}");
+            }
+        };
+        let addr: SocketAddr = base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("listen address");
+        Server {
+            child: Some(child),
+            base,
+            addr,
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pixgate did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn auth_config() -> AuthConfig {
+    AuthConfig {
+        jwt_hs256_secret: JWT_SECRET.into(),
+        jwt_issuer: ISSUER.into(),
+        jwt_audience: AUDIENCE.into(),
+        ..AuthConfig::default()
+    }
+}
+
+/// A valid token for `sub` with `role`.
+pub fn token(sub: &str, role: Role) -> String {
+    mint_hs256(
+        &auth_config(),
+        &TokenRequest {
+            sub: sub.into(),
+            role,
+            plan: None,
+            ttl_secs: 600,
+        },
+    )
+    .expect("mint")
+}
+
+/// `/{signature}{path}` with the test signing key.
+pub fn signed(path: &str) -> String {
+    let s = Signer::from_hex(&[SIGNING_KEY.into()], &[SIGNING_SALT.into()], 32).expect("signer");
+    format!("/{}{}", s.sign(path), path)
+}
+
+pub fn fixture(name: &str) -> Bytes {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    Bytes::from(std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+}
+
+/// A buffered response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The stable error code of an error response.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// One HTTP/1.1 request.
+pub async fn request(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Resp {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(body)).expect("request"))
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Resp {
+    request(Method::GET, url, headers, Bytes::new()).await
+}
+
+/// Uploads `body` as `content_type` with `token`.
+pub async fn upload(server: &Server, token: &str, content_type: &str, body: Bytes) -> Resp {
+    let auth = format!("Bearer {token}");
+    request(
+        Method::POST,
+        &server.url("/v1/images"),
+        &[("authorization", &auth), ("content-type", content_type)],
+        body,
+    )
+    .await
+}
+
+/// Uploads a fixture as `owner` (editor) and returns the new image id.
+pub async fn upload_fixture(
+    server: &Server,
+    owner: &str,
+    name: &str,
+    content_type: &str,
+) -> String {
+    let r = upload(
+        server,
+        &token(owner, Role::Editor),
+        content_type,
+        fixture(name),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        201,
+        "upload {name}: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    r.json()["id"].as_str().expect("id").to_owned()
+}
+
+/// Reads one sample value from Prometheus text, e.g. `metric(&text, "x_total", "{a=\"b\"}")`.
+pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    let prefix = format!("{name}{labels} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub async fn metrics(server: &Server) -> String {
+    let r = get(&server.url("/metrics"), &[]).await;
+    assert_eq!(r.status, 200);
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// Runs a test body against both storage backends.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn fs() {
+                    super::$name($crate::harness::Backend::Fs).await
+                }
+                #[tokio::test]
+                async fn s3() {
+                    super::$name($crate::harness::Backend::S3).await
+                }
+            }
+        )*
+    };
+}

@@ -1,0 +1,9 @@
+//! Integration tests: one binary, real `pixgate serve` processes on ephemeral ports, real
+//! `redis-server` and real Garage (S3) started by [`harness`]. No fakes.
+
+mod harness;
+
+mod cli;
+mod server;
+mod transform;
+mod upload;

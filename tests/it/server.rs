@@ -1,0 +1,194 @@
+//! Server behaviour: graceful shutdown, slowloris, connection limit, HTTP/2, readiness,
+//! metrics, request ids.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pixgate::auth::Role;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
+    let mut s = Server::start(Backend::Fs);
+    let body = fixture("photo_320x240.jpg");
+    let t = token("alice", Role::Editor);
+    // Start an upload and send only half the body.
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/images HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let half = body.len() / 2;
+    c.write_all(&body[..half]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // SIGTERM while the request is in flight.
+    unsafe {
+        libc::kill(s.pid(), libc::SIGTERM);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New connections are no longer accepted.
+    assert!(
+        TcpStream::connect(s.addr).await.is_err(),
+        "listener still accepting after SIGTERM"
+    );
+    // The in-flight request completes normally.
+    c.write_all(&body[half..]).await.unwrap();
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    let status = s.terminate();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status:?}\n{}",
+        s.log()
+    );
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    let s = Server::start_with(
+        Backend::Fs,
+        &[("PIXGATE__SERVER__HEADER_READ_TIMEOUT_SECS", "1")],
+    );
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "connection still open after 5 s of incomplete headers"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn connection_limit_holds_extra_clients_back() {
+    let s = Server::start_with(Backend::Fs, &[("PIXGATE__SERVER__MAX_CONNECTIONS", "2")]);
+    let a = TcpStream::connect(s.addr).await.unwrap();
+    let b = TcpStream::connect(s.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third client is not served while two connections are held.
+    let url = s.url("/healthz");
+    let third = tokio::spawn(async move { get(&url, &[]).await.status });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !third.is_finished(),
+        "third connection was served beyond the limit"
+    );
+    drop(a);
+    let status = tokio::time::timeout(Duration::from_secs(5), third).await;
+    assert_eq!(status.expect("served after a slot freed").unwrap(), 200);
+    drop(b);
+}
+
+#[tokio::test]
+async fn http2_cleartext_on_the_same_port() {
+    let s = Server::start(Backend::Fs);
+    let stream = TcpStream::connect(s.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = Request::get(s.url("/healthz"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("ok"));
+}
+
+#[tokio::test]
+async fn readiness_reflects_dependencies() {
+    let fs = Server::start(Backend::Fs);
+    let r = get(&fs.url("/readyz"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["checks"]["redis"], "disabled");
+    let s3 = Server::start(Backend::S3);
+    let r = get(&s3.url("/readyz"), &[]).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(
+        r.json()["checks"],
+        serde_json::json!({"storage": "ok", "redis": "ok"})
+    );
+    // Redis configured but unreachable → not ready.
+    let dead = format!("redis://127.0.0.1:{}/0", free_port());
+    let s = Server::start_with(Backend::S3, &[("PIXGATE__REDIS__URL", &dead)]);
+    let r = get(&s.url("/readyz"), &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["checks"]["redis"], "error");
+    // A missing bucket → not ready.
+    let s = Server::start_with(
+        Backend::S3,
+        &[("PIXGATE__STORAGE__S3_DERIVED_BUCKET", "no-such-bucket")],
+    );
+    let r = get(&s.url("/readyz"), &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["checks"]["storage"], "error");
+    assert_eq!(get(&s.url("/healthz"), &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn metrics_and_request_ids() {
+    let s = Server::start(Backend::Fs);
+    let r = get(&s.url("/healthz"), &[("x-request-id", "trace-abc.1")]).await;
+    assert_eq!(r.header("x-request-id"), Some("trace-abc.1"));
+    let r = get(&s.url("/healthz"), &[("x-request-id", "bad id\"")]).await;
+    assert_eq!(r.header("x-request-id").unwrap().len(), 24);
+    get(&s.url("/nope"), &[]).await;
+    let text = metrics(&s).await;
+    assert!(
+        metric(
+            &text,
+            "pixgate_http_requests_total",
+            "{route=\"healthz\",status_class=\"2xx\"}"
+        ) >= 2.0
+    );
+    assert!(
+        metric(
+            &text,
+            "pixgate_http_requests_total",
+            "{route=\"transform\",status_class=\"4xx\"}"
+        ) >= 1.0
+    );
+    for name in [
+        "pixgate_http_request_duration_seconds_bucket",
+        "pixgate_inflight_requests",
+        "pixgate_transform_queue_depth",
+        "pixgate_http_response_bytes_total",
+    ] {
+        assert!(text.contains(name), "{name} missing");
+    }
+    // A separate metrics listener takes /metrics off the public port.
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let s = Server::start_with(Backend::Fs, &[("PIXGATE__SERVER__METRICS_LISTEN", &addr)]);
+    assert_eq!(get(&s.url("/metrics"), &[]).await.status, 404);
+    let r = get(&format!("http://{addr}/metrics"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains("pixgate_http_requests_total"));
+    assert_eq!(
+        get(&format!("http://{addr}/v1/images"), &[]).await.status,
+        404
+    );
+}
