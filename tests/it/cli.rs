@@ -51,9 +51,21 @@ fn check_config_redacts_secrets_and_names_bad_keys() {
     assert_ne!(code, 0);
     assert!(err.contains("server.listen"), "{err}");
 
-    // The documented sample is itself a valid configuration.
+    // The documented sample ships no secrets: it is refused until they are provided, and is
+    // then a valid configuration.
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pixgate.toml");
     let (code, _, err) = run(&[], dir.path(), &["check-config", "--config", sample]);
+    assert_ne!(code, 0);
+    assert!(err.contains("signing.keys"), "{err}");
+    let secrets: Vec<(String, String)> = [
+        ("PIXGATE__SIGNING__KEYS", SIGNING_KEY),
+        ("PIXGATE__SIGNING__SALTS", SIGNING_SALT),
+        ("PIXGATE__AUTH__JWT_HS256_SECRET", JWT_SECRET),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let (code, _, err) = run(&secrets, dir.path(), &["check-config", "--config", sample]);
     assert_eq!(code, 0, "{err}");
 }
 
