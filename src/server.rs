@@ -2,7 +2,8 @@
 //! limit, a header-read timeout, and graceful shutdown.
 //!
 //! A connection permit is taken *before* `accept`, so at the limit new connections wait in the
-//! kernel backlog instead of being accepted and starved. On shutdown the listener is closed
+//! kernel backlog instead of being accepted and starved. A connection must send its first byte
+//! within the header-read timeout or it is closed, so silent connections cannot pin permits. On shutdown the listener is closed
 //! first (no new connections), then in-flight requests get up to `shutdown_grace_secs`.
 
 use std::future::Future;
@@ -48,6 +49,8 @@ pub async fn serve(
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    let head_timeout = Duration::from_secs(cfg.header_read_timeout_secs);
     let graceful = GracefulShutdown::new();
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);
     tokio::pin!(shutdown);
@@ -75,18 +78,26 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let gauge = GaugeGuard::new(&app.metrics.connections);
         let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(app, req, peer, kind).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _permit = permit;
+            let _gauge = gauge;
+            // hyper's header-read timer starts with the first byte of a request, so a client
+            // that connects and never speaks would hold a connection permit forever.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(head_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return, // silent past the deadline, closed, or failed
+            }
+            let service = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(app, req, peer, kind).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, peer = %peer, "connection ended with error");
             }
-            drop(permit);
-            drop(gauge);
         });
     }
     drop(listener);

@@ -33,12 +33,15 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     unsafe {
         libc::kill(s.pid(), libc::SIGTERM);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // New connections are no longer accepted.
-    assert!(
-        TcpStream::connect(s.addr).await.is_err(),
-        "listener still accepting after SIGTERM"
-    );
+    // New connections are refused once the listener is closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(s.addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "listener still accepting 5 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The in-flight request completes normally.
     c.write_all(&body[half..]).await.unwrap();
     let mut out = Vec::new();
@@ -76,6 +79,34 @@ async fn slow_headers_are_cut_off() {
     assert!(
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed() {
+    let s = Server::start_with(
+        Backend::Fs,
+        &[("PIXGATE__SERVER__HEADER_READ_TIMEOUT_SECS", "1")],
+    );
+    // Connects and never sends a byte: must not hold a connection slot forever.
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "silent connection still open after 5 s");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // An idle keep-alive connection after a response is closed the same way.
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 512];
+    let n = c.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    let read = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "idle keep-alive connection still open after 5 s"
     );
 }
 
