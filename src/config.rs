@@ -70,6 +70,9 @@ pub struct ServerConfig {
     pub header_read_timeout_secs: u64,
     /// Time allowed for a whole request, body and processing included.
     pub request_timeout_secs: u64,
+    /// A connection with no request in flight for this long is closed (HTTP/2 has no other
+    /// idle limit; HTTP/1 keep-alives are also bounded by the header-read timeout).
+    pub idle_timeout_secs: u64,
     /// On SIGTERM/SIGINT, how long in-flight requests may take before the process exits anyway.
     pub shutdown_grace_secs: u64,
     /// Body cap for every route except uploads (which use `limits.max_source_bytes`).
@@ -173,6 +176,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             header_read_timeout_secs: 10,
             request_timeout_secs: 30,
+            idle_timeout_secs: 60,
             shutdown_grace_secs: 25,
             max_body_bytes: 64 * 1024,
             http2_max_concurrent_streams: 100,
@@ -336,6 +340,7 @@ impl Config {
             s.header_read_timeout_secs,
         )?;
         positive("server.request_timeout_secs", s.request_timeout_secs)?;
+        positive("server.idle_timeout_secs", s.idle_timeout_secs)?;
         positive("server.max_body_bytes", s.max_body_bytes)?;
         positive(
             "server.http2_max_concurrent_streams",

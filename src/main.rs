@@ -192,7 +192,11 @@ fn serve(file: Option<PathBuf>) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    runtime.block_on(run(config))
+    let result = runtime.block_on(run(config));
+    // Connections are drained by now; blocking-pool jobs of abandoned requests (or a stuck
+    // disk) must not hold the process open: dropping a runtime would wait for them forever.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn run(config: Config) -> Result<(), String> {
@@ -234,22 +238,19 @@ async fn run(config: Config) -> Result<(), String> {
     let _ = std::io::stdout().flush();
 
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(server::serve(
         listener,
         app.clone(),
         Listener::Main,
-        stop(rx.clone()),
+        rx.clone(),
     )));
     if let Some((l, _)) = metrics_listener {
         tasks.push(tokio::spawn(server::serve(
             l,
             app.clone(),
             Listener::Metrics,
-            stop(rx.clone()),
+            rx.clone(),
         )));
     }
     server::shutdown_signal().await;
@@ -257,9 +258,6 @@ async fn run(config: Config) -> Result<(), String> {
     for t in tasks {
         let _ = t.await;
     }
-    // Blocking-pool jobs of abandoned requests must not hold the process open.
     tracing::info!("pixgate stopped");
-    drop(app);
-    tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
 }

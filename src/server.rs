@@ -1,22 +1,24 @@
 //! The accept loop: HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) on one port, a connection
-//! limit, a header-read timeout, and graceful shutdown.
+//! limit, head and idle timeouts, and graceful shutdown.
 //!
 //! A connection permit is taken *before* `accept`, so at the limit new connections wait in the
-//! kernel backlog instead of being accepted and starved. A connection must send its first byte
-//! within the header-read timeout or it is closed, so silent connections cannot pin permits. On shutdown the listener is closed
-//! first (no new connections), then in-flight requests get up to `shutdown_grace_secs`.
+//! kernel backlog instead of being accepted and starved. A connection must send its opening
+//! bytes within the header-read timeout, and one with no request in flight for
+//! `idle_timeout_secs` is closed gracefully, so silent or idle clients cannot pin permits.
+//! On shutdown the listener is closed first (no new connections), every connection is told to
+//! finish (HTTP/1 after its current request, HTTP/2 with GOAWAY), and in-flight requests get up
+//! to `shutdown_grace_secs`.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 
 use crate::app::App;
 use crate::http::{Listener, handle};
@@ -25,16 +27,19 @@ use crate::metrics::GaugeGuard;
 /// HTTP/1 read buffer cap, which bounds the size of a request head.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// Serves `listener` until `shutdown` resolves, then drains.
+/// The HTTP/2 connection preface a prior-knowledge client starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves `listener` until `shutdown` turns true, then drains.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     kind: Listener,
-    shutdown: impl Future<Output = ()>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     let cfg = &app.config.server;
-    let limit = usize::try_from(cfg.max_connections).unwrap_or(usize::MAX);
-    let permits = Arc::new(Semaphore::new(limit));
+    let limit = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX);
+    let permits = Arc::new(Semaphore::new(limit as usize));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -50,10 +55,11 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
-    let head_timeout = Duration::from_secs(cfg.header_read_timeout_secs);
-    let graceful = GracefulShutdown::new();
+    let limits = ConnLimits {
+        head: Duration::from_secs(cfg.header_read_timeout_secs),
+        idle: Duration::from_secs(cfg.idle_timeout_secs),
+    };
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);
-    tokio::pin!(shutdown);
 
     loop {
         let permit = tokio::select! {
@@ -61,7 +67,7 @@ pub async fn serve(
                 Ok(p) => p,
                 Err(_) => break,
             },
-            () = &mut shutdown => break,
+            () = stopped(&mut shutdown) => break,
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -73,38 +79,169 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
         let gauge = GaugeGuard::new(&app.metrics.connections);
-        let app = app.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let task = connection(
+            stream,
+            peer,
+            app.clone(),
+            kind,
+            builder.clone(),
+            limits,
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
-            let _permit = permit;
-            let _gauge = gauge;
-            // hyper's header-read timer starts with the first byte of a request, so a client
-            // that connects and never speaks would hold a connection permit forever.
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(head_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return, // silent past the deadline, closed, or failed
-            }
-            let service = service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(app, req, peer, kind).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(error = %e, peer = %peer, "connection ended with error");
-            }
+            task.await;
+            drop(permit);
+            drop(gauge);
         });
     }
     drop(listener);
     tracing::info!(?kind, "listener closed; draining in-flight requests");
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!(?kind, "drained"),
-        () = tokio::time::sleep(grace) => tracing::warn!(?kind, "shutdown grace period elapsed with requests still in flight"),
+    // Every live connection holds a permit: all of them back means all drained.
+    match tokio::time::timeout(grace, permits.acquire_many(limit)).await {
+        Ok(_) => tracing::info!(?kind, "drained"),
+        Err(_) => tracing::warn!(
+            ?kind,
+            "shutdown grace period elapsed with requests still in flight"
+        ),
+    }
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The returned guard is dropped here, so callers' futures stay `Send`.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+#[derive(Clone, Copy)]
+struct ConnLimits {
+    /// Time to the first bytes of a request head (and of the HTTP/2 preface).
+    head: Duration,
+    /// Time a connection may stay open with no request in flight.
+    idle: Duration,
+}
+
+/// Request activity on one connection, for the idle watchdog.
+struct Activity {
+    in_flight: AtomicUsize,
+    last: std::sync::Mutex<Instant>, // held only to read or write an Instant; never across .await
+}
+
+impl Activity {
+    fn touch(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(
+            self.last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed(),
+        )
+    }
+}
+
+/// Marks a request in flight until dropped (also when the request is cancelled).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(a: &Arc<Activity>) -> InFlight {
+        a.in_flight.fetch_add(1, Ordering::AcqRel);
+        a.touch();
+        InFlight(a.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Waits until the client has said enough to be handed to hyper: hyper's HTTP/1 header timer
+/// starts only with the first byte, and its HTTP/2 preface read has no timer at all, so a
+/// client that stays silent (or sends `P` and stops) would otherwise hold a permit forever.
+async fn opening_bytes(stream: &TcpStream, deadline: Duration) -> bool {
+    let until = tokio::time::Instant::now() + deadline;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match tokio::time::timeout_at(until, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false, // silent past the deadline, or failed
+        };
+        if n == 0 {
+            return false; // closed
+        }
+        if n == buf.len() || buf[..n] != H2_PREFACE[..n] {
+            return true; // an HTTP/1 request line, or a complete preface
+        }
+        // A partial preface: peek returns at once while bytes wait, so poll gently.
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Serves one connection: opening bytes, then hyper, with an idle watchdog and graceful
+/// shutdown on the server's signal.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Arc<App>,
+    kind: Listener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: ConnLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if !opening_bytes(&stream, limits.head).await {
+        return;
+    }
+    let activity = Arc::new(Activity {
+        in_flight: AtomicUsize::new(0),
+        last: std::sync::Mutex::new(Instant::now()),
+    });
+    let service_activity = activity.clone();
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        let guard = InFlight::new(&service_activity);
+        async move {
+            let resp = handle(app, req, peer, kind).await;
+            drop(guard);
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    let mut tick = tokio::time::interval((limits.idle / 4).max(Duration::from_millis(100)));
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, peer = %peer, "connection ended with error");
+                }
+                return;
+            }
+            () = stopped(&mut shutdown), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tick.tick(), if !closing => {
+                if activity.idle_for().is_some_and(|idle| idle >= limits.idle) {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
     }
 }
 

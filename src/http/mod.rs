@@ -164,11 +164,9 @@ fn finish(
         .with_label_values(&[label])
         .observe(start.elapsed().as_secs_f64());
     if !is_head {
-        let sent = resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
+        // hyper adds Content-Length later; the body knows its exact size now.
+        let sent = hyper::body::Body::size_hint(resp.body())
+            .exact()
             .unwrap_or(0);
         m.http_bytes_out.with_label_values(&[label]).inc_by(sent);
     }

@@ -103,14 +103,15 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
     let original = app.catalog.original(&request.image).await?;
     let limits = app.image_limits;
     let job_spec = spec.clone();
-    let started = std::time::Instant::now();
+    let timer = metrics.transform_duration.clone();
     let encoded = app
         .workers
-        .run(move || image::transform(&original, &job_spec, format, quality, &limits))
+        .run(move || {
+            // Timed on the worker: queueing for a worker is not computation.
+            let _timer = timer.start_timer();
+            image::transform(&original, &job_spec, format, quality, &limits)
+        })
         .await??;
-    metrics
-        .transform_duration
-        .observe(started.elapsed().as_secs_f64());
 
     let result = Arc::new(CachedResult {
         bytes: Bytes::from(encoded.bytes),

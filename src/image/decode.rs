@@ -127,15 +127,21 @@ fn gif(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
     let (fx, fy) = (usize::from(frame.left), usize::from(frame.top));
     let (fw, fh) = (usize::from(frame.width), usize::from(frame.height));
     let cw = w as usize;
-    for row in 0..fh {
-        let y = fy + row;
-        if y >= h as usize {
-            break;
+    // Frames may lie partly or wholly outside the screen (the decoder does not check by
+    // default, and browsers just clip): copy only the visible part.
+    let visible = fw.min(cw.saturating_sub(fx));
+    if visible > 0 {
+        for row in 0..fh.min((h as usize).saturating_sub(fy)) {
+            let src_start = row * fw * 4;
+            let dst_start = ((fy + row) * cw + fx) * 4;
+            let (Some(src), Some(dst)) = (
+                frame.buffer.get(src_start..src_start + visible * 4),
+                data.get_mut(dst_start..dst_start + visible * 4),
+            ) else {
+                return Err(corrupt("GIF frame buffer is shorter than its size"));
+            };
+            dst.copy_from_slice(src);
         }
-        let visible = fw.min(cw.saturating_sub(fx));
-        let src = &frame.buffer[row * fw * 4..(row * fw + visible) * 4];
-        let dst_start = (y * cw + fx) * 4;
-        data[dst_start..dst_start + visible * 4].copy_from_slice(src);
     }
     Ok(Bitmap {
         width: w,
@@ -143,4 +149,48 @@ fn gif(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
         channels: 4,
         data,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::probe;
+
+    fn gif_with_frame(screen: (u16, u16), left: u16, top: u16, size: (u16, u16)) -> Vec<u8> {
+        let mut out = Vec::new();
+        {
+            let palette = [0u8, 0, 0, 255, 255, 255];
+            let mut enc = gif::Encoder::new(&mut out, screen.0, screen.1, &palette).unwrap();
+            let mut frame = gif::Frame {
+                left,
+                top,
+                width: size.0,
+                height: size.1,
+                buffer: std::borrow::Cow::Owned(vec![
+                    1u8;
+                    usize::from(size.0) * usize::from(size.1)
+                ]),
+                ..gif::Frame::default()
+            };
+            frame.palette = None;
+            enc.write_frame(&frame).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn gif_frames_outside_the_screen_are_clipped_not_a_panic() {
+        for (left, top) in [(10, 0), (0, 10), (3, 3), (100, 100), (4, 0)] {
+            let bytes = gif_with_frame((4, 4), left, top, (2, 2));
+            let p = probe(&bytes).unwrap();
+            let b = decode(&bytes, &p).unwrap();
+            assert_eq!((b.width, b.height), (4, 4));
+        }
+        // A frame inside the screen lands where it says.
+        let bytes = gif_with_frame((4, 4), 1, 2, (2, 2));
+        let b = decode(&bytes, &probe(&bytes).unwrap()).unwrap();
+        let px = |x: usize, y: usize| &b.data[(y * 4 + x) * 4..(y * 4 + x) * 4 + 4];
+        assert_eq!(px(1, 2), &[255, 255, 255, 255]);
+        assert_eq!(px(0, 0)[3], 0);
+    }
 }

@@ -50,11 +50,15 @@ pub fn transform(
     let resized = if geometry.is_identity(ow, oh) {
         bitmap
     } else {
-        let crop = orient::crop_to_stored(
-            p.orientation,
-            f64::from(p.width),
-            f64::from(p.height),
-            geometry.crop,
+        let crop = clamp_crop(
+            orient::crop_to_stored(
+                p.orientation,
+                f64::from(p.width),
+                f64::from(p.height),
+                geometry.crop,
+            ),
+            p.width,
+            p.height,
         );
         let size = orient::size_to_stored(p.orientation, geometry.out);
         resize(&bitmap, crop, size)?
@@ -67,6 +71,15 @@ pub fn transform(
         width: oriented.width,
         height: oriented.height,
     })
+}
+
+/// Keeps a crop inside the source. Planning in floating point can overshoot an edge by an ulp
+/// (e.g. 4032.0000000000005 on a 4032-wide image), and the resizer rightly refuses that.
+fn clamp_crop((x, y, w, h): (f64, f64, f64, f64), sw: u32, sh: u32) -> (f64, f64, f64, f64) {
+    let (sw, sh) = (f64::from(sw), f64::from(sh));
+    let x = x.clamp(0.0, sw);
+    let y = y.clamp(0.0, sh);
+    (x, y, w.clamp(0.0, sw - x), h.clamp(0.0, sh - y))
 }
 
 /// An RGBA bitmap whose alpha is fully opaque carries no information in it: dropping it makes
@@ -209,6 +222,86 @@ mod tests {
         assert_eq!((bmp.width, bmp.height), (16, 48));
         let red_dominant = bmp.data.chunks(3).all(|px| px[0] > px[2]);
         assert!(red_dominant);
+    }
+
+    #[test]
+    fn planned_crops_always_fit_the_source() {
+        use crate::image::plan;
+        use crate::options::Gravity;
+        let gravities = [
+            Gravity::Center,
+            Gravity::North,
+            Gravity::South,
+            Gravity::East,
+            Gravity::West,
+            Gravity::NorthEast,
+            Gravity::NorthWest,
+            Gravity::SouthEast,
+            Gravity::SouthWest,
+            Gravity::FocusPoint {
+                x: 10_000,
+                y: 10_000,
+            },
+        ];
+        let sources = [
+            (4032, 3024),
+            (6000, 4000),
+            (3024, 4032),
+            (1999, 1001),
+            (7, 3),
+        ];
+        let boxes = [(500, 500), (640, 480), (333, 777), (1, 1), (120, 90)];
+        let mut checked = 0;
+        let mut overshoots = 0;
+        for (sw, sh) in sources {
+            for orientation in 1..=8u8 {
+                let (ow, oh) = if orientation >= 5 { (sh, sw) } else { (sw, sh) };
+                for (bw, bh) in boxes {
+                    for rt in [
+                        ResizingType::Fill,
+                        ResizingType::FillDown,
+                        ResizingType::Auto,
+                    ] {
+                        for g in gravities {
+                            let mut s = spec(bw, bh, rt);
+                            s.gravity = g;
+                            let geometry = plan(ow, oh, &s);
+                            let raw = orient::crop_to_stored(
+                                orientation,
+                                f64::from(sw),
+                                f64::from(sh),
+                                geometry.crop,
+                            );
+                            // Planning is right up to rounding noise…
+                            let eps = 1e-6;
+                            assert!(raw.0 > -eps && raw.1 > -eps, "{raw:?}");
+                            assert!(raw.0 + raw.2 < f64::from(sw) + eps, "{raw:?}");
+                            assert!(raw.1 + raw.3 < f64::from(sh) + eps, "{raw:?}");
+                            if raw.0 + raw.2 > f64::from(sw) || raw.1 + raw.3 > f64::from(sh) {
+                                overshoots += 1;
+                            }
+                            // …and the clamp removes the noise.
+                            let (x, y, w, h) = clamp_crop(raw, sw, sh);
+                            assert!(x >= 0.0 && y >= 0.0 && w > 0.0 && h > 0.0);
+                            assert!(x + w <= f64::from(sw) && y + h <= f64::from(sh));
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 5 * 8 * 5 * 3 * 10);
+        assert!(
+            overshoots > 0,
+            "the sweep no longer exercises the overshoot it guards"
+        );
+        // And the resizer accepts the reviewer's failing case end to end.
+        let bytes = encode(&card(403, 302), OutputFormat::Jpeg, 90).unwrap();
+        for g in gravities {
+            let mut s = spec(50, 50, ResizingType::Fill);
+            s.gravity = g;
+            transform(&bytes, &s, OutputFormat::Jpeg, 80, &LIMITS).unwrap();
+        }
     }
 
     #[test]

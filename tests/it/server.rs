@@ -95,6 +95,12 @@ async fn silent_connections_are_closed() {
     let read = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "silent connection still open after 5 s");
     assert!(started.elapsed() < Duration::from_secs(4));
+    // Nor one that sends the first byte of an HTTP/2 preface and stops (hyper itself has no
+    // timer on the preface).
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(b"PRI * HT").await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "partial HTTP/2 preface still open after 5 s");
     // An idle keep-alive connection after a response is closed the same way.
     let mut c = TcpStream::connect(s.addr).await.unwrap();
     c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -150,6 +156,27 @@ async fn http2_cleartext_on_the_same_port() {
 }
 
 #[tokio::test]
+async fn idle_http2_connections_are_closed() {
+    let s = Server::start_with(Backend::Fs, &[("PIXGATE__SERVER__IDLE_TIMEOUT_SECS", "1")]);
+    let stream = TcpStream::connect(s.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let req = Request::get(s.url("/healthz"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    // The client keeps the connection open and answers pings; the server must still let go.
+    let closed = tokio::time::timeout(Duration::from_secs(6), driver).await;
+    assert!(
+        closed.is_ok(),
+        "idle HTTP/2 connection still open after 6 s"
+    );
+}
+
+#[tokio::test]
 async fn readiness_reflects_dependencies() {
     let fs = Server::start(Backend::Fs);
     let r = get(&fs.url("/readyz"), &[]).await;
@@ -201,6 +228,14 @@ async fn metrics_and_request_ids() {
             "pixgate_http_requests_total",
             "{route=\"transform\",status_class=\"4xx\"}"
         ) >= 1.0
+    );
+    assert!(
+        metric(
+            &text,
+            "pixgate_http_response_bytes_total",
+            "{route=\"healthz\"}"
+        ) > 0.0,
+        "bytes out not counted"
     );
     for name in [
         "pixgate_http_request_duration_seconds_bucket",
