@@ -24,6 +24,7 @@ pub struct ImageMeta {
     pub id: String,
     pub owner: String,
     pub format: ImageFormat,
+    /// Displayed size: EXIF orientation applied.
     pub width: u32,
     pub height: u32,
     pub bytes: u64,
@@ -64,19 +65,24 @@ impl Catalog {
             )
             .await?;
         let json = serde_json::to_vec(meta).map_err(|e| Error::Internal(e.to_string()))?;
+        let meta_key = key(&id, "meta.json")?;
         if let Err(e) = self
             .store
             .put(
                 Bucket::Originals,
-                &key(&id, "meta.json")?,
+                &meta_key,
                 Bytes::from(json),
                 "application/json",
             )
             .await
         {
-            // Do not leave an original nobody can see or delete through the API.
-            if let Err(cleanup) = self.store.delete(Bucket::Originals, &original_key).await {
-                tracing::warn!(image = %id, error = %cleanup, "orphaned original after failed metadata write");
+            // The client is told the upload failed, so neither object may stay behind. A timed
+            // out S3 PUT may still have landed: remove the metadata first (the image stops
+            // existing), then the original.
+            for k in [&meta_key, &original_key] {
+                if let Err(cleanup) = self.store.delete(Bucket::Originals, k).await {
+                    tracing::warn!(image = %id, key = %k, error = %cleanup, "could not clean up after a failed metadata write");
+                }
             }
             return Err(e.into());
         }
@@ -110,8 +116,77 @@ impl Catalog {
 mod tests {
     use std::time::Duration;
 
+    use async_trait::async_trait;
+
     use super::*;
-    use crate::storage::FsStore;
+    use crate::storage::{FsStore, StorageError};
+
+    /// An fs store whose metadata writes land but then report failure (a timed-out PUT).
+    struct LateFailingMeta(FsStore);
+
+    #[async_trait]
+    impl ObjectStore for LateFailingMeta {
+        async fn put(
+            &self,
+            bucket: Bucket,
+            key: &ObjectKey,
+            body: Bytes,
+            content_type: &str,
+        ) -> Result<(), StorageError> {
+            self.0.put(bucket, key, body, content_type).await?;
+            if key.as_str().ends_with("meta.json") {
+                return Err(StorageError::Timeout);
+            }
+            Ok(())
+        }
+        async fn get(&self, b: Bucket, k: &ObjectKey, max: u64) -> Result<Bytes, StorageError> {
+            self.0.get(b, k, max).await
+        }
+        async fn delete(&self, b: Bucket, k: &ObjectKey) -> Result<(), StorageError> {
+            self.0.delete(b, k).await
+        }
+        async fn list(&self, b: Bucket, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
+            self.0.list(b, prefix).await
+        }
+        async fn check(&self) -> Result<(), StorageError> {
+            self.0.check().await
+        }
+        fn backend(&self) -> &'static str {
+            "late-failing"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_metadata_write_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsStore::new(dir.path(), Duration::from_secs(5)).unwrap();
+        let store = Arc::new(LateFailingMeta(fs));
+        let catalog = Catalog::new(store.clone(), 1024);
+        let id = ImageId::generate().unwrap();
+        let meta = ImageMeta {
+            id: id.to_string(),
+            owner: "u1".into(),
+            format: ImageFormat::Png,
+            width: 1,
+            height: 1,
+            bytes: 3,
+            sha256: "x".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+        };
+        let err = catalog
+            .create(&meta, Bytes::from_static(b"abc"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "storage_unavailable");
+        assert!(
+            store
+                .list(Bucket::Originals, "images/")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(catalog.meta(&id).await.unwrap_err().code(), "not_found");
+    }
 
     #[tokio::test]
     async fn create_then_read() {

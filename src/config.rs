@@ -313,6 +313,7 @@ impl Config {
             let value = typed_env_value(&defaults, &path, &raw)?;
             set_path(&mut merged, &path, value);
         }
+        check_types(&defaults, &merged, &mut Vec::new())?;
         let mut config: Config = merged
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::new("<config>", e.message().to_owned()))?;
@@ -622,7 +623,8 @@ fn redact_url_password(url: &str) -> String {
         return url.to_owned();
     };
     let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.find('@') else {
+    // A raw '@' may appear inside the password: the authority ends at the last one.
+    let Some(at) = rest.rfind('@') else {
         return url.to_owned();
     };
     let userinfo = &rest[..at];
@@ -670,6 +672,50 @@ fn set_path(root: &mut toml::Value, path: &[String], value: toml::Value) {
     }
 }
 
+/// Checks every value of the merged configuration against the type of its default, so a
+/// wrong type in the file is reported with its key (serde's message would not name it).
+fn check_types(
+    defaults: &toml::Value,
+    merged: &toml::Value,
+    path: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    let toml::Value::Table(table) = merged else {
+        return Ok(());
+    };
+    for (k, v) in table {
+        path.push(k.clone());
+        let key = path.join(".");
+        let Some(default) = get_path(defaults, path) else {
+            return Err(ConfigError::new(&key, "unknown configuration key"));
+        };
+        let expected = match (default, v) {
+            (toml::Value::Table(_), toml::Value::Table(_)) => {
+                check_types(defaults, v, &mut path.clone())?;
+                None
+            }
+            (toml::Value::Table(_), _) => Some("a section"),
+            (toml::Value::String(_), toml::Value::String(_)) => None,
+            (toml::Value::String(_), _) => Some("a string"),
+            (toml::Value::Integer(_), toml::Value::Integer(i)) if *i >= 0 => None,
+            (toml::Value::Integer(_), _) => Some("a non-negative integer"),
+            (toml::Value::Boolean(_), toml::Value::Boolean(_)) => None,
+            (toml::Value::Boolean(_), _) => Some("true or false"),
+            (toml::Value::Array(_), toml::Value::Array(items))
+                if items.iter().all(toml::Value::is_str) =>
+            {
+                None
+            }
+            (toml::Value::Array(_), _) => Some("a list of strings"),
+            _ => None,
+        };
+        if let Some(what) = expected {
+            return Err(ConfigError::new(&key, format!("must be {what}")));
+        }
+        path.pop();
+    }
+    Ok(())
+}
+
 /// Converts an environment string to the type of the key's default.
 fn typed_env_value(
     defaults: &toml::Value,
@@ -683,9 +729,13 @@ fn typed_env_value(
     let bad = |what: &str| ConfigError::new(&key, format!("`{raw}` is not {what}"));
     Ok(match default {
         toml::Value::String(_) => toml::Value::String(raw.to_owned()),
-        toml::Value::Integer(_) => {
-            toml::Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?)
-        }
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim()
+                .parse::<u64>()
+                .ok()
+                .and_then(|v| i64::try_from(v).ok())
+                .ok_or_else(|| bad("a non-negative integer"))?,
+        ),
         toml::Value::Float(_) => {
             toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?)
         }
@@ -833,12 +883,33 @@ mod tests {
     }
 
     #[test]
-    fn unknown_file_keys_are_rejected() {
+    fn file_errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");
-        std::fs::write(&path, "[server]\nlisen = \"x\"\n").unwrap();
-        let err = Config::load(Some(&path), Vec::new()).unwrap_err();
-        assert!(err.message.contains("lisen"), "{err}");
+        let cases = [
+            ("[server]\nlisen = \"x\"\n", "server.lisen"),
+            (
+                "[server]\nmax_connections = \"many\"\n",
+                "server.max_connections",
+            ),
+            ("[server]\nmax_connections = -1\n", "server.max_connections"),
+            (
+                "[storage]\ns3_force_path_style = \"yes\"\n",
+                "storage.s3_force_path_style",
+            ),
+            ("[signing]\nkeys = \"aa\"\n", "signing.keys"),
+            ("[signing]\nkeys = [1]\n", "signing.keys"),
+            ("server = 5\n", "server"),
+            ("[nope]\nx = 1\n", "nope"),
+        ];
+        for (text, key) in cases {
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load(Some(&path), Vec::new()).unwrap_err();
+            assert_eq!(err.key, key, "{text}: {err}");
+        }
+        let err =
+            Config::load(None, env(&[("PIXGATE__SERVER__MAX_CONNECTIONS", "-5")])).unwrap_err();
+        assert_eq!(err.key, "server.max_connections");
     }
 
     #[test]
@@ -846,7 +917,7 @@ mod tests {
         let mut e = valid_env();
         e.push((
             "PIXGATE__REDIS__URL".into(),
-            "redis://user:hunter2@localhost:6379/0".into(),
+            "redis://user:hun@ter2@localhost:6379/0".into(),
         ));
         let c = Config::load(None, e).unwrap();
         let out = c.redacted_toml();
@@ -854,7 +925,8 @@ mod tests {
             "736563726574",
             "68656C6C6F",
             "0123456789abcdef0123456789abcdef",
-            "hunter2",
+            "hun@ter2",
+            "ter2",
         ] {
             assert!(!out.contains(secret), "{secret} leaked:\n{out}");
         }

@@ -71,12 +71,14 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
         .await??;
 
     let id = ImageId::generate().map_err(|e| Error::Internal(format!("id generation: {e}")))?;
+    // Dimensions as displayed (EXIF orientation applied), the space transforms work in.
+    let (width, height) = probe.oriented_dimensions();
     let meta = ImageMeta {
         id: id.to_string(),
         owner: principal.user_id.clone(),
         format: probe.format,
-        width: probe.width,
-        height: probe.height,
+        width,
+        height,
         bytes: bytes.len() as u64,
         sha256,
         created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),

@@ -286,31 +286,31 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 /// The client address: the peer, unless the peer is a trusted proxy, in which case the
-/// right-most `X-Forwarded-For` hop that is not itself a trusted proxy.
+/// right-most `X-Forwarded-For` hop that is not itself a trusted proxy. The list is walked from
+/// the right and the walk stops at the first malformed entry: everything left of it may have
+/// been written by the client.
 pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    let mut hops: Vec<IpAddr> = Vec::new();
+    // Several headers are one list, in order.
+    let mut entries: Vec<&str> = Vec::new();
     for value in headers.get_all("x-forwarded-for") {
-        let Ok(s) = value.to_str() else {
-            return peer;
-        };
-        for part in s.split(',') {
-            match part.trim().parse::<IpAddr>() {
-                Ok(ip) => hops.push(ip),
-                // A malformed list cannot be trusted past this point.
-                Err(_) => return hops.last().copied().unwrap_or(peer),
-            }
+        match value.to_str() {
+            Ok(s) => entries.extend(s.split(',').map(str::trim)),
+            Err(_) => entries.push(""), // an unreadable header ends the trustworthy part
         }
     }
-    hops.iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .copied()
-        .or_else(|| hops.first().copied())
-        .unwrap_or(peer)
+    let mut nearest = peer;
+    for entry in entries.iter().rev() {
+        match entry.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => nearest = ip,
+            Ok(ip) => return ip,
+            Err(_) => return nearest,
+        }
+    }
+    nearest
 }
 
 #[cfg(test)]
@@ -338,6 +338,26 @@ mod tests {
         );
         h.insert("x-forwarded-for", "garbage".parse().unwrap());
         assert_eq!(client_ip(proxy, &h, &trusted), proxy);
+        // A malformed entry stops the walk: nothing left of it is believed.
+        h.insert(
+            "x-forwarded-for",
+            "9.9.9.9, junk, 10.0.0.5".parse().unwrap(),
+        );
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "10.0.0.5".parse::<IpAddr>().unwrap()
+        );
+        h.insert("x-forwarded-for", "9.9.9.9, junk, 1.2.3.4".parse().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        // Only trusted hops: the left-most of them.
+        h.insert("x-forwarded-for", "10.0.0.9, 10.0.0.5".parse().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "10.0.0.9".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &[]), proxy);
     }
 

@@ -1,9 +1,12 @@
 //! Filesystem backend (the embedded default): `<root>/<bucket>/<key>`.
 //!
 //! Writes go to a dot-prefixed temporary file in the target directory, are fsynced, then
-//! renamed over the target (atomic on POSIX), and the directory is fsynced. Dot-prefixed names
-//! can never be [`ObjectKey`]s, so temporaries are invisible to `get` and `list`. All file I/O
-//! runs on the blocking pool.
+//! renamed over the target (atomic on POSIX), and the directory — and every directory the
+//! write had to create, up to the bucket root — is fsynced. Dot-prefixed names can never be
+//! [`ObjectKey`]s, so temporaries are invisible to `get` and `list`. All file I/O runs on the
+//! blocking pool. Reads, lists and checks have a deadline; writes and deletes do not, because
+//! a blocking write cannot be cancelled: giving up on it would only let it land after the
+//! caller was told it failed.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -37,15 +40,18 @@ impl FsStore {
     }
 
     async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StorageError::Backend(format!("blocking task: {e}")))?
+    }
+
+    async fn blocking_with_deadline<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
-        with_deadline(self.timeout, async move {
-            tokio::task::spawn_blocking(f)
-                .await
-                .map_err(|e| StorageError::Backend(format!("blocking task: {e}")))?
-        })
-        .await
+        with_deadline(self.timeout, Self::blocking(f)).await
     }
 }
 
@@ -57,10 +63,15 @@ fn io_err(e: std::io::Error) -> StorageError {
     }
 }
 
-fn write_atomic(path: &Path, body: &[u8]) -> Result<(), StorageError> {
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn write_atomic(bucket_root: &Path, path: &Path, body: &[u8]) -> Result<(), StorageError> {
     let dir = path
         .parent()
         .ok_or_else(|| StorageError::Backend("object path has no parent".into()))?;
+    let dir_existed = dir.is_dir();
     std::fs::create_dir_all(dir).map_err(io_err)?;
     let mut suffix = [0u8; 8];
     getrandom::fill(&mut suffix).map_err(|e| StorageError::Backend(e.to_string()))?;
@@ -73,8 +84,16 @@ fn write_atomic(path: &Path, body: &[u8]) -> Result<(), StorageError> {
         f.write_all(body)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        std::fs::File::open(dir)?.sync_all()
+        // Make the rename itself durable, and the entries of directories created for it.
+        sync_dir(dir)?;
+        if !dir_existed {
+            let mut ancestor = dir.parent();
+            while let Some(d) = ancestor.filter(|d| d.starts_with(bucket_root)) {
+                sync_dir(d)?;
+                ancestor = d.parent();
+            }
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -137,7 +156,8 @@ impl ObjectStore for FsStore {
         _content_type: &str,
     ) -> Result<(), StorageError> {
         let path = self.path(bucket, key);
-        self.blocking(move || write_atomic(&path, &body)).await
+        let bucket_root = self.root.join(bucket.as_str());
+        Self::blocking(move || write_atomic(&bucket_root, &path, &body)).await
     }
 
     async fn get(
@@ -147,12 +167,13 @@ impl ObjectStore for FsStore {
         max_bytes: u64,
     ) -> Result<Bytes, StorageError> {
         let path = self.path(bucket, key);
-        self.blocking(move || read_capped(&path, max_bytes)).await
+        self.blocking_with_deadline(move || read_capped(&path, max_bytes))
+            .await
     }
 
     async fn delete(&self, bucket: Bucket, key: &ObjectKey) -> Result<(), StorageError> {
         let path = self.path(bucket, key);
-        self.blocking(move || match std::fs::remove_file(&path) {
+        Self::blocking(move || match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(e)),
@@ -163,7 +184,7 @@ impl ObjectStore for FsStore {
     async fn list(&self, bucket: Bucket, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
         let base = self.root.join(bucket.as_str());
         let prefix = prefix.to_owned();
-        self.blocking(move || {
+        self.blocking_with_deadline(move || {
             // Walk only the deepest directory the prefix names fully.
             let dir_part = prefix.rsplit_once('/').map_or("", |(d, _)| d);
             let start = if dir_part.is_empty() {
@@ -186,7 +207,7 @@ impl ObjectStore for FsStore {
 
     async fn check(&self) -> Result<(), StorageError> {
         let root = self.root.clone();
-        self.blocking(move || {
+        self.blocking_with_deadline(move || {
             for b in [Bucket::Originals, Bucket::Derived] {
                 let m = std::fs::metadata(root.join(b.as_str())).map_err(io_err)?;
                 if !m.is_dir() || m.permissions().readonly() {

@@ -292,7 +292,20 @@ async fn bearer_transforms_respect_ownership(backend: Backend) {
 
 async fn exif_orientation_is_applied(backend: Backend) {
     let s = Server::start(backend);
-    let id = upload_fixture(&s, "alice", "orient6_320x240.jpg", "image/jpeg").await;
+    let r = upload(
+        &s,
+        &token("alice", Role::Editor),
+        "image/jpeg",
+        fixture("orient6_320x240.jpg"),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    // Metadata reports the displayed size.
+    assert_eq!(
+        (r.json()["width"].as_u64(), r.json()["height"].as_u64()),
+        (Some(240), Some(320))
+    );
+    let id = r.json()["id"].as_str().unwrap().to_owned();
     let r = get(&s.url(&signed(&format!("/plain/{id}@png"))), &[]).await;
     assert_eq!(r.status, 200);
     let p = probe(&r.body).unwrap();
