@@ -336,12 +336,17 @@ impl Config {
             parse_cidr(cidr).map_err(|m| ConfigError::new("server.trusted_proxies", m))?;
         }
         positive("server.max_connections", s.max_connections)?;
-        positive(
-            "server.header_read_timeout_secs",
-            s.header_read_timeout_secs,
-        )?;
-        positive("server.request_timeout_secs", s.request_timeout_secs)?;
-        positive("server.idle_timeout_secs", s.idle_timeout_secs)?;
+        for (key, v) in [
+            (
+                "server.header_read_timeout_secs",
+                s.header_read_timeout_secs,
+            ),
+            ("server.request_timeout_secs", s.request_timeout_secs),
+            ("server.idle_timeout_secs", s.idle_timeout_secs),
+            ("server.shutdown_grace_secs", s.shutdown_grace_secs),
+        ] {
+            seconds(key, v)?;
+        }
         positive("server.max_body_bytes", s.max_body_bytes)?;
         positive(
             "server.http2_max_concurrent_streams",
@@ -373,7 +378,7 @@ impl Config {
                 ));
             }
         }
-        positive("storage.timeout_secs", st.timeout_secs)?;
+        seconds("storage.timeout_secs", st.timeout_secs)?;
 
         let sg = &self.signing;
         if sg.keys.is_empty() {
@@ -447,7 +452,7 @@ impl Config {
                 "must start with redis:// or rediss://",
             ));
         }
-        positive("redis.timeout_ms", r.timeout_ms)?;
+        seconds("redis.timeout_ms", r.timeout_ms.div_ceil(1000))?;
         positive("redis.pool_size", r.pool_size)?;
 
         let l = &self.limits;
@@ -607,6 +612,20 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     s.parse::<std::net::IpAddr>()
         .map(ipnet::IpNet::from)
         .map_err(|_| format!("`{s}` is not a CIDR or IP address"))
+}
+
+/// Durations are bounded: absurd values would overflow `Instant` arithmetic.
+const MAX_SECONDS: u64 = 86_400;
+
+fn seconds(key: &str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 || v > MAX_SECONDS {
+        Err(ConfigError::new(
+            key,
+            format!("must be between 1 second and {MAX_SECONDS} seconds"),
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
@@ -859,6 +878,17 @@ mod tests {
                 "server.trusted_proxies",
             ),
             ("PIXGATE__LOG__FORMAT", "xml", "log.format"),
+            (
+                "PIXGATE__SERVER__IDLE_TIMEOUT_SECS",
+                "99999999999",
+                "server.idle_timeout_secs",
+            ),
+            (
+                "PIXGATE__SERVER__SHUTDOWN_GRACE_SECS",
+                "0",
+                "server.shutdown_grace_secs",
+            ),
+            ("PIXGATE__REDIS__TIMEOUT_MS", "0", "redis.timeout_ms"),
             ("PIXGATE__REDIS__URL", "http://x", "redis.url"),
             (
                 "PIXGATE__CACHE__MAX_ITEM_BYTES",

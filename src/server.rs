@@ -221,26 +221,37 @@ async fn connection(
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    let mut closing = false;
+    // Set once a graceful close was asked for: hyper then finishes what is in flight, but has
+    // no write timeout, so a client that stops reading would hold the connection forever.
+    // After another idle period the connection is dropped outright.
+    let mut hard_close: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval((limits.idle / 4).max(Duration::from_millis(100)));
     loop {
         tokio::select! {
+            // Polled first: a shutdown noticed in the same pass must not cut a connection
+            // whose request bytes have already arrived.
+            biased;
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, peer = %peer, "connection ended with error");
                 }
                 return;
             }
-            () = stopped(&mut shutdown), if !closing => {
+            () = stopped(&mut shutdown), if hard_close.is_none() => {
                 conn.as_mut().graceful_shutdown();
-                closing = true;
+                hard_close = Some(tokio::time::Instant::now() + limits.idle);
             }
-            _ = tick.tick(), if !closing => {
-                if activity.idle_for().is_some_and(|idle| idle >= limits.idle) {
+            _ = tick.tick() => match hard_close {
+                None if activity.idle_for().is_some_and(|idle| idle >= limits.idle) => {
                     conn.as_mut().graceful_shutdown();
-                    closing = true;
+                    hard_close = Some(tokio::time::Instant::now() + limits.idle);
                 }
-            }
+                Some(at) if tokio::time::Instant::now() >= at => {
+                    tracing::debug!(peer = %peer, "connection did not drain; closing it");
+                    return;
+                }
+                _ => {}
+            },
         }
     }
 }

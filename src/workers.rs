@@ -21,7 +21,9 @@ pub struct Workers {
     depth: IntGauge,
 }
 
-struct Admission {
+/// A reserved place in the pool (queued or running), released on drop. Taking it before
+/// fetching a job's input bounds how many inputs are held in memory at once.
+pub struct Admission {
     admitted: Arc<AtomicUsize>,
     depth: IntGauge,
 }
@@ -44,7 +46,8 @@ impl Workers {
         }
     }
 
-    fn admit(&self) -> Result<Admission, Error> {
+    /// Reserves a place, or refuses at once with `overloaded` when the queue is full.
+    pub fn admit(&self) -> Result<Admission, Error> {
         let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
         let admission = Admission {
             admitted: self.admitted.clone(),
@@ -64,6 +67,15 @@ impl Workers {
         F: FnOnce() -> T + Send + 'static,
     {
         let admission = self.admit()?;
+        self.run_admitted(admission, f).await
+    }
+
+    /// Runs `f` in a place reserved earlier with [`Workers::admit`].
+    pub async fn run_admitted<T, F>(&self, admission: Admission, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
         let permit = self
             .permits
             .clone()

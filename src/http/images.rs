@@ -7,7 +7,6 @@
 
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue, LOCATION};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -83,7 +82,13 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
         sha256,
         created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     };
-    app.catalog.create(&meta, Bytes::clone(&bytes)).await?;
+    // The durable write runs in its own task: if this request is cancelled (deadline, client
+    // reset), the write and its cleanup still finish instead of stopping half-way.
+    let catalog = app.catalog.clone();
+    let record = meta.clone();
+    tokio::spawn(async move { catalog.create(&record, bytes).await })
+        .await
+        .map_err(|e| Error::Internal(format!("storage task failed: {e}")))??;
     tracing::info!(request_id = %ctx.request_id, image = %id, format = probe.format.as_str(), bytes = meta.bytes, "image stored");
 
     let mut resp = json_response(

@@ -100,13 +100,16 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
         return Ok(not_modified(&etag, last_modified, &headers));
     }
 
+    // Reserve the CPU-queue place before fetching: at most workers + queue_len originals are
+    // held in memory at once, and an overloaded server refuses before doing any I/O.
+    let admission = app.workers.admit()?;
     let original = app.catalog.original(&request.image).await?;
     let limits = app.image_limits;
     let job_spec = spec.clone();
     let timer = metrics.transform_duration.clone();
     let encoded = app
         .workers
-        .run(move || {
+        .run_admitted(admission, move || {
             // Timed on the worker: queueing for a worker is not computation.
             let _timer = timer.start_timer();
             image::transform(&original, &job_spec, format, quality, &limits)

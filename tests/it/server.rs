@@ -177,6 +177,58 @@ async fn idle_http2_connections_are_closed() {
 }
 
 #[tokio::test]
+async fn clients_that_stop_reading_are_cut_off() {
+    let s = Server::start_with(Backend::Fs, &[("PIXGATE__SERVER__IDLE_TIMEOUT_SECS", "1")]);
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    // ~10 MB of PNG: more than loopback socket buffers hold (4 MB send, 4 KB receive here).
+    let path = signed(&format!("/rs:force:4000:3000:1/f:png/plain/{id}"));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut c = socket.connect(s.addr).await.unwrap();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Do not read while the server computes and then blocks writing to us: wait until the
+    // computation is done, then for the idle timeout and the hard close after it.
+    let started = Instant::now();
+    loop {
+        let m = metrics(&s).await;
+        if metric(&m, "pixgate_transform_duration_seconds_count", "") >= 1.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "transform never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("computed in {:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut got))
+        .await
+        .expect("connection neither finished nor closed")
+        .unwrap();
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    let body = got.len() - head_end - 4;
+    assert!(length > 8_000_000, "response too small to block: {length}");
+    assert!(
+        body < length,
+        "the stalled connection was never cut ({body} of {length} bytes)"
+    );
+}
+
+#[tokio::test]
 async fn readiness_reflects_dependencies() {
     let fs = Server::start(Backend::Fs);
     let r = get(&fs.url("/readyz"), &[]).await;
