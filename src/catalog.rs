@@ -121,6 +121,19 @@ mod tests {
     use super::*;
     use crate::storage::{FsStore, StorageError};
 
+    fn sample_meta(id: &ImageId) -> ImageMeta {
+        ImageMeta {
+            id: id.to_string(),
+            owner: "u1".into(),
+            format: ImageFormat::Png,
+            width: 1,
+            height: 1,
+            bytes: 3,
+            sha256: "x".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
     /// An fs store whose metadata writes land but then report failure (a timed-out PUT).
     struct LateFailingMeta(FsStore);
 
@@ -163,16 +176,7 @@ mod tests {
         let store = Arc::new(LateFailingMeta(fs));
         let catalog = Catalog::new(store.clone(), 1024);
         let id = ImageId::generate().unwrap();
-        let meta = ImageMeta {
-            id: id.to_string(),
-            owner: "u1".into(),
-            format: ImageFormat::Png,
-            width: 1,
-            height: 1,
-            bytes: 3,
-            sha256: "x".into(),
-            created_at: "2026-01-01T00:00:00Z".into(),
-        };
+        let meta = sample_meta(&id);
         let err = catalog
             .create(&meta, Bytes::from_static(b"abc"))
             .await
@@ -194,16 +198,7 @@ mod tests {
         let store = Arc::new(FsStore::new(dir.path(), Duration::from_secs(5)).unwrap());
         let catalog = Catalog::new(store, 1024);
         let id = ImageId::generate().unwrap();
-        let meta = ImageMeta {
-            id: id.to_string(),
-            owner: "u1".into(),
-            format: ImageFormat::Png,
-            width: 1,
-            height: 1,
-            bytes: 3,
-            sha256: "x".into(),
-            created_at: "2026-01-01T00:00:00Z".into(),
-        };
+        let meta = sample_meta(&id);
         assert_eq!(catalog.meta(&id).await.unwrap_err().code(), "not_found");
         catalog
             .create(&meta, Bytes::from_static(b"abc"))

@@ -13,6 +13,27 @@ use tokio::net::TcpStream;
 
 use crate::harness::*;
 
+/// An HTTP/2 (prior knowledge) connection to `s`, its driver running in a task.
+async fn h2_connect(
+    s: &Server,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = TcpStream::connect(s.addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    (send, tokio::spawn(conn))
+}
+
+fn healthz(s: &Server) -> Request<Empty<Bytes>> {
+    Request::get(s.url("/healthz"))
+        .body(Empty::<Bytes>::new())
+        .unwrap()
+}
+
 #[tokio::test]
 async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     let mut s = Server::start(Backend::Fs);
@@ -139,16 +160,8 @@ async fn connection_limit_holds_extra_clients_back() {
 #[tokio::test]
 async fn http2_cleartext_on_the_same_port() {
     let s = Server::start(Backend::Fs);
-    let stream = TcpStream::connect(s.addr).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
-    let req = Request::get(s.url("/healthz"))
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = send.send_request(req).await.unwrap();
+    let (mut send, _driver) = h2_connect(&s).await;
+    let resp = send.send_request(healthz(&s)).await.unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -158,16 +171,8 @@ async fn http2_cleartext_on_the_same_port() {
 #[tokio::test]
 async fn idle_http2_connections_are_closed() {
     let s = Server::start_with(Backend::Fs, &[("PIXGATE__SERVER__IDLE_TIMEOUT_SECS", "1")]);
-    let stream = TcpStream::connect(s.addr).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    let driver = tokio::spawn(conn);
-    let req = Request::get(s.url("/healthz"))
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    let (mut send, driver) = h2_connect(&s).await;
+    assert_eq!(send.send_request(healthz(&s)).await.unwrap().status(), 200);
     // The client keeps the connection open and answers pings; the server must still let go.
     let closed = tokio::time::timeout(Duration::from_secs(6), driver).await;
     assert!(
