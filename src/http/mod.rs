@@ -132,7 +132,6 @@ async fn dispatch(
         Route::ImagesGet if get_like => images::get(app, req).await,
         Route::Api => Err(Error::NotFound),
         Route::Transform if get_like => transform::handle(app, req).await,
-        Route::ImagesGet => Err(Error::MethodNotAllowed("GET, HEAD")),
         _ => Err(Error::MethodNotAllowed("GET, HEAD")),
     }
 }

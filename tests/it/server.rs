@@ -79,6 +79,41 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
 }
 
 #[tokio::test]
+async fn requests_past_their_deadline_get_503_timeout() {
+    let s = Server::start_with(
+        Backend::Fs,
+        &[("PIXGATE__SERVER__REQUEST_TIMEOUT_SECS", "1")],
+    );
+    let t = token("alice", Role::Editor);
+    let body = fixture("photo_320x240.jpg");
+    // The head arrives at once; the body never completes.
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/images HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(&body[..100]).await.unwrap();
+    let started = Instant::now();
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut out))
+        .await
+        .expect("no answer within 5 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out[..n]);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("\"timeout\""), "{text}");
+    assert!(text.to_lowercase().contains("retry-after: 1"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Nothing was stored.
+    let images = s.dir.path().join("data/originals/images");
+    assert_eq!(
+        std::fs::read_dir(&images).map(|d| d.count()).unwrap_or(0),
+        0
+    );
+}
+
+#[tokio::test]
 async fn slow_headers_are_cut_off() {
     let s = Server::start_with(
         Backend::Fs,
