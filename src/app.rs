@@ -7,7 +7,9 @@ use crate::auth::JwtVerifier;
 use crate::cache::MemoryCache;
 use crate::catalog::Catalog;
 use crate::config::{Config, parse_cidr};
-use crate::image::ImageLimits;
+use crate::image::{
+    Bitmap, EncodeSettings, Engine, ImageLimits, JpegDecoder, PngCompression, Subsampling,
+};
 use crate::metrics::Metrics;
 use crate::options::ParseLimits;
 use crate::signature::Signer;
@@ -28,6 +30,7 @@ pub struct App {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub image_limits: ImageLimits,
     pub parse_limits: ParseLimits,
+    pub engine: Arc<Engine>,
 }
 
 impl App {
@@ -77,9 +80,8 @@ impl App {
             max_result_pixels: l.max_result_pixels,
             max_result_dimension: l.max_result_dimension as u32,
         };
-        let parse_limits = ParseLimits {
-            max_dimension: l.max_result_dimension as u32,
-        };
+        let parse_limits = config.parse_limits();
+        let engine = Arc::new(engine(&config, image_limits)?);
         Ok(App {
             catalog: Catalog::new(store.clone(), l.max_source_bytes),
             store,
@@ -96,7 +98,61 @@ impl App {
             trusted_proxies,
             image_limits,
             parse_limits,
+            engine,
             config,
         })
     }
+}
+
+/// The image engine as configured (validated keys only, so the matches are exhaustive).
+fn engine(config: &Config, limits: ImageLimits) -> Result<Engine, String> {
+    let e = &config.encode;
+    let encode = EncodeSettings {
+        jpeg_progressive: e.jpeg_progressive,
+        jpeg_subsampling: if e.jpeg_subsampling == "444" {
+            Subsampling::S444
+        } else {
+            Subsampling::S420
+        },
+        png_compression: match e.png_compression.as_str() {
+            "high" => PngCompression::High,
+            "balanced" => PngCompression::Balanced,
+            _ => PngCompression::Fast,
+        },
+        webp_method: e.webp_method.min(6) as u8,
+        webp_lossless: e.webp_lossless,
+    };
+    let watermark = if config.watermark.path.is_empty() {
+        None
+    } else {
+        Some(load_watermark(&config.watermark.path, &limits)?)
+    };
+    Ok(Engine {
+        limits,
+        encode,
+        jpeg_decoder: if config.transform.jpeg_decoder == "zune" {
+            JpegDecoder::Zune
+        } else {
+            JpegDecoder::Turbo
+        },
+        watermark,
+    })
+}
+
+/// Largest watermark image accepted (pixels): it is composited onto every `wm:` result.
+const MAX_WATERMARK_PIXELS: u64 = 4_000_000;
+
+fn load_watermark(path: &str, limits: &ImageLimits) -> Result<Bitmap, String> {
+    let err = |m: String| format!("watermark.path: {path}: {m}");
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let probe = crate::image::probe(&bytes).map_err(|e| err(e.to_string()))?;
+    let wm_limits = ImageLimits {
+        max_source_pixels: MAX_WATERMARK_PIXELS.min(limits.max_source_pixels),
+        ..*limits
+    };
+    wm_limits
+        .check_source(probe.width, probe.height)
+        .map_err(|e| err(e.to_string()))?;
+    let bitmap = crate::image::decode(&bytes, &probe).map_err(|e| err(e.to_string()))?;
+    Ok(crate::image::to_rgba(bitmap))
 }

@@ -52,6 +52,10 @@ pub struct Config {
     pub transform: TransformConfig,
     pub cache: CacheConfig,
     pub log: LogConfig,
+    pub encode: EncodeConfig,
+    pub watermark: WatermarkConfig,
+    /// `presets.<name>` = option string; `presets.eager` = list of preset names.
+    pub presets: std::collections::BTreeMap<String, toml::Value>,
     /// True when neither a file nor an environment override was given.
     #[serde(skip)]
     pub embedded: bool,
@@ -145,6 +149,33 @@ pub struct TransformConfig {
     /// Transforms allowed to wait for a worker before new ones get 503.
     pub queue_len: u64,
     pub default_quality: u64,
+    /// `turbo` (libjpeg-turbo, shrink-on-load) or `zune` (pure Rust, full-size decode).
+    pub jpeg_decoder: String,
+    /// Only `pr:` (plus `f`, `exp`, `cb`) may appear in URLs.
+    pub presets_only: bool,
+    /// Accepted output formats in order of preference for `f:auto` / no format, when the
+    /// request's `Accept` allows them.
+    pub auto_formats: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncodeConfig {
+    pub jpeg_progressive: bool,
+    /// `420` or `444`.
+    pub jpeg_subsampling: String,
+    /// `fast`, `balanced` or `high`.
+    pub png_compression: String,
+    /// libwebp method 0..=6 (speed/size trade-off).
+    pub webp_method: u64,
+    pub webp_lossless: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatermarkConfig {
+    /// Image (PNG, WebP, JPEG or GIF) composited by `wm:`; empty disables `wm:`.
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -249,6 +280,21 @@ impl Default for TransformConfig {
             workers: 0,
             queue_len: 64,
             default_quality: 80,
+            jpeg_decoder: "turbo".into(),
+            presets_only: false,
+            auto_formats: vec!["webp".into()],
+        }
+    }
+}
+
+impl Default for EncodeConfig {
+    fn default() -> Self {
+        EncodeConfig {
+            jpeg_progressive: false,
+            jpeg_subsampling: "420".into(),
+            png_compression: "fast".into(),
+            webp_method: 2,
+            webp_lossless: false,
         }
     }
 }
@@ -474,6 +520,75 @@ impl Config {
             ));
         }
 
+        match t.jpeg_decoder.as_str() {
+            "turbo" | "zune" => {}
+            other => {
+                return Err(ConfigError::new(
+                    "transform.jpeg_decoder",
+                    format!("`{other}` is not one of: turbo, zune"),
+                ));
+            }
+        }
+        for f in &t.auto_formats {
+            if !matches!(f.as_str(), "webp") {
+                return Err(ConfigError::new(
+                    "transform.auto_formats",
+                    format!("`{f}` is not a negotiable format (webp)"),
+                ));
+            }
+        }
+        let e = &self.encode;
+        if !matches!(e.jpeg_subsampling.as_str(), "420" | "444") {
+            return Err(ConfigError::new(
+                "encode.jpeg_subsampling",
+                "must be 420 or 444",
+            ));
+        }
+        if !matches!(e.png_compression.as_str(), "fast" | "balanced" | "high") {
+            return Err(ConfigError::new(
+                "encode.png_compression",
+                "must be fast, balanced or high",
+            ));
+        }
+        if e.webp_method > 6 {
+            return Err(ConfigError::new("encode.webp_method", "must be 0..=6"));
+        }
+        for (name, value) in &self.presets {
+            let key = format!("presets.{name}");
+            if name == "eager" {
+                let Some(list) = value.as_array() else {
+                    return Err(ConfigError::new(&key, "must be a list of preset names"));
+                };
+                for n in list {
+                    let known = n
+                        .as_str()
+                        .is_some_and(|n| n != "eager" && self.presets.contains_key(n));
+                    if !known {
+                        return Err(ConfigError::new(&key, format!("{n} is not a preset")));
+                    }
+                }
+                continue;
+            }
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(ConfigError::new(&key, "preset names are [A-Za-z0-9_-]"));
+            }
+            let Some(options) = value.as_str() else {
+                return Err(ConfigError::new(&key, "must be an option string"));
+            };
+            crate::options::validate_preset(options, l.max_result_dimension as u32)
+                .map_err(|e| ConfigError::new(&key, e.to_string()))?;
+        }
+        if t.presets_only && self.presets.keys().all(|k| k == "eager") {
+            return Err(ConfigError::new(
+                "transform.presets_only",
+                "needs at least one preset",
+            ));
+        }
+
         let c = &self.cache;
         if c.max_item_bytes > c.memory_bytes {
             return Err(ConfigError::new(
@@ -492,6 +607,20 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// What the URL parser needs: the dimension bound and the named presets.
+    pub fn parse_limits(&self) -> crate::options::ParseLimits {
+        crate::options::ParseLimits {
+            max_dimension: self.limits.max_result_dimension as u32,
+            presets: self
+                .presets
+                .iter()
+                .filter(|(k, _)| k.as_str() != "eager")
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect(),
+            presets_only: self.transform.presets_only,
+        }
     }
 
     /// Installs development secrets (embedded default only).
@@ -704,6 +833,14 @@ fn check_types(
     for (k, v) in table {
         path.push(k.clone());
         let key = path.join(".");
+        if path.len() == 2 && path[0] == "presets" {
+            // Free-form names; values are checked by `validate`.
+            if !(v.is_str() || v.is_array()) {
+                return Err(ConfigError::new(&key, "must be a string or a list"));
+            }
+            path.pop();
+            continue;
+        }
         let Some(default) = get_path(defaults, path) else {
             return Err(ConfigError::new(&key, "unknown configuration key"));
         };
@@ -742,6 +879,19 @@ fn typed_env_value(
     raw: &str,
 ) -> Result<toml::Value, ConfigError> {
     let key = path.join(".");
+    if path.len() == 2 && path[0] == "presets" {
+        return Ok(if path[1] == "eager" {
+            toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
+            )
+        } else {
+            toml::Value::String(raw.to_owned())
+        });
+    }
     let Some(default) = get_path(defaults, path) else {
         return Err(ConfigError::new(&key, "unknown configuration key"));
     };

@@ -215,6 +215,7 @@ impl From<ImageError> for Error {
             },
             ImageError::Corrupt(msg) => Error::InvalidImage(msg),
             ImageError::Encode(msg) => Error::Internal(format!("encode failed: {msg}")),
+            ImageError::Unsupported(msg) => Error::InvalidOption(msg),
         }
     }
 }

@@ -14,7 +14,7 @@ use pixgate::app::App;
 use pixgate::auth::{Role, TokenRequest, mint_hs256};
 use pixgate::config::{Config, DevSecrets};
 use pixgate::http::Listener;
-use pixgate::options::{ParseLimits, parse_path};
+use pixgate::options::parse_path;
 use pixgate::server;
 use pixgate::signature::Signer;
 
@@ -131,13 +131,7 @@ fn sign(file: Option<PathBuf>, expires_in: Option<String>, path: &str) -> Result
         None => path.to_owned(),
     };
     // Refuse to sign something the server would refuse to serve.
-    parse_path(
-        &path,
-        ParseLimits {
-            max_dimension: config.limits.max_result_dimension as u32,
-        },
-    )
-    .map_err(|e| format!("invalid path: {e}"))?;
+    parse_path(&path, &config.parse_limits()).map_err(|e| format!("invalid path: {e}"))?;
     let signer = Signer::from_hex(
         &config.signing.keys,
         &config.signing.salts,

@@ -45,6 +45,37 @@ pub enum Gravity {
         x: u16,
         y: u16,
     },
+    /// Content-aware: the window with the most detail (see `image::smart`).
+    Smart,
+}
+
+/// A colour filter applied to the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    Grayscale,
+    Sepia,
+}
+
+/// `c:width:height:gravity` — cut this region (in oriented source pixels) before resizing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crop {
+    /// 0 means the full source width/height.
+    pub width: u32,
+    pub height: u32,
+    /// `None` means the main gravity.
+    pub gravity: Option<Gravity>,
+}
+
+/// `wm:opacity:position:x_offset:y_offset:scale` — the configured watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    /// 0..=1000 (thousandths).
+    pub opacity_milli: u16,
+    pub position: Gravity,
+    pub x_offset: i32,
+    pub y_offset: i32,
+    /// Watermark width as a share of the result width, thousandths; 0 = its own size.
+    pub scale_milli: u16,
 }
 
 /// Output encodings this build produces.
@@ -74,12 +105,38 @@ pub struct TransformSpec {
     pub expires: Option<u64>,
     /// Changes the URL (so CDNs refetch) but not the result; not part of the canonical form.
     pub cachebuster: Option<String>,
+    /// Crop before resizing.
+    pub crop: Option<Crop>,
+    /// Apply the EXIF orientation (default true).
+    pub auto_rotate: bool,
+    /// Clockwise rotation after the EXIF orientation: 0, 90, 180 or 270.
+    pub rotate: u16,
+    /// Mirror horizontally / vertically (after rotation).
+    pub flip_horizontal: bool,
+    pub flip_vertical: bool,
+    /// Background for alpha flattening, padding and extension; `None`: transparent where the
+    /// format has alpha, white otherwise.
+    pub background: Option<[u8; 3]>,
+    /// Padding in CSS pixels (× dpr): top, right, bottom, left.
+    pub padding: [u32; 4],
+    /// Extend the canvas to the requested box, placing the image by this gravity.
+    pub extend: Option<Gravity>,
+    /// Gaussian blur sigma in hundredths (0: none).
+    pub blur_centi: u32,
+    /// Unsharp-mask sigma in hundredths (0: none).
+    pub sharpen_centi: u32,
+    pub filter: Option<Filter>,
+    pub watermark: Option<Watermark>,
 }
 
-/// Bounds applied while parsing.
-#[derive(Debug, Clone, Copy)]
+/// What parsing needs from configuration: bounds and the named presets.
+#[derive(Debug, Clone, Default)]
 pub struct ParseLimits {
     pub max_dimension: u32,
+    /// `presets.<name>` → option string (`rs:fill:300:300/q:70`), already validated.
+    pub presets: std::collections::BTreeMap<String, String>,
+    /// Refuse every option except `pr`, `f`, `exp` and `cb`.
+    pub presets_only: bool,
 }
 
 /// A parsed transform path: what to do, and to which image.
@@ -91,6 +148,14 @@ pub struct TransformRequest {
 
 const MAX_DPR_MILLI: u32 = 8000;
 const MAX_CACHEBUSTER_LEN: usize = 128;
+/// Largest blur sigma (pixels); beyond this everything is one colour anyway.
+pub const MAX_BLUR_CENTI: u32 = 100_00;
+/// Largest sharpen sigma (pixels).
+pub const MAX_SHARPEN_CENTI: u32 = 10_00;
+/// Largest padding per side and watermark offset, CSS pixels.
+const MAX_PADDING: u32 = 2048;
+/// Presets a URL may name at once.
+const MAX_PRESETS: usize = 8;
 
 impl Default for TransformSpec {
     fn default() -> Self {
@@ -105,6 +170,18 @@ impl Default for TransformSpec {
             format: None,
             expires: None,
             cachebuster: None,
+            crop: None,
+            auto_rotate: true,
+            rotate: 0,
+            flip_horizontal: false,
+            flip_vertical: false,
+            background: None,
+            padding: [0; 4],
+            extend: None,
+            blur_centi: 0,
+            sharpen_centi: 0,
+            filter: None,
+            watermark: None,
         }
     }
 }
@@ -150,6 +227,7 @@ impl Gravity {
             Gravity::SouthEast => "soea".into(),
             Gravity::SouthWest => "sowe".into(),
             Gravity::FocusPoint { x, y } => format!("fp:{x}:{y}"),
+            Gravity::Smart => "sm".into(),
         }
     }
 }
@@ -187,7 +265,8 @@ impl TransformSpec {
     /// format and quality (resolved later, from `Accept` and config). Equal transforms written
     /// differently (aliases, `rs` vs `w`+`h`, arguments left at their defaults) map to one string.
     pub fn canonical(&self) -> String {
-        format!(
+        use std::fmt::Write as _;
+        let mut out = format!(
             "rt:{}/w:{}/h:{}/dpr:{}/el:{}/g:{}",
             self.resizing_type.as_str(),
             self.width,
@@ -195,7 +274,69 @@ impl TransformSpec {
             self.dpr_milli,
             u8::from(self.enlarge),
             self.gravity.canonical()
-        )
+        );
+        // Options at their defaults are left out, so adding an option kind never changes the
+        // keys of URLs that do not use it. `write!` into a String cannot fail.
+        if let Some(c) = self.crop {
+            let g = c.gravity.map_or_else(|| "-".to_owned(), Gravity::canonical);
+            let _ = write!(out, "/c:{}:{}:{g}", c.width, c.height);
+        }
+        if !self.auto_rotate {
+            out.push_str("/ar:0");
+        }
+        if self.rotate != 0 {
+            let _ = write!(out, "/rot:{}", self.rotate);
+        }
+        if self.flip_horizontal || self.flip_vertical {
+            let _ = write!(
+                out,
+                "/fl:{}:{}",
+                u8::from(self.flip_horizontal),
+                u8::from(self.flip_vertical)
+            );
+        }
+        if let Some([r, g, b]) = self.background {
+            let _ = write!(out, "/bg:{r:02x}{g:02x}{b:02x}");
+        }
+        if self.padding != [0; 4] {
+            let [t, r, b, l] = self.padding;
+            let _ = write!(out, "/pd:{t}:{r}:{b}:{l}");
+        }
+        if let Some(g) = self.extend {
+            let _ = write!(out, "/ex:{}", g.canonical());
+        }
+        if self.blur_centi != 0 {
+            let _ = write!(out, "/bl:{}", self.blur_centi);
+        }
+        if self.sharpen_centi != 0 {
+            let _ = write!(out, "/sh:{}", self.sharpen_centi);
+        }
+        if let Some(f) = self.filter {
+            out.push_str(match f {
+                Filter::Grayscale => "/fi:grayscale",
+                Filter::Sepia => "/fi:sepia",
+            });
+        }
+        if let Some(w) = self.watermark {
+            let _ = write!(
+                out,
+                "/wm:{}:{}:{}:{}:{}",
+                w.opacity_milli,
+                w.position.canonical(),
+                w.x_offset,
+                w.y_offset,
+                w.scale_milli
+            );
+        }
+        out
+    }
+
+    /// Padding in device pixels (× dpr): top, right, bottom, left.
+    pub fn padding_px(&self) -> [u32; 4] {
+        self.padding.map(|v| {
+            let scaled = (u64::from(v) * u64::from(self.dpr_milli) + 500) / 1000;
+            u32::try_from(scaled).unwrap_or(u32::MAX)
+        })
     }
 
     /// Requested box in device pixels (CSS size × dpr), rounded.
@@ -209,12 +350,16 @@ impl TransformSpec {
 }
 
 /// Parses the path after the signature segment (it starts with `/`).
-pub fn parse_path(path: &str, limits: ParseLimits) -> Result<TransformRequest, Error> {
+pub fn parse_path(path: &str, limits: &ParseLimits) -> Result<TransformRequest, Error> {
     let rest = path
         .strip_prefix('/')
         .ok_or_else(|| Error::InvalidSource("path must start with /".into()))?;
     let segments: Vec<&str> = rest.split('/').collect();
     let mut spec = TransformSpec::default();
+    // A preset named `default` applies to every URL, before anything the URL says.
+    if let Some(default) = limits.presets.get("default") {
+        apply_preset_string(&mut spec, default, limits)?;
+    }
     let mut seen: Vec<&'static str> = Vec::new();
     let mut source_ext: Option<OutputFormat> = None;
     let mut image: Option<ImageId> = None;
@@ -233,7 +378,7 @@ pub fn parse_path(path: &str, limits: ParseLimits) -> Result<TransformRequest, E
             break;
         }
         if seg.contains(':') {
-            apply_option(&mut spec, seg, &mut seen, limits)?;
+            apply_option(&mut spec, seg, &mut seen, limits, false)?;
             i += 1;
             continue;
         }
@@ -257,6 +402,33 @@ pub fn parse_path(path: &str, limits: ParseLimits) -> Result<TransformRequest, E
         }
     }
     Ok(TransformRequest { spec, image })
+}
+
+/// Applies a preset's option string. Options inside one preset may not repeat; a later preset
+/// or the URL itself may override what an earlier preset set.
+fn apply_preset_string(
+    spec: &mut TransformSpec,
+    options: &str,
+    limits: &ParseLimits,
+) -> Result<(), Error> {
+    let mut seen = Vec::new();
+    for seg in options.split('/').filter(|s| !s.is_empty()) {
+        apply_option(spec, seg, &mut seen, limits, true)?;
+    }
+    Ok(())
+}
+
+/// Checks a configured preset string (at start-up): it must parse on its own and may not name
+/// other presets.
+pub fn validate_preset(options: &str, max_dimension: u32) -> Result<(), Error> {
+    let limits = ParseLimits {
+        max_dimension,
+        ..ParseLimits::default()
+    };
+    if options.split('/').all(str::is_empty) {
+        return Err(Error::InvalidOption("preset is empty".into()));
+    }
+    apply_preset_string(&mut TransformSpec::default(), options, &limits)
 }
 
 fn split_plain(raw: &str) -> Result<(ImageId, Option<OutputFormat>), Error> {
@@ -287,7 +459,8 @@ fn apply_option(
     spec: &mut TransformSpec,
     seg: &str,
     seen: &mut Vec<&'static str>,
-    limits: ParseLimits,
+    limits: &ParseLimits,
+    in_preset: bool,
 ) -> Result<(), Error> {
     let mut parts = seg.split(':');
     let name = parts.next().unwrap_or_default();
@@ -305,8 +478,28 @@ fn apply_option(
         "f" | "format" | "ext" => "format",
         "exp" | "expires" => "expires",
         "cb" | "cachebuster" => "cachebuster",
+        "c" | "crop" => "crop",
+        "ar" | "auto_rotate" => "auto_rotate",
+        "rot" | "rotate" => "rotate",
+        "fl" | "flip" => "flip",
+        "bg" | "background" => "background",
+        "pd" | "padding" => "padding",
+        "ex" | "extend" => "extend",
+        "bl" | "blur" => "blur",
+        "sh" | "sharpen" => "sharpen",
+        "fi" | "filter" => "filter",
+        "wm" | "watermark" => "watermark",
+        "pr" | "preset" => "preset",
         other => return Err(Error::UnknownOption(clip(other))),
     };
+    if limits.presets_only
+        && !in_preset
+        && !matches!(canonical, "preset" | "format" | "expires" | "cachebuster")
+    {
+        return Err(Error::InvalidOption(format!(
+            "only presets are allowed here, not `{canonical}`"
+        )));
+    }
     if seen.contains(&canonical) {
         return Err(Error::InvalidOption(format!(
             "option `{canonical}` given more than once"
@@ -323,16 +516,17 @@ fn apply_option(
         }
     };
     let dim = |s: &str| parse_dimension(s, limits.max_dimension);
+    let max_dimension = limits.max_dimension;
     match canonical {
         "resize" => {
-            arity(5)?;
+            arity(8)?;
             if let Some(t) = nonempty(&args, 0) {
                 spec.resizing_type = ResizingType::parse(t)?;
             }
             apply_size(spec, &args[1..], limits)?;
         }
         "size" => {
-            arity(4)?;
+            arity(7)?;
             apply_size(spec, &args, limits)?;
         }
         "resizing_type" => {
@@ -390,13 +584,130 @@ fn apply_option(
             }
             spec.cachebuster = Some(cb.to_owned());
         }
+        "crop" => {
+            arity(5)?;
+            if args.len() < 2 {
+                return Err(Error::InvalidOption("`c` takes width and height".into()));
+            }
+            let gravity = match args.get(2) {
+                Some(_) => Some(parse_gravity(&args[2..])?),
+                None => None,
+            };
+            spec.crop = Some(Crop {
+                width: parse_dimension(args[0], max_dimension)?,
+                height: parse_dimension(args[1], max_dimension)?,
+                gravity,
+            });
+        }
+        "auto_rotate" => {
+            arity(1)?;
+            spec.auto_rotate = parse_bool(args[0])?;
+        }
+        "rotate" => {
+            arity(1)?;
+            spec.rotate = match args[0] {
+                "0" => 0,
+                "90" => 90,
+                "180" => 180,
+                "270" => 270,
+                _ => {
+                    return Err(Error::InvalidOption(
+                        "rotate takes 0, 90, 180 or 270".into(),
+                    ));
+                }
+            };
+        }
+        "flip" => {
+            arity(2)?;
+            spec.flip_horizontal = parse_bool(args[0])?;
+            spec.flip_vertical = match args.get(1) {
+                Some(v) => parse_bool(v)?,
+                None => false,
+            };
+        }
+        "background" => {
+            arity(3)?;
+            spec.background = Some(parse_color(&args)?);
+        }
+        "padding" => {
+            arity(4)?;
+            let mut v = [0u32; 4];
+            for (slot, a) in v.iter_mut().zip(&args) {
+                *slot = parse_dimension(a, MAX_PADDING)?;
+            }
+            // CSS shorthand: 1 → all; 2 → vertical, horizontal; 3 → top, horizontal, bottom.
+            spec.padding = match args.len() {
+                1 => [v[0]; 4],
+                2 => [v[0], v[1], v[0], v[1]],
+                3 => [v[0], v[1], v[2], v[1]],
+                _ => v,
+            };
+        }
+        "extend" => {
+            arity(4)?;
+            spec.extend = if parse_bool(args[0])? {
+                let g = if args.len() > 1 {
+                    parse_gravity(&args[1..])?
+                } else {
+                    Gravity::Center
+                };
+                if g == Gravity::Smart {
+                    return Err(Error::InvalidOption(
+                        "extend cannot use smart gravity".into(),
+                    ));
+                }
+                Some(g)
+            } else {
+                None
+            };
+        }
+        "blur" => {
+            arity(1)?;
+            spec.blur_centi = parse_sigma(args[0], MAX_BLUR_CENTI, "blur")?;
+        }
+        "sharpen" => {
+            arity(1)?;
+            spec.sharpen_centi = parse_sigma(args[0], MAX_SHARPEN_CENTI, "sharpen")?;
+        }
+        "filter" => {
+            arity(1)?;
+            spec.filter = match args[0] {
+                "none" => None,
+                "grayscale" | "greyscale" => Some(Filter::Grayscale),
+                "sepia" => Some(Filter::Sepia),
+                other => {
+                    return Err(Error::InvalidOption(format!(
+                        "unknown filter `{}`",
+                        clip(other)
+                    )));
+                }
+            };
+        }
+        "watermark" => {
+            arity(5)?;
+            spec.watermark = parse_watermark(&args)?;
+        }
+        "preset" => {
+            if in_preset {
+                return Err(Error::InvalidOption(
+                    "presets cannot name other presets".into(),
+                ));
+            }
+            arity(MAX_PRESETS)?;
+            for name in &args {
+                let options = limits.presets.get(*name).ok_or_else(|| {
+                    Error::InvalidOption(format!("unknown preset `{}`", clip(name)))
+                })?;
+                apply_preset_string(spec, options, limits)?;
+            }
+        }
         _ => return Err(Error::UnknownOption(clip(name))),
     }
     Ok(())
 }
 
-/// `width:height:enlarge:extend`, each optional.
-fn apply_size(spec: &mut TransformSpec, args: &[&str], limits: ParseLimits) -> Result<(), Error> {
+/// `width:height:enlarge:extend:gravity`, each optional.
+fn apply_size(spec: &mut TransformSpec, args: &[&str], limits: &ParseLimits) -> Result<(), Error> {
     if let Some(w) = nonempty(args, 0) {
         spec.width = parse_dimension(w, limits.max_dimension)?;
     }
@@ -406,12 +717,116 @@ fn apply_size(spec: &mut TransformSpec, args: &[&str], limits: ParseLimits) -> R
     if let Some(e) = nonempty(args, 2) {
         spec.enlarge = parse_bool(e)?;
     }
-    if let Some(x) = nonempty(args, 3)
-        && parse_bool(x)?
-    {
-        return Err(Error::InvalidOption("extend is not supported".into()));
+    let extend = match nonempty(args, 3) {
+        Some(x) => parse_bool(x)?,
+        None => false,
+    };
+    let gravity = args.get(4..).filter(|g| !g.is_empty());
+    match (extend, gravity) {
+        (true, g) => {
+            let g = g.map_or(Ok(Gravity::Center), parse_gravity)?;
+            if g == Gravity::Smart {
+                return Err(Error::InvalidOption(
+                    "extend cannot use smart gravity".into(),
+                ));
+            }
+            spec.extend = Some(g);
+        }
+        (false, Some(_)) => {
+            return Err(Error::InvalidOption("extend gravity without extend".into()));
+        }
+        (false, None) => {
+            if nonempty(args, 3).is_some() {
+                spec.extend = None;
+            }
+        }
     }
     Ok(())
+}
+
+/// `bg:R:G:B` (decimal) or `bg:RRGGBB` (hex).
+fn parse_color(args: &[&str]) -> Result<[u8; 3], Error> {
+    let bad = || Error::InvalidOption("background is R:G:B (0..255) or RRGGBB hex".into());
+    match args {
+        [hex] if hex.len() == 6 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            let v = u32::from_str_radix(hex, 16).map_err(|_| bad())?;
+            Ok([(v >> 16) as u8, (v >> 8) as u8, v as u8])
+        }
+        [r, g, b] => {
+            let c = |s: &str| -> Result<u8, Error> {
+                let v = parse_u64(s, "colour component").map_err(|_| bad())?;
+                u8::try_from(v).map_err(|_| bad())
+            };
+            Ok([c(r)?, c(g)?, c(b)?])
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// A sigma like `2` or `0.5`, in hundredths; 0 turns the effect off.
+fn parse_sigma(s: &str, max_centi: u32, what: &str) -> Result<u32, Error> {
+    match parse_fixed(s, 2) {
+        Some(v) if v <= u64::from(max_centi) => Ok(v as u32),
+        _ => Err(Error::InvalidOption(format!(
+            "{what} sigma must be in [0, {}] with up to 2 decimals",
+            max_centi / 100
+        ))),
+    }
+}
+
+fn parse_offset(s: &str) -> Result<i32, Error> {
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, s),
+    };
+    let v = parse_dimension(digits, MAX_PADDING)
+        .map_err(|_| Error::InvalidOption("watermark offset must be in ±2048".into()))?;
+    let v = v as i32;
+    Ok(if neg { -v } else { v })
+}
+
+/// `wm:opacity:position:x_offset:y_offset:scale`; opacity 0 turns the watermark off.
+fn parse_watermark(args: &[&str]) -> Result<Option<Watermark>, Error> {
+    let opacity = match parse_fixed(args[0], 3) {
+        Some(v) if v <= 1000 => v as u16,
+        _ => {
+            return Err(Error::InvalidOption(
+                "watermark opacity must be in [0, 1]".into(),
+            ));
+        }
+    };
+    if opacity == 0 {
+        return Ok(None);
+    }
+    let position = match nonempty(args, 1) {
+        None => Gravity::Center,
+        Some(p) => match parse_gravity(&[p])? {
+            Gravity::Smart | Gravity::FocusPoint { .. } => {
+                return Err(Error::InvalidOption(
+                    "watermark position must be ce or a side".into(),
+                ));
+            }
+            g => g,
+        },
+    };
+    let x_offset = nonempty(args, 2).map_or(Ok(0), parse_offset)?;
+    let y_offset = nonempty(args, 3).map_or(Ok(0), parse_offset)?;
+    let scale_milli = match nonempty(args, 4).map(|s| parse_fixed(s, 3)) {
+        None => 0,
+        Some(Some(v)) if v <= 1000 => v as u16,
+        Some(_) => {
+            return Err(Error::InvalidOption(
+                "watermark scale must be in [0, 1]".into(),
+            ));
+        }
+    };
+    Ok(Some(Watermark {
+        opacity_milli: opacity,
+        position,
+        x_offset,
+        y_offset,
+        scale_milli,
+    }))
 }
 
 fn nonempty<'a>(args: &[&'a str], i: usize) -> Option<&'a str> {
@@ -510,11 +925,7 @@ fn parse_gravity(args: &[&str]) -> Result<Gravity, Error> {
                 y: coord(args[2])?,
             });
         }
-        "sm" => {
-            return Err(Error::InvalidOption(
-                "smart gravity (g:sm) is not supported by this build".into(),
-            ));
-        }
+        "sm" => Gravity::Smart,
         other => {
             return Err(Error::InvalidOption(format!(
                 "unknown gravity `{}`",
@@ -545,10 +956,23 @@ mod tests {
     const ID: &str = "0123456789abcdef0123456789abcdef";
     const LIMITS: ParseLimits = ParseLimits {
         max_dimension: 16_383,
+        presets: std::collections::BTreeMap::new(),
+        presets_only: false,
     };
 
     fn parse(p: &str) -> Result<TransformRequest, Error> {
-        parse_path(p, LIMITS)
+        parse_path(p, &LIMITS)
+    }
+
+    fn with_presets(only: bool) -> ParseLimits {
+        let mut presets = std::collections::BTreeMap::new();
+        presets.insert("thumb".to_owned(), "rs:fill:150:150/q:70".to_owned());
+        presets.insert("gray".to_owned(), "fi:grayscale".to_owned());
+        ParseLimits {
+            presets,
+            presets_only: only,
+            ..LIMITS
+        }
     }
 
     fn b64(id: &str) -> String {
@@ -638,7 +1062,30 @@ mod tests {
         let enc = b64(ID);
         let cases: Vec<(String, &str)> = vec![
             (format!("/xx:1/plain/{ID}"), "unknown_option"),
-            (format!("/extend:1/plain/{ID}"), "unknown_option"),
+            (format!("/extend:maybe/plain/{ID}"), "invalid_option"),
+            (format!("/ex:1:sm/plain/{ID}"), "invalid_option"),
+            (format!("/c:10/plain/{ID}"), "invalid_option"),
+            (format!("/c:10:10:up/plain/{ID}"), "invalid_option"),
+            (format!("/rot:45/plain/{ID}"), "invalid_option"),
+            (format!("/rot:-90/plain/{ID}"), "invalid_option"),
+            (format!("/fl:1:1:1/plain/{ID}"), "invalid_option"),
+            (format!("/bg:fff/plain/{ID}"), "invalid_option"),
+            (format!("/bg:256:0:0/plain/{ID}"), "invalid_option"),
+            (format!("/bg:1:2/plain/{ID}"), "invalid_option"),
+            (format!("/bg:gggggg/plain/{ID}"), "invalid_option"),
+            (format!("/pd:1:2:3:4:5/plain/{ID}"), "invalid_option"),
+            (format!("/pd:99999/plain/{ID}"), "invalid_option"),
+            (format!("/bl:101/plain/{ID}"), "invalid_option"),
+            (format!("/bl:-1/plain/{ID}"), "invalid_option"),
+            (format!("/bl:1.234/plain/{ID}"), "invalid_option"),
+            (format!("/sh:11/plain/{ID}"), "invalid_option"),
+            (format!("/fi:vintage/plain/{ID}"), "invalid_option"),
+            (format!("/wm:2/plain/{ID}"), "invalid_option"),
+            (format!("/wm:0.5:sm/plain/{ID}"), "invalid_option"),
+            (format!("/wm:0.5:ce:99999/plain/{ID}"), "invalid_option"),
+            (format!("/wm:0.5:ce:0:0:2/plain/{ID}"), "invalid_option"),
+            (format!("/pr:nope/plain/{ID}"), "invalid_option"),
+            (format!("/ar:2/plain/{ID}"), "invalid_option"),
             (format!("/w:abc/plain/{ID}"), "invalid_option"),
             (format!("/w:-1/plain/{ID}"), "invalid_option"),
             (format!("/w:+1/plain/{ID}"), "invalid_option"),
@@ -653,10 +1100,13 @@ mod tests {
             (format!("/w/plain/{ID}"), "invalid_source"),
             (format!("/w:1:2/plain/{ID}"), "invalid_option"),
             (format!("/rs:squash:1:1/plain/{ID}"), "invalid_option"),
-            (format!("/rs:fit:1:1:0:1/plain/{ID}"), "invalid_option"),
+            (format!("/rs:fit:1:1:0:1:sm/plain/{ID}"), "invalid_option"),
             (format!("/rs:fit:1:1:0:0:9/plain/{ID}"), "invalid_option"),
+            (
+                format!("/rs:fit:1:1:0:0:ce:1:1:1/plain/{ID}"),
+                "invalid_option",
+            ),
             (format!("/el:maybe/plain/{ID}"), "invalid_option"),
-            (format!("/g:sm/plain/{ID}"), "invalid_option"),
             (format!("/g:ce:10:10/plain/{ID}"), "invalid_option"),
             (format!("/g:fp:1.5:0/plain/{ID}"), "invalid_option"),
             (format!("/g:up/plain/{ID}"), "invalid_option"),
@@ -689,6 +1139,132 @@ mod tests {
                 Err(e) => assert_eq!(e.code(), code, "{path}: {e}"),
             }
         }
+    }
+
+    #[test]
+    fn geometry_and_effect_options_parse() {
+        let s = parse(&format!(
+            "/c:400:300:sowe/ar:0/rot:270/fl:1/bg:10:20:30/pd:5:6/ex:1:no/bl:1.5/sh:0.75/fi:sepia/wm:0.5:soea:10:-4:0.25/g:sm/plain/{ID}"
+        ))
+        .unwrap()
+        .spec;
+        assert_eq!(
+            s.crop,
+            Some(Crop {
+                width: 400,
+                height: 300,
+                gravity: Some(Gravity::SouthWest)
+            })
+        );
+        assert!(!s.auto_rotate);
+        assert_eq!(s.rotate, 270);
+        assert!(s.flip_horizontal && !s.flip_vertical);
+        assert_eq!(s.background, Some([10, 20, 30]));
+        assert_eq!(s.padding, [5, 6, 5, 6]);
+        assert_eq!(s.extend, Some(Gravity::North));
+        assert_eq!((s.blur_centi, s.sharpen_centi), (150, 75));
+        assert_eq!(s.filter, Some(Filter::Sepia));
+        assert_eq!(
+            s.watermark,
+            Some(Watermark {
+                opacity_milli: 500,
+                position: Gravity::SouthEast,
+                x_offset: 10,
+                y_offset: -4,
+                scale_milli: 250
+            })
+        );
+        assert_eq!(s.gravity, Gravity::Smart);
+        // Every non-default option shows in the canonical form, hex and decimal bg agree.
+        let c = s.canonical();
+        for part in [
+            "/c:400:300:sowe",
+            "/ar:0",
+            "/rot:270",
+            "/fl:1:0",
+            "/bg:0a141e",
+            "/pd:5:6:5:6",
+        ] {
+            assert!(c.contains(part), "{c} lacks {part}");
+        }
+        let hex = parse(&format!("/bg:0A141E/plain/{ID}")).unwrap().spec;
+        let dec = parse(&format!("/bg:10:20:30/plain/{ID}")).unwrap().spec;
+        assert_eq!(hex.canonical(), dec.canonical());
+        // Padding shorthands, extend through rs, crop with a focus point, wm:0 is off.
+        assert_eq!(
+            parse(&format!("/pd:1/plain/{ID}")).unwrap().spec.padding,
+            [1; 4]
+        );
+        assert_eq!(
+            parse(&format!("/pd:1:2:3/plain/{ID}"))
+                .unwrap()
+                .spec
+                .padding,
+            [1, 2, 3, 2]
+        );
+        let r = parse(&format!("/rs:fit:100:100:0:1:we/plain/{ID}"))
+            .unwrap()
+            .spec;
+        assert_eq!(r.extend, Some(Gravity::West));
+        let r = parse(&format!("/c:0:100:fp:0.5:0.25/plain/{ID}"))
+            .unwrap()
+            .spec;
+        assert_eq!(
+            r.crop.unwrap().gravity,
+            Some(Gravity::FocusPoint { x: 5000, y: 2500 })
+        );
+        assert_eq!(
+            parse(&format!("/wm:0/plain/{ID}")).unwrap().spec.watermark,
+            None
+        );
+        // Defaults do not change the canonical form of a plain resize.
+        let plain = parse(&format!("/w:10/plain/{ID}")).unwrap().spec;
+        let defaults = parse(&format!(
+            "/w:10/ar:1/rot:0/fl:0:0/bl:0/sh:0/fi:none/plain/{ID}"
+        ))
+        .unwrap()
+        .spec;
+        assert_eq!(plain.canonical(), defaults.canonical());
+    }
+
+    #[test]
+    fn presets_expand_and_presets_only_refuses_the_rest() {
+        let limits = with_presets(false);
+        let s = parse_path(&format!("/pr:thumb:gray/plain/{ID}"), &limits)
+            .unwrap()
+            .spec;
+        assert_eq!((s.width, s.height), (150, 150));
+        assert_eq!(s.resizing_type, ResizingType::Fill);
+        assert_eq!(s.quality, Some(70));
+        assert_eq!(s.filter, Some(Filter::Grayscale));
+        // The URL may override what a preset set.
+        let s = parse_path(&format!("/pr:thumb/q:90/plain/{ID}"), &limits)
+            .unwrap()
+            .spec;
+        assert_eq!(s.quality, Some(90));
+        // A `default` preset applies to every URL.
+        let mut with_default = with_presets(false);
+        with_default
+            .presets
+            .insert("default".to_owned(), "q:55".to_owned());
+        let s = parse_path(&format!("/w:10/plain/{ID}"), &with_default)
+            .unwrap()
+            .spec;
+        assert_eq!(s.quality, Some(55));
+
+        let only = with_presets(true);
+        parse_path(&format!("/pr:thumb/f:webp/cb:1/plain/{ID}"), &only).unwrap();
+        let e = parse_path(&format!("/pr:thumb/w:10/plain/{ID}"), &only).unwrap_err();
+        assert_eq!(e.code(), "invalid_option");
+        let e = parse_path(&format!("/w:10/plain/{ID}"), &only).unwrap_err();
+        assert_eq!(e.code(), "invalid_option");
+
+        // Configured presets are validated: no nesting, no garbage, not empty.
+        assert!(validate_preset("rs:fill:10:10/q:70", 16_383).is_ok());
+        assert!(validate_preset("pr:thumb", 16_383).is_err());
+        assert!(validate_preset("zz:1", 16_383).is_err());
+        assert!(validate_preset("w:1/w:2", 16_383).is_err());
+        assert!(validate_preset("", 16_383).is_err());
     }
 
     #[test]

@@ -21,12 +21,12 @@ use crate::app::App;
 use crate::auth::Principal;
 use crate::cache::CachedResult;
 use crate::error::Error;
-use crate::image::{self, ImageFormat};
+use crate::image::ImageFormat;
 use crate::options::{OutputFormat, parse_path};
 
 /// Version of the rendering pipeline; part of every cache key and ETag, so a change in how
 /// results are produced never serves stale bytes under an old validator.
-const PIPELINE_VERSION: &str = "v1";
+const PIPELINE_VERSION: &str = "v2";
 
 pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
     let (parts, _body) = req.into_parts();
@@ -42,7 +42,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
         return Err(Error::InvalidSignature);
     };
 
-    let request = parse_path(tail, app.parse_limits)?;
+    let request = parse_path(tail, &app.parse_limits)?;
     let spec = request.spec;
     let now = unix_now();
     if spec.expires.is_some_and(|exp| now >= exp) {
@@ -104,7 +104,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
     // held in memory at once, and an overloaded server refuses before doing any I/O.
     let admission = app.workers.admit()?;
     let original = app.catalog.original(&request.image).await?;
-    let limits = app.image_limits;
+    let engine = app.engine.clone();
     let job_spec = spec.clone();
     let timer = metrics.transform_duration.clone();
     let encoded = app
@@ -112,7 +112,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
         .run_admitted(admission, move || {
             // Timed on the worker: queueing for a worker is not computation.
             let _timer = timer.start_timer();
-            image::transform(&original, &job_spec, format, quality, &limits)
+            engine.transform(&original, &job_spec, format, quality)
         })
         .await??;
 

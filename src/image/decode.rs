@@ -12,11 +12,24 @@ use super::{Bitmap, ImageError, ImageFormat, Probe};
 
 /// Decodes `bytes`, whose header was probed as `probe`.
 pub fn decode(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
-    let bitmap = match probe.format {
-        ImageFormat::Jpeg => jpeg(bytes, probe)?,
+    decode_with_icc(bytes, probe).map(|(bitmap, _)| bitmap)
+}
+
+/// Decodes `bytes` and returns the embedded ICC profile too (PNG's iCCP is compressed and read
+/// by the PNG decoder under its memory limit; JPEG and WebP profiles come from
+/// [`super::icc::extract`]).
+pub fn decode_with_icc(
+    bytes: &[u8],
+    probe: &Probe,
+) -> Result<(Bitmap, Option<Vec<u8>>), ImageError> {
+    let (bitmap, icc) = match probe.format {
+        ImageFormat::Jpeg => (
+            jpeg(bytes, probe)?,
+            super::icc::extract(bytes, probe.format),
+        ),
         ImageFormat::Png => png(bytes, probe)?,
-        ImageFormat::Webp => webp(bytes)?,
-        ImageFormat::Gif => gif(bytes, probe)?,
+        ImageFormat::Webp => (webp(bytes)?, super::icc::extract(bytes, probe.format)),
+        ImageFormat::Gif => (gif(bytes, probe)?, None),
     };
     if (bitmap.width, bitmap.height) != (probe.width, probe.height) {
         return Err(ImageError::Corrupt(
@@ -27,7 +40,7 @@ pub fn decode(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
     if bitmap.data.len() != expected {
         return Err(ImageError::Corrupt("short pixel buffer".into()));
     }
-    Ok(bitmap)
+    Ok((bitmap, icc))
 }
 
 fn corrupt(e: impl std::fmt::Display) -> ImageError {
@@ -57,7 +70,7 @@ fn jpeg(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
     })
 }
 
-fn png(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
+fn png(bytes: &[u8], probe: &Probe) -> Result<(Bitmap, Option<Vec<u8>>), ImageError> {
     let mut decoder = png::Decoder::new(Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     // Bound the decoder's own allocations to the probed size (RGBA at 16 bits, plus slack).
@@ -67,6 +80,7 @@ fn png(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
         .saturating_add(1 << 20);
     decoder.set_limits(png::Limits { bytes: limit });
     let mut reader = decoder.read_info().map_err(corrupt)?;
+    let icc = reader.info().icc_profile.as_ref().map(|p| p.to_vec());
     let size = reader
         .output_buffer_size()
         .ok_or_else(|| corrupt("image too large for this platform"))?;
@@ -85,12 +99,13 @@ fn png(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
         ),
         png::ColorType::Indexed => return Err(corrupt("palette was not expanded")),
     };
-    Ok(Bitmap {
+    let bitmap = Bitmap {
         width: info.width,
         height: info.height,
         channels,
         data,
-    })
+    };
+    Ok((bitmap, icc))
 }
 
 fn webp(bytes: &[u8]) -> Result<Bitmap, ImageError> {

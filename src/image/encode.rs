@@ -8,12 +8,57 @@
 use super::{Bitmap, ImageError};
 use crate::options::OutputFormat;
 
-/// Encodes `bitmap` as `format` at `quality` (1..=100; ignored by PNG).
-pub fn encode(bitmap: &Bitmap, format: OutputFormat, quality: u8) -> Result<Vec<u8>, ImageError> {
+/// JPEG chroma subsampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subsampling {
+    /// 4:2:0 — half-resolution colour, the web default (smaller files).
+    S420,
+    /// 4:4:4 — full-resolution colour (sharper red text and edges, ~30 % larger).
+    S444,
+}
+
+/// PNG zlib effort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PngCompression {
+    Fast,
+    Balanced,
+    High,
+}
+
+/// Encoder settings from configuration (`[encode]`).
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeSettings {
+    pub jpeg_progressive: bool,
+    pub jpeg_subsampling: Subsampling,
+    pub png_compression: PngCompression,
+    /// libwebp method 0 (fastest) ..= 6 (smallest).
+    pub webp_method: u8,
+    pub webp_lossless: bool,
+}
+
+impl Default for EncodeSettings {
+    fn default() -> Self {
+        EncodeSettings {
+            jpeg_progressive: false,
+            jpeg_subsampling: Subsampling::S420,
+            png_compression: PngCompression::Fast,
+            webp_method: 2,
+            webp_lossless: false,
+        }
+    }
+}
+
+/// Encodes `bitmap` as `format` at `quality` (1..=100; ignored by PNG and lossless WebP).
+pub fn encode(
+    bitmap: &Bitmap,
+    format: OutputFormat,
+    quality: u8,
+    settings: &EncodeSettings,
+) -> Result<Vec<u8>, ImageError> {
     match format {
-        OutputFormat::Jpeg => jpeg(bitmap, quality),
-        OutputFormat::Png => png(bitmap),
-        OutputFormat::Webp => webp(bitmap, quality),
+        OutputFormat::Jpeg => jpeg(bitmap, quality, settings),
+        OutputFormat::Png => png(bitmap, settings),
+        OutputFormat::Webp => webp(bitmap, quality, settings),
     }
 }
 
@@ -21,36 +66,31 @@ fn err(e: impl std::fmt::Display) -> ImageError {
     ImageError::Encode(e.to_string())
 }
 
-fn jpeg(bitmap: &Bitmap, quality: u8) -> Result<Vec<u8>, ImageError> {
+fn jpeg(bitmap: &Bitmap, quality: u8, settings: &EncodeSettings) -> Result<Vec<u8>, ImageError> {
     let w = u16::try_from(bitmap.width).map_err(err)?;
     let h = u16::try_from(bitmap.height).map_err(err)?;
     let rgb;
     let pixels: &[u8] = if bitmap.channels == 4 {
-        // JPEG has no alpha: composite onto white, the usual page background.
-        rgb = flatten_on_white(&bitmap.data);
-        &rgb
+        // JPEG has no alpha: the pipeline flattens first; white is the safe fallback.
+        rgb = super::effects::flatten(bitmap, [255, 255, 255]);
+        &rgb.data
     } else {
         &bitmap.data
     };
     let mut out = Vec::with_capacity(pixels.len() / 8);
-    let encoder = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
+    let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
+    encoder.set_sampling_factor(match settings.jpeg_subsampling {
+        Subsampling::S420 => jpeg_encoder::SamplingFactor::R_4_2_0,
+        Subsampling::S444 => jpeg_encoder::SamplingFactor::R_4_4_4,
+    });
+    encoder.set_progressive(settings.jpeg_progressive);
     encoder
         .encode(pixels, w, h, jpeg_encoder::ColorType::Rgb)
         .map_err(err)?;
     Ok(out)
 }
 
-fn flatten_on_white(rgba: &[u8]) -> Vec<u8> {
-    rgba.chunks_exact(4)
-        .flat_map(|p| {
-            let a = u16::from(p[3]);
-            let blend = |c: u8| ((u16::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
-            [blend(p[0]), blend(p[1]), blend(p[2])]
-        })
-        .collect()
-}
-
-fn png(bitmap: &Bitmap) -> Result<Vec<u8>, ImageError> {
+fn png(bitmap: &Bitmap, settings: &EncodeSettings) -> Result<Vec<u8>, ImageError> {
     let mut out = Vec::with_capacity(bitmap.data.len() / 2);
     {
         let mut encoder = png::Encoder::new(&mut out, bitmap.width, bitmap.height);
@@ -60,7 +100,11 @@ fn png(bitmap: &Bitmap) -> Result<Vec<u8>, ImageError> {
             png::ColorType::Rgb
         });
         encoder.set_depth(png::BitDepth::Eight);
-        encoder.set_compression(png::Compression::Fast);
+        encoder.set_compression(match settings.png_compression {
+            PngCompression::Fast => png::Compression::Fast,
+            PngCompression::Balanced => png::Compression::Balanced,
+            PngCompression::High => png::Compression::High,
+        });
         let mut writer = encoder.write_header().map_err(err)?;
         writer.write_image_data(&bitmap.data).map_err(err)?;
         writer.finish().map_err(err)?;
@@ -68,14 +112,23 @@ fn png(bitmap: &Bitmap) -> Result<Vec<u8>, ImageError> {
     Ok(out)
 }
 
-fn webp(bitmap: &Bitmap, quality: u8) -> Result<Vec<u8>, ImageError> {
+fn webp(bitmap: &Bitmap, quality: u8, settings: &EncodeSettings) -> Result<Vec<u8>, ImageError> {
     let encoder = if bitmap.channels == 4 {
         webp::Encoder::from_rgba(&bitmap.data, bitmap.width, bitmap.height)
     } else {
         webp::Encoder::from_rgb(&bitmap.data, bitmap.width, bitmap.height)
     };
+    let mut config = webp::WebPConfig::new().map_err(|()| err("libwebp config"))?;
+    config.lossless = i32::from(settings.webp_lossless);
+    config.quality = if settings.webp_lossless {
+        // For lossless, "quality" is compression effort; keep it tied to the method.
+        f32::from(settings.webp_method) * 100.0 / 6.0
+    } else {
+        f32::from(quality.clamp(1, 100))
+    };
+    config.method = i32::from(settings.webp_method.min(6));
     let mem = encoder
-        .encode_simple(false, f32::from(quality.clamp(1, 100)))
+        .encode_advanced(&config)
         .map_err(|e| err(format!("{e:?}")))?;
     Ok(mem.to_vec())
 }
@@ -84,11 +137,35 @@ fn webp(bitmap: &Bitmap, quality: u8) -> Result<Vec<u8>, ImageError> {
 mod tests {
     use super::*;
 
+    fn card() -> Bitmap {
+        Bitmap {
+            width: 64,
+            height: 48,
+            channels: 3,
+            data: (0..64 * 48 * 3).map(|i| (i % 251) as u8).collect(),
+        }
+    }
+
     #[test]
-    fn flatten_blends_with_white() {
-        let px = flatten_on_white(&[0, 0, 0, 0, 0, 0, 0, 255, 100, 100, 100, 128]);
-        assert_eq!(&px[0..3], &[255, 255, 255]);
-        assert_eq!(&px[3..6], &[0, 0, 0]);
-        assert!((176..=178).contains(&px[6]));
+    fn settings_change_the_output() {
+        let b = card();
+        let base = EncodeSettings::default();
+        let a = encode(&b, OutputFormat::Jpeg, 80, &base).unwrap();
+        let progressive = EncodeSettings {
+            jpeg_progressive: true,
+            ..base
+        };
+        let p = encode(&b, OutputFormat::Jpeg, 80, &progressive).unwrap();
+        // SOF2 marks a progressive JPEG.
+        assert!(p.windows(2).any(|w| w == [0xFF, 0xC2]));
+        assert!(!a.windows(2).any(|w| w == [0xFF, 0xC2]));
+        let lossless = EncodeSettings {
+            webp_lossless: true,
+            ..base
+        };
+        let l = encode(&b, OutputFormat::Webp, 80, &lossless).unwrap();
+        assert!(l.windows(4).any(|w| w == b"VP8L"));
+        let decoded = webp::Decoder::new(&l).decode().unwrap();
+        assert_eq!(&*decoded, &b.data[..]);
     }
 }

@@ -98,7 +98,8 @@ fn round_dim(v: f64) -> u32 {
 fn anchor(g: Gravity, w: f64, h: f64, cw: f64, ch: f64) -> (f64, f64) {
     let (fx, fy) = ((w - cw).max(0.0), (h - ch).max(0.0));
     match g {
-        Gravity::Center => (fx / 2.0, fy / 2.0),
+        // Smart gravity starts centred; the pipeline moves the window once pixels exist.
+        Gravity::Center | Gravity::Smart => (fx / 2.0, fy / 2.0),
         Gravity::North => (fx / 2.0, 0.0),
         Gravity::South => (fx / 2.0, fy),
         Gravity::East => (fx, fy / 2.0),

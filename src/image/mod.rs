@@ -10,16 +10,21 @@
 //! (fast_image_resize, Lanczos3) → `orient` → `encode`; `pipeline` strings them together.
 
 mod decode;
+mod effects;
 mod encode;
 mod exif;
 mod geometry;
+mod icc;
 mod orient;
 mod pipeline;
 mod probe;
+mod smart;
+mod turbo;
 
 pub use decode::decode;
+pub use encode::{EncodeSettings, PngCompression, Subsampling, encode};
 pub use geometry::{Geometry, plan};
-pub use pipeline::{Encoded, transform, validate_upload};
+pub use pipeline::{Encoded, Engine, JpegDecoder, jpeg_shrink, validate_upload};
 pub use probe::{Probe, probe, sniff};
 
 /// Source formats pixgate accepts.
@@ -77,7 +82,8 @@ pub struct ImageLimits {
     pub max_result_dimension: u32,
 }
 
-/// Decoded pixels, 8 bits per channel, RGB (3) or RGBA (4, not premultiplied).
+/// Decoded pixels, 8 bits per channel, RGB (3) or RGBA (4, not premultiplied); a few internal
+/// helpers use 1 channel.
 #[derive(Debug, Clone)]
 pub struct Bitmap {
     pub width: u32,
@@ -99,6 +105,27 @@ pub enum ImageError {
     Corrupt(String),
     #[error("encode failed: {0}")]
     Encode(String),
+    /// The request asks for something this deployment does not offer (e.g. `wm:` without a
+    /// configured watermark).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Adds an opaque alpha channel to RGB bitmaps.
+pub fn to_rgba(b: Bitmap) -> Bitmap {
+    if b.channels == 4 {
+        return b;
+    }
+    let data = b
+        .data
+        .chunks_exact(usize::from(b.channels))
+        .flat_map(|p| [p[0], p[1], p[2], 255])
+        .collect();
+    Bitmap {
+        channels: 4,
+        data,
+        ..b
+    }
 }
 
 impl ImageLimits {

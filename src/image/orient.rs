@@ -64,6 +64,38 @@ pub fn apply(orientation: u8, src: Bitmap) -> Bitmap {
     }
 }
 
+/// The single orientation (EXIF code 1..=8) equal to applying `exif`, then a clockwise
+/// rotation by `rotate` degrees, then the flips. The eight orientations form a group (the
+/// symmetries of a rectangle), so any such sequence is one of them; it is found by applying the
+/// sequence to a 3×2 probe whose pixels are all distinct.
+pub fn compose(exif: u8, rotate: u16, flip_horizontal: bool, flip_vertical: bool) -> u8 {
+    let probe = Bitmap {
+        width: 3,
+        height: 2,
+        channels: 1,
+        data: (0..6).collect(),
+    };
+    let mut b = apply(exif, probe.clone());
+    b = match rotate {
+        90 => apply(6, b),
+        180 => apply(3, b),
+        270 => apply(8, b),
+        _ => b,
+    };
+    if flip_horizontal {
+        b = apply(2, b);
+    }
+    if flip_vertical {
+        b = apply(4, b);
+    }
+    (1..=8u8)
+        .find(|&o| {
+            let c = apply(o, probe.clone());
+            c.width == b.width && c.data == b.data
+        })
+        .unwrap_or(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +134,31 @@ mod tests {
             assert_eq!((b.width, b.height), size, "orientation {o}");
             assert_eq!(values(&b), vals, "orientation {o}");
         }
+    }
+
+    #[test]
+    fn composition_matches_applying_in_sequence() {
+        for exif in 1..=8u8 {
+            for rot in [0u16, 90, 180, 270] {
+                for (fh, fv) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let o = compose(exif, rot, fh, fv);
+                    let mut b = apply(exif, sample());
+                    for _ in 0..rot / 90 {
+                        b = apply(6, b);
+                    }
+                    if fh {
+                        b = apply(2, b);
+                    }
+                    if fv {
+                        b = apply(4, b);
+                    }
+                    let c = apply(o, sample());
+                    assert_eq!((c.width, values(&c)), (b.width, values(&b)));
+                }
+            }
+        }
+        assert_eq!(compose(1, 90, false, false), 6);
+        assert_eq!(compose(6, 270, false, false), 1);
     }
 
     #[test]

@@ -1,15 +1,18 @@
-//! The transform pipeline: probe → limits → plan → decode → resize → orient → encode.
+//! The transform pipeline: probe → limits → plan → decode (shrink-on-load) → smart crop →
+//! colour → resize → orient → effects → canvas → watermark → flatten → encode.
 //!
 //! CPU-bound and synchronous by design: callers run it on the blocking pool.
 
 use fast_image_resize as fir;
 
-use super::encode::encode;
+use super::effects::{self, Fill};
+use super::encode::{EncodeSettings, encode};
 use super::geometry::plan;
-use super::orient;
 use super::probe::probe;
-use super::{Bitmap, ImageError, ImageFormat, ImageLimits, Probe, decode};
-use crate::options::{OutputFormat, TransformSpec};
+use super::{
+    Bitmap, ImageError, ImageFormat, ImageLimits, Probe, decode, icc, orient, smart, turbo,
+};
+use crate::options::{Gravity, OutputFormat, TransformSpec};
 
 /// An encoded result.
 #[derive(Debug, Clone)]
@@ -18,6 +21,25 @@ pub struct Encoded {
     pub format: OutputFormat,
     pub width: u32,
     pub height: u32,
+}
+
+/// Which JPEG decoder renders transforms (uploads are always validated by zune-jpeg).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JpegDecoder {
+    /// libjpeg-turbo with DCT-domain shrink-on-load (fast; C).
+    Turbo,
+    /// zune-jpeg at full size (memory-safe Rust; ~2× slower on large downscales).
+    Zune,
+}
+
+/// The engine: limits, encoder settings and the configured watermark. Immutable and shared.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub limits: ImageLimits,
+    pub encode: EncodeSettings,
+    pub jpeg_decoder: JpegDecoder,
+    /// The `wm:` image, RGBA.
+    pub watermark: Option<Bitmap>,
 }
 
 /// Checks an upload completely: known format, declared pixel count within limits, and a full
@@ -29,48 +51,245 @@ pub fn validate_upload(bytes: &[u8], limits: &ImageLimits) -> Result<Probe, Imag
     Ok(p)
 }
 
-/// Runs one transform.
-pub fn transform(
-    bytes: &[u8],
-    spec: &TransformSpec,
-    format: OutputFormat,
-    quality: u8,
-    limits: &ImageLimits,
-) -> Result<Encoded, ImageError> {
-    let p = probe(bytes)?;
-    limits.check_source(p.width, p.height)?;
-    let (ow, oh) = p.oriented_dimensions();
-    let geometry = plan(ow, oh, spec);
-    limits.check_result(geometry.out.0, geometry.out.1)?;
-
-    let mut bitmap = decode(bytes, &p)?;
-    if p.format == ImageFormat::Gif || bitmap.channels == 4 {
-        bitmap = drop_opaque_alpha(bitmap);
+impl Engine {
+    pub fn new(limits: ImageLimits) -> Engine {
+        Engine {
+            limits,
+            encode: EncodeSettings::default(),
+            jpeg_decoder: JpegDecoder::Turbo,
+            watermark: None,
+        }
     }
-    let resized = if geometry.is_identity(ow, oh) {
-        bitmap
-    } else {
-        let crop = clamp_crop(
-            orient::crop_to_stored(
-                p.orientation,
-                f64::from(p.width),
-                f64::from(p.height),
-                geometry.crop,
-            ),
+
+    /// Runs one transform.
+    pub fn transform(
+        &self,
+        bytes: &[u8],
+        spec: &TransformSpec,
+        format: OutputFormat,
+        quality: u8,
+    ) -> Result<Encoded, ImageError> {
+        let p = probe(bytes)?;
+        self.limits.check_source(p.width, p.height)?;
+        let exif = if spec.auto_rotate { p.orientation } else { 1 };
+        let o = orient::compose(exif, spec.rotate, spec.flip_horizontal, spec.flip_vertical);
+        let (ow, oh) = if o >= 5 {
+            (p.height, p.width)
+        } else {
+            (p.width, p.height)
+        };
+
+        // 1. Plan everything in oriented coordinates, before any pixel is decoded.
+        let region = crop_region(spec, ow, oh);
+        let geometry = plan(region.2, region.3, spec);
+        let (tw, th) = spec.target_box();
+        let (mut fw, mut fh) = geometry.out;
+        if spec.extend.is_some() {
+            fw = fw.max(tw);
+            fh = fh.max(th);
+        }
+        let [pt, pr, pb, pl] = spec.padding_px();
+        let canvas_w = u64::from(fw) + u64::from(pl) + u64::from(pr);
+        let canvas_h = u64::from(fh) + u64::from(pt) + u64::from(pb);
+        self.limits.check_result(geometry.out.0, geometry.out.1)?;
+        effects::check_canvas(
+            canvas_w,
+            canvas_h,
+            self.limits.max_result_pixels,
+            self.limits.max_result_dimension,
+        )?;
+        if spec.watermark.is_some() && self.watermark.is_none() {
+            return Err(ImageError::Unsupported(
+                "no watermark image is configured".into(),
+            ));
+        }
+        let crop_o = (
+            f64::from(region.0) + geometry.crop.0,
+            f64::from(region.1) + geometry.crop.1,
+            geometry.crop.2,
+            geometry.crop.3,
+        );
+        let crop_s = clamp_crop(
+            orient::crop_to_stored(o, f64::from(p.width), f64::from(p.height), crop_o),
             p.width,
             p.height,
         );
-        let size = orient::size_to_stored(p.orientation, geometry.out);
-        resize(&bitmap, crop, size)?
-    };
-    let oriented = orient::apply(p.orientation, resized);
-    let bytes = encode(&oriented, format, quality)?;
-    Ok(Encoded {
-        bytes,
-        format,
-        width: oriented.width,
-        height: oriented.height,
-    })
+        let out_s = orient::size_to_stored(o, geometry.out);
+
+        // 2. Decode, as small as the plan allows.
+        let (mut bitmap, profile) = self.decode(bytes, &p, crop_s, out_s)?;
+        let (sx, sy) = (
+            f64::from(bitmap.width) / f64::from(p.width),
+            f64::from(bitmap.height) / f64::from(p.height),
+        );
+        let mut crop_d = clamp_crop(
+            (crop_s.0 * sx, crop_s.1 * sy, crop_s.2 * sx, crop_s.3 * sy),
+            bitmap.width,
+            bitmap.height,
+        );
+        let smart_crop = spec.gravity == Gravity::Smart
+            || spec.crop.and_then(|c| c.gravity) == Some(Gravity::Smart);
+        if smart_crop {
+            let (x, y) = smart::best_window(&bitmap, crop_d.2, crop_d.3, (crop_d.0, crop_d.1));
+            crop_d = clamp_crop((x, y, crop_d.2, crop_d.3), bitmap.width, bitmap.height);
+        }
+        if p.format == ImageFormat::Gif || bitmap.channels == 4 {
+            bitmap = drop_opaque_alpha(bitmap);
+        }
+
+        // 3. Resize the crop in the stored grid, then orient the small result.
+        let full = (0.0, 0.0, f64::from(bitmap.width), f64::from(bitmap.height));
+        let mut image = if crop_d == full && out_s == (bitmap.width, bitmap.height) {
+            bitmap
+        } else {
+            resize(&bitmap, crop_d, out_s)?
+        };
+        // Colour conversion on the smallest bitmap that still has every output pixel.
+        if let Some(profile) = profile {
+            icc::to_srgb(&mut image, &profile);
+        }
+        let mut image = orient::apply(o, image);
+
+        // 4. Effects on the result.
+        if let Some(f) = spec.filter {
+            effects::filter(&mut image, f);
+        }
+        if spec.blur_centi > 0 {
+            effects::blur(&mut image, spec.blur_centi as f32 / 100.0);
+        }
+        if spec.sharpen_centi > 0 {
+            effects::sharpen(&mut image, spec.sharpen_centi as f32 / 100.0);
+        }
+        let fill = match spec.background {
+            Some(c) => Fill::Color(c),
+            None if format == OutputFormat::Jpeg => Fill::Color([255, 255, 255]),
+            None => Fill::Transparent,
+        };
+        if let Some(g) = spec.extend
+            && (fw, fh) != (image.width, image.height)
+        {
+            let (x, y) = effects::anchor(g, fw, fh, image.width, image.height);
+            image = effects::place(&image, fw, fh, x, y, fill);
+        }
+        if [pt, pr, pb, pl] != [0; 4] {
+            image = effects::place(&image, canvas_w as u32, canvas_h as u32, pl, pt, fill);
+        }
+        if let (Some(wm), Some(mark)) = (spec.watermark, &self.watermark) {
+            self.apply_watermark(&mut image, mark, wm)?;
+        }
+        if image.channels == 4 {
+            if let Some(bg) = spec.background {
+                image = effects::flatten(&image, bg);
+            } else if format == OutputFormat::Jpeg {
+                image = effects::flatten(&image, [255, 255, 255]);
+            }
+        }
+
+        let bytes = encode(&image, format, quality, &self.encode)?;
+        Ok(Encoded {
+            bytes,
+            format,
+            width: image.width,
+            height: image.height,
+        })
+    }
+
+    /// Decodes at the largest DCT shrink (1/8, 1/4, 1/2) that keeps the crop at least as large
+    /// as the output in both directions, so the final Lanczos pass still only ever reduces.
+    fn decode(
+        &self,
+        bytes: &[u8],
+        p: &Probe,
+        crop: (f64, f64, f64, f64),
+        out: (u32, u32),
+    ) -> Result<(Bitmap, Option<Vec<u8>>), ImageError> {
+        if p.format == ImageFormat::Jpeg && self.jpeg_decoder == JpegDecoder::Turbo {
+            let shrink = jpeg_shrink(crop, out);
+            match turbo::decode_scaled(bytes, shrink, self.limits.max_source_pixels) {
+                Ok(bitmap) => {
+                    let expected = turbo::scaled_size(p.width, p.height, shrink);
+                    if (bitmap.width, bitmap.height) != expected {
+                        return Err(ImageError::Corrupt(
+                            "decoded size differs from the header".into(),
+                        ));
+                    }
+                    return Ok((bitmap, icc::extract(bytes, p.format)));
+                }
+                // CMYK/YCCK: TurboJPEG cannot make RGB of them; zune-jpeg can.
+                Err(_) if turbo::header(bytes).is_ok_and(|h| h.cmyk) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        super::decode::decode_with_icc(bytes, p)
+    }
+
+    fn apply_watermark(
+        &self,
+        image: &mut Bitmap,
+        mark: &Bitmap,
+        wm: crate::options::Watermark,
+    ) -> Result<(), ImageError> {
+        let scaled;
+        let mark = if wm.scale_milli > 0 {
+            let w = (u64::from(image.width) * u64::from(wm.scale_milli) / 1000).max(1);
+            let h = (w * u64::from(mark.height) / u64::from(mark.width.max(1))).max(1);
+            let (w, h) = effects::check_canvas(
+                w,
+                h,
+                self.limits.max_result_pixels,
+                self.limits.max_result_dimension,
+            )?;
+            scaled = resize(
+                mark,
+                (0.0, 0.0, f64::from(mark.width), f64::from(mark.height)),
+                (w, h),
+            )?;
+            &scaled
+        } else {
+            mark
+        };
+        let (ax, ay) = effects::anchor(
+            wm.position,
+            image.width,
+            image.height,
+            mark.width,
+            mark.height,
+        );
+        // Offsets push the mark inwards from the edge it is anchored to.
+        let (dx, dy) = (i64::from(wm.x_offset), i64::from(wm.y_offset));
+        let x = match wm.position {
+            Gravity::East | Gravity::NorthEast | Gravity::SouthEast => i64::from(ax) - dx,
+            _ => i64::from(ax) + dx,
+        };
+        let y = match wm.position {
+            Gravity::South | Gravity::SouthEast | Gravity::SouthWest => i64::from(ay) - dy,
+            _ => i64::from(ay) + dy,
+        };
+        effects::composite(image, mark, x, y, f32::from(wm.opacity_milli) / 1000.0);
+        Ok(())
+    }
+}
+
+/// `c:` — the region (x, y, w, h) of the oriented source kept before resizing.
+fn crop_region(spec: &TransformSpec, ow: u32, oh: u32) -> (u32, u32, u32, u32) {
+    match spec.crop {
+        None => (0, 0, ow, oh),
+        Some(c) => {
+            let w = if c.width == 0 { ow } else { c.width.min(ow) };
+            let h = if c.height == 0 { oh } else { c.height.min(oh) };
+            let (x, y) = effects::anchor(c.gravity.unwrap_or(spec.gravity), ow, oh, w, h);
+            (x, y, w, h)
+        }
+    }
+}
+
+/// The DCT shrink denominator for a crop of the stored image that must yield `out` pixels.
+pub fn jpeg_shrink(crop: (f64, f64, f64, f64), out: (u32, u32)) -> u32 {
+    let (ow, oh) = (f64::from(out.0.max(1)), f64::from(out.1.max(1)));
+    turbo::SHRINKS
+        .into_iter()
+        .find(|&s| crop.2 / f64::from(s) >= ow && crop.3 / f64::from(s) >= oh)
+        .unwrap_or(1)
 }
 
 /// Keeps a crop inside the source. Planning in floating point can overshoot an edge by an ulp
@@ -132,6 +351,20 @@ fn resize(
 mod tests {
     use super::*;
     use crate::options::ResizingType;
+
+    fn transform(
+        bytes: &[u8],
+        spec: &TransformSpec,
+        format: OutputFormat,
+        quality: u8,
+        limits: &ImageLimits,
+    ) -> Result<Encoded, ImageError> {
+        Engine::new(*limits).transform(bytes, spec, format, quality)
+    }
+
+    fn encode(b: &Bitmap, format: OutputFormat, quality: u8) -> Result<Vec<u8>, ImageError> {
+        super::encode(b, format, quality, &EncodeSettings::default())
+    }
 
     const LIMITS: ImageLimits = ImageLimits {
         max_source_pixels: 1_000_000,
@@ -369,6 +602,439 @@ mod tests {
                     String::from_utf8_lossy(needle)
                 );
             }
+        }
+    }
+
+    /// 64x48 card with four flat quadrants: red (TL), green (TR), blue (BL), white (BR).
+    fn quadrants(w: u32, h: u32) -> Bitmap {
+        let mut data = Vec::with_capacity((w * h * 3) as usize);
+        for y in 0..h {
+            for x in 0..w {
+                data.extend_from_slice(match (x < w / 2, y < h / 2) {
+                    (true, true) => &[230, 20, 20],
+                    (false, true) => &[20, 230, 20],
+                    (true, false) => &[20, 20, 230],
+                    (false, false) => &[240, 240, 240],
+                });
+            }
+        }
+        Bitmap {
+            width: w,
+            height: h,
+            channels: 3,
+            data,
+        }
+    }
+
+    /// Which quadrant colour dominates around (fx, fy) (fractions of the size).
+    fn colour_at(b: &Bitmap, fx: f64, fy: f64) -> &'static str {
+        let x = ((f64::from(b.width) * fx) as usize).min(b.width as usize - 1);
+        let y = ((f64::from(b.height) * fy) as usize).min(b.height as usize - 1);
+        let c = usize::from(b.channels);
+        let i = (y * b.width as usize + x) * c;
+        match (b.data[i] > 128, b.data[i + 1] > 128, b.data[i + 2] > 128) {
+            (true, false, false) => "red",
+            (false, true, false) => "green",
+            (false, false, true) => "blue",
+            (true, true, true) => "white",
+            _ => "other",
+        }
+    }
+
+    fn run(bytes: &[u8], path: &str, format: OutputFormat) -> Bitmap {
+        let spec = crate::options::parse_path(
+            &format!("/{path}/plain/0123456789abcdef0123456789abcdef"),
+            &crate::options::ParseLimits {
+                max_dimension: 16_383,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .spec;
+        let out = transform(bytes, &spec, format, 95, &LIMITS).unwrap();
+        let p = probe(&out.bytes).unwrap();
+        assert_eq!((p.width, p.height), (out.width, out.height));
+        decode(&out.bytes, &p).unwrap()
+    }
+
+    /// Inserts an EXIF APP1 segment with `orientation` right after SOI.
+    fn with_exif_orientation(jpeg: &[u8], orientation: u8) -> Vec<u8> {
+        let mut tiff = b"MM\0*\0\0\0\x08".to_vec();
+        tiff.extend_from_slice(&1u16.to_be_bytes());
+        tiff.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, orientation, 0, 0]);
+        tiff.extend_from_slice(&[0, 0, 0, 0]);
+        let mut seg = b"Exif\0\0".to_vec();
+        seg.extend_from_slice(&tiff);
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((seg.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&seg);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn all_eight_exif_orientations_come_out_upright() {
+        let upright = quadrants(64, 48);
+        for o in 1..=8u8 {
+            // Store the pixels so that applying `o` gives the upright card.
+            let inverse = (1..=8u8)
+                .find(|&i| orient::apply(o, orient::apply(i, upright.clone())).data == upright.data)
+                .unwrap();
+            let stored = orient::apply(inverse, upright.clone());
+            let jpeg = with_exif_orientation(&encode(&stored, OutputFormat::Jpeg, 95).unwrap(), o);
+            let out = run(&jpeg, "w:32", OutputFormat::Png);
+            assert_eq!((out.width, out.height), (32, 24), "orientation {o}");
+            for (fx, fy, want) in [
+                (0.2, 0.2, "red"),
+                (0.8, 0.2, "green"),
+                (0.2, 0.8, "blue"),
+                (0.8, 0.8, "white"),
+            ] {
+                assert_eq!(
+                    colour_at(&out, fx, fy),
+                    want,
+                    "orientation {o} at {fx},{fy}"
+                );
+            }
+            // ar:0 ignores the tag: the stored grid comes out as stored.
+            let raw = run(&jpeg, "ar:0", OutputFormat::Png);
+            assert_eq!((raw.width, raw.height), (stored.width, stored.height));
+        }
+    }
+
+    #[test]
+    fn crop_rotate_flip_golden() {
+        let png = encode(&quadrants(64, 48), OutputFormat::Png, 90).unwrap();
+        let c = run(&png, "c:32:24:nowe", OutputFormat::Png);
+        assert_eq!((c.width, c.height), (32, 24));
+        assert_eq!(colour_at(&c, 0.5, 0.5), "red");
+        let c = run(&png, "c:32:24:soea", OutputFormat::Png);
+        assert_eq!(colour_at(&c, 0.5, 0.5), "white");
+        // Crop, then resize the crop.
+        let c = run(&png, "c:32:48:we/rs:fit:16:0", OutputFormat::Png);
+        assert_eq!((c.width, c.height), (16, 24));
+        assert_eq!(colour_at(&c, 0.5, 0.2), "red");
+        assert_eq!(colour_at(&c, 0.5, 0.8), "blue");
+        // Clockwise rotation: bottom-left comes to the top-left.
+        let r = run(&png, "rot:90", OutputFormat::Png);
+        assert_eq!((r.width, r.height), (48, 64));
+        assert_eq!(colour_at(&r, 0.2, 0.2), "blue");
+        assert_eq!(colour_at(&r, 0.8, 0.2), "red");
+        // Width and height refer to the rotated image.
+        let r = run(&png, "rot:270/w:24", OutputFormat::Png);
+        assert_eq!((r.width, r.height), (24, 32));
+        assert_eq!(colour_at(&r, 0.2, 0.2), "green");
+        let f = run(&png, "fl:1", OutputFormat::Png);
+        assert_eq!(colour_at(&f, 0.2, 0.2), "green");
+        let f = run(&png, "fl:0:1", OutputFormat::Png);
+        assert_eq!(colour_at(&f, 0.2, 0.2), "blue");
+        let f = run(&png, "rot:180/fl:1:1", OutputFormat::Png);
+        assert_eq!(colour_at(&f, 0.2, 0.2), "red");
+    }
+
+    #[test]
+    fn padding_extend_and_background() {
+        let png = encode(&quadrants(64, 48), OutputFormat::Png, 90).unwrap();
+        let p = run(&png, "pd:5:10/bg:ff00ff", OutputFormat::Png);
+        assert_eq!((p.width, p.height), (84, 58));
+        assert_eq!(&p.data[0..3], &[255, 0, 255]);
+        // dpr scales padding with the box.
+        let p = run(&png, "w:32/dpr:2/pd:2", OutputFormat::Png);
+        assert_eq!((p.width, p.height), (64 + 8, 48 + 8));
+        // Extend without bg: transparent for PNG, white for JPEG.
+        let e = run(&png, "rs:fit:100:100:0:1", OutputFormat::Png);
+        assert_eq!((e.width, e.height, e.channels), (100, 100, 4));
+        assert_eq!(e.data[3], 0);
+        assert_eq!(e.data[(50 * 100 + 50) * 4 + 3], 255);
+        let e = run(&png, "rs:fit:100:100/ex:1:no", OutputFormat::Jpeg);
+        assert_eq!((e.width, e.height), (100, 100));
+        assert_eq!(colour_at(&e, 0.5, 0.98), "white");
+        assert_eq!(colour_at(&e, 0.2, 0.1), "red");
+        // A canvas over the limits is refused before decoding.
+        let spec = TransformSpec {
+            padding: [2048; 4],
+            ..TransformSpec::default()
+        };
+        let tight = ImageLimits {
+            max_result_dimension: 2000,
+            ..LIMITS
+        };
+        assert!(matches!(
+            transform(&png, &spec, OutputFormat::Png, 80, &tight),
+            Err(ImageError::ResultTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn alpha_edges_have_no_dark_halo_and_flatten_onto_bg() {
+        // Left half opaque red, right half fully transparent *black*.
+        let (w, h) = (64u32, 32u32);
+        let mut data = Vec::new();
+        for _ in 0..h {
+            for x in 0..w {
+                data.extend_from_slice(if x < w / 2 {
+                    &[255, 0, 0, 255]
+                } else {
+                    &[0, 0, 0, 0]
+                });
+            }
+        }
+        let src = Bitmap {
+            width: w,
+            height: h,
+            channels: 4,
+            data,
+        };
+        let png = encode(&src, OutputFormat::Png, 90).unwrap();
+        for path in ["w:21", "w:21/bl:1", "w:21/sh:1"] {
+            let out = run(&png, path, OutputFormat::Png);
+            assert_eq!(out.channels, 4);
+            for px in out.data.chunks(4).filter(|p| p[3] >= 16) {
+                assert!(
+                    px[0] >= 230 && px[1] <= 25 && px[2] <= 25,
+                    "{path}: halo {px:?}"
+                );
+            }
+        }
+        let jpeg = run(&png, "w:32/bg:0:0:255", OutputFormat::Jpeg);
+        assert_eq!(colour_at(&jpeg, 0.1, 0.5), "red");
+        assert_eq!(colour_at(&jpeg, 0.9, 0.5), "blue");
+        let white = run(&png, "w:32", OutputFormat::Jpeg);
+        assert_eq!(colour_at(&white, 0.9, 0.5), "white");
+    }
+
+    #[test]
+    fn filters_blur_sharpen_change_pixels_not_size() {
+        let png = encode(&card(64, 48), OutputFormat::Png, 90).unwrap();
+        let base = run(&png, "w:32", OutputFormat::Png);
+        let g = run(&png, "w:32/fi:grayscale", OutputFormat::Png);
+        assert!(g.data.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+        let s = run(&png, "w:32/fi:sepia", OutputFormat::Png);
+        assert!(s.data.chunks(3).all(|p| p[0] >= p[1] && p[1] >= p[2]));
+        for path in ["w:32/bl:2", "w:32/sh:1"] {
+            let o = run(&png, path, OutputFormat::Png);
+            assert_eq!((o.width, o.height), (32, 24));
+            assert_ne!(o.data, base.data, "{path}");
+        }
+    }
+
+    #[test]
+    fn watermark_is_composited_where_asked() {
+        let png = encode(&quadrants(64, 48), OutputFormat::Png, 90).unwrap();
+        let spec = |path: &str| {
+            crate::options::parse_path(
+                &format!("/{path}/plain/0123456789abcdef0123456789abcdef"),
+                &crate::options::ParseLimits {
+                    max_dimension: 100,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .spec
+        };
+        // No watermark configured: a clear 400-class error.
+        let none = Engine::new(LIMITS);
+        assert!(matches!(
+            none.transform(&png, &spec("wm:1"), OutputFormat::Png, 80),
+            Err(ImageError::Unsupported(_))
+        ));
+        let mut engine = Engine::new(LIMITS);
+        engine.watermark = Some(Bitmap {
+            width: 8,
+            height: 8,
+            channels: 4,
+            data: [0u8, 0, 0, 255].repeat(64),
+        });
+        let out = engine
+            .transform(&png, &spec("wm:1:nowe:2:2"), OutputFormat::Png, 80)
+            .unwrap();
+        let b = decode(&out.bytes, &probe(&out.bytes).unwrap()).unwrap();
+        let px = |x: usize, y: usize| &b.data[(y * 64 + x) * 3..(y * 64 + x) * 3 + 3];
+        assert_eq!(px(0, 0), &[230, 20, 20]); // offset keeps the corner free
+        assert_eq!(px(3, 3), &[0, 0, 0]);
+        assert_eq!(px(12, 12), &[230, 20, 20]);
+        // Half opacity, scaled to a quarter of the width, bottom-right.
+        let out = engine
+            .transform(&png, &spec("wm:0.5:soea:0:0:0.25"), OutputFormat::Png, 80)
+            .unwrap();
+        let b = decode(&out.bytes, &probe(&out.bytes).unwrap()).unwrap();
+        let px = |x: usize, y: usize| &b.data[(y * 64 + x) * 3..(y * 64 + x) * 3 + 3];
+        assert_eq!(px(63, 47), &[120, 120, 120]);
+        assert_eq!(px(63 - 17, 47), &[240, 240, 240]);
+    }
+
+    #[test]
+    fn smart_gravity_follows_the_detail() {
+        // Flat grey with a high-contrast pattern on the right third.
+        let (w, h) = (96u32, 32u32);
+        let mut data = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                let v = if x >= 64 && (x / 2 + y / 2) % 2 == 0 {
+                    0
+                } else if x >= 64 {
+                    255
+                } else {
+                    128
+                };
+                data.extend_from_slice(&[v, v, v]);
+            }
+        }
+        let png = encode(
+            &Bitmap {
+                width: w,
+                height: h,
+                channels: 3,
+                data,
+            },
+            OutputFormat::Png,
+            90,
+        )
+        .unwrap();
+        let centre = run(&png, "rs:fill:32:32", OutputFormat::Png);
+        let smart = run(&png, "rs:fill:32:32/g:sm", OutputFormat::Png);
+        let spread = |b: &Bitmap| {
+            let (lo, hi) = b
+                .data
+                .iter()
+                .fold((255u8, 0u8), |(l, h), &v| (l.min(v), h.max(v)));
+            hi - lo
+        };
+        assert!(spread(&centre) < 10, "centre crop is the flat part");
+        assert!(spread(&smart) > 200, "smart crop found the pattern");
+        // Smart crop via c: too.
+        let c = run(&png, "c:32:32:sm", OutputFormat::Png);
+        assert!(spread(&c) > 200);
+    }
+
+    #[test]
+    fn shrink_on_load_is_chosen_to_stay_above_the_target() {
+        let crop = (0.0, 0.0, 4000.0, 3000.0);
+        assert_eq!(jpeg_shrink(crop, (800, 600)), 4);
+        assert_eq!(jpeg_shrink(crop, (300, 300)), 8);
+        assert_eq!(jpeg_shrink(crop, (1000, 750)), 4);
+        assert_eq!(jpeg_shrink(crop, (1001, 750)), 2);
+        assert_eq!(jpeg_shrink(crop, (2500, 1875)), 1);
+        assert_eq!(jpeg_shrink((0.0, 0.0, 3000.0, 3000.0), (300, 300)), 8);
+    }
+
+    #[test]
+    fn shrink_on_load_matches_a_full_decode() {
+        // A smooth gradient card, 1/4-scaled decode vs. zune full decode, same resize.
+        let jpeg = encode(&card(800, 600), OutputFormat::Jpeg, 95).unwrap();
+        let spec = TransformSpec {
+            width: 160,
+            ..TransformSpec::default()
+        };
+        let turbo = Engine::new(LIMITS);
+        let zune = Engine {
+            jpeg_decoder: JpegDecoder::Zune,
+            ..Engine::new(LIMITS)
+        };
+        let a = turbo
+            .transform(&jpeg, &spec, OutputFormat::Png, 80)
+            .unwrap();
+        let b = zune.transform(&jpeg, &spec, OutputFormat::Png, 80).unwrap();
+        let da = decode(&a.bytes, &probe(&a.bytes).unwrap()).unwrap();
+        let db = decode(&b.bytes, &probe(&b.bytes).unwrap()).unwrap();
+        assert_eq!((da.width, da.height), (db.width, db.height));
+        let mse: f64 = da
+            .data
+            .iter()
+            .zip(&db.data)
+            .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+            .sum::<f64>()
+            / da.data.len() as f64;
+        let psnr = 10.0 * (255.0f64 * 255.0 / mse.max(1e-9)).log10();
+        assert!(psnr > 30.0, "psnr {psnr}");
+    }
+
+    #[test]
+    fn jpeg_variants_decode_grayscale_cmyk_progressive() {
+        let rgb = card(64, 48);
+        // Grayscale.
+        let luma: Vec<u8> = rgb.data.chunks(3).map(|p| p[1]).collect();
+        let mut gray = Vec::new();
+        jpeg_encoder::Encoder::new(&mut gray, 90)
+            .encode(&luma, 64, 48, jpeg_encoder::ColorType::Luma)
+            .unwrap();
+        let g = run(&gray, "w:32", OutputFormat::Png);
+        assert_eq!((g.width, g.height, g.channels), (32, 24, 3));
+        // CMYK: TurboJPEG cannot give RGB, the zune fallback does.
+        let cmyk_px: Vec<u8> = rgb
+            .data
+            .chunks(3)
+            .flat_map(|p| [255 - p[0], 255 - p[1], 255 - p[2], 0])
+            .collect();
+        let mut cmyk = Vec::new();
+        jpeg_encoder::Encoder::new(&mut cmyk, 90)
+            .encode(&cmyk_px, 64, 48, jpeg_encoder::ColorType::Cmyk)
+            .unwrap();
+        let c = run(&cmyk, "w:32", OutputFormat::Png);
+        assert_eq!((c.width, c.height), (32, 24));
+        // Progressive, with restart markers.
+        let mut prog = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut prog, 90);
+        enc.set_progressive(true);
+        enc.set_restart_interval(2);
+        enc.encode(&rgb.data, 64, 48, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let p = run(&prog, "w:16", OutputFormat::Png);
+        assert_eq!((p.width, p.height), (16, 12));
+        // Truncated and corrupt data fail on the shrink-on-load path too (strict mode).
+        let big = encode(&card(256, 192), OutputFormat::Jpeg, 90).unwrap();
+        for bad in [big[..big.len() / 2].to_vec(), {
+            let mut b = big.clone();
+            let n = b.len();
+            b[n / 2..n / 2 + 64].fill(0xFF);
+            b
+        }] {
+            let spec = TransformSpec {
+                width: 32,
+                ..TransformSpec::default()
+            };
+            let r = Engine::new(LIMITS).transform(&bad, &spec, OutputFormat::Png, 80);
+            assert!(matches!(r, Err(ImageError::Corrupt(_))), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn embedded_icc_profiles_are_converted_to_srgb() {
+        let colour = [200u8, 120, 60];
+        let flat = Bitmap {
+            width: 32,
+            height: 32,
+            channels: 3,
+            data: colour.repeat(32 * 32),
+        };
+        let mut jpeg = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 100);
+        enc.add_icc_profile(&icc::testing::display_p3()).unwrap();
+        enc.encode(&flat.data, 32, 32, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let want = icc::testing::p3_to_srgb(colour);
+        for (path, format) in [
+            ("w:16", OutputFormat::Png),
+            ("w:16/rot:90", OutputFormat::Webp),
+        ] {
+            let out = run(&jpeg, path, format);
+            let px = &out.data[(8 * 16 + 8) * usize::from(out.channels)..][..3];
+            for (got, want) in px.iter().zip(want) {
+                assert!(
+                    (f64::from(*got) - want).abs() <= 4.0,
+                    "{path}: {px:?} vs {want:?}"
+                );
+            }
+        }
+        // Without the profile the same pixels pass through unchanged (±JPEG error).
+        let mut plain = Vec::new();
+        jpeg_encoder::Encoder::new(&mut plain, 100)
+            .encode(&flat.data, 32, 32, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let out = run(&plain, "w:16", OutputFormat::Png);
+        for (got, want) in out.data[..3].iter().zip(colour) {
+            assert!(got.abs_diff(want) <= 3);
         }
     }
 }

@@ -1,0 +1,394 @@
+//! Pixel effects applied to the (small) result: blur, sharpen, colour filters, canvas
+//! extension and padding, watermark compositing and alpha flattening.
+//!
+//! All run after the resize, so their cost scales with the output, not the source. Alpha is
+//! never blurred into colour: blur and sharpen work on premultiplied values.
+
+use super::{Bitmap, ImageError};
+use crate::options::{Filter, Gravity};
+
+/// Gaussian blur approximated by three box blurs (error < 3 % of a true Gaussian), O(1) per
+/// pixel whatever the sigma.
+pub fn blur(bitmap: &mut Bitmap, sigma: f32) {
+    if sigma <= 0.0 || bitmap.width == 0 || bitmap.height == 0 {
+        return;
+    }
+    let c = usize::from(bitmap.channels);
+    let mut plane: Vec<f32> = bitmap.data.iter().map(|&v| f32::from(v)).collect();
+    premultiply(&mut plane, c);
+    for radius in box_radii(sigma) {
+        box_blur(
+            &mut plane,
+            bitmap.width as usize,
+            bitmap.height as usize,
+            c,
+            radius,
+        );
+    }
+    unpremultiply(&mut plane, c);
+    for (dst, v) in bitmap.data.iter_mut().zip(plane) {
+        *dst = v.round().clamp(0.0, 255.0) as u8;
+    }
+}
+
+/// Unsharp mask: `out = src + (src − blur(src, sigma))`, colour channels only.
+pub fn sharpen(bitmap: &mut Bitmap, sigma: f32) {
+    if sigma <= 0.0 {
+        return;
+    }
+    let mut blurred = bitmap.clone();
+    blur(&mut blurred, sigma);
+    let c = usize::from(bitmap.channels);
+    for (i, (dst, b)) in bitmap.data.iter_mut().zip(&blurred.data).enumerate() {
+        if c == 4 && i % 4 == 3 {
+            continue;
+        }
+        let v = 2.0 * f32::from(*dst) - f32::from(*b);
+        *dst = v.round().clamp(0.0, 255.0) as u8;
+    }
+}
+
+fn premultiply(plane: &mut [f32], c: usize) {
+    if c == 4 {
+        for px in plane.chunks_exact_mut(4) {
+            let a = px[3] / 255.0;
+            px[0] *= a;
+            px[1] *= a;
+            px[2] *= a;
+        }
+    }
+}
+
+fn unpremultiply(plane: &mut [f32], c: usize) {
+    if c == 4 {
+        for px in plane.chunks_exact_mut(4) {
+            let a = px[3] / 255.0;
+            if a > 0.0 {
+                px[0] /= a;
+                px[1] /= a;
+                px[2] /= a;
+            }
+        }
+    }
+}
+
+/// Radii of three box filters whose convolution approximates a Gaussian of `sigma`
+/// (W. Jarosz / P. Kovesi, "boxes for Gauss").
+fn box_radii(sigma: f32) -> [usize; 3] {
+    let n = 3.0f32;
+    let w_ideal = (12.0 * sigma * sigma / n + 1.0).sqrt();
+    let mut wl = w_ideal.floor() as i64;
+    if wl % 2 == 0 {
+        wl -= 1;
+    }
+    let wl = wl.max(1);
+    let wu = wl + 2;
+    let wlf = wl as f32;
+    let m_ideal =
+        (12.0 * sigma * sigma - n * wlf * wlf - 4.0 * n * wlf - 3.0 * n) / (-4.0 * wlf - 4.0);
+    let m = m_ideal.round() as i64;
+    let mut out = [0usize; 3];
+    for (i, r) in out.iter_mut().enumerate() {
+        let w = if (i as i64) < m { wl } else { wu };
+        *r = ((w - 1) / 2).max(0) as usize;
+    }
+    out
+}
+
+/// One horizontal and one vertical running-sum box pass with clamped edges.
+fn box_blur(plane: &mut [f32], w: usize, h: usize, c: usize, r: usize) {
+    if r == 0 {
+        return;
+    }
+    let mut line = Vec::with_capacity(w.max(h));
+    let norm = 1.0 / (2 * r + 1) as f32;
+    // Rows.
+    for y in 0..h {
+        for ch in 0..c {
+            line.clear();
+            line.extend((0..w).map(|x| plane[(y * w + x) * c + ch]));
+            run_box(&line, r, norm, |x, v| plane[(y * w + x) * c + ch] = v);
+        }
+    }
+    // Columns.
+    for x in 0..w {
+        for ch in 0..c {
+            line.clear();
+            line.extend((0..h).map(|y| plane[(y * w + x) * c + ch]));
+            run_box(&line, r, norm, |y, v| plane[(y * w + x) * c + ch] = v);
+        }
+    }
+}
+
+fn run_box(line: &[f32], r: usize, norm: f32, mut put: impl FnMut(usize, f32)) {
+    let n = line.len();
+    let at = |i: isize| line[i.clamp(0, n as isize - 1) as usize];
+    let r = r as isize;
+    let mut sum: f32 = (-r..=r).map(at).sum();
+    for i in 0..n as isize {
+        put(i as usize, sum * norm);
+        sum += at(i + r + 1) - at(i - r);
+    }
+}
+
+/// Grayscale (Rec. 709 luma) or sepia, colour channels only.
+pub fn filter(bitmap: &mut Bitmap, f: Filter) {
+    let c = usize::from(bitmap.channels);
+    for px in bitmap.data.chunks_exact_mut(c) {
+        let (r, g, b) = (f32::from(px[0]), f32::from(px[1]), f32::from(px[2]));
+        let out = match f {
+            Filter::Grayscale => {
+                let y = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+                [y, y, y]
+            }
+            Filter::Sepia => [
+                0.393 * r + 0.769 * g + 0.189 * b,
+                0.349 * r + 0.686 * g + 0.168 * b,
+                0.272 * r + 0.534 * g + 0.131 * b,
+            ],
+        };
+        for (dst, v) in px.iter_mut().zip(out) {
+            *dst = v.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+}
+
+/// A fill for new canvas area: an opaque colour, or transparent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    Color([u8; 3]),
+    Transparent,
+}
+
+/// Places `src` on a `w`×`h` canvas at (`x`, `y`) filled with `fill`. A transparent fill gives an
+/// RGBA canvas.
+pub fn place(src: &Bitmap, w: u32, h: u32, x: u32, y: u32, fill: Fill) -> Bitmap {
+    let channels = if fill == Fill::Transparent {
+        4
+    } else {
+        src.channels
+    };
+    let c = usize::from(channels);
+    let px: [u8; 4] = match fill {
+        Fill::Color([r, g, b]) => [r, g, b, 255],
+        Fill::Transparent => [0, 0, 0, 0],
+    };
+    let mut data = Vec::with_capacity(w as usize * h as usize * c);
+    for _ in 0..(w as usize * h as usize) {
+        data.extend_from_slice(&px[..c]);
+    }
+    let mut out = Bitmap {
+        width: w,
+        height: h,
+        channels,
+        data,
+    };
+    let sc = usize::from(src.channels);
+    let rows = (src.height).min(h.saturating_sub(y)) as usize;
+    let cols = (src.width).min(w.saturating_sub(x)) as usize;
+    for row in 0..rows {
+        for col in 0..cols {
+            let s = (row * src.width as usize + col) * sc;
+            let d = ((y as usize + row) * w as usize + x as usize + col) * c;
+            out.data[d..d + 3].copy_from_slice(&src.data[s..s + 3]);
+            if c == 4 {
+                out.data[d + 3] = if sc == 4 { src.data[s + 3] } else { 255 };
+            }
+        }
+    }
+    out
+}
+
+/// Where a `cw`×`ch` box goes inside `w`×`h` under `g` (sides and centre).
+pub fn anchor(g: Gravity, w: u32, h: u32, cw: u32, ch: u32) -> (u32, u32) {
+    let (fx, fy) = (w.saturating_sub(cw), h.saturating_sub(ch));
+    match g {
+        Gravity::North => (fx / 2, 0),
+        Gravity::South => (fx / 2, fy),
+        Gravity::East => (fx, fy / 2),
+        Gravity::West => (0, fy / 2),
+        Gravity::NorthEast => (fx, 0),
+        Gravity::NorthWest => (0, 0),
+        Gravity::SouthEast => (fx, fy),
+        Gravity::SouthWest => (0, fy),
+        Gravity::FocusPoint { x, y } => (
+            (u64::from(fx) * u64::from(x) / 10_000) as u32,
+            (u64::from(fy) * u64::from(y) / 10_000) as u32,
+        ),
+        Gravity::Center | Gravity::Smart => (fx / 2, fy / 2),
+    }
+}
+
+/// Alpha-blends `mark` (RGBA) onto `dst` at (`x`, `y`) (may be negative or overhang: clipped),
+/// scaling the mark's alpha by `opacity` (0..=1).
+pub fn composite(dst: &mut Bitmap, mark: &Bitmap, x: i64, y: i64, opacity: f32) {
+    let dc = usize::from(dst.channels);
+    let mc = usize::from(mark.channels);
+    for my in 0..mark.height as i64 {
+        let dy = y + my;
+        if dy < 0 || dy >= i64::from(dst.height) {
+            continue;
+        }
+        for mx in 0..mark.width as i64 {
+            let dx = x + mx;
+            if dx < 0 || dx >= i64::from(dst.width) {
+                continue;
+            }
+            let m = ((my * i64::from(mark.width) + mx) as usize) * mc;
+            let d = ((dy * i64::from(dst.width) + dx) as usize) * dc;
+            let ma = if mc == 4 {
+                f32::from(mark.data[m + 3]) / 255.0
+            } else {
+                1.0
+            } * opacity;
+            if ma <= 0.0 {
+                continue;
+            }
+            for ch in 0..3 {
+                let v =
+                    f32::from(mark.data[m + ch]) * ma + f32::from(dst.data[d + ch]) * (1.0 - ma);
+                dst.data[d + ch] = v.round().clamp(0.0, 255.0) as u8;
+            }
+            if dc == 4 {
+                let da = f32::from(dst.data[d + 3]) / 255.0;
+                dst.data[d + 3] = ((ma + da * (1.0 - ma)) * 255.0).round() as u8;
+            }
+        }
+    }
+}
+
+/// Composites RGBA onto an opaque background, giving RGB.
+pub fn flatten(bitmap: &Bitmap, [br, bg, bb]: [u8; 3]) -> Bitmap {
+    if bitmap.channels != 4 {
+        return bitmap.clone();
+    }
+    let data = bitmap
+        .data
+        .chunks_exact(4)
+        .flat_map(|p| {
+            let a = u16::from(p[3]);
+            let blend = |c: u8, back: u8| {
+                ((u16::from(c) * a + u16::from(back) * (255 - a) + 127) / 255) as u8
+            };
+            [blend(p[0], br), blend(p[1], bg), blend(p[2], bb)]
+        })
+        .collect();
+    Bitmap {
+        width: bitmap.width,
+        height: bitmap.height,
+        channels: 3,
+        data,
+    }
+}
+
+/// Checks a canvas size before allocating it.
+pub fn check_canvas(
+    w: u64,
+    h: u64,
+    max_pixels: u64,
+    max_dim: u32,
+) -> Result<(u32, u32), ImageError> {
+    if w * h > max_pixels || w > u64::from(max_dim) || h > u64::from(max_dim) {
+        return Err(ImageError::ResultTooLarge {
+            width: w.min(u64::from(u32::MAX)) as u32,
+            height: h.min(u64::from(u32::MAX)) as u32,
+            limit: max_pixels,
+        });
+    }
+    Ok((w as u32, h as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn solid(w: u32, h: u32, px: &[u8]) -> Bitmap {
+        Bitmap {
+            width: w,
+            height: h,
+            channels: px.len() as u8,
+            data: px.repeat((w * h) as usize),
+        }
+    }
+
+    #[test]
+    fn blur_keeps_flat_areas_and_softens_edges() {
+        let mut flat = solid(20, 10, &[10, 200, 30]);
+        blur(&mut flat, 3.0);
+        assert!(flat.data.chunks(3).all(|p| p == [10, 200, 30]));
+
+        // A hard vertical edge gets intermediate values after blurring.
+        let mut edge = solid(20, 4, &[0, 0, 0]);
+        for y in 0..4 {
+            for x in 10..20 {
+                let i = (y * 20 + x) * 3;
+                edge.data[i..i + 3].copy_from_slice(&[255, 255, 255]);
+            }
+        }
+        let before = edge.clone();
+        blur(&mut edge, 2.0);
+        let mid = edge.data[(2 * 20 + 10) * 3];
+        assert!(mid > 60 && mid < 255, "{mid}");
+        sharpen(&mut edge, 1.0);
+        assert_ne!(edge.data, before.data);
+    }
+
+    #[test]
+    fn blur_does_not_darken_transparent_edges() {
+        // Opaque red next to fully transparent black: premultiplied blur keeps the red pure.
+        let mut b = solid(10, 1, &[0, 0, 0, 0]);
+        for x in 0..5 {
+            b.data[x * 4..x * 4 + 4].copy_from_slice(&[255, 0, 0, 255]);
+        }
+        blur(&mut b, 1.5);
+        for px in b.data.chunks(4).filter(|p| p[3] > 10) {
+            assert!(px[0] >= 250, "dark fringe: {px:?}");
+        }
+    }
+
+    #[test]
+    fn filters() {
+        let mut g = solid(1, 1, &[255, 0, 0]);
+        filter(&mut g, Filter::Grayscale);
+        assert_eq!(g.data, vec![54, 54, 54]);
+        let mut s = solid(1, 1, &[100, 100, 100]);
+        filter(&mut s, Filter::Sepia);
+        assert!(s.data[0] > s.data[1] && s.data[1] > s.data[2]);
+    }
+
+    #[test]
+    fn place_and_composite() {
+        let src = solid(2, 2, &[9, 9, 9]);
+        let out = place(&src, 4, 3, 1, 1, Fill::Color([1, 2, 3]));
+        assert_eq!((out.width, out.height, out.channels), (4, 3, 3));
+        assert_eq!(&out.data[0..3], &[1, 2, 3]);
+        assert_eq!(&out.data[(4 + 1) * 3..(4 + 1) * 3 + 3], &[9, 9, 9]);
+        let t = place(&src, 3, 3, 0, 0, Fill::Transparent);
+        assert_eq!(t.channels, 4);
+        assert_eq!(t.data[3], 255);
+        assert_eq!(t.data[(3 * 3 - 1) * 4 + 3], 0);
+
+        let mut dst = solid(3, 3, &[0, 0, 0]);
+        let mark = solid(2, 2, &[255, 255, 255, 255]);
+        composite(&mut dst, &mark, 2, -1, 0.5);
+        assert_eq!(&dst.data[2 * 3..2 * 3 + 3], &[128, 128, 128]); // (2,0) covered
+        assert_eq!(&dst.data[0..3], &[0, 0, 0]);
+        assert_eq!(&dst.data[(3 + 2) * 3..(3 + 2) * 3 + 3], &[0, 0, 0]); // (2,1) not covered
+    }
+
+    #[test]
+    fn flatten_blends_with_the_background() {
+        let b = Bitmap {
+            width: 3,
+            height: 1,
+            channels: 4,
+            data: vec![0, 0, 0, 0, 0, 0, 0, 255, 100, 100, 100, 128],
+        };
+        let f = flatten(&b, [255, 255, 255]);
+        assert_eq!(&f.data[0..3], &[255, 255, 255]);
+        assert_eq!(&f.data[3..6], &[0, 0, 0]);
+        assert!((176..=178).contains(&f.data[6]));
+        let f = flatten(&b, [0, 0, 255]);
+        assert_eq!(&f.data[0..3], &[0, 0, 255]);
+    }
+}

@@ -1,0 +1,270 @@
+//! Colour management: sources with an embedded ICC profile are converted to sRGB.
+//!
+//! Outputs carry no profile (metadata-free by design), so they are in sRGB, the colour space a
+//! browser assumes for untagged images. A Display P3 or Adobe RGB photo therefore has its pixels
+//! converted with qcms (Firefox's colour management, pure Rust) instead of being reinterpreted,
+//! which would shift every colour. Profiles that do not parse, are not RGB, or already describe
+//! sRGB leave the pixels untouched.
+//!
+//! Extraction reads container structure only: JPEG APP2 `ICC_PROFILE` chunks (reassembled in
+//! sequence order) and the WebP `ICCP` chunk. PNG's compressed `iCCP` is read by the PNG decoder.
+
+use super::{Bitmap, ImageFormat};
+
+/// Profiles larger than this are ignored (real ones are a few KiB; the JPEG format caps one at
+/// 255 chunks of 64 KiB).
+const MAX_PROFILE_BYTES: usize = 4 << 20;
+
+/// Returns the embedded ICC profile of a JPEG or WebP, if any.
+pub fn extract(bytes: &[u8], format: ImageFormat) -> Option<Vec<u8>> {
+    match format {
+        ImageFormat::Jpeg => jpeg(bytes),
+        ImageFormat::Webp => webp(bytes),
+        ImageFormat::Png | ImageFormat::Gif => None,
+    }
+}
+
+fn jpeg(b: &[u8]) -> Option<Vec<u8>> {
+    let mut chunks: Vec<(u8, &[u8])> = Vec::new();
+    let mut pos = 2;
+    loop {
+        if *b.get(pos)? != 0xFF {
+            return None;
+        }
+        while *b.get(pos)? == 0xFF {
+            pos += 1;
+        }
+        let marker = *b.get(pos)?;
+        pos += 1;
+        match marker {
+            0xD8 | 0x01 | 0xD0..=0xD7 => continue,
+            // Profiles precede the first scan.
+            0xD9 | 0xDA => break,
+            _ => {}
+        }
+        let len = usize::from(u16::from_be_bytes([*b.get(pos)?, *b.get(pos + 1)?]));
+        if len < 2 {
+            return None;
+        }
+        let seg = b.get(pos + 2..pos + len)?;
+        if marker == 0xE2 && seg.len() > 14 && seg.starts_with(b"ICC_PROFILE\0") {
+            chunks.push((seg[12], &seg[14..]));
+        }
+        pos += len;
+    }
+    if chunks.is_empty() {
+        return None;
+    }
+    chunks.sort_by_key(|(seq, _)| *seq);
+    let total: usize = chunks.iter().map(|(_, c)| c.len()).sum();
+    if total > MAX_PROFILE_BYTES {
+        return None;
+    }
+    let mut out = Vec::with_capacity(total);
+    for (_, c) in chunks {
+        out.extend_from_slice(c);
+    }
+    Some(out)
+}
+
+fn webp(b: &[u8]) -> Option<Vec<u8>> {
+    if b.get(12..16)? != b"VP8X" {
+        return None;
+    }
+    let mut pos = 12usize;
+    while let (Some(kind), Some(len)) = (b.get(pos..pos + 4), b.get(pos + 4..pos + 8)) {
+        let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+        let start = pos + 8;
+        let end = start.checked_add(len)?;
+        if kind == b"ICCP" {
+            if len > MAX_PROFILE_BYTES {
+                return None;
+            }
+            return b.get(start..end).map(<[u8]>::to_vec);
+        }
+        pos = end.checked_add(len & 1)?;
+    }
+    None
+}
+
+/// Converts `bitmap` from the colour space `profile` describes to sRGB, in place. Returns true
+/// when pixels were converted.
+pub fn to_srgb(bitmap: &mut Bitmap, profile: &[u8]) -> bool {
+    // Only RGB profiles describe our RGB pixels (bytes 16..20: the data colour space).
+    if profile.get(16..20) != Some(b"RGB ".as_slice()) {
+        return false;
+    }
+    let Some(input) = qcms::Profile::new_from_slice(profile, false) else {
+        return false;
+    };
+    if input.is_sRGB() {
+        return false;
+    }
+    let mut srgb = qcms::Profile::new_sRGB();
+    srgb.precache_output_transform();
+    let ty = if bitmap.channels == 4 {
+        qcms::DataType::RGBA8
+    } else {
+        qcms::DataType::RGB8
+    };
+    // None for profiles qcms cannot use (CMYK, Lab, broken curves): keep the pixels as they are.
+    let Some(transform) = qcms::Transform::new(&input, &srgb, ty, qcms::Intent::Perceptual) else {
+        return false;
+    };
+    // The buffer is a whole number of pixels (a Bitmap invariant), as `apply` requires.
+    transform.apply(&mut bitmap.data);
+    true
+}
+
+/// Test support: a minimal ICC v2 matrix/TRC display profile (Display P3 primaries adapted to
+/// D50, gamma 2.2), and images that carry it.
+#[cfg(test)]
+pub(crate) mod testing {
+    fn s15(v: f64) -> [u8; 4] {
+        ((v * 65536.0).round() as i32).to_be_bytes()
+    }
+
+    fn xyz(x: f64, y: f64, z: f64) -> Vec<u8> {
+        let mut t = b"XYZ \0\0\0\0".to_vec();
+        for v in [x, y, z] {
+            t.extend_from_slice(&s15(v));
+        }
+        t
+    }
+
+    /// Display P3 (D50-adapted primaries as in Apple's profile) with a 2.2 gamma curve.
+    pub fn display_p3() -> Vec<u8> {
+        let mut desc = b"desc\0\0\0\0".to_vec();
+        let name = b"Test Display P3\0";
+        desc.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        desc.extend_from_slice(name);
+        desc.extend_from_slice(&[0; 4 + 4 + 2 + 1 + 67]);
+        let curve = {
+            let mut c = b"curv\0\0\0\0".to_vec();
+            c.extend_from_slice(&1u32.to_be_bytes());
+            c.extend_from_slice(&[0x02, 0x33]); // 2.2 in u8Fixed8
+            c.extend_from_slice(&[0, 0]);
+            c
+        };
+        let tags: Vec<(&[u8; 4], Vec<u8>)> = vec![
+            (b"desc", desc),
+            (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+            (b"rXYZ", xyz(0.5151, 0.2412, -0.0011)),
+            (b"gXYZ", xyz(0.2920, 0.6922, 0.0419)),
+            (b"bXYZ", xyz(0.1571, 0.0666, 0.7841)),
+            (b"rTRC", curve.clone()),
+            (b"gTRC", curve.clone()),
+            (b"bTRC", curve),
+        ];
+        let table_len = 4 + 12 * tags.len();
+        let mut offset = 128 + table_len;
+        let mut table = (tags.len() as u32).to_be_bytes().to_vec();
+        let mut data = Vec::new();
+        for (sig, body) in &tags {
+            while (offset + data.len()) % 4 != 0 {
+                data.push(0);
+            }
+            let at = offset + data.len();
+            table.extend_from_slice(*sig);
+            table.extend_from_slice(&(at as u32).to_be_bytes());
+            table.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            data.extend_from_slice(body);
+        }
+        offset += data.len();
+        let mut h = vec![0u8; 128];
+        h[0..4].copy_from_slice(&(offset as u32).to_be_bytes());
+        h[8..12].copy_from_slice(&[2, 0x10, 0, 0]);
+        h[12..16].copy_from_slice(b"mntr");
+        h[16..20].copy_from_slice(b"RGB ");
+        h[20..24].copy_from_slice(b"XYZ ");
+        h[36..40].copy_from_slice(b"acsp");
+        h[68..72].copy_from_slice(&s15(0.9642));
+        h[72..76].copy_from_slice(&s15(1.0));
+        h[76..80].copy_from_slice(&s15(0.8249));
+        let mut out = h;
+        out.extend_from_slice(&table);
+        out.extend_from_slice(&data);
+        out
+    }
+
+    /// What a P3 (gamma 2.2) colour looks like in sRGB, by the textbook matrix.
+    pub fn p3_to_srgb(rgb: [u8; 3]) -> [f64; 3] {
+        let lin = rgb.map(|v| (f64::from(v) / 255.0).powf(2.2));
+        let m = [
+            [1.2249, -0.2247, 0.0],
+            [-0.0420, 1.0419, 0.0],
+            [-0.0197, -0.0786, 1.0979],
+        ];
+        let mut out = [0.0; 3];
+        for (o, row) in out.iter_mut().zip(m) {
+            let l: f64 = row
+                .iter()
+                .zip(lin)
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+                .clamp(0.0, 1.0);
+            let e = if l <= 0.003_130_8 {
+                12.92 * l
+            } else {
+                1.055 * l.powf(1.0 / 2.4) - 0.055
+            };
+            *o = e * 255.0;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_p3_colour_is_converted_not_reinterpreted() {
+        let profile = testing::display_p3();
+        let colour = [200u8, 120, 60];
+        let mut b = Bitmap {
+            width: 2,
+            height: 1,
+            channels: 3,
+            data: colour.repeat(2),
+        };
+        assert!(to_srgb(&mut b, &profile));
+        let want = testing::p3_to_srgb(colour);
+        for (got, want) in b.data[0..3].iter().zip(want) {
+            assert!(
+                (f64::from(*got) - want).abs() <= 3.0,
+                "{:?} vs {want:?}",
+                &b.data[0..3]
+            );
+        }
+        assert_ne!(&b.data[0..3], &colour);
+        // Garbage and non-RGB profiles leave pixels alone.
+        let mut c = b.clone();
+        assert!(!to_srgb(&mut c, b"not a profile"));
+        let mut gray = profile.clone();
+        gray[16..20].copy_from_slice(b"GRAY");
+        assert!(!to_srgb(&mut c, &gray));
+        assert_eq!(c.data, b.data);
+    }
+
+    #[test]
+    fn jpeg_profile_chunks_are_reassembled_in_order() {
+        // Two APP2 chunks, stored out of order.
+        let mut jpeg = vec![0xFF, 0xD8];
+        for (seq, body) in [(2u8, b"WORLD".as_slice()), (1u8, b"HELLO ".as_slice())] {
+            let mut seg = b"ICC_PROFILE\0".to_vec();
+            seg.extend_from_slice(&[seq, 2]);
+            seg.extend_from_slice(body);
+            jpeg.extend_from_slice(&[0xFF, 0xE2]);
+            jpeg.extend_from_slice(&((seg.len() + 2) as u16).to_be_bytes());
+            jpeg.extend_from_slice(&seg);
+        }
+        jpeg.extend_from_slice(&[0xFF, 0xDA, 0, 2, 0xFF, 0xD9]);
+        assert_eq!(
+            extract(&jpeg, ImageFormat::Jpeg).as_deref(),
+            Some(b"HELLO WORLD".as_slice())
+        );
+        // Truncated segment: no profile, no panic.
+        assert_eq!(extract(&jpeg[..10], ImageFormat::Jpeg), None);
+    }
+}
