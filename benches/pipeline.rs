@@ -101,6 +101,7 @@ fn engine(decoder: JpegDecoder) -> Engine {
         max_source_pixels: 50_000_000,
         max_result_pixels: 40_000_000,
         max_result_dimension: 16_383,
+        max_frames: 1000,
     });
     engine.jpeg_decoder = decoder;
     engine.encode = EncodeSettings {
@@ -113,12 +114,18 @@ fn engine(decoder: JpegDecoder) -> Engine {
     engine
 }
 
-/// Peak resident memory of this process, bytes.
+/// Peak resident memory of this process image, bytes (`VmHWM`; unlike `ru_maxrss` it is not
+/// inherited across `exec` from the benchmark that spawned us).
 fn max_rss() -> u64 {
-    // SAFETY: getrusage fills the struct we own.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    (usage.ru_maxrss as u64) * 1024
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
 }
 
 /// Child mode: `--peak <task id>` runs one transform and prints the RSS growth it caused.

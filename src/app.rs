@@ -11,7 +11,7 @@ use crate::image::{
     Bitmap, EncodeSettings, Engine, ImageLimits, JpegDecoder, PngCompression, Subsampling,
 };
 use crate::metrics::Metrics;
-use crate::options::ParseLimits;
+use crate::options::{OutputFormat, ParseLimits};
 use crate::signature::Signer;
 use crate::storage::{FsStore, ObjectStore, S3Store};
 use crate::workers::Workers;
@@ -31,6 +31,8 @@ pub struct App {
     pub image_limits: ImageLimits,
     pub parse_limits: ParseLimits,
     pub engine: Arc<Engine>,
+    /// `transform.auto_formats`, validated.
+    pub auto_formats: Vec<OutputFormat>,
 }
 
 impl App {
@@ -79,9 +81,16 @@ impl App {
             max_source_pixels: l.max_source_pixels,
             max_result_pixels: l.max_result_pixels,
             max_result_dimension: l.max_result_dimension as u32,
+            max_frames: l.max_frames,
         };
         let parse_limits = config.parse_limits();
         let engine = Arc::new(engine(&config, image_limits)?);
+        let auto_formats = config
+            .transform
+            .auto_formats
+            .iter()
+            .map(|f| OutputFormat::parse(f).map_err(|e| format!("transform.auto_formats: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(App {
             catalog: Catalog::new(store.clone(), l.max_source_bytes),
             store,
@@ -92,6 +101,7 @@ impl App {
                 config.workers(),
                 config.transform.queue_len as usize,
                 metrics.queue_depth.clone(),
+                metrics.queue_wait.clone(),
             ),
             metrics,
             redis,
@@ -99,6 +109,7 @@ impl App {
             image_limits,
             parse_limits,
             engine,
+            auto_formats,
             config,
         })
     }

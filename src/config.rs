@@ -139,6 +139,7 @@ pub struct LimitsConfig {
     pub max_result_pixels: u64,
     /// Largest width or height a URL may ask for (libwebp's own ceiling is 16383).
     pub max_result_dimension: u64,
+    pub max_frames: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -270,6 +271,7 @@ impl Default for LimitsConfig {
             max_source_pixels: 50_000_000,
             max_result_pixels: 40_000_000,
             max_result_dimension: 16_383,
+            max_frames: 1000,
         }
     }
 }
@@ -505,6 +507,7 @@ impl Config {
         positive("limits.max_source_bytes", l.max_source_bytes)?;
         positive("limits.max_source_pixels", l.max_source_pixels)?;
         positive("limits.max_result_pixels", l.max_result_pixels)?;
+        positive("limits.max_frames", l.max_frames)?;
         if !(1..=16_383).contains(&l.max_result_dimension) {
             return Err(ConfigError::new(
                 "limits.max_result_dimension",

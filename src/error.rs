@@ -57,6 +57,8 @@ pub enum Error {
     TooManyPixels { width: u32, height: u32, limit: u64 },
     #[error("invalid image: {0}")]
     InvalidImage(String),
+    #[error("image has more than {limit} animation frames")]
+    TooManyFrames { limit: u64 },
     #[error("requested result of {width}x{height} pixels is over the limit of {limit}")]
     ResultTooLarge { width: u32, height: u32, limit: u64 },
     #[error("bad request: {0}")]
@@ -90,7 +92,7 @@ impl Error {
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::TooManyPixels { .. } | Error::InvalidImage(_) => {
+            Error::TooManyPixels { .. } | Error::TooManyFrames { .. } | Error::InvalidImage(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Error::Overloaded | Error::Timeout | Error::StorageUnavailable(_) => {
@@ -118,6 +120,7 @@ impl Error {
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::TooManyPixels { .. } => "too_many_pixels",
+            Error::TooManyFrames { .. } => "too_many_frames",
             Error::InvalidImage(_) => "invalid_image",
             Error::ResultTooLarge { .. } => "result_too_large",
             Error::BadRequest(_) => "bad_request",
@@ -139,6 +142,7 @@ impl Error {
             Error::NotFound => Category::NotFound,
             Error::PayloadTooLarge { .. }
             | Error::TooManyPixels { .. }
+            | Error::TooManyFrames { .. }
             | Error::ResultTooLarge { .. } => Category::Limit,
             Error::Overloaded | Error::Timeout => Category::Overload,
             Error::StorageUnavailable(_) => Category::Upstream,
@@ -213,6 +217,7 @@ impl From<ImageError> for Error {
                 height,
                 limit,
             },
+            ImageError::TooManyFrames { limit } => Error::TooManyFrames { limit },
             ImageError::Corrupt(msg) => Error::InvalidImage(msg),
             ImageError::Encode(msg) => Error::Internal(format!("encode failed: {msg}")),
             ImageError::Unsupported(msg) => Error::InvalidOption(msg),
@@ -260,6 +265,7 @@ mod tests {
                 422,
                 "too_many_pixels",
             ),
+            (Error::TooManyFrames { limit: 1 }, 422, "too_many_frames"),
             (Error::Overloaded, 503, "overloaded"),
         ];
         for (e, status, code) in cases {

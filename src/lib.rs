@@ -11,7 +11,7 @@
 //! - [`storage`] the `ObjectStore` trait; `fs` and `s3` backends
 //! - [`cache`] the memory LRU of results
 //! - [`workers`] the bounded CPU pool
-//! - [`image`] pure image engine: probe, decode, resize, encode
+//! - [`image`] pure image engine: probe, decode (shrink-on-load), resize, effects, encode
 //! - [`config`], [`error`], [`metrics`], [`id`], [`app`] (wiring)
 //!
 //! Invariants: `image` does no I/O; nothing touches storage before a signature or token is
@@ -32,3 +32,10 @@ pub mod server;
 pub mod signature;
 pub mod storage;
 pub mod workers;
+
+/// mimalloc for every binary linking pixgate (server, benchmarks, tests): image buffers of
+/// several MB are freed and reallocated on every transform, and glibc serves those with
+/// mmap/munmap — page faults plus cross-core TLB shootdowns that kept two workers from
+/// scaling. mimalloc keeps them in per-thread free lists.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

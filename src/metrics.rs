@@ -15,6 +15,7 @@ pub const HTTP_ERRORS_TOTAL: &str = "pixgate_http_errors_total";
 pub const INFLIGHT_REQUESTS: &str = "pixgate_inflight_requests";
 pub const TRANSFORM_DURATION_SECONDS: &str = "pixgate_transform_duration_seconds";
 pub const TRANSFORM_QUEUE_DEPTH: &str = "pixgate_transform_queue_depth";
+pub const TRANSFORM_QUEUE_WAIT_SECONDS: &str = "pixgate_transform_queue_wait_seconds";
 pub const CACHE_REQUESTS_TOTAL: &str = "pixgate_cache_requests_total";
 pub const CACHE_MEMORY_BYTES: &str = "pixgate_cache_memory_bytes";
 pub const CONNECTIONS_OPEN: &str = "pixgate_connections_open";
@@ -39,6 +40,7 @@ pub struct Metrics {
     /// Actual computations only; cache hits never count.
     pub transform_duration: Histogram,
     pub queue_depth: IntGauge,
+    pub queue_wait: Histogram,
     /// `{layer, result}`
     pub cache_requests: IntCounterVec,
     pub cache_memory_bytes: IntGauge,
@@ -89,6 +91,13 @@ impl Metrics {
             TRANSFORM_QUEUE_DEPTH,
             "CPU jobs waiting for or holding a worker.",
         )?;
+        let queue_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                TRANSFORM_QUEUE_WAIT_SECONDS,
+                "Time an admitted transform waited for a CPU worker.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
         let cache_requests = IntCounterVec::new(
             Opts::new(CACHE_REQUESTS_TOTAL, "Cache lookups by layer and result."),
             &["layer", "result"],
@@ -103,6 +112,7 @@ impl Metrics {
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(transform_duration.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(queue_wait.clone()))?;
         registry.register(Box::new(cache_requests.clone()))?;
         registry.register(Box::new(cache_memory_bytes.clone()))?;
         registry.register(Box::new(connections.clone()))?;
@@ -115,6 +125,7 @@ impl Metrics {
             inflight,
             transform_duration,
             queue_depth,
+            queue_wait,
             cache_requests,
             cache_memory_bytes,
             connections,

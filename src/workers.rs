@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use prometheus::IntGauge;
+use prometheus::{Histogram, IntGauge};
 use tokio::sync::Semaphore;
 
 use crate::error::Error;
@@ -19,6 +19,7 @@ pub struct Workers {
     admitted: Arc<AtomicUsize>,
     max_admitted: usize,
     depth: IntGauge,
+    wait: Histogram,
 }
 
 /// A reserved place in the pool (queued or running), released on drop. Taking it before
@@ -36,13 +37,14 @@ impl Drop for Admission {
 }
 
 impl Workers {
-    pub fn new(workers: usize, queue_len: usize, depth: IntGauge) -> Workers {
+    pub fn new(workers: usize, queue_len: usize, depth: IntGauge, wait: Histogram) -> Workers {
         let workers = workers.max(1);
         Workers {
             permits: Arc::new(Semaphore::new(workers)),
             admitted: Arc::new(AtomicUsize::new(0)),
             max_admitted: workers + queue_len,
             depth,
+            wait,
         }
     }
 
@@ -76,12 +78,14 @@ impl Workers {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
+        let waited = self.wait.start_timer();
         let permit = self
             .permits
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| Error::Internal("worker pool closed".into()))?;
+        waited.observe_duration();
         tokio::task::spawn_blocking(move || {
             // Both are held until the work is done, even if the caller went away.
             let _permit = permit;
@@ -99,9 +103,13 @@ mod tests {
 
     use super::*;
 
+    fn wait() -> Histogram {
+        Histogram::with_opts(prometheus::HistogramOpts::new("w", "w")).unwrap()
+    }
+
     #[tokio::test]
     async fn full_queue_is_refused_fast_and_recovers() {
-        let w = Arc::new(Workers::new(1, 1, IntGauge::new("d", "d").unwrap()));
+        let w = Arc::new(Workers::new(1, 1, IntGauge::new("d", "d").unwrap(), wait()));
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let rx = Arc::new(std::sync::Mutex::new(rx));
         let block = |rx: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>| {
@@ -128,7 +136,7 @@ mod tests {
 
     #[tokio::test]
     async fn cancelled_waiter_frees_its_slot() {
-        let w = Arc::new(Workers::new(1, 1, IntGauge::new("d", "d").unwrap()));
+        let w = Arc::new(Workers::new(1, 1, IntGauge::new("d", "d").unwrap(), wait()));
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let w1 = w.clone();
         let running = tokio::spawn(async move {

@@ -52,11 +52,19 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
         .quality
         .unwrap_or(app.config.transform.default_quality as u8);
     let negotiated = spec.format.is_none();
-    let accepts_webp = accepts(&parts.headers, "image/webp");
-    let format_token = match spec.format {
-        Some(f) => f.extension(),
-        None if accepts_webp => "auto-webp",
-        None => "auto-source",
+    // First configured format the client accepts (`transform.auto_formats`, in order).
+    let auto = if negotiated {
+        app.auto_formats
+            .iter()
+            .copied()
+            .find(|f| accepts(&parts.headers, f.mime()))
+    } else {
+        None
+    };
+    let format_token = match (spec.format, auto) {
+        (Some(f), _) => f.extension().to_owned(),
+        (None, Some(f)) => format!("auto-{}", f.extension()),
+        (None, None) => "auto-source".to_owned(),
     };
     let key = format!(
         "{PIPELINE_VERSION}|{}|{}|q{quality}|{format_token}",
@@ -89,11 +97,10 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
 
     let meta = app.catalog.meta(&request.image).await?;
     authorize(principal.as_ref(), &meta.owner)?;
-    let format = spec.format.unwrap_or(if accepts_webp {
-        OutputFormat::Webp
-    } else {
-        fallback_format(meta.format)
-    });
+    let format = spec
+        .format
+        .or(auto)
+        .unwrap_or_else(|| fallback_format(meta.format));
     let etag = etag_for(&key);
     let last_modified = humantime::parse_rfc3339(&meta.created_at).unwrap_or(UNIX_EPOCH);
     if if_none_match(&parts.headers, &etag) {
@@ -148,7 +155,7 @@ fn authorize(principal: Option<&Principal>, owner: &str) -> Result<(), Error> {
     }
 }
 
-/// Output format when the client did not ask for one and does not accept WebP.
+/// Output format when the client did not ask for one and accepts none of `auto_formats`.
 fn fallback_format(source: ImageFormat) -> OutputFormat {
     match source {
         ImageFormat::Jpeg => OutputFormat::Jpeg,

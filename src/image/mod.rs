@@ -25,7 +25,7 @@ pub use decode::decode;
 pub use encode::{EncodeSettings, PngCompression, Subsampling, encode};
 pub use geometry::{Geometry, plan};
 pub use pipeline::{Encoded, Engine, JpegDecoder, jpeg_shrink, validate_upload};
-pub use probe::{Probe, probe, sniff};
+pub use probe::{Probe, frame_count, probe, sniff};
 
 /// Source formats pixgate accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -80,6 +80,9 @@ pub struct ImageLimits {
     pub max_source_pixels: u64,
     pub max_result_pixels: u64,
     pub max_result_dimension: u32,
+    /// Animation frames a source may have (only the first is rendered; more are refused so a
+    /// stored file cannot be an unbounded animation).
+    pub max_frames: u64,
 }
 
 /// Decoded pixels, 8 bits per channel, RGB (3) or RGBA (4, not premultiplied); a few internal
@@ -99,6 +102,8 @@ pub enum ImageError {
     UnknownFormat,
     #[error("{width}x{height} is more than {limit} pixels")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
+    #[error("more than {limit} animation frames")]
+    TooManyFrames { limit: u64 },
     #[error("result {width}x{height} is over the limit of {limit} pixels")]
     ResultTooLarge { width: u32, height: u32, limit: u64 },
     #[error("corrupt image: {0}")]
@@ -141,6 +146,16 @@ impl ImageLimits {
         }
         if width == 0 || height == 0 {
             return Err(ImageError::Corrupt("zero-sized image".into()));
+        }
+        Ok(())
+    }
+
+    /// Refuses a source with more animation frames than allowed (structure walk, no decode).
+    pub fn check_frames(&self, bytes: &[u8], format: ImageFormat) -> Result<(), ImageError> {
+        if probe::frame_count(bytes, format, self.max_frames) > self.max_frames {
+            return Err(ImageError::TooManyFrames {
+                limit: self.max_frames,
+            });
         }
         Ok(())
     }

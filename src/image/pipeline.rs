@@ -47,6 +47,7 @@ pub struct Engine {
 pub fn validate_upload(bytes: &[u8], limits: &ImageLimits) -> Result<Probe, ImageError> {
     let p = probe(bytes)?;
     limits.check_source(p.width, p.height)?;
+    limits.check_frames(bytes, p.format)?;
     decode(bytes, &p)?;
     Ok(p)
 }
@@ -71,6 +72,7 @@ impl Engine {
     ) -> Result<Encoded, ImageError> {
         let p = probe(bytes)?;
         self.limits.check_source(p.width, p.height)?;
+        self.limits.check_frames(bytes, p.format)?;
         let exif = if spec.auto_rotate { p.orientation } else { 1 };
         let o = orient::compose(exif, spec.rotate, spec.flip_horizontal, spec.flip_vertical);
         let (ow, oh) = if o >= 5 {
@@ -370,6 +372,7 @@ mod tests {
         max_source_pixels: 1_000_000,
         max_result_pixels: 1_000_000,
         max_result_dimension: 4096,
+        max_frames: 10,
     };
 
     /// A gradient test card: left half red-ish, right half blue-ish.

@@ -192,8 +192,129 @@ fn webp(b: &[u8]) -> Option<(u32, u32, u8)> {
     }
 }
 
+/// Counts animation frames from container structure alone, stopping once `stop_after` is
+/// exceeded (so a file with a million frames costs no more than one with `stop_after + 1`).
+/// JPEG and PNG have one frame; a WebP counts its `ANMF` chunks (1 if none); a GIF its image
+/// descriptors. Malformed structure counts what was seen (the decoders reject it later).
+pub fn frame_count(bytes: &[u8], format: ImageFormat, stop_after: u64) -> u64 {
+    match format {
+        ImageFormat::Jpeg | ImageFormat::Png => 1,
+        ImageFormat::Webp => webp_frames(bytes, stop_after),
+        ImageFormat::Gif => gif_frames(bytes, stop_after),
+    }
+}
+
+fn webp_frames(b: &[u8], stop_after: u64) -> u64 {
+    let mut frames = 0u64;
+    let mut pos = 12usize;
+    while let (Some(kind), Some(len)) = (b.get(pos..pos + 4), le32(b, pos + 4)) {
+        if kind == b"ANMF" {
+            frames += 1;
+            if frames > stop_after {
+                break;
+            }
+        }
+        let Some(next) = usize::try_from(len)
+            .ok()
+            .and_then(|l| (pos + 8).checked_add(l)?.checked_add(l & 1))
+        else {
+            break;
+        };
+        pos = next;
+    }
+    frames.max(1)
+}
+
+fn gif_frames(b: &[u8], stop_after: u64) -> u64 {
+    // Sub-blocks: length byte, data, until a zero length.
+    fn skip_sub_blocks(b: &[u8], mut pos: usize) -> Option<usize> {
+        loop {
+            let len = usize::from(*b.get(pos)?);
+            pos += 1;
+            if len == 0 {
+                return Some(pos);
+            }
+            pos += len;
+        }
+    }
+    let Some(&flags) = b.get(10) else { return 1 };
+    let table = |flags: u8| {
+        if flags & 0x80 != 0 {
+            3usize << ((flags & 7) + 1)
+        } else {
+            0
+        }
+    };
+    let mut pos = 13 + table(flags);
+    let mut frames = 0u64;
+    while let Some(&block) = b.get(pos) {
+        match block {
+            0x2C => {
+                frames += 1;
+                if frames > stop_after {
+                    break;
+                }
+                let Some(&local) = b.get(pos + 9) else { break };
+                // Descriptor (10) + local table + LZW minimum code size (1) + data sub-blocks.
+                match skip_sub_blocks(b, pos + 10 + table(local) + 1) {
+                    Some(p) => pos = p,
+                    None => break,
+                }
+            }
+            0x21 => match skip_sub_blocks(b, pos + 2) {
+                Some(p) => pos = p,
+                None => break,
+            },
+            _ => break, // 0x3B trailer, or garbage
+        }
+    }
+    frames.max(1)
+}
+
 fn gif(b: &[u8]) -> Option<(u32, u32, u8)> {
     Some((u32::from(le16(b, 6)?), u32::from(le16(b, 8)?), 1))
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+
+    fn gif_with_frames(n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        {
+            let palette = [0u8, 0, 0, 255, 255, 255];
+            let mut enc = gif::Encoder::new(&mut out, 4, 4, &palette).unwrap();
+            for i in 0..n {
+                let frame = gif::Frame {
+                    width: 4,
+                    height: 4,
+                    buffer: std::borrow::Cow::Owned(vec![(i % 2) as u8; 16]),
+                    ..gif::Frame::default()
+                };
+                enc.write_frame(&frame).unwrap();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn frames_are_counted_from_structure() {
+        for n in [1, 2, 7] {
+            assert_eq!(
+                frame_count(&gif_with_frames(n), ImageFormat::Gif, 100),
+                n as u64
+            );
+        }
+        // Counting stops just past the limit.
+        assert_eq!(frame_count(&gif_with_frames(50), ImageFormat::Gif, 3), 4);
+        // Truncated: what was seen, no panic.
+        let g = gif_with_frames(5);
+        for cut in [5, 13, 20, g.len() / 2] {
+            let n = frame_count(&g[..cut], ImageFormat::Gif, 100);
+            assert!((1..=5).contains(&n));
+        }
+        assert_eq!(frame_count(b"\xFF\xD8", ImageFormat::Jpeg, 0), 1);
+    }
 }
 
 #[cfg(test)]

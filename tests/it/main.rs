@@ -4,6 +4,7 @@
 mod harness;
 
 mod cli;
+mod options;
 mod server;
 mod transform;
 mod upload;

@@ -1,0 +1,199 @@
+//! The engine's option set through the server: geometry, effects, presets, watermark and
+//! format negotiation, as a browser or CDN would request them.
+
+use pixgate::auth::Role;
+use pixgate::image::{ImageFormat, decode, probe};
+
+use crate::harness::*;
+
+fn dims(body: &[u8]) -> (ImageFormat, u32, u32) {
+    let p = probe(body).expect("an image");
+    (p.format, p.width, p.height)
+}
+
+#[tokio::test]
+async fn geometry_and_effect_options_render() {
+    let s = Server::start(Backend::Fs);
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let cases: &[(&str, (ImageFormat, u32, u32))] = &[
+        ("c:160:120:nowe/f:png", (ImageFormat::Png, 160, 120)),
+        ("c:160:120/rot:90/f:png", (ImageFormat::Png, 120, 160)),
+        ("rot:270/w:60/f:jpg", (ImageFormat::Jpeg, 60, 80)),
+        ("fl:1:1/w:64/f:webp", (ImageFormat::Webp, 64, 48)),
+        ("rs:fill:100:100/g:sm/f:webp", (ImageFormat::Webp, 100, 100)),
+        (
+            "rs:fit:100:100:0:1/bg:ff0000/f:png",
+            (ImageFormat::Png, 100, 100),
+        ),
+        ("w:50/pd:10/f:jpg", (ImageFormat::Jpeg, 70, 58)),
+        (
+            "w:64/bl:2/sh:1/fi:grayscale/f:png",
+            (ImageFormat::Png, 64, 48),
+        ),
+        ("w:64/fi:sepia/ar:0/f:jpg", (ImageFormat::Jpeg, 64, 48)),
+    ];
+    for (options, want) in cases {
+        let r = get(&s.url(&signed(&format!("/{options}/plain/{id}"))), &[]).await;
+        assert_eq!(r.status, 200, "{options}: {:?}", r.body);
+        assert_eq!(dims(&r.body), *want, "{options}");
+    }
+    // Grayscale really is grey.
+    let r = get(
+        &s.url(&signed(&format!("/w:32/fi:grayscale/f:png/plain/{id}"))),
+        &[],
+    )
+    .await;
+    let b = decode(&r.body, &probe(&r.body).unwrap()).unwrap();
+    assert!(b.data.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+    // Extension with a background fills the new area with it.
+    let r = get(
+        &s.url(&signed(&format!(
+            "/rs:fit:100:100:0:1:no/bg:0:0:255/f:png/plain/{id}"
+        ))),
+        &[],
+    )
+    .await;
+    let b = decode(&r.body, &probe(&r.body).unwrap()).unwrap();
+    let last = b.data.len() - 3;
+    assert_eq!(&b.data[last..], &[0, 0, 255]);
+
+    // Refusals are 400s with stable codes, before any work.
+    for (options, code) in [
+        ("wm:0.5", "invalid_option"),
+        ("pr:nothing", "invalid_option"),
+        ("rot:45", "invalid_option"),
+        ("bl:1000", "invalid_option"),
+        ("pd:5000", "invalid_option"),
+        ("f:tiff", "unsupported_format"),
+    ] {
+        let r = get(&s.url(&signed(&format!("/{options}/plain/{id}"))), &[]).await;
+        assert_eq!((r.status, r.code()), (400, code.to_owned()), "{options}");
+    }
+    // A padded canvas beyond the result limits is refused, not allocated.
+    let r = get(
+        &s.url(&signed(&format!(
+            "/rs:fit:16000:16000:1/pd:2048/plain/{id}"
+        ))),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn presets_expand_and_presets_only_mode_refuses_other_options() {
+    let s = Server::start_with(
+        Backend::Fs,
+        &[
+            ("PIXGATE__PRESETS__THUMB", "rs:fill:64:64/f:png"),
+            ("PIXGATE__PRESETS__GRAY", "fi:grayscale"),
+            ("PIXGATE__TRANSFORM__PRESETS_ONLY", "true"),
+        ],
+    );
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let r = get(&s.url(&signed(&format!("/pr:thumb:gray/plain/{id}"))), &[]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(dims(&r.body), (ImageFormat::Png, 64, 64));
+    let r = get(&s.url(&signed(&format!("/pr:thumb/w:10/plain/{id}"))), &[]).await;
+    assert_eq!((r.status, r.code()), (400, "invalid_option".to_owned()));
+    // Bearer transforms obey the same rule.
+    let t = token("alice", Role::Viewer);
+    let r = get(
+        &s.url(&format!("/_/w:10/plain/{id}")),
+        &[("authorization", &format!("Bearer {t}"))],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn bad_presets_and_watermarks_stop_the_server_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value, named) in [
+        ("PIXGATE__PRESETS__BAD", "zz:1", "presets.bad"),
+        ("PIXGATE__PRESETS__NESTED", "pr:other", "presets.nested"),
+        (
+            "PIXGATE__WATERMARK__PATH",
+            "/nonexistent/wm.png",
+            "watermark.path",
+        ),
+        (
+            "PIXGATE__WATERMARK__PATH",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/not_an_image.html"
+            ),
+            "watermark.path",
+        ),
+    ] {
+        let env = server_env(Backend::Fs, dir.path(), &[(key, value)]);
+        let out = pixgate_cmd(&env)
+            .arg("serve")
+            .current_dir(dir.path())
+            .output()
+            .expect("run pixgate");
+        assert!(!out.status.success(), "{key}={value} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "{key}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn configured_watermark_is_composited() {
+    let wm = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/watermark_64x32.png"
+    );
+    let s = Server::start_with(Backend::Fs, &[("PIXGATE__WATERMARK__PATH", wm)]);
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let plain = get(&s.url(&signed(&format!("/w:200/f:png/plain/{id}"))), &[]).await;
+    let marked = get(
+        &s.url(&signed(&format!("/w:200/wm:1:soea:4:4/f:png/plain/{id}"))),
+        &[],
+    )
+    .await;
+    assert_eq!(marked.status, 200, "{:?}", marked.body);
+    let a = decode(&plain.body, &probe(&plain.body).unwrap()).unwrap();
+    let b = decode(&marked.body, &probe(&marked.body).unwrap()).unwrap();
+    assert_eq!((a.width, a.height), (b.width, b.height));
+    let px = |bm: &pixgate::image::Bitmap, x: u32, y: u32| {
+        let i = ((y * bm.width + x) * 3) as usize;
+        [bm.data[i], bm.data[i + 1], bm.data[i + 2]]
+    };
+    // Inside the mark (bottom-right, 4 px in): near white; top-left corner untouched.
+    let inside = px(&b, 200 - 4 - 32, 150 - 4 - 16);
+    assert!(inside.iter().all(|&v| v > 200), "{inside:?}");
+    assert_eq!(px(&a, 5, 5), px(&b, 5, 5));
+}
+
+fn animated_gif(frames: usize) -> bytes::Bytes {
+    let mut out = Vec::new();
+    {
+        let palette = [0u8, 0, 0, 255, 255, 255];
+        let mut enc = gif::Encoder::new(&mut out, 8, 8, &palette).expect("gif");
+        for i in 0..frames {
+            let frame = gif::Frame {
+                width: 8,
+                height: 8,
+                buffer: std::borrow::Cow::Owned(vec![(i % 2) as u8; 64]),
+                ..gif::Frame::default()
+            };
+            enc.write_frame(&frame).expect("frame");
+        }
+    }
+    bytes::Bytes::from(out)
+}
+
+#[tokio::test]
+async fn animation_frame_limit_applies_to_uploads() {
+    let s = Server::start_with(Backend::Fs, &[("PIXGATE__LIMITS__MAX_FRAMES", "3")]);
+    let t = token("alice", Role::Editor);
+    let r = upload(&s, &t, "image/gif", animated_gif(3)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    // The first frame renders.
+    let r = get(&s.url(&signed(&format!("/w:4/f:png/plain/{id}"))), &[]).await;
+    assert_eq!(dims(&r.body), (ImageFormat::Png, 4, 4));
+    let r = upload(&s, &t, "image/gif", animated_gif(4)).await;
+    assert_eq!((r.status, r.code()), (422, "too_many_frames".to_owned()));
+}
