@@ -10,29 +10,17 @@
 //!     cargo bench --bench pipeline            # photos from ../shared/fixtures/photos
 //!     bash benches/compare.sh                 # the same, beside sharp
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::{photos_dir, spec, tasks};
 use fast_image_resize as fir;
-use pixgate::image::{Bitmap, EncodeSettings, Engine, ImageLimits, JpegDecoder, decode, probe};
-use pixgate::options::{OutputFormat, ResizingType, TransformSpec};
+use pixgate::image::{Bitmap, EncodeSettings, Engine, JpegDecoder, decode, probe};
+use pixgate::options::{OutputFormat, ResizingType};
 
 const RUNS: usize = 9;
-
-struct Task {
-    id: &'static str,
-    name: &'static str,
-    file: &'static str,
-    spec: TransformSpec,
-    format: OutputFormat,
-}
-
-fn photos_dir() -> PathBuf {
-    std::env::var_os("PIXGATE_PHOTOS").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/photos"),
-        PathBuf::from,
-    )
-}
 
 fn median(mut f: impl FnMut()) -> Duration {
     f(); // warm-up (page faults, lazy init)
@@ -47,62 +35,8 @@ fn median(mut f: impl FnMut()) -> Duration {
     times[RUNS / 2]
 }
 
-fn spec(rt: ResizingType, w: u32, h: u32) -> TransformSpec {
-    TransformSpec {
-        resizing_type: rt,
-        width: w,
-        height: h,
-        ..TransformSpec::default()
-    }
-}
-
-fn tasks() -> Vec<Task> {
-    vec![
-        Task {
-            id: "T1",
-            name: "4000x3000 JPEG -> 800px JPEG q80",
-            file: "photo_4000x3000_q90.jpg",
-            spec: spec(ResizingType::Fit, 800, 0),
-            format: OutputFormat::Jpeg,
-        },
-        Task {
-            id: "T2",
-            name: "4000x3000 JPEG -> 800px WebP q80",
-            file: "photo_4000x3000_q90.jpg",
-            spec: spec(ResizingType::Fit, 800, 0),
-            format: OutputFormat::Webp,
-        },
-        Task {
-            id: "T3",
-            name: "4000x3000 JPEG -> 300x300 cover JPEG",
-            file: "photo_4000x3000_q90.jpg",
-            spec: spec(ResizingType::Fill, 300, 300),
-            format: OutputFormat::Jpeg,
-        },
-        Task {
-            id: "T4",
-            name: "2000x2000 PNG -> 400px PNG",
-            file: "photo_2000x2000.png",
-            spec: spec(ResizingType::Fit, 400, 0),
-            format: OutputFormat::Png,
-        },
-        Task {
-            id: "T5",
-            name: "5640x3172 progressive JPEG -> 800px WebP",
-            file: "src_elephants_5640x3172_progressive.jpg",
-            spec: spec(ResizingType::Fit, 800, 0),
-            format: OutputFormat::Webp,
-        },
-    ]
-}
-
 fn engine(decoder: JpegDecoder) -> Engine {
-    let mut engine = Engine::new(ImageLimits {
-        max_source_pixels: 50_000_000,
-        max_result_pixels: 40_000_000,
-        max_result_dimension: 16_383,
-        max_frames: 1000,
-    });
+    let mut engine = common::engine();
     engine.jpeg_decoder = decoder;
     engine.encode = EncodeSettings {
         webp_method: std::env::var("PIXGATE_WEBP_METHOD")
@@ -202,6 +136,24 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--peak") {
         peak_child(&args[i + 1]);
+        return;
+    }
+    // `--repeat <task> <n>`: run one task n times (for `perf record`).
+    if let Some(i) = args.iter().position(|a| a == "--repeat") {
+        let task = tasks()
+            .into_iter()
+            .find(|t| t.id == args[i + 1])
+            .expect("task");
+        let n: usize = args[i + 2].parse().expect("count");
+        let bytes = std::fs::read(photos_dir().join(task.file)).expect("photo");
+        let engine = engine(JpegDecoder::Turbo);
+        for _ in 0..n {
+            std::hint::black_box(
+                engine
+                    .transform(&bytes, &task.spec, task.format, 80)
+                    .expect("transform"),
+            );
+        }
         return;
     }
     let dir = photos_dir();

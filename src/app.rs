@@ -33,6 +33,8 @@ pub struct App {
     pub engine: Arc<Engine>,
     /// `transform.auto_formats`, validated.
     pub auto_formats: Vec<OutputFormat>,
+    /// `transform.avif_workers`: AVIF encodes in flight.
+    pub avif_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
@@ -110,6 +112,9 @@ impl App {
             parse_limits,
             engine,
             auto_formats,
+            avif_permits: Arc::new(tokio::sync::Semaphore::new(
+                config.transform.avif_workers as usize,
+            )),
             config,
         })
     }
@@ -132,6 +137,7 @@ fn engine(config: &Config, limits: ImageLimits) -> Result<Engine, String> {
         },
         webp_method: e.webp_method.min(6) as u8,
         webp_lossless: e.webp_lossless,
+        avif_speed: e.avif_speed.clamp(1, 10) as u8,
     };
     let watermark = if config.watermark.path.is_empty() {
         None

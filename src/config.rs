@@ -157,6 +157,8 @@ pub struct TransformConfig {
     /// Accepted output formats in order of preference for `f:auto` / no format, when the
     /// request's `Accept` allows them.
     pub auto_formats: Vec<String>,
+    /// AVIF encodes allowed at once (they are slow); others wait their turn.
+    pub avif_workers: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,6 +172,8 @@ pub struct EncodeConfig {
     /// libwebp method 0..=6 (speed/size trade-off).
     pub webp_method: u64,
     pub webp_lossless: bool,
+    /// rav1e speed 1 (slowest) ..= 10 (fastest).
+    pub avif_speed: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -285,6 +289,7 @@ impl Default for TransformConfig {
             jpeg_decoder: "turbo".into(),
             presets_only: false,
             auto_formats: vec!["webp".into()],
+            avif_workers: 1,
         }
     }
 }
@@ -297,6 +302,7 @@ impl Default for EncodeConfig {
             png_compression: "fast".into(),
             webp_method: 2,
             webp_lossless: false,
+            avif_speed: 8,
         }
     }
 }
@@ -533,10 +539,10 @@ impl Config {
             }
         }
         for f in &t.auto_formats {
-            if !matches!(f.as_str(), "webp") {
+            if !matches!(f.as_str(), "webp" | "avif") {
                 return Err(ConfigError::new(
                     "transform.auto_formats",
-                    format!("`{f}` is not a negotiable format (webp)"),
+                    format!("`{f}` is not a negotiable format (avif, webp)"),
                 ));
             }
         }
@@ -556,6 +562,10 @@ impl Config {
         if e.webp_method > 6 {
             return Err(ConfigError::new("encode.webp_method", "must be 0..=6"));
         }
+        if !(1..=10).contains(&e.avif_speed) {
+            return Err(ConfigError::new("encode.avif_speed", "must be 1..=10"));
+        }
+        positive("transform.avif_workers", t.avif_workers)?;
         for (name, value) in &self.presets {
             let key = format!("presets.{name}");
             if name == "eager" {

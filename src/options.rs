@@ -84,6 +84,7 @@ pub enum OutputFormat {
     Jpeg,
     Png,
     Webp,
+    Avif,
 }
 
 /// A parsed, bounded transform. Defaults follow imgproxy.
@@ -149,9 +150,9 @@ pub struct TransformRequest {
 const MAX_DPR_MILLI: u32 = 8000;
 const MAX_CACHEBUSTER_LEN: usize = 128;
 /// Largest blur sigma (pixels); beyond this everything is one colour anyway.
-pub const MAX_BLUR_CENTI: u32 = 100_00;
+pub const MAX_BLUR_CENTI: u32 = 10_000;
 /// Largest sharpen sigma (pixels).
-pub const MAX_SHARPEN_CENTI: u32 = 10_00;
+pub const MAX_SHARPEN_CENTI: u32 = 1_000;
 /// Largest padding per side and watermark offset, CSS pixels.
 const MAX_PADDING: u32 = 2048;
 /// Presets a URL may name at once.
@@ -233,12 +234,13 @@ impl Gravity {
 }
 
 impl OutputFormat {
-    /// Parses an extension or format name (`jpg`, `jpeg`, `png`, `webp`).
+    /// Parses an extension or format name (`jpg`, `jpeg`, `png`, `webp`, `avif`).
     pub fn parse(s: &str) -> Result<Self, Error> {
         Ok(match s {
             "jpg" | "jpeg" => OutputFormat::Jpeg,
             "png" => OutputFormat::Png,
             "webp" => OutputFormat::Webp,
+            "avif" => OutputFormat::Avif,
             other => return Err(Error::UnsupportedFormat(clip(other))),
         })
     }
@@ -248,6 +250,7 @@ impl OutputFormat {
             OutputFormat::Jpeg => "jpg",
             OutputFormat::Png => "png",
             OutputFormat::Webp => "webp",
+            OutputFormat::Avif => "avif",
         }
     }
 
@@ -256,6 +259,7 @@ impl OutputFormat {
             OutputFormat::Jpeg => "image/jpeg",
             OutputFormat::Png => "image/png",
             OutputFormat::Webp => "image/webp",
+            OutputFormat::Avif => "image/avif",
         }
     }
 }
@@ -1117,7 +1121,7 @@ mod tests {
             (format!("/dpr:NaN/plain/{ID}"), "invalid_option"),
             (format!("/exp:soon/plain/{ID}"), "invalid_option"),
             (format!("/cb:a%2Fb/plain/{ID}"), "invalid_option"),
-            (format!("/f:avif/plain/{ID}"), "unsupported_format"),
+            (format!("/f:heic/plain/{ID}"), "unsupported_format"),
             (format!("/f:gif/plain/{ID}"), "unsupported_format"),
             (format!("/plain/{ID}@tiff"), "unsupported_format"),
             (format!("/f:png/plain/{ID}@webp"), "invalid_option"),

@@ -110,6 +110,19 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
     // Reserve the CPU-queue place before fetching: at most workers + queue_len originals are
     // held in memory at once, and an overloaded server refuses before doing any I/O.
     let admission = app.workers.admit()?;
+    // AVIF encodes are slow: at most `transform.avif_workers` at once, so they cannot take
+    // every CPU worker. Waiting here holds a queue place, so the wait is bounded too.
+    let avif_permit = if format == OutputFormat::Avif {
+        Some(
+            app.avif_permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Internal("AVIF limiter closed".into()))?,
+        )
+    } else {
+        None
+    };
     let original = app.catalog.original(&request.image).await?;
     let engine = app.engine.clone();
     let job_spec = spec.clone();
@@ -119,6 +132,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
         .run_admitted(admission, move || {
             // Timed on the worker: queueing for a worker is not computation.
             let _timer = timer.start_timer();
+            let _avif = avif_permit;
             engine.transform(&original, &job_spec, format, quality)
         })
         .await??;

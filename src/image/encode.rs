@@ -1,9 +1,8 @@
 //! Encoders. Each is handed raw pixels only, so no source metadata (EXIF, GPS, XMP, ICC) can
 //! reach an output.
 //!
-//! JPEG: jpeg-encoder (pure Rust, AVX2 when available). PNG: the `png` crate with fast
-//! compression (results are small; encode time matters more than the last percent). WebP:
-//! libwebp lossy through the `webp` crate.
+//! JPEG: jpeg-encoder (pure Rust, AVX2 when available). PNG: the `png` crate. WebP: libwebp
+//! through the `webp` crate. AVIF: rav1e through `ravif` (pure Rust), one thread per encode.
 
 use super::{Bitmap, ImageError};
 use crate::options::OutputFormat;
@@ -34,6 +33,8 @@ pub struct EncodeSettings {
     /// libwebp method 0 (fastest) ..= 6 (smallest).
     pub webp_method: u8,
     pub webp_lossless: bool,
+    /// rav1e speed 1 (slowest, smallest) ..= 10 (fastest).
+    pub avif_speed: u8,
 }
 
 impl Default for EncodeSettings {
@@ -44,6 +45,7 @@ impl Default for EncodeSettings {
             png_compression: PngCompression::Fast,
             webp_method: 2,
             webp_lossless: false,
+            avif_speed: 8,
         }
     }
 }
@@ -59,6 +61,7 @@ pub fn encode(
         OutputFormat::Jpeg => jpeg(bitmap, quality, settings),
         OutputFormat::Png => png(bitmap, settings),
         OutputFormat::Webp => webp(bitmap, quality, settings),
+        OutputFormat::Avif => avif(bitmap, quality, settings),
     }
 }
 
@@ -133,6 +136,26 @@ fn webp(bitmap: &Bitmap, quality: u8, settings: &EncodeSettings) -> Result<Vec<u
     Ok(mem.to_vec())
 }
 
+fn avif(bitmap: &Bitmap, quality: u8, settings: &EncodeSettings) -> Result<Vec<u8>, ImageError> {
+    use rgb::FromSlice;
+    let (w, h) = (bitmap.width as usize, bitmap.height as usize);
+    let q = f32::from(quality.clamp(1, 100));
+    // One thread: the CPU pool (and the AVIF limit in front of it) decides the parallelism.
+    let encoder = ravif::Encoder::new()
+        .with_quality(q)
+        .with_alpha_quality(q)
+        .with_speed(settings.avif_speed.clamp(1, 10))
+        .with_bit_depth(ravif::BitDepth::Eight)
+        .with_num_threads(Some(1));
+    let encoded = if bitmap.channels == 4 {
+        encoder.encode_rgba(ravif::Img::new(bitmap.data.as_rgba(), w, h))
+    } else {
+        encoder.encode_rgb(ravif::Img::new(bitmap.data.as_rgb(), w, h))
+    }
+    .map_err(err)?;
+    Ok(encoded.avif_file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +190,17 @@ mod tests {
         assert!(l.windows(4).any(|w| w == b"VP8L"));
         let decoded = webp::Decoder::new(&l).decode().unwrap();
         assert_eq!(&*decoded, &b.data[..]);
+    }
+
+    #[test]
+    fn avif_is_an_avif_file_with_and_without_alpha() {
+        let b = card();
+        let a = encode(&b, OutputFormat::Avif, 60, &EncodeSettings::default()).unwrap();
+        assert_eq!(&a[4..12], b"ftypavif");
+        let rgba = super::super::to_rgba(b);
+        let a = encode(&rgba, OutputFormat::Avif, 60, &EncodeSettings::default()).unwrap();
+        assert_eq!(&a[4..12], b"ftypavif");
+        // No EXIF/XMP boxes are written.
+        assert!(!a.windows(4).any(|w| w == b"Exif"));
     }
 }

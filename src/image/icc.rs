@@ -26,32 +26,13 @@ pub fn extract(bytes: &[u8], format: ImageFormat) -> Option<Vec<u8>> {
 
 fn jpeg(b: &[u8]) -> Option<Vec<u8>> {
     let mut chunks: Vec<(u8, &[u8])> = Vec::new();
-    let mut pos = 2;
-    loop {
-        if *b.get(pos)? != 0xFF {
-            return None;
-        }
-        while *b.get(pos)? == 0xFF {
-            pos += 1;
-        }
-        let marker = *b.get(pos)?;
-        pos += 1;
-        match marker {
-            0xD8 | 0x01 | 0xD0..=0xD7 => continue,
-            // Profiles precede the first scan.
-            0xD9 | 0xDA => break,
-            _ => {}
-        }
-        let len = usize::from(u16::from_be_bytes([*b.get(pos)?, *b.get(pos + 1)?]));
-        if len < 2 {
-            return None;
-        }
-        let seg = b.get(pos + 2..pos + len)?;
+    // Profiles precede the first scan.
+    super::probe::walk_jpeg(b, |marker, seg| {
         if marker == 0xE2 && seg.len() > 14 && seg.starts_with(b"ICC_PROFILE\0") {
             chunks.push((seg[12], &seg[14..]));
         }
-        pos += len;
-    }
+        None::<()>
+    })?;
     if chunks.is_empty() {
         return None;
     }
@@ -161,7 +142,7 @@ pub(crate) mod testing {
         let mut table = (tags.len() as u32).to_be_bytes().to_vec();
         let mut data = Vec::new();
         for (sig, body) in &tags {
-            while (offset + data.len()) % 4 != 0 {
+            while !(offset + data.len()).is_multiple_of(4) {
                 data.push(0);
             }
             let at = offset + data.len();

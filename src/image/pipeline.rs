@@ -207,19 +207,17 @@ impl Engine {
     ) -> Result<(Bitmap, Option<Vec<u8>>), ImageError> {
         if p.format == ImageFormat::Jpeg && self.jpeg_decoder == JpegDecoder::Turbo {
             let shrink = jpeg_shrink(crop, out);
-            match turbo::decode_scaled(bytes, shrink, self.limits.max_source_pixels) {
-                Ok(bitmap) => {
-                    let expected = turbo::scaled_size(p.width, p.height, shrink);
-                    if (bitmap.width, bitmap.height) != expected {
-                        return Err(ImageError::Corrupt(
-                            "decoded size differs from the header".into(),
-                        ));
-                    }
-                    return Ok((bitmap, icc::extract(bytes, p.format)));
+            // On failure (CMYK/YCCK, 12-bit and other files TurboJPEG will not render),
+            // zune-jpeg, the decoder that accepted this file at upload, renders it at full size;
+            // it is just as strict, so truncated or corrupt data fails there too.
+            if let Ok(bitmap) = turbo::decode_scaled(bytes, shrink, self.limits.max_source_pixels) {
+                let expected = turbo::scaled_size(p.width, p.height, shrink);
+                if (bitmap.width, bitmap.height) != expected {
+                    return Err(ImageError::Corrupt(
+                        "decoded size differs from the header".into(),
+                    ));
                 }
-                // CMYK/YCCK: TurboJPEG cannot make RGB of them; zune-jpeg can.
-                Err(_) if turbo::header(bytes).is_ok_and(|h| h.cmyk) => {}
-                Err(e) => return Err(e),
+                return Ok((bitmap, icc::extract(bytes, p.format)));
             }
         }
         super::decode::decode_with_icc(bytes, p)

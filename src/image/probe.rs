@@ -81,9 +81,14 @@ fn le32(b: &[u8], off: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
 }
 
-fn jpeg(b: &[u8]) -> Option<(u32, u32, u8)> {
+/// Walks the marker segments of a JPEG up to the first scan (SOS) or EOI, calling `visit` with
+/// each marker and its payload; `visit` returns `Some(v)` to stop there with `v`. Returns `None`
+/// when the structure is malformed or truncated, `Some(None)` on reaching SOS/EOI.
+pub(super) fn walk_jpeg<'a, T>(
+    b: &'a [u8],
+    mut visit: impl FnMut(u8, &'a [u8]) -> Option<T>,
+) -> Option<Option<T>> {
     let mut pos = 2;
-    let mut orientation = 1;
     loop {
         if *b.get(pos)? != 0xFF {
             return None;
@@ -96,7 +101,7 @@ fn jpeg(b: &[u8]) -> Option<(u32, u32, u8)> {
         pos += 1;
         match marker {
             0xD8 | 0x01 | 0xD0..=0xD7 => continue,
-            0xD9 | 0xDA => return None, // end of image or scan before any frame header
+            0xD9 | 0xDA => return Some(None),
             _ => {}
         }
         let len = usize::from(be16(b, pos)?);
@@ -104,17 +109,27 @@ fn jpeg(b: &[u8]) -> Option<(u32, u32, u8)> {
             return None;
         }
         let seg = b.get(pos + 2..pos + len)?;
-        match marker {
-            0xE1 if seg.starts_with(b"Exif\0\0") => orientation = exif::orientation(&seg[6..]),
-            0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
-                let height = u32::from(be16(seg, 1)?);
-                let width = u32::from(be16(seg, 3)?);
-                return Some((width, height, orientation));
-            }
-            _ => {}
+        if let Some(v) = visit(marker, seg) {
+            return Some(Some(v));
         }
         pos += len;
     }
+}
+
+fn jpeg(b: &[u8]) -> Option<(u32, u32, u8)> {
+    let mut orientation = 1;
+    // The frame header (SOFn) must come before the first scan.
+    let frame = walk_jpeg(b, |marker, seg| match marker {
+        0xE1 if seg.starts_with(b"Exif\0\0") => {
+            orientation = exif::orientation(&seg[6..]);
+            None
+        }
+        0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
+            Some(be16(seg, 3).zip(be16(seg, 1)))
+        }
+        _ => None,
+    })???;
+    Some((u32::from(frame.0), u32::from(frame.1), orientation))
 }
 
 fn png(b: &[u8]) -> Option<(u32, u32, u8)> {

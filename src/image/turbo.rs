@@ -177,9 +177,3 @@ fn read_header(handle: &Handle, bytes: &[u8]) -> Result<Header, ImageError> {
             || colorspace == raw::TJCS_TJCS_YCCK as c_int,
     })
 }
-
-/// Reads the header only (for tests and for the CMYK check).
-pub fn header(bytes: &[u8]) -> Result<Header, ImageError> {
-    let handle = Handle::new()?;
-    read_header(&handle, bytes)
-}

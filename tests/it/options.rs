@@ -17,7 +17,9 @@ async fn geometry_and_effect_options_render() {
     let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
     let cases: &[(&str, (ImageFormat, u32, u32))] = &[
         ("c:160:120:nowe/f:png", (ImageFormat::Png, 160, 120)),
-        ("c:160:120/rot:90/f:png", (ImageFormat::Png, 120, 160)),
+        // Crop sizes are in the rotated frame (what the viewer sees).
+        ("c:160:120/rot:90/f:png", (ImageFormat::Png, 160, 120)),
+        ("c:100:200/rot:90/f:png", (ImageFormat::Png, 100, 200)),
         ("rot:270/w:60/f:jpg", (ImageFormat::Jpeg, 60, 80)),
         ("fl:1:1/w:64/f:webp", (ImageFormat::Webp, 64, 48)),
         ("rs:fill:100:100/g:sm/f:webp", (ImageFormat::Webp, 100, 100)),
@@ -196,4 +198,31 @@ async fn animation_frame_limit_applies_to_uploads() {
     assert_eq!(dims(&r.body), (ImageFormat::Png, 4, 4));
     let r = upload(&s, &t, "image/gif", animated_gif(4)).await;
     assert_eq!((r.status, r.code()), (422, "too_many_frames".to_owned()));
+}
+
+#[tokio::test]
+async fn avif_output_explicit_and_negotiated() {
+    let s = Server::start_with(
+        Backend::Fs,
+        &[("PIXGATE__TRANSFORM__AUTO_FORMATS", "avif,webp")],
+    );
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let is_avif = |b: &[u8]| b.len() > 12 && &b[4..12] == b"ftypavif";
+    let r = get(&s.url(&signed(&format!("/w:100/f:avif/plain/{id}"))), &[]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("content-type"), Some("image/avif"));
+    assert!(is_avif(&r.body));
+    assert_eq!(r.header("vary"), None);
+    // Negotiation follows the configured order, and the choice is part of the cache key.
+    let path = signed(&format!("/w:100/plain/{id}"));
+    let avif = get(&s.url(&path), &[("accept", "image/avif,image/webp,*/*")]).await;
+    assert_eq!(avif.header("content-type"), Some("image/avif"));
+    assert_eq!(avif.header("vary"), Some("Accept"));
+    let webp = get(&s.url(&path), &[("accept", "image/webp,*/*")]).await;
+    assert_eq!(webp.header("content-type"), Some("image/webp"));
+    let refused = get(&s.url(&path), &[("accept", "image/avif;q=0,image/webp")]).await;
+    assert_eq!(refused.header("content-type"), Some("image/webp"));
+    let plain = get(&s.url(&path), &[("accept", "*/*")]).await;
+    assert_eq!(plain.header("content-type"), Some("image/jpeg"));
+    assert_ne!(avif.header("etag"), webp.header("etag"));
 }

@@ -211,7 +211,7 @@ async fn hostile_urls_are_refused_before_storage(backend: Backend) {
             "invalid_option",
         ),
         (
-            signed(&format!("/f:avif/plain/{id}")),
+            signed(&format!("/f:heic/plain/{id}")),
             400,
             "unsupported_format",
         ),
