@@ -156,36 +156,26 @@ fn main() {
         }
         return;
     }
+    // `--measure <file.json>`: one round of timings, written for the report.
+    if let Some(i) = args.iter().position(|a| a == "--measure") {
+        let round = measure();
+        let out = PathBuf::from(&args[i + 1]);
+        std::fs::write(&out, serde_json::to_vec_pretty(&round).expect("json")).expect("write");
+        return;
+    }
+    report();
+}
+
+/// One round: per task the median time with libjpeg-turbo and with zune-jpeg, the output size,
+/// T1's output (for PSNR), and T1 throughput with two workers.
+fn measure() -> serde_json::Value {
     let dir = photos_dir();
-    let compare_dir = std::env::var_os("PIXGATE_COMPARE").map(PathBuf::from);
-    let sharp: Option<serde_json::Value> = compare_dir
-        .as_ref()
-        .and_then(|d| std::fs::read(d.join("sharp.json")).ok())
-        .and_then(|b| serde_json::from_slice(&b).ok());
     let turbo = engine(JpegDecoder::Turbo);
     let zune = engine(JpegDecoder::Zune);
-
-    println!("pixgate engine: single thread, median of {RUNS} runs");
-    if let Some(s) = &sharp {
-        println!(
-            "sharp {} (libvips {}), sharp.concurrency(1), same tasks and encoder settings",
-            s["version"]["sharp"].as_str().unwrap_or("?"),
-            s["version"]["vips"].as_str().unwrap_or("?")
-        );
-    }
-    println!(
-        "{:<3} {:<42} {:>9} {:>9} {:>7} {:>9} {:>9} {:>8} {:>9}",
-        "", "task", "pixgate", "sharp", "ratio", "px bytes", "sh bytes", "zune", "peak MiB"
-    );
+    let mut tasks_json = serde_json::Map::new();
     let mut t1_output = None;
     for task in tasks() {
-        let path = dir.join(task.file);
-        let Ok(bytes) = std::fs::read(&path) else {
-            eprintln!(
-                "skipping {}: {} not found (set PIXGATE_PHOTOS)",
-                task.id,
-                path.display()
-            );
+        let Ok(bytes) = std::fs::read(dir.join(task.file)) else {
             continue;
         };
         let mut out = Vec::new();
@@ -204,26 +194,136 @@ fn main() {
         if task.id == "T1" {
             t1_output = Some(out.clone());
         }
-        let ms = t.as_secs_f64() * 1e3;
-        let (sharp_ms, sharp_bytes) = sharp
-            .as_ref()
-            .and_then(|s| {
-                let t = &s["tasks"][task.id];
-                Some((t["ms"].as_f64()?, t["bytes"].as_u64()?))
-            })
-            .map_or((None, None), |(m, b)| (Some(m), Some(b)));
+        tasks_json.insert(
+            task.id.to_owned(),
+            serde_json::json!({
+                "ms": t.as_secs_f64() * 1e3,
+                "zune_ms": z.as_secs_f64() * 1e3,
+                "bytes": out.len(),
+            }),
+        );
+    }
+    let mut throughput = None;
+    if let Ok(source) = std::fs::read(dir.join("photo_4000x3000_q90.jpg")) {
+        let lane_runs: usize = std::env::var("LANE_RUNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        let t1 = spec(ResizingType::Fit, 800, 0);
+        let run = || {
+            for _ in 0..lane_runs {
+                std::hint::black_box(
+                    turbo
+                        .transform(&source, &t1, OutputFormat::Jpeg, 80)
+                        .expect("transform"),
+                );
+            }
+        };
+        run(); // warm-up
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(run);
+            s.spawn(run);
+        });
+        throughput = Some((2 * lane_runs) as f64 / start.elapsed().as_secs_f64());
+    }
+    serde_json::json!({
+        "tasks": tasks_json,
+        "throughput_t1": throughput,
+        "t1_output": t1_output.map(hex::encode),
+    })
+}
+
+fn median_f64(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+fn read_rounds(dir: &Path, prefix: &str) -> Vec<serde_json::Value> {
+    let mut rounds: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(prefix) && name.ends_with(".json")
+        })
+        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+        .collect();
+    rounds.truncate(64);
+    rounds
+}
+
+/// Prints the comparison: medians over the rounds in `PIXGATE_COMPARE` (written alternately by
+/// `sharp_bench.mjs` and `--measure`, so both sides see the same machine conditions), or one
+/// round measured now when run alone.
+fn report() {
+    let dir = photos_dir();
+    let compare_dir = std::env::var_os("PIXGATE_COMPARE").map(PathBuf::from);
+    let mut ours = compare_dir
+        .as_deref()
+        .map(|d| read_rounds(d, "px_"))
+        .unwrap_or_default();
+    if ours.is_empty() {
+        ours.push(measure());
+    }
+    let sharp = compare_dir
+        .as_deref()
+        .map(|d| read_rounds(d, "sharp_"))
+        .unwrap_or_default();
+    let stat = |rounds: &[serde_json::Value], task: &str, field: &str| {
+        median_f64(
+            rounds
+                .iter()
+                .filter_map(|r| r["tasks"][task][field].as_f64())
+                .collect(),
+        )
+    };
+    let fmt_ms = |v: Option<f64>| v.map_or("-".to_owned(), |m| format!("{m:.1}ms"));
+    let fmt_n = |v: Option<f64>| v.map_or("-".to_owned(), |b| format!("{b:.0}"));
+
+    println!(
+        "pixgate engine: single thread, median of {RUNS} runs per round, median of {} round(s)",
+        ours.len()
+    );
+    if let Some(s) = sharp.first() {
+        println!(
+            "sharp {} (libvips {}), sharp.concurrency(1), same tasks and encoder settings, {} round(s) interleaved",
+            s["version"]["sharp"].as_str().unwrap_or("?"),
+            s["version"]["vips"].as_str().unwrap_or("?"),
+            sharp.len()
+        );
+    }
+    println!(
+        "{:<3} {:<42} {:>9} {:>9} {:>7} {:>9} {:>9} {:>8} {:>9}",
+        "", "task", "pixgate", "sharp", "ratio", "px bytes", "sh bytes", "zune", "peak MiB"
+    );
+    for task in tasks() {
+        let ms = stat(&ours, task.id, "ms");
+        if ms.is_none() {
+            eprintln!(
+                "skipping {}: {} not found (set PIXGATE_PHOTOS)",
+                task.id, task.file
+            );
+            continue;
+        }
+        let sharp_ms = stat(&sharp, task.id, "ms");
+        let ratio = ms.zip(sharp_ms).map(|(a, b)| a / b);
         let peak =
             peak_of(task.id).map_or("?".to_owned(), |b| format!("{:.1}", b as f64 / 1048576.0));
         println!(
-            "{:<3} {:<42} {:>7.1}ms {:>9} {:>7} {:>9} {:>9} {:>6.1}ms {:>9}",
+            "{:<3} {:<42} {:>9} {:>9} {:>7} {:>9} {:>9} {:>8} {:>9}",
             task.id,
             task.name,
-            ms,
-            sharp_ms.map_or("-".to_owned(), |m| format!("{m:.1}ms")),
-            sharp_ms.map_or("-".to_owned(), |m| format!("{:.2}x", ms / m)),
-            out.len(),
-            sharp_bytes.map_or("-".to_owned(), |b| b.to_string()),
-            z.as_secs_f64() * 1e3,
+            fmt_ms(ms),
+            fmt_ms(sharp_ms),
+            ratio.map_or("-".to_owned(), |r| format!("{r:.2}x")),
+            fmt_n(stat(&ours, task.id, "bytes")),
+            fmt_n(stat(&sharp, task.id, "bytes")),
+            fmt_ms(stat(&ours, task.id, "zune_ms")),
             peak
         );
     }
@@ -231,10 +331,13 @@ fn main() {
     // Quality: T1 outputs against a full-decode Lanczos3 reference.
     if let Ok(source) = std::fs::read(dir.join("photo_4000x3000_q90.jpg")) {
         let reference = reference(&source, 800, 600);
-        let ours = t1_output.and_then(|o| {
-            let p = probe(&o).ok()?;
-            decode(&o, &p).ok()
-        });
+        let ours_t1 = ours[0]["t1_output"]
+            .as_str()
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|o| {
+                let p = probe(&o).ok()?;
+                decode(&o, &p).ok()
+            });
         let theirs = compare_dir
             .as_ref()
             .and_then(|d| decode_file(&d.join("sharp_T1.jpg")));
@@ -244,32 +347,20 @@ fn main() {
         };
         println!(
             "T1 PSNR vs full-decode Lanczos3 reference: pixgate {}, sharp {}",
-            fmt(ours.as_ref()),
+            fmt(ours_t1.as_ref()),
             fmt(theirs.as_ref())
         );
-
-        // Throughput: two workers, T1.
-        let lane_runs: usize = std::env::var("LANE_RUNS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10);
-        let t1 = spec(ResizingType::Fit, 800, 0);
-        let start = Instant::now();
-        std::thread::scope(|s| {
-            for _ in 0..2 {
-                s.spawn(|| {
-                    for _ in 0..lane_runs {
-                        std::hint::black_box(
-                            turbo
-                                .transform(&source, &t1, OutputFormat::Jpeg, 80)
-                                .expect("transform"),
-                        );
-                    }
-                });
-            }
-        });
-        let ours = (2 * lane_runs) as f64 / start.elapsed().as_secs_f64();
-        let theirs = sharp.as_ref().and_then(|s| s["throughput_t1"].as_f64());
+    }
+    let tp = |rounds: &[serde_json::Value]| {
+        median_f64(
+            rounds
+                .iter()
+                .filter_map(|r| r["throughput_t1"].as_f64())
+                .collect(),
+        )
+    };
+    if let Some(ours) = tp(&ours) {
+        let theirs = tp(&sharp);
         println!(
             "T1 throughput, 2 workers: pixgate {ours:.1} img/s, sharp {}{}",
             theirs.map_or("-".to_owned(), |t| format!("{t:.1} img/s")),

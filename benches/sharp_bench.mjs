@@ -2,19 +2,19 @@
 // libvips thread, median of RUNS; writes outputs and timings to OUT_DIR for the Rust side,
 // which prints the comparison (time ratio, output size, PSNR) in the same run.
 //
-//   node benches/sharp_bench.mjs <sharp module dir> <photos dir> <out dir> <webp effort> <png level>
+//   node benches/sharp_bench.mjs <sharp module dir> <photos dir> <out dir> <webp effort> <png level> <result.json>
 import { createRequire } from 'node:module';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-const [sharpDir, photos, outDir, webpEffort, pngLevel] = process.argv.slice(2);
+const [sharpDir, photos, outDir, webpEffort, pngLevel, resultFile] = process.argv.slice(2);
 const require = createRequire(join(sharpDir, 'node_modules', 'x.js'));
 const sharp = require('sharp');
 sharp.concurrency(1); // one libvips worker thread per pipeline
 sharp.cache(false); // no operation cache between runs
 sharp.simd(true);
 
-const RUNS = Number(process.env.RUNS || 9);
+const RUNS = 9; // as benches/pipeline.rs
 const tasks = [
   ['T1', 'photo_4000x3000_q90.jpg', (s) => s.resize(800).jpeg({ quality: 80 }), 'jpg'],
   ['T2', 'photo_4000x3000_q90.jpg', (s) => s.resize(800).webp({ quality: 80, effort: Number(webpEffort) }), 'webp'],
@@ -48,4 +48,4 @@ const start = process.hrtime.bigint();
 await Promise.all([lane(), lane()]);
 const secs = Number(process.hrtime.bigint() - start) / 1e9;
 result.throughput_t1 = (2 * PER_LANE) / secs;
-writeFileSync(join(outDir, 'sharp.json'), JSON.stringify(result, null, 2));
+writeFileSync(resultFile, JSON.stringify(result, null, 2));

@@ -35,6 +35,10 @@ pub struct App {
     pub auto_formats: Vec<OutputFormat>,
     /// `transform.avif_workers`: AVIF encodes in flight.
     pub avif_permits: Arc<tokio::sync::Semaphore>,
+    /// Hash of the configuration that changes rendered bytes (encoder settings, JPEG decoder,
+    /// watermark image): part of every cache key and ETag, so a configuration change never
+    /// serves or validates old bytes under the same key.
+    pub render_fingerprint: String,
 }
 
 impl App {
@@ -87,6 +91,7 @@ impl App {
         };
         let parse_limits = config.parse_limits();
         let engine = Arc::new(engine(&config, image_limits)?);
+        let render_fingerprint = render_fingerprint(&engine);
         let auto_formats = config
             .transform
             .auto_formats
@@ -111,6 +116,7 @@ impl App {
             image_limits,
             parse_limits,
             engine,
+            render_fingerprint,
             auto_formats,
             avif_permits: Arc::new(tokio::sync::Semaphore::new(
                 config.transform.avif_workers as usize,
@@ -154,6 +160,17 @@ fn engine(config: &Config, limits: ImageLimits) -> Result<Engine, String> {
         },
         watermark,
     })
+}
+
+fn render_fingerprint(engine: &Engine) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("{:?}|{:?}", engine.encode, engine.jpeg_decoder).as_bytes());
+    if let Some(wm) = &engine.watermark {
+        h.update(format!("{}x{}x{}", wm.width, wm.height, wm.channels).as_bytes());
+        h.update(&wm.data);
+    }
+    hex::encode(&h.finalize()[..6])
 }
 
 /// Largest watermark image accepted (pixels): it is composited onto every `wm:` result.

@@ -592,7 +592,7 @@ impl Config {
             let Some(options) = value.as_str() else {
                 return Err(ConfigError::new(&key, "must be an option string"));
             };
-            crate::options::validate_preset(options, l.max_result_dimension as u32)
+            crate::options::validate_preset(name, options, l.max_result_dimension as u32)
                 .map_err(|e| ConfigError::new(&key, e.to_string()))?;
         }
         if t.presets_only && self.presets.keys().all(|k| k == "eager") {

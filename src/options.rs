@@ -423,8 +423,9 @@ fn apply_preset_string(
 }
 
 /// Checks a configured preset string (at start-up): it must parse on its own and may not name
-/// other presets.
-pub fn validate_preset(options: &str, max_dimension: u32) -> Result<(), Error> {
+/// other presets. The `default` preset applies to every URL, so it may not set an expiry or a
+/// format (that would silently expire or re-encode every image).
+pub fn validate_preset(name: &str, options: &str, max_dimension: u32) -> Result<(), Error> {
     let limits = ParseLimits {
         max_dimension,
         ..ParseLimits::default()
@@ -432,7 +433,14 @@ pub fn validate_preset(options: &str, max_dimension: u32) -> Result<(), Error> {
     if options.split('/').all(str::is_empty) {
         return Err(Error::InvalidOption("preset is empty".into()));
     }
-    apply_preset_string(&mut TransformSpec::default(), options, &limits)
+    let mut spec = TransformSpec::default();
+    apply_preset_string(&mut spec, options, &limits)?;
+    if name == "default" && (spec.expires.is_some() || spec.format.is_some()) {
+        return Err(Error::InvalidOption(
+            "the default preset may not set exp or f".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn split_plain(raw: &str) -> Result<(ImageId, Option<OutputFormat>), Error> {
@@ -1264,11 +1272,14 @@ mod tests {
         assert_eq!(e.code(), "invalid_option");
 
         // Configured presets are validated: no nesting, no garbage, not empty.
-        assert!(validate_preset("rs:fill:10:10/q:70", 16_383).is_ok());
-        assert!(validate_preset("pr:thumb", 16_383).is_err());
-        assert!(validate_preset("zz:1", 16_383).is_err());
-        assert!(validate_preset("w:1/w:2", 16_383).is_err());
-        assert!(validate_preset("", 16_383).is_err());
+        assert!(validate_preset("t", "rs:fill:10:10/q:70", 16_383).is_ok());
+        assert!(validate_preset("t", "pr:thumb", 16_383).is_err());
+        assert!(validate_preset("t", "zz:1", 16_383).is_err());
+        assert!(validate_preset("t", "w:1/w:2", 16_383).is_err());
+        assert!(validate_preset("t", "", 16_383).is_err());
+        assert!(validate_preset("t", "f:webp/exp:99", 16_383).is_ok());
+        assert!(validate_preset("default", "f:webp", 16_383).is_err());
+        assert!(validate_preset("default", "exp:99", 16_383).is_err());
     }
 
     #[test]

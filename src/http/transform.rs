@@ -52,25 +52,39 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
         .quality
         .unwrap_or(app.config.transform.default_quality as u8);
     let negotiated = spec.format.is_none();
-    // First configured format the client accepts (`transform.auto_formats`, in order).
-    let auto = if negotiated {
+    let key_for = |token: &str| {
+        format!(
+            "{PIPELINE_VERSION}-{}|{}|{}|q{quality}|{token}",
+            app.render_fingerprint,
+            request.image,
+            spec.canonical()
+        )
+    };
+    // Configured formats the client accepts (`transform.auto_formats`, in order).
+    let accepted: Vec<OutputFormat> = if negotiated {
         app.auto_formats
             .iter()
             .copied()
-            .find(|f| accepts(&parts.headers, f.mime()))
+            .filter(|f| accepts(&parts.headers, f.mime()))
+            .collect()
     } else {
-        None
+        Vec::new()
     };
+    let mut auto = accepted.first().copied();
+    // AVIF encoders are few (`transform.avif_workers`): when none is free and the AVIF result
+    // is not cached, a negotiated request gets the next format it accepts instead of waiting.
+    if auto == Some(OutputFormat::Avif)
+        && app.avif_permits.available_permits() == 0
+        && app.cache.get(&key_for("auto-avif")).is_none()
+    {
+        auto = accepted.get(1).copied();
+    }
     let format_token = match (spec.format, auto) {
         (Some(f), _) => f.extension().to_owned(),
         (None, Some(f)) => format!("auto-{}", f.extension()),
         (None, None) => "auto-source".to_owned(),
     };
-    let key = format!(
-        "{PIPELINE_VERSION}|{}|{}|q{quality}|{format_token}",
-        request.image,
-        spec.canonical()
-    );
+    let key = key_for(&format_token);
     let headers = ResponseHeaders {
         cache_control: cache_control(
             principal.is_some(),
@@ -111,14 +125,14 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
     // held in memory at once, and an overloaded server refuses before doing any I/O.
     let admission = app.workers.admit()?;
     // AVIF encodes are slow: at most `transform.avif_workers` at once, so they cannot take
-    // every CPU worker. Waiting here holds a queue place, so the wait is bounded too.
+    // every CPU worker. No waiting: a busy limiter is `503 overloaded` with Retry-After
+    // (negotiated requests were already steered to another format above).
     let avif_permit = if format == OutputFormat::Avif {
         Some(
             app.avif_permits
                 .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| Error::Internal("AVIF limiter closed".into()))?,
+                .try_acquire_owned()
+                .map_err(|_| Error::Overloaded)?,
         )
     } else {
         None

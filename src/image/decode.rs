@@ -15,9 +15,7 @@ pub fn decode(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
     decode_with_icc(bytes, probe).map(|(bitmap, _)| bitmap)
 }
 
-/// Decodes `bytes` and returns the embedded ICC profile too (PNG's iCCP is compressed and read
-/// by the PNG decoder under its memory limit; JPEG and WebP profiles come from
-/// [`super::icc::extract`]).
+/// Decodes `bytes` and returns the embedded ICC profile too ([`super::icc::extract`]).
 pub fn decode_with_icc(
     bytes: &[u8],
     probe: &Probe,
@@ -27,7 +25,7 @@ pub fn decode_with_icc(
             jpeg(bytes, probe)?,
             super::icc::extract(bytes, probe.format),
         ),
-        ImageFormat::Png => png(bytes, probe)?,
+        ImageFormat::Png => (png(bytes, probe)?, super::icc::extract(bytes, probe.format)),
         ImageFormat::Webp => (webp(bytes)?, super::icc::extract(bytes, probe.format)),
         ImageFormat::Gif => (gif(bytes, probe)?, None),
     };
@@ -70,8 +68,11 @@ fn jpeg(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
     })
 }
 
-fn png(bytes: &[u8], probe: &Probe) -> Result<(Bitmap, Option<Vec<u8>>), ImageError> {
+fn png(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
     let mut decoder = png::Decoder::new(Cursor::new(bytes));
+    // The profile is read by `icc::extract` under a 4 MiB bound; the decoder's own bound would
+    // be the image size.
+    decoder.set_ignore_iccp_chunk(true);
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     // Bound the decoder's own allocations to the probed size (RGBA at 16 bits, plus slack).
     let limit = (probe.width as usize)
@@ -80,7 +81,6 @@ fn png(bytes: &[u8], probe: &Probe) -> Result<(Bitmap, Option<Vec<u8>>), ImageEr
         .saturating_add(1 << 20);
     decoder.set_limits(png::Limits { bytes: limit });
     let mut reader = decoder.read_info().map_err(corrupt)?;
-    let icc = reader.info().icc_profile.as_ref().map(|p| p.to_vec());
     let size = reader
         .output_buffer_size()
         .ok_or_else(|| corrupt("image too large for this platform"))?;
@@ -99,13 +99,12 @@ fn png(bytes: &[u8], probe: &Probe) -> Result<(Bitmap, Option<Vec<u8>>), ImageEr
         ),
         png::ColorType::Indexed => return Err(corrupt("palette was not expanded")),
     };
-    let bitmap = Bitmap {
+    Ok(Bitmap {
         width: info.width,
         height: info.height,
         channels,
         data,
-    };
-    Ok((bitmap, icc))
+    })
 }
 
 fn webp(bytes: &[u8]) -> Result<Bitmap, ImageError> {

@@ -8,30 +8,52 @@ use super::{Bitmap, ImageError};
 use crate::options::{Filter, Gravity};
 
 /// Gaussian blur approximated by three box blurs (error < 3 % of a true Gaussian), O(1) per
-/// pixel whatever the sigma.
+/// pixel whatever the sigma. Works in place, a row or a column at a time, so the extra memory is
+/// two lines of floats, not a copy of the image.
 pub fn blur(bitmap: &mut Bitmap, sigma: f32) {
-    if sigma <= 0.0 || bitmap.width == 0 || bitmap.height == 0 {
+    let (w, h) = (bitmap.width as usize, bitmap.height as usize);
+    if sigma <= 0.0 || w == 0 || h == 0 {
         return;
     }
     let c = usize::from(bitmap.channels);
-    let mut plane: Vec<f32> = bitmap.data.iter().map(|&v| f32::from(v)).collect();
-    premultiply(&mut plane, c);
-    for radius in box_radii(sigma) {
-        box_blur(
-            &mut plane,
-            bitmap.width as usize,
-            bitmap.height as usize,
-            c,
-            radius,
-        );
+    let radii = box_radii(sigma);
+    if c == 4 {
+        premultiply(&mut bitmap.data);
     }
-    unpremultiply(&mut plane, c);
-    for (dst, v) in bitmap.data.iter_mut().zip(plane) {
-        *dst = v.round().clamp(0.0, 255.0) as u8;
+    let longest = w.max(h) * c;
+    let mut line = vec![0f32; longest];
+    let mut tmp = vec![0f32; longest];
+    for row in bitmap.data.chunks_exact_mut(w * c) {
+        for (d, s) in line.iter_mut().zip(row.iter()) {
+            *d = f32::from(*s);
+        }
+        blur_line(&mut line[..w * c], &mut tmp[..w * c], c, radii);
+        for (d, s) in row.iter_mut().zip(&line) {
+            *d = s.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    for x in 0..w {
+        for y in 0..h {
+            let src = (y * w + x) * c;
+            for ch in 0..c {
+                line[y * c + ch] = f32::from(bitmap.data[src + ch]);
+            }
+        }
+        blur_line(&mut line[..h * c], &mut tmp[..h * c], c, radii);
+        for y in 0..h {
+            let dst = (y * w + x) * c;
+            for ch in 0..c {
+                bitmap.data[dst + ch] = line[y * c + ch].round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    if c == 4 {
+        unpremultiply(&mut bitmap.data);
     }
 }
 
-/// Unsharp mask: `out = src + (src − blur(src, sigma))`, colour channels only.
+/// Unsharp mask: `out = src + (src − blur(src, sigma))`, colour channels only. Holds one copy
+/// of the result.
 pub fn sharpen(bitmap: &mut Bitmap, sigma: f32) {
     if sigma <= 0.0 {
         return;
@@ -48,27 +70,47 @@ pub fn sharpen(bitmap: &mut Bitmap, sigma: f32) {
     }
 }
 
-fn premultiply(plane: &mut [f32], c: usize) {
-    if c == 4 {
-        for px in plane.chunks_exact_mut(4) {
-            let a = px[3] / 255.0;
-            px[0] *= a;
-            px[1] *= a;
-            px[2] *= a;
+/// RGBA → premultiplied RGBA, in place.
+fn premultiply(data: &mut [u8]) {
+    for px in data.chunks_exact_mut(4) {
+        let a = u16::from(px[3]);
+        for v in &mut px[..3] {
+            *v = ((u16::from(*v) * a + 127) / 255) as u8;
         }
     }
 }
 
-fn unpremultiply(plane: &mut [f32], c: usize) {
-    if c == 4 {
-        for px in plane.chunks_exact_mut(4) {
-            let a = px[3] / 255.0;
-            if a > 0.0 {
-                px[0] /= a;
-                px[1] /= a;
-                px[2] /= a;
+/// Premultiplied RGBA → RGBA, in place.
+fn unpremultiply(data: &mut [u8]) {
+    for px in data.chunks_exact_mut(4) {
+        let a = u16::from(px[3]);
+        for v in &mut px[..3] {
+            // Fully transparent pixels keep their (zero) colour.
+            if let Some(c) = (u16::from(*v) * 255 + a / 2).checked_div(a) {
+                *v = c.min(255) as u8;
             }
         }
+    }
+}
+
+/// Three box passes over an interleaved line of `c` channels.
+fn blur_line(line: &mut [f32], tmp: &mut [f32], c: usize, radii: [usize; 3]) {
+    let n = line.len() / c;
+    for r in radii {
+        if r == 0 {
+            continue;
+        }
+        let norm = 1.0 / (2 * r + 1) as f32;
+        for ch in 0..c {
+            let at = |i: isize| line[(i.clamp(0, n as isize - 1) as usize) * c + ch];
+            let r = r as isize;
+            let mut sum: f32 = (-r..=r).map(at).sum();
+            for i in 0..n as isize {
+                tmp[i as usize * c + ch] = sum * norm;
+                sum += at(i + r + 1) - at(i - r);
+            }
+        }
+        line.copy_from_slice(tmp);
     }
 }
 
@@ -93,42 +135,6 @@ fn box_radii(sigma: f32) -> [usize; 3] {
         *r = ((w - 1) / 2).max(0) as usize;
     }
     out
-}
-
-/// One horizontal and one vertical running-sum box pass with clamped edges.
-fn box_blur(plane: &mut [f32], w: usize, h: usize, c: usize, r: usize) {
-    if r == 0 {
-        return;
-    }
-    let mut line = Vec::with_capacity(w.max(h));
-    let norm = 1.0 / (2 * r + 1) as f32;
-    // Rows.
-    for y in 0..h {
-        for ch in 0..c {
-            line.clear();
-            line.extend((0..w).map(|x| plane[(y * w + x) * c + ch]));
-            run_box(&line, r, norm, |x, v| plane[(y * w + x) * c + ch] = v);
-        }
-    }
-    // Columns.
-    for x in 0..w {
-        for ch in 0..c {
-            line.clear();
-            line.extend((0..h).map(|y| plane[(y * w + x) * c + ch]));
-            run_box(&line, r, norm, |y, v| plane[(y * w + x) * c + ch] = v);
-        }
-    }
-}
-
-fn run_box(line: &[f32], r: usize, norm: f32, mut put: impl FnMut(usize, f32)) {
-    let n = line.len();
-    let at = |i: isize| line[i.clamp(0, n as isize - 1) as usize];
-    let r = r as isize;
-    let mut sum: f32 = (-r..=r).map(at).sum();
-    for i in 0..n as isize {
-        put(i as usize, sum * norm);
-        sum += at(i + r + 1) - at(i - r);
-    }
 }
 
 /// Grayscale (Rec. 709 luma) or sepia, colour channels only.
@@ -244,14 +250,22 @@ pub fn composite(dst: &mut Bitmap, mark: &Bitmap, x: i64, y: i64, opacity: f32) 
             if ma <= 0.0 {
                 continue;
             }
+            // Porter-Duff "over": the destination's own alpha weighs its colour, so a mark
+            // over transparent padding keeps its colour instead of blending with black.
+            let da = if dc == 4 {
+                f32::from(dst.data[d + 3]) / 255.0
+            } else {
+                1.0
+            };
+            let oa = ma + da * (1.0 - ma);
             for ch in 0..3 {
-                let v =
-                    f32::from(mark.data[m + ch]) * ma + f32::from(dst.data[d + ch]) * (1.0 - ma);
+                let v = (f32::from(mark.data[m + ch]) * ma
+                    + f32::from(dst.data[d + ch]) * da * (1.0 - ma))
+                    / oa;
                 dst.data[d + ch] = v.round().clamp(0.0, 255.0) as u8;
             }
             if dc == 4 {
-                let da = f32::from(dst.data[d + 3]) / 255.0;
-                dst.data[d + 3] = ((ma + da * (1.0 - ma)) * 255.0).round() as u8;
+                dst.data[d + 3] = (oa * 255.0).round() as u8;
             }
         }
     }
@@ -374,6 +388,10 @@ mod tests {
         assert_eq!(&dst.data[2 * 3..2 * 3 + 3], &[128, 128, 128]); // (2,0) covered
         assert_eq!(&dst.data[0..3], &[0, 0, 0]);
         assert_eq!(&dst.data[(3 + 2) * 3..(3 + 2) * 3 + 3], &[0, 0, 0]); // (2,1) not covered
+        // Over transparent pixels the mark keeps its colour at its own opacity.
+        let mut clear = solid(2, 2, &[0, 0, 0, 0]);
+        composite(&mut clear, &mark, 0, 0, 0.5);
+        assert_eq!(&clear.data[0..4], &[255, 255, 255, 128]);
     }
 
     #[test]

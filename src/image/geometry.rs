@@ -95,7 +95,7 @@ fn round_dim(v: f64) -> u32 {
 }
 
 /// Top-left corner of a `cw`×`ch` crop inside a `w`×`h` image.
-fn anchor(g: Gravity, w: f64, h: f64, cw: f64, ch: f64) -> (f64, f64) {
+pub(super) fn anchor(g: Gravity, w: f64, h: f64, cw: f64, ch: f64) -> (f64, f64) {
     let (fx, fy) = ((w - cw).max(0.0), (h - ch).max(0.0));
     match g {
         // Smart gravity starts centred; the pipeline moves the window once pixels exist.

@@ -7,7 +7,7 @@
 //! sRGB leave the pixels untouched.
 //!
 //! Extraction reads container structure only: JPEG APP2 `ICC_PROFILE` chunks (reassembled in
-//! sequence order) and the WebP `ICCP` chunk. PNG's compressed `iCCP` is read by the PNG decoder.
+//! sequence order), the WebP `ICCP` chunk and PNG's compressed `iCCP` (inflated with a bound).
 
 use super::{Bitmap, ImageFormat};
 
@@ -20,8 +20,35 @@ pub fn extract(bytes: &[u8], format: ImageFormat) -> Option<Vec<u8>> {
     match format {
         ImageFormat::Jpeg => jpeg(bytes),
         ImageFormat::Webp => webp(bytes),
-        ImageFormat::Png | ImageFormat::Gif => None,
+        ImageFormat::Png => png(bytes),
+        ImageFormat::Gif => None,
     }
+}
+
+/// PNG `iCCP`: name, NUL, method 0, zlib data — inflated here with a hard output bound (the PNG
+/// decoder is told to skip the chunk, since its own bound is the image size: a small file with
+/// a deflate-bomb profile would otherwise inflate hundreds of MB on every transform).
+fn png(b: &[u8]) -> Option<Vec<u8>> {
+    let mut pos = 8usize;
+    while let (Some(len), Some(kind)) = (b.get(pos..pos + 4), b.get(pos + 4..pos + 8)) {
+        let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+        let start = pos + 8;
+        let end = start.checked_add(len)?;
+        if kind == b"IDAT" || kind == b"IEND" {
+            return None;
+        }
+        if kind == b"iCCP" {
+            let data = b.get(start..end)?;
+            let nul = data.iter().take(80).position(|&c| c == 0)?;
+            if *data.get(nul + 1)? != 0 {
+                return None; // unknown compression method
+            }
+            return fdeflate::decompress_to_vec_bounded(data.get(nul + 2..)?, MAX_PROFILE_BYTES)
+                .ok();
+        }
+        pos = end.checked_add(4)?; // CRC
+    }
+    None
 }
 
 fn jpeg(b: &[u8]) -> Option<Vec<u8>> {
@@ -247,5 +274,37 @@ mod tests {
         );
         // Truncated segment: no profile, no panic.
         assert_eq!(extract(&jpeg[..10], ImageFormat::Jpeg), None);
+    }
+
+    fn png_with_iccp(profile_zlib: &[u8]) -> Vec<u8> {
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut chunk = |kind: &[u8], data: &[u8]| {
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            out.extend_from_slice(kind);
+            out.extend_from_slice(data);
+            out.extend_from_slice(&[0, 0, 0, 0]); // CRC is not checked here
+        };
+        chunk(b"IHDR", &[0, 0, 0, 1, 0, 0, 0, 1, 8, 2, 0, 0, 0]);
+        let mut iccp = b"icc\0\0".to_vec();
+        iccp.extend_from_slice(profile_zlib);
+        chunk(b"iCCP", &iccp);
+        chunk(b"IDAT", &[]);
+        out
+    }
+
+    #[test]
+    fn png_profiles_are_inflated_with_a_bound() {
+        let profile = testing::display_p3();
+        let small = miniz_oxide::deflate::compress_to_vec_zlib(&profile, 6);
+        assert_eq!(
+            extract(&png_with_iccp(&small), ImageFormat::Png),
+            Some(profile)
+        );
+        // A deflate bomb: 64 MiB of zeros in a few KiB. Refused, not inflated.
+        let bomb = miniz_oxide::deflate::compress_to_vec_zlib(&vec![0u8; 64 << 20], 9);
+        assert!(bomb.len() < 1 << 20);
+        assert_eq!(extract(&png_with_iccp(&bomb), ImageFormat::Png), None);
+        // Garbage after the name: no profile, no panic.
+        assert_eq!(extract(&png_with_iccp(b"\x01\x02"), ImageFormat::Png), None);
     }
 }

@@ -23,6 +23,9 @@ pub struct Encoded {
     pub height: u32,
 }
 
+/// Largest AVIF result (pixels): rav1e is single-threaded here and slow.
+pub const MAX_AVIF_PIXELS: u64 = 16_000_000;
+
 /// Which JPEG decoder renders transforms (uploads are always validated by zune-jpeg).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JpegDecoder {
@@ -100,6 +103,14 @@ impl Engine {
             self.limits.max_result_pixels,
             self.limits.max_result_dimension,
         )?;
+        if format == OutputFormat::Avif && canvas_w * canvas_h > MAX_AVIF_PIXELS {
+            // A single-threaded rav1e encode of tens of megapixels takes minutes.
+            return Err(ImageError::ResultTooLarge {
+                width: canvas_w as u32,
+                height: canvas_h as u32,
+                limit: MAX_AVIF_PIXELS,
+            });
+        }
         if spec.watermark.is_some() && self.watermark.is_none() {
             return Err(ImageError::Unsupported(
                 "no watermark image is configured".into(),
@@ -129,10 +140,29 @@ impl Engine {
             bitmap.width,
             bitmap.height,
         );
-        let smart_crop = spec.gravity == Gravity::Smart
-            || spec.crop.and_then(|c| c.gravity) == Some(Gravity::Smart);
-        if smart_crop {
-            let (x, y) = smart::best_window(&bitmap, crop_d.2, crop_d.3, (crop_d.0, crop_d.1));
+        // Smart gravity moves the final crop window to the most detailed position: anywhere in
+        // the image for `c:…:sm` (or `g:sm` without `c:`), inside the `c:` region otherwise.
+        let crop_gravity = spec.crop.map(|c| c.gravity.unwrap_or(spec.gravity));
+        let smart_anywhere = crop_gravity.map_or(spec.gravity, |g| g) == Gravity::Smart;
+        if smart_anywhere || spec.gravity == Gravity::Smart {
+            let area = if smart_anywhere {
+                (0.0, 0.0, f64::from(bitmap.width), f64::from(bitmap.height))
+            } else {
+                let r = orient::crop_to_stored(
+                    o,
+                    f64::from(p.width),
+                    f64::from(p.height),
+                    (
+                        f64::from(region.0),
+                        f64::from(region.1),
+                        f64::from(region.2),
+                        f64::from(region.3),
+                    ),
+                );
+                (r.0 * sx, r.1 * sy, r.2 * sx, r.3 * sy)
+            };
+            let (x, y) =
+                smart::best_window(&bitmap, area, crop_d.2, crop_d.3, (crop_d.0, crop_d.1));
             crop_d = clamp_crop((x, y, crop_d.2, crop_d.3), bitmap.width, bitmap.height);
         }
         if p.format == ImageFormat::Gif || bitmap.channels == 4 {
@@ -210,7 +240,12 @@ impl Engine {
             // On failure (CMYK/YCCK, 12-bit and other files TurboJPEG will not render),
             // zune-jpeg, the decoder that accepted this file at upload, renders it at full size;
             // it is just as strict, so truncated or corrupt data fails there too.
-            if let Ok(bitmap) = turbo::decode_scaled(bytes, shrink, self.limits.max_source_pixels) {
+            if let Ok(bitmap) = turbo::decode_scaled(
+                bytes,
+                shrink,
+                self.limits.max_source_pixels,
+                (p.width, p.height),
+            ) {
                 let expected = turbo::scaled_size(p.width, p.height, shrink);
                 if (bitmap.width, bitmap.height) != expected {
                     return Err(ImageError::Corrupt(
@@ -277,8 +312,20 @@ fn crop_region(spec: &TransformSpec, ow: u32, oh: u32) -> (u32, u32, u32, u32) {
         Some(c) => {
             let w = if c.width == 0 { ow } else { c.width.min(ow) };
             let h = if c.height == 0 { oh } else { c.height.min(oh) };
-            let (x, y) = effects::anchor(c.gravity.unwrap_or(spec.gravity), ow, oh, w, h);
-            (x, y, w, h)
+            // Same anchoring as resize crops (a focus point is centred, then clamped).
+            let (x, y) = super::geometry::anchor(
+                c.gravity.unwrap_or(spec.gravity),
+                f64::from(ow),
+                f64::from(oh),
+                f64::from(w),
+                f64::from(h),
+            );
+            (
+                (x.round() as u32).min(ow - w),
+                (y.round() as u32).min(oh - h),
+                w,
+                h,
+            )
         }
     }
 }

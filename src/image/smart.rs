@@ -10,10 +10,20 @@
 
 use super::Bitmap;
 
-/// Chooses the top-left of a `cw`×`ch` window inside `bitmap` (in bitmap pixels). Only the
-/// axis with slack moves; the other keeps `fallback`.
-pub fn best_window(bitmap: &Bitmap, cw: f64, ch: f64, fallback: (f64, f64)) -> (f64, f64) {
-    let (w, h) = (bitmap.width as usize, bitmap.height as usize);
+/// Chooses the top-left of a `cw`×`ch` window inside `area` (x, y, w, h) of `bitmap`, all in
+/// bitmap pixels. Only the axis with slack moves; the other keeps `fallback`.
+pub fn best_window(
+    bitmap: &Bitmap,
+    area: (f64, f64, f64, f64),
+    cw: f64,
+    ch: f64,
+    fallback: (f64, f64),
+) -> (f64, f64) {
+    let (bw, bh) = (bitmap.width as usize, bitmap.height as usize);
+    let ax = (area.0.max(0.0) as usize).min(bw);
+    let ay = (area.1.max(0.0) as usize).min(bh);
+    let w = (area.2.max(0.0) as usize).min(bw - ax);
+    let h = (area.3.max(0.0) as usize).min(bh - ay);
     let slack_x = w as f64 - cw;
     let slack_y = h as f64 - ch;
     if w < 3 || h < 3 || (slack_x < 1.0 && slack_y < 1.0) {
@@ -21,15 +31,16 @@ pub fn best_window(bitmap: &Bitmap, cw: f64, ch: f64, fallback: (f64, f64)) -> (
     }
     let horizontal = slack_x >= slack_y;
     let c = usize::from(bitmap.channels);
+    // Coordinates below are relative to the area.
     let luma = |x: usize, y: usize| -> f32 {
-        let i = (y * w + x) * c;
+        let i = ((ay + y) * bw + ax + x) * c;
         let d = &bitmap.data[i..i + 3];
         0.299 * f32::from(d[0]) + 0.587 * f32::from(d[1]) + 0.114 * f32::from(d[2])
     };
     let mut profile = vec![0f32; if horizontal { w } else { h }];
     for y in 1..h - 1 {
         for x in 1..w - 1 {
-            let i = (y * w + x) * c;
+            let i = ((ay + y) * bw + ax + x) * c;
             let d = &bitmap.data[i..i + 3];
             let max = d.iter().copied().max().unwrap_or(0);
             let min = d.iter().copied().min().unwrap_or(0);
@@ -71,9 +82,9 @@ pub fn best_window(bitmap: &Bitmap, cw: f64, ch: f64, fallback: (f64, f64)) -> (
     }
     let pos = (best.1 as f64).min(if horizontal { slack_x } else { slack_y });
     if horizontal {
-        (pos, fallback.1)
+        (ax as f64 + pos, fallback.1)
     } else {
-        (fallback.0, pos)
+        (fallback.0, ay as f64 + pos)
     }
 }
 
@@ -99,14 +110,21 @@ mod tests {
             channels: 3,
             data,
         };
-        let (x, y) = best_window(&b, 20.0, 20.0, (40.0, 0.0));
+        let all = (0.0, 0.0, 100.0, 20.0);
+        let (x, y) = best_window(&b, all, 20.0, 20.0, (40.0, 0.0));
         assert!((65.0..=75.0).contains(&x), "{x}");
         assert_eq!(y, 0.0);
+        // Restricted to an area that excludes the pattern, it stays inside the area.
+        let (x, _) = best_window(&b, (0.0, 0.0, 60.0, 20.0), 20.0, 20.0, (20.0, 0.0));
+        assert!(x <= 40.0, "{x}");
+        // An area that contains it finds it, in absolute coordinates.
+        let (x, _) = best_window(&b, (50.0, 0.0, 50.0, 20.0), 20.0, 20.0, (65.0, 0.0));
+        assert!((65.0..=75.0).contains(&x), "{x}");
         // A flat image stays centred.
         let flat = Bitmap {
             data: vec![90; (w * h * 3) as usize],
             ..b
         };
-        assert_eq!(best_window(&flat, 20.0, 20.0, (40.0, 0.0)).0, 40.0);
+        assert_eq!(best_window(&flat, all, 20.0, 20.0, (40.0, 0.0)).0, 40.0);
     }
 }

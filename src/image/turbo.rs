@@ -80,11 +80,15 @@ impl Handle {
 
 /// What the JPEG header says, as libjpeg-turbo read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
-    pub width: u32,
-    pub height: u32,
+struct Header {
+    width: u32,
+    height: u32,
     /// CMYK and YCCK cannot be converted to RGB by TurboJPEG; callers fall back to zune-jpeg.
-    pub cmyk: bool,
+    cmyk: bool,
+    /// Lossless (SOF3) files are decoded at full size whatever the scaling factor.
+    lossless: bool,
+    /// Bits per sample (8 for the JPEGs this path renders).
+    precision: c_int,
 }
 
 /// Size of a `w`×`h` image decoded at 1/`shrink` (libjpeg rounds up).
@@ -94,7 +98,12 @@ pub fn scaled_size(w: u32, h: u32, shrink: u32) -> (u32, u32) {
 
 /// Decodes `bytes` at 1/`shrink` scale (1, 2, 4 or 8) into an RGB bitmap, refusing images over
 /// `max_pixels` (full-size pixel count) inside the library as well.
-pub fn decode_scaled(bytes: &[u8], shrink: u32, max_pixels: u64) -> Result<Bitmap, ImageError> {
+pub fn decode_scaled(
+    bytes: &[u8],
+    shrink: u32,
+    max_pixels: u64,
+    expected: (u32, u32),
+) -> Result<Bitmap, ImageError> {
     if !SHRINKS.contains(&shrink) {
         return Err(ImageError::Corrupt(format!(
             "unsupported shrink 1/{shrink}"
@@ -111,6 +120,19 @@ pub fn decode_scaled(bytes: &[u8], shrink: u32, max_pixels: u64) -> Result<Bitma
     if header.cmyk {
         return Err(ImageError::Corrupt(
             "CMYK JPEG needs the fallback decoder".into(),
+        ));
+    }
+    // Lossless JPEGs ignore the scaling factor (libjpeg-turbo decodes them at full size) and
+    // 12/16-bit ones are not 8-bit samples: the buffer below would be too small. Refuse them
+    // here; the caller falls back to zune-jpeg.
+    if header.lossless || header.precision != 8 {
+        return Err(ImageError::Corrupt(
+            "JPEG needs the fallback decoder".into(),
+        ));
+    }
+    if (header.width, header.height) != expected {
+        return Err(ImageError::Corrupt(
+            "JPEG header disagrees with the probe".into(),
         ));
     }
     let factor = raw::tjscalingfactor {
@@ -131,8 +153,9 @@ pub fn decode_scaled(bytes: &[u8], shrink: u32, max_pixels: u64) -> Result<Bitma
     let mut data = vec![0u8; len];
     // SAFETY: `bytes` is a live slice of `bytes.len()` bytes; `data` is a live, initialised
     // buffer of exactly pitch × h bytes, and pitch × h is what tj3Decompress8 writes for a
-    // header of this size at this scale with TJPF_RGB (3 bytes per pixel). The header was
-    // re-read by the library from the same bytes inside the call, so sizes cannot disagree.
+    // lossy 8-bit JPEG of this size at this scale with TJPF_RGB (3 bytes per pixel); lossless
+    // and other precisions (which ignore scaling) were refused above. The library re-reads the
+    // header from the same bytes inside the call, so sizes cannot disagree.
     let rc = unsafe {
         raw::tj3Decompress8(
             handle.0,
@@ -164,6 +187,8 @@ fn read_header(handle: &Handle, bytes: &[u8]) -> Result<Header, ImageError> {
     let width = handle.get(raw::TJPARAM_TJPARAM_JPEGWIDTH);
     let height = handle.get(raw::TJPARAM_TJPARAM_JPEGHEIGHT);
     let colorspace = handle.get(raw::TJPARAM_TJPARAM_COLORSPACE);
+    let lossless = handle.get(raw::TJPARAM_TJPARAM_LOSSLESS) != 0;
+    let precision = handle.get(raw::TJPARAM_TJPARAM_PRECISION);
     let (Ok(width), Ok(height)) = (u32::try_from(width), u32::try_from(height)) else {
         return Err(ImageError::Corrupt("JPEG header has no size".into()));
     };
@@ -175,5 +200,7 @@ fn read_header(handle: &Handle, bytes: &[u8]) -> Result<Header, ImageError> {
         height,
         cmyk: colorspace == raw::TJCS_TJCS_CMYK as c_int
             || colorspace == raw::TJCS_TJCS_YCCK as c_int,
+        lossless,
+        precision,
     })
 }
