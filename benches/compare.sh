@@ -4,9 +4,12 @@
 #   bash benches/compare.sh            # photos from ../shared/fixtures/photos
 #   PIXGATE_PHOTOS=/dir bash benches/compare.sh
 #
-# Installs sharp with npm into target/sharp-bench when missing (needs node + npm). Prints ms per
-# image for both, the ratio pixgate/sharp, output sizes, T1 PSNR against a full-decode Lanczos3
-# reference for both outputs, and T1 throughput with two workers.
+# Installs sharp with npm into target/sharp-bench when missing (needs node + npm). The Rust
+# side (benches/pipeline.rs) drives sharp through benches/sharp_bench.mjs and alternates the two
+# run by run, so both see the same machine conditions (a shared VM drifts by tens of percent
+# over seconds). Prints ms per image for both (medians), the ratio pixgate/sharp, output sizes,
+# T1 PSNR against a full-decode Lanczos3 reference for both outputs, peak memory, and T1
+# throughput with two workers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PHOTOS="${PIXGATE_PHOTOS:-$(pwd)/../shared/fixtures/photos}"
@@ -24,15 +27,5 @@ case "${PIXGATE__ENCODE__PNG_COMPRESSION:-fast}" in
   fast) PNG_LEVEL=1 ;; balanced) PNG_LEVEL=6 ;; high) PNG_LEVEL=9 ;;
 esac
 cargo build --release --bench pipeline >&2
-# Rounds alternate sharp and pixgate so that both see the same machine conditions (a shared
-# VM drifts by tens of percent over minutes); the report takes the median over rounds.
-ROUNDS="${ROUNDS:-3}"
-rm -f "$OUT"/sharp_*.json "$OUT"/px_*.json
-export PIXGATE_PHOTOS="$PHOTOS" PIXGATE_WEBP_METHOD="$WEBP_METHOD"
-for round in $(seq 1 "$ROUNDS"); do
-  echo ">> round $round/$ROUNDS" >&2
-  UV_THREADPOOL_SIZE=2 node benches/sharp_bench.mjs "$SHARP_DIR" "$PHOTOS" "$OUT" \
-    "$WEBP_METHOD" "$PNG_LEVEL" "$OUT/sharp_$round.json"
-  cargo bench -q --bench pipeline -- --measure "$OUT/px_$round.json"
-done
-PIXGATE_COMPARE="$OUT" cargo bench -q --bench pipeline
+PIXGATE_PHOTOS="$PHOTOS" PIXGATE_WEBP_METHOD="$WEBP_METHOD" PIXGATE_SHARP_DIR="$SHARP_DIR" \
+  PIXGATE_COMPARE="$OUT" PIXGATE_PNG_LEVEL="$PNG_LEVEL" cargo bench -q --bench pipeline

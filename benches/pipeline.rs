@@ -1,38 +1,41 @@
 //! Engine benchmark and the Rust side of `benches/compare.sh`.
 //!
 //! Runs pixgate's own pipeline (`Engine::transform`, exactly what the server runs on a worker)
-//! on the realistic photos, single thread, median of several runs, and prints per task: time,
-//! output size and peak memory of one transform (max RSS of a child process doing only that).
-//! With `PIXGATE_COMPARE=<dir>` (written by `benches/sharp_bench.mjs` in the same run) it also
-//! prints sharp's time and the ratio, T1 PSNR of both outputs against a full-decode Lanczos3
-//! reference, and T1 throughput with two workers.
+//! on the realistic photos, single thread, and prints per task: median time, output size, the
+//! time with the pure-Rust zune-jpeg decoder instead of libjpeg-turbo, and peak memory of one
+//! transform (RSS high-water mark of a child process doing only that). With
+//! `PIXGATE_SHARP_DIR` (set by `compare.sh`) it drives sharp through
+//! `benches/sharp_bench.mjs` and alternates the two run by run, so both see the same machine
+//! conditions, then prints sharp's median and the ratio, T1 PSNR of both outputs against a
+//! full-decode Lanczos3 reference, and T1 throughput with two workers.
 //!
 //!     cargo bench --bench pipeline            # photos from ../shared/fixtures/photos
 //!     bash benches/compare.sh                 # the same, beside sharp
 
 mod common;
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
 
 use common::{photos_dir, spec, tasks};
 use fast_image_resize as fir;
 use pixgate::image::{Bitmap, EncodeSettings, Engine, JpegDecoder, decode, probe};
 use pixgate::options::{OutputFormat, ResizingType};
 
-const RUNS: usize = 9;
+/// Alternating runs per task (pixgate, sharp, pixgate, sharp, …), after one warm-up each.
+const RUNS: usize = 15;
 
-fn median(mut f: impl FnMut()) -> Duration {
-    f(); // warm-up (page faults, lazy init)
-    let mut times: Vec<Duration> = (0..RUNS)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[RUNS / 2]
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time_ms(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64() * 1e3
 }
 
 fn engine(decoder: JpegDecoder) -> Engine {
@@ -46,6 +49,75 @@ fn engine(decoder: JpegDecoder) -> Engine {
         ..EncodeSettings::default()
     };
     engine
+}
+
+/// A running `sharp_bench.mjs`, answering one request per line.
+struct Sharp {
+    _child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Sharp {
+    fn start(out_dir: &Path) -> Option<Sharp> {
+        let dir = std::env::var("PIXGATE_SHARP_DIR").ok()?;
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/sharp_bench.mjs");
+        let mut child = Command::new("node")
+            .arg(script)
+            .arg(dir)
+            .arg(photos_dir())
+            .arg(out_dir)
+            .arg(std::env::var("PIXGATE_WEBP_METHOD").unwrap_or_else(|_| "2".into()))
+            .arg(std::env::var("PIXGATE_PNG_LEVEL").unwrap_or_else(|_| "1".into()))
+            .env("UV_THREADPOOL_SIZE", "2")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .ok()?;
+        let stdin = child.stdin.take()?;
+        let stdout = BufReader::new(child.stdout.take()?);
+        Some(Sharp {
+            _child: child,
+            stdin,
+            stdout,
+        })
+    }
+
+    fn ask(&mut self, request: &str) -> String {
+        writeln!(self.stdin, "{request}").expect("sharp_bench stdin");
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("sharp_bench stdout");
+        line.trim().to_owned()
+    }
+
+    fn number(&mut self, request: &str) -> f64 {
+        let answer = self.ask(request);
+        answer
+            .parse()
+            .unwrap_or_else(|_| panic!("sharp_bench answered {answer:?} to {request:?}"))
+    }
+}
+
+/// T1 images per second with two threads, `n` per thread.
+fn throughput(engine: &Engine, source: &[u8], n: usize) -> f64 {
+    let t1 = spec(ResizingType::Fit, 800, 0);
+    let run = || {
+        for _ in 0..n {
+            std::hint::black_box(
+                engine
+                    .transform(source, &t1, OutputFormat::Jpeg, 80)
+                    .expect("transform"),
+            );
+        }
+    };
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(run);
+        s.spawn(run);
+    });
+    (2 * n) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Peak resident memory of this process image, bytes (`VmHWM`; unlike `ru_maxrss` it is not
@@ -156,215 +228,135 @@ fn main() {
         }
         return;
     }
-    // `--measure <file.json>`: one round of timings, written for the report.
-    if let Some(i) = args.iter().position(|a| a == "--measure") {
-        let round = measure();
-        let out = PathBuf::from(&args[i + 1]);
-        std::fs::write(&out, serde_json::to_vec_pretty(&round).expect("json")).expect("write");
-        return;
-    }
     report();
 }
 
-/// One round: per task the median time with libjpeg-turbo and with zune-jpeg, the output size,
-/// T1's output (for PSNR), and T1 throughput with two workers.
-fn measure() -> serde_json::Value {
-    let dir = photos_dir();
-    let turbo = engine(JpegDecoder::Turbo);
-    let zune = engine(JpegDecoder::Zune);
-    let mut tasks_json = serde_json::Map::new();
-    let mut t1_output = None;
-    for task in tasks() {
-        let Ok(bytes) = std::fs::read(dir.join(task.file)) else {
-            continue;
-        };
-        let mut out = Vec::new();
-        let t = median(|| {
-            out = turbo
-                .transform(&bytes, &task.spec, task.format, 80)
-                .expect("transform")
-                .bytes;
-        });
-        let z = median(|| {
-            std::hint::black_box(
-                zune.transform(&bytes, &task.spec, task.format, 80)
-                    .expect("transform"),
-            );
-        });
-        if task.id == "T1" {
-            t1_output = Some(out.clone());
-        }
-        tasks_json.insert(
-            task.id.to_owned(),
-            serde_json::json!({
-                "ms": t.as_secs_f64() * 1e3,
-                "zune_ms": z.as_secs_f64() * 1e3,
-                "bytes": out.len(),
-            }),
-        );
-    }
-    let mut throughput = None;
-    if let Ok(source) = std::fs::read(dir.join("photo_4000x3000_q90.jpg")) {
-        let lane_runs: usize = std::env::var("LANE_RUNS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10);
-        let t1 = spec(ResizingType::Fit, 800, 0);
-        let run = || {
-            for _ in 0..lane_runs {
-                std::hint::black_box(
-                    turbo
-                        .transform(&source, &t1, OutputFormat::Jpeg, 80)
-                        .expect("transform"),
-                );
-            }
-        };
-        run(); // warm-up
-        let start = Instant::now();
-        std::thread::scope(|s| {
-            s.spawn(run);
-            s.spawn(run);
-        });
-        throughput = Some((2 * lane_runs) as f64 / start.elapsed().as_secs_f64());
-    }
-    serde_json::json!({
-        "tasks": tasks_json,
-        "throughput_t1": throughput,
-        "t1_output": t1_output.map(hex::encode),
-    })
-}
-
-fn median_f64(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    Some(v[v.len() / 2])
-}
-
-fn read_rounds(dir: &Path, prefix: &str) -> Vec<serde_json::Value> {
-    let mut rounds: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with(prefix) && name.ends_with(".json")
-        })
-        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
-        .collect();
-    rounds.truncate(64);
-    rounds
-}
-
-/// Prints the comparison: medians over the rounds in `PIXGATE_COMPARE` (written alternately by
-/// `sharp_bench.mjs` and `--measure`, so both sides see the same machine conditions), or one
-/// round measured now when run alone.
 fn report() {
     let dir = photos_dir();
-    let compare_dir = std::env::var_os("PIXGATE_COMPARE").map(PathBuf::from);
-    let mut ours = compare_dir
-        .as_deref()
-        .map(|d| read_rounds(d, "px_"))
-        .unwrap_or_default();
-    if ours.is_empty() {
-        ours.push(measure());
-    }
-    let sharp = compare_dir
-        .as_deref()
-        .map(|d| read_rounds(d, "sharp_"))
-        .unwrap_or_default();
-    let stat = |rounds: &[serde_json::Value], task: &str, field: &str| {
-        median_f64(
-            rounds
-                .iter()
-                .filter_map(|r| r["tasks"][task][field].as_f64())
-                .collect(),
-        )
-    };
-    let fmt_ms = |v: Option<f64>| v.map_or("-".to_owned(), |m| format!("{m:.1}ms"));
-    let fmt_n = |v: Option<f64>| v.map_or("-".to_owned(), |b| format!("{b:.0}"));
-
-    println!(
-        "pixgate engine: single thread, median of {RUNS} runs per round, median of {} round(s)",
-        ours.len()
+    let out_dir = std::env::var_os("PIXGATE_COMPARE").map_or_else(
+        || std::env::temp_dir().join("pixgate-compare"),
+        PathBuf::from,
     );
-    if let Some(s) = sharp.first() {
+    let _ = std::fs::create_dir_all(&out_dir);
+    let mut sharp = Sharp::start(&out_dir);
+    let turbo = engine(JpegDecoder::Turbo);
+    let zune = engine(JpegDecoder::Zune);
+
+    println!("pixgate engine: single thread, median of {RUNS} runs");
+    if let Some(s) = sharp.as_mut() {
+        let v: serde_json::Value = serde_json::from_str(&s.ask("version")).unwrap_or_default();
         println!(
-            "sharp {} (libvips {}), sharp.concurrency(1), same tasks and encoder settings, {} round(s) interleaved",
-            s["version"]["sharp"].as_str().unwrap_or("?"),
-            s["version"]["vips"].as_str().unwrap_or("?"),
-            sharp.len()
+            "sharp {} (libvips {}), sharp.concurrency(1), same tasks and encoder settings, runs alternated with pixgate's",
+            v["sharp"].as_str().unwrap_or("?"),
+            v["vips"].as_str().unwrap_or("?")
         );
     }
     println!(
         "{:<3} {:<42} {:>9} {:>9} {:>7} {:>9} {:>9} {:>8} {:>9}",
         "", "task", "pixgate", "sharp", "ratio", "px bytes", "sh bytes", "zune", "peak MiB"
     );
+    let mut t1_output = None;
     for task in tasks() {
-        let ms = stat(&ours, task.id, "ms");
-        if ms.is_none() {
+        let Ok(bytes) = std::fs::read(dir.join(task.file)) else {
             eprintln!(
                 "skipping {}: {} not found (set PIXGATE_PHOTOS)",
                 task.id, task.file
             );
             continue;
+        };
+        let run = |e: &Engine| {
+            e.transform(&bytes, &task.spec, task.format, 80)
+                .expect("transform")
+                .bytes
+        };
+        // Warm-ups (page faults, lazy init; sharp writes its output file).
+        let out = run(&turbo);
+        if let Some(s) = sharp.as_mut() {
+            s.number(task.id);
         }
-        let sharp_ms = stat(&sharp, task.id, "ms");
-        let ratio = ms.zip(sharp_ms).map(|(a, b)| a / b);
+        let mut ours = Vec::with_capacity(RUNS);
+        let mut theirs = Vec::with_capacity(RUNS);
+        for _ in 0..RUNS {
+            ours.push(time_ms(|| {
+                std::hint::black_box(run(&turbo));
+            }));
+            if let Some(s) = sharp.as_mut() {
+                theirs.push(s.number(task.id));
+            }
+        }
+        let zune_ms = median(
+            (0..5)
+                .map(|_| {
+                    time_ms(|| {
+                        std::hint::black_box(run(&zune));
+                    })
+                })
+                .collect(),
+        );
+        let ms = median(ours);
+        let sharp_ms = (!theirs.is_empty()).then(|| median(theirs));
+        let sharp_bytes = sharp.as_mut().map(|s| s.ask(&format!("bytes {}", task.id)));
         let peak =
             peak_of(task.id).map_or("?".to_owned(), |b| format!("{:.1}", b as f64 / 1048576.0));
         println!(
-            "{:<3} {:<42} {:>9} {:>9} {:>7} {:>9} {:>9} {:>8} {:>9}",
+            "{:<3} {:<42} {:>7.1}ms {:>9} {:>7} {:>9} {:>9} {:>6.1}ms {:>9}",
             task.id,
             task.name,
-            fmt_ms(ms),
-            fmt_ms(sharp_ms),
-            ratio.map_or("-".to_owned(), |r| format!("{r:.2}x")),
-            fmt_n(stat(&ours, task.id, "bytes")),
-            fmt_n(stat(&sharp, task.id, "bytes")),
-            fmt_ms(stat(&ours, task.id, "zune_ms")),
+            ms,
+            sharp_ms.map_or("-".to_owned(), |m| format!("{m:.1}ms")),
+            sharp_ms.map_or("-".to_owned(), |m| format!("{:.2}x", ms / m)),
+            out.len(),
+            sharp_bytes.unwrap_or_else(|| "-".to_owned()),
+            zune_ms,
             peak
         );
+        if task.id == "T1" {
+            t1_output = Some(out);
+        }
     }
 
-    // Quality: T1 outputs against a full-decode Lanczos3 reference.
-    if let Ok(source) = std::fs::read(dir.join("photo_4000x3000_q90.jpg")) {
-        let reference = reference(&source, 800, 600);
-        let ours_t1 = ours[0]["t1_output"]
-            .as_str()
-            .and_then(|h| hex::decode(h).ok())
-            .and_then(|o| {
-                let p = probe(&o).ok()?;
-                decode(&o, &p).ok()
-            });
-        let theirs = compare_dir
-            .as_ref()
-            .and_then(|d| decode_file(&d.join("sharp_T1.jpg")));
-        let fmt = |b: Option<&Bitmap>| {
-            b.and_then(|b| psnr(&reference, b))
-                .map_or("-".to_owned(), |p| format!("{p:.2} dB"))
-        };
-        println!(
-            "T1 PSNR vs full-decode Lanczos3 reference: pixgate {}, sharp {}",
-            fmt(ours_t1.as_ref()),
-            fmt(theirs.as_ref())
-        );
-    }
-    let tp = |rounds: &[serde_json::Value]| {
-        median_f64(
-            rounds
-                .iter()
-                .filter_map(|r| r["throughput_t1"].as_f64())
-                .collect(),
-        )
+    let Ok(source) = std::fs::read(dir.join("photo_4000x3000_q90.jpg")) else {
+        return;
     };
-    if let Some(ours) = tp(&ours) {
-        let theirs = tp(&sharp);
-        println!(
-            "T1 throughput, 2 workers: pixgate {ours:.1} img/s, sharp {}{}",
-            theirs.map_or("-".to_owned(), |t| format!("{t:.1} img/s")),
-            theirs.map_or(String::new(), |t| format!(" ({:.2}x)", ours / t))
-        );
+    // Quality: T1 outputs against a full-decode Lanczos3 reference.
+    let reference = reference(&source, 800, 600);
+    let ours_t1 = t1_output.and_then(|o| {
+        let p = probe(&o).ok()?;
+        decode(&o, &p).ok()
+    });
+    let theirs_t1 = sharp
+        .is_some()
+        .then(|| decode_file(&out_dir.join("sharp_T1.jpg")))
+        .flatten();
+    let fmt = |b: Option<&Bitmap>| {
+        b.and_then(|b| psnr(&reference, b))
+            .map_or("-".to_owned(), |p| format!("{p:.2} dB"))
+    };
+    println!(
+        "T1 PSNR vs full-decode Lanczos3 reference: pixgate {}, sharp {}",
+        fmt(ours_t1.as_ref()),
+        fmt(theirs_t1.as_ref())
+    );
+
+    // Throughput: two workers each side, alternated three times.
+    let lane_runs: usize = std::env::var("LANE_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    throughput(&turbo, &source, 2); // warm-up
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..3 {
+        ours.push(throughput(&turbo, &source, lane_runs));
+        if let Some(s) = sharp.as_mut() {
+            theirs.push(s.number(&format!("throughput {lane_runs}")));
+        }
     }
+    let ours = median(ours);
+    let theirs = (!theirs.is_empty()).then(|| median(theirs));
+    println!(
+        "T1 throughput, 2 workers: pixgate {ours:.1} img/s, sharp {}{}",
+        theirs.map_or("-".to_owned(), |t| format!("{t:.1} img/s")),
+        theirs.map_or(String::new(), |t| format!(" ({:.2}x)", ours / t))
+    );
 }
