@@ -190,3 +190,49 @@ fn load_watermark(path: &str, limits: &ImageLimits) -> Result<Bitmap, String> {
     let bitmap = crate::image::decode(&bytes, &probe).map_err(|e| err(e.to_string()))?;
     Ok(crate::image::to_rgba(bitmap))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_fingerprint_follows_the_byte_changing_config() {
+        let limits = ImageLimits {
+            max_source_pixels: 1_000,
+            max_result_pixels: 1_000,
+            max_result_dimension: 100,
+            max_frames: 1,
+        };
+        let base = Engine::new(limits);
+        let same = Engine::new(limits);
+        assert_eq!(render_fingerprint(&base), render_fingerprint(&same));
+        let mut encode = base.clone();
+        encode.encode.webp_method = 4;
+        let mut decoder = base.clone();
+        decoder.jpeg_decoder = JpegDecoder::Zune;
+        let mut marked = base.clone();
+        marked.watermark = Some(Bitmap {
+            width: 1,
+            height: 1,
+            channels: 4,
+            data: vec![1, 2, 3, 4],
+        });
+        let mut other_mark = marked.clone();
+        if let Some(w) = other_mark.watermark.as_mut() {
+            w.data[0] = 9;
+        }
+        let prints: Vec<String> = [&base, &encode, &decoder, &marked, &other_mark]
+            .iter()
+            .map(|e| render_fingerprint(e))
+            .collect();
+        for (i, a) in prints.iter().enumerate() {
+            for b in &prints[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        // Limits do not change bytes of results that pass them: not part of the print.
+        let mut roomier = base.clone();
+        roomier.limits.max_result_pixels = 2_000;
+        assert_eq!(render_fingerprint(&base), render_fingerprint(&roomier));
+    }
+}

@@ -205,24 +205,12 @@ pub fn place(src: &Bitmap, w: u32, h: u32, x: u32, y: u32, fill: Fill) -> Bitmap
     out
 }
 
-/// Where a `cw`×`ch` box goes inside `w`×`h` under `g` (sides and centre).
+/// Where a `cw`×`ch` box goes inside `w`×`h` under `g`.
 pub fn anchor(g: Gravity, w: u32, h: u32, cw: u32, ch: u32) -> (u32, u32) {
-    let (fx, fy) = (w.saturating_sub(cw), h.saturating_sub(ch));
-    match g {
-        Gravity::North => (fx / 2, 0),
-        Gravity::South => (fx / 2, fy),
-        Gravity::East => (fx, fy / 2),
-        Gravity::West => (0, fy / 2),
-        Gravity::NorthEast => (fx, 0),
-        Gravity::NorthWest => (0, 0),
-        Gravity::SouthEast => (fx, fy),
-        Gravity::SouthWest => (0, fy),
-        Gravity::FocusPoint { x, y } => (
-            (u64::from(fx) * u64::from(x) / 10_000) as u32,
-            (u64::from(fy) * u64::from(y) / 10_000) as u32,
-        ),
-        Gravity::Center | Gravity::Smart => (fx / 2, fy / 2),
-    }
+    // The resize planner's anchoring, on whole pixels (a focus point is centred, then clamped).
+    let (x, y) =
+        super::geometry::anchor(g, f64::from(w), f64::from(h), f64::from(cw), f64::from(ch));
+    (x.floor() as u32, y.floor() as u32)
 }
 
 /// Alpha-blends `mark` (RGBA) onto `dst` at (`x`, `y`) (may be negative or overhang: clipped),

@@ -312,20 +312,8 @@ fn crop_region(spec: &TransformSpec, ow: u32, oh: u32) -> (u32, u32, u32, u32) {
         Some(c) => {
             let w = if c.width == 0 { ow } else { c.width.min(ow) };
             let h = if c.height == 0 { oh } else { c.height.min(oh) };
-            // Same anchoring as resize crops (a focus point is centred, then clamped).
-            let (x, y) = super::geometry::anchor(
-                c.gravity.unwrap_or(spec.gravity),
-                f64::from(ow),
-                f64::from(oh),
-                f64::from(w),
-                f64::from(h),
-            );
-            (
-                (x.round() as u32).min(ow - w),
-                (y.round() as u32).min(oh - h),
-                w,
-                h,
-            )
+            let (x, y) = effects::anchor(c.gravity.unwrap_or(spec.gravity), ow, oh, w, h);
+            (x, y, w, h)
         }
     }
 }
@@ -954,6 +942,36 @@ mod tests {
         // Smart crop via c: too.
         let c = run(&png, "c:32:32:sm", OutputFormat::Png);
         assert!(spread(&c) > 200);
+    }
+
+    #[test]
+    fn avif_results_are_capped_before_decoding() {
+        let png = encode(&card(64, 48), OutputFormat::Png, 90).unwrap();
+        let roomy = ImageLimits {
+            max_result_pixels: 40_000_000,
+            max_result_dimension: 16_383,
+            ..LIMITS
+        };
+        let big = TransformSpec {
+            resizing_type: ResizingType::Force,
+            width: 5000,
+            height: 4000,
+            enlarge: true,
+            ..TransformSpec::default()
+        };
+        let engine = Engine::new(roomy);
+        assert!(matches!(
+            engine.transform(&png, &big, OutputFormat::Avif, 60),
+            Err(ImageError::ResultTooLarge {
+                limit: MAX_AVIF_PIXELS,
+                ..
+            })
+        ));
+        // The same size is fine for a fast encoder.
+        let webp = engine
+            .transform(&png, &big, OutputFormat::Webp, 60)
+            .unwrap();
+        assert_eq!((webp.width, webp.height), (5000, 4000));
     }
 
     #[test]
