@@ -74,6 +74,11 @@ impl ImageFormat {
     }
 }
 
+/// Progressive JPEGs with more scans than this are refused before decoding, by both decoders:
+/// thousands of tiny scans make decoding quadratic (libjpeg-turbo's "two issues with the JPEG
+/// standard"). Real encoders emit at most a dozen; libjpeg-turbo's fuzzers allow 500.
+pub const MAX_JPEG_SCANS: u64 = 100;
+
 /// Limits checked before work is done.
 #[derive(Debug, Clone, Copy)]
 pub struct ImageLimits {
@@ -150,12 +155,20 @@ impl ImageLimits {
         Ok(())
     }
 
-    /// Refuses a source with more animation frames than allowed (structure walk, no decode).
+    /// Refuses a source with more animation frames than allowed, or a JPEG with more
+    /// progressive scans than [`MAX_JPEG_SCANS`] (structure walks, no decode).
     pub fn check_frames(&self, bytes: &[u8], format: ImageFormat) -> Result<(), ImageError> {
         if probe::frame_count(bytes, format, self.max_frames) > self.max_frames {
             return Err(ImageError::TooManyFrames {
                 limit: self.max_frames,
             });
+        }
+        if format == ImageFormat::Jpeg
+            && probe::jpeg_scan_count(bytes, MAX_JPEG_SCANS) > MAX_JPEG_SCANS
+        {
+            return Err(ImageError::Corrupt(format!(
+                "more than {MAX_JPEG_SCANS} progressive scans"
+            )));
         }
         Ok(())
     }

@@ -237,15 +237,14 @@ impl Engine {
     ) -> Result<(Bitmap, Option<Vec<u8>>), ImageError> {
         if p.format == ImageFormat::Jpeg && self.jpeg_decoder == JpegDecoder::Turbo {
             let shrink = jpeg_shrink(crop, out);
-            // On failure (CMYK/YCCK, 12-bit and other files TurboJPEG will not render),
-            // zune-jpeg, the decoder that accepted this file at upload, renders it at full size;
-            // it is just as strict, so truncated or corrupt data fails there too.
-            if let Ok(bitmap) = turbo::decode_scaled(
+            // `None`: CMYK/YCCK, lossless or 12-bit — rendered by zune-jpeg, the decoder that
+            // accepted the file at upload. Errors (corrupt, truncated) are final.
+            if let Some(bitmap) = turbo::decode_scaled(
                 bytes,
                 shrink,
                 self.limits.max_source_pixels,
                 (p.width, p.height),
-            ) {
+            )? {
                 let expected = turbo::scaled_size(p.width, p.height, shrink);
                 if (bitmap.width, bitmap.height) != expected {
                     return Err(ImageError::Corrupt(
@@ -693,6 +692,16 @@ mod tests {
         decode(&out.bytes, &p).unwrap()
     }
 
+    fn run_err(bytes: &[u8]) -> ImageError {
+        let spec = TransformSpec {
+            width: 16,
+            ..TransformSpec::default()
+        };
+        Engine::new(LIMITS)
+            .transform(bytes, &spec, OutputFormat::Png, 80)
+            .unwrap_err()
+    }
+
     /// Inserts an EXIF APP1 segment with `orientation` right after SOI.
     fn with_exif_orientation(jpeg: &[u8], orientation: u8) -> Vec<u8> {
         let mut tiff = b"MM\0*\0\0\0\x08".to_vec();
@@ -1048,6 +1057,19 @@ mod tests {
             .unwrap();
         let p = run(&prog, "w:16", OutputFormat::Png);
         assert_eq!((p.width, p.height), (16, 12));
+        // A progressive-scan bomb is refused before either decoder runs.
+        let mut bomb = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut bomb, 90);
+        enc.set_progressive(true);
+        enc.set_progressive_scans(64);
+        enc.encode(&rgb.data, 64, 48, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let r = run_err(&bomb);
+        assert!(
+            matches!(r, ImageError::Corrupt(ref m) if m.contains("scans")),
+            "{r:?}"
+        );
+        assert!(validate_upload(&bomb, &LIMITS).is_err());
         // Truncated and corrupt data fail on the shrink-on-load path too (strict mode).
         let big = encode(&card(256, 192), OutputFormat::Jpeg, 90).unwrap();
         for bad in [big[..big.len() / 2].to_vec(), {

@@ -219,6 +219,45 @@ pub fn frame_count(bytes: &[u8], format: ImageFormat, stop_after: u64) -> u64 {
     }
 }
 
+/// Counts the scans (SOS segments) of a JPEG, walking markers and skipping entropy-coded data
+/// (where `FF 00` is a stuffed byte and `FF D0..D7` restart markers), stopping once
+/// `stop_after` is exceeded. Linear in the file size; no decoding.
+pub fn jpeg_scan_count(b: &[u8], stop_after: u64) -> u64 {
+    let mut scans = 0u64;
+    let mut pos = 2usize;
+    while pos + 1 < b.len() && scans <= stop_after {
+        if b[pos] != 0xFF {
+            pos += 1; // not at a marker: resynchronise
+            continue;
+        }
+        let marker = b[pos + 1];
+        match marker {
+            0xFF => {
+                pos += 1; // fill byte
+                continue;
+            }
+            0xD8 | 0x01 | 0xD0..=0xD7 => {
+                pos += 2;
+                continue;
+            }
+            0xD9 => break,
+            _ => {}
+        }
+        let Some(len) = be16(b, pos + 2) else { break };
+        pos += 2 + usize::from(len);
+        if marker == 0xDA {
+            scans += 1;
+            // Entropy-coded data runs to the next marker that is not a stuffed byte or RST.
+            while pos + 1 < b.len()
+                && !(b[pos] == 0xFF && b[pos + 1] != 0x00 && !(0xD0..=0xD7).contains(&b[pos + 1]))
+            {
+                pos += 1;
+            }
+        }
+    }
+    scans
+}
+
 fn webp_frames(b: &[u8], stop_after: u64) -> u64 {
     let mut frames = 0u64;
     let mut pos = 12usize;
@@ -329,6 +368,37 @@ mod frame_tests {
             assert!((1..=5).contains(&n));
         }
         assert_eq!(frame_count(b"\xFF\xD8", ImageFormat::Jpeg, 0), 1);
+    }
+
+    fn progressive(scans_per_component: u8) -> Vec<u8> {
+        let data: Vec<u8> = (0..64 * 48 * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let mut out = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut out, 90);
+        enc.set_progressive(true);
+        enc.set_progressive_scans(scans_per_component);
+        enc.set_restart_interval(1);
+        enc.encode(&data, 64, 48, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn jpeg_scans_are_counted_through_entropy_data() {
+        let mut baseline = Vec::new();
+        jpeg_encoder::Encoder::new(&mut baseline, 90)
+            .encode(&[7u8; 16 * 16 * 3], 16, 16, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        assert_eq!(jpeg_scan_count(&baseline, 1000), 1);
+        let few = jpeg_scan_count(&progressive(2), 1000);
+        let many = jpeg_scan_count(&progressive(64), 1000);
+        assert!((2..=10).contains(&few), "{few}");
+        assert!(many > 100, "{many}");
+        // Stops just past the limit; truncated input counts what it saw, no panic.
+        assert_eq!(jpeg_scan_count(&progressive(64), 5), 6);
+        let p = progressive(8);
+        for cut in [3, 10, p.len() / 2] {
+            assert!(jpeg_scan_count(&p[..cut], 1000) <= jpeg_scan_count(&p, 1000));
+        }
     }
 }
 

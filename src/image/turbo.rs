@@ -19,10 +19,9 @@ use turbojpeg::raw;
 
 use super::{Bitmap, ImageError};
 
-/// Progressive JPEGs with more scans than this are refused: a crafted file with thousands of
-/// tiny scans makes decoding quadratic (libjpeg-turbo's "two issues with the JPEG standard").
-/// Real encoders emit ≤ 12; libjpeg-turbo's own fuzzers use 500.
-pub const SCAN_LIMIT: c_int = 100;
+/// libjpeg-turbo's own scan limit, the same as [`super::MAX_JPEG_SCANS`] (which the probe
+/// enforces for every decoder first).
+const SCAN_LIMIT: c_int = super::MAX_JPEG_SCANS as c_int;
 
 /// Scale factors libjpeg-turbo implements in the DCT domain that we use (denominators).
 pub const SHRINKS: [u32; 4] = [8, 4, 2, 1];
@@ -83,7 +82,7 @@ impl Handle {
 struct Header {
     width: u32,
     height: u32,
-    /// CMYK and YCCK cannot be converted to RGB by TurboJPEG; callers fall back to zune-jpeg.
+    /// CMYK and YCCK cannot be converted to RGB by TurboJPEG.
     cmyk: bool,
     /// Lossless (SOF3) files are decoded at full size whatever the scaling factor.
     lossless: bool,
@@ -97,13 +96,15 @@ pub fn scaled_size(w: u32, h: u32, shrink: u32) -> (u32, u32) {
 }
 
 /// Decodes `bytes` at 1/`shrink` scale (1, 2, 4 or 8) into an RGB bitmap, refusing images over
-/// `max_pixels` (full-size pixel count) inside the library as well.
+/// `max_pixels` (full-size pixel count) inside the library as well. `Ok(None)`: a JPEG this
+/// path does not render (CMYK/YCCK, lossless, not 8-bit) — the caller uses zune-jpeg. Errors
+/// (corrupt or truncated data, too many scans) are final.
 pub fn decode_scaled(
     bytes: &[u8],
     shrink: u32,
     max_pixels: u64,
     expected: (u32, u32),
-) -> Result<Bitmap, ImageError> {
+) -> Result<Option<Bitmap>, ImageError> {
     if !SHRINKS.contains(&shrink) {
         return Err(ImageError::Corrupt(format!(
             "unsupported shrink 1/{shrink}"
@@ -117,18 +118,11 @@ pub fn decode_scaled(
         c_int::try_from(max_pixels).unwrap_or(c_int::MAX),
     )?;
     let header = read_header(&handle, bytes)?;
-    if header.cmyk {
-        return Err(ImageError::Corrupt(
-            "CMYK JPEG needs the fallback decoder".into(),
-        ));
-    }
-    // Lossless JPEGs ignore the scaling factor (libjpeg-turbo decodes them at full size) and
-    // 12/16-bit ones are not 8-bit samples: the buffer below would be too small. Refuse them
-    // here; the caller falls back to zune-jpeg.
-    if header.lossless || header.precision != 8 {
-        return Err(ImageError::Corrupt(
-            "JPEG needs the fallback decoder".into(),
-        ));
+    // CMYK/YCCK cannot be converted to RGB by TurboJPEG. Lossless JPEGs ignore the scaling
+    // factor (libjpeg-turbo decodes them at full size) and 12/16-bit ones are not 8-bit
+    // samples: the buffer below would be too small. All go to zune-jpeg.
+    if header.cmyk || header.lossless || header.precision != 8 {
+        return Ok(None);
     }
     if (header.width, header.height) != expected {
         return Err(ImageError::Corrupt(
@@ -169,12 +163,12 @@ pub fn decode_scaled(
     if rc != 0 {
         return Err(handle.error());
     }
-    Ok(Bitmap {
+    Ok(Some(Bitmap {
         width: w,
         height: h,
         channels: 3,
         data,
-    })
+    }))
 }
 
 fn read_header(handle: &Handle, bytes: &[u8]) -> Result<Header, ImageError> {
