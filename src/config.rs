@@ -1053,6 +1053,43 @@ mod tests {
             ),
             ("PIXGATE__REDIS__TIMEOUT_MS", "0", "redis.timeout_ms"),
             ("PIXGATE__REDIS__URL", "http://x", "redis.url"),
+            ("PIXGATE__LIMITS__MAX_FRAMES", "0", "limits.max_frames"),
+            (
+                "PIXGATE__TRANSFORM__JPEG_DECODER",
+                "libjpeg",
+                "transform.jpeg_decoder",
+            ),
+            (
+                "PIXGATE__TRANSFORM__AUTO_FORMATS",
+                "webp,gif",
+                "transform.auto_formats",
+            ),
+            (
+                "PIXGATE__TRANSFORM__AVIF_WORKERS",
+                "0",
+                "transform.avif_workers",
+            ),
+            (
+                "PIXGATE__TRANSFORM__PRESETS_ONLY",
+                "true",
+                "transform.presets_only",
+            ),
+            (
+                "PIXGATE__ENCODE__JPEG_SUBSAMPLING",
+                "422",
+                "encode.jpeg_subsampling",
+            ),
+            (
+                "PIXGATE__ENCODE__PNG_COMPRESSION",
+                "max",
+                "encode.png_compression",
+            ),
+            ("PIXGATE__ENCODE__WEBP_METHOD", "7", "encode.webp_method"),
+            ("PIXGATE__ENCODE__AVIF_SPEED", "0", "encode.avif_speed"),
+            ("PIXGATE__PRESETS__THUMB", "zz:1", "presets.thumb"),
+            ("PIXGATE__PRESETS__DEFAULT", "f:webp", "presets.default"),
+            ("PIXGATE__PRESETS__EAGER", "nothing", "presets.eager"),
+            ("PIXGATE__PRESETS__BAD_NAME!", "q:1", "presets.bad_name!"),
             (
                 "PIXGATE__CACHE__MAX_ITEM_BYTES",
                 "999999999999",

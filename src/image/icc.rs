@@ -276,6 +276,24 @@ mod tests {
         assert_eq!(extract(&jpeg[..10], ImageFormat::Jpeg), None);
     }
 
+    #[test]
+    fn webp_profile_is_read_from_the_iccp_chunk() {
+        let profile = testing::display_p3();
+        let mut riff = b"WEBPVP8X".to_vec();
+        riff.extend_from_slice(&10u32.to_le_bytes());
+        riff.extend_from_slice(&[0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        riff.extend_from_slice(b"ICCP");
+        riff.extend_from_slice(&(profile.len() as u32).to_le_bytes());
+        riff.extend_from_slice(&profile);
+        let mut webp = b"RIFF".to_vec();
+        webp.extend_from_slice(&(riff.len() as u32).to_le_bytes());
+        webp.extend_from_slice(&riff);
+        assert_eq!(extract(&webp, ImageFormat::Webp), Some(profile.clone()));
+        // A chunk claiming more bytes than the file has: no profile, no panic.
+        let cut = webp.len() - 10;
+        assert_eq!(extract(&webp[..cut], ImageFormat::Webp), None);
+    }
+
     fn png_with_iccp(profile_zlib: &[u8]) -> Vec<u8> {
         let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
         let mut chunk = |kind: &[u8], data: &[u8]| {
