@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::JwtVerifier;
+use crate::auth::{ApiKeys, Authenticator, JwtVerifier, Revocations};
 use crate::cache::MemoryCache;
 use crate::catalog::Catalog;
 use crate::config::{Config, parse_cidr};
@@ -22,7 +22,8 @@ pub struct App {
     pub store: Arc<dyn ObjectStore>,
     pub catalog: Catalog,
     pub signer: Signer,
-    pub jwt: JwtVerifier,
+    /// Bearer credentials → principals (JWTs, API keys, revocations).
+    pub auth: Authenticator,
     pub cache: MemoryCache,
     pub workers: Workers,
     pub metrics: Metrics,
@@ -76,6 +77,16 @@ impl App {
                     .map_err(|e| format!("redis.url: {e}"))?,
             )
         };
+        let revocation_ttl = Duration::from_secs(config.auth.revocation_cache_secs);
+        let auth = Authenticator {
+            jwt: JwtVerifier::from_config(&config.auth).await?,
+            api_keys: ApiKeys::new(
+                store.clone(),
+                revocation_ttl,
+                usize::try_from(config.auth.max_api_keys_per_user).unwrap_or(usize::MAX),
+            ),
+            revocations: Revocations::new(store.clone(), revocation_ttl),
+        };
         let trusted_proxies = config
             .server
             .trusted_proxies
@@ -102,7 +113,7 @@ impl App {
             catalog: Catalog::new(store.clone(), l.max_source_bytes),
             store,
             signer,
-            jwt: JwtVerifier::hs256(&config.auth),
+            auth,
             cache: MemoryCache::new(config.cache.memory_bytes, config.cache.max_item_bytes),
             workers: Workers::new(
                 config.workers(),

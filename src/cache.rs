@@ -3,6 +3,10 @@
 //! Keys are `v1|{image id}|{canonical spec}|q{quality}|{format token}`: image ids are never
 //! reused and originals never change, so a key names exactly one result. Entries carry the
 //! image's owner so bearer requests can be authorised on a hit without touching storage.
+//!
+//! Deleting an image purges its entries and leaves a tombstone for its id (a bounded LRU of
+//! recently deleted ids): a transform that fetched the original before the delete and finishes
+//! after it cannot re-insert its result, so a deleted image is never served from memory again.
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -18,6 +22,8 @@ pub struct CachedResult {
     pub bytes: Bytes,
     pub format: OutputFormat,
     pub etag: String,
+    /// The image id (for purges).
+    pub image: String,
     pub owner: String,
     pub last_modified: SystemTime,
 }
@@ -33,7 +39,12 @@ pub struct MemoryCache {
 struct Inner {
     lru: LruCache<String, Arc<CachedResult>>,
     bytes: u64,
+    /// Recently deleted image ids: never admitted again.
+    deleted: LruCache<String, ()>,
 }
+
+/// Tombstones kept; a transform outliving this many later deletes is not a realistic race.
+const TOMBSTONES: usize = 65_536;
 
 /// Bookkeeping cost of an entry beyond its body.
 const ENTRY_OVERHEAD: u64 = 256;
@@ -48,6 +59,9 @@ impl MemoryCache {
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
                 bytes: 0,
+                deleted: LruCache::new(
+                    std::num::NonZeroUsize::new(TOMBSTONES).unwrap_or(std::num::NonZeroUsize::MIN),
+                ),
             }),
             capacity,
             max_item,
@@ -67,6 +81,9 @@ impl MemoryCache {
             return false;
         }
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.deleted.contains(&item.image) {
+            return false;
+        }
         if let Some(old) = inner.lru.pop(&key) {
             inner.bytes -= cost(&key, &old);
         }
@@ -79,6 +96,25 @@ impl MemoryCache {
         inner.bytes += size;
         inner.lru.put(key, item);
         true
+    }
+
+    /// Removes every entry of `image` and refuses its results from now on. O(entries), under
+    /// the lock; deletes are rare next to reads.
+    pub fn purge_image(&self, image: &str) -> usize {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.deleted.put(image.to_owned(), ());
+        let doomed: Vec<String> = inner
+            .lru
+            .iter()
+            .filter(|(_, v)| v.image == image)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &doomed {
+            if let Some(v) = inner.lru.pop(k) {
+                inner.bytes -= cost(k, &v);
+            }
+        }
+        doomed.len()
     }
 
     /// Bytes currently accounted.
@@ -96,6 +132,7 @@ mod tests {
             bytes: Bytes::from(vec![0u8; n]),
             format: OutputFormat::Png,
             etag: "\"x\"".into(),
+            image: "img".into(),
             owner: "o".into(),
             last_modified: SystemTime::UNIX_EPOCH,
         })
@@ -113,6 +150,25 @@ mod tests {
         assert!(c.bytes() <= 3_000);
         assert!(!c.insert("big".into(), item(1_001)), "over the item cap");
         assert!(c.get("big").is_none());
+    }
+
+    #[test]
+    fn purged_images_stay_out() {
+        let c = MemoryCache::new(10_000, 5_000);
+        let other = Arc::new(CachedResult {
+            image: "other".into(),
+            ..(*item(10)).clone()
+        });
+        c.insert("a".into(), item(100));
+        c.insert("b".into(), item(100));
+        c.insert("c".into(), other.clone());
+        assert_eq!(c.purge_image("img"), 2);
+        assert!(c.get("a").is_none() && c.get("b").is_none());
+        assert!(c.get("c").is_some());
+        assert_eq!(c.bytes(), cost("c", &other));
+        // A late result of the deleted image is refused.
+        assert!(!c.insert("a".into(), item(100)));
+        assert!(c.get("a").is_none());
     }
 
     #[test]

@@ -1,22 +1,45 @@
-//! Image records over the object store: originals and their metadata.
+//! Image records over the object store: originals, their metadata, and each owner's index.
 //!
-//! Layout in the originals bucket: `images/{id}/original` (the uploaded bytes, unchanged) and
-//! `images/{id}/meta.json`. The original is written first and the metadata last, so an image
-//! exists (is readable through the API) only once both are durable; a failed metadata write
-//! removes the original again.
+//! Layout in the originals bucket:
+//! - `images/{id}/original` — the uploaded bytes, unchanged;
+//! - `images/{id}/meta.json` — [`ImageMeta`]; an image exists exactly when this exists;
+//! - `users/{user}/images/{inverted created_at}-{id}` — the owner's index (empty objects), so
+//!   listing is one prefix listing, newest first, paginated by `start_after`.
+//!
+//! Derived results live in the derived bucket under [`derived_prefix`] — one prefix per image,
+//! so deleting an image's derivatives is one listing.
+//!
+//! Write order keeps the invariant "a visible image is complete": create writes the original,
+//! the index entry, then the metadata (a failure removes what was written); delete removes the
+//! original, every derived object, the index entry, and the metadata last, so a delete that
+//! fails half-way is retried by the next `DELETE` instead of leaving orphans behind. Mutations
+//! of one image are serialised within the process; across instances a `PATCH` that loses a race
+//! with a delete notices the missing original and removes its metadata again.
 
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::Error;
-use crate::id::ImageId;
+use crate::id::{ImageId, user_segment};
 use crate::image::ImageFormat;
-use crate::storage::{Bucket, ObjectKey, ObjectStore};
+use crate::storage::{Bucket, ObjectKey, ObjectStore, StorageError};
 
-/// Metadata cap: a record is a few hundred bytes.
+/// Metadata cap: a record is a few hundred bytes (a few KB with full titles and tags).
 const MAX_META_BYTES: u64 = 64 * 1024;
+/// Metadata field limits (also the GDPR right to rectification's surface).
+pub const MAX_TITLE_CHARS: usize = 255;
+pub const MAX_TAGS: usize = 20;
+pub const MAX_TAG_CHARS: usize = 50;
+/// Metadata reads in flight while listing a page.
+const LIST_CONCURRENCY: usize = 16;
+/// Lock stripes for per-image mutations.
+const STRIPES: usize = 64;
+/// Index keys sort newest first: `INVERT - created_secs`, zero-padded.
+const INVERT: u64 = 9_999_999_999;
 
 /// What pixgate knows about an original.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +54,117 @@ pub struct ImageMeta {
     pub sha256: String,
     /// RFC 3339, UTC, seconds.
     pub created_at: String,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub alt_text: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// A metadata change: `None` leaves a field alone, `Some(None)` clears it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetaPatch {
+    pub title: Option<Option<String>>,
+    pub alt_text: Option<Option<String>>,
+    pub tags: Option<Vec<String>>,
+}
+
+fn check_text(field: &str, v: &str) -> Result<(), Error> {
+    if v.chars().count() > MAX_TITLE_CHARS || v.chars().any(char::is_control) {
+        return Err(Error::InvalidField(format!(
+            "{field}: at most {MAX_TITLE_CHARS} characters, no control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl MetaPatch {
+    /// Parses a JSON object with `title`, `alt_text` (string or null) and `tags` (list of
+    /// strings); any other member is an error naming it.
+    pub fn from_json(v: &Value) -> Result<MetaPatch, Error> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::InvalidField("body: must be a JSON object".into()))?;
+        let mut patch = MetaPatch::default();
+        for (k, v) in obj {
+            let text = |v: &Value| match v {
+                Value::Null => Ok(None),
+                Value::String(s) => {
+                    check_text(k, s)?;
+                    Ok(Some(s.clone()))
+                }
+                _ => Err(Error::InvalidField(format!(
+                    "{k}: must be a string or null"
+                ))),
+            };
+            match k.as_str() {
+                "title" => patch.title = Some(text(v)?),
+                "alt_text" => patch.alt_text = Some(text(v)?),
+                "tags" => {
+                    let items = v
+                        .as_array()
+                        .ok_or_else(|| Error::InvalidField("tags: must be a list".into()))?;
+                    let tags = items
+                        .iter()
+                        .map(|t| {
+                            t.as_str()
+                                .map(str::to_owned)
+                                .ok_or_else(|| Error::InvalidField("tags: must be strings".into()))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    patch.tags = Some(normalise_tags(tags)?);
+                }
+                other => {
+                    return Err(Error::InvalidField(format!(
+                        "`{}` is not a metadata field (title, alt_text, tags)",
+                        other.chars().take(40).collect::<String>()
+                    )));
+                }
+            }
+        }
+        Ok(patch)
+    }
+
+    fn apply(&self, meta: &mut ImageMeta) {
+        if let Some(t) = &self.title {
+            meta.title.clone_from(t);
+        }
+        if let Some(a) = &self.alt_text {
+            meta.alt_text.clone_from(a);
+        }
+        if let Some(tags) = &self.tags {
+            meta.tags.clone_from(tags);
+        }
+    }
+}
+
+/// Trims tags, drops duplicates (first wins) and checks the limits.
+pub fn normalise_tags(tags: Vec<String>) -> Result<Vec<String>, Error> {
+    let mut out: Vec<String> = Vec::new();
+    for t in tags {
+        let t = t.trim();
+        if t.is_empty() || t.chars().count() > MAX_TAG_CHARS || t.chars().any(char::is_control) {
+            return Err(Error::InvalidField(format!(
+                "tags: each 1..={MAX_TAG_CHARS} characters, no control characters"
+            )));
+        }
+        if !out.iter().any(|o| o == t) {
+            out.push(t.to_owned());
+        }
+    }
+    if out.len() > MAX_TAGS {
+        return Err(Error::InvalidField(format!("tags: at most {MAX_TAGS}")));
+    }
+    Ok(out)
+}
+
+/// One page of an owner's images.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<ImageMeta>,
+    /// Opaque; pass back as `cursor` for the next page. `None` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// Reads and writes image records.
@@ -38,10 +172,40 @@ pub struct ImageMeta {
 pub struct Catalog {
     store: Arc<dyn ObjectStore>,
     max_source_bytes: u64,
+    locks: Arc<Vec<tokio::sync::Mutex<()>>>,
 }
 
 fn key(id: &ImageId, leaf: &str) -> Result<ObjectKey, Error> {
     ObjectKey::new(format!("images/{id}/{leaf}")).map_err(Error::from)
+}
+
+/// Where an image's derived results live in the derived bucket (one prefix per image).
+pub fn derived_prefix(id: &ImageId) -> String {
+    format!("derived/{id}/")
+}
+
+fn index_prefix(owner: &str) -> String {
+    format!("users/{}/images/", user_segment(owner))
+}
+
+fn created_secs(meta: &ImageMeta) -> u64 {
+    humantime::parse_rfc3339(&meta.created_at)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+fn index_key(meta: &ImageMeta, id: &ImageId) -> Result<ObjectKey, Error> {
+    let inverted = INVERT.saturating_sub(created_secs(meta));
+    ObjectKey::new(format!("{}{inverted:010}-{id}", index_prefix(&meta.owner))).map_err(Error::from)
+}
+
+/// A cursor is an index leaf: 10 digits, `-`, an image id.
+fn valid_cursor(c: &str) -> bool {
+    c.len() == 11 + ImageId::LEN
+        && c.as_bytes()[10] == b'-'
+        && c[..10].bytes().all(|b| b.is_ascii_digit())
+        && ImageId::parse(&c[11..]).is_some()
 }
 
 impl Catalog {
@@ -49,54 +213,52 @@ impl Catalog {
         Catalog {
             store,
             max_source_bytes,
+            locks: Arc::new((0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect()),
         }
     }
 
-    /// Stores an original and then its metadata; returns only when both are durable.
+    fn lock_for(&self, id: &ImageId) -> &tokio::sync::Mutex<()> {
+        let stripe = id
+            .as_str()
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        &self.locks[stripe % STRIPES]
+    }
+
+    /// Stores an original, its index entry and then its metadata; returns only when all are
+    /// durable. On failure nothing stays behind.
     pub async fn create(&self, meta: &ImageMeta, original: Bytes) -> Result<(), Error> {
         let id = ImageId::parse(&meta.id).ok_or_else(|| Error::Internal("bad image id".into()))?;
         let original_key = key(&id, "original")?;
-        self.store
-            .put(
-                Bucket::Originals,
-                &original_key,
-                original,
-                meta.format.mime(),
-            )
-            .await?;
-        let json = serde_json::to_vec(meta).map_err(|e| Error::Internal(e.to_string()))?;
+        let index = index_key(meta, &id)?;
         let meta_key = key(&id, "meta.json")?;
-        if let Err(e) = self
-            .store
-            .put(
-                Bucket::Originals,
-                &meta_key,
-                Bytes::from(json),
-                "application/json",
-            )
-            .await
-        {
-            // The client is told the upload failed, so neither object may stay behind. A timed
-            // out S3 PUT may still have landed: remove the metadata first (the image stops
-            // existing), then the original.
-            for k in [&meta_key, &original_key] {
-                if let Err(cleanup) = self.store.delete(Bucket::Originals, k).await {
-                    tracing::warn!(image = %id, key = %k, error = %cleanup, "could not clean up after a failed metadata write");
+        let json = serde_json::to_vec(meta).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut written: Vec<&ObjectKey> = Vec::new();
+        let steps: [(&ObjectKey, Bytes, &str); 3] = [
+            (&original_key, original, meta.format.mime()),
+            (&index, Bytes::new(), "application/octet-stream"),
+            (&meta_key, Bytes::from(json), "application/json"),
+        ];
+        for (k, body, ct) in steps {
+            written.push(k);
+            if let Err(e) = self.store.put(Bucket::Originals, k, body, ct).await {
+                // The client is told the upload failed, so nothing may stay behind. A timed out
+                // S3 PUT may still have landed: remove in reverse order (metadata first, so the
+                // image stops existing before its parts go).
+                for k in written.iter().rev() {
+                    if let Err(cleanup) = self.store.delete(Bucket::Originals, k).await {
+                        tracing::warn!(image = %id, key = %k, error = %cleanup, "could not clean up after a failed upload write");
+                    }
                 }
+                return Err(e.into());
             }
-            return Err(e.into());
         }
         Ok(())
     }
 
     /// The metadata of an image; `NotFound` if it does not exist.
     pub async fn meta(&self, id: &ImageId) -> Result<ImageMeta, Error> {
-        let bytes = self
-            .store
-            .get(Bucket::Originals, &key(id, "meta.json")?, MAX_META_BYTES)
-            .await?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Internal(format!("corrupt metadata for {id}: {e}")))
+        read_meta(self.store.as_ref(), id).await
     }
 
     /// The original bytes of an image.
@@ -110,6 +272,141 @@ impl Catalog {
             )
             .await?)
     }
+
+    /// One page of `owner`'s images, newest first.
+    pub async fn list(
+        &self,
+        owner: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, Error> {
+        let prefix = index_prefix(owner);
+        let start_after = match cursor {
+            Some(c) if valid_cursor(c) => Some(format!("{prefix}{c}")),
+            Some(_) => return Err(Error::InvalidField("cursor: not a cursor".into())),
+            None => None,
+        };
+        let keys = self
+            .store
+            .list_page(
+                Bucket::Originals,
+                &prefix,
+                start_after.as_deref(),
+                limit + 1,
+            )
+            .await?;
+        let more = keys.len() > limit;
+        let leaves: Vec<String> = keys
+            .iter()
+            .take(limit)
+            .filter_map(|k| k.as_str().strip_prefix(&prefix).map(String::from))
+            .collect();
+        let ids: Vec<ImageId> = leaves
+            .iter()
+            .filter_map(|l| l.get(11..).and_then(ImageId::parse))
+            .collect();
+        let mut items = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(LIST_CONCURRENCY) {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, id) in chunk.iter().enumerate() {
+                let store = self.store.clone();
+                let id = id.clone();
+                set.spawn(async move { (i, read_meta(store.as_ref(), &id).await) });
+            }
+            let mut got: Vec<(usize, ImageMeta)> = Vec::with_capacity(chunk.len());
+            while let Some(joined) = set.join_next().await {
+                let (i, r) = joined.map_err(|e| Error::Internal(format!("list task: {e}")))?;
+                match r {
+                    Ok(m) if m.owner == owner => got.push((i, m)),
+                    // Deleted meanwhile (or a stale index entry): not part of the listing.
+                    Ok(_) | Err(Error::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            got.sort_by_key(|(i, _)| *i);
+            items.extend(got.into_iter().map(|(_, m)| m));
+        }
+        let next_cursor = if more { leaves.last().cloned() } else { None };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Applies a metadata change and returns the new record.
+    pub async fn update(&self, id: &ImageId, patch: &MetaPatch) -> Result<ImageMeta, Error> {
+        let _guard = self.lock_for(id).lock().await;
+        let mut meta = self.meta(id).await?;
+        patch.apply(&mut meta);
+        let json = serde_json::to_vec(&meta).map_err(|e| Error::Internal(e.to_string()))?;
+        let meta_key = key(id, "meta.json")?;
+        self.store
+            .put(
+                Bucket::Originals,
+                &meta_key,
+                Bytes::from(json),
+                "application/json",
+            )
+            .await?;
+        // A delete on another instance may have run between our read and write: then the
+        // original is gone and our write resurrected the metadata. Undo it.
+        let original = key(id, "original")?;
+        let still_there = self
+            .store
+            .list(Bucket::Originals, original.as_str())
+            .await?
+            .contains(&original);
+        if !still_there {
+            self.store.delete(Bucket::Originals, &meta_key).await?;
+            return Err(Error::NotFound);
+        }
+        Ok(meta)
+    }
+
+    /// Deletes the original, every derived object, the index entry and the metadata; returns
+    /// only when all are gone.
+    pub async fn delete(&self, meta: &ImageMeta) -> Result<(), Error> {
+        let id = ImageId::parse(&meta.id).ok_or_else(|| Error::Internal("bad image id".into()))?;
+        let _guard = self.lock_for(&id).lock().await;
+        self.store
+            .delete(Bucket::Originals, &key(&id, "original")?)
+            .await?;
+        self.delete_prefix(Bucket::Derived, &derived_prefix(&id))
+            .await?;
+        self.store
+            .delete(Bucket::Originals, &index_key(meta, &id)?)
+            .await?;
+        // Anything else under the image's prefix, then the metadata last.
+        let meta_key = key(&id, "meta.json")?;
+        for k in self
+            .store
+            .list(Bucket::Originals, &format!("images/{id}/"))
+            .await?
+        {
+            if k != meta_key {
+                self.store.delete(Bucket::Originals, &k).await?;
+            }
+        }
+        self.store.delete(Bucket::Originals, &meta_key).await?;
+        Ok(())
+    }
+
+    async fn delete_prefix(&self, bucket: Bucket, prefix: &str) -> Result<(), Error> {
+        for k in self.store.list(bucket, prefix).await? {
+            self.store.delete(bucket, &k).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn read_meta(store: &dyn ObjectStore, id: &ImageId) -> Result<ImageMeta, Error> {
+    let bytes = match store
+        .get(Bucket::Originals, &key(id, "meta.json")?, MAX_META_BYTES)
+        .await
+    {
+        Ok(b) => b,
+        Err(StorageError::NotFound) => return Err(Error::NotFound),
+        Err(e) => return Err(e.into()),
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Internal(format!("corrupt metadata for {id}: {e}")))
 }
 
 #[cfg(test)]
@@ -131,6 +428,9 @@ mod tests {
             bytes: 3,
             sha256: "x".into(),
             created_at: "2026-01-01T00:00:00Z".into(),
+            title: None,
+            alt_text: None,
+            tags: Vec::new(),
         }
     }
 
@@ -206,5 +506,116 @@ mod tests {
             .unwrap();
         assert_eq!(catalog.meta(&id).await.unwrap(), meta);
         assert_eq!(catalog.original(&id).await.unwrap(), &b"abc"[..]);
+    }
+
+    #[tokio::test]
+    async fn listing_pages_newest_first_and_delete_removes_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(FsStore::new(dir.path(), Duration::from_secs(5)).unwrap());
+        let catalog = Catalog::new(store.clone(), 1024);
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let id = ImageId::generate().unwrap();
+            let mut meta = sample_meta(&id);
+            meta.created_at = format!("2026-01-01T00:00:0{i}Z");
+            catalog
+                .create(&meta, Bytes::from_static(b"abc"))
+                .await
+                .unwrap();
+            ids.push(id.to_string());
+        }
+        let other = ImageId::generate().unwrap();
+        let mut theirs = sample_meta(&other);
+        theirs.owner = "u2".into();
+        catalog
+            .create(&theirs, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = catalog.list("u1", cursor.as_deref(), 2).await.unwrap();
+            assert!(page.items.len() <= 2);
+            seen.extend(page.items.iter().map(|m| m.id.clone()));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        ids.reverse();
+        assert_eq!(
+            seen, ids,
+            "newest first, every image once, only the owner's"
+        );
+        assert_eq!(
+            catalog
+                .list("u1", Some("../x"), 2)
+                .await
+                .unwrap_err()
+                .code(),
+            "invalid_field"
+        );
+
+        // Metadata changes, then a delete takes every object of the image with it.
+        let id = ImageId::parse(&ids[0]).unwrap();
+        let patch =
+            MetaPatch::from_json(&serde_json::json!({"title": "t", "tags": [" a ", "a", "b"]}))
+                .unwrap();
+        let m = catalog.update(&id, &patch).await.unwrap();
+        assert_eq!(
+            (m.title.as_deref(), m.tags.clone()),
+            (Some("t"), vec!["a".to_owned(), "b".to_owned()])
+        );
+        let derived = ObjectKey::new(format!("{}x.webp", derived_prefix(&id))).unwrap();
+        store
+            .put(
+                Bucket::Derived,
+                &derived,
+                Bytes::from_static(b"d"),
+                "image/webp",
+            )
+            .await
+            .unwrap();
+        catalog.delete(&m).await.unwrap();
+        assert_eq!(catalog.meta(&id).await.unwrap_err().code(), "not_found");
+        for b in [Bucket::Originals, Bucket::Derived] {
+            let left = store.list(b, "").await.unwrap();
+            assert!(
+                left.iter().all(|k| !k.as_str().contains(id.as_str())),
+                "{left:?}"
+            );
+        }
+        assert_eq!(catalog.list("u1", None, 10).await.unwrap().items.len(), 4);
+        assert_eq!(
+            catalog.update(&id, &patch).await.unwrap_err().code(),
+            "not_found"
+        );
+    }
+
+    #[test]
+    fn metadata_patches_are_bounded() {
+        let ok =
+            MetaPatch::from_json(&serde_json::json!({"title": null, "alt_text": "x"})).unwrap();
+        assert_eq!(ok.title, Some(None));
+        for bad in [
+            serde_json::json!({"title": "x".repeat(256)}),
+            serde_json::json!({"alt_text": "a\u{0}b"}),
+            serde_json::json!({"tags": (0..21).map(|i| i.to_string()).collect::<Vec<_>>()}),
+            serde_json::json!({"tags": ["x".repeat(51)]}),
+            serde_json::json!({"tags": [""]}),
+            serde_json::json!({"tags": "a,b"}),
+            serde_json::json!({"owner": "mallory"}),
+            serde_json::json!([1]),
+        ] {
+            assert_eq!(
+                MetaPatch::from_json(&bad).unwrap_err().code(),
+                "invalid_field",
+                "{bad}"
+            );
+        }
+        // 255 characters (not bytes) are fine.
+        MetaPatch::from_json(&serde_json::json!({"title": "é".repeat(255)})).unwrap();
     }
 }

@@ -82,6 +82,15 @@ pub struct ServerConfig {
     /// Body cap for every route except uploads (which use `limits.max_source_bytes`).
     pub max_body_bytes: u64,
     pub http2_max_concurrent_streams: u64,
+    /// Origins allowed to call the API from a browser (exact `scheme://host[:port]`), or `*`.
+    pub cors_origins: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true` to allowed origins (never with `*`).
+    pub cors_allow_credentials: bool,
+    /// PEM certificate chain and private key: when both are set, `listen` serves HTTPS only.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    /// `max-age` of `Strict-Transport-Security` on HTTPS responses.
+    pub hsts_max_age_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +104,10 @@ pub struct StorageConfig {
     pub s3_bucket: String,
     pub s3_derived_bucket: String,
     pub s3_force_path_style: bool,
+    /// Server-side encryption of every object written: empty (bucket default), `AES256`
+    /// (SSE-S3) or `aws:kms` (SSE-KMS with `s3_sse_kms_key_id`).
+    pub s3_sse: String,
+    pub s3_sse_kms_key_id: String,
     /// Each storage operation is abandoned after this long.
     pub timeout_secs: u64,
 }
@@ -106,17 +119,43 @@ pub struct SigningConfig {
     pub keys: Vec<String>,
     pub salts: Vec<String>,
     pub signature_size: u64,
+    /// Longest lifetime `POST /v1/images/{id}/url` grants, and its default.
+    pub max_url_ttl_secs: u64,
+    pub default_url_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
+    /// HMAC secret (at least 32 bytes); its algorithm is `jwt_hs_algorithm`.
     pub jwt_hs256_secret: String,
+    /// `HS256`, `HS384` or `HS512`.
+    pub jwt_hs_algorithm: String,
+    /// PEM public key, its pinned algorithm, and optionally the `kid` it answers to.
+    pub jwt_public_key_file: String,
+    pub jwt_public_key_algorithm: String,
+    pub jwt_public_key_kid: String,
+    /// JWKS document on disk and/or at a URL (https, or http to a loopback address).
+    pub jwks_file: String,
+    pub jwks_url: String,
+    /// Algorithms a JWKS key may be used with.
+    pub jwks_algorithms: Vec<String>,
+    pub jwks_timeout_ms: u64,
+    /// An unknown `kid` refetches the JWKS at most this often.
+    pub jwks_refresh_min_secs: u64,
+    /// Keys older than this are refreshed in the background.
+    pub jwks_max_age_secs: u64,
     pub jwt_issuer: String,
     pub jwt_audience: String,
+    /// Required `typ` header (e.g. `at+jwt`); empty: not checked.
+    pub jwt_typ: String,
     pub role_claim: String,
     pub plan_claim: String,
     pub leeway_secs: u64,
+    /// How long an instance may keep using a cached API key lookup or token revocation record:
+    /// the bound on how late a revocation made on another instance takes effect.
+    pub revocation_cache_secs: u64,
+    pub max_api_keys_per_user: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +179,8 @@ pub struct LimitsConfig {
     /// Largest width or height a URL may ask for (libwebp's own ceiling is 16383).
     pub max_result_dimension: u64,
     pub max_frames: u64,
+    /// Formats accepted for upload (`jpeg`, `png`, `webp`, `gif`).
+    pub upload_formats: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,6 +257,11 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 25,
             max_body_bytes: 64 * 1024,
             http2_max_concurrent_streams: 100,
+            cors_origins: Vec::new(),
+            cors_allow_credentials: false,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            hsts_max_age_secs: 31_536_000,
         }
     }
 }
@@ -230,6 +276,8 @@ impl Default for StorageConfig {
             s3_bucket: String::new(),
             s3_derived_bucket: String::new(),
             s3_force_path_style: false,
+            s3_sse: String::new(),
+            s3_sse_kms_key_id: String::new(),
             timeout_secs: 10,
         }
     }
@@ -241,6 +289,8 @@ impl Default for SigningConfig {
             keys: Vec::new(),
             salts: Vec::new(),
             signature_size: 32,
+            max_url_ttl_secs: 7 * 86_400,
+            default_url_ttl_secs: 3_600,
         }
     }
 }
@@ -249,11 +299,26 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             jwt_hs256_secret: String::new(),
+            jwt_hs_algorithm: "HS256".into(),
+            jwt_public_key_file: String::new(),
+            jwt_public_key_algorithm: "RS256".into(),
+            jwt_public_key_kid: String::new(),
+            jwks_file: String::new(),
+            jwks_url: String::new(),
+            jwks_algorithms: ["RS256", "PS256", "ES256", "ES384", "EdDSA"]
+                .map(String::from)
+                .to_vec(),
+            jwks_timeout_ms: 3_000,
+            jwks_refresh_min_secs: 60,
+            jwks_max_age_secs: 3_600,
             jwt_issuer: String::new(),
             jwt_audience: String::new(),
+            jwt_typ: String::new(),
             role_claim: "role".into(),
             plan_claim: "plan".into(),
             leeway_secs: 30,
+            revocation_cache_secs: 30,
+            max_api_keys_per_user: 25,
         }
     }
 }
@@ -276,6 +341,7 @@ impl Default for LimitsConfig {
             max_result_pixels: 40_000_000,
             max_result_dimension: 16_383,
             max_frames: 1000,
+            upload_formats: ["jpeg", "png", "webp", "gif"].map(String::from).to_vec(),
         }
     }
 }
@@ -406,6 +472,27 @@ impl Config {
             "server.http2_max_concurrent_streams",
             s.http2_max_concurrent_streams,
         )?;
+        for origin in &s.cors_origins {
+            if origin == "*" {
+                if s.cors_allow_credentials {
+                    return Err(ConfigError::new(
+                        "server.cors_allow_credentials",
+                        "cannot be true when server.cors_origins contains `*`",
+                    ));
+                }
+            } else if !valid_origin(origin) {
+                return Err(ConfigError::new(
+                    "server.cors_origins",
+                    format!("`{origin}` is not an origin (scheme://host[:port], no path)"),
+                ));
+            }
+        }
+        if s.tls_cert_file.is_empty() != s.tls_key_file.is_empty() {
+            return Err(ConfigError::new(
+                "server.tls_key_file",
+                "server.tls_cert_file and server.tls_key_file are set together",
+            ));
+        }
 
         let st = &self.storage;
         match st.backend.as_str() {
@@ -433,6 +520,21 @@ impl Config {
             }
         }
         seconds("storage.timeout_secs", st.timeout_secs)?;
+        match (st.s3_sse.as_str(), st.s3_sse_kms_key_id.is_empty()) {
+            ("", true) | ("AES256", true) | ("aws:kms", _) => {}
+            ("", false) | ("AES256", false) => {
+                return Err(ConfigError::new(
+                    "storage.s3_sse_kms_key_id",
+                    "only used with storage.s3_sse = \"aws:kms\"",
+                ));
+            }
+            (other, _) => {
+                return Err(ConfigError::new(
+                    "storage.s3_sse",
+                    format!("`{other}` is not one of: AES256, aws:kms (or empty)"),
+                ));
+            }
+        }
 
         let sg = &self.signing;
         if sg.keys.is_empty() {
@@ -471,11 +573,73 @@ impl Config {
             ));
         }
 
+        for (key, v) in [
+            ("signing.max_url_ttl_secs", sg.max_url_ttl_secs),
+            ("signing.default_url_ttl_secs", sg.default_url_ttl_secs),
+        ] {
+            positive(key, v)?;
+        }
+        if sg.default_url_ttl_secs > sg.max_url_ttl_secs {
+            return Err(ConfigError::new(
+                "signing.default_url_ttl_secs",
+                "must not exceed signing.max_url_ttl_secs",
+            ));
+        }
+
         let a = &self.auth;
-        if a.jwt_hs256_secret.len() < 32 {
+        if a.jwt_hs256_secret.is_empty()
+            && a.jwt_public_key_file.is_empty()
+            && a.jwks_file.is_empty()
+            && a.jwks_url.is_empty()
+        {
             return Err(ConfigError::new(
                 "auth.jwt_hs256_secret",
-                "at least 32 bytes are required for HS256 (RFC 7518 §3.2)",
+                "no token verification key: set auth.jwt_hs256_secret, auth.jwt_public_key_file, auth.jwks_file or auth.jwks_url",
+            ));
+        }
+        if !a.jwt_hs256_secret.is_empty() && a.jwt_hs256_secret.len() < 32 {
+            return Err(ConfigError::new(
+                "auth.jwt_hs256_secret",
+                "at least 32 bytes are required for HMAC (RFC 7518 §3.2)",
+            ));
+        }
+        if !matches!(a.jwt_hs_algorithm.as_str(), "HS256" | "HS384" | "HS512") {
+            return Err(ConfigError::new(
+                "auth.jwt_hs_algorithm",
+                "must be HS256, HS384 or HS512",
+            ));
+        }
+        let asymmetric =
+            |alg: &str| crate::auth::jwt::parse_algorithm(alg).is_some() && !alg.starts_with("HS");
+        if !a.jwt_public_key_file.is_empty() && !asymmetric(&a.jwt_public_key_algorithm) {
+            return Err(ConfigError::new(
+                "auth.jwt_public_key_algorithm",
+                "must be one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA",
+            ));
+        }
+        for alg in &a.jwks_algorithms {
+            if !asymmetric(alg) {
+                return Err(ConfigError::new(
+                    "auth.jwks_algorithms",
+                    format!("`{alg}` is not an asymmetric JWS algorithm"),
+                ));
+            }
+        }
+        if !a.jwks_url.is_empty() && !jwks_url_allowed(&a.jwks_url) {
+            return Err(ConfigError::new(
+                "auth.jwks_url",
+                "must be https:// (http:// only to a loopback address)",
+            ));
+        }
+        seconds("auth.jwks_timeout_ms", a.jwks_timeout_ms.div_ceil(1000))?;
+        seconds("auth.jwks_refresh_min_secs", a.jwks_refresh_min_secs)?;
+        seconds("auth.jwks_max_age_secs", a.jwks_max_age_secs)?;
+        seconds("auth.revocation_cache_secs", a.revocation_cache_secs)?;
+        positive("auth.max_api_keys_per_user", a.max_api_keys_per_user)?;
+        if a.leeway_secs > 300 {
+            return Err(ConfigError::new(
+                "auth.leeway_secs",
+                "must be at most 300 seconds",
             ));
         }
         if !self.embedded {
@@ -514,6 +678,20 @@ impl Config {
         positive("limits.max_source_pixels", l.max_source_pixels)?;
         positive("limits.max_result_pixels", l.max_result_pixels)?;
         positive("limits.max_frames", l.max_frames)?;
+        if l.upload_formats.is_empty() {
+            return Err(ConfigError::new(
+                "limits.upload_formats",
+                "at least one format is required",
+            ));
+        }
+        for f in &l.upload_formats {
+            if !matches!(f.as_str(), "jpeg" | "png" | "webp" | "gif") {
+                return Err(ConfigError::new(
+                    "limits.upload_formats",
+                    format!("`{f}` is not one of: jpeg, png, webp, gif"),
+                ));
+            }
+        }
         if !(1..=16_383).contains(&l.max_result_dimension) {
             return Err(ConfigError::new(
                 "limits.max_result_dimension",
@@ -754,6 +932,31 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     s.parse::<std::net::IpAddr>()
         .map(ipnet::IpNet::from)
         .map_err(|_| format!("`{s}` is not a CIDR or IP address"))
+}
+
+/// `scheme://host[:port]` with nothing after it (what a browser sends in `Origin`).
+fn valid_origin(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+/// A JWKS URL must be HTTPS, except on loopback (tests, sidecars).
+fn jwks_url_allowed(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
 }
 
 /// Durations are bounded: absurd values would overflow `Instant` arithmetic.

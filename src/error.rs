@@ -45,6 +45,14 @@ pub enum Error {
     TokenExpired,
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
+    #[error("insufficient scope: {0}")]
+    InsufficientScope(&'static str),
+    #[error("origin not allowed")]
+    CorsForbidden,
+    #[error("at most {limit} API keys per user")]
+    TooManyApiKeys { limit: u64 },
+    #[error("invalid field: {0}")]
+    InvalidField(String),
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -77,13 +85,18 @@ impl Error {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::InvalidSignature | Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::InvalidSignature
+            | Error::Forbidden(_)
+            | Error::InsufficientScope(_)
+            | Error::CorsForbidden => StatusCode::FORBIDDEN,
+            Error::TooManyApiKeys { .. } => StatusCode::CONFLICT,
             Error::UrlExpired => StatusCode::GONE,
             Error::UnknownOption(_)
             | Error::InvalidOption(_)
             | Error::InvalidSource(_)
             | Error::UnsupportedFormat(_)
             | Error::ResultTooLarge { .. }
+            | Error::InvalidField(_)
             | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::MissingToken | Error::InvalidToken(_) | Error::TokenExpired => {
                 StatusCode::UNAUTHORIZED
@@ -115,6 +128,10 @@ impl Error {
             Error::InvalidToken(_) => "invalid_token",
             Error::TokenExpired => "token_expired",
             Error::Forbidden(_) => "forbidden",
+            Error::InsufficientScope(_) => "insufficient_scope",
+            Error::CorsForbidden => "cors_origin_not_allowed",
+            Error::TooManyApiKeys { .. } => "too_many_api_keys",
+            Error::InvalidField(_) => "invalid_field",
             Error::NotFound => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -138,12 +155,15 @@ impl Error {
             | Error::InvalidToken(_)
             | Error::TokenExpired
             | Error::InvalidSignature
-            | Error::Forbidden(_) => Category::Auth,
+            | Error::Forbidden(_)
+            | Error::InsufficientScope(_)
+            | Error::CorsForbidden => Category::Auth,
             Error::NotFound => Category::NotFound,
             Error::PayloadTooLarge { .. }
             | Error::TooManyPixels { .. }
             | Error::TooManyFrames { .. }
-            | Error::ResultTooLarge { .. } => Category::Limit,
+            | Error::ResultTooLarge { .. }
+            | Error::TooManyApiKeys { .. } => Category::Limit,
             Error::Overloaded | Error::Timeout => Category::Overload,
             Error::StorageUnavailable(_) => Category::Upstream,
             Error::Internal(_) => Category::Internal,
@@ -244,6 +264,10 @@ mod tests {
             (Error::UrlExpired, 410, "url_expired"),
             (Error::UnknownOption("x".into()), 400, "unknown_option"),
             (Error::MissingToken, 401, "missing_token"),
+            (Error::InsufficientScope("x"), 403, "insufficient_scope"),
+            (Error::TooManyApiKeys { limit: 1 }, 409, "too_many_api_keys"),
+            (Error::InvalidField("x".into()), 400, "invalid_field"),
+            (Error::CorsForbidden, 403, "cors_origin_not_allowed"),
             (Error::TokenExpired, 401, "token_expired"),
             (Error::NotFound, 404, "not_found"),
             (

@@ -1,4 +1,5 @@
-//! Image identifiers: 128 random bits as 32 lowercase hex characters.
+//! Identifiers: image ids (128 random bits as 32 lowercase hex characters), and the storage
+//! form of user ids.
 //!
 //! The id is the only thing a URL may name, so the strict syntax doubles as an input filter:
 //! anything else is refused before storage is touched, and an id is always a safe object-key
@@ -35,6 +36,20 @@ impl fmt::Display for ImageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The object-key segment for a user: SHA-256 of the user id, hex. User ids come from identity
+/// providers and may hold any character; the hash is always a safe key segment, one per user.
+pub fn user_segment(user_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(user_id.as_bytes()))
+}
+
+/// `n` random bytes as lowercase hex (ids of API keys and the like).
+pub fn random_hex(n: usize) -> std::io::Result<String> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(hex::encode(b))
 }
 
 #[cfg(test)]

@@ -222,10 +222,19 @@ async fn run(config: Config) -> Result<(), String> {
                 })?,
         )
     };
+    let tls = if config.server.tls_cert_file.is_empty() {
+        None
+    } else {
+        Some(server::tls_acceptor(
+            &config.server.tls_cert_file,
+            &config.server.tls_key_file,
+        )?)
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let app = Arc::new(App::build(config).await?);
-    tracing::info!(%addr, backend = app.store.backend(), "pixgate listening");
+    tracing::info!(%addr, backend = app.store.backend(), scheme, "pixgate listening");
     // A machine-readable line for scripts and the test harness (which may bind port 0).
-    println!("pixgate listening on http://{addr}");
+    println!("pixgate listening on {scheme}://{addr}");
     if let Some((_, maddr)) = &metrics_listener {
         println!("pixgate metrics on http://{maddr}");
     }
@@ -237,6 +246,7 @@ async fn run(config: Config) -> Result<(), String> {
         listener,
         app.clone(),
         Listener::Main,
+        tls,
         rx.clone(),
     )));
     if let Some((l, _)) = metrics_listener {
@@ -244,6 +254,7 @@ async fn run(config: Config) -> Result<(), String> {
             l,
             app.clone(),
             Listener::Metrics,
+            None,
             rx.clone(),
         )));
     }

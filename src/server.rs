@@ -8,6 +8,9 @@
 //! On shutdown the listener is closed first (no new connections), every connection is told to
 //! finish (HTTP/1 after its current request, HTTP/2 with GOAWAY), and in-flight requests get up
 //! to `shutdown_grace_secs`.
+//!
+//! With `server.tls_cert_file`/`tls_key_file` the main listener speaks TLS only (rustls,
+//! ALPN `h2` and `http/1.1`); the handshake must finish within the header-read timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,8 +20,10 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
 use crate::http::{Listener, handle};
@@ -35,6 +40,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     kind: Listener,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let cfg = &app.config.server;
@@ -85,12 +91,15 @@ pub async fn serve(
         let gauge = GaugeGuard::new(&app.metrics.connections);
         let task = connection(
             stream,
-            peer,
-            app.clone(),
-            kind,
-            builder.clone(),
-            limits,
-            shutdown.clone(),
+            tls.clone(),
+            Conn {
+                peer,
+                app: app.clone(),
+                kind,
+                builder: builder.clone(),
+                limits,
+                shutdown: shutdown.clone(),
+            },
         );
         tokio::spawn(async move {
             task.await;
@@ -191,20 +200,49 @@ async fn opening_bytes(stream: &TcpStream, deadline: Duration) -> bool {
     }
 }
 
-/// Serves one connection: opening bytes, then hyper, with an idle watchdog and graceful
-/// shutdown on the server's signal.
-async fn connection(
-    stream: TcpStream,
+/// What serving one connection needs.
+struct Conn {
     peer: SocketAddr,
     app: Arc<App>,
     kind: Listener,
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: ConnLimits,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    if !opening_bytes(&stream, limits.head).await {
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Serves one connection: opening bytes, the TLS handshake if configured, then hyper.
+async fn connection(stream: TcpStream, tls: Option<TlsAcceptor>, conn: Conn) {
+    if !opening_bytes(&stream, conn.limits.head).await {
         return;
     }
+    match tls {
+        None => serve_io(stream, false, conn).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(conn.limits.head, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => serve_io(tls_stream, true, conn).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => tracing::debug!(peer = %conn.peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+/// Serves HTTP on an established stream, with an idle watchdog and graceful shutdown on the
+/// server's signal.
+async fn serve_io<S>(stream: S, tls: bool, conn: Conn)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Conn {
+        peer,
+        app,
+        kind,
+        builder,
+        limits,
+        mut shutdown,
+    } = conn;
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),
         last: std::sync::Mutex::new(Instant::now()),
@@ -214,7 +252,7 @@ async fn connection(
         let app = app.clone();
         let guard = InFlight::new(&service_activity);
         async move {
-            let resp = handle(app, req, peer, kind).await;
+            let resp = handle(app, req, peer, kind, tls).await;
             drop(guard);
             Ok::<_, std::convert::Infallible>(resp)
         }
@@ -279,6 +317,29 @@ pub async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// The TLS acceptor for `server.tls_cert_file` and `server.tls_key_file` (start-up code).
+pub fn tls_acceptor(cert_file: &str, key_file: &str) -> Result<TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("server.tls_cert_file {cert_file}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("server.tls_cert_file {cert_file}: no certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("server.tls_key_file {key_file}: {e}"))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("server.tls_key_file: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Binds an address (start-up code).

@@ -11,6 +11,13 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+/// Seconds since the Unix epoch (the unit of `exp:`); 0 if the clock is before 1970.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Signs and verifies transform paths.

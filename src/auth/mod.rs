@@ -1,20 +1,36 @@
-//! Who is calling: principals, roles, and bearer-token extraction.
+//! Who is calling, and what may they do: principals, roles, API-key scopes, and the one
+//! authorization decision every route makes.
 //!
-//! A request's principal comes from a bearer JWT (`jwt`), or — for signed transform URLs — is
-//! the owner of the image the URL names (decided in the transform handler, since only a signed
-//! URL's holder is known there). Roles order as viewer < editor < admin.
+//! A request's principal comes from a bearer credential: a JWT from the application's identity
+//! provider (`jwt`), or one of pixgate's own API keys (`api_keys`, recognised by their
+//! `pxg_live_` prefix). JWTs of a user whose tokens an admin revoked are refused (`revocation`).
+//! For signed transform URLs the principal is the owner of the image the URL names (decided in
+//! the transform handler, once the image is known).
+//!
+//! Authorization is two checks, in this order, and nothing else:
+//! 1. [`Principal::allow`] — may this principal perform this *kind* of action at all? The role
+//!    gives a set of actions (viewer < editor < admin); an API key additionally carries scopes,
+//!    and the action needs both. Failure is `403`.
+//! 2. [`Principal::owns`] — may it touch *this* image? Owners and admins only. Failure is
+//!    `404 not_found`, never `403`, so another user's image ids cannot be probed.
 
+pub mod api_keys;
 pub mod jwt;
+pub mod revocation;
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
 use crate::error::Error;
 
+pub use api_keys::{API_KEY_PREFIX, ApiKeyRecord, ApiKeys};
 pub use jwt::{JwtVerifier, TokenRequest, mint_hs256};
+pub use revocation::Revocations;
 
 /// Roles, least to most privileged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
@@ -39,6 +55,135 @@ impl Role {
             Role::Admin => "admin",
         }
     }
+
+    /// The scopes this role can hold: an API key never has more than its owner's role.
+    pub fn scopes(self) -> Scopes {
+        match self {
+            Role::Viewer => Scopes::READ | Scopes::TRANSFORM | Scopes::MANAGE,
+            Role::Editor | Role::Admin => Scopes::ALL,
+        }
+    }
+}
+
+/// API-key scopes, a small bit set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    pub const READ: Scopes = Scopes(1);
+    pub const TRANSFORM: Scopes = Scopes(2);
+    pub const UPLOAD: Scopes = Scopes(4);
+    pub const DELETE: Scopes = Scopes(8);
+    pub const MANAGE: Scopes = Scopes(16);
+    pub const ALL: Scopes = Scopes(31);
+    const NAMES: [(Scopes, &'static str); 5] = [
+        (Scopes::READ, "read"),
+        (Scopes::TRANSFORM, "transform"),
+        (Scopes::UPLOAD, "upload"),
+        (Scopes::DELETE, "delete"),
+        (Scopes::MANAGE, "manage"),
+    ];
+
+    /// Parses scope names; an unknown name is an error naming it.
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Scopes, String> {
+        let mut s = Scopes::default();
+        for name in names {
+            let (bit, _) = Scopes::NAMES
+                .iter()
+                .find(|(_, n)| *n == name)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown scope `{}`",
+                        name.chars().take(32).collect::<String>()
+                    )
+                })?;
+            s = s | *bit;
+        }
+        Ok(s)
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        Scopes::NAMES
+            .iter()
+            .filter(|(bit, _)| self.contains(*bit))
+            .map(|(_, n)| *n)
+            .collect()
+    }
+
+    pub fn contains(self, other: Scopes) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn intersect(self, other: Scopes) -> Scopes {
+        Scopes(self.0 & other.0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl std::ops::BitOr for Scopes {
+    type Output = Scopes;
+    fn bitor(self, rhs: Scopes) -> Scopes {
+        Scopes(self.0 | rhs.0)
+    }
+}
+
+/// What a request wants to do. Each action needs a minimum role and, for API keys, a scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// List and read image metadata, usage, exports.
+    Read,
+    /// Bearer transforms (`_` signature) and minting signed URLs.
+    Transform,
+    Upload,
+    /// Change image metadata (`PATCH`).
+    Update,
+    Delete,
+    /// Create, list and revoke one's own API keys.
+    ManageKeys,
+    /// Audit, revocation, acting on behalf of other users.
+    Admin,
+}
+
+impl Action {
+    fn min_role(self) -> Role {
+        match self {
+            Action::Read | Action::Transform | Action::ManageKeys => Role::Viewer,
+            Action::Upload | Action::Update | Action::Delete => Role::Editor,
+            Action::Admin => Role::Admin,
+        }
+    }
+
+    fn scope(self) -> Scopes {
+        match self {
+            Action::Read => Scopes::READ,
+            Action::Transform => Scopes::TRANSFORM,
+            Action::Upload | Action::Update => Scopes::UPLOAD,
+            Action::Delete => Scopes::DELETE,
+            Action::ManageKeys | Action::Admin => Scopes::MANAGE,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Action::Read => "reading requires the read scope",
+            Action::Transform => "transforming requires the transform scope",
+            Action::Upload => "uploading requires the editor or admin role",
+            Action::Update => "changing metadata requires the editor or admin role",
+            Action::Delete => "deleting requires the editor or admin role",
+            Action::ManageKeys => "managing API keys requires the manage scope",
+            Action::Admin => "this action requires the admin role",
+        }
+    }
+}
+
+/// How the principal proved who it is (also the audit trail's `auth method`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMethod {
+    Jwt,
+    ApiKey { key_id: String, scopes: Scopes },
 }
 
 /// An authenticated caller.
@@ -47,20 +192,50 @@ pub struct Principal {
     pub user_id: String,
     pub role: Role,
     pub plan: Option<String>,
+    pub method: AuthMethod,
 }
 
 impl Principal {
-    /// Whether this principal may read an image owned by `owner`.
-    pub fn can_read(&self, owner: &str) -> bool {
+    /// A principal authenticated by JWT.
+    pub fn jwt(user_id: impl Into<String>, role: Role, plan: Option<String>) -> Principal {
+        Principal {
+            user_id: user_id.into(),
+            role,
+            plan,
+            method: AuthMethod::Jwt,
+        }
+    }
+
+    /// Whether this principal may touch an image owned by `owner` (owner or admin).
+    pub fn owns(&self, owner: &str) -> bool {
         self.role == Role::Admin || self.user_id == owner
     }
 
-    /// Fails with 403 unless the role is at least `min`.
-    pub fn require(&self, min: Role, what: &'static str) -> Result<(), Error> {
-        if self.role >= min {
-            Ok(())
-        } else {
-            Err(Error::Forbidden(what))
+    /// The scopes in force: every scope of the role for a JWT, the key's scopes (already
+    /// intersected with its owner's role at creation, and again here) for an API key.
+    pub fn scopes(&self) -> Scopes {
+        match &self.method {
+            AuthMethod::Jwt => self.role.scopes(),
+            AuthMethod::ApiKey { scopes, .. } => scopes.intersect(self.role.scopes()),
+        }
+    }
+
+    /// Fails with `403` unless the role allows `action` and, for an API key, the key carries
+    /// its scope.
+    pub fn allow(&self, action: Action) -> Result<(), Error> {
+        if self.role < action.min_role() {
+            return Err(Error::Forbidden(action.describe()));
+        }
+        if !self.scopes().contains(action.scope()) {
+            return Err(Error::InsufficientScope(action.describe()));
+        }
+        Ok(())
+    }
+
+    pub fn method_name(&self) -> &'static str {
+        match self.method {
+            AuthMethod::Jwt => "jwt",
+            AuthMethod::ApiKey { .. } => "api_key",
         }
     }
 }
@@ -87,6 +262,32 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, Error> {
         return Err(Error::MissingToken);
     }
     Ok(Some(token))
+}
+
+/// Turns bearer credentials into principals: JWTs (with the revocation list) and API keys.
+pub struct Authenticator {
+    pub jwt: JwtVerifier,
+    pub api_keys: ApiKeys,
+    pub revocations: Revocations,
+}
+
+impl Authenticator {
+    /// The principal behind `headers`' bearer credential, or `MissingToken`.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Error> {
+        let token = bearer_token(headers)?.ok_or(Error::MissingToken)?;
+        if token.starts_with(API_KEY_PREFIX) {
+            return self.api_keys.authenticate(token).await;
+        }
+        let (principal, issued_at) = self.jwt.verify(token).await?;
+        if let Some(not_before) = self.revocations.not_before(&principal.user_id).await? {
+            // Tokens issued in the revocation's second are refused too: a clock second is the
+            // finest resolution `iat` has. A token without `iat` cannot prove it is newer.
+            if issued_at.is_none_or(|iat| iat <= not_before) {
+                return Err(Error::InvalidToken("token revoked".into()));
+            }
+        }
+        Ok(principal)
+    }
 }
 
 #[cfg(test)]
@@ -123,21 +324,56 @@ mod tests {
     #[test]
     fn roles_order_and_ownership() {
         assert!(Role::Viewer < Role::Editor && Role::Editor < Role::Admin);
-        let p = Principal {
-            user_id: "u1".into(),
-            role: Role::Viewer,
-            plan: None,
-        };
-        assert!(p.can_read("u1"));
-        assert!(!p.can_read("u2"));
-        assert_eq!(
-            p.require(Role::Editor, "upload").unwrap_err().code(),
-            "forbidden"
-        );
+        let p = Principal::jwt("u1", Role::Viewer, None);
+        assert!(p.owns("u1"));
+        assert!(!p.owns("u2"));
+        assert_eq!(p.allow(Action::Upload).unwrap_err().code(), "forbidden");
+        assert!(p.allow(Action::Read).is_ok() && p.allow(Action::Transform).is_ok());
+        assert_eq!(p.allow(Action::Admin).unwrap_err().code(), "forbidden");
         let admin = Principal {
             role: Role::Admin,
             ..p
         };
-        assert!(admin.can_read("u2"));
+        assert!(admin.owns("u2"));
+        assert!(admin.allow(Action::Admin).is_ok());
+    }
+
+    #[test]
+    fn api_key_scopes_are_capped_by_the_role() {
+        let key = |role, scopes| Principal {
+            user_id: "u".into(),
+            role,
+            plan: None,
+            method: AuthMethod::ApiKey {
+                key_id: "k".into(),
+                scopes,
+            },
+        };
+        let reader = key(Role::Editor, Scopes::READ);
+        assert!(reader.allow(Action::Read).is_ok());
+        assert_eq!(
+            reader.allow(Action::Upload).unwrap_err().code(),
+            "insufficient_scope"
+        );
+        // A viewer's key that somehow claims `upload` still cannot upload: the role decides.
+        let viewer = key(Role::Viewer, Scopes::ALL);
+        assert_eq!(
+            viewer.allow(Action::Upload).unwrap_err().code(),
+            "forbidden"
+        );
+        assert_eq!(viewer.scopes(), Role::Viewer.scopes());
+        let admin_key = key(Role::Admin, Scopes::READ);
+        assert_eq!(
+            admin_key.allow(Action::Admin).unwrap_err().code(),
+            "insufficient_scope"
+        );
+    }
+
+    #[test]
+    fn scope_names_round_trip() {
+        let s = Scopes::parse(["read", "upload"]).unwrap();
+        assert_eq!(s.names(), vec!["read", "upload"]);
+        assert!(Scopes::parse(["root"]).unwrap_err().contains("root"));
+        assert_eq!(Scopes::ALL.names().len(), 5);
     }
 }

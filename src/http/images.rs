@@ -1,50 +1,170 @@
-//! `POST /v1/images` (upload) and `GET /v1/images/{id}` (metadata).
+//! The image API: upload (`POST /v1/images`, raw or multipart), list, get, `PATCH` metadata,
+//! `DELETE`, and signed-URL minting (`POST /v1/images/{id}/url`).
 //!
-//! Upload order of checks: token → role → declared type → declared length → body (capped) →
-//! magic bytes match the declared type → header pixel count → full decode on the CPU pool →
-//! durable write → `201`. Nothing is stored unless every check passed, and `201` is sent only
-//! after the write succeeded.
+//! Every handler authenticates, checks the action against the role and API-key scopes (`403`),
+//! then — for one image — ownership (`404`, so ids cannot be probed). Admins act on any image,
+//! and on behalf of a user with `?owner=` where a route creates or lists.
+//!
+//! Upload order of checks: credential → role/scope → declared type (allowed by
+//! `limits.upload_formats`) → declared length → body (capped; multipart parsed with per-field
+//! limits) → magic bytes match the declared type → header pixel count → full decode on the CPU
+//! pool → durable write → `201`. Nothing is stored unless every check passed.
+//!
+//! `DELETE` answers `204` only after the original, every derived object and every memory-cache
+//! entry of the image are gone, so a signed URL minted earlier then gets `404` from the origin.
 
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue, LOCATION};
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Body, Ctx, authenticate, json_response, read_body, reject_large_body};
+use super::{
+    Body, Ctx, authenticate, json_response, query_param, read_body, read_json, reject_large_body,
+};
 use crate::app::App;
-use crate::auth::Role;
-use crate::catalog::ImageMeta;
+use crate::auth::{Action, Principal};
+use crate::catalog::{ImageMeta, MetaPatch, normalise_tags};
 use crate::error::Error;
 use crate::id::ImageId;
 use crate::image::{self, ImageFormat};
+use crate::options::parse_path;
+
+/// Room for multipart framing and the metadata fields on top of the image itself.
+const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+const MAX_TEXT_FIELD: u64 = 4 * 1024;
+const DEFAULT_PAGE: usize = 20;
+const MAX_PAGE: usize = 100;
+const MAX_OPTIONS_LEN: usize = 2048;
+
+/// The user a request acts for: the caller, or — for admins only — `?owner=`.
+fn acting_for(principal: &Principal, query: Option<&str>) -> Result<String, Error> {
+    match query_param(query, "owner")? {
+        Some(owner) if owner != principal.user_id => {
+            principal.allow(Action::Admin)?;
+            if owner.is_empty() || owner.len() > 255 || owner.chars().any(char::is_control) {
+                return Err(Error::InvalidField("owner: not a user id".into()));
+            }
+            Ok(owner)
+        }
+        _ => Ok(principal.user_id.clone()),
+    }
+}
+
+/// The image `raw_id` if `principal` may touch it; `404` for malformed ids, missing images and
+/// other users' images alike.
+async fn owned_image(app: &App, principal: &Principal, raw_id: &str) -> Result<ImageMeta, Error> {
+    let id = ImageId::parse(raw_id).ok_or(Error::NotFound)?;
+    let meta = app.catalog.meta(&id).await?;
+    if !principal.owns(&meta.owner) {
+        return Err(Error::NotFound);
+    }
+    Ok(meta)
+}
+
+fn meta_json(meta: &ImageMeta) -> Value {
+    serde_json::to_value(meta).unwrap_or_default()
+}
 
 pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
-    if req.method() != http::Method::POST {
-        return Err(Error::MethodNotAllowed("POST"));
-    }
     let (parts, body) = req.into_parts();
-    let principal = authenticate(app, &parts.headers)?;
-    principal.require(Role::Editor, "uploading requires the editor or admin role")?;
-
-    let declared = parts
+    let principal = authenticate(app, &parts.headers, ctx).await?;
+    principal.allow(Action::Upload)?;
+    let owner = acting_for(&principal, parts.uri.query())?;
+    let content_type = parts
         .headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(ImageFormat::from_mime)
-        .ok_or_else(|| {
-            Error::UnsupportedMediaType(
-                "Content-Type must be image/jpeg, image/png, image/webp or image/gif".into(),
-            )
-        })?;
+        .unwrap_or("");
     let cap = app.config.limits.max_source_bytes;
-    reject_large_body(&parts.headers, cap)?;
-    let bytes = read_body(body, cap).await?;
+    let (bytes, declared, patch) = if content_type
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data")
+    {
+        reject_large_body(&parts.headers, cap + MULTIPART_OVERHEAD)?;
+        read_multipart(app, body, content_type, cap).await?
+    } else {
+        let declared = declared_format(app, content_type)?;
+        reject_large_body(&parts.headers, cap)?;
+        (read_body(body, cap).await?, declared, MetaPatch::default())
+    };
+    let (probe, sha256) = validate(app, &bytes, declared).await?;
+
+    let id = ImageId::generate().map_err(|e| Error::Internal(format!("id generation: {e}")))?;
+    // Dimensions as displayed (EXIF orientation applied), the space transforms work in.
+    let (width, height) = probe.oriented_dimensions();
+    let meta = ImageMeta {
+        id: id.to_string(),
+        owner,
+        format: probe.format,
+        width,
+        height,
+        bytes: bytes.len() as u64,
+        sha256,
+        created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        title: patch.title.flatten(),
+        alt_text: patch.alt_text.flatten(),
+        tags: patch.tags.unwrap_or_default(),
+    };
+    // The durable write runs in its own task: if this request is cancelled (deadline, client
+    // reset), the write and its cleanup still finish instead of stopping half-way.
+    let catalog = app.catalog.clone();
+    let record = meta.clone();
+    tokio::spawn(async move { catalog.create(&record, bytes).await })
+        .await
+        .map_err(|e| Error::Internal(format!("storage task failed: {e}")))??;
+    tracing::info!(request_id = %ctx.request_id, image = %id, format = probe.format.as_str(), bytes = meta.bytes, "image stored");
+
+    let mut resp = json_response(StatusCode::CREATED, &meta_json(&meta));
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/images/{id}")) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// The declared image type, which must be one `limits.upload_formats` allows.
+fn declared_format(app: &App, content_type: &str) -> Result<ImageFormat, Error> {
+    let allowed = &app.config.limits.upload_formats;
+    ImageFormat::from_mime(content_type)
+        .filter(|f| allowed.iter().any(|a| a == f.as_str()))
+        .ok_or_else(|| {
+            Error::UnsupportedMediaType(format!(
+                "Content-Type must be one of: {}",
+                allowed
+                    .iter()
+                    .filter_map(|f| image_mime(f))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}
+
+fn image_mime(name: &str) -> Option<&'static str> {
+    [
+        ImageFormat::Jpeg,
+        ImageFormat::Png,
+        ImageFormat::Webp,
+        ImageFormat::Gif,
+    ]
+    .into_iter()
+    .find(|f| f.as_str() == name)
+    .map(ImageFormat::mime)
+}
+
+/// Magic bytes, header pixel count, then a full decode and the SHA-256 on the CPU pool.
+async fn validate(
+    app: &App,
+    bytes: &Bytes,
+    declared: ImageFormat,
+) -> Result<(image::Probe, String), Error> {
     if bytes.is_empty() {
         return Err(Error::InvalidImage("empty body".into()));
     }
-    let sniffed = image::sniff(&bytes).ok_or_else(|| {
+    let sniffed = image::sniff(bytes).ok_or_else(|| {
         Error::UnsupportedMediaType("the body is not a JPEG, PNG, WebP or GIF image".into())
     })?;
     if sniffed != declared {
@@ -56,65 +176,248 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
     }
     // Header-only check on the async side: cheap, and refuses pixel floods before any work
     // is queued.
-    let probe = image::probe(&bytes)?;
+    let probe = image::probe(bytes)?;
     app.image_limits.check_source(probe.width, probe.height)?;
-
     let limits = app.image_limits;
     let job = bytes.clone();
-    let (probe, sha256) = app
+    Ok(app
         .workers
         .run(move || {
             let probe = image::validate_upload(&job, &limits)?;
             Ok::<_, image::ImageError>((probe, hex::encode(Sha256::digest(&job))))
         })
-        .await??;
+        .await??)
+}
 
-    let id = ImageId::generate().map_err(|e| Error::Internal(format!("id generation: {e}")))?;
-    // Dimensions as displayed (EXIF orientation applied), the space transforms work in.
-    let (width, height) = probe.oriented_dimensions();
-    let meta = ImageMeta {
-        id: id.to_string(),
-        owner: principal.user_id.clone(),
-        format: probe.format,
-        width,
-        height,
-        bytes: bytes.len() as u64,
-        sha256,
-        created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+/// Parses a `multipart/form-data` upload: `file` (required, once, with an image
+/// Content-Type), optional `title`, `alt_text` and `tags` (repeated, or comma-separated).
+async fn read_multipart(
+    app: &App,
+    body: Incoming,
+    content_type: &str,
+    cap: u64,
+) -> Result<(Bytes, ImageFormat, MetaPatch), Error> {
+    use multer::{Constraints, Multipart, SizeLimit};
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|_| Error::BadRequest("multipart Content-Type without a boundary".into()))?;
+    let constraints = Constraints::new()
+        .allowed_fields(vec!["file", "title", "alt_text", "tags"])
+        .size_limit(
+            SizeLimit::new()
+                .whole_stream(cap + MULTIPART_OVERHEAD)
+                .per_field(MAX_TEXT_FIELD)
+                .for_field("file", cap),
+        );
+    let mut form = Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
+    let mut file: Option<(Bytes, ImageFormat)> = None;
+    let mut patch = MetaPatch::default();
+    let mut tags: Vec<String> = Vec::new();
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(e, cap))?
+    {
+        let name = field.name().unwrap_or("").to_owned();
+        match name.as_str() {
+            "file" => {
+                if file.is_some() {
+                    return Err(Error::InvalidField("file: given more than once".into()));
+                }
+                let declared =
+                    declared_format(app, field.content_type().map_or("", |m| m.essence_str()))?;
+                let bytes = field.bytes().await.map_err(|e| multipart_error(e, cap))?;
+                file = Some((bytes, declared));
+            }
+            _ => {
+                let text = field.text().await.map_err(|e| multipart_error(e, cap))?;
+                match name.as_str() {
+                    "tags" => tags.extend(text.split(',').map(str::to_owned)),
+                    field_name => {
+                        let v = MetaPatch::from_json(&json!({ field_name: text }))?;
+                        patch.title = v.title.or(patch.title);
+                        patch.alt_text = v.alt_text.or(patch.alt_text);
+                    }
+                }
+            }
+        }
+    }
+    if !tags.is_empty() {
+        patch.tags = Some(normalise_tags(tags)?);
+    }
+    let (bytes, declared) =
+        file.ok_or_else(|| Error::InvalidField("file: the multipart body has no file".into()))?;
+    Ok((bytes, declared, patch))
+}
+
+fn multipart_error(e: multer::Error, cap: u64) -> Error {
+    match e {
+        multer::Error::FieldSizeExceeded { .. } | multer::Error::StreamSizeExceeded { .. } => {
+            Error::PayloadTooLarge { limit: cap }
+        }
+        multer::Error::UnknownField { field_name } => Error::InvalidField(format!(
+            "`{}` is not an upload field (file, title, alt_text, tags)",
+            field_name
+                .unwrap_or_default()
+                .chars()
+                .take(40)
+                .collect::<String>()
+        )),
+        _ => Error::BadRequest("malformed multipart body".into()),
+    }
+}
+
+pub async fn list(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
+    let principal = authenticate(app, req.headers(), ctx).await?;
+    principal.allow(Action::Read)?;
+    let query = req.uri().query();
+    let owner = acting_for(&principal, query)?;
+    let limit = match query_param(query, "limit")? {
+        None => DEFAULT_PAGE,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| Error::InvalidField(format!("limit: 1..={MAX_PAGE}")))?,
     };
-    // The durable write runs in its own task: if this request is cancelled (deadline, client
-    // reset), the write and its cleanup still finish instead of stopping half-way.
+    let cursor = query_param(query, "cursor")?;
+    let page = app
+        .catalog
+        .list(&owner, cursor.as_deref().filter(|c| !c.is_empty()), limit)
+        .await?;
+    let items: Vec<Value> = page.items.iter().map(meta_json).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"items": items, "next_cursor": page.next_cursor}),
+    ))
+}
+
+pub async fn get(
+    app: &App,
+    req: Request<Incoming>,
+    ctx: &Ctx,
+    id: &str,
+) -> Result<Response<Body>, Error> {
+    let principal = authenticate(app, req.headers(), ctx).await?;
+    principal.allow(Action::Read)?;
+    let meta = owned_image(app, &principal, id).await?;
+    Ok(json_response(StatusCode::OK, &meta_json(&meta)))
+}
+
+pub async fn update(
+    app: &App,
+    req: Request<Incoming>,
+    ctx: &Ctx,
+    id: &str,
+) -> Result<Response<Body>, Error> {
+    let (parts, body) = req.into_parts();
+    let principal = authenticate(app, &parts.headers, ctx).await?;
+    principal.allow(Action::Update)?;
+    let meta = owned_image(app, &principal, id).await?;
+    let patch = MetaPatch::from_json(&read_json(body, app.config.server.max_body_bytes).await?)?;
+    let id = ImageId::parse(&meta.id).ok_or(Error::NotFound)?;
+    let updated = app.catalog.update(&id, &patch).await?;
+    Ok(json_response(StatusCode::OK, &meta_json(&updated)))
+}
+
+pub async fn delete(
+    app: &App,
+    req: Request<Incoming>,
+    ctx: &Ctx,
+    id: &str,
+) -> Result<Response<Body>, Error> {
+    let principal = authenticate(app, req.headers(), ctx).await?;
+    principal.allow(Action::Delete)?;
+    let meta = owned_image(app, &principal, id).await?;
+    // Tombstone first: a transform finishing during the delete cannot re-populate the cache.
+    app.cache.purge_image(&meta.id);
+    // In its own task, like uploads: a cancelled request must not stop a delete half-way.
     let catalog = app.catalog.clone();
     let record = meta.clone();
-    tokio::spawn(async move { catalog.create(&record, bytes).await })
+    tokio::spawn(async move { catalog.delete(&record).await })
         .await
         .map_err(|e| Error::Internal(format!("storage task failed: {e}")))??;
-    tracing::info!(request_id = %ctx.request_id, image = %id, format = probe.format.as_str(), bytes = meta.bytes, "image stored");
-
-    let mut resp = json_response(
-        StatusCode::CREATED,
-        &serde_json::to_value(&meta).unwrap_or_default(),
-    );
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/images/{id}")) {
-        resp.headers_mut().insert(LOCATION, v);
-    }
+    app.cache.purge_image(&meta.id);
+    app.metrics.cache_memory_bytes.set(app.cache.bytes() as i64);
+    tracing::info!(request_id = %ctx.request_id, image = %meta.id, "image deleted");
+    let mut resp = Response::new(Body::default());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
     Ok(resp)
 }
 
-pub async fn get(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
-    let principal = authenticate(app, req.headers())?;
-    let raw = req
-        .uri()
-        .path()
-        .strip_prefix("/v1/images/")
-        .unwrap_or_default();
-    let id = ImageId::parse(raw).ok_or(Error::NotFound)?;
-    let meta = app.catalog.meta(&id).await?;
-    if !principal.can_read(&meta.owner) {
-        return Err(Error::NotFound);
+/// `{options, expires_in}` → `{url, expires_at}`: a signed transform URL for the image, with an
+/// `exp:` no later than `signing.max_url_ttl_secs` from now.
+pub async fn sign_url(
+    app: &App,
+    req: Request<Incoming>,
+    ctx: &Ctx,
+    id: &str,
+) -> Result<Response<Body>, Error> {
+    let (parts, body) = req.into_parts();
+    let principal = authenticate(app, &parts.headers, ctx).await?;
+    principal.allow(Action::Transform)?;
+    let meta = owned_image(app, &principal, id).await?;
+    let req_body = read_json(body, app.config.server.max_body_bytes).await?;
+    let s = &app.config.signing;
+    let options = match req_body.get("options") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(o)) if o.len() <= MAX_OPTIONS_LEN => o.trim_matches('/').to_owned(),
+        Some(_) => {
+            return Err(Error::InvalidField(format!(
+                "options: a string of at most {MAX_OPTIONS_LEN} bytes"
+            )));
+        }
+    };
+    let ttl = match req_body.get("expires_in") {
+        None | Some(Value::Null) => s.default_url_ttl_secs,
+        Some(v) => v
+            .as_u64()
+            .filter(|t| (1..=s.max_url_ttl_secs).contains(t))
+            .ok_or_else(|| {
+                Error::InvalidField(format!(
+                    "expires_in: whole seconds, 1..={}",
+                    s.max_url_ttl_secs
+                ))
+            })?,
+    };
+    let exp = crate::signature::unix_now() + ttl;
+    let path = if options.is_empty() {
+        format!("/exp:{exp}/plain/{}", meta.id)
+    } else {
+        format!("/exp:{exp}/{options}/plain/{}", meta.id)
+    };
+    // Only what the transform route would accept is signed, and only for this image.
+    let parsed = parse_path(&path, &app.parse_limits)?;
+    if parsed.image.as_str() != meta.id {
+        return Err(Error::InvalidField(
+            "options: must not name a source".into(),
+        ));
     }
+    let url = format!("/{}{}", app.signer.sign(&path), path);
     Ok(json_response(
         StatusCode::OK,
-        &serde_json::to_value(&meta).unwrap_or_default(),
+        &json!({"url": url, "expires_at": exp, "expires_in": ttl}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+
+    #[test]
+    fn only_admins_act_for_others() {
+        let alice = Principal::jwt("alice", Role::Editor, None);
+        assert_eq!(acting_for(&alice, None).unwrap(), "alice");
+        assert_eq!(acting_for(&alice, Some("owner=alice")).unwrap(), "alice");
+        assert_eq!(
+            acting_for(&alice, Some("owner=bob")).unwrap_err().code(),
+            "forbidden"
+        );
+        let admin = Principal::jwt("root", Role::Admin, None);
+        assert_eq!(acting_for(&admin, Some("owner=b%C3%B6b")).unwrap(), "böb");
+        assert_eq!(
+            acting_for(&admin, Some("owner=a%0Ab")).unwrap_err().code(),
+            "invalid_field"
+        );
+    }
 }

@@ -1,16 +1,20 @@
 //! HTTP: routing, request context, and `finish` — the one exit for every response.
 //!
-//! `finish` writes the common headers (request id, `nosniff`, `no-store` and the JSON error body
-//! for errors, `WWW-Authenticate` on 401), counts metrics by route and status class, and logs
-//! one line per request. Handlers return `Result<Response, Error>` and never build error
-//! responses themselves. Only this layer maps errors to statuses.
+//! `finish` writes the common headers (request id, the security headers, `no-store` and the
+//! JSON error body for errors, `WWW-Authenticate` on 401, CORS for allowed origins), counts
+//! metrics by route and status class, and logs one line per request. Handlers return
+//! `Result<Response, Error>` and never build error responses themselves. Only this layer maps
+//! errors to statuses.
 
+mod admin;
+mod cors;
 mod images;
+mod keys;
 mod ops;
 mod transform;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,7 +26,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::app::App;
-use crate::auth::{Principal, bearer_token};
+use crate::auth::Principal;
 use crate::error::Error;
 use crate::metrics::{GaugeGuard, status_class};
 
@@ -31,31 +35,56 @@ pub type Body = Full<Bytes>;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_CONTENT_TYPE_OPTIONS: HeaderName = HeaderName::from_static("x-content-type-options");
+const X_FRAME_OPTIONS: HeaderName = HeaderName::from_static("x-frame-options");
+const REFERRER_POLICY: HeaderName = HeaderName::from_static("referrer-policy");
+const CONTENT_SECURITY_POLICY: HeaderName = HeaderName::from_static("content-security-policy");
+const STRICT_TRANSPORT_SECURITY: HeaderName = HeaderName::from_static("strict-transport-security");
 const MAX_REQUEST_ID_LEN: usize = 64;
 
-/// Route labels (also metric label values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Routes (their labels are metric label values).
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Route {
     Healthz,
     Readyz,
     Metrics,
-    ImagesCreate,
-    ImagesGet,
+    /// `/v1/images`: list (GET), upload (POST).
+    Images,
+    /// `/v1/images/{id}`: get, patch, delete.
+    Image(String),
+    /// `/v1/images/{id}/url`: mint a signed URL.
+    ImageUrl(String),
+    /// `/v1/api-keys`: list, create.
+    ApiKeys,
+    /// `/v1/api-keys/{id}`: revoke.
+    ApiKey(String),
+    /// `/v1/admin/users/{user}/revoke-tokens`.
+    AdminRevoke(String),
+    /// Any other `/v1` path.
     Api,
     Transform,
 }
 
 impl Route {
-    fn label(self) -> &'static str {
+    fn label(&self) -> &'static str {
         match self {
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
-            Route::ImagesCreate => "images_create",
-            Route::ImagesGet => "images_get",
+            Route::Images => "images",
+            Route::Image(_) => "image",
+            Route::ImageUrl(_) => "image_url",
+            Route::ApiKeys | Route::ApiKey(_) => "api_keys",
+            Route::AdminRevoke(_) => "admin",
             Route::Api => "api",
             Route::Transform => "transform",
         }
+    }
+
+    fn is_api(&self) -> bool {
+        !matches!(
+            self,
+            Route::Transform | Route::Healthz | Route::Readyz | Route::Metrics
+        )
     }
 }
 
@@ -63,6 +92,18 @@ impl Route {
 pub struct Ctx {
     pub request_id: String,
     pub client_ip: IpAddr,
+    /// Whether the request arrived over TLS.
+    pub tls: bool,
+    /// Who the request acted as (user id, auth method), once known: for the request log.
+    /// Held only to set or read the value, never across an `.await`.
+    actor: Mutex<Option<(String, &'static str)>>,
+}
+
+impl Ctx {
+    /// Records the acting principal (for signed URLs: the image's owner).
+    pub fn set_actor(&self, user_id: &str, method: &'static str) {
+        *self.actor.lock().unwrap_or_else(|p| p.into_inner()) = Some((user_id.to_owned(), method));
+    }
 }
 
 /// Which listener a connection arrived on.
@@ -75,70 +116,107 @@ pub enum Listener {
 
 fn classify(path: &str, listener: Listener, app: &App) -> Route {
     match path {
-        "/healthz" => Route::Healthz,
-        "/readyz" => Route::Readyz,
+        "/healthz" => return Route::Healthz,
+        "/readyz" => return Route::Readyz,
         "/metrics"
             if listener == Listener::Metrics || app.config.server.metrics_listen.is_empty() =>
         {
-            Route::Metrics
+            return Route::Metrics;
         }
-        _ if listener == Listener::Metrics => Route::Api,
-        "/v1/images" => Route::ImagesCreate,
-        p if p.starts_with("/v1/images/") => Route::ImagesGet,
-        p if p == "/v1" || p.starts_with("/v1/") => Route::Api,
+        _ if listener == Listener::Metrics => return Route::Api,
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/v1") else {
+        return Route::Transform;
+    };
+    let segs: Vec<&str> = rest.split('/').skip(1).collect();
+    match segs.as_slice() {
+        ["images"] => Route::Images,
+        ["images", id] => Route::Image((*id).to_owned()),
+        ["images", id, "url"] => Route::ImageUrl((*id).to_owned()),
+        ["api-keys"] => Route::ApiKeys,
+        ["api-keys", id] => Route::ApiKey((*id).to_owned()),
+        ["admin", "users", user, "revoke-tokens"] => Route::AdminRevoke((*user).to_owned()),
+        _ if rest.is_empty() || rest.starts_with('/') => Route::Api,
         _ => Route::Transform,
     }
 }
 
-/// Serves one request: route, run the handler under the request deadline, finish.
+/// Serves one request: CORS preflight, route, run the handler under the request deadline,
+/// finish.
 pub async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
     peer: SocketAddr,
     listener: Listener,
+    tls: bool,
 ) -> Response<Body> {
     let start = Instant::now();
     let _inflight = GaugeGuard::new(&app.metrics.inflight);
     let ctx = Ctx {
         request_id: request_id(req.headers()),
         client_ip: client_ip(peer.ip(), req.headers(), &app.trusted_proxies),
+        tls,
+        actor: Mutex::new(None),
     };
     let route = classify(req.uri().path(), listener, &app);
     let is_head = req.method() == Method::HEAD;
-    let deadline = Duration::from_secs(app.config.server.request_timeout_secs);
-    let result = match tokio::time::timeout(deadline, dispatch(&app, route, req, &ctx)).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Timeout),
+    let origin = cors::origin(req.headers());
+    let result = if cors::is_preflight(&req) {
+        cors::preflight(&app.config.server, req.headers(), route.is_api())
+    } else {
+        let deadline = Duration::from_secs(app.config.server.request_timeout_secs);
+        match tokio::time::timeout(deadline, dispatch(&app, &route, req, &ctx)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout),
+        }
     };
-    finish(&app, route, &ctx, start, is_head, result)
+    let mut resp = finish(&app, &route, &ctx, start, is_head, result);
+    cors::decorate(&app.config.server, origin.as_deref(), resp.headers_mut());
+    resp
 }
 
 async fn dispatch(
     app: &App,
-    route: Route,
+    route: &Route,
     req: Request<Incoming>,
     ctx: &Ctx,
 ) -> Result<Response<Body>, Error> {
     let method = req.method().clone();
-    if route != Route::ImagesCreate {
+    let upload = *route == Route::Images && method == Method::POST;
+    if !upload {
         reject_large_body(req.headers(), app.config.server.max_body_bytes)?;
     }
     let get_like = method == Method::GET || method == Method::HEAD;
-    match route {
-        Route::Healthz if get_like => Ok(ops::healthz()),
-        Route::Readyz if get_like => Ok(ops::readyz(app).await),
-        Route::Metrics if get_like => Ok(ops::metrics(app)),
-        Route::ImagesCreate => images::create(app, req, ctx).await,
-        Route::ImagesGet if get_like => images::get(app, req).await,
-        Route::Api => Err(Error::NotFound),
-        Route::Transform if get_like => transform::handle(app, req).await,
+    match (route, method) {
+        (Route::Healthz, _) if get_like => Ok(ops::healthz()),
+        (Route::Readyz, _) if get_like => Ok(ops::readyz(app).await),
+        (Route::Metrics, _) if get_like => Ok(ops::metrics(app)),
+        (Route::Images, Method::POST) => images::create(app, req, ctx).await,
+        (Route::Images, _) if get_like => images::list(app, req, ctx).await,
+        (Route::Images, _) => Err(Error::MethodNotAllowed("GET, HEAD, POST")),
+        (Route::Image(id), Method::PATCH) => images::update(app, req, ctx, id).await,
+        (Route::Image(id), Method::DELETE) => images::delete(app, req, ctx, id).await,
+        (Route::Image(id), _) if get_like => images::get(app, req, ctx, id).await,
+        (Route::Image(_), _) => Err(Error::MethodNotAllowed("GET, HEAD, PATCH, DELETE")),
+        (Route::ImageUrl(id), Method::POST) => images::sign_url(app, req, ctx, id).await,
+        (Route::ImageUrl(_), _) => Err(Error::MethodNotAllowed("POST")),
+        (Route::ApiKeys, Method::POST) => keys::create(app, req, ctx).await,
+        (Route::ApiKeys, _) if get_like => keys::list(app, req, ctx).await,
+        (Route::ApiKeys, _) => Err(Error::MethodNotAllowed("GET, HEAD, POST")),
+        (Route::ApiKey(id), Method::DELETE) => keys::revoke(app, req, ctx, id).await,
+        (Route::ApiKey(_), _) => Err(Error::MethodNotAllowed("DELETE")),
+        (Route::AdminRevoke(user), Method::POST) => admin::revoke_tokens(app, req, ctx, user).await,
+        (Route::AdminRevoke(_), _) => Err(Error::MethodNotAllowed("POST")),
+        (Route::Api, _) => Err(Error::NotFound),
+        (Route::Transform, _) if get_like => transform::handle(app, req, ctx).await,
         _ => Err(Error::MethodNotAllowed("GET, HEAD")),
     }
 }
 
 fn finish(
     app: &App,
-    route: Route,
+    route: &Route,
     ctx: &Ctx,
     start: Instant,
     is_head: bool,
@@ -153,7 +231,7 @@ fn finish(
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
         h.insert(X_REQUEST_ID, v);
     }
-    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    security_headers(h, ctx.tls.then_some(app.config.server.hsts_max_age_secs));
     let status = resp.status().as_u16();
     let m = &app.metrics;
     m.http_requests
@@ -170,6 +248,11 @@ fn finish(
         m.http_bytes_out.with_label_values(&[label]).inc_by(sent);
     }
     let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let actor = ctx.actor.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let (user, auth) = match &actor {
+        Some((u, a)) => (u.as_str(), *a),
+        None => ("", "anonymous"),
+    };
     match &error {
         Some(e) => {
             m.http_errors
@@ -177,16 +260,34 @@ fn finish(
                 .inc();
             // The full (internal) error goes to the log only, never to the client.
             if e.status().is_server_error() {
-                tracing::error!(request_id = %ctx.request_id, route = label, status, code = e.code(), error = %e, client_ip = %ctx.client_ip, duration_ms = ms, "request failed");
+                tracing::error!(request_id = %ctx.request_id, route = label, status, code = e.code(), error = %e, user = %user.escape_debug(), auth, client_ip = %ctx.client_ip, duration_ms = ms, "request failed");
             } else {
-                tracing::info!(request_id = %ctx.request_id, route = label, status, code = e.code(), client_ip = %ctx.client_ip, duration_ms = ms, "request refused");
+                tracing::info!(request_id = %ctx.request_id, route = label, status, code = e.code(), user = %user.escape_debug(), auth, client_ip = %ctx.client_ip, duration_ms = ms, "request refused");
             }
         }
         None => {
-            tracing::info!(request_id = %ctx.request_id, route = label, status, client_ip = %ctx.client_ip, duration_ms = ms, "request");
+            tracing::info!(request_id = %ctx.request_id, route = label, status, user = %user.escape_debug(), auth, client_ip = %ctx.client_ip, duration_ms = ms, "request");
         }
     }
     resp
+}
+
+/// Headers every response carries. The CSP forbids everything and sandboxes the document, so
+/// an image (or an error body) opened directly in a browser can run nothing; HSTS only over
+/// TLS (RFC 6797 §7.2: never over plain HTTP).
+fn security_headers(h: &mut HeaderMap, hsts_max_age: Option<u64>) {
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; sandbox"),
+    );
+    if let Some(age) = hsts_max_age
+        && let Ok(v) = HeaderValue::from_str(&format!("max-age={age}"))
+    {
+        h.insert(STRICT_TRANSPORT_SECURITY, v);
+    }
 }
 
 /// Renders an error as the standard JSON shape.
@@ -205,6 +306,12 @@ fn error_response(e: &Error) -> Response<Body> {
             h.insert(
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"pixgate\", error=\"invalid_token\""),
+            );
+        }
+        Error::InsufficientScope(_) => {
+            h.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"pixgate\", error=\"insufficient_scope\""),
             );
         }
         Error::MethodNotAllowed(allow) => {
@@ -256,10 +363,62 @@ pub(crate) fn reject_large_body(headers: &HeaderMap, limit: u64) -> Result<(), E
     }
 }
 
-/// The bearer principal of a request, or `MissingToken`.
-pub(crate) fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal, Error> {
-    let token = bearer_token(headers)?.ok_or(Error::MissingToken)?;
-    app.jwt.verify(token)
+/// The bearer principal of a request (JWT or API key), or `MissingToken`; recorded as the
+/// request's actor.
+pub(crate) async fn authenticate(
+    app: &App,
+    headers: &HeaderMap,
+    ctx: &Ctx,
+) -> Result<Principal, Error> {
+    let p = app.auth.authenticate(headers).await?;
+    ctx.set_actor(&p.user_id, p.method_name());
+    Ok(p)
+}
+
+/// Reads a JSON object body (an empty body is `{}`).
+pub(crate) async fn read_json(body: Incoming, limit: u64) -> Result<serde_json::Value, Error> {
+    let bytes = read_body(body, limit).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Object(serde_json::Map::new()));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|_| Error::BadRequest("the body is not valid JSON".into()))?;
+    if !v.is_object() {
+        return Err(Error::BadRequest("the body must be a JSON object".into()));
+    }
+    Ok(v)
+}
+
+/// The decoded value of query parameter `name` (first occurrence); `Err` if it is not valid
+/// percent-encoded UTF-8.
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, Error> {
+    for pair in query.unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name {
+            return percent_decode(&v.replace('+', " "))
+                .map(Some)
+                .ok_or_else(|| Error::BadRequest(format!("query parameter {name} is malformed")));
+        }
+    }
+    Ok(None)
+}
+
+/// Strict percent-decoding to UTF-8 (`None` on a bad escape or invalid UTF-8).
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Accepts a client's `X-Request-Id` if it is short and plain, else makes one.
@@ -285,22 +444,29 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 /// The client address: the peer, unless the peer is a trusted proxy, in which case the
-/// right-most `X-Forwarded-For` hop that is not itself a trusted proxy. The list is walked from
-/// the right and the walk stops at the first malformed entry: everything left of it may have
-/// been written by the client.
+/// right-most forwarded hop that is not itself a trusted proxy. Hops come from `Forwarded`
+/// (RFC 7239 `for=`) when present, else from `X-Forwarded-For`. The list is walked from the
+/// right and the walk stops at the first entry that is not an address (malformed, `unknown`,
+/// an obfuscated name): everything left of it may have been written by the client.
 pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    // Several headers are one list, in order.
-    let mut entries: Vec<&str> = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
-        match value.to_str() {
-            Ok(s) => entries.extend(s.split(',').map(str::trim)),
-            Err(_) => entries.push(""), // an unreadable header ends the trustworthy part
+    let forwarded = forwarded_hops(headers);
+    let entries = if forwarded.is_empty() {
+        // Several headers are one list, in order.
+        let mut entries: Vec<String> = Vec::new();
+        for value in headers.get_all("x-forwarded-for") {
+            match value.to_str() {
+                Ok(s) => entries.extend(s.split(',').map(|e| e.trim().to_owned())),
+                Err(_) => entries.push(String::new()), // ends the trustworthy part
+            }
         }
-    }
+        entries
+    } else {
+        forwarded
+    };
     let mut nearest = peer;
     for entry in entries.iter().rev() {
         match entry.parse::<IpAddr>() {
@@ -310,6 +476,37 @@ pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpN
         }
     }
     nearest
+}
+
+/// The `for=` values of every `Forwarded` element, in order, reduced to bare addresses
+/// (`"[2001:db8::1]:4711"` → `2001:db8::1`, `192.0.2.1:80` → `192.0.2.1`). Elements without
+/// `for=`, and unreadable headers, become an empty entry, which stops the walk there.
+fn forwarded_hops(headers: &HeaderMap) -> Vec<String> {
+    let mut hops = Vec::new();
+    for value in headers.get_all("forwarded") {
+        let Ok(s) = value.to_str() else {
+            hops.push(String::new());
+            continue;
+        };
+        for element in s.split(',') {
+            let node = element.split(';').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                k.trim().eq_ignore_ascii_case("for").then(|| v.trim())
+            });
+            let Some(node) = node else {
+                hops.push(String::new());
+                continue;
+            };
+            let node = node.trim_matches('"');
+            let addr = if let Some(rest) = node.strip_prefix('[') {
+                rest.split(']').next().unwrap_or("")
+            } else {
+                node.split(':').next().unwrap_or("")
+            };
+            hops.push(addr.to_owned());
+        }
+    }
+    hops
 }
 
 #[cfg(test)]
@@ -361,6 +558,53 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_header_is_read_like_x_forwarded_for() {
+        let trusted = vec![crate::config::parse_cidr("10.0.0.0/8").unwrap()];
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "forwarded",
+            "for=6.6.6.6, for=\"[2001:db8::1]:4711\";proto=https, for=10.0.0.3:80"
+                .parse()
+                .unwrap(),
+        );
+        // Forwarded wins over X-Forwarded-For when both are present.
+        h.insert("x-forwarded-for", "7.7.7.7".parse().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        h.insert("forwarded", "for=unknown, for=10.0.0.3".parse().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "10.0.0.3".parse::<IpAddr>().unwrap()
+        );
+        h.insert("forwarded", "proto=https;for=192.0.2.60".parse().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "192.0.2.60".parse::<IpAddr>().unwrap()
+        );
+        // Not from a trusted proxy: ignored.
+        let stranger: IpAddr = "5.6.7.8".parse().unwrap();
+        assert_eq!(client_ip(stranger, &h, &trusted), stranger);
+    }
+
+    #[test]
+    fn routes_and_query_parameters() {
+        assert_eq!(percent_decode("a%2Fb%C3%A9").as_deref(), Some("a/bé"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(
+            query_param(Some("limit=5&cursor=x%3Dy"), "cursor")
+                .unwrap()
+                .as_deref(),
+            Some("x=y")
+        );
+        assert_eq!(query_param(None, "limit").unwrap(), None);
+        assert!(query_param(Some("owner=%E0"), "owner").is_err());
+    }
+
+    #[test]
     fn request_ids_are_echoed_only_when_safe() {
         let mut h = HeaderMap::new();
         h.insert(X_REQUEST_ID, "abc-123".parse().unwrap());
@@ -386,5 +630,22 @@ mod tests {
         assert_eq!(r.headers()[CACHE_CONTROL], "no-store");
         let r = error_response(&Error::Overloaded);
         assert_eq!(r.headers()[http::header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn security_headers_and_hsts_only_over_tls() {
+        let mut h = HeaderMap::new();
+        security_headers(&mut h, None);
+        assert_eq!(h[X_FRAME_OPTIONS], "DENY");
+        assert_eq!(h[X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert!(
+            h[CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap()
+                .contains("sandbox")
+        );
+        assert!(h.get(STRICT_TRANSPORT_SECURITY).is_none());
+        security_headers(&mut h, Some(600));
+        assert_eq!(h[STRICT_TRANSPORT_SECURITY], "max-age=600");
     }
 }

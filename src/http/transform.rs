@@ -16,26 +16,29 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
-use super::{Body, authenticate};
+use super::{Body, Ctx, authenticate};
 use crate::app::App;
-use crate::auth::Principal;
+use crate::auth::{Action, Principal};
 use crate::cache::CachedResult;
 use crate::error::Error;
 use crate::image::ImageFormat;
 use crate::options::{OutputFormat, parse_path};
+use crate::signature::unix_now;
 
 /// Version of the rendering pipeline; part of every cache key and ETag, so a change in how
 /// results are produced never serves stale bytes under an old validator.
 const PIPELINE_VERSION: &str = "v2";
 
-pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+pub async fn handle(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
     let (parts, _body) = req.into_parts();
     let path = parts.uri.path();
     let (signature, tail) = split_signature(path)?;
 
     // Verify first: pure CPU, before any I/O.
     let principal = if signature == "_" {
-        Some(authenticate(app, &parts.headers)?)
+        let p = authenticate(app, &parts.headers, ctx).await?;
+        p.allow(Action::Transform)?;
+        Some(p)
     } else if app.signer.verify(signature, tail) {
         None
     } else {
@@ -101,7 +104,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
             .cache_requests
             .with_label_values(&["memory", "hit"])
             .inc();
-        authorize(principal.as_ref(), &hit.owner)?;
+        authorize(principal.as_ref(), &hit.owner, ctx)?;
         return Ok(respond(&parts.headers, &hit, &headers));
     }
     metrics
@@ -110,7 +113,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
         .inc();
 
     let meta = app.catalog.meta(&request.image).await?;
-    authorize(principal.as_ref(), &meta.owner)?;
+    authorize(principal.as_ref(), &meta.owner, ctx)?;
     let format = spec
         .format
         .or(auto)
@@ -155,6 +158,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
         bytes: Bytes::from(encoded.bytes),
         format,
         etag,
+        image: meta.id,
         owner: meta.owner,
         last_modified,
     });
@@ -175,11 +179,16 @@ fn split_signature(path: &str) -> Result<(&str, &str), Error> {
 }
 
 /// Bearer callers must own the image (or be admin). Another user's image is "not found", so
-/// existence does not leak. Signed-URL holders (no principal) were authorised by the signature.
-fn authorize(principal: Option<&Principal>, owner: &str) -> Result<(), Error> {
+/// existence does not leak. Signed-URL holders (no principal) were authorised by the signature;
+/// the image's owner is then the principal the request counts for (quotas, audit).
+fn authorize(principal: Option<&Principal>, owner: &str, ctx: &Ctx) -> Result<(), Error> {
     match principal {
-        Some(p) if !p.can_read(owner) => Err(Error::NotFound),
-        _ => Ok(()),
+        Some(p) if !p.owns(owner) => Err(Error::NotFound),
+        Some(_) => Ok(()),
+        None => {
+            ctx.set_actor(owner, "signed_url");
+            Ok(())
+        }
     }
 }
 
@@ -223,12 +232,6 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
             })
         })
     })
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// `public, max-age=N, immutable` for signed URLs, `private, max-age=N` for bearer requests,

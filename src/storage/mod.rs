@@ -118,6 +118,22 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Keys under `prefix` (a plain string prefix, e.g. `images/abc/`), sorted.
     async fn list(&self, bucket: Bucket, prefix: &str) -> Result<Vec<ObjectKey>, StorageError>;
 
+    /// At most `max` keys under `prefix` that sort after `start_after`, sorted (one page).
+    async fn list_page(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<ObjectKey>, StorageError> {
+        let all = self.list(bucket, prefix).await?;
+        Ok(all
+            .into_iter()
+            .filter(|k| start_after.is_none_or(|s| k.as_str() > s))
+            .take(max)
+            .collect())
+    }
+
     /// Whether the store is reachable and its buckets exist (for `/readyz`).
     async fn check(&self) -> Result<(), StorageError>;
 

@@ -14,6 +14,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ServerSideEncryption;
 use bytes::{Bytes, BytesMut};
 
 use super::{Bucket, ObjectKey, ObjectStore, StorageError, with_deadline};
@@ -26,6 +27,9 @@ pub struct S3Store {
     originals: String,
     derived: String,
     timeout: Duration,
+    /// `storage.s3_sse`: server-side encryption asked for on every PUT.
+    sse: Option<ServerSideEncryption>,
+    sse_kms_key_id: Option<String>,
 }
 
 impl S3Store {
@@ -54,6 +58,12 @@ impl S3Store {
             originals: cfg.s3_bucket.clone(),
             derived: cfg.s3_derived_bucket.clone(),
             timeout,
+            sse: match cfg.s3_sse.as_str() {
+                "" => None,
+                other => Some(ServerSideEncryption::from(other)),
+            },
+            sse_kms_key_id: (!cfg.s3_sse_kms_key_id.is_empty())
+                .then(|| cfg.s3_sse_kms_key_id.clone()),
         }
     }
 
@@ -98,6 +108,8 @@ impl ObjectStore for S3Store {
             .bucket(self.bucket(bucket))
             .key(key.as_str())
             .content_type(content_type)
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.sse_kms_key_id.clone())
             .body(ByteStream::from(body));
         with_deadline(self.timeout, async move {
             req.send().await.map(|_| ()).map_err(sdk_err)
@@ -180,6 +192,33 @@ impl ObjectStore for S3Store {
                     _ => break,
                 }
             }
+            keys.sort();
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn list_page(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<ObjectKey>, StorageError> {
+        let req = self
+            .client
+            .list_objects_v2()
+            .bucket(self.bucket(bucket))
+            .prefix(prefix)
+            .set_start_after(start_after.map(str::to_owned))
+            .max_keys(i32::try_from(max.min(1000)).unwrap_or(1000));
+        with_deadline(self.timeout, async move {
+            let out = req.send().await.map_err(sdk_err)?;
+            let mut keys: Vec<ObjectKey> = out
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().and_then(|k| ObjectKey::new(k).ok()))
+                .collect();
             keys.sort();
             Ok(keys)
         })

@@ -342,6 +342,7 @@ impl Server {
         };
         let addr: SocketAddr = base
             .trim_start_matches("http://")
+            .trim_start_matches("https://")
             .parse()
             .expect("listen address");
         Server {
@@ -415,6 +416,74 @@ pub fn token(sub: &str, role: Role) -> String {
         },
     )
     .expect("mint")
+}
+
+/// `Authorization: Bearer …` for a credential.
+pub fn bearer(credential: &str) -> String {
+    format!("Bearer {credential}")
+}
+
+/// An S3 client for the shared Garage, to look at buckets the way an operator would.
+pub async fn s3_client() -> aws_sdk_s3::Client {
+    let s = services();
+    let creds = aws_sdk_s3::config::Credentials::new(S3_KEY_ID, S3_SECRET, None, None, "tests");
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("garage"))
+        .endpoint_url(&s.s3_endpoint)
+        .force_path_style(true)
+        .credentials_provider(creds)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Every key in `bucket` (through ListObjectsV2).
+pub async fn s3_keys(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut token = None;
+    loop {
+        let out = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .expect("list objects");
+        keys.extend(
+            out.contents()
+                .iter()
+                .filter_map(|o| o.key().map(String::from)),
+        );
+        match out.next_continuation_token() {
+            Some(t) => token = Some(t.to_owned()),
+            None => return keys,
+        }
+    }
+}
+
+/// Every object of both buckets, key and body.
+pub async fn s3_objects(client: &aws_sdk_s3::Client) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for bucket in [ORIGINALS_BUCKET, DERIVED_BUCKET] {
+        for key in s3_keys(client, bucket).await {
+            let obj = client
+                .get_object()
+                .bucket(bucket)
+                .key(&key)
+                .send()
+                .await
+                .expect("get object");
+            let body = obj
+                .body
+                .collect()
+                .await
+                .expect("body")
+                .into_bytes()
+                .to_vec();
+            out.push((format!("{bucket}/{key}"), body));
+        }
+    }
+    out
 }
 
 /// `/{signature}{path}` with the test signing key.

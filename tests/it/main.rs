@@ -4,6 +4,7 @@
 mod harness;
 
 mod cli;
+mod identity;
 mod options;
 mod server;
 mod transform;

@@ -1,0 +1,102 @@
+//! `POST/GET /v1/api-keys`, `DELETE /v1/api-keys/{id}`: a user's own API keys.
+//!
+//! Creating needs the `manage` action; the new key's scopes are the requested ones (default:
+//! all the caller holds) intersected with the caller's, so no key can mint a stronger key. The
+//! raw key is in the `201` body only (`Cache-Control: no-store`) and never logged. Admins manage
+//! another user's keys with `?owner=`.
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::{Body, Ctx, authenticate, json_response, query_param, read_json};
+use crate::app::App;
+use crate::auth::{Action, Principal, Scopes};
+use crate::error::Error;
+
+/// The caller, or the user named by `?owner=` for admins.
+fn target(principal: &Principal, query: Option<&str>) -> Result<String, Error> {
+    match query_param(query, "owner")? {
+        Some(owner) if owner != principal.user_id => {
+            principal.allow(Action::Admin)?;
+            Ok(owner)
+        }
+        _ => Ok(principal.user_id.clone()),
+    }
+}
+
+pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
+    let (parts, body) = req.into_parts();
+    let principal = authenticate(app, &parts.headers, ctx).await?;
+    principal.allow(Action::ManageKeys)?;
+    let v = read_json(body, app.config.server.max_body_bytes).await?;
+    for k in v.as_object().into_iter().flat_map(|o| o.keys()) {
+        if k != "name" && k != "scopes" {
+            return Err(Error::InvalidField(format!(
+                "`{}` is not an API key field (name, scopes)",
+                k.chars().take(40).collect::<String>()
+            )));
+        }
+    }
+    let name = match v.get("name") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(Error::InvalidField("name: must be a string".into())),
+    };
+    let requested = match v.get("scopes") {
+        None | Some(Value::Null) => Scopes::ALL,
+        Some(Value::Array(items)) => {
+            let names = items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .ok_or_else(|| Error::InvalidField("scopes: must be strings".into()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Scopes::parse(names).map_err(|e| Error::InvalidField(format!("scopes: {e}")))?
+        }
+        Some(_) => return Err(Error::InvalidField("scopes: must be a list".into())),
+    };
+    let (raw, record) = app
+        .auth
+        .api_keys
+        .create(&principal, name, requested)
+        .await?;
+    tracing::info!(request_id = %ctx.request_id, key_id = %record.id, "API key created");
+    let mut body = record.public_json(None);
+    body["key"] = Value::String(raw);
+    Ok(json_response(StatusCode::CREATED, &body))
+}
+
+pub async fn list(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
+    let principal = authenticate(app, req.headers(), ctx).await?;
+    principal.allow(Action::ManageKeys)?;
+    let owner = target(&principal, req.uri().query())?;
+    let items: Vec<Value> = app
+        .auth
+        .api_keys
+        .list(&owner)
+        .await?
+        .iter()
+        .map(|(r, used)| r.public_json(used.as_deref()))
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({ "items": items })))
+}
+
+pub async fn revoke(
+    app: &App,
+    req: Request<Incoming>,
+    ctx: &Ctx,
+    id: &str,
+) -> Result<Response<Body>, Error> {
+    let principal = authenticate(app, req.headers(), ctx).await?;
+    principal.allow(Action::ManageKeys)?;
+    let owner = target(&principal, req.uri().query())?;
+    if !app.auth.api_keys.revoke(&owner, id).await? {
+        return Err(Error::NotFound);
+    }
+    tracing::info!(request_id = %ctx.request_id, key_id = %id.escape_debug(), "API key revoked");
+    let mut resp = Response::new(Body::default());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
+}
