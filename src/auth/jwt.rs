@@ -453,10 +453,10 @@ impl RemoteJwks {
         self.inner.keys()
     }
 
-    /// Fetches now (start-up), replacing the keys on success.
+    /// Fetches now (start-up), replacing the keys on success. Not counted against the
+    /// unknown-`kid` rate limit: a key rotated in right after start must still be found.
     async fn refresh(&self) -> Result<(), String> {
-        let mut last = self.inner.attempt.lock().await;
-        *last = Some(Instant::now());
+        let _serial = self.inner.attempt.lock().await;
         self.inner.install(self.inner.fetch().await)
     }
 

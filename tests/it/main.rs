@@ -4,7 +4,9 @@
 mod harness;
 
 mod cli;
+mod edge;
 mod identity;
+mod images_api;
 mod options;
 mod server;
 mod transform;
