@@ -244,3 +244,68 @@ impl ObjectStore for S3Store {
         "s3"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Accepts one connection, answers `200 OK`, and returns the request head it received.
+    async fn capture_one(listener: tokio::net::TcpListener) -> String {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut n = 0;
+        while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+            n += sock.read(&mut buf[n..]).await.unwrap();
+        }
+        sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_lowercase()
+    }
+
+    #[tokio::test]
+    async fn configured_sse_is_sent_with_every_put() {
+        // Credentials for the SDK's signer only; nothing leaves loopback.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cfg = StorageConfig {
+            backend: "s3".into(),
+            s3_endpoint: format!("http://{addr}"),
+            s3_region: "test".into(),
+            s3_bucket: "o".into(),
+            s3_derived_bucket: "d".into(),
+            s3_force_path_style: true,
+            s3_sse: "aws:kms".into(),
+            s3_sse_kms_key_id: "key-1234".into(),
+            ..StorageConfig::default()
+        };
+        let creds = aws_sdk_s3::config::Credentials::new("AK", "SK", None, None, "test");
+        let mut store = S3Store::new(&cfg).await;
+        let conf = store
+            .client
+            .config()
+            .to_builder()
+            .credentials_provider(creds)
+            .build();
+        store.client = Client::from_conf(conf);
+        let head = tokio::spawn(capture_one(listener));
+        store
+            .put(
+                Bucket::Originals,
+                &ObjectKey::new("images/x/original").unwrap(),
+                Bytes::from_static(b"abc"),
+                "image/png",
+            )
+            .await
+            .unwrap();
+        let head = head.await.unwrap();
+        assert!(head.starts_with("put /o/images/x/original"), "{head}");
+        assert!(head.contains("x-amz-server-side-encryption: aws:kms"), "{head}");
+        assert!(
+            head.contains("x-amz-server-side-encryption-aws-kms-key-id: key-1234"),
+            "{head}"
+        );
+    }
+}

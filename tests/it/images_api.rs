@@ -496,3 +496,15 @@ async fn delete_removes_every_object_and_old_signed_urls_404() {
     let r = get(&s.url("/v1/images"), &[("authorization", &bearer(&t))]).await;
     assert_eq!(r.json()["items"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn sse_configured_uploads_work_against_the_store() {
+    // Garage implements SSE-C only and ignores SSE-S3 headers; this proves a deployment with
+    // `storage.s3_sse` set keeps working end to end. That the header is sent on every PUT is
+    // proved by the unit test `storage::s3::tests::configured_sse_is_sent_with_every_put`.
+    let s = Server::start_with(Backend::S3, &[("PIXGATE__STORAGE__S3_SSE", "AES256")]);
+    let alice = unique("alice");
+    let id = upload_fixture(&s, &alice, "photo_320x240.jpg", "image/jpeg").await;
+    let r = get(&s.url(&signed(&format!("/rs:fit:30:30/plain/{id}@png"))), &[]).await;
+    assert_eq!(r.status, 200);
+}
