@@ -86,6 +86,7 @@ impl App {
                 usize::try_from(config.auth.max_api_keys_per_user).unwrap_or(usize::MAX),
             ),
             revocations: Revocations::new(store.clone(), revocation_ttl),
+            leeway_secs: config.auth.leeway_secs,
         };
         let trusted_proxies = config
             .server

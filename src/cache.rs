@@ -7,9 +7,11 @@
 //! Deleting an image purges its entries and leaves a tombstone for its id (a bounded LRU of
 //! recently deleted ids): a transform that fetched the original before the delete and finishes
 //! after it cannot re-insert its result, so a deleted image is never served from memory again.
+//! A delete made through *another* instance is noticed here because hits re-check that their
+//! image still exists once it was last checked more than a bound ago ([`MemoryCache::stale`]).
 
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -41,6 +43,8 @@ struct Inner {
     bytes: u64,
     /// Recently deleted image ids: never admitted again.
     deleted: LruCache<String, ()>,
+    /// When each cached image's existence was last confirmed.
+    confirmed: LruCache<String, Instant>,
 }
 
 /// Tombstones kept; a transform outliving this many later deletes is not a realistic race.
@@ -60,6 +64,9 @@ impl MemoryCache {
                 lru: LruCache::unbounded(),
                 bytes: 0,
                 deleted: LruCache::new(
+                    std::num::NonZeroUsize::new(TOMBSTONES).unwrap_or(std::num::NonZeroUsize::MIN),
+                ),
+                confirmed: LruCache::new(
                     std::num::NonZeroUsize::new(TOMBSTONES).unwrap_or(std::num::NonZeroUsize::MIN),
                 ),
             }),
@@ -94,6 +101,8 @@ impl MemoryCache {
             }
         }
         inner.bytes += size;
+        // The caller just read the image's metadata.
+        inner.confirmed.put(item.image.clone(), Instant::now());
         inner.lru.put(key, item);
         true
     }
@@ -115,6 +124,21 @@ impl MemoryCache {
             }
         }
         doomed.len()
+    }
+
+    /// Whether `image`'s existence was last confirmed more than `bound` ago (or never): the
+    /// caller re-checks storage and calls [`MemoryCache::confirm`] or [`MemoryCache::purge_image`].
+    pub fn stale(&self, image: &str, bound: Duration) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .confirmed
+            .get(image)
+            .is_none_or(|at| at.elapsed() >= bound)
+    }
+
+    pub fn confirm(&self, image: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.confirmed.put(image.to_owned(), Instant::now());
     }
 
     /// Bytes currently accounted.
@@ -169,6 +193,12 @@ mod tests {
         // A late result of the deleted image is refused.
         assert!(!c.insert("a".into(), item(100)));
         assert!(c.get("a").is_none());
+        // Freshness: confirmed on insert, stale after the bound.
+        assert!(!c.stale("other", Duration::from_secs(60)));
+        assert!(c.stale("other", Duration::ZERO));
+        assert!(c.stale("never-seen", Duration::from_secs(60)));
+        c.confirm("never-seen");
+        assert!(!c.stale("never-seen", Duration::from_secs(60)));
     }
 
     #[test]

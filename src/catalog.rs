@@ -150,11 +150,12 @@ pub fn normalise_tags(tags: Vec<String>) -> Result<Vec<String>, Error> {
             )));
         }
         if !out.iter().any(|o| o == t) {
+            // Checked as we go: the duplicate scan stays O(MAX_TAGS) per tag.
+            if out.len() == MAX_TAGS {
+                return Err(Error::InvalidField(format!("tags: at most {MAX_TAGS}")));
+            }
             out.push(t.to_owned());
         }
-    }
-    if out.len() > MAX_TAGS {
-        return Err(Error::InvalidField(format!("tags: at most {MAX_TAGS}")));
     }
     Ok(out)
 }
@@ -615,6 +616,14 @@ mod tests {
                 "{bad}"
             );
         }
+        // A flood of distinct tags is refused as soon as it passes the limit (linear work).
+        let flood: Vec<String> = (0..200_000).map(|i| i.to_string()).collect();
+        assert_eq!(normalise_tags(flood).unwrap_err().code(), "invalid_field");
+        // Duplicates collapse and do not count against the limit.
+        assert_eq!(
+            normalise_tags(vec!["a".into(); 50]).unwrap(),
+            vec!["a".to_owned()]
+        );
         // 255 characters (not bytes) are fine.
         MetaPatch::from_json(&serde_json::json!({"title": "é".repeat(255)})).unwrap();
     }

@@ -67,8 +67,10 @@ pub struct ServerConfig {
     pub listen: String,
     /// Separate listener for `/metrics`; empty means `/metrics` is served on `listen`.
     pub metrics_listen: String,
-    /// CIDRs whose `X-Forwarded-For` is believed.
+    /// CIDRs whose forwarding header is believed.
     pub trusted_proxies: Vec<String>,
+    /// The header those proxies write: `x-forwarded-for` or `forwarded` (RFC 7239).
+    pub client_ip_header: String,
     pub max_connections: u64,
     /// Time allowed for a client to send a complete request head (slowloris guard).
     pub header_read_timeout_secs: u64,
@@ -250,6 +252,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             metrics_listen: String::new(),
             trusted_proxies: Vec::new(),
+            client_ip_header: "x-forwarded-for".into(),
             max_connections: 1024,
             header_read_timeout_secs: 10,
             request_timeout_secs: 30,
@@ -454,6 +457,12 @@ impl Config {
         }
         for cidr in &s.trusted_proxies {
             parse_cidr(cidr).map_err(|m| ConfigError::new("server.trusted_proxies", m))?;
+        }
+        if !matches!(s.client_ip_header.as_str(), "x-forwarded-for" | "forwarded") {
+            return Err(ConfigError::new(
+                "server.client_ip_header",
+                "must be x-forwarded-for or forwarded",
+            ));
         }
         positive("server.max_connections", s.max_connections)?;
         for (key, v) in [
@@ -948,15 +957,21 @@ fn valid_origin(s: &str) -> bool {
 
 /// A JWKS URL must be HTTPS, except on loopback (tests, sidecars).
 fn jwks_url_allowed(url: &str) -> bool {
-    if url.starts_with("https://") {
-        return true;
-    }
-    let Some(rest) = url.strip_prefix("http://") else {
+    let Ok(uri) = url.parse::<http::Uri>() else {
         return false;
     };
-    let host = rest.split('/').next().unwrap_or("");
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+    let Some(authority) = uri.authority() else {
+        return false;
+    };
+    // No userinfo: `http://localhost@evil.example/` names evil.example.
+    if authority.as_str().contains('@') {
+        return false;
+    }
+    match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => matches!(authority.host(), "127.0.0.1" | "localhost" | "[::1]"),
+        _ => false,
+    }
 }
 
 /// Durations are bounded: absurd values would overflow `Instant` arithmetic.
@@ -1217,6 +1232,57 @@ mod tests {
     #[test]
     fn bad_values_name_the_key() {
         let cases: Vec<(&str, &str, &str)> = vec![
+            (
+                "PIXGATE__AUTH__JWKS_URL",
+                "http://localhost@evil.example/jwks.json",
+                "auth.jwks_url",
+            ),
+            (
+                "PIXGATE__AUTH__JWKS_URL",
+                "http://idp.example/jwks.json",
+                "auth.jwks_url",
+            ),
+            (
+                "PIXGATE__AUTH__JWT_HS_ALGORITHM",
+                "RS256",
+                "auth.jwt_hs_algorithm",
+            ),
+            (
+                "PIXGATE__AUTH__JWKS_ALGORITHMS",
+                "HS256",
+                "auth.jwks_algorithms",
+            ),
+            (
+                "PIXGATE__AUTH__JWT_HS256_SECRET",
+                "short",
+                "auth.jwt_hs256_secret",
+            ),
+            (
+                "PIXGATE__SERVER__CLIENT_IP_HEADER",
+                "x-real-ip",
+                "server.client_ip_header",
+            ),
+            (
+                "PIXGATE__SERVER__CORS_ORIGINS",
+                "https://a.example/path",
+                "server.cors_origins",
+            ),
+            ("PIXGATE__STORAGE__S3_SSE", "aes", "storage.s3_sse"),
+            (
+                "PIXGATE__LIMITS__UPLOAD_FORMATS",
+                "tiff",
+                "limits.upload_formats",
+            ),
+            (
+                "PIXGATE__SERVER__TLS_CERT_FILE",
+                "/x.pem",
+                "server.tls_key_file",
+            ),
+            (
+                "PIXGATE__SIGNING__DEFAULT_URL_TTL_SECS",
+                "999999999",
+                "signing.default_url_ttl_secs",
+            ),
             (
                 "PIXGATE__SERVER__MAX_CONNECTIONS",
                 "many",

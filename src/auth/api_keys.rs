@@ -11,11 +11,14 @@
 //! Creation writes the index first, then the lookup record (a key that cannot be listed can
 //! never exist); revocation deletes the lookup record first (the key stops working), then the
 //! rest. Lookups are cached per instance for `auth.revocation_cache_secs` (unknown hashes too,
-//! so garbage keys cannot hammer storage): a key revoked through another instance stops working
-//! here within that bound; through this instance, at once.
+//! so repeating one bad key costs one lookup): a key revoked through another instance stops
+//! working here within that bound; through this instance, at once. Random well-formed keys
+//! each cost one storage read; the failed-authentication limiter (quotas issue) bounds them.
 //!
 //! A key's scopes are intersected with its creator's role at creation and again on every use;
-//! a key can never create a key with scopes it does not hold. Raw keys are never logged.
+//! a key can never create a key with scopes it does not hold. A key keeps its creator's role:
+//! demoting a user at the identity provider does not reach their keys — revoking the user's
+//! tokens (`revoke-tokens`) does. Raw keys are never logged.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -57,6 +60,11 @@ pub struct ApiKeyRecord {
     pub hint: String,
     /// SHA-256 of the key, hex.
     pub hash: String,
+    /// Issue time of the credential that created the key (Unix seconds): an admin revoking
+    /// the owner's tokens voids the key with them, even one created through an instance that
+    /// had not yet seen the revocation.
+    #[serde(default)]
+    pub issued_at: Option<u64>,
 }
 
 impl ApiKeyRecord {
@@ -160,6 +168,7 @@ impl ApiKeys {
                 key_id: record.id.clone(),
                 scopes,
             },
+            issued_at: record.issued_at,
         })
     }
 
@@ -258,6 +267,7 @@ impl ApiKeys {
             created_at: now_rfc3339(),
             hint: raw[raw.len() - 4..].to_owned(),
             hash: hash_of(&raw),
+            issued_at: creator.issued_at,
         };
         let json =
             Bytes::from(serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?);
@@ -278,6 +288,12 @@ impl ApiKeys {
                 }
             }
             return Err(e.into());
+        }
+        // A revocation of the owner's keys that ran between our two writes removed the index
+        // record but could not see the lookup record yet: the key must not live on unlisted.
+        if self.record(&record.owner, &record.id).await?.is_none() {
+            self.store.delete(Bucket::Originals, &lookup).await?;
+            return Err(Error::InvalidToken("credential revoked".into()));
         }
         self.cache
             .lock()

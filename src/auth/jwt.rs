@@ -252,8 +252,8 @@ impl JwtVerifier {
         })
     }
 
-    /// Verifies `token`; returns its principal and its `iat`, if any.
-    pub async fn verify(&self, token: &str) -> Result<(Principal, Option<u64>), Error> {
+    /// Verifies `token`; returns its principal (with its `iat`, if any).
+    pub async fn verify(&self, token: &str) -> Result<Principal, Error> {
         let invalid = |m: &str| Error::InvalidToken(m.to_owned());
         if token.len() > MAX_TOKEN_LEN {
             return Err(invalid("token too long"));
@@ -312,7 +312,7 @@ impl JwtVerifier {
         last
     }
 
-    fn principal(&self, claims: Claims) -> Result<(Principal, Option<u64>), Error> {
+    fn principal(&self, claims: Claims) -> Result<Principal, Error> {
         if claims.sub.is_empty()
             || claims.sub.len() > MAX_SUB_LEN
             || claims.sub.chars().any(char::is_control)
@@ -344,7 +344,10 @@ impl JwtVerifier {
             }
             Some(_) => return Err(Error::InvalidToken("unusable plan claim".into())),
         };
-        Ok((Principal::jwt(claims.sub, role, plan), claims.iat))
+        Ok(Principal {
+            issued_at: claims.iat,
+            ..Principal::jwt(claims.sub, role, plan)
+        })
     }
 }
 
@@ -649,11 +652,11 @@ mod tests {
             },
         )
         .unwrap();
-        let (p, iat) = v.verify(&t).await.unwrap();
+        let p = v.verify(&t).await.unwrap();
         assert_eq!(p.user_id, "alice");
         assert_eq!(p.role, Role::Admin);
         assert_eq!(p.plan.as_deref(), Some("pro"));
-        assert!(iat.is_some());
+        assert!(p.issued_at.is_some());
     }
 
     #[tokio::test]
@@ -770,10 +773,10 @@ mod tests {
         let mut c = good_claims();
         c["exp"] = json!(now() - 10); // within the 30 s leeway
         c.as_object_mut().unwrap().remove("role");
-        let (p, _) = v.verify(&sign(Algorithm::HS256, &c, SECRET)).await.unwrap();
+        let p = v.verify(&sign(Algorithm::HS256, &c, SECRET)).await.unwrap();
         assert_eq!(p.role, Role::Viewer);
         c["role"] = json!(["viewer", "admin", "unknown"]);
-        let (p, _) = v.verify(&sign(Algorithm::HS256, &c, SECRET)).await.unwrap();
+        let p = v.verify(&sign(Algorithm::HS256, &c, SECRET)).await.unwrap();
         assert_eq!(p.role, Role::Admin);
 
         let typed = JwtVerifier::from_config(&AuthConfig {

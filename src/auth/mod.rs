@@ -193,6 +193,10 @@ pub struct Principal {
     pub role: Role,
     pub plan: Option<String>,
     pub method: AuthMethod,
+    /// When the credential was issued, as far as revocation is concerned: a JWT's `iat`; for
+    /// an API key, the issue time of the credential that created it (so revoking a user's
+    /// tokens also voids keys minted with them, on every instance). `None`: unknown.
+    pub issued_at: Option<u64>,
 }
 
 impl Principal {
@@ -203,12 +207,15 @@ impl Principal {
             role,
             plan,
             method: AuthMethod::Jwt,
+            issued_at: None,
         }
     }
 
-    /// Whether this principal may touch an image owned by `owner` (owner or admin).
+    /// Whether this principal may touch an image owned by `owner`: its owner, or an admin
+    /// whose credential carries the admin action (an admin's narrow API key does not reach
+    /// other users' images).
     pub fn owns(&self, owner: &str) -> bool {
-        self.role == Role::Admin || self.user_id == owner
+        self.user_id == owner || self.allow(Action::Admin).is_ok()
     }
 
     /// The scopes in force: every scope of the role for a JWT, the key's scopes (already
@@ -269,21 +276,26 @@ pub struct Authenticator {
     pub jwt: JwtVerifier,
     pub api_keys: ApiKeys,
     pub revocations: Revocations,
+    /// `auth.leeway_secs`, also applied to revocation cut-offs.
+    pub leeway_secs: u64,
 }
 
 impl Authenticator {
     /// The principal behind `headers`' bearer credential, or `MissingToken`.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Error> {
         let token = bearer_token(headers)?.ok_or(Error::MissingToken)?;
-        if token.starts_with(API_KEY_PREFIX) {
-            return self.api_keys.authenticate(token).await;
-        }
-        let (principal, issued_at) = self.jwt.verify(token).await?;
+        let principal = if token.starts_with(API_KEY_PREFIX) {
+            self.api_keys.authenticate(token).await?
+        } else {
+            self.jwt.verify(token).await?
+        };
         if let Some(not_before) = self.revocations.not_before(&principal.user_id).await? {
-            // Tokens issued in the revocation's second are refused too: a clock second is the
-            // finest resolution `iat` has. A token without `iat` cannot prove it is newer.
-            if issued_at.is_none_or(|iat| iat <= not_before) {
-                return Err(Error::InvalidToken("token revoked".into()));
+            // Refused: credentials issued up to the revocation plus the clock leeway (an IdP
+            // whose clock runs ahead stamps old tokens with later times), and credentials that
+            // cannot prove when they were issued (a JWT without `iat`).
+            let cutoff = not_before.saturating_add(self.leeway_secs);
+            if principal.issued_at.is_none_or(|iat| iat <= cutoff) {
+                return Err(Error::InvalidToken("credential revoked".into()));
             }
         }
         Ok(principal)
@@ -348,6 +360,7 @@ mod tests {
                 key_id: "k".into(),
                 scopes,
             },
+            issued_at: None,
         };
         let reader = key(Role::Editor, Scopes::READ);
         assert!(reader.allow(Action::Read).is_ok());
@@ -362,11 +375,14 @@ mod tests {
             "forbidden"
         );
         assert_eq!(viewer.scopes(), Role::Viewer.scopes());
-        let admin_key = key(Role::Admin, Scopes::READ);
+        let admin_key = key(Role::Admin, Scopes::READ | Scopes::DELETE);
         assert_eq!(
             admin_key.allow(Action::Admin).unwrap_err().code(),
             "insufficient_scope"
         );
+        // Without the admin action, an admin's key reaches only its owner's images.
+        assert!(admin_key.owns("u") && !admin_key.owns("someone-else"));
+        assert!(key(Role::Admin, Scopes::ALL).owns("someone-else"));
     }
 
     #[test]
@@ -375,5 +391,64 @@ mod tests {
         assert_eq!(s.names(), vec!["read", "upload"]);
         assert!(Scopes::parse(["root"]).unwrap_err().contains("root"));
         assert_eq!(Scopes::ALL.names().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn revoking_a_user_voids_api_keys_minted_with_older_credentials() {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use crate::config::AuthConfig;
+        use crate::storage::{FsStore, ObjectStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(FsStore::new(dir.path(), Duration::from_secs(5)).unwrap());
+        let ttl = Duration::from_secs(30);
+        let auth = Authenticator {
+            jwt: JwtVerifier::from_config(&AuthConfig {
+                jwt_hs256_secret: "0123456789abcdef0123456789abcdef".into(),
+                ..AuthConfig::default()
+            })
+            .await
+            .unwrap(),
+            api_keys: ApiKeys::new(store.clone(), ttl, 10),
+            revocations: Revocations::new(store.clone(), ttl),
+            leeway_secs: 30,
+        };
+        let header = |key: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, format!("Bearer {key}").parse().unwrap());
+            h
+        };
+        let creator = |iat| Principal {
+            issued_at: iat,
+            ..Principal::jwt("u1", Role::Editor, None)
+        };
+        let (old, _) = auth
+            .api_keys
+            .create(&creator(Some(1_000)), "", Scopes::ALL)
+            .await
+            .unwrap();
+        let (newer, _) = auth
+            .api_keys
+            .create(&creator(Some(5_000)), "", Scopes::ALL)
+            .await
+            .unwrap();
+        assert!(auth.authenticate(&header(&old)).await.is_ok());
+        // The revocation record alone (as another instance would see it before revoke_all
+        // ran, or for a key created through an instance that had not seen the record yet).
+        auth.revocations.revoke("u1", 2_000).await.unwrap();
+        assert_eq!(
+            auth.authenticate(&header(&old)).await.unwrap_err().code(),
+            "invalid_token"
+        );
+        assert!(auth.authenticate(&header(&newer)).await.is_ok());
+        // Within the leeway after the revocation: refused too (an IdP clock running ahead).
+        let (edge, _) = auth
+            .api_keys
+            .create(&creator(Some(2_020)), "", Scopes::ALL)
+            .await
+            .unwrap();
+        assert!(auth.authenticate(&header(&edge)).await.is_err());
     }
 }

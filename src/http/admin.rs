@@ -6,7 +6,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use super::{Body, Ctx, authenticate, json_response, percent_decode};
+use super::{Body, Ctx, authorize, json_response, percent_decode};
 use crate::app::App;
 use crate::auth::Action;
 use crate::error::Error;
@@ -18,8 +18,7 @@ pub async fn revoke_tokens(
     ctx: &Ctx,
     raw_user: &str,
 ) -> Result<Response<Body>, Error> {
-    let principal = authenticate(app, req.headers(), ctx).await?;
-    principal.allow(Action::Admin)?;
+    let principal = authorize(app, req.headers(), ctx, Action::Admin).await?;
     let user = percent_decode(raw_user)
         .filter(|u| !u.is_empty() && u.len() <= 255 && !u.chars().any(char::is_control))
         .ok_or_else(|| Error::InvalidField("user: not a user id".into()))?;

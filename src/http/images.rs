@@ -24,7 +24,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Body, Ctx, authenticate, json_response, query_param, read_body, read_json, reject_large_body,
+    Body, Ctx, acting_for, authorize, json_response, no_content, query_param, read_body, read_json,
+    reject_large_body,
 };
 use crate::app::App;
 use crate::auth::{Action, Principal};
@@ -40,20 +41,8 @@ const MAX_TEXT_FIELD: u64 = 4 * 1024;
 const DEFAULT_PAGE: usize = 20;
 const MAX_PAGE: usize = 100;
 const MAX_OPTIONS_LEN: usize = 2048;
-
-/// The user a request acts for: the caller, or — for admins only — `?owner=`.
-fn acting_for(principal: &Principal, query: Option<&str>) -> Result<String, Error> {
-    match query_param(query, "owner")? {
-        Some(owner) if owner != principal.user_id => {
-            principal.allow(Action::Admin)?;
-            if owner.is_empty() || owner.len() > 255 || owner.chars().any(char::is_control) {
-                return Err(Error::InvalidField("owner: not a user id".into()));
-            }
-            Ok(owner)
-        }
-        _ => Ok(principal.user_id.clone()),
-    }
-}
+/// Tags a multipart upload may list before de-duplication.
+const MAX_RAW_TAGS: usize = 100;
 
 /// The image `raw_id` if `principal` may touch it; `404` for malformed ids, missing images and
 /// other users' images alike.
@@ -72,8 +61,7 @@ fn meta_json(meta: &ImageMeta) -> Value {
 
 pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
-    let principal = authenticate(app, &parts.headers, ctx).await?;
-    principal.allow(Action::Upload)?;
+    let principal = authorize(app, &parts.headers, ctx, Action::Upload).await?;
     let owner = acting_for(&principal, parts.uri.query())?;
     let content_type = parts
         .headers
@@ -231,7 +219,15 @@ async fn read_multipart(
             _ => {
                 let text = field.text().await.map_err(|e| multipart_error(e, cap))?;
                 match name.as_str() {
-                    "tags" => tags.extend(text.split(',').map(str::to_owned)),
+                    "tags" => {
+                        tags.extend(text.split(',').map(str::to_owned));
+                        // Duplicates are allowed, but not without bound.
+                        if tags.len() > MAX_RAW_TAGS {
+                            return Err(Error::InvalidField(format!(
+                                "tags: at most {MAX_RAW_TAGS} given"
+                            )));
+                        }
+                    }
                     field_name => {
                         let v = MetaPatch::from_json(&json!({ field_name: text }))?;
                         patch.title = v.title.or(patch.title);
@@ -267,8 +263,7 @@ fn multipart_error(e: multer::Error, cap: u64) -> Error {
 }
 
 pub async fn list(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
-    let principal = authenticate(app, req.headers(), ctx).await?;
-    principal.allow(Action::Read)?;
+    let principal = authorize(app, req.headers(), ctx, Action::Read).await?;
     let query = req.uri().query();
     let owner = acting_for(&principal, query)?;
     let limit = match query_param(query, "limit")? {
@@ -297,8 +292,7 @@ pub async fn get(
     ctx: &Ctx,
     id: &str,
 ) -> Result<Response<Body>, Error> {
-    let principal = authenticate(app, req.headers(), ctx).await?;
-    principal.allow(Action::Read)?;
+    let principal = authorize(app, req.headers(), ctx, Action::Read).await?;
     let meta = owned_image(app, &principal, id).await?;
     Ok(json_response(StatusCode::OK, &meta_json(&meta)))
 }
@@ -310,8 +304,7 @@ pub async fn update(
     id: &str,
 ) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
-    let principal = authenticate(app, &parts.headers, ctx).await?;
-    principal.allow(Action::Update)?;
+    let principal = authorize(app, &parts.headers, ctx, Action::Update).await?;
     let meta = owned_image(app, &principal, id).await?;
     let patch = MetaPatch::from_json(&read_json(body, app.config.server.max_body_bytes).await?)?;
     let id = ImageId::parse(&meta.id).ok_or(Error::NotFound)?;
@@ -325,8 +318,7 @@ pub async fn delete(
     ctx: &Ctx,
     id: &str,
 ) -> Result<Response<Body>, Error> {
-    let principal = authenticate(app, req.headers(), ctx).await?;
-    principal.allow(Action::Delete)?;
+    let principal = authorize(app, req.headers(), ctx, Action::Delete).await?;
     let meta = owned_image(app, &principal, id).await?;
     // Tombstone first: a transform finishing during the delete cannot re-populate the cache.
     app.cache.purge_image(&meta.id);
@@ -339,9 +331,7 @@ pub async fn delete(
     app.cache.purge_image(&meta.id);
     app.metrics.cache_memory_bytes.set(app.cache.bytes() as i64);
     tracing::info!(request_id = %ctx.request_id, image = %meta.id, "image deleted");
-    let mut resp = Response::new(Body::default());
-    *resp.status_mut() = StatusCode::NO_CONTENT;
-    Ok(resp)
+    Ok(no_content())
 }
 
 /// `{options, expires_in}` → `{url, expires_at}`: a signed transform URL for the image, with an
@@ -353,8 +343,7 @@ pub async fn sign_url(
     id: &str,
 ) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
-    let principal = authenticate(app, &parts.headers, ctx).await?;
-    principal.allow(Action::Transform)?;
+    let principal = authorize(app, &parts.headers, ctx, Action::Transform).await?;
     let meta = owned_image(app, &principal, id).await?;
     let req_body = read_json(body, app.config.server.max_body_bytes).await?;
     let s = &app.config.signing;
@@ -392,32 +381,15 @@ pub async fn sign_url(
             "options: must not name a source".into(),
         ));
     }
+    // A preset may carry its own `exp`: the minted lifetime must be the one in force.
+    if parsed.spec.expires != Some(exp) {
+        return Err(Error::InvalidField(
+            "options: must not set the expiry (use expires_in)".into(),
+        ));
+    }
     let url = format!("/{}{}", app.signer.sign(&path), path);
     Ok(json_response(
         StatusCode::OK,
         &json!({"url": url, "expires_at": exp, "expires_in": ttl}),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::auth::Role;
-
-    #[test]
-    fn only_admins_act_for_others() {
-        let alice = Principal::jwt("alice", Role::Editor, None);
-        assert_eq!(acting_for(&alice, None).unwrap(), "alice");
-        assert_eq!(acting_for(&alice, Some("owner=alice")).unwrap(), "alice");
-        assert_eq!(
-            acting_for(&alice, Some("owner=bob")).unwrap_err().code(),
-            "forbidden"
-        );
-        let admin = Principal::jwt("root", Role::Admin, None);
-        assert_eq!(acting_for(&admin, Some("owner=b%C3%B6b")).unwrap(), "böb");
-        assert_eq!(
-            acting_for(&admin, Some("owner=a%0Ab")).unwrap_err().code(),
-            "invalid_field"
-        );
-    }
 }

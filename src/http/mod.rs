@@ -26,7 +26,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::app::App;
-use crate::auth::Principal;
+use crate::auth::{Action, Principal};
 use crate::error::Error;
 use crate::metrics::{GaugeGuard, status_class};
 
@@ -155,7 +155,12 @@ pub async fn handle(
     let _inflight = GaugeGuard::new(&app.metrics.inflight);
     let ctx = Ctx {
         request_id: request_id(req.headers()),
-        client_ip: client_ip(peer.ip(), req.headers(), &app.trusted_proxies),
+        client_ip: client_ip(
+            peer.ip(),
+            req.headers(),
+            &app.trusted_proxies,
+            app.config.server.client_ip_header == "forwarded",
+        ),
         tls,
         actor: Mutex::new(None),
     };
@@ -375,6 +380,39 @@ pub(crate) async fn authenticate(
     Ok(p)
 }
 
+/// Authenticates and checks that the principal may perform `action` (`403` otherwise).
+pub(crate) async fn authorize(
+    app: &App,
+    headers: &HeaderMap,
+    ctx: &Ctx,
+    action: Action,
+) -> Result<Principal, Error> {
+    let p = authenticate(app, headers, ctx).await?;
+    p.allow(action)?;
+    Ok(p)
+}
+
+/// The user a request acts for: the caller, or — for admins only — `?owner=`.
+pub(crate) fn acting_for(principal: &Principal, query: Option<&str>) -> Result<String, Error> {
+    match query_param(query, "owner")? {
+        Some(owner) if owner != principal.user_id => {
+            principal.allow(Action::Admin)?;
+            if owner.is_empty() || owner.len() > 255 || owner.chars().any(char::is_control) {
+                return Err(Error::InvalidField("owner: not a user id".into()));
+            }
+            Ok(owner)
+        }
+        _ => Ok(principal.user_id.clone()),
+    }
+}
+
+/// An empty `204 No Content`.
+pub(crate) fn no_content() -> Response<Body> {
+    let mut resp = Response::new(Body::default());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp
+}
+
 /// Reads a JSON object body (an empty body is `{}`).
 pub(crate) async fn read_json(body: Incoming, limit: u64) -> Result<serde_json::Value, Error> {
     let bytes = read_body(body, limit).await?;
@@ -444,17 +482,23 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 /// The client address: the peer, unless the peer is a trusted proxy, in which case the
-/// right-most forwarded hop that is not itself a trusted proxy. Hops come from `Forwarded`
-/// (RFC 7239 `for=`) when present, else from `X-Forwarded-For`. The list is walked from the
-/// right and the walk stops at the first entry that is not an address (malformed, `unknown`,
-/// an obfuscated name): everything left of it may have been written by the client.
-pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+/// right-most forwarded hop that is not itself a trusted proxy. Hops come from the one header
+/// the proxies are configured to write (`server.client_ip_header`): `X-Forwarded-For`, or
+/// `Forwarded` (RFC 7239 `for=`) — never chosen by what the request carries, since proxies pass
+/// the other header through from the client untouched. The list is walked from the right and
+/// the walk stops at the first entry that is not an address (malformed, `unknown`, an
+/// obfuscated name): everything left of it may have been written by the client.
+pub(crate) fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[ipnet::IpNet],
+    use_forwarded: bool,
+) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    let forwarded = forwarded_hops(headers);
-    let entries = if forwarded.is_empty() {
+    let entries = if !use_forwarded {
         // Several headers are one list, in order.
         let mut entries: Vec<String> = Vec::new();
         for value in headers.get_all("x-forwarded-for") {
@@ -465,7 +509,7 @@ pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpN
         }
         entries
     } else {
-        forwarded
+        forwarded_hops(headers)
     };
     let mut nearest = peer;
     for entry in entries.iter().rev() {
@@ -521,40 +565,40 @@ mod tests {
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();
         let stranger: IpAddr = "5.6.7.8".parse().unwrap();
         assert_eq!(
-            client_ip(proxy, &h, &trusted),
+            client_ip(proxy, &h, &trusted, false),
             "1.2.3.4".parse::<IpAddr>().unwrap()
         );
         // A client that is not a trusted proxy cannot spoof its address.
-        assert_eq!(client_ip(stranger, &h, &trusted), stranger);
+        assert_eq!(client_ip(stranger, &h, &trusted, false), stranger);
         // Spoofed left-most entries are ignored: the right-most untrusted hop wins.
         h.insert("x-forwarded-for", "6.6.6.6, 1.2.3.4".parse().unwrap());
         assert_eq!(
-            client_ip(proxy, &h, &trusted),
+            client_ip(proxy, &h, &trusted, false),
             "1.2.3.4".parse::<IpAddr>().unwrap()
         );
         h.insert("x-forwarded-for", "garbage".parse().unwrap());
-        assert_eq!(client_ip(proxy, &h, &trusted), proxy);
+        assert_eq!(client_ip(proxy, &h, &trusted, false), proxy);
         // A malformed entry stops the walk: nothing left of it is believed.
         h.insert(
             "x-forwarded-for",
             "9.9.9.9, junk, 10.0.0.5".parse().unwrap(),
         );
         assert_eq!(
-            client_ip(proxy, &h, &trusted),
+            client_ip(proxy, &h, &trusted, false),
             "10.0.0.5".parse::<IpAddr>().unwrap()
         );
         h.insert("x-forwarded-for", "9.9.9.9, junk, 1.2.3.4".parse().unwrap());
         assert_eq!(
-            client_ip(proxy, &h, &trusted),
+            client_ip(proxy, &h, &trusted, false),
             "1.2.3.4".parse::<IpAddr>().unwrap()
         );
         // Only trusted hops: the left-most of them.
         h.insert("x-forwarded-for", "10.0.0.9, 10.0.0.5".parse().unwrap());
         assert_eq!(
-            client_ip(proxy, &h, &trusted),
+            client_ip(proxy, &h, &trusted, false),
             "10.0.0.9".parse::<IpAddr>().unwrap()
         );
-        assert_eq!(client_ip(proxy, &HeaderMap::new(), &[]), proxy);
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &[], false), proxy);
     }
 
     #[test]
@@ -568,25 +612,47 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        // Forwarded wins over X-Forwarded-For when both are present.
         h.insert("x-forwarded-for", "7.7.7.7".parse().unwrap());
         assert_eq!(
-            client_ip(proxy, &h, &trusted),
+            client_ip(proxy, &h, &trusted, true),
             "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        // The configured header only: a client-sent Forwarded does not override XFF.
+        assert_eq!(
+            client_ip(proxy, &h, &trusted, false),
+            "7.7.7.7".parse::<IpAddr>().unwrap()
         );
         h.insert("forwarded", "for=unknown, for=10.0.0.3".parse().unwrap());
         assert_eq!(
-            client_ip(proxy, &h, &trusted),
+            client_ip(proxy, &h, &trusted, true),
             "10.0.0.3".parse::<IpAddr>().unwrap()
         );
         h.insert("forwarded", "proto=https;for=192.0.2.60".parse().unwrap());
         assert_eq!(
-            client_ip(proxy, &h, &trusted),
+            client_ip(proxy, &h, &trusted, true),
             "192.0.2.60".parse::<IpAddr>().unwrap()
         );
         // Not from a trusted proxy: ignored.
         let stranger: IpAddr = "5.6.7.8".parse().unwrap();
-        assert_eq!(client_ip(stranger, &h, &trusted), stranger);
+        assert_eq!(client_ip(stranger, &h, &trusted, true), stranger);
+    }
+
+    #[test]
+    fn only_admins_act_for_others() {
+        use crate::auth::Role;
+        let alice = Principal::jwt("alice", Role::Editor, None);
+        assert_eq!(acting_for(&alice, None).unwrap(), "alice");
+        assert_eq!(acting_for(&alice, Some("owner=alice")).unwrap(), "alice");
+        assert_eq!(
+            acting_for(&alice, Some("owner=bob")).unwrap_err().code(),
+            "forbidden"
+        );
+        let admin = Principal::jwt("root", Role::Admin, None);
+        assert_eq!(acting_for(&admin, Some("owner=b%C3%B6b")).unwrap(), "böb");
+        assert_eq!(
+            acting_for(&admin, Some("owner=a%0Ab")).unwrap_err().code(),
+            "invalid_field"
+        );
     }
 
     #[test]

@@ -105,6 +105,22 @@ pub async fn handle(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
             .with_label_values(&["memory", "hit"])
             .inc();
         authorize(principal.as_ref(), &hit.owner, ctx)?;
+        // The image may have been deleted through another instance: re-check its existence
+        // at most every `auth.revocation_cache_secs`. A storage failure keeps serving the hit
+        // (cached reads survive an outage); only a definite "gone" purges it.
+        let bound = Duration::from_secs(app.config.auth.revocation_cache_secs);
+        if app.cache.stale(&hit.image, bound) {
+            match app.catalog.meta(&request.image).await {
+                Ok(_) => app.cache.confirm(&hit.image),
+                Err(Error::NotFound) => {
+                    app.cache.purge_image(&hit.image);
+                    return Err(Error::NotFound);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not re-check a cached image; serving the hit")
+                }
+            }
+        }
         return Ok(respond(&parts.headers, &hit, &headers));
     }
     metrics

@@ -302,7 +302,10 @@ mod tests {
             .unwrap();
         let head = head.await.unwrap();
         assert!(head.starts_with("put /o/images/x/original"), "{head}");
-        assert!(head.contains("x-amz-server-side-encryption: aws:kms"), "{head}");
+        assert!(
+            head.contains("x-amz-server-side-encryption: aws:kms"),
+            "{head}"
+        );
         assert!(
             head.contains("x-amz-server-side-encryption-aws-kms-key-id: key-1234"),
             "{head}"

@@ -193,19 +193,36 @@ async fn client_ip_comes_from_trusted_proxies_only() {
         Backend::Fs,
         &[("PIXGATE__SERVER__TRUSTED_PROXIES", "127.0.0.1/32")],
     );
+    // X-Forwarded-For (the default) is read; a client-sent Forwarded does not override it.
     get(
         &trusting.url("/healthz"),
-        &[("x-forwarded-for", "198.51.100.7")],
-    )
-    .await;
-    get(
-        &trusting.url("/readyz"),
-        &[("forwarded", "for=\"[2001:db8::9]:443\";proto=https")],
+        &[
+            ("x-forwarded-for", "198.51.100.7"),
+            ("forwarded", "for=203.0.113.66"),
+        ],
     )
     .await;
     let log = trusting.log();
     assert!(log.contains("client_ip=198.51.100.7"), "{log}");
+    assert!(!log.contains("203.0.113.66"), "{log}");
+    let rfc7239 = Server::start_with(
+        Backend::Fs,
+        &[
+            ("PIXGATE__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
+            ("PIXGATE__SERVER__CLIENT_IP_HEADER", "forwarded"),
+        ],
+    );
+    get(
+        &rfc7239.url("/readyz"),
+        &[
+            ("forwarded", "for=\"[2001:db8::9]:443\";proto=https"),
+            ("x-forwarded-for", "203.0.113.66"),
+        ],
+    )
+    .await;
+    let log = rfc7239.log();
     assert!(log.contains("client_ip=2001:db8::9"), "{log}");
+    assert!(!log.contains("203.0.113.66"), "{log}");
     let untrusting = Server::start(Backend::Fs);
     get(
         &untrusting.url("/healthz"),

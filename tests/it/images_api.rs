@@ -179,7 +179,13 @@ async fn metadata_changes_are_validated(backend: Backend) {
 }
 
 async fn signed_urls_are_minted_for_owners_with_bounded_lifetimes(backend: Backend) {
-    let s = Server::start_with(backend, &[("PIXGATE__SIGNING__MAX_URL_TTL_SECS", "7200")]);
+    let s = Server::start_with(
+        backend,
+        &[
+            ("PIXGATE__SIGNING__MAX_URL_TTL_SECS", "7200"),
+            ("PIXGATE__PRESETS__SHARE", "rs:fit:32:32/exp:4102444800"),
+        ],
+    );
     let alice = unique("alice");
     let t = token(&alice, Role::Viewer);
     let id = upload_fixture(&s, &alice, "photo_320x240.jpg", "image/jpeg").await;
@@ -223,6 +229,7 @@ async fn signed_urls_are_minted_for_owners_with_bounded_lifetimes(backend: Backe
             json!({"options": "rs:fit:1:1/plain/0123456789abcdef0123456789abcdef"}),
         ),
         ("own exp", json!({"options": "exp:99999999999"})),
+        ("a preset's exp", json!({"options": "pr:share"})),
         ("options not a string", json!({"options": 5})),
     ] {
         let r = call(&s, Method::POST, &path, &t, body).await;
@@ -392,6 +399,15 @@ async fn multipart_uploads_and_their_hostile_cases(backend: Backend) {
             "invalid_field",
         ),
         (
+            "tag flood",
+            multipart(&[
+                ("tags", None, "a,".repeat(150).as_bytes()),
+                ("file", Some("image/jpeg"), &jpeg),
+            ]),
+            400,
+            "invalid_field",
+        ),
+        (
             "truncated body",
             (
                 "multipart/form-data; boundary=abc".into(),
@@ -505,6 +521,33 @@ async fn sse_configured_uploads_work_against_the_store() {
     let s = Server::start_with(Backend::S3, &[("PIXGATE__STORAGE__S3_SSE", "AES256")]);
     let alice = unique("alice");
     let id = upload_fixture(&s, &alice, "photo_320x240.jpg", "image/jpeg").await;
-    let r = get(&s.url(&signed(&format!("/rs:fit:30:30/plain/{id}@png"))), &[]).await;
+    let r = get(
+        &s.url(&signed(&format!("/rs:fit:30:30/plain/{id}@png"))),
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn a_delete_through_one_instance_stops_the_others_serving_from_memory() {
+    let bound = [("PIXGATE__AUTH__REVOCATION_CACHE_SECS", "1")];
+    let a = Server::start_with(Backend::S3, &bound);
+    let b = Server::start_with(Backend::S3, &bound);
+    let alice = unique("alice");
+    let id = upload_fixture(&a, &alice, "photo_320x240.jpg", "image/jpeg").await;
+    let url = signed(&format!("/rs:fit:40:40/plain/{id}@png"));
+    assert_eq!(get(&b.url(&url), &[]).await.status, 200); // in b's memory now
+    let r = request(
+        Method::DELETE,
+        &a.url(&format!("/v1/images/{id}")),
+        &[("authorization", &bearer(&token(&alice, Role::Editor)))],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(get(&a.url(&url), &[]).await.status, 404);
+    // b notices within its bound (1 s here, `auth.revocation_cache_secs`).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(get(&b.url(&url), &[]).await.status, 404);
 }
