@@ -316,6 +316,8 @@ async fn api_key_lifecycle_end_to_end() {
     )
     .await;
     assert_eq!((r.status, r.code().as_str()), (403, "insufficient_scope"));
+    let www = r.header("www-authenticate").unwrap_or_default();
+    assert!(www.contains("error=\"insufficient_scope\""), "{www}");
     // Nobody mints keys for someone else, admins included.
     let admin = token(&unique("root"), Role::Admin);
     let r = request(
