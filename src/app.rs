@@ -10,6 +10,7 @@ use crate::config::{Config, parse_cidr};
 use crate::image::{
     Bitmap, EncodeSettings, Engine, ImageLimits, JpegDecoder, PngCompression, Subsampling,
 };
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::options::{OutputFormat, ParseLimits};
 use crate::signature::Signer;
@@ -27,7 +28,8 @@ pub struct App {
     pub cache: MemoryCache,
     pub workers: Workers,
     pub metrics: Metrics,
-    pub redis: Option<deadpool_redis::Pool>,
+    /// Quotas and rate limits (Redis, or in-process).
+    pub limiter: Limiter,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub image_limits: ImageLimits,
     pub parse_limits: ParseLimits,
@@ -59,24 +61,7 @@ impl App {
             config.signing.signature_size as usize,
         )?;
         let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
-        let redis = if config.redis.url.is_empty() {
-            None
-        } else {
-            let mut cfg = deadpool_redis::Config::from_url(config.redis.url.clone());
-            cfg.pool = Some(deadpool_redis::PoolConfig {
-                max_size: config.redis.pool_size as usize,
-                timeouts: deadpool_redis::Timeouts {
-                    wait: Some(Duration::from_millis(config.redis.timeout_ms)),
-                    create: Some(Duration::from_millis(config.redis.timeout_ms)),
-                    recycle: Some(Duration::from_millis(config.redis.timeout_ms)),
-                },
-                ..Default::default()
-            });
-            Some(
-                cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                    .map_err(|e| format!("redis.url: {e}"))?,
-            )
-        };
+        let redis = crate::limits::redis_pool(&config.redis)?;
         let revocation_ttl = Duration::from_secs(config.auth.revocation_cache_secs);
         let auth = Authenticator {
             jwt: JwtVerifier::from_config(&config.auth).await?,
@@ -110,7 +95,10 @@ impl App {
             .iter()
             .map(|f| OutputFormat::parse(f).map_err(|e| format!("transform.auto_formats: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
+        let limiter = Limiter::new(&config, redis, &metrics);
+        limiter.warm_up().await;
         Ok(App {
+            limiter,
             catalog: Catalog::new(store.clone(), l.max_source_bytes),
             store,
             signer,
@@ -123,7 +111,6 @@ impl App {
                 metrics.queue_wait.clone(),
             ),
             metrics,
-            redis,
             trusted_proxies,
             image_limits,
             parse_limits,

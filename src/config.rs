@@ -165,8 +165,11 @@ pub struct AuthConfig {
 pub struct RedisConfig {
     /// Empty: no Redis (in-process limits).
     pub url: String,
+    /// Deadline of every limiter call; slower answers fall back to the in-process limiter.
     pub timeout_ms: u64,
     pub pool_size: u64,
+    /// Prefix of every key pixgate writes (several deployments can share one Redis).
+    pub key_prefix: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,7 +186,46 @@ pub struct LimitsConfig {
     pub max_frames: u64,
     /// Formats accepted for upload (`jpeg`, `png`, `webp`, `gif`).
     pub upload_formats: Vec<String>,
+    /// Per-user quotas per rolling hour (the free tier and plans without an override).
+    pub uploads_per_hour: u64,
+    pub transforms_per_hour: u64,
+    /// The rolling window of both quotas: 3600 (an hour) unless testing or tuning.
+    pub quota_window_secs: u64,
+    /// Authenticated requests per user per rolling minute; 0: not limited.
+    pub requests_per_minute: u64,
+    /// Signed-URL requests per client IP per rolling minute; 0: not limited.
+    pub ip_requests_per_minute: u64,
+    /// Failed authentications an IP may make per window before it gets 429; 0: off.
+    pub auth_failures_per_ip: u64,
+    pub auth_failure_window_secs: u64,
+    /// Admins are not charged quotas.
+    pub admin_bypass: bool,
+    /// While Redis is unreachable, each instance enforces this share of every limit.
+    pub fallback_share_percent: u64,
+    /// Subjects (users, IPs) the in-process limiter tracks at most.
+    pub local_max_keys: u64,
+    /// `limits.plans.<plan>.*`: overrides chosen by the plan claim.
+    pub plans: std::collections::BTreeMap<String, PlanLimits>,
 }
+
+/// `limits.plans.<plan>`: any key left out takes the top-level value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlanLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploads_per_hour: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transforms_per_hour: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+}
+
+/// Keys a `limits.plans.<plan>` table may hold.
+const PLAN_KEYS: &[&str] = &[
+    "uploads_per_hour",
+    "transforms_per_hour",
+    "requests_per_minute",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -330,8 +372,9 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: String::new(),
-            timeout_ms: 250,
+            timeout_ms: 50,
             pool_size: 16,
+            key_prefix: "pixgate".into(),
         }
     }
 }
@@ -345,6 +388,17 @@ impl Default for LimitsConfig {
             max_result_dimension: 16_383,
             max_frames: 1000,
             upload_formats: ["jpeg", "png", "webp", "gif"].map(String::from).to_vec(),
+            uploads_per_hour: 100,
+            transforms_per_hour: 1000,
+            quota_window_secs: 3600,
+            requests_per_minute: 300,
+            ip_requests_per_minute: 1200,
+            auth_failures_per_ip: 5,
+            auth_failure_window_secs: 900,
+            admin_bypass: true,
+            fallback_share_percent: 100,
+            local_max_keys: 100_000,
+            plans: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -681,6 +735,19 @@ impl Config {
         }
         seconds("redis.timeout_ms", r.timeout_ms.div_ceil(1000))?;
         positive("redis.pool_size", r.pool_size)?;
+        if r.key_prefix.is_empty()
+            || r.key_prefix.len() > 64
+            || !r
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        {
+            // Braces would change the Redis Cluster hash tag of every key.
+            return Err(ConfigError::new(
+                "redis.key_prefix",
+                "1 to 64 characters of [A-Za-z0-9-_.:]",
+            ));
+        }
 
         let l = &self.limits;
         positive("limits.max_source_bytes", l.max_source_bytes)?;
@@ -699,6 +766,39 @@ impl Config {
                     "limits.upload_formats",
                     format!("`{f}` is not one of: jpeg, png, webp, gif"),
                 ));
+            }
+        }
+        positive("limits.uploads_per_hour", l.uploads_per_hour)?;
+        positive("limits.transforms_per_hour", l.transforms_per_hour)?;
+        seconds(
+            "limits.auth_failure_window_secs",
+            l.auth_failure_window_secs,
+        )?;
+        seconds("limits.quota_window_secs", l.quota_window_secs)?;
+        if !(1..=100).contains(&l.fallback_share_percent) {
+            return Err(ConfigError::new(
+                "limits.fallback_share_percent",
+                "must be between 1 and 100",
+            ));
+        }
+        positive("limits.local_max_keys", l.local_max_keys)?;
+        for (name, plan) in &l.plans {
+            if !valid_name(name) {
+                return Err(ConfigError::new(
+                    &format!("limits.plans.{name}"),
+                    "plan names are [A-Za-z0-9_-]",
+                ));
+            }
+            for (key, v) in [
+                ("uploads_per_hour", plan.uploads_per_hour),
+                ("transforms_per_hour", plan.transforms_per_hour),
+            ] {
+                if v == Some(0) {
+                    return Err(ConfigError::new(
+                        &format!("limits.plans.{name}.{key}"),
+                        "must be greater than 0",
+                    ));
+                }
             }
         }
         if !(1..=16_383).contains(&l.max_result_dimension) {
@@ -769,11 +869,7 @@ impl Config {
                 }
                 continue;
             }
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
+            if !valid_name(name) {
                 return Err(ConfigError::new(&key, "preset names are [A-Za-z0-9_-]"));
             }
             let Some(options) = value.as_str() else {
@@ -943,6 +1039,14 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("`{s}` is not a CIDR or IP address"))
 }
 
+/// Preset and plan names: `[A-Za-z0-9_-]+`.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// `scheme://host[:port]` with nothing after it (what a browser sends in `Origin`).
 fn valid_origin(s: &str) -> bool {
     let Some((scheme, rest)) = s.split_once("://") else {
@@ -1072,6 +1176,23 @@ fn check_types(
             path.pop();
             continue;
         }
+        if path.len() == 3 && path[0] == "limits" && path[1] == "plans" {
+            // Free-form plan names, each a table of known integer keys.
+            let toml::Value::Table(plan) = v else {
+                return Err(ConfigError::new(&key, "must be a table"));
+            };
+            for (k, pv) in plan {
+                let full = format!("{key}.{k}");
+                if !PLAN_KEYS.contains(&k.as_str()) {
+                    return Err(ConfigError::new(&full, "unknown configuration key"));
+                }
+                if !matches!(pv, toml::Value::Integer(i) if *i >= 0) {
+                    return Err(ConfigError::new(&full, "must be a non-negative integer"));
+                }
+            }
+            path.pop();
+            continue;
+        }
         let Some(default) = get_path(defaults, path) else {
             return Err(ConfigError::new(&key, "unknown configuration key"));
         };
@@ -1122,6 +1243,20 @@ fn typed_env_value(
         } else {
             toml::Value::String(raw.to_owned())
         });
+    }
+    if path.len() == 4 && path[0] == "limits" && path[1] == "plans" {
+        if !PLAN_KEYS.contains(&path[3].as_str()) {
+            return Err(ConfigError::new(&key, "unknown configuration key"));
+        }
+        return raw
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|v| i64::try_from(v).ok())
+            .map(toml::Value::Integer)
+            .ok_or_else(|| {
+                ConfigError::new(&key, format!("`{raw}` is not a non-negative integer"))
+            });
     }
     let Some(default) = get_path(defaults, path) else {
         return Err(ConfigError::new(&key, "unknown configuration key"));

@@ -77,6 +77,10 @@ pub enum Error {
     Timeout,
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
+    #[error("{} quota exceeded: {} per {} s; retry in {} s", .0.policy.kind.name(), .0.policy.limit, .0.policy.window_ms / 1000, .0.retry_after_secs())]
+    QuotaExceeded(Box<crate::limits::Status>),
+    #[error("rate limited: {} {} per {} s; retry in {} s", .0.policy.limit, .0.policy.kind.name(), .0.policy.window_ms / 1000, .0.retry_after_secs())]
+    RateLimited(Box<crate::limits::Status>),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -111,6 +115,7 @@ impl Error {
             Error::Overloaded | Error::Timeout | Error::StorageUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Error::QuotaExceeded(_) | Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -144,6 +149,8 @@ impl Error {
             Error::Overloaded => "overloaded",
             Error::Timeout => "timeout",
             Error::StorageUnavailable(_) => "storage_unavailable",
+            Error::QuotaExceeded(_) => "quota_exceeded",
+            Error::RateLimited(_) => "rate_limited",
             Error::Internal(_) => "internal",
         }
     }
@@ -163,7 +170,9 @@ impl Error {
             | Error::TooManyPixels { .. }
             | Error::TooManyFrames { .. }
             | Error::ResultTooLarge { .. }
-            | Error::TooManyApiKeys { .. } => Category::Limit,
+            | Error::TooManyApiKeys { .. }
+            | Error::QuotaExceeded(_)
+            | Error::RateLimited(_) => Category::Limit,
             Error::Overloaded | Error::Timeout => Category::Overload,
             Error::StorageUnavailable(_) => Category::Upstream,
             Error::Internal(_) => Category::Internal,

@@ -26,6 +26,7 @@ pub mod error;
 pub mod http;
 pub mod id;
 pub mod image;
+pub mod limits;
 pub mod metrics;
 pub mod options;
 pub mod server;

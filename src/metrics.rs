@@ -4,8 +4,8 @@
 //! error categories. Never user ids, image ids or IPs.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 pub const HTTP_REQUESTS_TOTAL: &str = "pixgate_http_requests_total";
@@ -19,6 +19,15 @@ pub const TRANSFORM_QUEUE_WAIT_SECONDS: &str = "pixgate_transform_queue_wait_sec
 pub const CACHE_REQUESTS_TOTAL: &str = "pixgate_cache_requests_total";
 pub const CACHE_MEMORY_BYTES: &str = "pixgate_cache_memory_bytes";
 pub const CONNECTIONS_OPEN: &str = "pixgate_connections_open";
+pub const QUOTA_DECISIONS_TOTAL: &str = "pixgate_quota_decisions_total";
+pub const LIMITER_FALLBACK_TOTAL: &str = "pixgate_limiter_fallback_total";
+pub const LIMITER_DEGRADED: &str = "pixgate_limiter_degraded";
+pub const REDIS_DURATION_SECONDS: &str = "pixgate_redis_duration_seconds";
+
+/// Redis calls on loopback take tens of microseconds; the deadline is tens of milliseconds.
+const REDIS_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -45,6 +54,15 @@ pub struct Metrics {
     pub cache_requests: IntCounterVec,
     pub cache_memory_bytes: IntGauge,
     pub connections: IntGauge,
+    /// `{limiter, outcome}`: limiter `uploads|transforms|requests|ip|auth_failures`, outcome
+    /// `allowed|refused|bypassed`.
+    pub quota_decisions: IntCounterVec,
+    /// Decisions made by the in-process limiter because Redis was unreachable.
+    pub limiter_fallback: IntCounter,
+    /// 1 while Redis is unreachable and limits are per instance.
+    pub limiter_degraded: IntGauge,
+    /// Round trip of each limiter call to Redis.
+    pub redis_duration: Histogram,
 }
 
 impl Metrics {
@@ -105,6 +123,28 @@ impl Metrics {
         let cache_memory_bytes =
             IntGauge::new(CACHE_MEMORY_BYTES, "Bytes held by the memory cache.")?;
         let connections = IntGauge::new(CONNECTIONS_OPEN, "Open client connections.")?;
+        let quota_decisions = IntCounterVec::new(
+            Opts::new(
+                QUOTA_DECISIONS_TOTAL,
+                "Quota and rate-limit decisions by limiter and outcome.",
+            ),
+            &["limiter", "outcome"],
+        )?;
+        let limiter_fallback = IntCounter::new(
+            LIMITER_FALLBACK_TOTAL,
+            "Limiter decisions made in-process because Redis was unreachable.",
+        )?;
+        let limiter_degraded = IntGauge::new(
+            LIMITER_DEGRADED,
+            "1 while Redis is unreachable and limits are enforced per instance.",
+        )?;
+        let redis_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                REDIS_DURATION_SECONDS,
+                "Round-trip time of limiter calls to Redis.",
+            )
+            .buckets(REDIS_BUCKETS.to_vec()),
+        )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(http_bytes_out.clone()))?;
@@ -116,6 +156,10 @@ impl Metrics {
         registry.register(Box::new(cache_requests.clone()))?;
         registry.register(Box::new(cache_memory_bytes.clone()))?;
         registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(quota_decisions.clone()))?;
+        registry.register(Box::new(limiter_fallback.clone()))?;
+        registry.register(Box::new(limiter_degraded.clone()))?;
+        registry.register(Box::new(redis_duration.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
@@ -129,6 +173,10 @@ impl Metrics {
             cache_requests,
             cache_memory_bytes,
             connections,
+            quota_decisions,
+            limiter_fallback,
+            limiter_degraded,
+            redis_duration,
         })
     }
 
@@ -192,6 +240,8 @@ mod tests {
             TRANSFORM_DURATION_SECONDS,
             INFLIGHT_REQUESTS,
             TRANSFORM_QUEUE_DEPTH,
+            LIMITER_FALLBACK_TOTAL,
+            LIMITER_DEGRADED,
         ] {
             assert!(text.contains(name), "{name} missing");
         }

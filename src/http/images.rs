@@ -28,11 +28,12 @@ use super::{
     reject_large_body,
 };
 use crate::app::App;
-use crate::auth::{Action, Principal};
+use crate::auth::{Action, Principal, Role};
 use crate::catalog::{ImageMeta, MetaPatch, normalise_tags};
 use crate::error::Error;
 use crate::id::ImageId;
 use crate::image::{self, ImageFormat};
+use crate::limits::Kind;
 use crate::options::parse_path;
 
 /// Room for multipart framing and the metadata fields on top of the image itself.
@@ -63,6 +64,18 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
     let (parts, body) = req.into_parts();
     let principal = authorize(app, &parts.headers, ctx, Action::Upload).await?;
     let owner = acting_for(&principal, parts.uri.query())?;
+    // Charged before the body is read, so a caller over quota costs no bandwidth or decode; an
+    // upload that fails (any error below, or a dropped connection) gives the unit back.
+    let charge = ctx.limit(
+        app.limiter
+            .charge(
+                Kind::Uploads,
+                &principal.user_id,
+                principal.plan.as_deref(),
+                principal.role == Role::Admin,
+            )
+            .await,
+    )?;
     let content_type = parts
         .headers
         .get(CONTENT_TYPE)
@@ -105,6 +118,7 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
     tokio::spawn(async move { catalog.create(&record, bytes).await })
         .await
         .map_err(|e| Error::Internal(format!("storage task failed: {e}")))??;
+    charge.commit();
     tracing::info!(request_id = %ctx.request_id, image = %id, format = probe.format.as_str(), bytes = meta.bytes, "image stored");
 
     let mut resp = json_response(StatusCode::CREATED, &meta_json(&meta));

@@ -12,6 +12,7 @@ mod images;
 mod keys;
 mod ops;
 mod transform;
+mod usage;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::auth::{Action, Principal};
 use crate::error::Error;
+use crate::limits::{Charge, Status};
 use crate::metrics::{GaugeGuard, status_class};
 
 /// Response body type.
@@ -39,6 +41,8 @@ const X_FRAME_OPTIONS: HeaderName = HeaderName::from_static("x-frame-options");
 const REFERRER_POLICY: HeaderName = HeaderName::from_static("referrer-policy");
 const CONTENT_SECURITY_POLICY: HeaderName = HeaderName::from_static("content-security-policy");
 const STRICT_TRANSPORT_SECURITY: HeaderName = HeaderName::from_static("strict-transport-security");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const MAX_REQUEST_ID_LEN: usize = 64;
 
 /// Routes (their labels are metric label values).
@@ -59,6 +63,8 @@ enum Route {
     ApiKey(String),
     /// `/v1/admin/users/{user}/revoke-tokens`.
     AdminRevoke(String),
+    /// `/v1/usage`: the caller's quotas.
+    Usage,
     /// Any other `/v1` path.
     Api,
     Transform,
@@ -75,6 +81,7 @@ impl Route {
             Route::ImageUrl(_) => "image_url",
             Route::ApiKeys | Route::ApiKey(_) => "api_keys",
             Route::AdminRevoke(_) => "admin",
+            Route::Usage => "usage",
             Route::Api => "api",
             Route::Transform => "transform",
         }
@@ -97,12 +104,61 @@ pub struct Ctx {
     /// Who the request acted as (user id, auth method), once known: for the request log.
     /// Held only to set or read the value, never across an `.await`.
     actor: Mutex<Option<(String, &'static str)>>,
+    /// The limits this request was subject to, for the `RateLimit` headers (one per policy).
+    limits: Mutex<Vec<Status>>,
 }
 
 impl Ctx {
     /// Records the acting principal (for signed URLs: the image's owner).
     pub fn set_actor(&self, user_id: &str, method: &'static str) {
         *self.actor.lock().unwrap_or_else(|p| p.into_inner()) = Some((user_id.to_owned(), method));
+    }
+
+    /// Records a limit's state for the response headers.
+    pub fn note_limit(&self, status: &Status) {
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        limits.retain(|s| s.policy.kind != status.policy.kind);
+        limits.push(status.clone());
+    }
+
+    /// Passes a limiter decision through, recording its state (also when it refused).
+    pub fn limit<T>(&self, decision: Result<T, Error>) -> Result<T, Error>
+    where
+        T: LimitState,
+    {
+        match &decision {
+            Ok(v) => {
+                if let Some(s) = v.limit_state() {
+                    self.note_limit(s);
+                }
+            }
+            Err(Error::QuotaExceeded(s) | Error::RateLimited(s)) => self.note_limit(s),
+            Err(_) => {}
+        }
+        decision
+    }
+}
+
+/// A limiter answer that may carry a limit's state.
+pub trait LimitState {
+    fn limit_state(&self) -> Option<&Status>;
+}
+
+impl LimitState for Option<Status> {
+    fn limit_state(&self) -> Option<&Status> {
+        self.as_ref()
+    }
+}
+
+impl LimitState for () {
+    fn limit_state(&self) -> Option<&Status> {
+        None
+    }
+}
+
+impl LimitState for Charge {
+    fn limit_state(&self) -> Option<&Status> {
+        self.status()
     }
 }
 
@@ -137,6 +193,7 @@ fn classify(path: &str, listener: Listener, app: &App) -> Route {
         ["api-keys"] => Route::ApiKeys,
         ["api-keys", id] => Route::ApiKey((*id).to_owned()),
         ["admin", "users", user, "revoke-tokens"] => Route::AdminRevoke((*user).to_owned()),
+        ["usage"] => Route::Usage,
         _ if rest.is_empty() || rest.starts_with('/') => Route::Api,
         _ => Route::Transform,
     }
@@ -163,6 +220,7 @@ pub async fn handle(
         ),
         tls,
         actor: Mutex::new(None),
+        limits: Mutex::new(Vec::new()),
     };
     let route = classify(req.uri().path(), listener, &app);
     let is_head = req.method() == Method::HEAD;
@@ -213,6 +271,8 @@ async fn dispatch(
         (Route::ApiKey(_), _) => Err(Error::MethodNotAllowed("DELETE")),
         (Route::AdminRevoke(user), Method::POST) => admin::revoke_tokens(app, req, ctx, user).await,
         (Route::AdminRevoke(_), _) => Err(Error::MethodNotAllowed("POST")),
+        (Route::Usage, _) if get_like => usage::get(app, req, ctx).await,
+        (Route::Usage, _) => Err(Error::MethodNotAllowed("GET, HEAD")),
         (Route::Api, _) => Err(Error::NotFound),
         (Route::Transform, _) if get_like => transform::handle(app, req, ctx).await,
         _ => Err(Error::MethodNotAllowed("GET, HEAD")),
@@ -237,6 +297,19 @@ fn finish(
         h.insert(X_REQUEST_ID, v);
     }
     security_headers(h, ctx.tls.then_some(app.config.server.hsts_max_age_secs));
+    if let Some(Error::QuotaExceeded(s) | Error::RateLimited(s)) = &error {
+        ctx.note_limit(s);
+    }
+    let limits = std::mem::take(&mut *ctx.limits.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Some((policy, state)) = crate::limits::header_values(&limits)
+        && let (Ok(policy), Ok(state)) = (
+            HeaderValue::from_str(&policy),
+            HeaderValue::from_str(&state),
+        )
+    {
+        h.insert(RATELIMIT_POLICY, policy);
+        h.insert(RATELIMIT, state);
+    }
     let status = resp.status().as_u16();
     let m = &app.metrics;
     m.http_requests
@@ -325,6 +398,12 @@ fn error_response(e: &Error) -> Response<Body> {
         Error::Overloaded | Error::Timeout | Error::StorageUnavailable(_) => {
             h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        Error::QuotaExceeded(s) | Error::RateLimited(s) => {
+            h.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(s.retry_after_secs()),
+            );
+        }
         _ => {}
     }
     resp
@@ -369,14 +448,37 @@ pub(crate) fn reject_large_body(headers: &HeaderMap, limit: u64) -> Result<(), E
 }
 
 /// The bearer principal of a request (JWT or API key), or `MissingToken`; recorded as the
-/// request's actor.
+/// request's actor and charged one request of its per-user rate.
+///
+/// A presented credential is tried only if the client IP is under the failed-authentication
+/// limit, and a credential that fails (invalid, revoked, unknown API key; not merely expired)
+/// counts against that limit. No credential at all is not an attempt: `401` with no I/O.
 pub(crate) async fn authenticate(
     app: &App,
     headers: &HeaderMap,
     ctx: &Ctx,
 ) -> Result<Principal, Error> {
-    let p = app.auth.authenticate(headers).await?;
+    if headers.contains_key(http::header::AUTHORIZATION) {
+        ctx.limit(app.limiter.guard_auth(ctx.client_ip).await)?;
+    }
+    let p = match app.auth.authenticate(headers).await {
+        Ok(p) => p,
+        Err(e) => {
+            // Guesses count; an expired token does not: its signature is valid, and clients
+            // (single-page apps above all) routinely send a few before refreshing — counting
+            // them would lock whole offices out for 15 minutes.
+            if matches!(e, Error::InvalidToken(_)) {
+                app.limiter.auth_failed(ctx.client_ip).await;
+            }
+            return Err(e);
+        }
+    };
     ctx.set_actor(&p.user_id, p.method_name());
+    ctx.limit(
+        app.limiter
+            .user_request(&p.user_id, p.plan.as_deref())
+            .await,
+    )?;
     Ok(p)
 }
 

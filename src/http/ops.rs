@@ -1,8 +1,6 @@
 //! Operational endpoints: `/healthz` (the process is up), `/readyz` (its dependencies answer),
 //! `/metrics` (Prometheus text).
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
@@ -11,12 +9,15 @@ use serde_json::json;
 
 use super::{Body, json_response};
 use crate::app::App;
+use crate::limits::Backend;
 
 pub fn healthz() -> Response<Body> {
     json_response(StatusCode::OK, &json!({"status": "ok"}))
 }
 
-/// Ready when storage answers and, if configured, Redis answers `PING`.
+/// Ready when storage answers. Redis is not required: while it is unreachable the limiter
+/// runs per instance (`"status": "degraded"`, still `200`), because taking every instance out
+/// of the load balancer over a Redis outage would turn it into an outage of cached reads.
 pub async fn readyz(app: &App) -> Response<Body> {
     let storage = match app.store.check().await {
         Ok(()) => "ok",
@@ -25,41 +26,23 @@ pub async fn readyz(app: &App) -> Response<Body> {
             "error"
         }
     };
-    let redis = match &app.redis {
-        None => "disabled",
-        Some(pool) => {
-            let timeout = Duration::from_millis(app.config.redis.timeout_ms.max(500));
-            let ping = async {
-                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                deadpool_redis::redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            match tokio::time::timeout(timeout, ping).await {
-                Ok(Ok(_)) => "ok",
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "readiness: redis check failed");
-                    "error"
-                }
-                Err(_) => {
-                    tracing::warn!("readiness: redis check timed out");
-                    "error"
-                }
-            }
-        }
+    let backend = app.limiter.check().await;
+    let redis = match backend {
+        Backend::Local => "disabled",
+        Backend::Redis => "ok",
+        Backend::Fallback => "error",
     };
-    let ready = storage == "ok" && redis != "error";
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let (status, word) = match (storage, redis) {
+        ("ok", "error") => (StatusCode::OK, "degraded"),
+        ("ok", _) => (StatusCode::OK, "ready"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "unready"),
     };
     json_response(
         status,
         &json!({
-            "status": if ready { "ready" } else { "unready" },
+            "status": word,
             "checks": {"storage": storage, "redis": redis},
+            "limiter": backend.as_str(),
         }),
     )
 }

@@ -18,10 +18,11 @@ use sha2::{Digest, Sha256};
 
 use super::{Body, Ctx, authenticate};
 use crate::app::App;
-use crate::auth::{Action, Principal};
+use crate::auth::{Action, Principal, Role};
 use crate::cache::CachedResult;
 use crate::error::Error;
 use crate::image::ImageFormat;
+use crate::limits::Kind;
 use crate::options::{OutputFormat, parse_path};
 use crate::signature::unix_now;
 
@@ -40,6 +41,8 @@ pub async fn handle(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
         p.allow(Action::Transform)?;
         Some(p)
     } else if app.signer.verify(signature, tail) {
+        // Signed URLs carry no credential: their request rate is per client IP.
+        ctx.limit(app.limiter.ip_request(ctx.client_ip).await)?;
         None
     } else {
         return Err(Error::InvalidSignature);
@@ -140,6 +143,33 @@ pub async fn handle(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
         return Ok(not_modified(&etag, last_modified, &headers));
     }
 
+    // A computation is charged to the caller (bearer) or to the image's owner (signed URL,
+    // at the plan the owner last authenticated with). The unit is given back if the work never
+    // starts (queue full, original unavailable, request dropped); once the CPU work has begun
+    // it stays spent, whatever the result.
+    let charge = match &principal {
+        Some(p) => {
+            let charge = app
+                .limiter
+                .charge(
+                    Kind::Transforms,
+                    &p.user_id,
+                    p.plan.as_deref(),
+                    p.role == Role::Admin,
+                )
+                .await;
+            ctx.limit(charge)?
+        }
+        None => {
+            // The owner's quota state is not put on a public, CDN-cacheable response; only a
+            // refusal says why (the error carries it).
+            let plan = app.limiter.plan_of(&meta.owner).await;
+            app.limiter
+                .charge(Kind::Transforms, &meta.owner, plan.as_deref(), false)
+                .await?
+        }
+    };
+
     // Reserve the CPU-queue place before fetching: at most workers + queue_len originals are
     // held in memory at once, and an overloaded server refuses before doing any I/O.
     let admission = app.workers.admit()?;
@@ -157,6 +187,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
         None
     };
     let original = app.catalog.original(&request.image).await?;
+    charge.commit();
     let engine = app.engine.clone();
     let job_spec = spec.clone();
     let timer = metrics.transform_duration.clone();

@@ -257,6 +257,12 @@ pub fn server_env(backend: Backend, dir: &Path, extra: &[(&str, &str)]) -> Vec<(
         ("PIXGATE__AUTH__JWT_AUDIENCE", AUDIENCE),
         ("PIXGATE__LOG__LEVEL", "pixgate=debug,warn"),
         ("PIXGATE__TRANSFORM__WORKERS", "2"),
+        // Tests run in parallel from one address against one Redis: each server gets its own
+        // key space, and limits that would couple unrelated tests are opened wide. The limits
+        // tests (`limits.rs`) set the real values they test.
+        ("PIXGATE__LIMITS__AUTH_FAILURES_PER_IP", "100000"),
+        ("PIXGATE__LIMITS__REQUESTS_PER_MINUTE", "100000"),
+        ("PIXGATE__LIMITS__IP_REQUESTS_PER_MINUTE", "100000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -288,6 +294,10 @@ pub fn server_env(backend: Backend, dir: &Path, extra: &[(&str, &str)]) -> Vec<(
             ));
         }
     }
+    env.push((
+        "PIXGATE__REDIS__KEY_PREFIX".into(),
+        format!("t{}", crate::identity::unique("k")),
+    ));
     for (k, v) in extra {
         env.retain(|(ek, _)| ek != k);
         env.push(((*k).to_owned(), (*v).to_owned()));
@@ -406,16 +416,92 @@ pub fn auth_config() -> AuthConfig {
 
 /// A valid token for `sub` with `role`.
 pub fn token(sub: &str, role: Role) -> String {
+    token_with_plan(sub, role, None)
+}
+
+/// A valid token for `sub` with `role` and a `plan` claim.
+pub fn token_with_plan(sub: &str, role: Role, plan: Option<&str>) -> String {
     mint_hs256(
         &auth_config(),
         &TokenRequest {
             sub: sub.into(),
             role,
-            plan: None,
+            plan: plan.map(String::from),
             ttl_secs: 600,
         },
     )
     .expect("mint")
+}
+
+/// A `redis-server` of one test's own, which the test may kill, slow down and restart (on the
+/// same port) without disturbing the shared one.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> PrivateRedis {
+        let mut r = PrivateRedis {
+            port: free_port(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts (again) on the same port, empty: the shared Redis keeps nothing on disk either.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--enable-debug-command", "yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.child = Some(spawn_tied(&mut cmd).expect("redis-server"));
+        wait_port(self.port, Duration::from_secs(10));
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let mut c = self.child.take().expect("running");
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// `redis-cli` against this server.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// `redis-cli` started in the background (e.g. `DEBUG SLEEP`).
+    pub fn cli_background(&self, args: &[&str]) -> Child {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-cli")
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// `Authorization: Bearer …` for a credential.

@@ -7,6 +7,7 @@ mod cli;
 mod edge;
 mod identity;
 mod images_api;
+mod limits;
 mod options;
 mod server;
 mod transform;

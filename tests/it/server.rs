@@ -281,12 +281,15 @@ async fn readiness_reflects_dependencies() {
         r.json()["checks"],
         serde_json::json!({"storage": "ok", "redis": "ok"})
     );
-    // Redis configured but unreachable → not ready.
+    // Redis configured but unreachable → still serving (limits fall back to the in-process
+    // limiter), reported as degraded.
     let dead = format!("redis://127.0.0.1:{}/0", free_port());
     let s = Server::start_with(Backend::S3, &[("PIXGATE__REDIS__URL", &dead)]);
     let r = get(&s.url("/readyz"), &[]).await;
-    assert_eq!(r.status, 503);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "degraded");
     assert_eq!(r.json()["checks"]["redis"], "error");
+    assert_eq!(r.json()["limiter"], "fallback");
     // A missing bucket → not ready.
     let s = Server::start_with(
         Backend::S3,
