@@ -33,7 +33,7 @@ use crate::catalog::{ImageMeta, MetaPatch, normalise_tags};
 use crate::error::Error;
 use crate::id::ImageId;
 use crate::image::{self, ImageFormat};
-use crate::limits::Kind;
+use crate::limits::{Charge, Kind};
 use crate::options::parse_path;
 
 /// Room for multipart framing and the metadata fields on top of the image itself.
@@ -64,8 +64,10 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
     let (parts, body) = req.into_parts();
     let principal = authorize(app, &parts.headers, ctx, Action::Upload).await?;
     let owner = acting_for(&principal, parts.uri.query())?;
-    // Charged before the body is read, so a caller over quota costs no bandwidth or decode; an
-    // upload that fails (any error below, or a dropped connection) gives the unit back.
+    // Charged before the body is read, so a caller over quota costs no bandwidth or decode.
+    // An upload refused before its full decode starts (type, size, header checks, a full CPU
+    // queue, a dropped connection) gives the unit back; once the decode has started the unit
+    // is spent, whatever follows, so undecodable bodies cannot buy free CPU time.
     let charge = ctx.limit(
         app.limiter
             .charge(
@@ -93,7 +95,7 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
         reject_large_body(&parts.headers, cap)?;
         (read_body(body, cap).await?, declared, MetaPatch::default())
     };
-    let (probe, sha256) = validate(app, &bytes, declared).await?;
+    let (probe, sha256) = validate(app, &bytes, declared, charge).await?;
 
     let id = ImageId::generate().map_err(|e| Error::Internal(format!("id generation: {e}")))?;
     // Dimensions as displayed (EXIF orientation applied), the space transforms work in.
@@ -118,7 +120,6 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
     tokio::spawn(async move { catalog.create(&record, bytes).await })
         .await
         .map_err(|e| Error::Internal(format!("storage task failed: {e}")))??;
-    charge.commit();
     tracing::info!(request_id = %ctx.request_id, image = %id, format = probe.format.as_str(), bytes = meta.bytes, "image stored");
 
     let mut resp = json_response(StatusCode::CREATED, &meta_json(&meta));
@@ -157,11 +158,13 @@ fn image_mime(name: &str) -> Option<&'static str> {
     .map(ImageFormat::mime)
 }
 
-/// Magic bytes, header pixel count, then a full decode and the SHA-256 on the CPU pool.
+/// Magic bytes, header pixel count, then a full decode and the SHA-256 on the CPU pool; the
+/// upload's quota unit is committed when that decode starts.
 async fn validate(
     app: &App,
     bytes: &Bytes,
     declared: ImageFormat,
+    charge: Charge,
 ) -> Result<(image::Probe, String), Error> {
     if bytes.is_empty() {
         return Err(Error::InvalidImage("empty body".into()));
@@ -185,6 +188,7 @@ async fn validate(
     Ok(app
         .workers
         .run(move || {
+            charge.commit();
             let probe = image::validate_upload(&job, &limits)?;
             Ok::<_, image::ImageError>((probe, hex::encode(Sha256::digest(&job))))
         })

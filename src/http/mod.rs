@@ -301,14 +301,19 @@ fn finish(
         ctx.note_limit(s);
     }
     let limits = std::mem::take(&mut *ctx.limits.lock().unwrap_or_else(|p| p.into_inner()));
-    if let Some((policy, state)) = crate::limits::header_values(&limits)
-        && let (Ok(policy), Ok(state)) = (
-            HeaderValue::from_str(&policy),
-            HeaderValue::from_str(&state),
-        )
-    {
-        h.insert(RATELIMIT_POLICY, policy);
-        h.insert(RATELIMIT, state);
+    if let Some((policy, state)) = crate::limits::header_values(&limits) {
+        if let Ok(v) = HeaderValue::from_str(&policy) {
+            h.insert(RATELIMIT_POLICY, v);
+        }
+        // A shared cache would replay one client's remaining allowance to everyone: public
+        // (CDN-cacheable) responses carry the policy only.
+        let public = h
+            .get(CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("public"));
+        if !public && let Ok(v) = HeaderValue::from_str(&state) {
+            h.insert(RATELIMIT, v);
+        }
     }
     let status = resp.status().as_u16();
     let m = &app.metrics;

@@ -145,8 +145,8 @@ pub async fn handle(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
 
     // A computation is charged to the caller (bearer) or to the image's owner (signed URL,
     // at the plan the owner last authenticated with). The unit is given back if the work never
-    // starts (queue full, original unavailable, request dropped); once the CPU work has begun
-    // it stays spent, whatever the result.
+    // starts (queue full, original unavailable, request dropped while queued); once the CPU
+    // work has begun it stays spent, whatever the result.
     let charge = match &principal {
         Some(p) => {
             let charge = app
@@ -187,13 +187,14 @@ pub async fn handle(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
         None
     };
     let original = app.catalog.original(&request.image).await?;
-    charge.commit();
     let engine = app.engine.clone();
     let job_spec = spec.clone();
     let timer = metrics.transform_duration.clone();
     let encoded = app
         .workers
         .run_admitted(admission, move || {
+            // The work starts: the quota unit is spent from here on.
+            charge.commit();
             // Timed on the worker: queueing for a worker is not computation.
             let _timer = timer.start_timer();
             let _avif = avif_permit;

@@ -2,10 +2,12 @@
 //! unreachable. Same algorithms and the same answers as the Redis scripts (`remote.rs`), on the
 //! wall clock of this process.
 //!
-//! Memory is bounded: at most `limits.local_max_keys` subjects, least recently used evicted
-//! first (an evicted subject starts again from zero, which only matters under a flood of
-//! distinct subjects; the bound is there so that flood cannot exhaust memory). Per subject, a
-//! sliding log holds at most `limit` entries and a bucketed window at most 61 counters.
+//! Memory is bounded: at most `limits.local_max_keys` users and, separately, as many client
+//! addresses, least recently used evicted first (an evicted subject starts again from zero,
+//! which only matters under a flood of distinct subjects; the bound is there so that flood
+//! cannot exhaust memory, and the two maps are apart so that a flood of addresses cannot evict
+//! users' quotas). Per subject, a sliding log holds at most `limit` entries (plus units
+//! mirrored from Redis, which Redis also bounded) and a bucketed window at most 62 counters.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
-use super::{Algorithm, BUCKETS, Mode, Outcome, Policy, nonce, now_us};
+use super::{Algorithm, BUCKETS, Kind, Mode, Outcome, Policy, nonce, now_us};
 
 const SHARDS: usize = 16;
 
@@ -26,8 +28,13 @@ enum Entry {
     Buckets(VecDeque<(u64, u64)>),
 }
 
+type Shard = Mutex<LruCache<String, Entry>>;
+
 pub struct LocalStore {
-    shards: Vec<Mutex<LruCache<String, Entry>>>,
+    /// Users' subjects (quotas, request rates).
+    shards: Vec<Shard>,
+    /// Client addresses' subjects (`ip`, `auth_failures`).
+    ip_shards: Vec<Shard>,
     plans: Mutex<LruCache<String, (String, Instant)>>,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -39,13 +46,20 @@ impl LocalStore {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(LruCache::new(per_shard)))
                 .collect(),
+            ip_shards: (0..SHARDS)
+                .map(|_| Mutex::new(LruCache::new(per_shard)))
+                .collect(),
             plans: Mutex::new(LruCache::new(per_shard)),
             hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 
-    fn shard(&self, key: &str) -> &Mutex<LruCache<String, Entry>> {
-        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    fn shard(&self, key: &str, kind: Kind) -> &Shard {
+        let group = match kind {
+            Kind::IpRequests | Kind::AuthFailures => &self.ip_shards,
+            Kind::Uploads | Kind::Transforms | Kind::Requests => &self.shards,
+        };
+        &group[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     pub fn decide(&self, key: &str, policy: Policy, mode: Mode) -> Outcome {
@@ -53,7 +67,10 @@ impl LocalStore {
     }
 
     pub(super) fn decide_at(&self, key: &str, policy: Policy, mode: Mode, now: u64) -> Outcome {
-        let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        let mut shard = self
+            .shard(key, policy.kind)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let algorithm = policy.kind.algorithm();
         if shard.get(key).is_none() {
             if mode == Mode::Peek || policy.limit == 0 {
@@ -97,7 +114,10 @@ impl LocalStore {
             limit: u64::MAX,
             ..policy
         };
-        let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        let mut shard = self
+            .shard(key, policy.kind)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let entry = shard.get_or_insert_mut(key.to_owned(), || match policy.kind.algorithm() {
             Algorithm::Log => Entry::Log(VecDeque::new()),
             Algorithm::Buckets => Entry::Buckets(VecDeque::new()),
@@ -115,9 +135,12 @@ impl LocalStore {
         }
     }
 
-    /// Removes the sliding-log unit `token` (a refund).
+    /// Removes the sliding-log unit `token` (a refund; only quotas are refunded).
     pub fn give_back(&self, key: &str, token: &str) {
-        let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        let mut shard = self
+            .shard(key, Kind::Uploads)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(Entry::Log(log)) = shard.peek_mut(key)
             && let Some(i) = log.iter().position(|(_, t)| t == token)
         {
@@ -225,7 +248,7 @@ fn buckets_decide(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Kind, QUOTA_WINDOW_MS, RATE_WINDOW_MS};
+    use super::super::{QUOTA_WINDOW_MS, RATE_WINDOW_MS};
     use super::*;
 
     const S: u64 = 1_000_000;
@@ -384,5 +407,17 @@ mod tests {
         }
         let held: usize = store.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(held <= SHARDS * 2);
+        // A flood of addresses does not evict users' quotas.
+        let user = store.decide_at("user", quota(5), Mode::Take, now);
+        assert!(user.allowed);
+        for i in 0..10_000 {
+            let ip = Policy {
+                kind: Kind::IpRequests,
+                limit: 10,
+                window_ms: RATE_WINDOW_MS,
+            };
+            store.decide_at(&format!("ip{i}"), ip, Mode::Take, now);
+        }
+        assert_eq!(store.decide_at("user", quota(5), Mode::Peek, now).used, 1);
     }
 }

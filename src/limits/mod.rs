@@ -4,8 +4,8 @@
 //! Place in the architecture: the HTTP layer asks [`Limiter`] before work that a limit pays
 //! for; the limiter answers with a [`Status`] per limit (what the `RateLimit` headers say) or a
 //! `429` error. Decisions are made in Redis when `redis.url` is set — one Lua script per
-//! decision, timed by Redis's own clock (`TIME`), keys hash-tagged per subject so Redis Cluster
-//! works — and otherwise, or while Redis is unreachable, by the in-process [`local`] store with
+//! decision, timed by Redis's own clock (`TIME`), keys hash-tagged per subject so every decision
+//! maps to one Redis Cluster slot — and otherwise, or while Redis is unreachable, by the in-process [`local`] store with
 //! the same algorithms. Nothing here knows HTTP.
 //!
 //! Two algorithms, chosen per limit:
@@ -36,7 +36,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub use local::LocalStore;
-pub use remote::{RemoteStore, redis_pool};
+pub use remote::{RemoteError, RemoteStore, redis_pool};
 
 use crate::config::{Config, LimitsConfig, PlanLimits};
 use crate::error::Error;
@@ -339,6 +339,7 @@ impl Limiter {
             Arc::new(RemoteStore::new(
                 pool,
                 Duration::from_millis(config.redis.timeout_ms),
+                &config.redis.key_prefix,
                 metrics.clone(),
             ))
         });
@@ -388,7 +389,12 @@ impl Limiter {
     }
 
     fn ip_key(&self, ip: std::net::IpAddr, kind: Kind) -> String {
-        format!("{}:{{ip:{ip}}}:{}", self.settings.prefix, kind.name())
+        format!(
+            "{}:{{ip:{}}}:{}",
+            self.settings.prefix,
+            ip_subject(ip),
+            kind.name()
+        )
     }
 
     /// One decision: Redis when it is up, else the local store (with the fallback share when
@@ -409,12 +415,15 @@ impl Limiter {
                 match remote.decide(key, *policy, mode, hint).await {
                     Ok(o) => {
                         // Mirrored, so that a fallback knows what this instance admitted.
-                        if mode == Mode::Take && o.allowed {
+                        if mode == Mode::Take && o.allowed && policy.limit > 0 {
                             self.local.record(key, *policy, o.token.as_deref());
                         }
                         return (o, Store::Remote(remote.clone(), self.local.clone()));
                     }
-                    Err(e) => remote.mark_down(&e),
+                    Err(RemoteError::Busy) => {
+                        tracing::debug!("redis pool busy: one decision falls back");
+                    }
+                    Err(RemoteError::Failed(e)) => remote.mark_down(&e),
                 }
             }
             self.metrics.limiter_fallback.inc();
@@ -443,41 +452,38 @@ impl Limiter {
         }
     }
 
-    /// Before trying a credential from `ip`: `429 rate_limited` once the IP has failed
-    /// `limits.auth_failures_per_ip` times within the window. Successes are never counted.
-    pub async fn guard_auth(&self, ip: std::net::IpAddr) -> Result<(), Error> {
-        let limit = self.settings.auth_failures;
-        if limit == 0 {
-            return Ok(());
+    /// The failed-authentication decision for `ip` (`None` when the limiter is off).
+    async fn auth_failures(&self, ip: std::net::IpAddr, mode: Mode) -> Option<(Outcome, Policy)> {
+        if self.settings.auth_failures == 0 {
+            return None;
         }
         let mut policy = Policy {
             kind: Kind::AuthFailures,
-            limit,
+            limit: self.settings.auth_failures,
             window_ms: self.settings.auth_window_ms,
         };
         let key = self.ip_key(ip, Kind::AuthFailures);
-        let (o, _) = self.decide(&key, &mut policy, Mode::Peek, None).await;
-        if o.allowed {
-            return Ok(());
+        let (o, _) = self.decide(&key, &mut policy, mode, None).await;
+        Some((o, policy))
+    }
+
+    /// Before trying a credential from `ip`: `429 rate_limited` once the IP has failed
+    /// `limits.auth_failures_per_ip` times within the window. Successes are never counted.
+    pub async fn guard_auth(&self, ip: std::net::IpAddr) -> Result<(), Error> {
+        match self.auth_failures(ip, Mode::Peek).await {
+            Some((o, policy)) if !o.allowed => {
+                self.count(Kind::AuthFailures, "refused");
+                Err(Error::RateLimited(Box::new(self.status(policy, &o))))
+            }
+            _ => Ok(()),
         }
-        self.count(Kind::AuthFailures, "refused");
-        Err(Error::RateLimited(Box::new(self.status(policy, &o))))
     }
 
     /// Records a failed authentication from `ip`.
     pub async fn auth_failed(&self, ip: std::net::IpAddr) {
-        let limit = self.settings.auth_failures;
-        if limit == 0 {
-            return;
-        }
-        let mut policy = Policy {
-            kind: Kind::AuthFailures,
-            limit,
-            window_ms: self.settings.auth_window_ms,
-        };
-        let key = self.ip_key(ip, Kind::AuthFailures);
-        let (o, _) = self.decide(&key, &mut policy, Mode::Take, None).await;
-        if !o.allowed {
+        if let Some((o, _)) = self.auth_failures(ip, Mode::Take).await
+            && !o.allowed
+        {
             tracing::warn!(client_ip = %ip, "failed-authentication limit reached");
         }
     }
@@ -585,7 +591,8 @@ impl Limiter {
                     return Some(p);
                 }
                 Ok(None) => return None,
-                Err(e) => remote.mark_down(&e),
+                Err(RemoteError::Busy) => {}
+                Err(RemoteError::Failed(e)) => remote.mark_down(&e),
             }
         }
         self.local.cached_plan(&key, Duration::MAX)
@@ -621,7 +628,7 @@ impl Limiter {
     /// Redis is found before the first request pays a timeout for it).
     pub async fn warm_up(&self) {
         if let Some(remote) = &self.remote
-            && let Err(e) = remote.ping(Duration::from_secs(1)).await
+            && let Err(e) = remote.probe(Duration::from_secs(1)).await
         {
             remote.mark_down(&e);
         }
@@ -631,7 +638,7 @@ impl Limiter {
     pub async fn check(&self) -> Backend {
         if let Some(remote) = &self.remote
             && remote.is_up()
-            && let Err(e) = remote.ping(Duration::from_millis(500)).await
+            && let Err(e) = remote.probe(Duration::from_millis(500)).await
         {
             remote.mark_down(&e);
         }
@@ -644,6 +651,20 @@ impl Limiter {
     }
 }
 
+/// The subject an address is limited as: an IPv4 address (IPv4-mapped IPv6 included) as
+/// itself, an IPv6 address by its /64 — one subscriber's allocation, which a client can roam
+/// freely inside, so per-address keys would give it 2^64 identities.
+pub fn ip_subject(ip: std::net::IpAddr) -> String {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+            format!("{net}/64")
+        }
+    }
+}
+
 /// `limit × percent / 100`, rounded up, at least 1: a share is never "unlimited" and never
 /// "nothing".
 fn scaled(limit: u64, percent: u64) -> u64 {
@@ -653,11 +674,18 @@ fn scaled(limit: u64, percent: u64) -> u64 {
     (limit.saturating_mul(percent).div_ceil(100)).max(1)
 }
 
-/// Microseconds of the wall clock (the local store's time; Redis uses its own `TIME`).
+/// Microseconds since the Unix epoch as of the first call, advanced by a monotonic clock: the
+/// local store's time (Redis uses its own `TIME`). A wall clock stepping back must not reorder
+/// a sliding log, which would make a `Retry-After` early.
 fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    static ANCHOR: std::sync::OnceLock<(Instant, u64)> = std::sync::OnceLock::new();
+    let (start, epoch_us) = ANCHOR.get_or_init(|| {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        (Instant::now(), wall)
+    });
+    epoch_us.saturating_add(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX))
 }
 
 /// A random token that keeps sliding-log members of one microsecond apart (across instances
@@ -736,6 +764,22 @@ mod tests {
         assert_eq!(s.remaining(), 0);
         let s = status(Kind::Uploads, 100, 100, false, 10, 1);
         assert_eq!(s.retry_after_secs(), 1);
+    }
+
+    #[test]
+    fn addresses_are_limited_as_subscribers() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(ip_subject(ip("192.0.2.7")), "192.0.2.7");
+        assert_eq!(ip_subject(ip("::ffff:192.0.2.7")), "192.0.2.7");
+        assert_eq!(ip_subject(ip("2001:db8:1:2:aaaa::1")), "2001:db8:1:2::/64");
+        assert_eq!(
+            ip_subject(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            ip_subject(ip("2001:db8:1:2::9"))
+        );
+        assert_ne!(
+            ip_subject(ip("2001:db8:1:3::1")),
+            ip_subject(ip("2001:db8:1:2::1"))
+        );
     }
 
     #[test]

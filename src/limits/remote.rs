@@ -2,10 +2,11 @@
 //! instance sharing the Redis, timed by Redis's clock (`TIME`), never by the instances' clocks.
 //!
 //! Keys carry a hash tag per subject (`{u:…}` for a user, `{ip:…}` for an address) and a script
-//! touches only keys of one subject, so the scripts run unchanged on Redis Cluster. Scripts are
+//! touches only keys of one subject, so each maps to one Redis Cluster slot (the client talks to
+//! one endpoint; a native Cluster client is not wired up). Scripts are
 //! sent by SHA (`EVALSHA`) and re-loaded after a `NOSCRIPT` (a restarted Redis). Every call has
 //! the `redis.timeout_ms` deadline; a failure marks the store down, after which decisions go to
-//! the local store until the background probe sees Redis answer `PING` again.
+//! the local store until the background probe sees the script run again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,7 +49,9 @@ local retry = 0
 if allowed == 0 then
   local idx = used - limit
   local e = redis.call('ZRANGE', KEYS[1], idx, idx, 'WITHSCORES')
-  retry = math.ceil((tonumber(e[2]) + window - now) / 1000)
+  if e[2] then
+    retry = math.ceil((tonumber(e[2]) + window - now) / 1000)
+  end
 end
 return {allowed, used, reset, retry, member}
 ";
@@ -126,7 +129,8 @@ pub fn redis_pool(config: &RedisConfig) -> Result<Option<deadpool_redis::Pool>, 
     cfg.pool = Some(deadpool_redis::PoolConfig {
         max_size: usize::try_from(config.pool_size).unwrap_or(usize::MAX),
         timeouts: deadpool_redis::Timeouts {
-            wait: Some(Duration::from_millis(config.timeout_ms)),
+            // Shorter than the call deadline, so a busy pool is told apart from a slow Redis.
+            wait: Some(Duration::from_millis(config.timeout_ms.div_ceil(2))),
             create: Some(connect),
             recycle: Some(connect),
         },
@@ -140,8 +144,21 @@ pub fn redis_pool(config: &RedisConfig) -> Result<Option<deadpool_redis::Pool>, 
 /// Probe period while Redis is down.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
+/// Why a Redis call gave no answer.
+#[derive(Debug)]
+pub enum RemoteError {
+    /// Every pooled connection was in use: this instance is busy, Redis may be fine. That one
+    /// decision falls back; Redis is not marked down.
+    Busy,
+    /// Redis failed, refused, or answered too late: marked down until the probe succeeds.
+    Failed(String),
+}
+
 pub struct RemoteStore {
     pool: deadpool_redis::Pool,
+    /// A key of its own for the health probe, which runs the real script (a `PING` would pass
+    /// while scripts fail: no permission, cluster redirects, out of memory).
+    probe_key: String,
     timeout: Duration,
     log_script: Script,
     buckets_script: Script,
@@ -152,9 +169,15 @@ pub struct RemoteStore {
 type Reply = (i64, i64, i64, i64, String);
 
 impl RemoteStore {
-    pub fn new(pool: deadpool_redis::Pool, timeout: Duration, metrics: Metrics) -> RemoteStore {
+    pub fn new(
+        pool: deadpool_redis::Pool,
+        timeout: Duration,
+        prefix: &str,
+        metrics: Metrics,
+    ) -> RemoteStore {
         RemoteStore {
             pool,
+            probe_key: format!("{prefix}:{{probe}}:health"),
             timeout,
             log_script: Script::new(LOG_SCRIPT),
             buckets_script: Script::new(BUCKETS_SCRIPT),
@@ -184,7 +207,7 @@ impl RemoteStore {
         handle.spawn(async move {
             loop {
                 tokio::time::sleep(PROBE_EVERY).await;
-                if store.ping(Duration::from_secs(1)).await.is_ok() {
+                if store.probe(Duration::from_secs(1)).await.is_ok() {
                     set_flag(&store.down, false);
                     store.metrics.limiter_degraded.set(0);
                     tracing::info!("redis is back: limits are decided in redis again");
@@ -194,17 +217,38 @@ impl RemoteStore {
         });
     }
 
-    pub async fn ping(&self, timeout: Duration) -> Result<(), String> {
+    /// Runs the sliding-log script (peek) on the probe key: Redis answers, scripts run.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
         let call = async {
             let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
+            self.log_script
+                .key(&self.probe_key)
+                .arg(1)
+                .arg(1000)
+                .arg("peek")
+                .arg("")
+                .invoke_async::<Reply>(&mut conn)
                 .await
                 .map_err(|e| e.to_string())
         };
         match tokio::time::timeout(timeout, call).await {
             Ok(r) => r.map(|_| ()),
             Err(_) => Err("timed out".to_owned()),
+        }
+    }
+
+    /// A pooled connection within the deadline.
+    async fn conn(&self) -> Result<deadpool_redis::Connection, RemoteError> {
+        match tokio::time::timeout(self.timeout, self.pool.get()).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(deadpool_redis::PoolError::Timeout(deadpool_redis::TimeoutType::Wait))) => {
+                Err(RemoteError::Busy)
+            }
+            Ok(Err(e)) => Err(RemoteError::Failed(e.to_string())),
+            Err(_) => Err(RemoteError::Failed(format!(
+                "no connection within {} ms",
+                self.timeout.as_millis()
+            ))),
         }
     }
 
@@ -215,14 +259,14 @@ impl RemoteStore {
         policy: Policy,
         mode: Mode,
         hint: Option<(&str, &str)>,
-    ) -> Result<Outcome, String> {
+    ) -> Result<Outcome, RemoteError> {
         let mode_arg = match mode {
             Mode::Take => "take",
             Mode::Peek => "peek",
         };
         let _timer = Timer(&self.metrics.redis_duration, Instant::now());
+        let mut conn = self.conn().await?;
         let call = async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
             let reply: Reply = match policy.kind.algorithm() {
                 Algorithm::Log => {
                     self.log_script
@@ -255,7 +299,10 @@ impl RemoteStore {
         };
         let (allowed, used, reset, retry, member) = tokio::time::timeout(self.timeout, call)
             .await
-            .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))??;
+            .map_err(|_| {
+                RemoteError::Failed(format!("no answer within {} ms", self.timeout.as_millis()))
+            })?
+            .map_err(RemoteError::Failed)?;
         let non_negative = |v: i64| u64::try_from(v).unwrap_or(0);
         Ok(Outcome {
             allowed: allowed == 1,
@@ -286,18 +333,18 @@ impl RemoteStore {
     }
 
     /// The plan remembered for a user, if any.
-    pub async fn get_plan(&self, key: &str) -> Result<Option<String>, String> {
+    pub async fn get_plan(&self, key: &str) -> Result<Option<String>, RemoteError> {
         let _timer = Timer(&self.metrics.redis_duration, Instant::now());
-        let call = async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-            redis::cmd("GET")
-                .arg(key)
-                .query_async::<Option<String>>(&mut conn)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))?
+        let mut conn = self.conn().await?;
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        let call = cmd.query_async::<Option<String>>(&mut conn);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r.map_err(|e| RemoteError::Failed(e.to_string())),
+            Err(_) => Err(RemoteError::Failed(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
     }
 }

@@ -515,8 +515,10 @@ async fn request_rates(backend: Backend) {
         assert_eq!(r.status, 200, "{i}");
         let p = r.header("ratelimit-policy").unwrap();
         assert!(p.contains("\"ip\";q=3;w=60"), "{p}");
-        // The owner's quota is not shown on a public, cacheable response.
+        // A public, CDN-cacheable response carries no client's or owner's state: the policy
+        // only, and not the owner's quota.
         assert!(!p.contains("transforms"), "{p}");
+        assert!(r.header("ratelimit").is_none());
     }
     let r = get(&url, &[("x-forwarded-for", "192.0.2.10")]).await;
     assert_429(&r, "rate_limited", "ip");
