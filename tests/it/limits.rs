@@ -366,7 +366,7 @@ async fn refusals_spend_no_quota(backend: Backend) {
     let server = Server::start_with(
         backend,
         &[
-            ("PIXGATE__LIMITS__UPLOADS_PER_HOUR", "1"),
+            ("PIXGATE__LIMITS__UPLOADS_PER_HOUR", "2"),
             ("PIXGATE__LIMITS__TRANSFORMS_PER_HOUR", "1"),
         ],
     );
@@ -406,9 +406,15 @@ async fn refusals_spend_no_quota(backend: Backend) {
     let u = usage(&server, &editor).await;
     assert_eq!(u["quotas"]["uploads"]["used"], 0, "{u}");
     assert_eq!(u["quotas"]["transforms"]["used"], 0, "{u}");
-    // And the one unit each is still there to be spent.
+    // A body that passes the header checks but fails the full decode keeps its unit: the
+    // decode cost the CPU, and refunding it would make undecodable uploads free.
+    let r = upload(&server, &editor, "image/jpeg", fixture("truncated.jpg")).await;
+    assert_eq!(r.status, 422, "{:?}", r.json());
+    assert_eq!(usage(&server, &editor).await["quotas"]["uploads"]["used"], 1);
+    // And the last unit of each is still there to be spent.
     let r = upload_tiny(&server, &editor).await;
     assert_eq!(r.status, 201);
+    assert_429(&upload_tiny(&server, &editor).await, "quota_exceeded", "uploads");
     let mine = r.json()["id"].as_str().unwrap().to_owned();
     let url = server.url(&format!("/_/rs:fit:10:0/plain/{mine}@png"));
     let r = get(&url, &[("authorization", &bearer(&editor))]).await;
