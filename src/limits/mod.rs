@@ -400,13 +400,18 @@ impl Limiter {
     /// One decision: Redis when it is up, else the local store (with the fallback share when
     /// Redis is configured, written back into `policy`: the limit that was enforced is the
     /// limit the headers report). `hint` is a plan to remember for the user.
+    ///
+    /// A busy pool (every connection in use: this instance is loaded, Redis may be fine) sends
+    /// one rate decision to the local store without marking Redis down; a quota is never
+    /// decided locally while Redis is up (a local answer would be wrong both ways against the
+    /// cluster-wide count), so a busy pool makes a quota charge `503 overloaded` instead.
     async fn decide(
         &self,
         key: &str,
         policy: &mut Policy,
         mode: Mode,
         hint: Option<(&str, &str)>,
-    ) -> (Outcome, Store) {
+    ) -> Result<(Outcome, Store), Error> {
         if let Some((plan_key, plan)) = hint {
             self.local.remember_plan(plan_key, plan);
         }
@@ -418,10 +423,13 @@ impl Limiter {
                         if mode == Mode::Take && o.allowed && policy.limit > 0 {
                             self.local.record(key, *policy, o.token.as_deref());
                         }
-                        return (o, Store::Remote(remote.clone(), self.local.clone()));
+                        return Ok((o, Store::Remote(remote.clone(), self.local.clone())));
+                    }
+                    Err(RemoteError::Busy) if policy.kind.is_quota() && mode == Mode::Take => {
+                        return Err(Error::Overloaded);
                     }
                     Err(RemoteError::Busy) => {
-                        tracing::debug!("redis pool busy: one decision falls back");
+                        tracing::debug!("redis pool busy: one rate decision falls back");
                     }
                     Err(RemoteError::Failed(e)) => remote.mark_down(&e),
                 }
@@ -429,10 +437,10 @@ impl Limiter {
             self.metrics.limiter_fallback.inc();
             policy.limit = scaled(policy.limit, self.settings.fallback_percent);
         }
-        (
+        Ok((
             self.local.decide(key, *policy, mode),
             Store::Local(self.local.clone()),
-        )
+        ))
     }
 
     fn count(&self, kind: Kind, outcome: &str) {
@@ -463,7 +471,8 @@ impl Limiter {
             window_ms: self.settings.auth_window_ms,
         };
         let key = self.ip_key(ip, Kind::AuthFailures);
-        let (o, _) = self.decide(&key, &mut policy, mode, None).await;
+        // Not a quota: never refused for a busy pool.
+        let (o, _) = self.decide(&key, &mut policy, mode, None).await.ok()?;
         Some((o, policy))
     }
 
@@ -506,7 +515,7 @@ impl Limiter {
         let plan_name = plan.unwrap_or(DEFAULT_PLAN);
         let (o, _) = self
             .decide(&key, &mut policy, Mode::Take, Some((&plan_key, plan_name)))
-            .await;
+            .await?;
         if limit == 0 {
             return Ok(None);
         }
@@ -525,7 +534,7 @@ impl Limiter {
             window_ms: RATE_WINDOW_MS,
         };
         let key = self.ip_key(ip, Kind::IpRequests);
-        let (o, _) = self.decide(&key, &mut policy, Mode::Take, None).await;
+        let (o, _) = self.decide(&key, &mut policy, Mode::Take, None).await?;
         self.rate_outcome(policy, &o)
     }
 
@@ -562,7 +571,7 @@ impl Limiter {
             window_ms: self.settings.quota_window_ms,
         };
         let key = self.user_key(user, kind);
-        let (o, store) = self.decide(&key, &mut policy, Mode::Take, None).await;
+        let (o, store) = self.decide(&key, &mut policy, Mode::Take, None).await?;
         let status = self.status(policy, &o);
         if !o.allowed {
             self.count(kind, "refused");
@@ -616,10 +625,12 @@ impl Limiter {
                 limit,
                 window_ms,
             };
-            let (o, _) = self
+            if let Ok((o, _)) = self
                 .decide(&self.user_key(user, kind), &mut policy, Mode::Peek, None)
-                .await;
-            out.push(self.status(policy, &o));
+                .await
+            {
+                out.push(self.status(policy, &o));
+            }
         }
         out
     }
@@ -628,7 +639,7 @@ impl Limiter {
     /// Redis is found before the first request pays a timeout for it).
     pub async fn warm_up(&self) {
         if let Some(remote) = &self.remote
-            && let Err(e) = remote.probe(Duration::from_secs(1)).await
+            && let Err(RemoteError::Failed(e)) = remote.probe(Duration::from_secs(1)).await
         {
             remote.mark_down(&e);
         }
@@ -638,7 +649,7 @@ impl Limiter {
     pub async fn check(&self) -> Backend {
         if let Some(remote) = &self.remote
             && remote.is_up()
-            && let Err(e) = remote.probe(Duration::from_millis(500)).await
+            && let Err(RemoteError::Failed(e)) = remote.probe(Duration::from_millis(500)).await
         {
             remote.mark_down(&e);
         }

@@ -207,6 +207,7 @@ impl RemoteStore {
         handle.spawn(async move {
             loop {
                 tokio::time::sleep(PROBE_EVERY).await;
+                // A busy pool says nothing about Redis: probe again next period.
                 if store.probe(Duration::from_secs(1)).await.is_ok() {
                     set_flag(&store.down, false);
                     store.metrics.limiter_degraded.set(0);
@@ -217,29 +218,44 @@ impl RemoteStore {
         });
     }
 
-    /// Runs the sliding-log script (peek) on the probe key: Redis answers, scripts run.
-    pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
+    /// Runs both scripts, taking a unit each, on the probe keys: Redis answers and scripts can
+    /// write (a `PING` or a read-only script passes while writes fail: out of memory, an ACL).
+    pub async fn probe(&self, timeout: Duration) -> Result<(), RemoteError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut conn = self.conn(deadline).await?;
         let call = async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
             self.log_script
                 .key(&self.probe_key)
-                .arg(1)
+                .arg(1_000_000)
                 .arg(1000)
-                .arg("peek")
+                .arg("take")
+                .arg(nonce())
+                .invoke_async::<Reply>(&mut conn)
+                .await?;
+            self.buckets_script
+                .key(format!("{}:b", self.probe_key))
+                .arg(1_000_000)
+                .arg(1000)
+                .arg(BUCKETS)
+                .arg("take")
                 .arg("")
+                .arg(0)
                 .invoke_async::<Reply>(&mut conn)
                 .await
-                .map_err(|e| e.to_string())
         };
-        match tokio::time::timeout(timeout, call).await {
-            Ok(r) => r.map(|_| ()),
-            Err(_) => Err("timed out".to_owned()),
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(RemoteError::Failed(e.to_string())),
+            Err(_) => Err(RemoteError::Failed("probe timed out".to_owned())),
         }
     }
 
-    /// A pooled connection within the deadline.
-    async fn conn(&self) -> Result<deadpool_redis::Connection, RemoteError> {
-        match tokio::time::timeout(self.timeout, self.pool.get()).await {
+    /// A pooled connection before `deadline`.
+    async fn conn(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<deadpool_redis::Connection, RemoteError> {
+        match tokio::time::timeout_at(deadline, self.pool.get()).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(deadpool_redis::PoolError::Timeout(deadpool_redis::TimeoutType::Wait))) => {
                 Err(RemoteError::Busy)
@@ -265,7 +281,9 @@ impl RemoteStore {
             Mode::Peek => "peek",
         };
         let _timer = Timer(&self.metrics.redis_duration, Instant::now());
-        let mut conn = self.conn().await?;
+        // One deadline for the whole decision: connection and script.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut conn = self.conn(deadline).await?;
         let call = async {
             let reply: Reply = match policy.kind.algorithm() {
                 Algorithm::Log => {
@@ -297,7 +315,7 @@ impl RemoteStore {
             .map_err(|e| e.to_string())?;
             Ok::<Reply, String>(reply)
         };
-        let (allowed, used, reset, retry, member) = tokio::time::timeout(self.timeout, call)
+        let (allowed, used, reset, retry, member) = tokio::time::timeout_at(deadline, call)
             .await
             .map_err(|_| {
                 RemoteError::Failed(format!("no answer within {} ms", self.timeout.as_millis()))
@@ -335,11 +353,12 @@ impl RemoteStore {
     /// The plan remembered for a user, if any.
     pub async fn get_plan(&self, key: &str) -> Result<Option<String>, RemoteError> {
         let _timer = Timer(&self.metrics.redis_duration, Instant::now());
-        let mut conn = self.conn().await?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut conn = self.conn(deadline).await?;
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
         let call = cmd.query_async::<Option<String>>(&mut conn);
-        match tokio::time::timeout(self.timeout, call).await {
+        match tokio::time::timeout_at(deadline, call).await {
             Ok(r) => r.map_err(|e| RemoteError::Failed(e.to_string())),
             Err(_) => Err(RemoteError::Failed(format!(
                 "no answer within {} ms",

@@ -682,3 +682,45 @@ async fn redis_outage_degrades_and_recovers() {
     );
     assert!(!keys.is_empty());
 }
+
+/// A busy pool (this instance loaded, Redis fine) is not an outage: rate decisions fall back
+/// for that call, quota charges answer `503 overloaded` rather than a local guess, and Redis is
+/// not marked down. Driven through the library, holding the pool's only connection.
+#[tokio::test]
+async fn a_busy_pool_is_not_an_outage() {
+    let mut c = pixgate::config::Config::default();
+    c.redis.url = format!("redis://127.0.0.1:{}/0", services().redis_port);
+    c.redis.pool_size = 1;
+    c.redis.key_prefix = format!("t{}", unique("busy"));
+    let pool = pixgate::limits::redis_pool(&c.redis).unwrap().unwrap();
+    let metrics = pixgate::metrics::Metrics::new().unwrap();
+    let limiter = pixgate::limits::Limiter::new(&c, Some(pool.clone()), &metrics);
+    limiter.warm_up().await;
+    assert_eq!(limiter.backend(), pixgate::limits::Backend::Redis);
+    let user = unique("busy-user");
+    let charge = limiter
+        .charge(pixgate::limits::Kind::Uploads, &user, None, false)
+        .await
+        .unwrap();
+    charge.commit();
+
+    let held = pool.get().await.unwrap();
+    let err = limiter
+        .charge(pixgate::limits::Kind::Uploads, &user, None, false)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), "overloaded");
+    let ip = "192.0.2.1".parse().unwrap();
+    assert!(limiter.ip_request(ip).await.unwrap().is_some());
+    assert_eq!(limiter.backend(), pixgate::limits::Backend::Redis);
+    assert_eq!(limiter.fallback_count(), 1);
+    drop(held);
+
+    // Free again: decided in Redis, which counted the first upload only.
+    let charge = limiter
+        .charge(pixgate::limits::Kind::Uploads, &user, None, false)
+        .await
+        .unwrap();
+    assert_eq!(charge.status().unwrap().used, 2);
+}
