@@ -1367,6 +1367,45 @@ mod tests {
     #[test]
     fn bad_values_name_the_key() {
         let cases: Vec<(&str, &str, &str)> = vec![
+            // Braces would change every key's Redis Cluster hash tag.
+            ("PIXGATE__REDIS__KEY_PREFIX", "a{b}", "redis.key_prefix"),
+            ("PIXGATE__REDIS__KEY_PREFIX", "", "redis.key_prefix"),
+            (
+                "PIXGATE__LIMITS__FALLBACK_SHARE_PERCENT",
+                "0",
+                "limits.fallback_share_percent",
+            ),
+            (
+                "PIXGATE__LIMITS__FALLBACK_SHARE_PERCENT",
+                "101",
+                "limits.fallback_share_percent",
+            ),
+            // Quotas are never unlimited.
+            (
+                "PIXGATE__LIMITS__UPLOADS_PER_HOUR",
+                "0",
+                "limits.uploads_per_hour",
+            ),
+            (
+                "PIXGATE__LIMITS__PLANS__PRO__TRANSFORMS_PER_HOUR",
+                "0",
+                "limits.plans.pro.transforms_per_hour",
+            ),
+            (
+                "PIXGATE__LIMITS__PLANS__PRO__STORAGE_BYTES",
+                "5",
+                "limits.plans.pro.storage_bytes",
+            ),
+            (
+                "PIXGATE__LIMITS__PLANS__PRO__UPLOADS_PER_HOUR",
+                "many",
+                "limits.plans.pro.uploads_per_hour",
+            ),
+            (
+                "PIXGATE__LIMITS__QUOTA_WINDOW_SECS",
+                "0",
+                "limits.quota_window_secs",
+            ),
             (
                 "PIXGATE__AUTH__JWKS_URL",
                 "http://localhost@evil.example/jwks.json",
@@ -1514,6 +1553,37 @@ mod tests {
         e.push(("PIXGATE__STORAGE__BACKEND".into(), "s3".into()));
         let err = Config::load(None, e).unwrap().validate().unwrap_err();
         assert_eq!(err.key, "storage.s3_bucket");
+    }
+
+    #[test]
+    fn plans_come_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[limits.plans.pro]\nuploads_per_hour = 500\n[limits.plans.team]\nrequests_per_minute = 0\n",
+        )
+        .unwrap();
+        let mut e = valid_env();
+        e.extend(env(&[(
+            "PIXGATE__LIMITS__PLANS__PRO__TRANSFORMS_PER_HOUR",
+            "9000",
+        )]));
+        let c = Config::load(Some(&path), e).unwrap();
+        c.validate().unwrap();
+        let pro = &c.limits.plans["pro"];
+        assert_eq!(pro.uploads_per_hour, Some(500));
+        assert_eq!(pro.transforms_per_hour, Some(9000));
+        assert_eq!(pro.requests_per_minute, None);
+        assert_eq!(c.limits.plans["team"].requests_per_minute, Some(0));
+        // A plan key the file misspells is named.
+        std::fs::write(&path, "[limits.plans.pro]\nupload_per_hour = 5\n").unwrap();
+        let err = Config::load(Some(&path), valid_env()).unwrap_err();
+        assert_eq!(err.key, "limits.plans.pro.upload_per_hour");
+        // Plan names are [A-Za-z0-9_-], like preset names.
+        std::fs::write(&path, "[limits.plans.\"a b\"]\nuploads_per_hour = 5\n").unwrap();
+        let c = Config::load(Some(&path), valid_env()).unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "limits.plans.a b");
     }
 
     #[test]

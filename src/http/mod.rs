@@ -121,19 +121,14 @@ impl Ctx {
         limits.push(status.clone());
     }
 
-    /// Passes a limiter decision through, recording its state (also when it refused).
+    /// Passes a limiter decision through, recording the state of an admitted one (a refusal's
+    /// state travels in its error and is recorded by `finish`).
     pub fn limit<T>(&self, decision: Result<T, Error>) -> Result<T, Error>
     where
         T: LimitState,
     {
-        match &decision {
-            Ok(v) => {
-                if let Some(s) = v.limit_state() {
-                    self.note_limit(s);
-                }
-            }
-            Err(Error::QuotaExceeded(s) | Error::RateLimited(s)) => self.note_limit(s),
-            Err(_) => {}
+        if let Ok(Some(s)) = decision.as_ref().map(LimitState::limit_state) {
+            self.note_limit(s);
         }
         decision
     }

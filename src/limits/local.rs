@@ -28,6 +28,15 @@ enum Entry {
     Buckets(VecDeque<(u64, u64)>),
 }
 
+impl Entry {
+    fn new(kind: Kind) -> Entry {
+        match kind.algorithm() {
+            Algorithm::Log => Entry::Log(VecDeque::new()),
+            Algorithm::Buckets => Entry::Buckets(VecDeque::new()),
+        }
+    }
+}
+
 type Shard = Mutex<LruCache<String, Entry>>;
 
 pub struct LocalStore {
@@ -71,33 +80,17 @@ impl LocalStore {
             .shard(key, policy.kind)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let algorithm = policy.kind.algorithm();
-        if shard.get(key).is_none() {
-            if mode == Mode::Peek || policy.limit == 0 {
-                return Outcome {
-                    allowed: policy.limit > 0,
-                    used: 0,
-                    reset_ms: 0,
-                    retry_ms: 0,
-                    token: None,
-                };
-            }
-            let fresh = match algorithm {
-                Algorithm::Log => Entry::Log(VecDeque::new()),
-                Algorithm::Buckets => Entry::Buckets(VecDeque::new()),
-            };
-            shard.put(key.to_owned(), fresh);
-        }
-        let Some(entry) = shard.get_mut(key) else {
+        // A look, or a take that cannot succeed, creates no entry for an unknown subject.
+        if (mode == Mode::Peek || policy.limit == 0) && !shard.contains(key) {
             return Outcome {
-                allowed: false,
+                allowed: policy.limit > 0,
                 used: 0,
                 reset_ms: 0,
                 retry_ms: 0,
                 token: None,
             };
-        };
-        match entry {
+        }
+        match shard.get_or_insert_mut(key.to_owned(), || Entry::new(policy.kind)) {
             Entry::Log(log) => log_decide(log, policy, mode, now),
             Entry::Buckets(b) => buckets_decide(b, policy, mode, now / 1000),
         }
@@ -118,11 +111,7 @@ impl LocalStore {
             .shard(key, policy.kind)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let entry = shard.get_or_insert_mut(key.to_owned(), || match policy.kind.algorithm() {
-            Algorithm::Log => Entry::Log(VecDeque::new()),
-            Algorithm::Buckets => Entry::Buckets(VecDeque::new()),
-        });
-        match entry {
+        match shard.get_or_insert_mut(key.to_owned(), || Entry::new(policy.kind)) {
             Entry::Log(log) => {
                 log_decide(log, unlimited, Mode::Take, now);
                 if let (Some(t), Some(last)) = (token, log.back_mut()) {
@@ -150,7 +139,13 @@ impl LocalStore {
 
     pub fn remember_plan(&self, key: &str, plan: &str) {
         let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
-        plans.put(key.to_owned(), (plan.to_owned(), Instant::now()));
+        // Called on every authenticated request: refresh in place, allocate only on a change.
+        match plans.get_mut(key) {
+            Some((known, at)) if known == plan => *at = Instant::now(),
+            _ => {
+                plans.put(key.to_owned(), (plan.to_owned(), Instant::now()));
+            }
+        }
     }
 
     /// A remembered plan no older than `max_age`.

@@ -713,15 +713,6 @@ fn nonce() -> String {
     })
 }
 
-/// Times a Redis call into the latency histogram.
-struct Timer<'a>(&'a prometheus::Histogram, Instant);
-
-impl Drop for Timer<'_> {
-    fn drop(&mut self) {
-        self.0.observe(self.1.elapsed().as_secs_f64());
-    }
-}
-
 /// Marks `down` and reports the switch once.
 fn set_flag(flag: &std::sync::atomic::AtomicBool, value: bool) -> bool {
     flag.swap(value, Ordering::AcqRel) != value

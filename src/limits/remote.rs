@@ -10,13 +10,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_redis::redis::{self, Script};
 
-use super::{
-    Algorithm, BUCKETS, Mode, Outcome, PLAN_HINT_TTL_SECS, Policy, Timer, nonce, set_flag,
-};
+use super::{Algorithm, BUCKETS, Mode, Outcome, PLAN_HINT_TTL_SECS, Policy, nonce, set_flag};
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
 
@@ -280,7 +278,7 @@ impl RemoteStore {
             Mode::Take => "take",
             Mode::Peek => "peek",
         };
-        let _timer = Timer(&self.metrics.redis_duration, Instant::now());
+        let _timer = self.metrics.redis_duration.start_timer();
         // One deadline for the whole decision: connection and script.
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut conn = self.conn(deadline).await?;
@@ -352,7 +350,7 @@ impl RemoteStore {
 
     /// The plan remembered for a user, if any.
     pub async fn get_plan(&self, key: &str) -> Result<Option<String>, RemoteError> {
-        let _timer = Timer(&self.metrics.redis_duration, Instant::now());
+        let _timer = self.metrics.redis_duration.start_timer();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut conn = self.conn(deadline).await?;
         let mut cmd = redis::cmd("GET");
