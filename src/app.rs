@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{ApiKeys, Authenticator, JwtVerifier, Revocations};
-use crate::cache::MemoryCache;
+use crate::cache::{DerivedLimits, DerivedStore, Flights, MemoryCache};
 use crate::catalog::Catalog;
+use crate::cdn::CdnPurger;
 use crate::config::{Config, parse_cidr};
 use crate::image::{
     Bitmap, EncodeSettings, Engine, ImageLimits, JpegDecoder, PngCompression, Subsampling,
@@ -13,6 +14,7 @@ use crate::image::{
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::options::{OutputFormat, ParseLimits};
+use crate::render::{EagerQueue, Outcome};
 use crate::signature::Signer;
 use crate::storage::{FsStore, ObjectStore, S3Store};
 use crate::workers::Workers;
@@ -26,6 +28,14 @@ pub struct App {
     /// Bearer credentials → principals (JWTs, API keys, revocations).
     pub auth: Authenticator,
     pub cache: MemoryCache,
+    /// Results in the derived bucket (`cache.derived`).
+    pub derived: Arc<DerivedStore>,
+    /// Computations in flight, by cache key (single-flight).
+    pub flights: Flights<Outcome>,
+    /// Uploads waiting for their eager preset renders.
+    pub eager: EagerQueue,
+    /// The CDN purge hook (a no-op unless `cdn.purge_url` is set).
+    pub cdn: Arc<CdnPurger>,
     pub workers: Workers,
     pub metrics: Metrics,
     /// Quotas and rate limits (Redis, or in-process).
@@ -97,9 +107,26 @@ impl App {
             .collect::<Result<Vec<_>, _>>()?;
         let limiter = Limiter::new(&config, redis, &metrics);
         limiter.warm_up().await;
+        let catalog = Catalog::new(store.clone(), l.max_source_bytes);
+        let c = &config.cache;
+        let derived = Arc::new(DerivedStore::new(
+            store.clone(),
+            catalog.clone(),
+            DerivedLimits {
+                max_bytes: c.derived_max_bytes,
+                concurrency: usize::try_from(c.derived_write_concurrency).unwrap_or(1),
+                queue: usize::try_from(c.derived_write_queue).unwrap_or(0),
+            },
+            metrics.clone(),
+        ));
+        let cdn = Arc::new(CdnPurger::new(&config.cdn, metrics.clone())?);
         Ok(App {
             limiter,
-            catalog: Catalog::new(store.clone(), l.max_source_bytes),
+            catalog,
+            derived,
+            flights: Flights::new(),
+            eager: EagerQueue::new(usize::try_from(c.eager_queue).unwrap_or(0)),
+            cdn,
             store,
             signer,
             auth,

@@ -274,6 +274,17 @@ impl Catalog {
             .await?)
     }
 
+    /// Whether the original of `id` still exists. Deletes remove the original first, so a
+    /// writer that checks this *after* its own write either sees the delete or is seen by it.
+    pub async fn original_exists(&self, id: &ImageId) -> Result<bool, Error> {
+        let original = key(id, "original")?;
+        Ok(self
+            .store
+            .list(Bucket::Originals, original.as_str())
+            .await?
+            .contains(&original))
+    }
+
     /// One page of `owner`'s images, newest first.
     pub async fn list(
         &self,
@@ -348,13 +359,7 @@ impl Catalog {
             .await?;
         // A delete on another instance may have run between our read and write: then the
         // original is gone and our write resurrected the metadata. Undo it.
-        let original = key(id, "original")?;
-        let still_there = self
-            .store
-            .list(Bucket::Originals, original.as_str())
-            .await?
-            .contains(&original);
-        if !still_there {
+        if !self.original_exists(id).await? {
             self.store.delete(Bucket::Originals, &meta_key).await?;
             return Err(Error::NotFound);
         }

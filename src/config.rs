@@ -51,6 +51,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub transform: TransformConfig,
     pub cache: CacheConfig,
+    pub cdn: CdnConfig,
     pub log: LogConfig,
     pub encode: EncodeConfig,
     pub watermark: WatermarkConfig,
@@ -277,6 +278,40 @@ pub struct CacheConfig {
     pub max_item_bytes: u64,
     /// `max-age` of transform responses (never beyond a signed URL's `exp`).
     pub max_age_secs: u64,
+    /// Keep results in the derived bucket (read on a memory miss, written in the background).
+    pub derived: bool,
+    /// Results larger than this are not stored in (or read from) the derived bucket.
+    pub derived_max_bytes: u64,
+    /// Background derived-store writes in flight at once.
+    pub derived_write_concurrency: u64,
+    /// Background derived-store writes waiting beyond those; more are dropped (counted).
+    pub derived_write_queue: u64,
+    /// Uploads whose eager presets (`presets.eager`) may wait to be rendered; beyond this an
+    /// upload's eager renders are skipped (counted), never its `201`.
+    pub eager_queue: u64,
+    /// `max-age` of a signed URL's `404` (0: `no-store`); every other error is `no-store`.
+    pub error_max_age_secs: u64,
+    /// `Surrogate-Key` and `Cache-Tag` headers (the image id) on transform responses.
+    pub surrogate_keys: bool,
+}
+
+/// The CDN purge hook, called after an image's delete (and on account erasure).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CdnConfig {
+    /// Empty: no hook. `{key}`, `{image_id}` and `{nonce}` are substituted.
+    pub purge_url: String,
+    pub purge_method: String,
+    /// `Name: value` headers (a secret: API tokens live here).
+    pub purge_headers: Vec<String>,
+    /// Request body template (same placeholders); empty for none.
+    pub purge_body: String,
+    /// Per-attempt deadline.
+    pub purge_timeout_ms: u64,
+    /// Attempts per purge (1 = no retry); backoff 0.25 s, 1 s, 4 s, …
+    pub purge_attempts: u64,
+    /// Purges waiting; beyond this a purge is dropped (counted, logged).
+    pub purge_queue: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -436,6 +471,27 @@ impl Default for CacheConfig {
             memory_bytes: 256 * 1024 * 1024,
             max_item_bytes: 8 * 1024 * 1024,
             max_age_secs: 31_536_000,
+            derived: true,
+            derived_max_bytes: 32 * 1024 * 1024,
+            derived_write_concurrency: 4,
+            derived_write_queue: 256,
+            eager_queue: 32,
+            error_max_age_secs: 10,
+            surrogate_keys: true,
+        }
+    }
+}
+
+impl Default for CdnConfig {
+    fn default() -> Self {
+        CdnConfig {
+            purge_url: String::new(),
+            purge_method: "POST".into(),
+            purge_headers: Vec::new(),
+            purge_body: String::new(),
+            purge_timeout_ms: 5_000,
+            purge_attempts: 4,
+            purge_queue: 1_024,
         }
     }
 }
@@ -450,7 +506,12 @@ impl Default for LogConfig {
 }
 
 /// Keys whose values are secrets: redacted by `check-config`, never logged.
-const SECRET_KEYS: &[&str] = &["signing.keys", "signing.salts", "auth.jwt_hs256_secret"];
+const SECRET_KEYS: &[&str] = &[
+    "signing.keys",
+    "signing.salts",
+    "auth.jwt_hs256_secret",
+    "cdn.purge_headers",
+];
 
 impl Config {
     /// Loads defaults, then `file` (if any), then the `PIXGATE__*` entries of `env`.
@@ -688,7 +749,7 @@ impl Config {
                 ));
             }
         }
-        if !a.jwks_url.is_empty() && !jwks_url_allowed(&a.jwks_url) {
+        if !a.jwks_url.is_empty() && !outbound_url_allowed(&a.jwks_url) {
             return Err(ConfigError::new(
                 "auth.jwks_url",
                 "must be https:// (http:// only to a loopback address)",
@@ -892,6 +953,18 @@ impl Config {
                 "must not exceed cache.memory_bytes",
             ));
         }
+        positive("cache.derived_max_bytes", c.derived_max_bytes)?;
+        positive(
+            "cache.derived_write_concurrency",
+            c.derived_write_concurrency,
+        )?;
+        if c.error_max_age_secs > MAX_SECONDS {
+            return Err(ConfigError::new(
+                "cache.error_max_age_secs",
+                format!("must be at most {MAX_SECONDS} seconds"),
+            ));
+        }
+        self.cdn.validate()?;
 
         match self.log.format.as_str() {
             "pretty" | "json" => {}
@@ -1059,8 +1132,49 @@ fn valid_origin(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
-/// A JWKS URL must be HTTPS, except on loopback (tests, sidecars).
-fn jwks_url_allowed(url: &str) -> bool {
+impl CdnConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.purge_url.is_empty() {
+            return Ok(());
+        }
+        let sample = crate::cdn::expand(&self.purge_url, "0123456789abcdef0123456789abcdef", "n");
+        if !outbound_url_allowed(&sample) {
+            return Err(ConfigError::new(
+                "cdn.purge_url",
+                "must be an https URL (http only to loopback), without userinfo",
+            ));
+        }
+        if !crate::cdn::METHODS.contains(&self.purge_method.as_str()) {
+            return Err(ConfigError::new(
+                "cdn.purge_method",
+                format!("must be one of: {}", crate::cdn::METHODS.join(", ")),
+            ));
+        }
+        for h in &self.purge_headers {
+            // The value is a secret: never echoed in the error.
+            if crate::cdn::parse_header(h).is_none() {
+                let name: String = h.split(':').next().unwrap_or("").chars().take(40).collect();
+                return Err(ConfigError::new(
+                    "cdn.purge_headers",
+                    format!("`{name}: …` is not a valid `Name: value` header"),
+                ));
+            }
+        }
+        if !(1..=10).contains(&self.purge_attempts) {
+            return Err(ConfigError::new("cdn.purge_attempts", "must be 1..=10"));
+        }
+        if self.purge_timeout_ms == 0 || self.purge_timeout_ms > 60_000 {
+            return Err(ConfigError::new(
+                "cdn.purge_timeout_ms",
+                "must be 1..=60000",
+            ));
+        }
+        positive("cdn.purge_queue", self.purge_queue)
+    }
+}
+
+/// An outbound URL (JWKS, CDN purge) must be HTTPS, except on loopback (tests, sidecars).
+fn outbound_url_allowed(url: &str) -> bool {
     let Ok(uri) = url.parse::<http::Uri>() else {
         return false;
     };

@@ -23,7 +23,7 @@ pub enum Category {
 }
 
 /// Everything that can go wrong while serving a request.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("invalid signature")]
     InvalidSignature,

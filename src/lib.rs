@@ -9,7 +9,9 @@
 //! - [`auth`] bearer JWTs, principals and roles
 //! - [`catalog`] image records (original + metadata) over [`storage`]
 //! - [`storage`] the `ObjectStore` trait; `fs` and `s3` backends
-//! - [`cache`] the memory LRU of results
+//! - [`cache`] result caches: memory LRU, derived objects, single-flight
+//! - [`render`] results through the caches; eager presets; purging an image everywhere
+//! - [`cdn`] the CDN purge hook
 //! - [`workers`] the bounded CPU pool
 //! - [`image`] pure image engine: probe, decode (shrink-on-load), resize, effects, encode
 //! - [`config`], [`error`], [`metrics`], [`id`], [`app`] (wiring)
@@ -21,6 +23,7 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod catalog;
+pub mod cdn;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -29,6 +32,7 @@ pub mod image;
 pub mod limits;
 pub mod metrics;
 pub mod options;
+pub mod render;
 pub mod server;
 pub mod signature;
 pub mod storage;

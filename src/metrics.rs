@@ -23,6 +23,13 @@ pub const QUOTA_DECISIONS_TOTAL: &str = "pixgate_quota_decisions_total";
 pub const LIMITER_FALLBACK_TOTAL: &str = "pixgate_limiter_fallback_total";
 pub const LIMITER_DEGRADED: &str = "pixgate_limiter_degraded";
 pub const REDIS_DURATION_SECONDS: &str = "pixgate_redis_duration_seconds";
+pub const CACHE_EVICTIONS_TOTAL: &str = "pixgate_cache_evictions_total";
+pub const CACHE_OVERSIZE_TOTAL: &str = "pixgate_cache_oversize_total";
+pub const DERIVED_WRITES_TOTAL: &str = "pixgate_derived_writes_total";
+pub const SINGLEFLIGHT_COALESCED_TOTAL: &str = "pixgate_singleflight_coalesced_total";
+pub const EAGER_RENDERS_TOTAL: &str = "pixgate_eager_renders_total";
+pub const CDN_PURGES_TOTAL: &str = "pixgate_cdn_purges_total";
+pub const CDN_PURGE_ATTEMPTS_TOTAL: &str = "pixgate_cdn_purge_attempts_total";
 
 /// Redis calls on loopback take tens of microseconds; the deadline is tens of milliseconds.
 const REDIS_BUCKETS: &[f64] = &[
@@ -63,6 +70,20 @@ pub struct Metrics {
     pub limiter_degraded: IntGauge,
     /// Round trip of each limiter call to Redis.
     pub redis_duration: Histogram,
+    /// Memory-cache entries evicted to make room (least recently used first).
+    pub cache_evictions: IntCounter,
+    /// Results not admitted to memory because they are over `cache.max_item_bytes`.
+    pub cache_oversize: IntCounter,
+    /// `{result}`: `ok|error|dropped|discarded` background writes to the derived store.
+    pub derived_writes: IntCounterVec,
+    /// Requests that waited for an identical in-flight computation instead of starting one.
+    pub singleflight_coalesced: IntCounter,
+    /// `{result}`: `ok|error|skipped` eager preset renders after uploads.
+    pub eager_renders: IntCounterVec,
+    /// `{result}`: `ok|failed` CDN purge calls (after retries).
+    pub cdn_purges: IntCounterVec,
+    /// Every HTTP attempt of the CDN purge hook, retries included.
+    pub cdn_purge_attempts: IntCounter,
 }
 
 impl Metrics {
@@ -145,6 +166,40 @@ impl Metrics {
             )
             .buckets(REDIS_BUCKETS.to_vec()),
         )?;
+        let cache_evictions = IntCounter::new(
+            CACHE_EVICTIONS_TOTAL,
+            "Memory-cache entries evicted to make room.",
+        )?;
+        let cache_oversize = IntCounter::new(
+            CACHE_OVERSIZE_TOTAL,
+            "Results not kept in memory because they exceed cache.max_item_bytes.",
+        )?;
+        let derived_writes = IntCounterVec::new(
+            Opts::new(
+                DERIVED_WRITES_TOTAL,
+                "Background writes of results to the derived store, by result.",
+            ),
+            &["result"],
+        )?;
+        let singleflight_coalesced = IntCounter::new(
+            SINGLEFLIGHT_COALESCED_TOTAL,
+            "Requests served by waiting for an identical in-flight computation.",
+        )?;
+        let eager_renders = IntCounterVec::new(
+            Opts::new(
+                EAGER_RENDERS_TOTAL,
+                "Eager preset renders after uploads, by result.",
+            ),
+            &["result"],
+        )?;
+        let cdn_purges = IntCounterVec::new(
+            Opts::new(CDN_PURGES_TOTAL, "CDN purge hook calls by final result."),
+            &["result"],
+        )?;
+        let cdn_purge_attempts = IntCounter::new(
+            CDN_PURGE_ATTEMPTS_TOTAL,
+            "HTTP attempts of the CDN purge hook, retries included.",
+        )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(http_bytes_out.clone()))?;
@@ -160,6 +215,13 @@ impl Metrics {
         registry.register(Box::new(limiter_fallback.clone()))?;
         registry.register(Box::new(limiter_degraded.clone()))?;
         registry.register(Box::new(redis_duration.clone()))?;
+        registry.register(Box::new(cache_evictions.clone()))?;
+        registry.register(Box::new(cache_oversize.clone()))?;
+        registry.register(Box::new(derived_writes.clone()))?;
+        registry.register(Box::new(singleflight_coalesced.clone()))?;
+        registry.register(Box::new(eager_renders.clone()))?;
+        registry.register(Box::new(cdn_purges.clone()))?;
+        registry.register(Box::new(cdn_purge_attempts.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
@@ -177,6 +239,13 @@ impl Metrics {
             limiter_fallback,
             limiter_degraded,
             redis_duration,
+            cache_evictions,
+            cache_oversize,
+            derived_writes,
+            singleflight_coalesced,
+            eager_renders,
+            cdn_purges,
+            cdn_purge_attempts,
         })
     }
 

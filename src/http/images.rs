@@ -11,8 +11,11 @@
 //! pool → durable write → `201`. Nothing is stored unless every check passed.
 //!
 //! `DELETE` answers `204` only after the original, every derived object and every memory-cache
-//! entry of the image are gone, so a signed URL minted earlier then gets `404` from the origin.
+//! entry of the image are gone, so a signed URL minted earlier then gets `404` from the origin;
+//! the CDN purge hook follows in the background. An upload's `201` starts the eager preset
+//! renders (`presets.eager`) in the background.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -35,6 +38,7 @@ use crate::id::ImageId;
 use crate::image::{self, ImageFormat};
 use crate::limits::{Charge, Kind};
 use crate::options::parse_path;
+use crate::render;
 
 /// Room for multipart framing and the metadata fields on top of the image itself.
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
@@ -60,7 +64,11 @@ fn meta_json(meta: &ImageMeta) -> Value {
     serde_json::to_value(meta).unwrap_or_default()
 }
 
-pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
+pub async fn create(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    ctx: &Ctx,
+) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
     let principal = authorize(app, &parts.headers, ctx, Action::Upload).await?;
     let owner = acting_for(&principal, parts.uri.query())?;
@@ -117,10 +125,14 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
     // reset), the write and its cleanup still finish instead of stopping half-way.
     let catalog = app.catalog.clone();
     let record = meta.clone();
-    tokio::spawn(async move { catalog.create(&record, bytes).await })
+    let original = bytes.clone();
+    tokio::spawn(async move { catalog.create(&record, original).await })
         .await
         .map_err(|e| Error::Internal(format!("storage task failed: {e}")))??;
     tracing::info!(request_id = %ctx.request_id, image = %id, format = probe.format.as_str(), bytes = meta.bytes, "image stored");
+    // `presets.eager`: rendered in the background from the bytes in hand, never delaying
+    // the `201`, so the first views are cache hits.
+    render::spawn_eager(app, &meta, bytes);
 
     let mut resp = json_response(StatusCode::CREATED, &meta_json(&meta));
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/images/{id}")) {
@@ -331,23 +343,15 @@ pub async fn update(
 }
 
 pub async fn delete(
-    app: &App,
+    app: &Arc<App>,
     req: Request<Incoming>,
     ctx: &Ctx,
     id: &str,
 ) -> Result<Response<Body>, Error> {
     let principal = authorize(app, req.headers(), ctx, Action::Delete).await?;
     let meta = owned_image(app, &principal, id).await?;
-    // Tombstone first: a transform finishing during the delete cannot re-populate the cache.
-    app.cache.purge_image(&meta.id);
-    // In its own task, like uploads: a cancelled request must not stop a delete half-way.
-    let catalog = app.catalog.clone();
-    let record = meta.clone();
-    tokio::spawn(async move { catalog.delete(&record).await })
-        .await
-        .map_err(|e| Error::Internal(format!("storage task failed: {e}")))??;
-    app.cache.purge_image(&meta.id);
-    app.metrics.cache_memory_bytes.set(app.cache.bytes() as i64);
+    // Memory, original, derived objects, metadata; then the CDN purge hook in the background.
+    render::delete_image(app, &meta).await?;
     tracing::info!(request_id = %ctx.request_id, image = %meta.id, "image deleted");
     Ok(no_content())
 }

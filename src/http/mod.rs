@@ -15,6 +15,7 @@ mod transform;
 mod usage;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -106,9 +107,16 @@ pub struct Ctx {
     actor: Mutex<Option<(String, &'static str)>>,
     /// The limits this request was subject to, for the `RateLimit` headers (one per policy).
     limits: Mutex<Vec<Status>>,
+    /// `max-age` for a `404` of this request (set once a signed URL verified); 0: `no-store`.
+    not_found_max_age: AtomicU64,
 }
 
 impl Ctx {
+    /// Lets a `404` of this request be cached publicly for `secs` (0: never).
+    pub fn cache_not_found_for(&self, secs: u64) {
+        self.not_found_max_age.store(secs, Ordering::Relaxed);
+    }
+
     /// Records the acting principal (for signed URLs: the image's owner).
     pub fn set_actor(&self, user_id: &str, method: &'static str) {
         *self.actor.lock().unwrap_or_else(|p| p.into_inner()) = Some((user_id.to_owned(), method));
@@ -216,6 +224,7 @@ pub async fn handle(
         tls,
         actor: Mutex::new(None),
         limits: Mutex::new(Vec::new()),
+        not_found_max_age: AtomicU64::new(0),
     };
     let route = classify(req.uri().path(), listener, &app);
     let is_head = req.method() == Method::HEAD;
@@ -235,7 +244,7 @@ pub async fn handle(
 }
 
 async fn dispatch(
-    app: &App,
+    app: &Arc<App>,
     route: &Route,
     req: Request<Incoming>,
     ctx: &Ctx,
@@ -287,6 +296,15 @@ fn finish(
         Ok(r) => (r, None),
         Err(e) => (error_response(&e), Some(e)),
     };
+    // Errors are `no-store`, except the `404` of a verified signed URL, which a CDN may keep
+    // for `cache.error_max_age_secs` so a flood of requests for a deleted image stays there.
+    let not_found_age = ctx.not_found_max_age.load(Ordering::Relaxed);
+    if matches!(error, Some(Error::NotFound))
+        && not_found_age > 0
+        && let Ok(v) = HeaderValue::from_str(&format!("public, max-age={not_found_age}"))
+    {
+        resp.headers_mut().insert(CACHE_CONTROL, v);
+    }
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
         h.insert(X_REQUEST_ID, v);

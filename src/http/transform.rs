@@ -9,28 +9,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{
-    ACCEPT, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderValue, IF_NONE_MATCH, LAST_MODIFIED, VARY,
+    ACCEPT, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderName, HeaderValue, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, LAST_MODIFIED, VARY,
 };
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use sha2::{Digest, Sha256};
 
 use super::{Body, Ctx, authenticate};
 use crate::app::App;
 use crate::auth::{Action, Principal, Role};
-use crate::cache::CachedResult;
+use crate::cache::{self, CachedResult};
 use crate::error::Error;
-use crate::image::ImageFormat;
 use crate::limits::Kind;
 use crate::options::{OutputFormat, parse_path};
+use crate::render::{self, Target, cache_key, fallback_format};
 use crate::signature::unix_now;
 
-/// Version of the rendering pipeline; part of every cache key and ETag, so a change in how
-/// results are produced never serves stale bytes under an old validator.
-const PIPELINE_VERSION: &str = "v2";
+const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
+const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 
-pub async fn handle(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
+pub async fn handle(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    ctx: &Ctx,
+) -> Result<Response<Body>, Error> {
     let (parts, _body) = req.into_parts();
     let path = parts.uri.path();
     let (signature, tail) = split_signature(path)?;
@@ -43,6 +46,8 @@ pub async fn handle(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
     } else if app.signer.verify(signature, tail) {
         // Signed URLs carry no credential: their request rate is per client IP.
         ctx.limit(app.limiter.ip_request(ctx.client_ip).await)?;
+        // A valid signature's `404` may be cached briefly by the CDN (404 floods stay there).
+        ctx.cache_not_found_for(app.config.cache.error_max_age_secs);
         None
     } else {
         return Err(Error::InvalidSignature);
@@ -58,14 +63,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
         .quality
         .unwrap_or(app.config.transform.default_quality as u8);
     let negotiated = spec.format.is_none();
-    let key_for = |token: &str| {
-        format!(
-            "{PIPELINE_VERSION}-{}|{}|{}|q{quality}|{token}",
-            app.render_fingerprint,
-            request.image,
-            spec.canonical()
-        )
-    };
+    let key_for = |token: &str| cache_key(app, &request.image, &spec, quality, token);
     // Configured formats the client accepts (`transform.auto_formats`, in order).
     let accepted: Vec<OutputFormat> = if negotiated {
         app.auto_formats
@@ -98,7 +96,13 @@ pub async fn handle(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
             now,
             app.config.cache.max_age_secs,
         ),
-        vary: negotiated,
+        // The response depends on `Accept` only if a format was negotiated from it.
+        vary: negotiated && !app.auto_formats.is_empty(),
+        surrogate_key: app
+            .config
+            .cache
+            .surrogate_keys
+            .then(|| request.image.to_string()),
     };
     let metrics = &app.metrics;
 
@@ -137,81 +141,54 @@ pub async fn handle(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
         .format
         .or(auto)
         .unwrap_or_else(|| fallback_format(meta.format));
-    let etag = etag_for(&key);
-    let last_modified = humantime::parse_rfc3339(&meta.created_at).unwrap_or(UNIX_EPOCH);
-    if if_none_match(&parts.headers, &etag) {
-        return Ok(not_modified(&etag, last_modified, &headers));
+    let etag = cache::etag(&key);
+    let last_modified = render::last_modified(&meta);
+    if not_modified(&parts.headers, &etag, last_modified) {
+        return Ok(not_modified_response(&etag, last_modified, &headers));
     }
 
     // A computation is charged to the caller (bearer) or to the image's owner (signed URL,
     // at the plan the owner last authenticated with). The unit is given back if the work never
     // starts (queue full, original unavailable, request dropped while queued); once the CPU
-    // work has begun it stays spent, whatever the result.
-    let charge = match &principal {
-        Some(p) => {
-            let charge = app
-                .limiter
-                .charge(
-                    Kind::Transforms,
-                    &p.user_id,
-                    p.plan.as_deref(),
-                    p.role == Role::Admin,
+    // work has begun it stays spent, whatever the result. Derived-store hits and requests
+    // that wait for an identical computation in flight are not charged.
+    let owner = meta.owner.clone();
+    let charge = || async {
+        match &principal {
+            Some(p) => ctx
+                .limit(
+                    app.limiter
+                        .charge(
+                            Kind::Transforms,
+                            &p.user_id,
+                            p.plan.as_deref(),
+                            p.role == Role::Admin,
+                        )
+                        .await,
                 )
-                .await;
-            ctx.limit(charge)?
-        }
-        None => {
-            // The owner's quota state is not put on a public, CDN-cacheable response; only a
-            // refusal says why (the error carries it).
-            let plan = app.limiter.plan_of(&meta.owner).await;
-            app.limiter
-                .charge(Kind::Transforms, &meta.owner, plan.as_deref(), false)
-                .await?
+                .map(Some),
+            None => {
+                // The owner's quota state is not put on a public, CDN-cacheable response; only
+                // a refusal says why (the error carries it).
+                let plan = app.limiter.plan_of(&owner).await;
+                app.limiter
+                    .charge(Kind::Transforms, &owner, plan.as_deref(), false)
+                    .await
+                    .map(Some)
+            }
         }
     };
-
-    // Reserve the CPU-queue place before fetching: at most workers + queue_len originals are
-    // held in memory at once, and an overloaded server refuses before doing any I/O.
-    let admission = app.workers.admit()?;
-    // AVIF encodes are slow: at most `transform.avif_workers` at once, so they cannot take
-    // every CPU worker. No waiting: a busy limiter is `503 overloaded` with Retry-After
-    // (negotiated requests were already steered to another format above).
-    let avif_permit = if format == OutputFormat::Avif {
-        Some(
-            app.avif_permits
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| Error::Overloaded)?,
-        )
-    } else {
-        None
-    };
-    let original = app.catalog.original(&request.image).await?;
-    let engine = app.engine.clone();
-    let job_spec = spec.clone();
-    let timer = metrics.transform_duration.clone();
-    let encoded = app
-        .workers
-        .run_admitted(admission, move || {
-            // The work starts: the quota unit is spent from here on.
-            charge.commit();
-            // Timed on the worker: queueing for a worker is not computation.
-            let _timer = timer.start_timer();
-            let _avif = avif_permit;
-            engine.transform(&original, &job_spec, format, quality)
-        })
-        .await??;
-
-    let result = Arc::new(CachedResult {
-        bytes: Bytes::from(encoded.bytes),
-        format,
-        etag,
-        image: meta.id,
+    let target = Target {
+        image: request.image.clone(),
         owner: meta.owner,
+        key,
+        spec,
+        format,
+        quality,
         last_modified,
-    });
-    app.cache.insert(key, result.clone());
-    metrics.cache_memory_bytes.set(app.cache.bytes() as i64);
+        original: None,
+    };
+    let result = render::resolve(app, target, charge).await?;
     Ok(respond(&parts.headers, &result, &headers))
 }
 
@@ -240,15 +217,6 @@ fn authorize(principal: Option<&Principal>, owner: &str, ctx: &Ctx) -> Result<()
     }
 }
 
-/// Output format when the client did not ask for one and accepts none of `auto_formats`.
-fn fallback_format(source: ImageFormat) -> OutputFormat {
-    match source {
-        ImageFormat::Jpeg => OutputFormat::Jpeg,
-        // PNG keeps alpha and palette-style sharpness for PNG, GIF and (possibly alpha) WebP.
-        ImageFormat::Png | ImageFormat::Gif | ImageFormat::Webp => OutputFormat::Png,
-    }
-}
-
 fn accepts(headers: &HeaderMap, mime: &str) -> bool {
     headers.get_all(ACCEPT).iter().any(|v| {
         v.to_str().is_ok_and(|s| {
@@ -265,11 +233,6 @@ fn accepts(headers: &HeaderMap, mime: &str) -> bool {
     })
 }
 
-fn etag_for(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    format!("\"{}\"", &hex::encode(digest)[..32])
-}
-
 /// Weak comparison, as RFC 9110 §13.1.2 prescribes for `If-None-Match`.
 fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     headers.get_all(IF_NONE_MATCH).iter().any(|v| {
@@ -280,6 +243,28 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
             })
         })
     })
+}
+
+/// Whether the client's copy is current: `If-None-Match` when present (RFC 9110 §13.2.2: it
+/// takes precedence), else `If-Modified-Since` against the upload time (originals never
+/// change, so no result of an image is newer than its upload).
+fn not_modified(headers: &HeaderMap, etag: &str, last_modified: SystemTime) -> bool {
+    if headers.contains_key(IF_NONE_MATCH) {
+        return if_none_match(headers, etag);
+    }
+    headers
+        .get(IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .is_some_and(|since| http_time(last_modified) <= since)
+}
+
+/// `Last-Modified` as sent: whole seconds, never before 1970-01-01T00:00:01.
+fn http_time(t: SystemTime) -> SystemTime {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs().max(1));
+    UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 /// `public, max-age=N, immutable` for signed URLs, `private, max-age=N` for bearer requests,
@@ -299,6 +284,8 @@ fn cache_control(bearer: bool, expires: Option<u64>, now: u64, max_age: u64) -> 
 struct ResponseHeaders {
     cache_control: String,
     vary: bool,
+    /// The image id, for `Surrogate-Key` / `Cache-Tag` (purge by image at the CDN).
+    surrogate_key: Option<String>,
 }
 
 fn common_headers(
@@ -314,17 +301,27 @@ fn common_headers(
     if let Ok(v) = HeaderValue::from_str(&h.cache_control) {
         headers.insert(CACHE_CONTROL, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(
-        last_modified.max(UNIX_EPOCH + Duration::from_secs(1)),
-    )) {
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(http_time(last_modified))) {
         headers.insert(LAST_MODIFIED, v);
     }
     if h.vary {
         headers.insert(VARY, HeaderValue::from_static("Accept"));
     }
+    if let Some(v) = h
+        .surrogate_key
+        .as_deref()
+        .and_then(|k| HeaderValue::from_str(k).ok())
+    {
+        headers.insert(SURROGATE_KEY, v.clone());
+        headers.insert(CACHE_TAG, v);
+    }
 }
 
-fn not_modified(etag: &str, last_modified: SystemTime, h: &ResponseHeaders) -> Response<Body> {
+fn not_modified_response(
+    etag: &str,
+    last_modified: SystemTime,
+    h: &ResponseHeaders,
+) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::NOT_MODIFIED;
     common_headers(&mut resp, etag, last_modified, h);
@@ -332,8 +329,8 @@ fn not_modified(etag: &str, last_modified: SystemTime, h: &ResponseHeaders) -> R
 }
 
 fn respond(req_headers: &HeaderMap, item: &CachedResult, h: &ResponseHeaders) -> Response<Body> {
-    if if_none_match(req_headers, &item.etag) {
-        return not_modified(&item.etag, item.last_modified, h);
+    if not_modified(req_headers, &item.etag, item.last_modified) {
+        return not_modified_response(&item.etag, item.last_modified, h);
     }
     let mut resp = Response::new(Full::new(item.bytes.clone()));
     resp.headers_mut()
@@ -397,10 +394,33 @@ mod tests {
     }
 
     #[test]
-    fn etags_are_strong_and_key_dependent() {
-        let a = etag_for("v1|x|rt:fit|q80|webp");
-        let b = etag_for("v1|x|rt:fit|q81|webp");
-        assert_ne!(a, b);
-        assert!(a.starts_with('"') && !a.starts_with("W/"));
+    fn if_modified_since_only_without_if_none_match() {
+        let uploaded = UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(400);
+        let at = |secs: u64| httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
+        // The sent Last-Modified (whole seconds) is "not modified since" itself.
+        assert!(not_modified(
+            &h(IF_MODIFIED_SINCE, &at(1_700_000_000)),
+            "\"e\"",
+            uploaded
+        ));
+        assert!(not_modified(
+            &h(IF_MODIFIED_SINCE, &at(1_800_000_000)),
+            "\"e\"",
+            uploaded
+        ));
+        assert!(!not_modified(
+            &h(IF_MODIFIED_SINCE, &at(1_600_000_000)),
+            "\"e\"",
+            uploaded
+        ));
+        assert!(!not_modified(
+            &h(IF_MODIFIED_SINCE, "yesterday"),
+            "\"e\"",
+            uploaded
+        ));
+        // If-None-Match wins, even when it does not match.
+        let mut both = h(IF_NONE_MATCH, "\"other\"");
+        both.insert(IF_MODIFIED_SINCE, at(1_800_000_000).parse().unwrap());
+        assert!(!not_modified(&both, "\"e\"", uploaded));
     }
 }

@@ -1,6 +1,6 @@
 //! The in-memory result cache: an LRU bounded in bytes.
 //!
-//! Keys are `v1|{image id}|{canonical spec}|q{quality}|{format token}`: image ids are never
+//! Keys are the transform cache keys (see [`super`]): image ids are never
 //! reused and originals never change, so a key names exactly one result. Entries carry the
 //! image's owner so bearer requests can be authorised on a hit without touching storage.
 //!
@@ -10,6 +10,7 @@
 //! A delete made through *another* instance is noticed here because hits re-check that their
 //! image still exists once it was last checked more than a bound ago ([`MemoryCache::stale`]).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,6 +42,8 @@ pub struct MemoryCache {
 struct Inner {
     lru: LruCache<String, Arc<CachedResult>>,
     bytes: u64,
+    /// The keys held for each image, so a purge touches only that image's entries.
+    by_image: HashMap<String, HashSet<String>>,
     /// Recently deleted image ids: never admitted again.
     deleted: LruCache<String, ()>,
     /// When each cached image's existence was last confirmed.
@@ -57,12 +60,37 @@ fn cost(key: &str, item: &CachedResult) -> u64 {
     item.bytes.len() as u64 + key.len() as u64 + item.owner.len() as u64 + ENTRY_OVERHEAD
 }
 
+/// What [`MemoryCache::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Stored; `evicted` older entries made room.
+    Admitted { evicted: usize },
+    /// Over the per-item cap (or the whole budget): not stored.
+    TooLarge,
+    /// The image was deleted: its results are never stored again.
+    Deleted,
+}
+
+impl Inner {
+    /// Forgets `key` (already removed from the LRU) in the accounting and the image index.
+    fn forget(&mut self, key: &str, item: &CachedResult) {
+        self.bytes -= cost(key, item);
+        if let Some(keys) = self.by_image.get_mut(&item.image) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_image.remove(&item.image);
+            }
+        }
+    }
+}
+
 impl MemoryCache {
     pub fn new(capacity: u64, max_item: u64) -> MemoryCache {
         MemoryCache {
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
                 bytes: 0,
+                by_image: HashMap::new(),
                 deleted: LruCache::new(
                     std::num::NonZeroUsize::new(TOMBSTONES).unwrap_or(std::num::NonZeroUsize::MIN),
                 ),
@@ -80,50 +108,74 @@ impl MemoryCache {
         inner.lru.get(key).cloned()
     }
 
-    /// Inserts unless the item is over the per-item cap; evicts least-recently-used entries
-    /// until the total fits. Returns whether the item was admitted.
-    pub fn insert(&self, key: String, item: Arc<CachedResult>) -> bool {
+    /// Inserts unless the item is over the per-item cap or its image was deleted; evicts
+    /// least-recently-used entries until the total fits.
+    pub fn insert(&self, key: String, item: Arc<CachedResult>) -> Admission {
         let size = cost(&key, &item);
         if item.bytes.len() as u64 > self.max_item || size > self.capacity {
-            return false;
+            return Admission::TooLarge;
         }
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if inner.deleted.contains(&item.image) {
-            return false;
+            return Admission::Deleted;
         }
         if let Some(old) = inner.lru.pop(&key) {
-            inner.bytes -= cost(&key, &old);
+            inner.forget(&key, &old);
         }
+        let mut evicted = 0;
         while inner.bytes + size > self.capacity {
             match inner.lru.pop_lru() {
-                Some((k, v)) => inner.bytes -= cost(&k, &v),
+                Some((k, v)) => {
+                    inner.forget(&k, &v);
+                    evicted += 1;
+                }
                 None => break,
             }
         }
         inner.bytes += size;
         // The caller just read the image's metadata.
         inner.confirmed.put(item.image.clone(), Instant::now());
+        inner
+            .by_image
+            .entry(item.image.clone())
+            .or_default()
+            .insert(key.clone());
         inner.lru.put(key, item);
-        true
+        Admission::Admitted { evicted }
     }
 
-    /// Removes every entry of `image` and refuses its results from now on. O(entries), under
-    /// the lock; deletes are rare next to reads.
+    /// Whether `image` was deleted through this instance (its results are refused).
+    pub fn is_deleted(&self, image: &str) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.deleted.contains(image)
+    }
+
+    /// Removes every entry of `image` and refuses its results from now on. Touches only that
+    /// image's entries (an index by image is kept beside the LRU).
     pub fn purge_image(&self, image: &str) -> usize {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.deleted.put(image.to_owned(), ());
-        let doomed: Vec<String> = inner
-            .lru
-            .iter()
-            .filter(|(_, v)| v.image == image)
-            .map(|(k, _)| k.clone())
-            .collect();
+        inner.confirmed.pop(image);
+        let doomed = inner.by_image.remove(image).unwrap_or_default();
         for k in &doomed {
             if let Some(v) = inner.lru.pop(k) {
                 inner.bytes -= cost(k, &v);
             }
         }
         doomed.len()
+    }
+
+    /// Entries held (for tests and the index's consistency).
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lru
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Whether `image`'s existence was last confirmed more than `bound` ago (or never): the
@@ -165,14 +217,18 @@ mod tests {
     #[test]
     fn bounded_in_bytes_with_lru_eviction() {
         let c = MemoryCache::new(3_000, 1_000);
-        assert!(c.insert("a".into(), item(900)));
-        assert!(c.insert("b".into(), item(900)));
+        let ok = Admission::Admitted { evicted: 0 };
+        assert_eq!(c.insert("a".into(), item(900)), ok);
+        assert_eq!(c.insert("b".into(), item(900)), ok);
         assert!(c.get("a").is_some()); // a is now most recent
-        assert!(c.insert("c".into(), item(900)));
+        assert_eq!(
+            c.insert("c".into(), item(900)),
+            Admission::Admitted { evicted: 1 }
+        );
         assert!(c.get("b").is_none(), "b was least recently used");
         assert!(c.get("a").is_some() && c.get("c").is_some());
         assert!(c.bytes() <= 3_000);
-        assert!(!c.insert("big".into(), item(1_001)), "over the item cap");
+        assert_eq!(c.insert("big".into(), item(1_001)), Admission::TooLarge);
         assert!(c.get("big").is_none());
     }
 
@@ -191,8 +247,10 @@ mod tests {
         assert!(c.get("c").is_some());
         assert_eq!(c.bytes(), cost("c", &other));
         // A late result of the deleted image is refused.
-        assert!(!c.insert("a".into(), item(100)));
+        assert_eq!(c.insert("a".into(), item(100)), Admission::Deleted);
         assert!(c.get("a").is_none());
+        assert!(c.is_deleted("img") && !c.is_deleted("other"));
+        assert_eq!(c.len(), 1);
         // Freshness: confirmed on insert, stale after the bound.
         assert!(!c.stale("other", Duration::from_secs(60)));
         assert!(c.stale("other", Duration::ZERO));
@@ -208,5 +266,28 @@ mod tests {
             c.insert("k".into(), item(1_000));
         }
         assert_eq!(c.bytes(), 1_000 + 1 + 1 + ENTRY_OVERHEAD);
+    }
+
+    #[test]
+    fn the_image_index_follows_evictions_and_purges() {
+        let c = MemoryCache::new(3_000, 1_000); // room for three of these
+        let of = |image: &str, n| {
+            Arc::new(CachedResult {
+                image: image.into(),
+                ..(*item(n)).clone()
+            })
+        };
+        c.insert("x1".into(), of("x", 500));
+        c.insert("y1".into(), of("y", 500));
+        c.insert("x2".into(), of("x", 500));
+        // Evicts x1 (least recently used): x's index must forget it.
+        c.insert("y2".into(), of("y", 500));
+        assert!(c.get("x1").is_none());
+        assert_eq!(c.purge_image("x"), 1, "only x2 was still held");
+        assert_eq!(c.purge_image("y"), 2);
+        assert!(c.is_empty());
+        assert_eq!(c.bytes(), 0);
+        let inner = c.inner.lock().unwrap();
+        assert!(inner.by_image.is_empty());
     }
 }

@@ -1,0 +1,246 @@
+//! The CDN purge hook: after an image is deleted (or its owner's account erased), one HTTP
+//! request tells the CDN to drop every cached response tagged with the image's surrogate key.
+//!
+//! Transform responses carry `Surrogate-Key: {image id}` (Fastly) and `Cache-Tag: {image id}`
+//! (Cloudflare), so one purge by key covers every size, format and signature of the image.
+//! The request is configured, not coded per vendor (`[cdn]`): URL, method, headers, body,
+//! with `{key}`, `{image_id}` and `{nonce}` substituted — enough for Fastly's purge-by-key,
+//! Cloudflare's purge by tag, or a relay in front of CloudFront (see `deploy/cdn.md`).
+//!
+//! Purges run in the background after the delete has answered: a CDN outage must not block or
+//! undo a delete (the origin already answers `404`, and CDN copies expire by their `max-age`,
+//! never beyond the URL's `exp`). Attempts are retried with backoff on network errors, `429`
+//! and `5xx`; a final failure is logged and counted. Header values are secrets and never logged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, Request};
+use http_body_util::Full;
+
+use crate::config::CdnConfig;
+use crate::metrics::Metrics;
+
+/// Methods the hook may use (`PURGE` is Fastly's single-URL purge).
+pub const METHODS: &[&str] = &["POST", "PUT", "DELETE", "GET", "PURGE"];
+
+/// Backoff before attempt n+1: 0.25 s × 4ⁿ (0.25, 1, 4, 16 s, …), capped at 30 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(4u64.saturating_pow(attempt)))
+        .min(Duration::from_secs(30))
+}
+
+/// Substitutes the placeholders. Image ids are 32 hex digits and nonces hex, so the result
+/// needs no further escaping in a URL path or a JSON string.
+pub fn expand(template: &str, image_id: &str, nonce: &str) -> String {
+    template
+        .replace("{key}", image_id)
+        .replace("{image_id}", image_id)
+        .replace("{nonce}", nonce)
+}
+
+/// `Name: value` → a header pair, if both parts are valid.
+pub fn parse_header(line: &str) -> Option<(HeaderName, HeaderValue)> {
+    let (name, value) = line.split_once(':')?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes()).ok()?;
+    let mut value = HeaderValue::from_str(value.trim()).ok()?;
+    value.set_sensitive(true);
+    Some((name, value))
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+struct Hook {
+    url: String,
+    method: Method,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: String,
+    timeout: Duration,
+    attempts: u32,
+    queue: usize,
+    client: Client,
+}
+
+/// Sends purges; a no-op when no hook is configured.
+pub struct CdnPurger {
+    hook: Option<Hook>,
+    pending: AtomicUsize,
+    metrics: Metrics,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Done,
+    Retry(String),
+    Fail(String),
+}
+
+impl CdnPurger {
+    /// Builds the purger from a validated configuration.
+    pub fn new(cfg: &CdnConfig, metrics: Metrics) -> Result<CdnPurger, String> {
+        let hook = if cfg.purge_url.is_empty() {
+            None
+        } else {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_provider_and_native_roots(provider)
+                .map_err(|e| format!("cdn.purge_url: TLS roots: {e}"))?
+                .https_or_http()
+                .enable_http1()
+                .build();
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build(https);
+            Some(Hook {
+                url: cfg.purge_url.clone(),
+                method: Method::from_bytes(cfg.purge_method.as_bytes())
+                    .map_err(|_| "cdn.purge_method: not a method".to_owned())?,
+                headers: cfg
+                    .purge_headers
+                    .iter()
+                    .map(|h| parse_header(h).ok_or("cdn.purge_headers: invalid header"))
+                    .collect::<Result<_, _>>()?,
+                body: cfg.purge_body.clone(),
+                timeout: Duration::from_millis(cfg.purge_timeout_ms),
+                attempts: u32::try_from(cfg.purge_attempts).unwrap_or(1).max(1),
+                queue: usize::try_from(cfg.purge_queue).unwrap_or(usize::MAX),
+                client,
+            })
+        };
+        Ok(CdnPurger {
+            hook,
+            pending: AtomicUsize::new(0),
+            metrics,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.hook.is_some()
+    }
+
+    /// Purges `image_id` from the CDN in the background (bounded; never fails the caller).
+    pub fn purge(self: &Arc<Self>, image_id: &str) {
+        let Some(hook) = &self.hook else { return };
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= hook.queue {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            self.count("failed");
+            tracing::error!(image = %image_id, "CDN purge queue full; purge dropped (the CDN copy expires by its max-age)");
+            return;
+        }
+        let this = self.clone();
+        let image_id = image_id.to_owned();
+        tokio::spawn(async move {
+            this.run(&image_id).await;
+            this.pending.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// Purges now, with retries; returns whether the CDN accepted the purge.
+    pub async fn run(&self, image_id: &str) -> bool {
+        let Some(hook) = &self.hook else { return true };
+        let mut last = String::new();
+        for attempt in 0..hook.attempts {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt - 1)).await;
+            }
+            self.metrics.cdn_purge_attempts.inc();
+            match self.attempt(hook, image_id).await {
+                Attempt::Done => {
+                    self.count("ok");
+                    tracing::info!(image = %image_id, attempts = attempt + 1, "CDN purge accepted");
+                    return true;
+                }
+                Attempt::Retry(why) => last = why,
+                Attempt::Fail(why) => {
+                    last = why;
+                    break;
+                }
+            }
+        }
+        self.count("failed");
+        tracing::error!(image = %image_id, reason = %last, "CDN purge failed; the CDN may serve the image until its max-age ends");
+        false
+    }
+
+    async fn attempt(&self, hook: &Hook, image_id: &str) -> Attempt {
+        let nonce = crate::id::ImageId::generate()
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let url = expand(&hook.url, image_id, &nonce);
+        let body = expand(&hook.body, image_id, &nonce);
+        let mut builder = Request::builder().method(hook.method.clone()).uri(&url);
+        for (name, value) in &hook.headers {
+            builder = builder.header(name, value);
+        }
+        let req = match builder.body(Full::new(Bytes::from(body))) {
+            Ok(r) => r,
+            Err(e) => return Attempt::Fail(format!("request: {e}")),
+        };
+        match tokio::time::timeout(hook.timeout, hook.client.request(req)).await {
+            Err(_) => Attempt::Retry("timed out".into()),
+            Ok(Err(e)) => Attempt::Retry(format!("connection: {e}")),
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                if status.is_success() {
+                    Attempt::Done
+                } else if status.is_server_error() || status.as_u16() == 429 {
+                    Attempt::Retry(format!("status {status}"))
+                } else {
+                    // A 4xx other than 429 is a configuration error: retrying will not help.
+                    Attempt::Fail(format!("status {status}"))
+                }
+            }
+        }
+    }
+
+    /// Purges waiting or running.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics.cdn_purges.with_label_values(&[result]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_and_headers() {
+        assert_eq!(
+            expand("https://api.fastly.com/service/S/purge/{key}", "ab12", "n1"),
+            "https://api.fastly.com/service/S/purge/ab12"
+        );
+        assert_eq!(
+            expand(
+                r#"{"tags":["{key}"],"ref":"{nonce}","id":"{image_id}"}"#,
+                "ab",
+                "z"
+            ),
+            r#"{"tags":["ab"],"ref":"z","id":"ab"}"#
+        );
+        let (n, v) = parse_header("Fastly-Key:  secret ").unwrap();
+        assert_eq!(n.as_str(), "fastly-key");
+        assert_eq!(v.to_str().unwrap(), "secret");
+        assert!(v.is_sensitive());
+        for bad in ["no colon", "bad name: x", ": x", "X: a\nb"] {
+            assert!(parse_header(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(250));
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(4));
+        assert_eq!(backoff(9), Duration::from_secs(30));
+    }
+}
