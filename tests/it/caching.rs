@@ -1,0 +1,545 @@
+//! The cache layers end to end: memory → derived store → single-flight computation, exact HTTP
+//! caching headers, eager presets after uploads, purges (derived prefix, CDN hook), and cache
+//! hits served while the CPU queue is full. Real servers, real Redis and Garage.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use pixgate::auth::Role;
+use pixgate::image::{ImageFormat, probe};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::both_backends;
+use crate::harness::*;
+
+both_backends!(
+    restart_serves_derived_hits_without_decoding,
+    concurrent_identical_misses_compute_once,
+    eager_presets_are_stored_after_upload,
+    delete_purges_every_layer_and_calls_the_cdn_hook,
+    oversize_results_skip_memory_but_not_the_derived_store,
+);
+
+const COMPUTED: &str = "pixgate_transform_duration_seconds_count";
+
+fn cache(t: &str, layer: &str, result: &str) -> f64 {
+    metric(
+        t,
+        "pixgate_cache_requests_total",
+        &format!("{{layer=\"{layer}\",result=\"{result}\"}}"),
+    )
+}
+
+fn derived_writes(t: &str, result: &str) -> f64 {
+    metric(
+        t,
+        "pixgate_derived_writes_total",
+        &format!("{{result=\"{result}\"}}"),
+    )
+}
+
+/// Waits until `f(metrics)` holds (background work: derived writes, eager renders, purges).
+async fn wait_for(s: &Server, what: &str, f: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = metrics(s).await;
+        if f(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Keys under `derived/{id}/` in the derived store, through the backend itself.
+async fn derived_keys(backend: Backend, s: &Server, id: &str) -> Vec<String> {
+    let prefix = format!("derived/{id}/");
+    match backend {
+        Backend::Fs => {
+            let dir = s.dir.path().join("data/derived").join(&prefix);
+            let mut keys: Vec<String> = std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .map(|e| format!("{prefix}{}", e.file_name().to_string_lossy()))
+                        .filter(|k| !k.contains(".tmp"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            keys.sort();
+            keys
+        }
+        Backend::S3 => s3_keys(&s3_client().await, DERIVED_BUCKET)
+            .await
+            .into_iter()
+            .filter(|k| k.starts_with(&prefix))
+            .collect(),
+    }
+}
+
+/// A second server on the first one's storage (same directory, or the same buckets).
+fn restart_on_same_storage(backend: Backend, first: &Server, extra: &[(&str, &str)]) -> Server {
+    let root = first.dir.path().join("data").display().to_string();
+    let mut env: Vec<(&str, &str)> = extra.to_vec();
+    if backend == Backend::Fs {
+        env.push(("PIXGATE__STORAGE__FS_ROOT", root.as_str()));
+    }
+    Server::start_with(backend, &env)
+}
+
+async fn restart_serves_derived_hits_without_decoding(backend: Backend) {
+    let mut s = Server::start(backend);
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let url_path = signed(&format!("/rs:fit:100:100/f:webp/plain/{id}"));
+    let first = get(&s.url(&url_path), &[]).await;
+    assert_eq!(first.status, 200);
+    let etag = first.header("etag").unwrap().to_owned();
+    // Written in the background after the response.
+    let m = wait_for(&s, "the derived write", |m| derived_writes(m, "ok") == 1.0).await;
+    assert_eq!(cache(&m, "derived", "miss"), 1.0);
+    assert_eq!(metric(&m, COMPUTED, ""), 1.0);
+    let keys = derived_keys(backend, &s, &id).await;
+    assert_eq!(
+        keys,
+        vec![format!("derived/{id}/{}.webp", etag.trim_matches('"'))],
+        "one object under the image's prefix, named by the ETag digest"
+    );
+    // The second identical request is a memory hit.
+    let second = get(&s.url(&url_path), &[]).await;
+    assert_eq!(second.body, first.body);
+    let m = metrics(&s).await;
+    assert_eq!(cache(&m, "memory", "hit"), 1.0);
+    assert_eq!(metric(&m, COMPUTED, ""), 1.0);
+    s.terminate();
+
+    // After a restart the memory is empty: the result comes from the derived store, no decode.
+    let s2 = restart_on_same_storage(backend, &s, &[]);
+    let again = get(&s2.url(&url_path), &[]).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body, first.body, "byte-identical");
+    assert_eq!(again.header("etag"), Some(etag.as_str()));
+    assert_eq!(again.header("content-type"), Some("image/webp"));
+    let m = metrics(&s2).await;
+    assert_eq!(cache(&m, "memory", "miss"), 1.0);
+    assert_eq!(cache(&m, "derived", "hit"), 1.0);
+    assert_eq!(
+        metric(&m, COMPUTED, ""),
+        0.0,
+        "a derived hit decodes nothing"
+    );
+    // ... and is now in memory.
+    get(&s2.url(&url_path), &[]).await;
+    let m = metrics(&s2).await;
+    assert_eq!(cache(&m, "memory", "hit"), 1.0);
+    assert_eq!(cache(&m, "derived", "hit"), 1.0);
+
+    // A corrupt derived object is a miss, recomputed (and rewritten), never served.
+    let other = signed(&format!("/rs:fit:60:60/f:png/plain/{id}"));
+    let good = get(&s2.url(&other), &[]).await;
+    assert_eq!(good.status, 200);
+    wait_for(&s2, "the second derived write", |m| {
+        derived_writes(m, "ok") == 1.0
+    })
+    .await;
+    let digest = good.header("etag").unwrap().trim_matches('"').to_owned();
+    let key = format!("derived/{id}/{digest}.png");
+    match backend {
+        Backend::Fs => {
+            std::fs::write(s.dir.path().join("data/derived").join(&key), b"junk").unwrap()
+        }
+        Backend::S3 => {
+            s3_client()
+                .await
+                .put_object()
+                .bucket(DERIVED_BUCKET)
+                .key(&key)
+                .body(Bytes::from_static(b"junk").into())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    let s3 = restart_on_same_storage(backend, &s, &[]);
+    let r = get(&s3.url(&other), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, good.body);
+    let m = metrics(&s3).await;
+    assert_eq!(cache(&m, "derived", "miss"), 1.0);
+    assert_eq!(metric(&m, COMPUTED, ""), 1.0);
+}
+
+async fn concurrent_identical_misses_compute_once(backend: Backend) {
+    let s = Server::start(backend);
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    // Large enough to take a while, so the requests overlap.
+    let url = s.url(&signed(&format!(
+        "/rs:fit:2000:1500/el:1/bl:2/f:png/plain/{id}"
+    )));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url, &[]).await })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+        bodies.push(r.body);
+    }
+    assert!(bodies.iter().all(|b| *b == bodies[0]));
+    let p = probe(&bodies[0]).unwrap();
+    assert_eq!(
+        (p.format, p.width, p.height),
+        (ImageFormat::Png, 2000, 1500)
+    );
+    let m = metrics(&s).await;
+    assert_eq!(
+        metric(&m, COMPUTED, ""),
+        1.0,
+        "one computation for 50 requests"
+    );
+    let coalesced = metric(&m, "pixgate_singleflight_coalesced_total", "");
+    let hits = cache(&m, "memory", "hit");
+    assert_eq!(coalesced + hits, 49.0, "the rest waited or hit memory");
+    assert!(coalesced > 0.0, "overlapping misses were coalesced");
+    assert_eq!(cache(&m, "derived", "miss"), 1.0, "one derived lookup");
+
+    // Each waiter is still checked on its own: a bearer non-owner gets 404, never the result.
+    let bearer_url = s.url(&format!("/_/rs:fit:2000:1500/el:1/bl:3/f:png/plain/{id}"));
+    let owner = bearer(&token("alice", Role::Viewer));
+    let stranger = bearer(&token("mallory", Role::Viewer));
+    let owner_h = [("authorization", owner.as_str())];
+    let stranger_h = [("authorization", stranger.as_str())];
+    let (a, b) = tokio::join!(get(&bearer_url, &owner_h), get(&bearer_url, &stranger_h));
+    assert_eq!(a.status, 200);
+    assert_eq!(b.status, 404);
+}
+
+async fn eager_presets_are_stored_after_upload(backend: Backend) {
+    let extra = [
+        ("PIXGATE__PRESETS__THUMB", "rs:fill:64:64"),
+        ("PIXGATE__PRESETS__ICON", "rs:fit:32:32/f:png"),
+        ("PIXGATE__PRESETS__EAGER", "thumb,icon"),
+    ];
+    let s = Server::start_with(backend, &extra);
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    // thumb in WebP (auto format) and JPEG (fallback), icon in PNG.
+    let m = wait_for(&s, "eager renders", |m| {
+        metric(m, "pixgate_eager_renders_total", "{result=\"ok\"}") == 3.0
+            && derived_writes(m, "ok") == 3.0
+    })
+    .await;
+    assert_eq!(metric(&m, COMPUTED, ""), 3.0);
+    let keys = derived_keys(backend, &s, &id).await;
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    for ext in ["webp", "jpg", "png"] {
+        assert!(keys.iter().any(|k| k.ends_with(ext)), "{ext}: {keys:?}");
+    }
+    // First views are hits, whichever format the browser gets.
+    let thumb = s.url(&signed(&format!("/pr:thumb/plain/{id}")));
+    let webp = get(&thumb, &[("accept", "image/webp,*/*")]).await;
+    let jpeg = get(&thumb, &[("accept", "image/png")]).await;
+    let icon = get(&s.url(&signed(&format!("/pr:icon/plain/{id}"))), &[]).await;
+    assert_eq!(webp.header("content-type"), Some("image/webp"));
+    assert_eq!(jpeg.header("content-type"), Some("image/jpeg"));
+    assert_eq!(icon.header("content-type"), Some("image/png"));
+    assert_eq!(probe(&webp.body).unwrap().width, 64);
+    let m = metrics(&s).await;
+    assert_eq!(metric(&m, COMPUTED, ""), 3.0, "no view computed anything");
+    assert_eq!(cache(&m, "memory", "hit"), 3.0);
+    // A URL minted by the API (with exp:) names the same result.
+    let minted = request(
+        Method::POST,
+        &s.url(&format!("/v1/images/{id}/url")),
+        &[("authorization", &bearer(&token("alice", Role::Viewer)))],
+        Bytes::from_static(br#"{"options":"pr:icon"}"#),
+    )
+    .await;
+    let url = minted.json()["url"].as_str().unwrap().to_owned();
+    let r = get(&s.url(&url), &[]).await;
+    assert_eq!(r.body, icon.body);
+    assert_eq!(metric(&metrics(&s).await, COMPUTED, ""), 3.0);
+    // After a restart, the eager results are derived hits.
+    let s2 = restart_on_same_storage(backend, &s, &extra);
+    let r = get(&s2.url(&signed(&format!("/pr:icon/plain/{id}"))), &[]).await;
+    assert_eq!(r.body, icon.body);
+    let m = metrics(&s2).await;
+    assert_eq!(cache(&m, "derived", "hit"), 1.0);
+    assert_eq!(metric(&m, COMPUTED, ""), 0.0);
+}
+
+/// A purge-hook endpoint: records each request (line, headers, body) and answers with the
+/// statuses given, in order (the last one repeats).
+struct Hook {
+    port: u16,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+async fn hook_server(statuses: Vec<u16>) -> Hook {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let mut n = 0usize;
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Head, then Content-Length bytes of body.
+            loop {
+                let Ok(k) = sock.read(&mut chunk).await else {
+                    break;
+                };
+                if k == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..k]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            log.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf).to_string());
+            let status = statuses[n.min(statuses.len() - 1)];
+            n += 1;
+            let resp =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = sock.write_all(resp.as_bytes()).await;
+        }
+    });
+    Hook { port, seen }
+}
+
+async fn delete_purges_every_layer_and_calls_the_cdn_hook(backend: Backend) {
+    // The CDN answers 503 once, then accepts: one retry.
+    let hook = hook_server(vec![503, 200]).await;
+    let purge_url = format!("http://127.0.0.1:{}/service/svc/purge/{{key}}", hook.port);
+    let s = Server::start_with(
+        backend,
+        &[
+            ("PIXGATE__CDN__PURGE_URL", purge_url.as_str()),
+            ("PIXGATE__CDN__PURGE_HEADERS", "Fastly-Key: hook-secret-123"),
+            (
+                "PIXGATE__CDN__PURGE_BODY",
+                r#"{"tags":["{key}"],"ref":"{nonce}"}"#,
+            ),
+        ],
+    );
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let keep = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let paths: Vec<String> = ["w:50/f:webp", "w:60/f:png", "w:70/f:jpg"]
+        .iter()
+        .map(|o| signed(&format!("/{o}/plain/{id}")))
+        .collect();
+    for p in &paths {
+        let r = get(&s.url(p), &[]).await;
+        assert_eq!(r.status, 200);
+        // Every transform response names the image for purges by key.
+        assert_eq!(r.header("surrogate-key"), Some(id.as_str()));
+        assert_eq!(r.header("cache-tag"), Some(id.as_str()));
+    }
+    let kept = signed(&format!("/w:50/f:webp/plain/{keep}"));
+    assert_eq!(get(&s.url(&kept), &[]).await.status, 200);
+    wait_for(&s, "derived writes", |m| derived_writes(m, "ok") == 4.0).await;
+    assert_eq!(derived_keys(backend, &s, &id).await.len(), 3);
+
+    let del = request(
+        Method::DELETE,
+        &s.url(&format!("/v1/images/{id}")),
+        &[("authorization", &bearer(&token("alice", Role::Editor)))],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(del.status, 204);
+    // Gone from the derived store before the 204; other images untouched.
+    assert!(derived_keys(backend, &s, &id).await.is_empty());
+    assert_eq!(derived_keys(backend, &s, &keep).await.len(), 1);
+    for p in &paths {
+        let r = get(&s.url(p), &[]).await;
+        assert_eq!(r.status, 404, "memory purged too");
+        // A verified signed URL's 404 may be cached briefly at the edge; nothing longer.
+        assert_eq!(r.header("cache-control"), Some("public, max-age=10"));
+    }
+    assert_eq!(get(&s.url(&kept), &[]).await.status, 200);
+
+    // The hook: retried after the 503, then accepted; key in the URL and the body template.
+    let m = wait_for(&s, "the CDN purge", |m| {
+        metric(m, "pixgate_cdn_purges_total", "{result=\"ok\"}") == 1.0
+    })
+    .await;
+    assert_eq!(metric(&m, "pixgate_cdn_purge_attempts_total", ""), 2.0);
+    let seen = hook.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    for req in &seen {
+        assert!(
+            req.starts_with(&format!("POST /service/svc/purge/{id} HTTP/1.1")),
+            "{req}"
+        );
+        assert!(
+            req.to_ascii_lowercase()
+                .contains("fastly-key: hook-secret-123")
+        );
+        assert!(
+            req.contains(&format!(r#"{{"tags":["{id}"],"ref":""#)),
+            "{req}"
+        );
+    }
+    // Two attempts, two different nonces (CloudFront's CallerReference must be unique).
+    assert_ne!(
+        seen[0].rsplit("\"ref\":").next(),
+        seen[1].rsplit("\"ref\":").next()
+    );
+    // The hook's credential never reaches the log.
+    assert!(!s.log().contains("hook-secret-123"));
+}
+
+async fn oversize_results_skip_memory_but_not_the_derived_store(backend: Backend) {
+    let s = Server::start_with(backend, &[("PIXGATE__CACHE__MAX_ITEM_BYTES", "2000")]);
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let big = s.url(&signed(&format!("/w:300/f:png/plain/{id}")));
+    let first = get(&big, &[]).await;
+    assert!(first.body.len() > 2000);
+    wait_for(&s, "the derived write", |m| derived_writes(m, "ok") == 1.0).await;
+    let again = get(&big, &[]).await;
+    assert_eq!(again.body, first.body);
+    let m = metrics(&s).await;
+    assert_eq!(metric(&m, "pixgate_cache_oversize_total", ""), 2.0);
+    assert_eq!(cache(&m, "memory", "hit"), 0.0);
+    assert_eq!(cache(&m, "derived", "hit"), 1.0);
+    assert_eq!(metric(&m, COMPUTED, ""), 1.0);
+}
+
+/// When every CPU worker and queue place is taken, computations get a fast 503 with
+/// Retry-After while cached results are still served.
+#[tokio::test]
+async fn overload_still_serves_cache_hits() {
+    let s = Server::start_with(
+        Backend::Fs,
+        &[
+            ("PIXGATE__TRANSFORM__WORKERS", "1"),
+            ("PIXGATE__TRANSFORM__QUEUE_LEN", "0"),
+        ],
+    );
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let cached = s.url(&signed(&format!("/w:100/f:webp/plain/{id}")));
+    assert_eq!(get(&cached, &[]).await.status, 200);
+    let slow: Vec<_> = (0..6)
+        .map(|i| {
+            let url = s.url(&signed(&format!(
+                "/rs:fit:{}:1500/el:1/bl:3/f:png/plain/{id}",
+                2000 + i
+            )));
+            tokio::spawn(async move { get(&url, &[]).await })
+        })
+        .collect();
+    // While those compete for the single worker, hits keep coming back at once.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for _ in 0..5 {
+        let r = get(&cached, &[]).await;
+        assert_eq!(r.status, 200);
+    }
+    let mut refused = 0;
+    for t in slow {
+        let r = t.await.unwrap();
+        match r.status {
+            200 => {}
+            503 => {
+                assert_eq!(r.code(), "overloaded");
+                assert_eq!(r.header("retry-after"), Some("1"));
+                assert_eq!(r.header("cache-control"), Some("no-store"));
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused > 0, "the single worker could not take them all");
+    let m = metrics(&s).await;
+    assert_eq!(cache(&m, "memory", "hit"), 5.0);
+}
+
+/// `If-Modified-Since`, `Vary` only when negotiated, and error caching.
+#[tokio::test]
+async fn conditional_requests_and_error_caching() {
+    let s = Server::start(Backend::Fs);
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let url = s.url(&signed(&format!("/w:40/f:jpg/plain/{id}")));
+    let r = get(&url, &[]).await;
+    let lm = r.header("last-modified").unwrap().to_owned();
+    let ims = get(&url, &[("if-modified-since", &lm)]).await;
+    assert_eq!(ims.status, 304);
+    assert!(ims.body.is_empty());
+    assert_eq!(ims.header("surrogate-key"), Some(id.as_str()));
+    let head = request(
+        Method::HEAD,
+        &url,
+        &[("if-modified-since", &lm)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(head.status, 304);
+    let old = get(
+        &url,
+        &[("if-modified-since", "Sat, 01 Jan 2000 00:00:00 GMT")],
+    )
+    .await;
+    assert_eq!(old.status, 200);
+    // If-None-Match takes precedence over If-Modified-Since.
+    let both = get(
+        &url,
+        &[("if-none-match", "\"other\""), ("if-modified-since", &lm)],
+    )
+    .await;
+    assert_eq!(both.status, 200);
+
+    // Errors are no-store, except a verified signed URL's 404.
+    let missing = "0123456789abcdef0123456789abcdef";
+    let r = get(&s.url(&signed(&format!("/w:40/plain/{missing}"))), &[]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("cache-control"), Some("public, max-age=10"));
+    assert!(
+        r.header("ratelimit").is_none(),
+        "public: no per-client state"
+    );
+    let forged = get(&s.url(&format!("/AAAA/w:40/plain/{missing}")), &[]).await;
+    assert_eq!(forged.status, 403);
+    assert_eq!(forged.header("cache-control"), Some("no-store"));
+    let auth = bearer(&token("alice", Role::Viewer));
+    let r = get(
+        &s.url(&format!("/_/w:40/plain/{missing}")),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let bad = get(&s.url(&signed(&format!("/w:abc/plain/{id}"))), &[]).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.header("cache-control"), Some("no-store"));
+
+    // No auto formats configured: a format-less URL does not depend on Accept.
+    let fixed = Server::start_with(Backend::Fs, &[("PIXGATE__TRANSFORM__AUTO_FORMATS", "")]);
+    let id2 = upload_fixture(&fixed, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let r = get(
+        &fixed.url(&signed(&format!("/w:40/plain/{id2}"))),
+        &[("accept", "image/webp")],
+    )
+    .await;
+    assert_eq!(r.header("content-type"), Some("image/jpeg"));
+    assert!(r.header("vary").is_none());
+}
