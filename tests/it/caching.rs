@@ -291,10 +291,7 @@ async fn hook_server(statuses: Vec<u16>) -> Hook {
             let mut buf = Vec::new();
             let mut chunk = [0u8; 4096];
             // Head, then Content-Length bytes of body.
-            loop {
-                let Ok(k) = sock.read(&mut chunk).await else {
-                    break;
-                };
+            while let Ok(k) = sock.read(&mut chunk).await {
                 if k == 0 {
                     break;
                 }
