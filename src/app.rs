@@ -52,6 +52,9 @@ pub struct App {
     /// watermark image): part of every cache key and ETag, so a configuration change never
     /// serves or validates old bytes under the same key.
     pub render_fingerprint: String,
+    /// When this process started: the earliest `Last-Modified` it sends (see
+    /// [`crate::render::last_modified`]).
+    pub started: std::time::SystemTime,
 }
 
 impl App {
@@ -114,6 +117,7 @@ impl App {
             catalog.clone(),
             DerivedLimits {
                 max_bytes: c.derived_max_bytes,
+                reads: usize::try_from(c.derived_read_concurrency).unwrap_or(1),
                 concurrency: usize::try_from(c.derived_write_concurrency).unwrap_or(1),
                 queue: usize::try_from(c.derived_write_queue).unwrap_or(0),
             },
@@ -144,6 +148,7 @@ impl App {
             engine,
             render_fingerprint,
             auto_formats,
+            started: std::time::SystemTime::now(),
             avif_permits: Arc::new(tokio::sync::Semaphore::new(
                 config.transform.avif_workers as usize,
             )),

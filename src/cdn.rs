@@ -64,6 +64,8 @@ struct Hook {
     timeout: Duration,
     attempts: u32,
     queue: usize,
+    /// Requests in flight at once (`cdn.purge_concurrency`).
+    running: tokio::sync::Semaphore,
     client: Client,
 }
 
@@ -110,6 +112,9 @@ impl CdnPurger {
                 timeout: Duration::from_millis(cfg.purge_timeout_ms),
                 attempts: u32::try_from(cfg.purge_attempts).unwrap_or(1).max(1),
                 queue: usize::try_from(cfg.purge_queue).unwrap_or(usize::MAX),
+                running: tokio::sync::Semaphore::new(
+                    usize::try_from(cfg.purge_concurrency).unwrap_or(1).max(1),
+                ),
                 client,
             })
         };
@@ -126,6 +131,11 @@ impl CdnPurger {
 
     /// Purges `image_id` from the CDN in the background (bounded; never fails the caller).
     pub fn purge(self: &Arc<Self>, image_id: &str) {
+        self.purge_after(image_id, Duration::ZERO);
+    }
+
+    /// Like [`CdnPurger::purge`], after `delay` (the delay counts against the queue).
+    pub fn purge_after(self: &Arc<Self>, image_id: &str, delay: Duration) {
         let Some(hook) = &self.hook else { return };
         if self.pending.fetch_add(1, Ordering::AcqRel) >= hook.queue {
             self.pending.fetch_sub(1, Ordering::AcqRel);
@@ -136,6 +146,9 @@ impl CdnPurger {
         let this = self.clone();
         let image_id = image_id.to_owned();
         tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             this.run(&image_id).await;
             this.pending.fetch_sub(1, Ordering::AcqRel);
         });
@@ -144,6 +157,9 @@ impl CdnPurger {
     /// Purges now, with retries; returns whether the CDN accepted the purge.
     pub async fn run(&self, image_id: &str) -> bool {
         let Some(hook) = &self.hook else { return true };
+        let Ok(_running) = hook.running.acquire().await else {
+            return false;
+        };
         let mut last = String::new();
         for attempt in 0..hook.attempts {
             if attempt > 0 {

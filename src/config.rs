@@ -282,6 +282,8 @@ pub struct CacheConfig {
     pub derived: bool,
     /// Results larger than this are not stored in (or read from) the derived bucket.
     pub derived_max_bytes: u64,
+    /// Derived-store reads in flight at once (each holds up to `derived_max_bytes`).
+    pub derived_read_concurrency: u64,
     /// Background derived-store writes in flight at once.
     pub derived_write_concurrency: u64,
     /// Background derived-store writes waiting beyond those; more are dropped (counted).
@@ -312,6 +314,8 @@ pub struct CdnConfig {
     pub purge_attempts: u64,
     /// Purges waiting; beyond this a purge is dropped (counted, logged).
     pub purge_queue: u64,
+    /// Purge requests in flight at once.
+    pub purge_concurrency: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -472,7 +476,8 @@ impl Default for CacheConfig {
             max_item_bytes: 8 * 1024 * 1024,
             max_age_secs: 31_536_000,
             derived: true,
-            derived_max_bytes: 32 * 1024 * 1024,
+            derived_max_bytes: 16 * 1024 * 1024,
+            derived_read_concurrency: 16,
             derived_write_concurrency: 4,
             derived_write_queue: 256,
             eager_queue: 32,
@@ -492,6 +497,7 @@ impl Default for CdnConfig {
             purge_timeout_ms: 5_000,
             purge_attempts: 4,
             purge_queue: 1_024,
+            purge_concurrency: 4,
         }
     }
 }
@@ -954,6 +960,7 @@ impl Config {
             ));
         }
         positive("cache.derived_max_bytes", c.derived_max_bytes)?;
+        positive("cache.derived_read_concurrency", c.derived_read_concurrency)?;
         positive(
             "cache.derived_write_concurrency",
             c.derived_write_concurrency,
@@ -1150,13 +1157,15 @@ impl CdnConfig {
                 format!("must be one of: {}", crate::cdn::METHODS.join(", ")),
             ));
         }
-        for h in &self.purge_headers {
-            // The value is a secret: never echoed in the error.
+        for (i, h) in self.purge_headers.iter().enumerate() {
+            // Entries hold secrets: the error names the position only, never the text.
             if crate::cdn::parse_header(h).is_none() {
-                let name: String = h.split(':').next().unwrap_or("").chars().take(40).collect();
                 return Err(ConfigError::new(
                     "cdn.purge_headers",
-                    format!("`{name}: …` is not a valid `Name: value` header"),
+                    format!(
+                        "entry {} is not a valid `Name: value` header (through the environment, values cannot contain commas)",
+                        i + 1
+                    ),
                 ));
             }
         }
@@ -1169,7 +1178,8 @@ impl CdnConfig {
                 "must be 1..=60000",
             ));
         }
-        positive("cdn.purge_queue", self.purge_queue)
+        positive("cdn.purge_queue", self.purge_queue)?;
+        positive("cdn.purge_concurrency", self.purge_concurrency)
     }
 }
 

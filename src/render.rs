@@ -24,7 +24,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
@@ -55,7 +55,10 @@ pub struct Target {
     pub format: OutputFormat,
     pub quality: u8,
     pub last_modified: SystemTime,
-    /// The original, when the caller already holds it (eager renders right after an upload).
+    /// When the image was last seen to exist (the metadata read): memory entries are re-checked
+    /// a bound after this, not after the (possibly much later) insert.
+    pub checked: Instant,
+    /// The original, when the caller already holds it (eager renders).
     pub original: Option<Bytes>,
 }
 
@@ -85,15 +88,21 @@ pub fn fallback_format(source: ImageFormat) -> OutputFormat {
     }
 }
 
-/// `Last-Modified` of an image's results: its upload time (originals never change).
-pub fn last_modified(meta: &ImageMeta) -> SystemTime {
-    humantime::parse_rfc3339(&meta.created_at).unwrap_or(UNIX_EPOCH)
+/// `Last-Modified` of an image's results: its upload time (originals never change), but never
+/// before this process started — a deploy may change how results render (the ETag changes with
+/// it), and an `If-Modified-Since` from before must then not get `304`.
+pub fn last_modified(app: &App, meta: &ImageMeta) -> SystemTime {
+    humantime::parse_rfc3339(&meta.created_at).map_or(app.started, |t| t.max(app.started))
 }
 
-/// Puts a result in memory, counting evictions; `false` if the image was deleted meanwhile.
-fn remember(app: &App, key: &str, result: &Arc<CachedResult>) -> bool {
+/// Puts a result in memory, counting evictions; `false` if the image was deleted meanwhile
+/// (then the result must not be served either: its delete may already have purged the CDN).
+fn remember(app: &App, target: &Target, result: &Arc<CachedResult>) -> bool {
     let m = &app.metrics;
-    let kept = match app.cache.insert(key.to_owned(), result.clone()) {
+    let kept = match app
+        .cache
+        .insert(target.key.clone(), result.clone(), target.checked)
+    {
         Admission::Admitted { evicted } => {
             m.cache_evictions.inc_by(evicted as u64);
             true
@@ -133,6 +142,10 @@ where
         };
         // A flight for this key may have finished between the caller's memory check and now.
         if let Some(hit) = app.cache.get(&target.key) {
+            app.metrics
+                .cache_requests
+                .with_label_values(&["memory", "hit"])
+                .inc();
             lead.finish(Ok(hit.clone()));
             return Ok(hit);
         }
@@ -142,9 +155,13 @@ where
             && let Some(bytes) = app.derived.get(&object, target.format).await
         {
             let result = Arc::new(result_of(&target, bytes));
-            remember(app, &target.key, &result);
-            lead.finish(Ok(result.clone()));
-            return Ok(result);
+            let outcome = if remember(app, &target, &result) {
+                Ok(result)
+            } else {
+                Err(Error::NotFound)
+            };
+            lead.finish(outcome.clone());
+            return outcome;
         }
         let charge = match charge.take() {
             Some(c) => c().await?,
@@ -152,17 +169,24 @@ where
         };
         // The CPU-queue place is reserved before the original is fetched: at most
         // workers + queue_len originals are held at once, and a full queue refuses at once.
-        let admission = app.workers.admit()?;
-        // AVIF encodes are slow: at most `transform.avif_workers` at once. No waiting.
-        let avif = if target.format == OutputFormat::Avif {
-            Some(
-                app.avif_permits
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| Error::Overloaded)?,
-            )
-        } else {
-            None
+        // AVIF encodes are slow: at most `transform.avif_workers` at once, no waiting either.
+        // Being overloaded is not this request's own failure: waiters get the same answer
+        // instead of each retrying (and each reading the derived store again).
+        let admitted = app.workers.admit().and_then(|admission| {
+            let avif = if target.format == OutputFormat::Avif {
+                let permit = app.avif_permits.clone().try_acquire_owned();
+                Some(permit.map_err(|_| Error::Overloaded)?)
+            } else {
+                None
+            };
+            Ok((admission, avif))
+        });
+        let (admission, avif) = match admitted {
+            Ok(a) => a,
+            Err(e) => {
+                lead.finish(Err(e.clone()));
+                return Err(e);
+            }
         };
         let wait = lead.subscribe();
         let task_app = app.clone();
@@ -222,7 +246,11 @@ async fn compute(
         })
         .await??;
     let result = Arc::new(result_of(&target, Bytes::from(encoded.bytes)));
-    if remember(app, &target.key, &result) && app.config.cache.derived {
+    if !remember(app, &target, &result) {
+        // Deleted while computing: never served, never stored.
+        return Err(Error::NotFound);
+    }
+    if app.config.cache.derived {
         app.derived.schedule(
             target.image.clone(),
             object,
@@ -235,7 +263,11 @@ async fn compute(
 
 /// The results `presets.eager` names for an image: each preset, in its fixed format or — when
 /// the format is negotiated — in every `transform.auto_formats` format and the fallback.
-pub fn eager_targets(app: &App, meta: &ImageMeta, original: &Bytes) -> Result<Vec<Target>, Error> {
+pub fn eager_targets(
+    app: &App,
+    meta: &ImageMeta,
+    original: Option<&Bytes>,
+) -> Result<Vec<Target>, Error> {
     let Some(names) = app.config.presets.get("eager").and_then(|v| v.as_array()) else {
         return Ok(Vec::new());
     };
@@ -263,8 +295,9 @@ pub fn eager_targets(app: &App, meta: &ImageMeta, original: &Bytes) -> Result<Ve
                 spec: spec.clone(),
                 format,
                 quality,
-                last_modified: last_modified(meta),
-                original: Some(original.clone()),
+                last_modified: last_modified(app, meta),
+                checked: Instant::now(),
+                original: original.cloned(),
             });
         }
     }
@@ -296,8 +329,10 @@ impl EagerQueue {
 /// Renders `presets.eager` for a new image in the background: started after the upload's
 /// durable write, never delaying its `201`. Not charged to a quota (the upload paid; the
 /// operator chose the presets). A busy CPU queue is retried with backoff, then skipped.
-pub fn spawn_eager(app: &Arc<App>, meta: &ImageMeta, original: Bytes) {
-    let targets = match eager_targets(app, meta, &original) {
+/// Waiting uploads hold only their metadata; the original is read when their turn comes, so
+/// the queue costs no image memory.
+pub fn spawn_eager(app: &Arc<App>, meta: &ImageMeta) {
+    let targets = match eager_targets(app, meta, None) {
         Ok(t) if t.is_empty() => return,
         Ok(t) => t,
         Err(e) => {
@@ -316,11 +351,28 @@ pub fn spawn_eager(app: &Arc<App>, meta: &ImageMeta, original: Bytes) {
         return;
     }
     let app = app.clone();
+    let image = meta.id.clone();
     tokio::spawn(async move {
         if let Ok(_running) = app.eager.running.acquire().await {
-            for target in targets {
-                let result = eager_one(&app, target).await;
-                app.metrics.eager_renders.with_label_values(&[result]).inc();
+            let original = match targets.first() {
+                Some(t) => app.catalog.original(&t.image).await,
+                None => Err(Error::NotFound),
+            };
+            match original {
+                Ok(bytes) => {
+                    for mut target in targets {
+                        target.original = Some(bytes.clone());
+                        let result = eager_one(&app, target).await;
+                        app.metrics.eager_renders.with_label_values(&[result]).inc();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(image = %image, error = %e, "eager renders skipped: original unavailable");
+                    app.metrics
+                        .eager_renders
+                        .with_label_values(&["error"])
+                        .inc_by(targets.len() as u64);
+                }
             }
         }
         app.eager.pending.fetch_sub(1, Ordering::AcqRel);
@@ -348,18 +400,37 @@ async fn eager_one(app: &Arc<App>, target: Target) -> &'static str {
 }
 
 /// Deletes an image everywhere: memory (tombstoned first, so a computation finishing meanwhile
-/// cannot re-insert), the original, the derived prefix, the index and the metadata (durably,
-/// in a task of its own so a cancelled request cannot stop it half-way), memory again, then the
-/// CDN purge hook in the background.
+/// cannot re-insert or be served), the original, the derived prefix, the index and the
+/// metadata, memory again, then the CDN purge hook — all in a task of its own, so a cancelled
+/// request stops none of it half-way. The hook runs twice: at once, and again once every
+/// request that could have read the image before the delete has ended and every other
+/// instance has re-checked its memory (`server.request_timeout_secs` +
+/// `auth.revocation_cache_secs`), so an edge refetch served from such a straggler does not
+/// keep the image at the CDN.
 pub async fn delete_image(app: &Arc<App>, meta: &ImageMeta) -> Result<(), Error> {
-    app.cache.purge_image(&meta.id);
-    let catalog = app.catalog.clone();
+    let app = app.clone();
     let record = meta.clone();
-    tokio::spawn(async move { catalog.delete(&record).await })
-        .await
-        .map_err(|e| Error::Internal(format!("storage task failed: {e}")))??;
-    app.cache.purge_image(&meta.id);
-    app.metrics.cache_memory_bytes.set(app.cache.bytes() as i64);
-    app.cdn.purge(&meta.id);
-    Ok(())
+    tokio::spawn(async move {
+        app.cache.purge_image(&record.id);
+        if let Err(e) = app.catalog.delete(&record).await {
+            // Still there (the delete failed before the original went): lift the tombstone,
+            // or this instance would refuse to cache a live image.
+            if let Some(id) = ImageId::parse(&record.id)
+                && let Ok(true) = app.catalog.original_exists(&id).await
+            {
+                app.cache.untombstone(&record.id);
+            }
+            return Err(e);
+        }
+        app.cache.purge_image(&record.id);
+        app.metrics.cache_memory_bytes.set(app.cache.bytes() as i64);
+        app.cdn.purge(&record.id);
+        let straggle =
+            app.config.server.request_timeout_secs + app.config.auth.revocation_cache_secs;
+        app.cdn
+            .purge_after(&record.id, Duration::from_secs(straggle));
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("delete task failed: {e}")))?
 }

@@ -37,6 +37,8 @@ use crate::storage::{Bucket, ObjectKey, ObjectStore, StorageError};
 pub struct DerivedLimits {
     /// Largest result stored or read back (bytes).
     pub max_bytes: u64,
+    /// Reads in flight at once (each may hold up to `max_bytes`; more wait their turn).
+    pub reads: usize,
     /// Writes in flight at once.
     pub concurrency: usize,
     /// Writes waiting beyond those.
@@ -66,6 +68,7 @@ pub struct DerivedStore {
     catalog: Catalog,
     limits: DerivedLimits,
     permits: Arc<Semaphore>,
+    read_permits: Semaphore,
     pending: Arc<AtomicUsize>,
     metrics: Metrics,
 }
@@ -99,6 +102,7 @@ impl DerivedStore {
             store,
             catalog,
             permits: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            read_permits: Semaphore::new(limits.reads.max(1)),
             pending: Arc::new(AtomicUsize::new(0)),
             limits,
             metrics,
@@ -107,6 +111,9 @@ impl DerivedStore {
 
     /// The stored result, if there is a usable one. Failures are misses (logged).
     pub async fn get(&self, key: &ObjectKey, format: OutputFormat) -> Option<Bytes> {
+        // Bounds the bytes held by reads at reads × max_bytes. Waiting, not refusing: a hit
+        // must still be served when the CPU queue is full.
+        let _permit = self.read_permits.acquire().await.ok()?;
         let found = match self
             .store
             .get(Bucket::Derived, key, self.limits.max_bytes)
@@ -171,11 +178,21 @@ impl DerivedStore {
         mime: &str,
     ) -> Result<WriteOutcome, Error> {
         self.store.put(Bucket::Derived, key, bytes, mime).await?;
-        if self.catalog.original_exists(image).await? {
+        let exists = self.catalog.original_exists(image).await;
+        if let Ok(true) = exists {
             return Ok(WriteOutcome::Written);
         }
-        self.store.delete(Bucket::Derived, key).await?;
-        Ok(WriteOutcome::Discarded)
+        // Deleted meanwhile — or unknown (the check failed): a derived object is only a cache,
+        // so when in doubt it goes (one retry), rather than risk outliving its image.
+        let removed = match self.store.delete(Bucket::Derived, key).await {
+            Ok(()) => Ok(()),
+            Err(_) => self.store.delete(Bucket::Derived, key).await,
+        };
+        removed?;
+        match exists {
+            Ok(_) => Ok(WriteOutcome::Discarded),
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes waiting or running.
@@ -214,6 +231,7 @@ mod tests {
         let catalog = Catalog::new(store.clone(), 1 << 20);
         let limits = DerivedLimits {
             max_bytes: 1 << 20,
+            reads: 4,
             concurrency: 2,
             queue: 2,
         };

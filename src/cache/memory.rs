@@ -109,8 +109,10 @@ impl MemoryCache {
     }
 
     /// Inserts unless the item is over the per-item cap or its image was deleted; evicts
-    /// least-recently-used entries until the total fits.
-    pub fn insert(&self, key: String, item: Arc<CachedResult>) -> Admission {
+    /// least-recently-used entries until the total fits. `checked` is when the caller last saw
+    /// the image exist (its metadata read), which starts the freshness bound of
+    /// [`MemoryCache::stale`] — not the insert, which may come much later.
+    pub fn insert(&self, key: String, item: Arc<CachedResult>, checked: Instant) -> Admission {
         let size = cost(&key, &item);
         if item.bytes.len() as u64 > self.max_item || size > self.capacity {
             return Admission::TooLarge;
@@ -133,8 +135,11 @@ impl MemoryCache {
             }
         }
         inner.bytes += size;
-        // The caller just read the image's metadata.
-        inner.confirmed.put(item.image.clone(), Instant::now());
+        let newest = match inner.confirmed.get(&item.image) {
+            Some(at) => (*at).max(checked),
+            None => checked,
+        };
+        inner.confirmed.put(item.image.clone(), newest);
         inner
             .by_image
             .entry(item.image.clone())
@@ -142,6 +147,12 @@ impl MemoryCache {
             .insert(key.clone());
         inner.lru.put(key, item);
         Admission::Admitted { evicted }
+    }
+
+    /// Lifts the tombstone of an image whose delete failed before removing it.
+    pub fn untombstone(&self, image: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.deleted.pop(image);
     }
 
     /// Whether `image` was deleted through this instance (its results are refused).
@@ -218,17 +229,20 @@ mod tests {
     fn bounded_in_bytes_with_lru_eviction() {
         let c = MemoryCache::new(3_000, 1_000);
         let ok = Admission::Admitted { evicted: 0 };
-        assert_eq!(c.insert("a".into(), item(900)), ok);
-        assert_eq!(c.insert("b".into(), item(900)), ok);
+        assert_eq!(c.insert("a".into(), item(900), Instant::now()), ok);
+        assert_eq!(c.insert("b".into(), item(900), Instant::now()), ok);
         assert!(c.get("a").is_some()); // a is now most recent
         assert_eq!(
-            c.insert("c".into(), item(900)),
+            c.insert("c".into(), item(900), Instant::now()),
             Admission::Admitted { evicted: 1 }
         );
         assert!(c.get("b").is_none(), "b was least recently used");
         assert!(c.get("a").is_some() && c.get("c").is_some());
         assert!(c.bytes() <= 3_000);
-        assert_eq!(c.insert("big".into(), item(1_001)), Admission::TooLarge);
+        assert_eq!(
+            c.insert("big".into(), item(1_001), Instant::now()),
+            Admission::TooLarge
+        );
         assert!(c.get("big").is_none());
     }
 
@@ -239,15 +253,18 @@ mod tests {
             image: "other".into(),
             ..(*item(10)).clone()
         });
-        c.insert("a".into(), item(100));
-        c.insert("b".into(), item(100));
-        c.insert("c".into(), other.clone());
+        c.insert("a".into(), item(100), Instant::now());
+        c.insert("b".into(), item(100), Instant::now());
+        c.insert("c".into(), other.clone(), Instant::now());
         assert_eq!(c.purge_image("img"), 2);
         assert!(c.get("a").is_none() && c.get("b").is_none());
         assert!(c.get("c").is_some());
         assert_eq!(c.bytes(), cost("c", &other));
         // A late result of the deleted image is refused.
-        assert_eq!(c.insert("a".into(), item(100)), Admission::Deleted);
+        assert_eq!(
+            c.insert("a".into(), item(100), Instant::now()),
+            Admission::Deleted
+        );
         assert!(c.get("a").is_none());
         assert!(c.is_deleted("img") && !c.is_deleted("other"));
         assert_eq!(c.len(), 1);
@@ -260,10 +277,33 @@ mod tests {
     }
 
     #[test]
+    fn freshness_starts_at_the_check_and_tombstones_can_be_lifted() {
+        let c = MemoryCache::new(10_000, 5_000);
+        // Computed from metadata read two minutes ago: due for a re-check under a 60 s bound,
+        // however recent the insert.
+        let long_ago = Instant::now() - Duration::from_secs(120);
+        c.insert("a".into(), item(10), long_ago);
+        assert!(c.stale("img", Duration::from_secs(60)));
+        // A newer confirmation is never pushed back by an older check.
+        c.confirm("img");
+        c.insert("b".into(), item(10), long_ago);
+        assert!(!c.stale("img", Duration::from_secs(60)));
+        // A delete that failed before removing the image lifts its tombstone.
+        c.purge_image("img");
+        assert!(c.is_deleted("img"));
+        c.untombstone("img");
+        assert!(!c.is_deleted("img"));
+        assert_eq!(
+            c.insert("a".into(), item(10), Instant::now()),
+            Admission::Admitted { evicted: 0 }
+        );
+    }
+
+    #[test]
     fn replacing_a_key_does_not_leak_accounting() {
         let c = MemoryCache::new(10_000, 5_000);
         for _ in 0..10 {
-            c.insert("k".into(), item(1_000));
+            c.insert("k".into(), item(1_000), Instant::now());
         }
         assert_eq!(c.bytes(), 1_000 + 1 + 1 + ENTRY_OVERHEAD);
     }
@@ -277,11 +317,11 @@ mod tests {
                 ..(*item(n)).clone()
             })
         };
-        c.insert("x1".into(), of("x", 500));
-        c.insert("y1".into(), of("y", 500));
-        c.insert("x2".into(), of("x", 500));
+        c.insert("x1".into(), of("x", 500), Instant::now());
+        c.insert("y1".into(), of("y", 500), Instant::now());
+        c.insert("x2".into(), of("x", 500), Instant::now());
         // Evicts x1 (least recently used): x's index must forget it.
-        c.insert("y2".into(), of("y", 500));
+        c.insert("y2".into(), of("y", 500), Instant::now());
         assert!(c.get("x1").is_none());
         assert_eq!(c.purge_image("x"), 1, "only x2 was still held");
         assert_eq!(c.purge_image("y"), 2);

@@ -125,14 +125,13 @@ pub async fn create(
     // reset), the write and its cleanup still finish instead of stopping half-way.
     let catalog = app.catalog.clone();
     let record = meta.clone();
-    let original = bytes.clone();
-    tokio::spawn(async move { catalog.create(&record, original).await })
+    tokio::spawn(async move { catalog.create(&record, bytes).await })
         .await
         .map_err(|e| Error::Internal(format!("storage task failed: {e}")))??;
     tracing::info!(request_id = %ctx.request_id, image = %id, format = probe.format.as_str(), bytes = meta.bytes, "image stored");
-    // `presets.eager`: rendered in the background from the bytes in hand, never delaying
-    // the `201`, so the first views are cache hits.
-    render::spawn_eager(app, &meta, bytes);
+    // `presets.eager`: rendered in the background, never delaying the `201`, so the first
+    // views are cache hits.
+    render::spawn_eager(app, &meta);
 
     let mut resp = json_response(StatusCode::CREATED, &meta_json(&meta));
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/images/{id}")) {

@@ -141,17 +141,19 @@ pub async fn handle(
         .format
         .or(auto)
         .unwrap_or_else(|| fallback_format(meta.format));
+    let checked = std::time::Instant::now();
     let etag = cache::etag(&key);
-    let last_modified = render::last_modified(&meta);
+    let last_modified = render::last_modified(app, &meta);
     if not_modified(&parts.headers, &etag, last_modified) {
         return Ok(not_modified_response(&etag, last_modified, &headers));
     }
 
     // A computation is charged to the caller (bearer) or to the image's owner (signed URL,
     // at the plan the owner last authenticated with). The unit is given back if the work never
-    // starts (queue full, original unavailable, request dropped while queued); once the CPU
-    // work has begun it stays spent, whatever the result. Derived-store hits and requests
-    // that wait for an identical computation in flight are not charged.
+    // starts (queue full, original unavailable); once admitted, the computation runs in a task
+    // of its own and finishes (filling the caches) even if this request is dropped, so its
+    // unit is spent when the CPU work begins, whatever the result. Derived-store hits and
+    // requests that wait for an identical computation in flight are not charged.
     let owner = meta.owner.clone();
     let charge = || async {
         match &principal {
@@ -186,6 +188,7 @@ pub async fn handle(
         format,
         quality,
         last_modified,
+        checked,
         original: None,
     };
     let result = render::resolve(app, target, charge).await?;

@@ -206,7 +206,8 @@ async fn concurrent_identical_misses_compute_once(backend: Backend) {
     assert!(coalesced > 0.0, "overlapping misses were coalesced");
     assert_eq!(cache(&m, "derived", "miss"), 1.0, "one derived lookup");
 
-    // Each waiter is still checked on its own: a bearer non-owner gets 404, never the result.
+    // Every request is authorised before it may join a flight: a bearer non-owner racing the
+    // owner for the same computation gets 404, never the result.
     let bearer_url = s.url(&format!("/_/rs:fit:2000:1500/el:1/bl:3/f:png/plain/{id}"));
     let owner = bearer(&token("alice", Role::Viewer));
     let stranger = bearer(&token("mallory", Role::Viewer));
@@ -437,38 +438,30 @@ async fn overload_still_serves_cache_hits() {
     let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
     let cached = s.url(&signed(&format!("/w:100/f:webp/plain/{id}")));
     assert_eq!(get(&cached, &[]).await.status, 200);
-    let slow: Vec<_> = (0..6)
-        .map(|i| {
-            let url = s.url(&signed(&format!(
-                "/rs:fit:{}:1500/el:1/bl:3/f:png/plain/{id}",
-                2000 + i
-            )));
-            tokio::spawn(async move { get(&url, &[]).await })
-        })
-        .collect();
-    // While those compete for the single worker, hits keep coming back at once.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // One slow computation takes the only place (worker + queue of 0).
+    let slow_url = s.url(&signed(&format!(
+        "/rs:fit:4000:3000/el:1/bl:3/f:png/plain/{id}"
+    )));
+    let slow = tokio::spawn(async move { get(&slow_url, &[]).await });
+    let depth = |m: &str| metric(m, "pixgate_transform_queue_depth", "");
+    wait_for(&s, "the slow computation to be admitted", |m| {
+        depth(m) == 1.0
+    })
+    .await;
+    // While it runs: hits are served, another computation is refused at once.
     for _ in 0..5 {
-        let r = get(&cached, &[]).await;
-        assert_eq!(r.status, 200);
+        assert_eq!(get(&cached, &[]).await.status, 200);
     }
-    let mut refused = 0;
-    for t in slow {
-        let r = t.await.unwrap();
-        match r.status {
-            200 => {}
-            503 => {
-                assert_eq!(r.code(), "overloaded");
-                assert_eq!(r.header("retry-after"), Some("1"));
-                assert_eq!(r.header("cache-control"), Some("no-store"));
-                refused += 1;
-            }
-            other => panic!("unexpected {other}"),
-        }
-    }
-    assert!(refused > 0, "the single worker could not take them all");
+    let refused = get(&s.url(&signed(&format!("/w:101/f:webp/plain/{id}"))), &[]).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.code(), "overloaded");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.header("cache-control"), Some("no-store"));
+    // The overload lasted through all of the above.
     let m = metrics(&s).await;
+    assert_eq!(depth(&m), 1.0, "the slow computation was still running");
     assert_eq!(cache(&m, "memory", "hit"), 5.0);
+    assert_eq!(slow.await.unwrap().status, 200);
 }
 
 /// `If-Modified-Since`, `Vary` only when negotiated, and error caching.
