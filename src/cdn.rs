@@ -89,16 +89,7 @@ impl CdnPurger {
         let hook = if cfg.purge_url.is_empty() {
             None
         } else {
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let https = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_provider_and_native_roots(provider)
-                .map_err(|e| format!("cdn.purge_url: TLS roots: {e}"))?
-                .https_or_http()
-                .enable_http1()
-                .build();
-            let client =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build(https);
+            let client = crate::outbound::https_client("cdn.purge_url")?;
             Some(Hook {
                 url: cfg.purge_url.clone(),
                 method: Method::from_bytes(cfg.purge_method.as_bytes())

@@ -11,7 +11,7 @@
 //! - [`storage`] the `ObjectStore` trait; `fs` and `s3` backends
 //! - [`cache`] result caches: memory LRU, derived objects, single-flight
 //! - [`render`] results through the caches; eager presets; purging an image everywhere
-//! - [`cdn`] the CDN purge hook
+//! - [`cdn`] the CDN purge hook; [`outbound`] the HTTPS client it and the JWKS fetch share
 //! - [`workers`] the bounded CPU pool
 //! - [`image`] pure image engine: probe, decode (shrink-on-load), resize, effects, encode
 //! - [`config`], [`error`], [`metrics`], [`id`], [`app`] (wiring)
@@ -32,6 +32,7 @@ pub mod image;
 pub mod limits;
 pub mod metrics;
 pub mod options;
+pub mod outbound;
 pub mod render;
 pub mod server;
 pub mod signature;

@@ -427,16 +427,7 @@ impl RemoteJwks {
             .jwks_url
             .parse()
             .map_err(|e| format!("auth.jwks_url: {e}"))?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider)
-            .map_err(|e| format!("auth.jwks_url: TLS roots: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(https);
+        let client = crate::outbound::https_client("auth.jwks_url")?;
         Ok(RemoteJwks {
             inner: Arc::new(RemoteInner {
                 url,

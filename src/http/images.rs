@@ -27,11 +27,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Body, Ctx, acting_for, authorize, json_response, no_content, query_param, read_body, read_json,
-    reject_large_body,
+    Body, Ctx, acting_for, authorize, charge_caller, json_response, no_content, query_param,
+    read_body, read_json, reject_large_body,
 };
 use crate::app::App;
-use crate::auth::{Action, Principal, Role};
+use crate::auth::{Action, Principal};
 use crate::catalog::{ImageMeta, MetaPatch, normalise_tags};
 use crate::error::Error;
 use crate::id::ImageId;
@@ -76,16 +76,7 @@ pub async fn create(
     // An upload refused before its full decode starts (type, size, header checks, a full CPU
     // queue, a dropped connection) gives the unit back; once the decode has started the unit
     // is spent, whatever follows, so undecodable bodies cannot buy free CPU time.
-    let charge = ctx.limit(
-        app.limiter
-            .charge(
-                Kind::Uploads,
-                &principal.user_id,
-                principal.plan.as_deref(),
-                principal.role == Role::Admin,
-            )
-            .await,
-    )?;
+    let charge = charge_caller(app, ctx, Kind::Uploads, &principal).await?;
     let content_type = parts
         .headers
         .get(CONTENT_TYPE)

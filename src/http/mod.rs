@@ -500,6 +500,22 @@ pub(crate) async fn authenticate(
     Ok(p)
 }
 
+/// Charges one unit of `kind` to the calling principal (admins bypass per
+/// `limits.admin_bypass`), recording the limit's state for the response headers.
+pub(crate) async fn charge_caller(
+    app: &App,
+    ctx: &Ctx,
+    kind: crate::limits::Kind,
+    p: &Principal,
+) -> Result<Charge, Error> {
+    let admin = p.role == crate::auth::Role::Admin;
+    ctx.limit(
+        app.limiter
+            .charge(kind, &p.user_id, p.plan.as_deref(), admin)
+            .await,
+    )
+}
+
 /// Authenticates and checks that the principal may perform `action` (`403` otherwise).
 pub(crate) async fn authorize(
     app: &App,

@@ -16,9 +16,9 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::{Body, Ctx, authenticate};
+use super::{Body, Ctx, authenticate, charge_caller};
 use crate::app::App;
-use crate::auth::{Action, Principal, Role};
+use crate::auth::{Action, Principal};
 use crate::cache::{self, CachedResult};
 use crate::error::Error;
 use crate::limits::Kind;
@@ -157,18 +157,7 @@ pub async fn handle(
     let owner = meta.owner.clone();
     let charge = || async {
         match &principal {
-            Some(p) => ctx
-                .limit(
-                    app.limiter
-                        .charge(
-                            Kind::Transforms,
-                            &p.user_id,
-                            p.plan.as_deref(),
-                            p.role == Role::Admin,
-                        )
-                        .await,
-                )
-                .map(Some),
+            Some(p) => charge_caller(app, ctx, Kind::Transforms, p).await.map(Some),
             None => {
                 // The owner's quota state is not put on a public, CDN-cacheable response; only
                 // a refusal says why (the error carries it).
