@@ -10,7 +10,9 @@
 #   cargo build --release && bash benches/cdn_origin.sh [PHOTO]
 #
 # Environment: ROUNDS (3), SECS (10) per hit round, CONNS (32) hit connections, MISS_SECS (20),
-# MISS_CONNS (4). Installs nginx and wrk from Debian when missing.
+# MISS_CONNS (4), HIT_WIDTH (800). LOGS=1 logs every request on both sides (pixgate at `info`,
+# nginx's access log to a file); by default neither does. Installs nginx and wrk from Debian
+# when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 photo=${1:-../shared/fixtures/photos/photo_4000x3000_q90.jpg}
@@ -36,6 +38,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# Debugging: KEEP=1 keeps the work directory.
+[ -n "${KEEP:-}" ] && trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; echo "kept $work"' EXIT
 
 # --- pixgate: fs backend; the limits a single benchmark client would trip are opened wide
 # (behind a CDN the per-IP limit counts clients, not the edge).
@@ -45,7 +49,9 @@ export PIXGATE__STORAGE__FS_ROOT="$work/data"
 export PIXGATE__SIGNING__KEYS=$(hex 32) PIXGATE__SIGNING__SALTS=$(hex 16)
 export PIXGATE__AUTH__JWT_HS256_SECRET=$(hex 32)
 export PIXGATE__AUTH__JWT_ISSUER=bench PIXGATE__AUTH__JWT_AUDIENCE=bench
-export PIXGATE__LOG__LEVEL=${PIXGATE_LOG:-warn} PIXGATE__TRANSFORM__WORKERS=2
+if [ -n "${LOGS:-}" ]; then log_level=info; access_log="access_log $work/access.log;"; else
+  log_level=warn; access_log="access_log off;"; fi
+export PIXGATE__LOG__LEVEL=$log_level PIXGATE__TRANSFORM__WORKERS=2
 export PIXGATE__LIMITS__IP_REQUESTS_PER_MINUTE=1000000000
 export PIXGATE__LIMITS__TRANSFORMS_PER_HOUR=1000000000
 export PIXGATE__LIMITS__UPLOADS_PER_HOUR=1000000000
@@ -62,9 +68,13 @@ id=$(sed -n 's/.*"id":"\([0-9a-f]*\)".*/\1/p' "$work/meta.json")
 [ -n "$id" ] || { cat "$work/meta.json"; exit 1; }
 
 # The hit: an 800 px WebP of the photo (a typical page image), computed once.
-hit_path=$("$bin" sign "/rs:fit:800:0/f:webp/plain/$id")
+hit_w=${HIT_WIDTH:-800}
+hit_path=$("$bin" sign "/rs:fit:$hit_w:0/f:webp/plain/$id")
 mkdir -p "$work/www"
+# nginx workers run as an unprivileged user: let them read the file.
+chmod 755 "$work" "$work/www"
 curl -sf -o "$work/www/hit.webp" "$base$hit_path"
+chmod 644 "$work/www/hit.webp"
 curl -sf -o /dev/null "$base$hit_path"
 bytes=$(stat -c %s "$work/www/hit.webp")
 
@@ -77,7 +87,7 @@ pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  $access_log
   sendfile on; tcp_nopush on;
   keepalive_requests 1000000;
   types { image/webp webp; }
@@ -91,7 +101,8 @@ EOF
 /usr/sbin/nginx -c "$work/nginx.conf" -g 'daemon off;' -p "$work" &
 pids+=($!)
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$nport/hit.webp" && break; sleep 0.05; done
-cmp -s "$work/www/hit.webp" <(curl -s "http://127.0.0.1:$nport/hit.webp") \
+curl -s -o "$work/nginx.webp" "http://127.0.0.1:$nport/hit.webp"
+cmp -s "$work/www/hit.webp" "$work/nginx.webp" \
   || { echo "nginx does not serve the same bytes" >&2; exit 1; }
 
 # wrk prints "Requests/sec:" and, if any, "Non-2xx or 3xx responses:".
@@ -103,7 +114,7 @@ rps() { # $1 = url, $2 = seconds, $3 = connections
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo "CDN-origin benchmark: $(nproc) cores, wrk -t1 -c$conns, ${secs}s x $rounds alternating rounds"
-echo "hit body: ${bytes} bytes (800 px WebP of $(basename "$photo"))"
+echo "hit body: ${bytes} bytes ($hit_w px WebP of $(basename "$photo"))"
 p_runs=() n_runs=()
 for r in $(seq "$rounds"); do
   p=$(rps "$base$hit_path" "$secs" "$conns"); p_runs+=("$p")
@@ -116,7 +127,7 @@ printf 'cache hit, median: pixgate %.0f req/s, nginx %.0f req/s, ratio %.2fx (go
   "$pm" "$nm" "$(awk -v a="$pm" -v b="$nm" 'BEGIN {print a/b}')"
 
 # --- misses: distinct widths, so every request computes.
-count=$(( miss_secs * 40 ))
+count=$(( miss_secs * 100 ))
 : > "$work/paths"
 for i in $(seq 0 $((count - 1))); do "$bin" sign "/rs:fit:$((400 + i)):0/f:webp/plain/$id" >> "$work/paths"; done
 cat > "$work/miss.lua" <<'EOF'
@@ -134,8 +145,10 @@ out=$(PATHS_FILE="$work/paths" wrk -t1 -c"$miss_conns" -d"${miss_secs}s" --laten
 after=$(curl -s "$base/metrics" | awk '/^pixgate_transform_duration_seconds_count/ {print $2}')
 if grep -q "Non-2xx" <<<"$out"; then echo "$out" >&2; exit 1; fi
 computed=$(awk -v a="$after" -v b="$before" 'BEGIN {print a-b}')
-mr=$(awk '/Requests\/sec:/ {print $2}' <<<"$out")
+total=$(awk '/requests in/ {print $1}' <<<"$out")
+[ "$total" -le "$count" ] || { echo "more requests ($total) than distinct URLs ($count): raise the count" >&2; exit 1; }
+mr=$(awk -v c="$computed" -v s="$miss_secs" 'BEGIN {print c/s}')
 p50=$(awk '$1=="50%" {print $2}' <<<"$out")
 p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-printf 'miss (12 MP JPEG -> ~400-%d px WebP, %d connections, %ds): %.1f req/s, %s computations, p50 %s, p99 %s\n' \
-  "$((400 + count - 1))" "$miss_conns" "$miss_secs" "$mr" "$computed" "$p50" "$p99"
+printf 'miss (12 MP JPEG -> 400+ px WebP, distinct URLs, %d connections, %ds): %.1f computations/s (%s requests, %s computations), p50 %s, p99 %s\n' \
+  "$miss_conns" "$miss_secs" "$mr" "$total" "$computed" "$p50" "$p99"
