@@ -533,3 +533,55 @@ async fn conditional_requests_and_error_caching() {
     assert_eq!(r.header("content-type"), Some("image/jpeg"));
     assert!(r.header("vary").is_none());
 }
+
+/// The first caller of a computation goes away (here: its request deadline passes) while the
+/// computation runs. The computation is not lost and the key is not wedged: a request arriving
+/// afterwards joins the same computation and gets its result; nothing is computed twice.
+#[tokio::test]
+async fn a_cancelled_leader_neither_wedges_nor_repeats_the_work() {
+    let s = Server::start_with(
+        Backend::Fs,
+        &[("PIXGATE__SERVER__REQUEST_TIMEOUT_SECS", "1")],
+    );
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    // Several seconds of CPU in the test build: longer than the deadline.
+    let url = s.url(&signed(&format!(
+        "/rs:fit:7000:5000/el:1/bl:8/f:png/plain/{id}"
+    )));
+    let started = Instant::now();
+    let first = get(&url, &[]).await;
+    assert_eq!(
+        first.status,
+        503,
+        "{:?}",
+        String::from_utf8_lossy(&first.body)
+    );
+    assert_eq!(first.code(), "timeout");
+    // The computation is still running: a new request waits for it instead of starting one.
+    let m = metrics(&s).await;
+    assert_eq!(
+        metric(&m, "pixgate_transform_queue_depth", ""),
+        1.0,
+        "the abandoned computation runs on ({:?} in)",
+        started.elapsed()
+    );
+    let second = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let r = get(&url, &[]).await;
+            if r.status == 200 {
+                return r;
+            }
+            // Each retry also has a 1 s deadline; it may pass before the work ends.
+            assert_eq!(r.code(), "timeout");
+        }
+    })
+    .await
+    .expect("the result arrives");
+    let p = probe(&second.body).unwrap();
+    assert_eq!((p.width, p.height), (6667, 5000));
+    let m = metrics(&s).await;
+    assert_eq!(metric(&m, COMPUTED, ""), 1.0, "computed once");
+    assert!(
+        metric(&m, "pixgate_singleflight_coalesced_total", "") + cache(&m, "memory", "hit") >= 1.0
+    );
+}
