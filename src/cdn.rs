@@ -13,7 +13,6 @@
 //! and `5xx`; a final failure is logged and counted. Header values are secrets and never logged.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +22,7 @@ use http_body_util::Full;
 
 use crate::config::CdnConfig;
 use crate::metrics::Metrics;
+use crate::workers::Backlog;
 
 /// Methods the hook may use (`PURGE` is Fastly's single-URL purge).
 pub const METHODS: &[&str] = &["POST", "PUT", "DELETE", "GET", "PURGE"];
@@ -63,7 +63,7 @@ struct Hook {
     body: String,
     timeout: Duration,
     attempts: u32,
-    queue: usize,
+    queue: Backlog,
     /// Requests in flight at once (`cdn.purge_concurrency`).
     running: tokio::sync::Semaphore,
     client: Client,
@@ -72,7 +72,6 @@ struct Hook {
 /// Sends purges; a no-op when no hook is configured.
 pub struct CdnPurger {
     hook: Option<Hook>,
-    pending: AtomicUsize,
     metrics: Metrics,
 }
 
@@ -102,18 +101,14 @@ impl CdnPurger {
                 body: cfg.purge_body.clone(),
                 timeout: Duration::from_millis(cfg.purge_timeout_ms),
                 attempts: u32::try_from(cfg.purge_attempts).unwrap_or(1).max(1),
-                queue: usize::try_from(cfg.purge_queue).unwrap_or(usize::MAX),
+                queue: Backlog::new(usize::try_from(cfg.purge_queue).unwrap_or(usize::MAX)),
                 running: tokio::sync::Semaphore::new(
                     usize::try_from(cfg.purge_concurrency).unwrap_or(1).max(1),
                 ),
                 client,
             })
         };
-        Ok(CdnPurger {
-            hook,
-            pending: AtomicUsize::new(0),
-            metrics,
-        })
+        Ok(CdnPurger { hook, metrics })
     }
 
     pub fn enabled(&self) -> bool {
@@ -128,20 +123,19 @@ impl CdnPurger {
     /// Like [`CdnPurger::purge`], after `delay` (the delay counts against the queue).
     pub fn purge_after(self: &Arc<Self>, image_id: &str, delay: Duration) {
         let Some(hook) = &self.hook else { return };
-        if self.pending.fetch_add(1, Ordering::AcqRel) >= hook.queue {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = hook.queue.try_enter() else {
             self.count("failed");
             tracing::error!(image = %image_id, "CDN purge queue full; purge dropped (the CDN copy expires by its max-age)");
             return;
-        }
+        };
         let this = self.clone();
         let image_id = image_id.to_owned();
         tokio::spawn(async move {
+            let _slot = slot;
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
             this.run(&image_id).await;
-            this.pending.fetch_sub(1, Ordering::AcqRel);
         });
     }
 
@@ -208,7 +202,7 @@ impl CdnPurger {
 
     /// Purges waiting or running.
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
+        self.hook.as_ref().map_or(0, |h| h.queue.len())
     }
 
     fn count(&self, result: &str) {

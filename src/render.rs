@@ -23,7 +23,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -307,22 +306,20 @@ pub fn eager_targets(
 /// Uploads waiting for their eager renders, and the one-at-a-time permit that keeps eager work
 /// from taking more than one CPU worker away from requests.
 pub struct EagerQueue {
-    pending: AtomicUsize,
+    backlog: crate::workers::Backlog,
     running: tokio::sync::Semaphore,
-    max_pending: usize,
 }
 
 impl EagerQueue {
     pub fn new(max_pending: usize) -> EagerQueue {
         EagerQueue {
-            pending: AtomicUsize::new(0),
+            backlog: crate::workers::Backlog::new(max_pending),
             running: tokio::sync::Semaphore::new(1),
-            max_pending,
         }
     }
 
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
+        self.backlog.len()
     }
 }
 
@@ -341,18 +338,18 @@ pub fn spawn_eager(app: &Arc<App>, meta: &ImageMeta) {
         }
     };
     let q = &app.eager;
-    if q.pending.fetch_add(1, Ordering::AcqRel) >= q.max_pending {
-        q.pending.fetch_sub(1, Ordering::AcqRel);
+    let Some(slot) = q.backlog.try_enter() else {
         app.metrics
             .eager_renders
             .with_label_values(&["skipped"])
             .inc_by(targets.len() as u64);
         tracing::warn!(image = %meta.id, "eager render queue full; presets will render on first view");
         return;
-    }
+    };
     let app = app.clone();
     let image = meta.id.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         if let Ok(_running) = app.eager.running.acquire().await {
             let original = match targets.first() {
                 Some(t) => app.catalog.original(&t.image).await,
@@ -375,7 +372,6 @@ pub fn spawn_eager(app: &Arc<App>, meta: &ImageMeta) {
                 }
             }
         }
-        app.eager.pending.fetch_sub(1, Ordering::AcqRel);
     });
 }
 

@@ -97,6 +97,50 @@ impl Workers {
     }
 }
 
+/// A bounded count of background jobs (derived writes, eager renders, CDN purges): a job
+/// enters only while fewer than `max` are waiting or running, and leaves when its [`Slot`]
+/// drops — on every exit path, panics included.
+pub struct Backlog {
+    pending: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// A place in a [`Backlog`], given back on drop.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Backlog {
+    pub fn new(max: usize) -> Backlog {
+        Backlog {
+            pending: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// A place, or `None` when the backlog is full.
+    pub fn try_enter(&self) -> Option<Slot> {
+        let slot = Slot(self.pending.clone());
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max {
+            return None; // `slot` drops and undoes the increment
+        }
+        Some(slot)
+    }
+
+    /// Jobs waiting or running.
+    pub fn len(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -132,6 +176,19 @@ mod tests {
         queued.await.unwrap().unwrap();
         w.run(|| ()).await.unwrap();
         assert_eq!(w.admitted.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn backlog_is_bounded_and_slots_come_back() {
+        let b = Backlog::new(2);
+        let one = b.try_enter().unwrap();
+        let two = b.try_enter().unwrap();
+        assert!(b.try_enter().is_none());
+        assert_eq!(b.len(), 2);
+        drop(one);
+        let three = b.try_enter().unwrap();
+        drop((two, three));
+        assert!(b.is_empty());
     }
 
     #[tokio::test]

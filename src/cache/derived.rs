@@ -20,7 +20,6 @@
 //! object if not: either the delete's listing sees the object, or the write sees the delete.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
@@ -31,6 +30,7 @@ use crate::id::ImageId;
 use crate::metrics::Metrics;
 use crate::options::OutputFormat;
 use crate::storage::{Bucket, ObjectKey, ObjectStore, StorageError};
+use crate::workers::Backlog;
 
 /// The background-write settings.
 #[derive(Debug, Clone, Copy)]
@@ -69,7 +69,7 @@ pub struct DerivedStore {
     limits: DerivedLimits,
     permits: Arc<Semaphore>,
     read_permits: Semaphore,
-    pending: Arc<AtomicUsize>,
+    backlog: Backlog,
     metrics: Metrics,
 }
 
@@ -103,7 +103,7 @@ impl DerivedStore {
             catalog,
             permits: Arc::new(Semaphore::new(limits.concurrency.max(1))),
             read_permits: Semaphore::new(limits.reads.max(1)),
-            pending: Arc::new(AtomicUsize::new(0)),
+            backlog: Backlog::new(limits.concurrency.max(1) + limits.queue),
             limits,
             metrics,
         }
@@ -144,13 +144,11 @@ impl DerivedStore {
             self.count("dropped");
             return;
         }
-        let room = self.limits.concurrency + self.limits.queue;
-        if self.pending.fetch_add(1, Ordering::AcqRel) >= room {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = self.backlog.try_enter() else {
             self.count("dropped");
             tracing::warn!(image = %image, "derived-store write queue full; result kept in memory only");
             return;
-        }
+        };
         let this = self.clone();
         let mime = mime.to_owned();
         tokio::spawn(async move {
@@ -158,7 +156,7 @@ impl DerivedStore {
                 Ok(_permit) => this.write(&image, &key, bytes, &mime).await,
                 Err(_) => Err(Error::Internal("derived writer closed".into())),
             };
-            this.pending.fetch_sub(1, Ordering::AcqRel);
+            drop(slot);
             match result {
                 Ok(outcome) => this.count(outcome.label()),
                 Err(e) => {
@@ -197,7 +195,7 @@ impl DerivedStore {
 
     /// Writes waiting or running.
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
+        self.backlog.len()
     }
 
     fn count(&self, result: &str) {

@@ -54,6 +54,9 @@ pub const DEFAULT_PLAN: &str = "free";
 const PLAN_HINT_TTL_SECS: u64 = 30 * 86_400;
 /// How long this instance trusts a plan it looked up.
 const PLAN_HINT_CACHE: Duration = Duration::from_secs(60);
+/// Tries of a quota charge against a busy Redis pool (each waits up to half of
+/// `redis.timeout_ms` for a connection) before it answers `503 overloaded`.
+const QUOTA_BUSY_ATTEMPTS: u32 = 4;
 
 /// What a limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -404,7 +407,8 @@ impl Limiter {
     /// A busy pool (every connection in use: this instance is loaded, Redis may be fine) sends
     /// one rate decision to the local store without marking Redis down; a quota is never
     /// decided locally while Redis is up (a local answer would be wrong both ways against the
-    /// cluster-wide count), so a busy pool makes a quota charge `503 overloaded` instead.
+    /// cluster-wide count), so a quota charge waits for a connection up to
+    /// `QUOTA_BUSY_ATTEMPTS` times and then answers `503 overloaded`.
     async fn decide(
         &self,
         key: &str,
@@ -416,7 +420,14 @@ impl Limiter {
             self.local.remember_plan(plan_key, plan);
         }
         if let Some(remote) = &self.remote {
-            if remote.is_up() {
+            // A quota charge comes before expensive work (a decode, an upload) and is rare next
+            // to rate decisions: it waits for a pooled connection a few times over before a
+            // burst makes it `503`; a rate decision falls back at once.
+            let quota_take = policy.kind.is_quota() && mode == Mode::Take;
+            let attempts = if quota_take { QUOTA_BUSY_ATTEMPTS } else { 1 };
+            let mut attempt = 0;
+            while remote.is_up() && attempt < attempts {
+                attempt += 1;
                 match remote.decide(key, *policy, mode, hint).await {
                     Ok(o) => {
                         // Mirrored, so that a fallback knows what this instance admitted.
@@ -425,13 +436,15 @@ impl Limiter {
                         }
                         return Ok((o, Store::Remote(remote.clone(), self.local.clone())));
                     }
-                    Err(RemoteError::Busy) if policy.kind.is_quota() && mode == Mode::Take => {
-                        return Err(Error::Overloaded);
-                    }
+                    Err(RemoteError::Busy) if attempt < attempts => {}
+                    Err(RemoteError::Busy) if quota_take => return Err(Error::Overloaded),
                     Err(RemoteError::Busy) => {
                         tracing::debug!("redis pool busy: one rate decision falls back");
                     }
-                    Err(RemoteError::Failed(e)) => remote.mark_down(&e),
+                    Err(RemoteError::Failed(e)) => {
+                        remote.mark_down(&e);
+                        break;
+                    }
                 }
             }
             self.metrics.limiter_fallback.inc();
