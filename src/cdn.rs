@@ -111,10 +111,6 @@ impl CdnPurger {
         Ok(CdnPurger { hook, metrics })
     }
 
-    pub fn enabled(&self) -> bool {
-        self.hook.is_some()
-    }
-
     /// Purges `image_id` from the CDN in the background (bounded; never fails the caller).
     pub fn purge(self: &Arc<Self>, image_id: &str) {
         self.purge_after(image_id, Duration::ZERO);
@@ -200,11 +196,6 @@ impl CdnPurger {
         }
     }
 
-    /// Purges waiting or running.
-    pub fn pending(&self) -> usize {
-        self.hook.as_ref().map_or(0, |h| h.queue.len())
-    }
-
     fn count(&self, result: &str) {
         self.metrics.cdn_purges.with_label_values(&[result]).inc();
     }
@@ -235,6 +226,79 @@ mod tests {
         for bad in ["no colon", "bad name: x", ": x", "X: a\nb"] {
             assert!(parse_header(bad).is_none(), "{bad}");
         }
+    }
+
+    /// A hook endpoint answering the given statuses in order (the last repeats).
+    async fn endpoint(statuses: Vec<u16>) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                // The purges here have no body: the head is the whole request.
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let status = statuses[n.min(statuses.len() - 1)];
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            }
+        });
+        port
+    }
+
+    async fn purge_against(statuses: Vec<u16>, attempts: u64) -> (bool, u64, u64, u64) {
+        let port = endpoint(statuses).await;
+        let cfg = CdnConfig {
+            purge_url: format!("http://127.0.0.1:{port}/purge/{{key}}"),
+            purge_attempts: attempts,
+            purge_timeout_ms: 2_000,
+            ..CdnConfig::default()
+        };
+        let metrics = Metrics::new().unwrap();
+        let purger = CdnPurger::new(&cfg, metrics.clone()).unwrap();
+        let accepted = purger.run("0123abcd").await;
+        let result = |r: &str| metrics.cdn_purges.with_label_values(&[r]).get();
+        (
+            accepted,
+            metrics.cdn_purge_attempts.get(),
+            result("ok"),
+            result("failed"),
+        )
+    }
+
+    #[tokio::test]
+    async fn retries_only_what_can_succeed_later() {
+        // 429 and 5xx are retried until accepted.
+        assert_eq!(purge_against(vec![429, 502, 200], 4).await, (true, 3, 1, 0));
+        // Another 4xx is a configuration error: one attempt, counted as failed.
+        assert_eq!(purge_against(vec![403, 200], 4).await, (false, 1, 0, 1));
+        // The attempts are bounded.
+        assert_eq!(purge_against(vec![503], 2).await, (false, 2, 0, 1));
+        // Nothing listening: connection errors are retried, then given up.
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let cfg = CdnConfig {
+            purge_url: format!("http://127.0.0.1:{dead}/purge/{{key}}"),
+            purge_attempts: 2,
+            ..CdnConfig::default()
+        };
+        let metrics = Metrics::new().unwrap();
+        let purger = CdnPurger::new(&cfg, metrics.clone()).unwrap();
+        assert!(!purger.run("ab").await);
+        assert_eq!(metrics.cdn_purge_attempts.get(), 2);
     }
 
     #[test]

@@ -1680,6 +1680,101 @@ mod tests {
     }
 
     #[test]
+    fn cache_and_cdn_hook_settings_are_checked_without_echoing_secrets() {
+        let hook = (
+            "PIXGATE__CDN__PURGE_URL",
+            "https://api.fastly.com/service/s/purge/{key}",
+        );
+        let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+            (
+                vec![("PIXGATE__CACHE__DERIVED_READ_CONCURRENCY", "0")],
+                "cache.derived_read_concurrency",
+            ),
+            (
+                vec![("PIXGATE__CACHE__DERIVED_MAX_BYTES", "0")],
+                "cache.derived_max_bytes",
+            ),
+            (
+                vec![("PIXGATE__CACHE__ERROR_MAX_AGE_SECS", "86401")],
+                "cache.error_max_age_secs",
+            ),
+            // Plain http leaves the machine only to loopback; userinfo could hide the host.
+            (
+                vec![("PIXGATE__CDN__PURGE_URL", "http://cdn.example/purge/{key}")],
+                "cdn.purge_url",
+            ),
+            (
+                vec![(
+                    "PIXGATE__CDN__PURGE_URL",
+                    "https://localhost@evil.example/{key}",
+                )],
+                "cdn.purge_url",
+            ),
+            (
+                vec![("PIXGATE__CDN__PURGE_URL", "ftp://cdn.example/{key}")],
+                "cdn.purge_url",
+            ),
+            (
+                vec![hook, ("PIXGATE__CDN__PURGE_METHOD", "PATCH")],
+                "cdn.purge_method",
+            ),
+            (
+                vec![hook, ("PIXGATE__CDN__PURGE_ATTEMPTS", "0")],
+                "cdn.purge_attempts",
+            ),
+            (
+                vec![hook, ("PIXGATE__CDN__PURGE_ATTEMPTS", "11")],
+                "cdn.purge_attempts",
+            ),
+            (
+                vec![hook, ("PIXGATE__CDN__PURGE_TIMEOUT_MS", "0")],
+                "cdn.purge_timeout_ms",
+            ),
+            (
+                vec![hook, ("PIXGATE__CDN__PURGE_QUEUE", "0")],
+                "cdn.purge_queue",
+            ),
+            (
+                vec![hook, ("PIXGATE__CDN__PURGE_CONCURRENCY", "0")],
+                "cdn.purge_concurrency",
+            ),
+        ];
+        for (vars, key) in cases {
+            let mut e = valid_env();
+            e.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+            let err = Config::load(None, e).and_then(|c| c.validate().map(|_| c));
+            assert_eq!(err.expect_err(key).key, key, "{vars:?}");
+        }
+        // A malformed header entry is named by position; its text (a token) never appears.
+        let mut e = valid_env();
+        e.extend(env(&[
+            hook,
+            (
+                "PIXGATE__CDN__PURGE_HEADERS",
+                "Fastly-Key: fine, sekrit-token-123",
+            ),
+        ]));
+        let err = Config::load(None, e).unwrap().validate().unwrap_err();
+        assert_eq!(err.key, "cdn.purge_headers");
+        assert!(err.to_string().contains("entry 2"), "{err}");
+        assert!(!err.to_string().contains("sekrit"), "{err}");
+        // A loopback hook (tests, sidecars) and a full Cloudflare-style set-up are accepted.
+        let mut e = valid_env();
+        e.extend(env(&[
+            ("PIXGATE__CDN__PURGE_URL", "http://127.0.0.1:9/purge"),
+            (
+                "PIXGATE__CDN__PURGE_HEADERS",
+                "Authorization: Bearer t, Content-Type: application/json",
+            ),
+            ("PIXGATE__CDN__PURGE_BODY", r#"{"tags":["{key}"]}"#),
+        ]));
+        let c = Config::load(None, e).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cdn.purge_headers.len(), 2);
+        assert!(!c.redacted_toml().contains("Bearer t"));
+    }
+
+    #[test]
     fn plans_come_from_file_and_environment() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");

@@ -50,6 +50,8 @@ pub struct Target {
     pub owner: String,
     /// The cache key ([`cache_key`]).
     pub key: String,
+    /// [`cache::digest`] of the key: the ETag and the derived object's name.
+    pub digest: String,
     pub spec: TransformSpec,
     pub format: OutputFormat,
     pub quality: u8,
@@ -148,8 +150,7 @@ where
             lead.finish(Ok(hit.clone()));
             return Ok(hit);
         }
-        let object =
-            derived::object_key(&target.image, &cache::digest(&target.key), target.format)?;
+        let object = derived::object_key(&target.image, &target.digest, target.format)?;
         if app.config.cache.derived
             && let Some(bytes) = app.derived.get(&object, target.format).await
         {
@@ -206,7 +207,7 @@ fn result_of(target: &Target, bytes: Bytes) -> CachedResult {
     CachedResult {
         bytes,
         format: target.format,
-        etag: cache::etag(&target.key),
+        etag: cache::etag(&target.digest),
         image: target.image.to_string(),
         owner: target.owner.clone(),
         last_modified: target.last_modified,
@@ -262,7 +263,7 @@ async fn compute(
 
 /// The results `presets.eager` names for an image: each preset, in its fixed format or — when
 /// the format is negotiated — in every `transform.auto_formats` format and the fallback.
-pub fn eager_targets(
+fn eager_targets(
     app: &App,
     meta: &ImageMeta,
     original: Option<&Bytes>,
@@ -287,8 +288,10 @@ pub fn eager_targets(
                 .collect(),
         };
         for (token, format) in formats {
+            let key = cache_key(app, &parsed.image, &spec, quality, &token);
             targets.push(Target {
-                key: cache_key(app, &parsed.image, &spec, quality, &token),
+                digest: cache::digest(&key),
+                key,
                 image: parsed.image.clone(),
                 owner: meta.owner.clone(),
                 spec: spec.clone(),
@@ -316,10 +319,6 @@ impl EagerQueue {
             backlog: crate::workers::Backlog::new(max_pending),
             running: tokio::sync::Semaphore::new(1),
         }
-    }
-
-    pub fn pending(&self) -> usize {
-        self.backlog.len()
     }
 }
 

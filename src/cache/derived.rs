@@ -194,6 +194,7 @@ impl DerivedStore {
     }
 
     /// Writes waiting or running.
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.backlog.len()
     }
@@ -345,5 +346,15 @@ mod tests {
         assert_eq!(stored.len(), 4);
         let ok = derived.metrics.derived_writes.with_label_values(&["ok"]);
         assert_eq!(ok.get(), 4);
+        // A result over `max_bytes` is never queued, let alone stored.
+        let big = object_key(&id, "ffff", OutputFormat::Jpeg).unwrap();
+        derived.schedule(
+            id.clone(),
+            big,
+            Bytes::from(vec![0u8; (1 << 20) + 1]),
+            "image/jpeg",
+        );
+        assert_eq!(derived.pending(), 0);
+        assert_eq!(dropped.get(), 3);
     }
 }

@@ -84,10 +84,12 @@ impl<T: Clone> Flights<T> {
     }
 
     /// Keys in flight.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -156,6 +156,7 @@ impl MemoryCache {
     }
 
     /// Whether `image` was deleted through this instance (its results are refused).
+    #[cfg(test)]
     pub fn is_deleted(&self, image: &str) -> bool {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.deleted.contains(image)
@@ -176,7 +177,8 @@ impl MemoryCache {
         doomed.len()
     }
 
-    /// Entries held (for tests and the index's consistency).
+    /// Entries held.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.inner
             .lock()
@@ -185,6 +187,7 @@ impl MemoryCache {
             .len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

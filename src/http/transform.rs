@@ -142,7 +142,8 @@ pub async fn handle(
         .or(auto)
         .unwrap_or_else(|| fallback_format(meta.format));
     let checked = std::time::Instant::now();
-    let etag = cache::etag(&key);
+    let digest = cache::digest(&key);
+    let etag = cache::etag(&digest);
     let last_modified = render::last_modified(app, &meta);
     if not_modified(&parts.headers, &etag, last_modified) {
         return Ok(not_modified_response(&etag, last_modified, &headers));
@@ -173,6 +174,7 @@ pub async fn handle(
         image: request.image.clone(),
         owner: meta.owner,
         key,
+        digest,
         spec,
         format,
         quality,
