@@ -36,6 +36,10 @@ pub struct App {
     pub eager: EagerQueue,
     /// The CDN purge hook (a no-op unless `cdn.purge_url` is set).
     pub cdn: Arc<CdnPurger>,
+    /// The audit trail (log stream and archive writer).
+    pub audit: crate::audit::Auditor,
+    /// Account erasures in progress, by user: a repeated `DELETE /v1/me` joins the running one.
+    pub erasures: Flights<Result<(), crate::error::Error>>,
     pub workers: Workers,
     pub metrics: Metrics,
     /// Quotas and rate limits (Redis, or in-process).
@@ -60,14 +64,7 @@ pub struct App {
 impl App {
     /// Builds the state. Start-up code: errors are reported and the process exits.
     pub async fn build(config: Config) -> Result<App, String> {
-        let timeout = Duration::from_secs(config.storage.timeout_secs);
-        let store: Arc<dyn ObjectStore> = match config.storage.backend.as_str() {
-            "s3" => Arc::new(S3Store::new(&config.storage).await),
-            _ => Arc::new(
-                FsStore::new(&config.storage.fs_root, timeout)
-                    .map_err(|e| format!("storage.fs_root {}: {e}", config.storage.fs_root))?,
-            ),
-        };
+        let store = store(&config).await?;
         let signer = Signer::from_hex(
             &config.signing.keys,
             &config.signing.salts,
@@ -124,6 +121,13 @@ impl App {
             metrics.clone(),
         ));
         let cdn = Arc::new(CdnPurger::new(&config.cdn, metrics.clone())?);
+        let audit = crate::audit::Auditor::start(
+            store.clone(),
+            crate::audit::Settings::from_config(&config),
+            usize::try_from(config.audit.queue).unwrap_or(usize::MAX),
+            metrics.clone(),
+        )
+        .await?;
         Ok(App {
             limiter,
             catalog,
@@ -131,6 +135,8 @@ impl App {
             flights: Flights::new(),
             eager: EagerQueue::new(usize::try_from(c.eager_queue).unwrap_or(0)),
             cdn,
+            audit,
+            erasures: Flights::new(),
             store,
             signer,
             auth,
@@ -155,6 +161,18 @@ impl App {
             config,
         })
     }
+}
+
+/// The object store as configured (also used by the CLI's archive jobs).
+pub async fn store(config: &Config) -> Result<Arc<dyn ObjectStore>, String> {
+    let timeout = Duration::from_secs(config.storage.timeout_secs);
+    Ok(match config.storage.backend.as_str() {
+        "s3" => Arc::new(S3Store::new(&config.storage).await),
+        _ => Arc::new(
+            FsStore::new(&config.storage.fs_root, timeout)
+                .map_err(|e| format!("storage.fs_root {}: {e}", config.storage.fs_root))?,
+        ),
+    })
 }
 
 /// The image engine as configured (validated keys only, so the matches are exhaustive).

@@ -52,6 +52,7 @@ pub struct Config {
     pub transform: TransformConfig,
     pub cache: CacheConfig,
     pub cdn: CdnConfig,
+    pub audit: AuditConfig,
     pub log: LogConfig,
     pub encode: EncodeConfig,
     pub watermark: WatermarkConfig,
@@ -106,6 +107,8 @@ pub struct StorageConfig {
     pub s3_region: String,
     pub s3_bucket: String,
     pub s3_derived_bucket: String,
+    /// The audit archive's bucket; empty: the originals bucket (keys under `audit/`).
+    pub s3_audit_bucket: String,
     pub s3_force_path_style: bool,
     /// Server-side encryption of every object written: empty (bucket default), `AES256`
     /// (SSE-S3) or `aws:kms` (SSE-KMS with `s3_sse_kms_key_id`).
@@ -318,6 +321,28 @@ pub struct CdnConfig {
     pub purge_concurrency: u64,
 }
 
+/// The audit trail (`src/audit/`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A batch is sealed and archived at least this often (seconds).
+    pub flush_seconds: u64,
+    /// … or as soon as it holds this many events.
+    pub batch_events: u64,
+    /// Events waiting for the writer; beyond this an event reaches the log stream only
+    /// (counted in `pixgate_audit_dropped_total`).
+    pub queue: u64,
+    /// Local directory for sealed batches until the archive has them, and the chain state.
+    /// Empty: `<storage.fs_root>/audit-spool`. One per instance; keep it on a persistent disk.
+    pub spool_dir: String,
+    /// Spooled bytes beyond which new batches are dropped (counted, logged).
+    pub spool_max_bytes: u64,
+    /// Name of this instance's chain (`[a-z0-9_]`, ≤ 64); empty: random, kept in the spool.
+    pub instance: String,
+    /// Days of audit records kept (`pixgate audit sweep`, or the lifecycle rule in `deploy/`).
+    pub retention_days: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -359,6 +384,7 @@ impl Default for StorageConfig {
             s3_region: "us-east-1".into(),
             s3_bucket: String::new(),
             s3_derived_bucket: String::new(),
+            s3_audit_bucket: String::new(),
             s3_force_path_style: false,
             s3_sse: String::new(),
             s3_sse_kms_key_id: String::new(),
@@ -498,6 +524,20 @@ impl Default for CdnConfig {
             purge_attempts: 4,
             purge_queue: 1_024,
             purge_concurrency: 4,
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            flush_seconds: 5,
+            batch_events: 1_000,
+            queue: 65_536,
+            spool_dir: String::new(),
+            spool_max_bytes: 1 << 30,
+            instance: String::new(),
+            retention_days: 365,
         }
     }
 }
@@ -972,6 +1012,29 @@ impl Config {
             ));
         }
         self.cdn.validate()?;
+        let a = &self.audit;
+        if !(1..=3600).contains(&a.flush_seconds) {
+            return Err(ConfigError::new("audit.flush_seconds", "must be 1..=3600"));
+        }
+        if !(1..=100_000).contains(&a.batch_events) {
+            return Err(ConfigError::new("audit.batch_events", "must be 1..=100000"));
+        }
+        if !(1..=10_000_000).contains(&a.queue) {
+            return Err(ConfigError::new("audit.queue", "must be 1..=10000000"));
+        }
+        positive("audit.spool_max_bytes", a.spool_max_bytes)?;
+        if !a.instance.is_empty() && !crate::audit::chain::valid_instance(&a.instance) {
+            return Err(ConfigError::new(
+                "audit.instance",
+                "1 to 64 of a-z, 0-9 and _",
+            ));
+        }
+        if !(1..=36_500).contains(&a.retention_days) {
+            return Err(ConfigError::new(
+                "audit.retention_days",
+                "must be 1..=36500",
+            ));
+        }
 
         match self.log.format.as_str() {
             "pretty" | "json" => {}

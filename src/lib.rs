@@ -12,6 +12,8 @@
 //! - [`cache`] result caches: memory LRU, derived objects, single-flight
 //! - [`render`] results through the caches; eager presets; purging an image everywhere
 //! - [`cdn`] the CDN purge hook; [`outbound`] the HTTPS client it and the JWKS fetch share
+//! - [`audit`] audit events: log stream, hash-chained archive with spool, queries, verify, sweep
+//! - [`zipstream`] streaming ZIP writer (the GDPR export)
 //! - [`workers`] the bounded CPU pool
 //! - [`image`] pure image engine: probe, decode (shrink-on-load), resize, effects, encode
 //! - [`config`], [`error`], [`metrics`], [`id`], [`app`] (wiring)
@@ -20,6 +22,7 @@
 //! verified; only `http` maps errors to statuses; a 2xx reports only completed durable writes.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod catalog;
@@ -38,6 +41,7 @@ pub mod server;
 pub mod signature;
 pub mod storage;
 pub mod workers;
+pub mod zipstream;
 
 /// mimalloc for every binary linking pixgate (server, benchmarks, tests): image buffers of
 /// several MB are freed and reallocated on every transform, and glibc serves those with

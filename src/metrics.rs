@@ -30,6 +30,10 @@ pub const SINGLEFLIGHT_COALESCED_TOTAL: &str = "pixgate_singleflight_coalesced_t
 pub const EAGER_RENDERS_TOTAL: &str = "pixgate_eager_renders_total";
 pub const CDN_PURGES_TOTAL: &str = "pixgate_cdn_purges_total";
 pub const CDN_PURGE_ATTEMPTS_TOTAL: &str = "pixgate_cdn_purge_attempts_total";
+pub const AUDIT_EVENTS_TOTAL: &str = "pixgate_audit_events_total";
+pub const AUDIT_SPOOLED_EVENTS: &str = "pixgate_audit_spooled_events";
+pub const AUDIT_DROPPED_TOTAL: &str = "pixgate_audit_dropped_total";
+pub const AUDIT_BATCHES_TOTAL: &str = "pixgate_audit_batches_total";
 
 /// Redis calls on loopback take tens of microseconds; the deadline is tens of milliseconds.
 const REDIS_BUCKETS: &[f64] = &[
@@ -84,6 +88,14 @@ pub struct Metrics {
     pub cdn_purges: IntCounterVec,
     /// Every HTTP attempt of the CDN purge hook, retries included.
     pub cdn_purge_attempts: IntCounter,
+    /// `{outcome}`: `success|failure` audit events emitted.
+    pub audit_events: IntCounterVec,
+    /// Audit events in sealed batches waiting in the local spool for the archive.
+    pub audit_spooled: IntGauge,
+    /// Audit events that reached the log stream but not the archive (queue or spool full).
+    pub audit_dropped: IntCounter,
+    /// `{result}`: `archived|failed` puts of audit batches.
+    pub audit_batches: IntCounterVec,
 }
 
 impl Metrics {
@@ -200,6 +212,29 @@ impl Metrics {
             CDN_PURGE_ATTEMPTS_TOTAL,
             "HTTP attempts of the CDN purge hook, retries included.",
         )?;
+        let audit_events = IntCounterVec::new(
+            Opts::new(AUDIT_EVENTS_TOTAL, "Audit events emitted, by outcome."),
+            &["outcome"],
+        )?;
+        let audit_spooled = IntGauge::new(
+            AUDIT_SPOOLED_EVENTS,
+            "Audit events in the local spool, waiting for the archive.",
+        )?;
+        let audit_dropped = IntCounter::new(
+            AUDIT_DROPPED_TOTAL,
+            "Audit events that reached the log stream but not the archive (queue or spool full).",
+        )?;
+        let audit_batches = IntCounterVec::new(
+            Opts::new(
+                AUDIT_BATCHES_TOTAL,
+                "Audit batch puts to the archive, by result.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(audit_events.clone()))?;
+        registry.register(Box::new(audit_spooled.clone()))?;
+        registry.register(Box::new(audit_dropped.clone()))?;
+        registry.register(Box::new(audit_batches.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(http_bytes_out.clone()))?;
@@ -246,6 +281,10 @@ impl Metrics {
             eager_renders,
             cdn_purges,
             cdn_purge_attempts,
+            audit_events,
+            audit_spooled,
+            audit_dropped,
+            audit_batches,
         })
     }
 

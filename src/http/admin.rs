@@ -1,13 +1,20 @@
 //! Admin actions. `POST /v1/admin/users/{id}/revoke-tokens` — incident response: every JWT of
 //! the user issued until now is refused from now on (durable record), and every API key of the
 //! user is revoked. The user id is the percent-encoded path segment.
+//!
+//! `GET /v1/admin/audit?actor=&action=&image=&user=&since=&until=&limit=&cursor=` — audit
+//! events from the archive, oldest first, filtered; `since`/`until` are RFC 3339 or Unix
+//! seconds (default: the last 24 hours); at most `limit` (default 100, at most 1000) per page,
+//! and a page reads a bounded number of batches, so it may hold fewer and still carry a
+//! `next_cursor`. Events appear once their batch is archived (`audit.flush_seconds`).
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use super::{Body, Ctx, authorize, json_response, percent_decode};
+use super::{Body, Ctx, authorize, json_response, percent_decode, query_param};
 use crate::app::App;
+use crate::audit::query::{self, Cursor, Filter};
 use crate::auth::Action;
 use crate::error::Error;
 use crate::signature::unix_now;
@@ -22,6 +29,7 @@ pub async fn revoke_tokens(
     let user = percent_decode(raw_user)
         .filter(|u| !u.is_empty() && u.len() <= 255 && !u.chars().any(char::is_control))
         .ok_or_else(|| Error::InvalidField("user: not a user id".into()))?;
+    ctx.set_subject(&user);
     let now = unix_now();
     app.auth.revocations.revoke(&user, now).await?;
     let keys = app.auth.api_keys.revoke_all(&user).await?;
@@ -29,5 +37,57 @@ pub async fn revoke_tokens(
     Ok(json_response(
         StatusCode::OK,
         &json!({"user_id": user, "not_before": now, "api_keys_revoked": keys}),
+    ))
+}
+
+/// `since`/`until`: RFC 3339 or Unix seconds.
+fn time_param(query: Option<&str>, name: &str) -> Result<Option<u64>, Error> {
+    let Some(v) = query_param(query, name)? else {
+        return Ok(None);
+    };
+    if let Ok(n) = v.parse::<u64>() {
+        return Ok(Some(n));
+    }
+    humantime::parse_rfc3339_weak(&v)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| Some(d.as_secs()))
+        .ok_or_else(|| Error::InvalidField(format!("{name}: not an RFC 3339 time or Unix seconds")))
+}
+
+pub async fn audit(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
+    authorize(app, req.headers(), ctx, Action::Admin).await?;
+    let q = req.uri().query();
+    let until = time_param(q, "until")?.unwrap_or_else(|| query::now_secs() + 1);
+    let since = time_param(q, "since")?.unwrap_or_else(|| until.saturating_sub(86_400));
+    if since >= until {
+        return Err(Error::InvalidField("since: must be before until".into()));
+    }
+    let limit = match query_param(q, "limit")? {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| Error::InvalidField("limit: 1..=1000".into()))?,
+    };
+    let filter = Filter {
+        actor: query_param(q, "actor")?,
+        action: query_param(q, "action")?,
+        image: query_param(q, "image")?,
+        subject: query_param(q, "user")?,
+        since,
+        until,
+    };
+    let cursor = query_param(q, "cursor")?
+        .map(|c| Cursor::decode(&c))
+        .transpose()?;
+    let page = query::page(app.store.as_ref(), &filter, cursor.as_ref(), limit).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "items": page.items,
+            "next_cursor": page.next.map(|c| c.encode()),
+        }),
     ))
 }

@@ -51,12 +51,21 @@ const MAX_RAW_TAGS: usize = 100;
 
 /// The image `raw_id` if `principal` may touch it; `404` for malformed ids, missing images and
 /// other users' images alike.
-async fn owned_image(app: &App, principal: &Principal, raw_id: &str) -> Result<ImageMeta, Error> {
+async fn owned_image(
+    app: &App,
+    principal: &Principal,
+    raw_id: &str,
+    ctx: &Ctx,
+) -> Result<ImageMeta, Error> {
+    ctx.set_image(raw_id, None);
     let id = ImageId::parse(raw_id).ok_or(Error::NotFound)?;
     let meta = app.catalog.meta(&id).await?;
     if !principal.owns(&meta.owner) {
+        // Audited as `access.denied`; answered like a missing image.
+        ctx.set_denied();
         return Err(Error::NotFound);
     }
+    ctx.set_image(raw_id, Some(&meta.owner));
     Ok(meta)
 }
 
@@ -72,6 +81,7 @@ pub async fn create(
     let (parts, body) = req.into_parts();
     let principal = authorize(app, &parts.headers, ctx, Action::Upload).await?;
     let owner = acting_for(&principal, parts.uri.query())?;
+    ctx.set_subject(&owner);
     // Charged before the body is read, so a caller over quota costs no bandwidth or decode.
     // An upload refused before its full decode starts (type, size, header checks, a full CPU
     // queue, a dropped connection) gives the unit back; once the decode has started the unit
@@ -120,6 +130,8 @@ pub async fn create(
         .await
         .map_err(|e| Error::Internal(format!("storage task failed: {e}")))??;
     tracing::info!(request_id = %ctx.request_id, image = %id, format = probe.format.as_str(), bytes = meta.bytes, "image stored");
+    ctx.set_image(&meta.id, Some(&meta.owner));
+    ctx.set_bytes_in(meta.bytes);
     // `presets.eager`: rendered in the background, never delaying the `201`, so the first
     // views are cache hits.
     render::spawn_eager(app, &meta);
@@ -286,6 +298,7 @@ pub async fn list(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Respon
     let principal = authorize(app, req.headers(), ctx, Action::Read).await?;
     let query = req.uri().query();
     let owner = acting_for(&principal, query)?;
+    ctx.set_subject(&owner);
     let limit = match query_param(query, "limit")? {
         None => DEFAULT_PAGE,
         Some(l) => l
@@ -313,7 +326,7 @@ pub async fn get(
     id: &str,
 ) -> Result<Response<Body>, Error> {
     let principal = authorize(app, req.headers(), ctx, Action::Read).await?;
-    let meta = owned_image(app, &principal, id).await?;
+    let meta = owned_image(app, &principal, id, ctx).await?;
     Ok(json_response(StatusCode::OK, &meta_json(&meta)))
 }
 
@@ -325,7 +338,7 @@ pub async fn update(
 ) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
     let principal = authorize(app, &parts.headers, ctx, Action::Update).await?;
-    let meta = owned_image(app, &principal, id).await?;
+    let meta = owned_image(app, &principal, id, ctx).await?;
     let patch = MetaPatch::from_json(&read_json(body, app.config.server.max_body_bytes).await?)?;
     let id = ImageId::parse(&meta.id).ok_or(Error::NotFound)?;
     let updated = app.catalog.update(&id, &patch).await?;
@@ -339,7 +352,7 @@ pub async fn delete(
     id: &str,
 ) -> Result<Response<Body>, Error> {
     let principal = authorize(app, req.headers(), ctx, Action::Delete).await?;
-    let meta = owned_image(app, &principal, id).await?;
+    let meta = owned_image(app, &principal, id, ctx).await?;
     // Memory, original, derived objects, metadata; then the CDN purge hook in the background.
     render::delete_image(app, &meta).await?;
     tracing::info!(request_id = %ctx.request_id, image = %meta.id, "image deleted");
@@ -356,7 +369,7 @@ pub async fn sign_url(
 ) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
     let principal = authorize(app, &parts.headers, ctx, Action::Transform).await?;
-    let meta = owned_image(app, &principal, id).await?;
+    let meta = owned_image(app, &principal, id, ctx).await?;
     let req_body = read_json(body, app.config.server.max_body_bytes).await?;
     let s = &app.config.signing;
     let options = match req_body.get("options") {

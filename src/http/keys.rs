@@ -57,6 +57,7 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
         .create(&principal, name, requested)
         .await?;
     tracing::info!(request_id = %ctx.request_id, key_id = %record.id, "API key created");
+    ctx.set_api_key(&record.id);
     let mut body = record.public_json(None);
     body["key"] = Value::String(raw);
     Ok(json_response(StatusCode::CREATED, &body))
@@ -65,6 +66,7 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
 pub async fn list(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
     let principal = authorize(app, req.headers(), ctx, Action::ManageKeys).await?;
     let owner = acting_for(&principal, req.uri().query())?;
+    ctx.set_subject(&owner);
     let items: Vec<Value> = app
         .auth
         .api_keys
@@ -84,6 +86,8 @@ pub async fn revoke(
 ) -> Result<Response<Body>, Error> {
     let principal = authorize(app, req.headers(), ctx, Action::ManageKeys).await?;
     let owner = acting_for(&principal, req.uri().query())?;
+    ctx.set_subject(&owner);
+    ctx.set_api_key(id);
     if !app.auth.api_keys.revoke(&owner, id).await? {
         return Err(Error::NotFound);
     }

@@ -6,7 +6,9 @@
 //! `Result<Response, Error>` and never build error responses themselves. Only this layer maps
 //! errors to statuses.
 
+mod account;
 mod admin;
+mod body;
 mod cors;
 mod images;
 mod keys;
@@ -24,17 +26,17 @@ use http::header::{
     ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, WWW_AUTHENTICATE,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::app::App;
-use crate::auth::{Action, Principal};
+use crate::audit::{Actor, Event, Resource};
+use crate::auth::{Action, AuthMethod, Principal};
 use crate::error::Error;
 use crate::limits::{Charge, Status};
 use crate::metrics::{GaugeGuard, status_class};
 
-/// Response body type.
-pub type Body = Full<Bytes>;
+pub use body::{Body, BodySender};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_CONTENT_TYPE_OPTIONS: HeaderName = HeaderName::from_static("x-content-type-options");
@@ -66,6 +68,12 @@ enum Route {
     AdminRevoke(String),
     /// `/v1/usage`: the caller's quotas.
     Usage,
+    /// `/v1/me`: erasure (`DELETE`).
+    Me,
+    /// `/v1/me/export`: the GDPR export.
+    MeExport,
+    /// `/v1/admin/audit`: audit events.
+    AdminAudit,
     /// Any other `/v1` path.
     Api,
     Transform,
@@ -81,11 +89,35 @@ impl Route {
             Route::Image(_) => "image",
             Route::ImageUrl(_) => "image_url",
             Route::ApiKeys | Route::ApiKey(_) => "api_keys",
-            Route::AdminRevoke(_) => "admin",
+            Route::AdminRevoke(_) | Route::AdminAudit => "admin",
             Route::Usage => "usage",
+            Route::Me | Route::MeExport => "account",
             Route::Api => "api",
             Route::Transform => "transform",
         }
+    }
+
+    /// The audit action of a request on this route (`None`: not audited).
+    fn audit_action(&self, method: &Method) -> Option<&'static str> {
+        let get = method == Method::GET || method == Method::HEAD;
+        Some(match (self, method) {
+            (Route::Images, &Method::POST) => "image.upload",
+            (Route::Images, _) if get => "image.list",
+            (Route::Image(_), _) if get => "image.read",
+            (Route::Image(_), &Method::PATCH) => "image.update",
+            (Route::Image(_), &Method::DELETE) => "image.delete",
+            (Route::ImageUrl(_), &Method::POST) => "url.sign",
+            (Route::ApiKeys, &Method::POST) => "apikey.create",
+            (Route::ApiKeys, _) if get => "apikey.list",
+            (Route::ApiKey(_), &Method::DELETE) => "apikey.revoke",
+            (Route::AdminRevoke(_), &Method::POST) => "tokens.revoke",
+            (Route::AdminAudit, _) if get => "audit.read",
+            (Route::Usage, _) if get => "usage.read",
+            (Route::Me, &Method::DELETE) => "user.erase",
+            (Route::MeExport, _) if get => "user.export",
+            (Route::Transform, _) if get => "image.transform",
+            _ => return None,
+        })
     }
 
     fn is_api(&self) -> bool {
@@ -96,15 +128,32 @@ impl Route {
     }
 }
 
+/// What handlers learn about a request for its audit event and log line.
+#[derive(Debug, Default)]
+struct Note {
+    /// The authenticated caller.
+    actor: Option<Actor>,
+    /// A verified signed URL (no principal).
+    signed_url: bool,
+    image: Option<String>,
+    owner: Option<String>,
+    /// The account acted on (export, erasure, admin on behalf).
+    subject: Option<String>,
+    api_key: Option<String>,
+    bytes_in: u64,
+    /// The image exists but the caller may not touch it (answered `404`).
+    denied: bool,
+}
+
 /// Per-request facts shared by handlers.
 pub struct Ctx {
     pub request_id: String,
     pub client_ip: IpAddr,
     /// Whether the request arrived over TLS.
     pub tls: bool,
-    /// Who the request acted as (user id, auth method), once known: for the request log.
-    /// Held only to set or read the value, never across an `.await`.
-    actor: Mutex<Option<(String, &'static str)>>,
+    /// Actor and resource, for the audit event and the request log. Held only to set or read
+    /// a value, never across an `.await`.
+    note: Mutex<Note>,
     /// The limits this request was subject to, for the `RateLimit` headers (one per policy).
     limits: Mutex<Vec<Status>>,
     /// `max-age` for a `404` of this request (set once a signed URL verified); 0: `no-store`.
@@ -117,9 +166,60 @@ impl Ctx {
         self.not_found_max_age.store(secs, Ordering::Relaxed);
     }
 
-    /// Records the acting principal (for signed URLs: the image's owner).
-    pub fn set_actor(&self, user_id: &str, method: &'static str) {
-        *self.actor.lock().unwrap_or_else(|p| p.into_inner()) = Some((user_id.to_owned(), method));
+    fn note(&self) -> std::sync::MutexGuard<'_, Note> {
+        self.note.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the authenticated caller.
+    pub fn set_principal(&self, p: &Principal) {
+        self.note().actor = Some(Actor {
+            user: Some(p.user_id.clone()),
+            role: Some(p.role.as_str().to_owned()),
+            auth: p.method_name().to_owned(),
+            api_key_id: match &p.method {
+                AuthMethod::ApiKey { key_id, .. } => Some(key_id.clone()),
+                AuthMethod::Jwt => None,
+            },
+        });
+    }
+
+    /// Records that a verified signed URL authorised the request.
+    pub fn set_signed_url(&self) {
+        self.note().signed_url = true;
+    }
+
+    /// Records the image acted on and, once known, its owner.
+    pub fn set_image(&self, id: &str, owner: Option<&str>) {
+        let mut n = self.note();
+        n.image = Some(crate::audit::clip(id));
+        if let Some(o) = owner {
+            n.owner = Some(o.to_owned());
+        }
+    }
+
+    /// Records the owner of the image acted on.
+    pub fn set_image_owner(&self, owner: &str) {
+        self.note().owner = Some(owner.to_owned());
+    }
+
+    /// Records the account acted on (export, erasure, revocation, admin on behalf).
+    pub fn set_subject(&self, user: &str) {
+        self.note().subject = Some(crate::audit::clip(user));
+    }
+
+    /// Records the API key created or revoked.
+    pub fn set_api_key(&self, id: &str) {
+        self.note().api_key = Some(crate::audit::clip(id));
+    }
+
+    /// Records the bytes a request brought in (an upload's image).
+    pub fn set_bytes_in(&self, n: u64) {
+        self.note().bytes_in = n;
+    }
+
+    /// Records that the caller was refused an existing image (answered as `404`).
+    pub fn set_denied(&self) {
+        self.note().denied = true;
     }
 
     /// Records a limit's state for the response headers.
@@ -197,6 +297,9 @@ fn classify(path: &str, listener: Listener, app: &App) -> Route {
         ["api-keys", id] => Route::ApiKey((*id).to_owned()),
         ["admin", "users", user, "revoke-tokens"] => Route::AdminRevoke((*user).to_owned()),
         ["usage"] => Route::Usage,
+        ["me"] => Route::Me,
+        ["me", "export"] => Route::MeExport,
+        ["admin", "audit"] => Route::AdminAudit,
         _ if rest.is_empty() || rest.starts_with('/') => Route::Api,
         _ => Route::Transform,
     }
@@ -222,14 +325,21 @@ pub async fn handle(
             app.config.server.client_ip_header == "forwarded",
         ),
         tls,
-        actor: Mutex::new(None),
+        note: Mutex::new(Note::default()),
         limits: Mutex::new(Vec::new()),
         not_found_max_age: AtomicU64::new(0),
     };
     let route = classify(req.uri().path(), listener, &app);
     let is_head = req.method() == Method::HEAD;
+    let preflight = cors::is_preflight(&req);
+    let audit_action = route.audit_action(req.method()).filter(|_| !preflight);
+    let user_agent = audit_action.and_then(|_| {
+        req.headers()
+            .get(http::header::USER_AGENT)
+            .map(|v| crate::audit::clip_user_agent(&String::from_utf8_lossy(v.as_bytes())))
+    });
     let origin = cors::origin(req.headers());
-    let result = if cors::is_preflight(&req) {
+    let result = if preflight {
         cors::preflight(&app.config.server, req.headers(), route.is_api())
     } else {
         let deadline = Duration::from_secs(app.config.server.request_timeout_secs);
@@ -238,9 +348,79 @@ pub async fn handle(
             Err(_) => Err(Error::Timeout),
         }
     };
-    let mut resp = finish(&app, &route, &ctx, start, is_head, result);
+    let mut resp = finish(
+        &app,
+        &route,
+        &ctx,
+        start,
+        is_head,
+        result,
+        |status, error, bytes_out| {
+            if let Some(action) = audit_action {
+                app.audit.emit(&audit_event(
+                    &ctx, action, status, error, bytes_out, user_agent,
+                ));
+            }
+        },
+    );
     cors::decorate(&app.config.server, origin.as_deref(), resp.headers_mut());
     resp
+}
+
+/// The audit event of a finished request. Refusals are recorded under their own action
+/// (`auth.failure`, `access.denied`, `quota.exceeded`, `rate.limited`) with the route's
+/// action in `attempted`.
+fn audit_event(
+    ctx: &Ctx,
+    action: &'static str,
+    status: u16,
+    error: Option<&Error>,
+    bytes_out: Option<u64>,
+    user_agent: Option<String>,
+) -> Event {
+    let mut n = ctx.note();
+    let refusal = match error {
+        Some(
+            Error::MissingToken
+            | Error::InvalidToken(_)
+            | Error::TokenExpired
+            | Error::InvalidSignature,
+        ) => Some("auth.failure"),
+        Some(Error::Forbidden(_) | Error::InsufficientScope(_)) => Some("access.denied"),
+        Some(Error::NotFound) if n.denied => Some("access.denied"),
+        Some(Error::QuotaExceeded(_)) => Some("quota.exceeded"),
+        Some(Error::RateLimited(_)) => Some("rate.limited"),
+        _ => None,
+    };
+    let actor = n.actor.take().unwrap_or_else(|| Actor {
+        auth: if n.signed_url {
+            "signed_url"
+        } else {
+            "anonymous"
+        }
+        .to_owned(),
+        ..Actor::default()
+    });
+    let mut e = Event::new(&ctx.request_id, refusal.unwrap_or(action), actor);
+    if refusal.is_some() {
+        e.attempted = Some(action.to_owned());
+    }
+    e.resource = Resource {
+        image: n.image.take(),
+        owner: n.owner.take(),
+        user: n.subject.take(),
+        api_key: n.api_key.take(),
+    };
+    e.status = status;
+    if let Some(err) = error {
+        e.outcome = "failure".to_owned();
+        e.error = Some(err.code().to_owned());
+    }
+    e.client_ip = ctx.client_ip.to_string();
+    e.user_agent = user_agent;
+    e.bytes_in = n.bytes_in;
+    e.bytes_out = bytes_out;
+    e
 }
 
 async fn dispatch(
@@ -277,6 +457,12 @@ async fn dispatch(
         (Route::AdminRevoke(_), _) => Err(Error::MethodNotAllowed("POST")),
         (Route::Usage, _) if get_like => usage::get(app, req, ctx).await,
         (Route::Usage, _) => Err(Error::MethodNotAllowed("GET, HEAD")),
+        (Route::Me, Method::DELETE) => account::erase(app, req, ctx).await,
+        (Route::Me, _) => Err(Error::MethodNotAllowed("DELETE")),
+        (Route::MeExport, _) if get_like => account::export(app, req, ctx).await,
+        (Route::MeExport, _) => Err(Error::MethodNotAllowed("GET, HEAD")),
+        (Route::AdminAudit, _) if get_like => admin::audit(app, req, ctx).await,
+        (Route::AdminAudit, _) => Err(Error::MethodNotAllowed("GET, HEAD")),
         (Route::Api, _) => Err(Error::NotFound),
         (Route::Transform, _) if get_like => transform::handle(app, req, ctx).await,
         _ => Err(Error::MethodNotAllowed("GET, HEAD")),
@@ -290,6 +476,7 @@ fn finish(
     start: Instant,
     is_head: bool,
     result: Result<Response<Body>, Error>,
+    audit: impl FnOnce(u16, Option<&Error>, Option<u64>),
 ) -> Response<Body> {
     let label = route.label();
     let (mut resp, error) = match result {
@@ -336,18 +523,25 @@ fn finish(
     m.http_duration
         .with_label_values(&[label])
         .observe(start.elapsed().as_secs_f64());
-    if !is_head {
-        // hyper adds Content-Length later; the body knows its exact size now.
-        let sent = hyper::body::Body::size_hint(resp.body())
-            .exact()
-            .unwrap_or(0);
-        m.http_bytes_out.with_label_values(&[label]).inc_by(sent);
-    }
+    // hyper adds Content-Length later; a whole body knows its exact size now (a stream does
+    // not: `None`).
+    let sent = if is_head {
+        Some(0)
+    } else {
+        hyper::body::Body::size_hint(resp.body()).exact()
+    };
+    m.http_bytes_out
+        .with_label_values(&[label])
+        .inc_by(sent.unwrap_or(0));
     let ms = start.elapsed().as_secs_f64() * 1000.0;
-    let actor = ctx.actor.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let (user, auth) = match &actor {
-        Some((u, a)) => (u.as_str(), *a),
-        None => ("", "anonymous"),
+    let (user, auth) = {
+        let n = ctx.note();
+        match &n.actor {
+            Some(a) => (a.user.clone().unwrap_or_default(), auth_name(&a.auth)),
+            // Signed URLs: the owner the request counts for.
+            None if n.signed_url => (n.owner.clone().unwrap_or_default(), "signed_url"),
+            None => (String::new(), "anonymous"),
+        }
     };
     match &error {
         Some(e) => {
@@ -365,7 +559,17 @@ fn finish(
             tracing::info!(request_id = %ctx.request_id, route = label, status, user = %user.escape_debug(), auth, client_ip = %ctx.client_ip, duration_ms = ms, "request");
         }
     }
+    audit(status, error.as_ref(), sent);
     resp
+}
+
+fn auth_name(s: &str) -> &'static str {
+    match s {
+        "jwt" => "jwt",
+        "api_key" => "api_key",
+        "signed_url" => "signed_url",
+        _ => "anonymous",
+    }
 }
 
 /// Headers every response carries. The CSP forbids everything and sandboxes the document, so
@@ -430,7 +634,7 @@ fn error_response(e: &Error) -> Response<Body> {
 /// A JSON response with `Cache-Control: no-store`.
 pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    let mut resp = Response::new(Body::from(bytes));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -491,7 +695,7 @@ pub(crate) async fn authenticate(
             return Err(e);
         }
     };
-    ctx.set_actor(&p.user_id, p.method_name());
+    ctx.set_principal(&p);
     ctx.limit(
         app.limiter
             .user_request(&p.user_id, p.plan.as_deref())

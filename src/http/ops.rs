@@ -1,10 +1,8 @@
 //! Operational endpoints: `/healthz` (the process is up), `/readyz` (its dependencies answer),
 //! `/metrics` (Prometheus text).
 
-use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
-use http_body_util::Full;
 use serde_json::json;
 
 use super::{Body, json_response};
@@ -48,7 +46,7 @@ pub async fn readyz(app: &App) -> Response<Body> {
 }
 
 pub fn metrics(app: &App) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(app.metrics.render())));
+    let mut resp = Response::new(Body::from(app.metrics.render()));
     let h = resp.headers_mut();
     h.insert(
         CONTENT_TYPE,

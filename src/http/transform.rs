@@ -7,13 +7,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use http::header::{
     ACCEPT, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderName, HeaderValue, IF_MODIFIED_SINCE,
     IF_NONE_MATCH, LAST_MODIFIED, VARY,
 };
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::{Body, Ctx, authenticate, charge_caller};
@@ -44,6 +42,7 @@ pub async fn handle(
         p.allow(Action::Transform)?;
         Some(p)
     } else if app.signer.verify(signature, tail) {
+        ctx.set_signed_url();
         // Signed URLs carry no credential: their request rate is per client IP.
         ctx.limit(app.limiter.ip_request(ctx.client_ip).await)?;
         // A valid signature's `404` may be cached briefly by the CDN (404 floods stay there).
@@ -54,6 +53,7 @@ pub async fn handle(
     };
 
     let request = parse_path(tail, &app.parse_limits)?;
+    ctx.set_image(request.image.as_str(), None);
     let spec = request.spec;
     let now = unix_now();
     if spec.expires.is_some_and(|exp| now >= exp) {
@@ -202,10 +202,13 @@ fn split_signature(path: &str) -> Result<(&str, &str), Error> {
 /// the image's owner is then the principal the request counts for (quotas, audit).
 fn authorize(principal: Option<&Principal>, owner: &str, ctx: &Ctx) -> Result<(), Error> {
     match principal {
-        Some(p) if !p.owns(owner) => Err(Error::NotFound),
-        Some(_) => Ok(()),
-        None => {
-            ctx.set_actor(owner, "signed_url");
+        Some(p) if !p.owns(owner) => {
+            // Audited as `access.denied`; answered like a missing image.
+            ctx.set_denied();
+            Err(Error::NotFound)
+        }
+        _ => {
+            ctx.set_image_owner(owner);
             Ok(())
         }
     }
@@ -316,7 +319,7 @@ fn not_modified_response(
     last_modified: SystemTime,
     h: &ResponseHeaders,
 ) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(Body::default());
     *resp.status_mut() = StatusCode::NOT_MODIFIED;
     common_headers(&mut resp, etag, last_modified, h);
     resp
@@ -326,7 +329,7 @@ fn respond(req_headers: &HeaderMap, item: &CachedResult, h: &ResponseHeaders) ->
     if not_modified(req_headers, &item.etag, item.last_modified) {
         return not_modified_response(&item.etag, item.last_modified, h);
     }
-    let mut resp = Response::new(Full::new(item.bytes.clone()));
+    let mut resp = Response::new(Body::from(item.bytes.clone()));
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(item.format.mime()));
     common_headers(&mut resp, &item.etag, item.last_modified, h);

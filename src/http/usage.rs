@@ -17,6 +17,7 @@ pub async fn get(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Respons
     let (parts, _body) = req.into_parts();
     let principal = authenticate(app, &parts.headers, ctx).await?;
     let user = acting_for(&principal, parts.uri.query())?;
+    ctx.set_subject(&user);
     let plan = if user == principal.user_id {
         principal.plan.clone()
     } else {

@@ -137,6 +137,20 @@ impl LocalStore {
         }
     }
 
+    /// Forgets everything stored under `keys` (account erasure).
+    pub fn forget(&self, keys: &[(String, Kind)], plan_key: &str) {
+        for (k, kind) in keys {
+            self.shard(k, *kind)
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop(k);
+        }
+        self.plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop(plan_key);
+    }
+
     pub fn remember_plan(&self, key: &str, plan: &str) {
         let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
         // Called on every authenticated request: refresh in place, allocate only on a change.

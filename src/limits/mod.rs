@@ -386,6 +386,28 @@ impl Limiter {
         )
     }
 
+    /// Forgets a user's limiter state (quota logs, request rate, remembered plan) in Redis
+    /// and in this process: account erasure. Other instances' in-process state (used only
+    /// while Redis is down) ages out with its windows.
+    pub async fn forget(&self, user: &str) -> Result<(), Error> {
+        let kinds = [Kind::Uploads, Kind::Transforms, Kind::Requests];
+        let keys: Vec<(String, Kind)> = kinds
+            .iter()
+            .map(|k| (self.user_key(user, *k), *k))
+            .collect();
+        let plan = self.plan_key(user);
+        self.local.forget(&keys, &plan);
+        if let Some(remote) = &self.remote {
+            let mut all: Vec<String> = keys.into_iter().map(|(k, _)| k).collect();
+            all.push(plan);
+            remote
+                .delete(&all)
+                .await
+                .map_err(|e| Error::StorageUnavailable(format!("redis: {e:?}")))?;
+        }
+        Ok(())
+    }
+
     fn plan_key(&self, user: &str) -> String {
         let hash = crate::id::user_segment(user);
         format!("{}:{{u:{}}}:plan", self.settings.prefix, &hash[..32])

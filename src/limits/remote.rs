@@ -266,6 +266,20 @@ impl RemoteStore {
         }
     }
 
+    /// Deletes `keys` (one subject's, so one slot on Redis Cluster) under the deadline.
+    pub async fn delete(&self, keys: &[String]) -> Result<(), RemoteError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut conn = self.conn(deadline).await?;
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(keys);
+        let call = cmd.query_async::<i64>(&mut conn);
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(RemoteError::Failed(e.to_string())),
+            Err(_) => Err(RemoteError::Failed("DEL timed out".to_owned())),
+        }
+    }
+
     /// Runs one decision script under the deadline.
     pub async fn decide(
         &self,

@@ -24,6 +24,9 @@ pub enum Bucket {
     Originals,
     /// Derived (transformed) results: disposable, recomputable.
     Derived,
+    /// The audit archive (`storage.s3_audit_bucket`, default the originals bucket; keys
+    /// under `audit/`).
+    Audit,
 }
 
 impl Bucket {
@@ -31,6 +34,7 @@ impl Bucket {
         match self {
             Bucket::Originals => "originals",
             Bucket::Derived => "derived",
+            Bucket::Audit => "audit",
         }
     }
 }

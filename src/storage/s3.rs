@@ -26,6 +26,7 @@ pub struct S3Store {
     client: Client,
     originals: String,
     derived: String,
+    audit: String,
     timeout: Duration,
     /// `storage.s3_sse`: server-side encryption asked for on every PUT.
     sse: Option<ServerSideEncryption>,
@@ -57,6 +58,11 @@ impl S3Store {
             client: Client::from_conf(conf),
             originals: cfg.s3_bucket.clone(),
             derived: cfg.s3_derived_bucket.clone(),
+            audit: if cfg.s3_audit_bucket.is_empty() {
+                cfg.s3_bucket.clone()
+            } else {
+                cfg.s3_audit_bucket.clone()
+            },
             timeout,
             sse: match cfg.s3_sse.as_str() {
                 "" => None,
@@ -71,6 +77,7 @@ impl S3Store {
         match b {
             Bucket::Originals => &self.originals,
             Bucket::Derived => &self.derived,
+            Bucket::Audit => &self.audit,
         }
     }
 }
@@ -276,6 +283,7 @@ mod tests {
             s3_region: "test".into(),
             s3_bucket: "o".into(),
             s3_derived_bucket: "d".into(),
+            s3_audit_bucket: String::new(),
             s3_force_path_style: true,
             s3_sse: "aws:kms".into(),
             s3_sse_kms_key_id: "key-1234".into(),

@@ -40,19 +40,6 @@ fn derived_writes(t: &str, result: &str) -> f64 {
     )
 }
 
-/// Waits until `f(metrics)` holds (background work: derived writes, eager renders, purges).
-async fn wait_for(s: &Server, what: &str, f: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let m = metrics(s).await;
-        if f(&m) {
-            return m;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Keys under `derived/{id}/` in the derived store, through the backend itself.
 async fn derived_keys(backend: Backend, s: &Server, id: &str) -> Vec<String> {
     let prefix = format!("derived/{id}/");
@@ -76,16 +63,6 @@ async fn derived_keys(backend: Backend, s: &Server, id: &str) -> Vec<String> {
             .filter(|k| k.starts_with(&prefix))
             .collect(),
     }
-}
-
-/// A second server on the first one's storage (same directory, or the same buckets).
-fn restart_on_same_storage(backend: Backend, first: &Server, extra: &[(&str, &str)]) -> Server {
-    let root = first.dir.path().join("data").display().to_string();
-    let mut env: Vec<(&str, &str)> = extra.to_vec();
-    if backend == Backend::Fs {
-        env.push(("PIXGATE__STORAGE__FS_ROOT", root.as_str()));
-    }
-    Server::start_with(backend, &env)
 }
 
 async fn restart_serves_derived_hits_without_decoding(backend: Backend) {

@@ -32,6 +32,8 @@ const S3_KEY_ID: &str = "GK0123456789abcdef01234567";
 const S3_SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 pub const ORIGINALS_BUCKET: &str = "pixgate-originals";
 pub const DERIVED_BUCKET: &str = "pixgate-derived";
+/// The audit archive of S3 servers (tests of the archive itself use buckets of their own).
+pub const AUDIT_BUCKET: &str = "pixgate-audit";
 
 /// Which storage backend a server uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +48,21 @@ pub enum Backend {
 pub struct Services {
     pub redis_port: u16,
     pub s3_endpoint: String,
+    garage_cfg: PathBuf,
+}
+
+/// Creates a bucket in the shared Garage, usable by the tests' key.
+pub fn create_bucket(name: &str) {
+    let cfg = &services().garage_cfg;
+    retry(|| garage(cfg, &["bucket", "create", name]));
+    retry(|| {
+        garage(
+            cfg,
+            &[
+                "bucket", "allow", "--read", "--write", "--owner", name, "--key", "pixgate",
+            ],
+        )
+    });
 }
 
 static SERVICES: OnceLock<Services> = OnceLock::new();
@@ -91,6 +108,7 @@ fn start_services() -> (Services, Vec<Child>) {
         Services {
             redis_port,
             s3_endpoint,
+            garage_cfg: root.join("garage.toml"),
         },
         vec![redis, garage],
     )
@@ -149,7 +167,7 @@ api_bind_addr = "127.0.0.1:{admin}"
             ],
         )
     });
-    for bucket in [ORIGINALS_BUCKET, DERIVED_BUCKET] {
+    for bucket in [ORIGINALS_BUCKET, DERIVED_BUCKET, AUDIT_BUCKET] {
         retry(|| garage(&cfg, &["bucket", "create", bucket]));
         retry(|| {
             garage(
@@ -282,6 +300,7 @@ pub fn server_env(backend: Backend, dir: &Path, extra: &[(&str, &str)]) -> Vec<(
                 ("PIXGATE__STORAGE__S3_REGION", "garage"),
                 ("PIXGATE__STORAGE__S3_BUCKET", ORIGINALS_BUCKET),
                 ("PIXGATE__STORAGE__S3_DERIVED_BUCKET", DERIVED_BUCKET),
+                ("PIXGATE__STORAGE__S3_AUDIT_BUCKET", AUDIT_BUCKET),
                 ("PIXGATE__STORAGE__S3_FORCE_PATH_STYLE", "true"),
                 ("AWS_ACCESS_KEY_ID", S3_KEY_ID),
                 ("AWS_SECRET_ACCESS_KEY", S3_SECRET),
@@ -547,10 +566,10 @@ pub async fn s3_keys(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
     }
 }
 
-/// Every object of both buckets, key and body.
+/// Every object of the shared buckets (originals, derived, audit), key and body.
 pub async fn s3_objects(client: &aws_sdk_s3::Client) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
-    for bucket in [ORIGINALS_BUCKET, DERIVED_BUCKET] {
+    for bucket in [ORIGINALS_BUCKET, DERIVED_BUCKET, AUDIT_BUCKET] {
         for key in s3_keys(client, bucket).await {
             let obj = client
                 .get_object()
@@ -704,4 +723,27 @@ macro_rules! both_backends {
             }
         )*
     };
+}
+
+/// Waits until `f(metrics)` holds (background work: derived writes, eager renders, purges).
+pub async fn wait_for(s: &Server, what: &str, f: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = metrics(s).await;
+        if f(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A second server on the first one's storage (same directory, or the same buckets).
+pub fn restart_on_same_storage(backend: Backend, first: &Server, extra: &[(&str, &str)]) -> Server {
+    let root = first.dir.path().join("data").display().to_string();
+    let mut env: Vec<(&str, &str)> = extra.to_vec();
+    if backend == Backend::Fs {
+        env.push(("PIXGATE__STORAGE__FS_ROOT", root.as_str()));
+    }
+    Server::start_with(backend, &env)
 }

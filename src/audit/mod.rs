@@ -1,0 +1,240 @@
+//! The audit trail: one event per API or transform request, to two sinks.
+//!
+//! - **Log stream**: each event is written at once, as one JSON line, on the tracing target
+//!   `audit` (ship it to a log store of its own; `log.level` keeps `audit=info` unless it
+//!   names `audit` itself).
+//! - **Archive**: a single writer task (`writer`) batches events into hash-chained NDJSON
+//!   objects (`chain`) under `audit/YYYY/MM/DD/{instance}-{seq}.ndjson` in the audit bucket,
+//!   every `audit.batch_events` events or `audit.flush_seconds` seconds and on shutdown. Each
+//!   sealed batch is written to the local spool directory first and removed from it once the
+//!   archive has it, so an unreachable archive delays events, never loses them.
+//!
+//! [`Auditor::emit`] never blocks and never fails a request: it serialises the event (values
+//! are JSON-escaped, so filenames, user agents and ids cannot forge lines or fields) and hands
+//! it to the writer through a bounded queue (`audit.queue`). A full queue is the one way an
+//! event can miss the archive: it is counted (`pixgate_audit_dropped_total`) and logged, and the
+//! log stream still has it. Events never carry tokens, API key secrets or image bytes.
+//!
+//! `query` reads the archive back (`GET /v1/admin/audit`, a user's export); `chain::verify`
+//! checks it (`pixgate audit verify`); `archive` verifies the archive and enforces retention (`pixgate audit sweep`).
+
+pub mod archive;
+pub mod chain;
+pub mod query;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::storage::ObjectStore;
+
+/// The event schema (bumped on any incompatible change; readers check it).
+pub const SCHEMA: &str = "pixgate.audit/1";
+/// User agents are cut to this many characters.
+const MAX_USER_AGENT: usize = 256;
+/// Free-text values (ids taken from a URL) are cut to this many characters.
+const MAX_VALUE: usize = 256;
+
+/// Who acted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The authenticated user; `None` for signed-URL holders and anonymous callers.
+    pub user: Option<String>,
+    pub role: Option<String>,
+    /// `jwt`, `api_key`, `signed_url` or `anonymous`.
+    pub auth: String,
+    pub api_key_id: Option<String>,
+}
+
+/// What was acted on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    pub image: Option<String>,
+    /// The image's owner, when known.
+    pub owner: Option<String>,
+    /// The account acted on (export, erasure, token revocation, admin on behalf).
+    pub user: Option<String>,
+    /// The API key created or revoked (its public id).
+    #[serde(default)]
+    pub api_key: Option<String>,
+}
+
+/// One audit event (schema [`SCHEMA`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub schema: String,
+    /// 128 random bits, hex.
+    pub id: String,
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    pub request_id: String,
+    pub actor: Actor,
+    /// `image.upload`, `image.read`, … or, for refusals, `auth.failure`, `access.denied`,
+    /// `quota.exceeded`, `rate.limited` (the route's own action is then in `attempted`).
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempted: Option<String>,
+    pub resource: Resource,
+    /// `success` or `failure`.
+    pub outcome: String,
+    pub status: u16,
+    /// The stable error code of a failure.
+    pub error: Option<String>,
+    pub client_ip: String,
+    pub user_agent: Option<String>,
+    pub bytes_in: u64,
+    /// Response body bytes; `None` for streamed bodies (their size is not known up front).
+    pub bytes_out: Option<u64>,
+}
+
+impl Event {
+    /// A new event with a fresh id and the current time.
+    pub fn new(request_id: &str, action: &str, actor: Actor) -> Event {
+        let mut id = [0u8; 16];
+        // On the (theoretical) failure of the OS RNG the id is zero: still a valid event.
+        let _ = getrandom::fill(&mut id);
+        Event {
+            schema: SCHEMA.to_owned(),
+            id: hex::encode(id),
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            request_id: request_id.to_owned(),
+            actor,
+            action: action.to_owned(),
+            attempted: None,
+            resource: Resource::default(),
+            outcome: "success".to_owned(),
+            status: 200,
+            error: None,
+            client_ip: String::new(),
+            user_agent: None,
+            bytes_in: 0,
+            bytes_out: None,
+        }
+    }
+}
+
+/// Cuts a free-text value to `MAX_VALUE` characters (on a character boundary).
+pub fn clip(s: &str) -> String {
+    s.chars().take(MAX_VALUE).collect()
+}
+
+/// A user agent as recorded: at most `MAX_USER_AGENT` characters.
+pub fn clip_user_agent(s: &str) -> String {
+    s.chars().take(MAX_USER_AGENT).collect()
+}
+
+/// The writer's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub batch_events: usize,
+    pub flush_every: Duration,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    /// Instance name used for new chains (empty: random).
+    pub instance: String,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Settings {
+        let a = &config.audit;
+        Settings {
+            batch_events: usize::try_from(a.batch_events).unwrap_or(1000).max(1),
+            flush_every: Duration::from_millis(a.flush_seconds.saturating_mul(1000).max(100)),
+            spool_dir: spool_dir(config),
+            spool_max_bytes: a.spool_max_bytes,
+            instance: a.instance.clone(),
+        }
+    }
+}
+
+/// `audit.spool_dir`, or `<storage.fs_root>/audit-spool`.
+pub fn spool_dir(config: &Config) -> PathBuf {
+    if config.audit.spool_dir.is_empty() {
+        PathBuf::from(&config.storage.fs_root).join("audit-spool")
+    } else {
+        PathBuf::from(&config.audit.spool_dir)
+    }
+}
+
+enum Command {
+    Event(String),
+    /// Seal the open batch and try the spool; answer when done.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The emitting side of the audit trail (cheap to share).
+pub struct Auditor {
+    tx: mpsc::Sender<Command>,
+    metrics: Metrics,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Auditor {
+    /// Starts the writer task (must run inside the runtime). Recovers the chain state and
+    /// any spooled batches of an earlier run from the spool directory.
+    pub async fn start(
+        store: Arc<dyn ObjectStore>,
+        settings: Settings,
+        queue: usize,
+        metrics: Metrics,
+    ) -> Result<Auditor, String> {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let writer = writer::Writer::open(store, settings, metrics.clone()).await?;
+        let handle = tokio::spawn(writer.run(rx));
+        Ok(Auditor {
+            tx,
+            metrics,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Records `event`: the log stream now, the archive through the writer. Never blocks.
+    pub fn emit(&self, event: &Event) {
+        let line = match serde_json::to_string(event) {
+            Ok(l) => l,
+            Err(e) => {
+                // Cannot happen for this plain struct; counted if it ever does.
+                self.metrics.audit_dropped.inc();
+                tracing::error!(error = %e, "audit event not serialisable");
+                return;
+            }
+        };
+        tracing::info!(target: "audit", event = %line, "audit");
+        self.metrics
+            .audit_events
+            .with_label_values(&[event.outcome.as_str()])
+            .inc();
+        if let Err(e) = self.tx.try_send(Command::Event(line)) {
+            self.metrics.audit_dropped.inc();
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "queue full",
+                mpsc::error::TrySendError::Closed(_) => "writer stopped",
+            };
+            tracing::error!(id = %event.id, why, "audit event not queued for the archive (it is in the audit log stream)");
+        }
+    }
+
+    /// Seals the open batch and waits until it is archived or spooled.
+    pub async fn flush(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Command::Flush(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Flushes and stops the writer (shutdown). Events emitted afterwards are counted as
+    /// dropped and stay in the log stream only.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let _ = tokio::time::timeout(deadline, self.flush()).await;
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            h.abort();
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The archive writer: one task owns the chain, batches events, spools, uploads.
+//!
+//! Every sealed batch goes to the spool directory first (`{YYYY}-{MM}-{DD}.{instance}-{seq}
+//! .ndjson`, written to a temporary file, fsynced, renamed), then `chain.json` records the new
+//! head, then the spool is drained: each spooled batch is put in the archive, oldest first, and
+//! its file removed once the put succeeded. A failed put leaves the file for the next drain
+//! (backoff 1 s doubling to 30 s); `pixgate_audit_spooled_events` counts the events waiting.
+//! A restart finds the chain state and any spooled batches where the last run left them.
+//!
+//! All file I/O runs on the blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::chain::{self, ChainState, GENESIS};
+use super::{Command, Settings};
+use crate::metrics::Metrics;
+use crate::storage::{Bucket, ObjectKey, ObjectStore};
+
+const CHAIN_FILE: &str = "chain.json";
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub(super) struct Writer {
+    store: Arc<dyn ObjectStore>,
+    settings: Settings,
+    metrics: Metrics,
+    chain: ChainState,
+    batch: Vec<String>,
+    /// UTC day (`YYYY/MM/DD`) of the open batch's first event.
+    batch_day: String,
+    /// Events in spool files (the gauge's value).
+    spooled: u64,
+    spool_bytes: u64,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+fn day_of(t: SystemTime) -> String {
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    // `YYYY-MM-DDThh:mm:ssZ`
+    format!("{}/{}/{}", &s[0..4], &s[5..7], &s[8..10])
+}
+
+fn spool_name(day: &str, instance: &str, seq: u64) -> String {
+    format!("{}.{instance}-{seq:010}.ndjson", day.replace('/', "-"))
+}
+
+/// The archive key of a spool file name.
+fn key_of_spool_name(name: &str) -> Option<String> {
+    let (day, rest) = name.split_once('.')?;
+    let key = format!("audit/{}/{rest}", day.replace('-', "/"));
+    chain::parse_key(&key).map(|_| key)
+}
+
+fn io(e: std::io::Error) -> String {
+    e.to_string()
+}
+
+fn write_file_atomic(dir: &Path, name: &str, body: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let tmp = dir.join(format!(".tmp-{name}"));
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(body).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
+}
+
+/// Spool files, oldest first (by sequence number, then name).
+fn spool_files(dir: &Path) -> Result<Vec<(String, u64)>, String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(key) = key_of_spool_name(&name) {
+            let seq = chain::parse_key(&key).map_or(0, |(_, _, s)| s);
+            out.push((name, seq));
+        }
+    }
+    out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    Ok(out)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("blocking task: {e}"))?
+}
+
+fn random_instance() -> String {
+    let mut b = [0u8; 6];
+    let _ = getrandom::fill(&mut b);
+    hex::encode(b)
+}
+
+impl Writer {
+    /// Opens the spool directory: the chain continues from `chain.json` or from the newest
+    /// spooled batch of this instance, whichever is further; otherwise a new chain starts.
+    pub(super) async fn open(
+        store: Arc<dyn ObjectStore>,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> Result<Writer, String> {
+        let dir = settings.spool_dir.clone();
+        let wanted = settings.instance.clone();
+        let (chain, spooled, spool_bytes) = blocking(move || {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("audit spool {}: {e}", dir.display()))?;
+            let mut chain = match std::fs::read(dir.join(CHAIN_FILE)) {
+                Ok(b) => serde_json::from_slice::<ChainState>(&b)
+                    .map_err(|e| format!("audit spool {CHAIN_FILE}: {e}"))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => ChainState {
+                    instance: if wanted.is_empty() {
+                        random_instance()
+                    } else {
+                        wanted
+                    },
+                    seq: 0,
+                    head: GENESIS.to_owned(),
+                },
+                Err(e) => return Err(format!("audit spool {CHAIN_FILE}: {e}")),
+            };
+            let (mut events, mut bytes) = (0u64, 0u64);
+            for (name, _) in spool_files(&dir)? {
+                let body = std::fs::read(dir.join(&name)).map_err(io)?;
+                bytes += body.len() as u64;
+                if let Some(h) = chain::header(&body) {
+                    events += h.count;
+                    if h.instance == chain.instance && h.seq > chain.seq {
+                        chain.seq = h.seq;
+                        chain.head = h.head;
+                    }
+                }
+            }
+            Ok((chain, events, bytes))
+        })
+        .await?;
+        metrics
+            .audit_spooled
+            .set(i64::try_from(spooled).unwrap_or(i64::MAX));
+        tracing::info!(instance = %chain.instance, seq = chain.seq, spooled, "audit archive writer ready");
+        Ok(Writer {
+            store,
+            settings,
+            metrics,
+            chain,
+            batch: Vec::new(),
+            batch_day: String::new(),
+            spooled,
+            spool_bytes,
+            retry_at: (spooled > 0).then(Instant::now),
+            backoff: Duration::from_secs(1),
+        })
+    }
+
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(self.settings.flush_every.min(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut opened = Instant::now();
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(Command::Event(line)) => {
+                        if self.batch.is_empty() {
+                            opened = Instant::now();
+                            self.batch_day = day_of(SystemTime::now());
+                        }
+                        self.batch.push(line);
+                        if self.batch.len() >= self.settings.batch_events {
+                            self.seal().await;
+                            self.drain(true).await;
+                        }
+                    }
+                    Some(Command::Flush(ack)) => {
+                        self.seal().await;
+                        self.drain(true).await;
+                        let _ = ack.send(());
+                    }
+                    None => {
+                        self.seal().await;
+                        self.drain(true).await;
+                        return;
+                    }
+                },
+                _ = tick.tick() => {
+                    if !self.batch.is_empty() && opened.elapsed() >= self.settings.flush_every {
+                        self.seal().await;
+                    }
+                    self.drain(false).await;
+                }
+            }
+        }
+    }
+
+    /// Seals the open batch into the spool. If the spool is over its byte bound the batch
+    /// is dropped — counted and logged: the events are in the log stream.
+    async fn seal(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.batch);
+        let count = events.len() as u64;
+        if self.spool_bytes > self.settings.spool_max_bytes {
+            self.metrics.audit_dropped.inc_by(count);
+            tracing::error!(
+                count,
+                spool_bytes = self.spool_bytes,
+                "audit spool full: batch not archived (the events are in the audit log stream)"
+            );
+            return;
+        }
+        let mut next = self.chain.clone();
+        let body = chain::seal(&mut next, &events);
+        let name = spool_name(&self.batch_day, &next.instance, next.seq);
+        let dir = self.settings.spool_dir.clone();
+        let state = serde_json::to_vec(&next).unwrap_or_default();
+        let len = body.len() as u64;
+        let written = blocking(move || {
+            write_file_atomic(&dir, &name, &body)?;
+            write_file_atomic(&dir, CHAIN_FILE, &state)
+        })
+        .await;
+        match written {
+            Ok(()) => {
+                tracing::info!(target: "audit", instance = %next.instance, seq = next.seq, head = %next.head, count, "audit batch sealed");
+                self.chain = next;
+                self.spooled += count;
+                self.spool_bytes += len;
+                self.retry_at.get_or_insert_with(Instant::now);
+            }
+            Err(e) => {
+                // The local disk failed: the chain does not advance and the events are lost
+                // to the archive — counted and logged loudly (they are in the log stream).
+                self.metrics.audit_dropped.inc_by(count);
+                tracing::error!(error = %e, count, "audit spool write failed: batch not archived");
+            }
+        }
+        self.metrics
+            .audit_spooled
+            .set(i64::try_from(self.spooled).unwrap_or(i64::MAX));
+    }
+
+    /// Puts spooled batches in the archive, oldest first; stops at the first failure.
+    /// `now`: ignore the backoff (a flush or a new batch).
+    async fn drain(&mut self, now: bool) {
+        let Some(at) = self.retry_at else { return };
+        if !now && Instant::now() < at {
+            return;
+        }
+        let dir = self.settings.spool_dir.clone();
+        let files = match blocking({
+            let dir = dir.clone();
+            move || spool_files(&dir)
+        })
+        .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "audit spool unreadable");
+                self.backoff_after_failure();
+                return;
+            }
+        };
+        for (name, _) in files {
+            let path: PathBuf = dir.join(&name);
+            let body = match blocking({
+                let path = path.clone();
+                move || std::fs::read(&path).map_err(io)
+            })
+            .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, file = %name, "audit spool file unreadable");
+                    self.backoff_after_failure();
+                    return;
+                }
+            };
+            let Some(key) = key_of_spool_name(&name).and_then(|k| ObjectKey::new(k).ok()) else {
+                continue;
+            };
+            let count = chain::header(&body).map_or(0, |h| h.count);
+            let len = body.len() as u64;
+            match self
+                .store
+                .put(
+                    Bucket::Audit,
+                    &key,
+                    Bytes::from(body),
+                    "application/x-ndjson",
+                )
+                .await
+            {
+                Ok(()) => {
+                    if let Err(e) = blocking(move || std::fs::remove_file(&path).map_err(io)).await
+                    {
+                        // Put again on the next drain: the same bytes under the same key.
+                        tracing::error!(error = %e, file = %name, "audit spool file not removed");
+                        self.backoff_after_failure();
+                        return;
+                    }
+                    self.spooled = self.spooled.saturating_sub(count);
+                    self.spool_bytes = self.spool_bytes.saturating_sub(len);
+                    self.metrics
+                        .audit_batches
+                        .with_label_values(&["archived"])
+                        .inc();
+                }
+                Err(e) => {
+                    self.metrics
+                        .audit_batches
+                        .with_label_values(&["failed"])
+                        .inc();
+                    tracing::warn!(error = %e, key = %key, spooled = self.spooled, "audit archive unreachable: batch stays spooled");
+                    self.metrics
+                        .audit_spooled
+                        .set(i64::try_from(self.spooled).unwrap_or(i64::MAX));
+                    self.backoff_after_failure();
+                    return;
+                }
+            }
+        }
+        self.metrics
+            .audit_spooled
+            .set(i64::try_from(self.spooled).unwrap_or(i64::MAX));
+        self.retry_at = None;
+        self.backoff = Duration::from_secs(1);
+    }
+
+    fn backoff_after_failure(&mut self) {
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_names_map_to_archive_keys() {
+        let n = spool_name("2026/11/24", "ab12", 3);
+        assert_eq!(n, "2026-11-24.ab12-0000000003.ndjson");
+        assert_eq!(
+            key_of_spool_name(&n).as_deref(),
+            Some("audit/2026/11/24/ab12-0000000003.ndjson")
+        );
+        assert_eq!(key_of_spool_name("chain.json"), None);
+        assert_eq!(key_of_spool_name(".tmp-x"), None);
+        assert_eq!(day_of(SystemTime::UNIX_EPOCH), "1970/01/01");
+    }
+}
