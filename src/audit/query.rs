@@ -1,12 +1,12 @@
 //! Reading the archive back: filtered, paginated scans by day (`GET /v1/admin/audit`, the
 //! `audit.ndjson` of a user's export).
 //!
-//! Events are found by listing the day prefixes of the time range (`audit/YYYY/MM/DD/`) and
+//! Events are found by listing batch keys (`audit/YYYY/MM/DD/…`) from the range's first day and
 //! reading each batch; they come out ordered by day, then batch key, then position. Events
 //! reach the archive when their batch is sealed (within `audit.flush_seconds`), so the newest
-//! ones may not be visible yet. A page reads at most [`MAX_OBJECTS_PER_PAGE`] batches and
-//! lists at most [`MAX_DAYS_PER_PAGE`] days, and may hold fewer items than asked for while
-//! still returning a cursor: the cost of one request is bounded, whatever the range.
+//! ones may not be visible yet. A page reads at most [`MAX_OBJECTS_PER_PAGE`] batches, and may
+//! hold fewer items than asked for while still returning a cursor: the cost of one request is
+//! bounded, whatever the range.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,10 +16,8 @@ use crate::error::Error;
 use crate::storage::{Bucket, ObjectKey, ObjectStore};
 
 pub const MAX_OBJECTS_PER_PAGE: usize = 64;
-pub const MAX_DAYS_PER_PAGE: usize = 400;
 /// Largest batch object read (a batch of 100,000 events of 4 KiB).
 pub const MAX_BATCH_BYTES: u64 = 400 * 1024 * 1024;
-const DAY: u64 = 86_400;
 
 /// What to select. Empty fields match everything.
 #[derive(Debug, Clone, Default)]
@@ -86,12 +84,6 @@ pub struct Page {
     pub next: Option<Cursor>,
 }
 
-fn day_prefix(secs: u64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(secs);
-    let s = humantime::format_rfc3339_seconds(t).to_string();
-    format!("audit/{}/{}/{}/", &s[0..4], &s[5..7], &s[8..10])
-}
-
 /// Reads a batch and yields its events (records that do not parse are skipped: the archive
 /// is verified by `pixgate audit verify`, not here).
 pub async fn read_batch(store: &dyn ObjectStore, key: &str) -> Result<Vec<Event>, Error> {
@@ -108,6 +100,10 @@ pub async fn read_batch(store: &dyn ObjectStore, key: &str) -> Result<Vec<Event>
 }
 
 /// One page of events matching `filter`, at most `limit`, after `cursor`.
+///
+/// Batches are listed from the first day of the range with one `start_after` listing across
+/// day prefixes (keys sort by date), so empty days cost nothing; the scan stops at the first
+/// batch of a day after the range.
 pub async fn page(
     store: &dyn ObjectStore,
     filter: &Filter,
@@ -115,62 +111,51 @@ pub async fn page(
     limit: usize,
 ) -> Result<Page, Error> {
     let mut items = Vec::new();
-    let (mut objects, mut days) = (0usize, 0usize);
-    let mut day = match cursor {
+    let last_day = day_of(filter.until.saturating_sub(1));
+    let mut queue: std::collections::VecDeque<(String, usize)> = Default::default();
+    let mut after = match cursor {
         Some(c) => {
-            let (d, _, _) = chain::parse_key(&c.key).unwrap_or_default();
-            let t = humantime::parse_rfc3339(&format!("{}T00:00:00Z", d.replace('/', "-")))
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(filter.since, |d| d.as_secs());
-            t.max(filter.since - filter.since % DAY)
+            queue.push_back((c.key.clone(), c.skip));
+            c.key.clone()
         }
-        None => filter.since - filter.since % DAY,
+        // Sorts before every batch of the first day.
+        None => format!("audit/{}", day_of(filter.since)),
     };
-    let mut start_after = cursor.map(|c| c.key.clone());
-    let mut skip = cursor.map_or(0, |c| c.skip);
-    // A cursor's batch is read again from its position.
-    let mut resume = cursor.map(|c| c.key.clone());
-    while day < filter.until {
-        if days >= MAX_DAYS_PER_PAGE {
-            return Ok(Page {
-                items,
-                next: Some(Cursor {
-                    key: first_key_of(day),
-                    skip: 0,
-                }),
-            });
+    let mut read = 0usize;
+    let mut past_range = false;
+    loop {
+        if queue.is_empty() {
+            if past_range {
+                return Ok(Page { items, next: None });
+            }
+            let listed = store
+                .list_page(Bucket::Audit, "audit/", Some(&after), MAX_OBJECTS_PER_PAGE)
+                .await?;
+            if listed.is_empty() {
+                return Ok(Page { items, next: None });
+            }
+            for k in listed {
+                let k = k.as_str().to_owned();
+                after.clone_from(&k);
+                match chain::parse_key(&k) {
+                    Some((day, _, _)) if day <= last_day => queue.push_back((k, 0)),
+                    Some(_) => {
+                        past_range = true;
+                        break;
+                    }
+                    // Not a batch (retention checkpoints).
+                    None => {}
+                }
+            }
         }
-        days += 1;
-        let prefix = day_prefix(day);
-        let mut keys: Vec<String> = Vec::new();
-        if let Some(k) = resume.take() {
-            keys.push(k);
-        }
-        let listed = store
-            .list_page(
-                Bucket::Audit,
-                &prefix,
-                start_after.as_deref().filter(|s| s.starts_with(&prefix)),
-                MAX_OBJECTS_PER_PAGE + 1,
-            )
-            .await?;
-        let more_in_day = listed.len() > MAX_OBJECTS_PER_PAGE;
-        keys.extend(
-            listed
-                .into_iter()
-                .take(MAX_OBJECTS_PER_PAGE)
-                .map(|k| k.as_str().to_owned())
-                .filter(|k| chain::parse_key(k).is_some()),
-        );
-        for key in keys {
-            if objects >= MAX_OBJECTS_PER_PAGE {
+        while let Some((key, skip)) = queue.pop_front() {
+            if read >= MAX_OBJECTS_PER_PAGE {
                 return Ok(Page {
                     items,
-                    next: Some(Cursor { key, skip: 0 }),
+                    next: Some(Cursor { key, skip }),
                 });
             }
-            objects += 1;
+            read += 1;
             let events = read_batch(store, &key).await?;
             for (i, e) in events.into_iter().enumerate().skip(skip) {
                 if filter.matches(&e) {
@@ -183,21 +168,15 @@ pub async fn page(
                     items.push(e);
                 }
             }
-            skip = 0;
-            start_after = Some(key);
-        }
-        if !more_in_day {
-            day += DAY;
-            start_after = None;
         }
     }
-    Ok(Page { items, next: None })
 }
 
-/// A cursor at the start of a day (a key that sorts before every batch of that day).
-fn first_key_of(day: u64) -> String {
-    // `0` sorts before every instance name's first character.
-    format!("{}0-0000000000.ndjson", day_prefix(day))
+/// `YYYY/MM/DD` of a Unix time.
+fn day_of(secs: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(secs);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{}/{}/{}", &s[0..4], &s[5..7], &s[8..10])
 }
 
 /// Now, in Unix seconds.
