@@ -117,6 +117,8 @@ impl App {
                 reads: usize::try_from(c.derived_read_concurrency).unwrap_or(1),
                 concurrency: usize::try_from(c.derived_write_concurrency).unwrap_or(1),
                 queue: usize::try_from(c.derived_write_queue).unwrap_or(0),
+                ttl: (c.derived_ttl_days > 0)
+                    .then(|| Duration::from_secs(c.derived_ttl_days.saturating_mul(86_400))),
             },
             metrics.clone(),
         ));

@@ -467,6 +467,15 @@ mod tests {
         async fn list(&self, b: Bucket, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
             self.0.list(b, prefix).await
         }
+        async fn list_page_dated(
+            &self,
+            b: Bucket,
+            prefix: &str,
+            start_after: Option<&str>,
+            max: usize,
+        ) -> Result<Vec<(ObjectKey, std::time::SystemTime)>, StorageError> {
+            self.0.list_page_dated(b, prefix, start_after, max).await
+        }
         async fn check(&self) -> Result<(), StorageError> {
             self.0.check().await
         }

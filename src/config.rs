@@ -298,6 +298,9 @@ pub struct CacheConfig {
     pub error_max_age_secs: u64,
     /// `Surrogate-Key` and `Cache-Tag` headers (the image id) on transform responses.
     pub surrogate_keys: bool,
+    /// Derived objects unused for this many days expire (`pixgate sweep` or a lifecycle
+    /// rule); a derived hit refreshes its object. 0: kept until their image is deleted.
+    pub derived_ttl_days: u64,
 }
 
 /// The CDN purge hook, called after an image's delete (and on account erasure).
@@ -509,6 +512,7 @@ impl Default for CacheConfig {
             eager_queue: 32,
             error_max_age_secs: 10,
             surrogate_keys: true,
+            derived_ttl_days: 0,
         }
     }
 }
@@ -1005,6 +1009,12 @@ impl Config {
             "cache.derived_write_concurrency",
             c.derived_write_concurrency,
         )?;
+        if c.derived_ttl_days > 36_500 {
+            return Err(ConfigError::new(
+                "cache.derived_ttl_days",
+                "must be at most 36500",
+            ));
+        }
         if c.error_max_age_secs > MAX_SECONDS {
             return Err(ConfigError::new(
                 "cache.error_max_age_secs",

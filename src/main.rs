@@ -64,6 +64,14 @@ enum Command {
         #[command(subcommand)]
         job: AuditJob,
     },
+    /// Retention: deletes audit batches older than `audit.retention_days` (checkpointing each
+    /// chain so the rest still verifies) and, with `cache.derived_ttl_days`, derived objects
+    /// unused that long. Run it daily (cron, a Kubernetes CronJob) or use the lifecycle rules
+    /// in deploy/s3-lifecycle.json.
+    Sweep {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -71,12 +79,6 @@ enum AuditJob {
     /// Checks every hash chain in the archive; names each problem's object and line; exits 1
     /// on any problem.
     Verify {
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
-    /// Deletes audit batches older than `audit.retention_days` (checkpointing each chain so
-    /// the rest still verifies).
-    Sweep {
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -100,6 +102,7 @@ fn main() -> ExitCode {
         } => token(config, sub, &role, plan, &ttl),
         Command::CheckConfig { config } => check_config(config),
         Command::Audit { job } => audit(job),
+        Command::Sweep { config } => sweep(config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -220,23 +223,41 @@ fn audit(job: AuditJob) -> Result<(), String> {
                     Err("the audit archive does not verify".into())
                 }
             }
-            AuditJob::Sweep { config } => {
-                let config = load_config(config)?;
-                let store = pixgate::app::store(&config).await?;
-                let cutoff = pixgate::audit::archive::cutoff_day(
-                    SystemTime::now(),
-                    config.audit.retention_days,
-                );
-                let s = pixgate::audit::archive::sweep(store.as_ref(), &cutoff)
-                    .await
-                    .map_err(|e| format!("audit sweep: {e}"))?;
-                println!(
-                    "removed {} batch(es) before {cutoff}; {} chain checkpoint(s) written",
-                    s.batches, s.checkpoints
-                );
-                Ok(())
-            }
         }
+    })
+}
+
+/// `pixgate sweep`: audit retention, then derived-object expiry.
+fn sweep(file: Option<PathBuf>) -> Result<(), String> {
+    let config = load_config(file)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    runtime.block_on(async move {
+        let store = pixgate::app::store(&config).await?;
+        let now = SystemTime::now();
+        let cutoff = pixgate::audit::archive::cutoff_day(now, config.audit.retention_days);
+        let s = pixgate::audit::archive::sweep(store.as_ref(), &cutoff)
+            .await
+            .map_err(|e| format!("audit sweep: {e}"))?;
+        println!(
+            "audit: removed {} batch(es) before {cutoff}; {} chain checkpoint(s) written",
+            s.batches, s.checkpoints
+        );
+        let days = config.cache.derived_ttl_days;
+        if days > 0 {
+            let cutoff = now
+                .checked_sub(Duration::from_secs(days.saturating_mul(86_400)))
+                .unwrap_or(UNIX_EPOCH);
+            let n = pixgate::cache::derived_sweep(store.as_ref(), cutoff)
+                .await
+                .map_err(|e| format!("derived sweep: {e}"))?;
+            println!("derived: removed {n} object(s) unused for {days} day(s)");
+        } else {
+            println!("derived: kept (cache.derived_ttl_days = 0)");
+        }
+        Ok(())
     })
 }
 

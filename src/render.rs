@@ -154,6 +154,12 @@ where
         if app.config.cache.derived
             && let Some(bytes) = app.derived.get(&object, target.format).await
         {
+            app.derived.touch(
+                target.image.clone(),
+                object.clone(),
+                bytes.clone(),
+                target.format.mime(),
+            );
             let result = Arc::new(result_of(&target, bytes));
             let outcome = if remember(app, &target, &result) {
                 Ok(result)

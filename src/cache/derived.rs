@@ -43,6 +43,8 @@ pub struct DerivedLimits {
     pub concurrency: usize,
     /// Writes waiting beyond those.
     pub queue: usize,
+    /// `cache.derived_ttl_days`: objects unused this long expire (`None`: never).
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// What a background write did.
@@ -71,7 +73,12 @@ pub struct DerivedStore {
     read_permits: Semaphore,
     backlog: Backlog,
     metrics: Metrics,
+    /// Keys this instance wrote or refreshed, and when (`cache.derived_ttl_days`).
+    touched: std::sync::Mutex<lru::LruCache<ObjectKey, std::time::Instant>>,
 }
+
+/// Keys remembered as recently written or refreshed.
+const TOUCHED_KEYS: usize = 100_000;
 
 /// The object key of a result: `derived/{image}/{digest}.{ext}`.
 pub fn object_key(image: &ImageId, digest: &str, format: OutputFormat) -> Result<ObjectKey, Error> {
@@ -81,6 +88,28 @@ pub fn object_key(image: &ImageId, digest: &str, format: OutputFormat) -> Result
         format.extension()
     ))
     .map_err(|e| Error::Internal(format!("derived key: {e}")))
+}
+
+/// Deletes derived objects last modified before `cutoff` (`pixgate sweep`, with
+/// `cache.derived_ttl_days`); returns how many. Reads one listing page at a time.
+pub async fn sweep(store: &dyn ObjectStore, cutoff: std::time::SystemTime) -> Result<u64, Error> {
+    let mut after: Option<String> = None;
+    let mut removed = 0;
+    loop {
+        let page = store
+            .list_page_dated(Bucket::Derived, "derived/", after.as_deref(), 1000)
+            .await?;
+        let Some((last, _)) = page.last() else {
+            return Ok(removed);
+        };
+        after = Some(last.as_str().to_owned());
+        for (key, modified) in &page {
+            if *modified < cutoff {
+                store.delete(Bucket::Derived, key).await?;
+                removed += 1;
+            }
+        }
+    }
 }
 
 /// Whether `bytes` start like an encoded `format` image.
@@ -106,6 +135,9 @@ impl DerivedStore {
             backlog: Backlog::new(limits.concurrency.max(1) + limits.queue),
             limits,
             metrics,
+            touched: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(TOUCHED_KEYS).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
         }
     }
 
@@ -138,8 +170,33 @@ impl DerivedStore {
         found
     }
 
+    /// With `cache.derived_ttl_days`, keeps a used object from expiring: a derived hit
+    /// rewrites the object (same bytes, new modification time) unless this instance wrote or
+    /// refreshed it within half the TTL. Objects nobody reads are left to age out
+    /// (`pixgate sweep`, or the bucket's lifecycle rule).
+    pub fn touch(self: &Arc<Self>, image: ImageId, key: ObjectKey, bytes: Bytes, mime: &str) {
+        let Some(ttl) = self.limits.ttl else {
+            return;
+        };
+        let fresh = self
+            .touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < ttl / 2);
+        if !fresh {
+            self.schedule(image, key, bytes, mime);
+        }
+    }
+
     /// Stores a result in the background (bounded; see the module docs). Never fails.
     pub fn schedule(self: &Arc<Self>, image: ImageId, key: ObjectKey, bytes: Bytes, mime: &str) {
+        if self.limits.ttl.is_some() {
+            self.touched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .put(key.clone(), std::time::Instant::now());
+        }
         if bytes.len() as u64 > self.limits.max_bytes {
             self.count("dropped");
             return;
@@ -233,6 +290,7 @@ mod tests {
             reads: 4,
             concurrency: 2,
             queue: 2,
+            ttl: None,
         };
         let derived = DerivedStore::new(
             store.clone(),

@@ -20,7 +20,7 @@ pub mod memory;
 
 use sha2::{Digest as _, Sha256};
 
-pub use derived::{DerivedLimits, DerivedStore};
+pub use derived::{DerivedLimits, DerivedStore, sweep as derived_sweep};
 pub use flight::{Flights, Joined};
 pub use memory::{Admission, CachedResult, MemoryCache};
 

@@ -218,6 +218,30 @@ impl ObjectStore for FsStore {
         .await
     }
 
+    async fn list_page_dated(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<(ObjectKey, std::time::SystemTime)>, StorageError> {
+        let keys = self.list_page(bucket, prefix, start_after, max).await?;
+        let base = self.root.join(bucket.as_str());
+        self.blocking_with_deadline(move || {
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                match std::fs::metadata(base.join(k.as_str())).and_then(|m| m.modified()) {
+                    Ok(t) => out.push((k, t)),
+                    // Deleted since it was listed.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err(e)),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn check(&self) -> Result<(), StorageError> {
         let root = self.root.clone();
         self.blocking_with_deadline(move || {

@@ -138,6 +138,16 @@ pub trait ObjectStore: Send + Sync + 'static {
             .collect())
     }
 
+    /// Like [`ObjectStore::list_page`], with each object's last modification time (for
+    /// retention sweeps).
+    async fn list_page_dated(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<(ObjectKey, std::time::SystemTime)>, StorageError>;
+
     /// Whether the store is reachable and its buckets exist (for `/readyz`).
     async fn check(&self) -> Result<(), StorageError>;
 

@@ -212,6 +212,21 @@ impl ObjectStore for S3Store {
         start_after: Option<&str>,
         max: usize,
     ) -> Result<Vec<ObjectKey>, StorageError> {
+        Ok(self
+            .list_page_dated(bucket, prefix, start_after, max)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    async fn list_page_dated(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<(ObjectKey, std::time::SystemTime)>, StorageError> {
         let req = self
             .client
             .list_objects_v2()
@@ -221,10 +236,17 @@ impl ObjectStore for S3Store {
             .max_keys(i32::try_from(max.min(1000)).unwrap_or(1000));
         with_deadline(self.timeout, async move {
             let out = req.send().await.map_err(sdk_err)?;
-            let mut keys: Vec<ObjectKey> = out
+            let mut keys: Vec<(ObjectKey, std::time::SystemTime)> = out
                 .contents()
                 .iter()
-                .filter_map(|o| o.key().and_then(|k| ObjectKey::new(k).ok()))
+                .filter_map(|o| {
+                    let key = o.key().and_then(|k| ObjectKey::new(k).ok())?;
+                    let modified = o
+                        .last_modified()
+                        .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+                        .unwrap_or(std::time::UNIX_EPOCH);
+                    Some((key, modified))
+                })
                 .collect();
             keys.sort();
             Ok(keys)

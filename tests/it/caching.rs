@@ -20,6 +20,7 @@ both_backends!(
     eager_presets_are_stored_after_upload,
     delete_purges_every_layer_and_calls_the_cdn_hook,
     oversize_results_skip_memory_but_not_the_derived_store,
+    unused_derived_objects_expire_and_used_ones_stay,
 );
 
 const COMPUTED: &str = "pixgate_transform_duration_seconds_count";
@@ -561,4 +562,75 @@ async fn a_cancelled_leader_neither_wedges_nor_repeats_the_work() {
     assert!(
         metric(&m, "pixgate_singleflight_coalesced_total", "") + cache(&m, "memory", "hit") >= 1.0
     );
+}
+
+/// `pixgate sweep` with the server's configuration; its output.
+fn sweep(backend: Backend, s: &Server, extra: &[(&str, &str)]) -> String {
+    let env = server_env(backend, s.dir.path(), extra);
+    let out = pixgate_cmd(&env)
+        .arg("sweep")
+        .current_dir(s.dir.path())
+        .output()
+        .expect("pixgate sweep");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+async fn unused_derived_objects_expire_and_used_ones_stay(backend: Backend) {
+    let extra = [("PIXGATE__CACHE__DERIVED_TTL_DAYS", "2")];
+    let s = Server::start_with(backend, &extra);
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let used = signed(&format!("/rs:fit:60:60/f:webp/plain/{id}"));
+    let unused = signed(&format!("/rs:fit:70:70/f:webp/plain/{id}"));
+    for p in [&used, &unused] {
+        assert_eq!(get(&s.url(p), &[]).await.status, 200);
+    }
+    wait_for(&s, "two derived writes", |m| derived_writes(m, "ok") == 2.0).await;
+    let keys = derived_keys(backend, &s, &id).await;
+    assert_eq!(keys.len(), 2);
+    if backend == Backend::S3 {
+        // S3 modification times cannot be set back: fresh objects survive a sweep.
+        let out = sweep(backend, &s, &extra);
+        assert!(out.contains("derived: removed 0 object(s)"), "{out}");
+        assert_eq!(derived_keys(backend, &s, &id).await, keys);
+        return;
+    }
+    // Three days pass for both objects.
+    let root = s.dir.path().join("data/derived");
+    for k in &keys {
+        let st = std::process::Command::new("touch")
+            .args(["-d", "3 days ago"])
+            .arg(root.join(k))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    // After a restart one of them is used: the derived hit refreshes it.
+    let s2 = restart_on_same_storage(backend, &s, &extra);
+    assert_eq!(get(&s2.url(&used), &[]).await.status, 200);
+    let m = wait_for(&s2, "the refresh", |m| derived_writes(m, "ok") == 1.0).await;
+    assert_eq!(cache(&m, "derived", "hit"), 1.0);
+    assert_eq!(
+        metric(&m, COMPUTED, ""),
+        0.0,
+        "a refresh is a rewrite, not a computation"
+    );
+    let out = sweep(backend, &s, &extra);
+    assert!(
+        out.contains("derived: removed 1 object(s) unused for 2 day(s)"),
+        "{out}"
+    );
+    let left = derived_keys(backend, &s, &id).await;
+    assert_eq!(left.len(), 1);
+    let etag = get(&s2.url(&used), &[]).await;
+    assert!(left[0].contains(etag.header("etag").unwrap().trim_matches('"')));
+    // Without a TTL nothing is swept.
+    let out = sweep(backend, &s, &[]);
+    assert!(out.contains("derived: kept"), "{out}");
+    assert_eq!(derived_keys(backend, &s, &id).await.len(), 1);
 }
