@@ -51,6 +51,12 @@ async fn batch_keys(store: &dyn ObjectStore) -> Result<Vec<String>, Error> {
         .collect())
 }
 
+async fn batch(store: &dyn ObjectStore, key: &str) -> Result<Bytes, Error> {
+    Ok(store
+        .get(Bucket::Audit, &ObjectKey::new(key)?, MAX_BATCH_BYTES)
+        .await?)
+}
+
 /// Verifies every chain in the archive.
 pub async fn verify(store: &dyn ObjectStore) -> Result<Report, Error> {
     let keys = batch_keys(store).await?;
@@ -59,13 +65,7 @@ pub async fn verify(store: &dyn ObjectStore) -> Result<Report, Error> {
         let cp = checkpoint(store, &instance).await?;
         let mut check = ChainCheck::new(&instance, cp.as_ref());
         for (seq, key) in batches {
-            let body = store
-                .get(
-                    Bucket::Audit,
-                    &ObjectKey::new(key.as_str())?,
-                    MAX_BATCH_BYTES,
-                )
-                .await?;
+            let body = batch(store, &key).await?;
             check.batch(&key, seq, &body, &mut report.problems);
         }
         report.chains += 1;
@@ -107,13 +107,7 @@ pub async fn sweep(store: &dyn ObjectStore, cutoff_day: &str) -> Result<Swept, E
         {
             continue;
         }
-        let body = store
-            .get(
-                Bucket::Audit,
-                &ObjectKey::new(key.as_str())?,
-                MAX_BATCH_BYTES,
-            )
-            .await?;
+        let body = batch(store, &key).await?;
         let Some(h) = chain::header(&body) else {
             return Err(Error::Internal(format!(
                 "audit batch {key} has no header; not sweeping (run pixgate audit verify)"
@@ -156,20 +150,12 @@ pub fn cutoff_day(now: std::time::SystemTime, retention_days: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::FsStore;
-    use std::sync::Arc;
     use std::time::Duration;
 
     #[tokio::test]
     async fn sweeping_old_days_keeps_the_rest_verifiable() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(FsStore::new(dir.path(), Duration::from_secs(5)).unwrap());
-        let mut st = ChainState {
-            instance: "i".into(),
-            seq: 0,
-            head: chain::GENESIS.into(),
-        };
+        let (_dir, store) = crate::storage::temp_store();
+        let mut st = ChainState::new("i");
         for day in ["2025/01/01", "2025/01/01", "2025/06/01", "2026/11/24"] {
             let body = chain::seal(&mut st, &["{\"a\":1}".to_owned(), "{\"a\":2}".to_owned()]);
             let key = ObjectKey::new(chain::object_key(day, "i", st.seq)).unwrap();

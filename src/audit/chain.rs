@@ -62,6 +62,17 @@ pub struct ChainState {
     pub head: String,
 }
 
+impl ChainState {
+    /// A new chain at its genesis.
+    pub fn new(instance: &str) -> ChainState {
+        ChainState {
+            instance: instance.to_owned(),
+            seq: 0,
+            head: GENESIS.to_owned(),
+        }
+    }
+}
+
 /// Seals `events` (serialised event objects) as the next batch of `state`; returns the
 /// object body and advances `state`.
 pub fn seal(state: &mut ChainState, events: &[String]) -> Vec<u8> {
@@ -271,14 +282,6 @@ pub fn chains(keys: &[String]) -> BTreeMap<String, Vec<(u64, String)>> {
 mod tests {
     use super::*;
 
-    fn state() -> ChainState {
-        ChainState {
-            instance: "i1".into(),
-            seq: 0,
-            head: GENESIS.into(),
-        }
-    }
-
     fn events(from: usize, n: usize) -> Vec<String> {
         (from..from + n)
             .map(|i| format!("{{\"id\":\"e{i}\",\"action\":\"image.read\"}}"))
@@ -295,7 +298,7 @@ mod tests {
     }
 
     fn sealed() -> Vec<(u64, Vec<u8>)> {
-        let mut s = state();
+        let mut s = ChainState::new("i1");
         (0..3)
             .map(|i| (i as u64 + 1, seal(&mut s, &events(i * 3, 3))))
             .collect()

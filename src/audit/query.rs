@@ -190,9 +190,7 @@ pub fn now_secs() -> u64 {
 mod tests {
     use super::*;
     use crate::audit::{Actor, chain::ChainState};
-    use crate::storage::FsStore;
     use bytes::Bytes;
-    use std::sync::Arc;
 
     fn ev(user: &str, action: &str, time: &str) -> String {
         let mut e = Event::new(
@@ -210,14 +208,8 @@ mod tests {
 
     #[tokio::test]
     async fn pages_cover_every_match_once_across_days_and_batches() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(FsStore::new(dir.path(), Duration::from_secs(5)).unwrap());
-        let mut st = ChainState {
-            instance: "i".into(),
-            seq: 0,
-            head: chain::GENESIS.into(),
-        };
+        let (_dir, store) = crate::storage::temp_store();
+        let mut st = ChainState::new("i");
         let mut want = 0;
         for (d, day) in ["2026/11/22", "2026/11/23"].iter().enumerate() {
             for b in 0..3 {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::chain::{self, ChainState, GENESIS};
+use super::chain::{self, ChainState};
 use super::{Command, Settings};
 use crate::metrics::Metrics;
 use crate::storage::{Bucket, ObjectKey, ObjectStore};
@@ -117,15 +117,13 @@ impl Writer {
             let mut chain = match std::fs::read(dir.join(CHAIN_FILE)) {
                 Ok(b) => serde_json::from_slice::<ChainState>(&b)
                     .map_err(|e| format!("audit spool {CHAIN_FILE}: {e}"))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => ChainState {
-                    instance: if wanted.is_empty() {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    ChainState::new(&if wanted.is_empty() {
                         random_instance()
                     } else {
                         wanted
-                    },
-                    seq: 0,
-                    head: GENESIS.to_owned(),
-                },
+                    })
+                }
                 Err(e) => return Err(format!("audit spool {CHAIN_FILE}: {e}")),
             };
             let (mut events, mut bytes) = (0u64, 0u64);

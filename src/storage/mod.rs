@@ -155,6 +155,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 }
 
+/// A filesystem store in a fresh temporary directory (unit tests).
+#[cfg(test)]
+pub(crate) fn temp_store() -> (tempfile::TempDir, std::sync::Arc<dyn ObjectStore>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::new(dir.path(), Duration::from_secs(5)).expect("fs store");
+    (dir, std::sync::Arc::new(store))
+}
+
 /// Runs `fut` with a deadline, mapping expiry to [`StorageError::Timeout`].
 pub(crate) async fn with_deadline<T>(
     deadline: Duration,

@@ -176,6 +176,38 @@ fn audit_cli(backend: Backend, s: &Server, extra: &[(&str, &str)], job: &str) ->
     )
 }
 
+/// A body-less request that must answer `status`.
+async fn expect(
+    s: &Server,
+    method: Method,
+    path: &str,
+    credential: Option<&str>,
+    rid: &str,
+    status: u16,
+) {
+    let r = call(s, method, path, credential, rid, Bytes::new(), &[]).await;
+    assert_eq!(
+        r.status,
+        status,
+        "{rid}: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+/// `GET /v1/images` as the holder of `t`.
+async fn list_images(s: &Server, t: &str, rid: &str) -> Resp {
+    call(
+        s,
+        Method::GET,
+        "/v1/images",
+        Some(t),
+        rid,
+        Bytes::new(),
+        &[],
+    )
+    .await
+}
+
 /// One request with an id and an optional bearer credential.
 async fn call(
     s: &Server,
@@ -246,34 +278,16 @@ async fn every_action_emits_exactly_one_event(backend: Backend) {
     let id2 = r.json()["id"].as_str().unwrap().to_owned();
     let get = Method::GET;
     let n = Bytes::new();
-    assert_eq!(
-        call(
-            &s,
-            get.clone(),
-            "/v1/images",
-            Some(&ta),
-            "t-list",
-            n.clone(),
-            &[]
-        )
-        .await
-        .status,
-        200
-    );
-    assert_eq!(
-        call(
-            &s,
-            get.clone(),
-            &format!("/v1/images/{id}"),
-            Some(&ta),
-            "t-read",
-            n.clone(),
-            &[]
-        )
-        .await
-        .status,
-        200
-    );
+    expect(&s, get.clone(), "/v1/images", Some(&ta), "t-list", 200).await;
+    expect(
+        &s,
+        get.clone(),
+        &format!("/v1/images/{id}"),
+        Some(&ta),
+        "t-read",
+        200,
+    )
+    .await;
     let patch = Bytes::from_static(br#"{"title":"t"}"#);
     assert_eq!(
         call(
@@ -309,20 +323,15 @@ async fn every_action_emits_exactly_one_event(backend: Backend) {
             .status,
         200
     );
-    assert_eq!(
-        call(
-            &s,
-            get.clone(),
-            &format!("/_/rs:fit:40:40/plain/{id}"),
-            Some(&ta),
-            "t-bearer-view",
-            n.clone(),
-            &[]
-        )
-        .await
-        .status,
-        200
-    );
+    expect(
+        &s,
+        get.clone(),
+        &format!("/_/rs:fit:40:40/plain/{id}"),
+        Some(&ta),
+        "t-bearer-view",
+        200,
+    )
+    .await;
     let r = call(
         &s,
         post.clone(),
@@ -338,77 +347,28 @@ async fn every_action_emits_exactly_one_event(backend: Backend) {
         r.json()["key"].as_str().unwrap().to_owned(),
         r.json()["id"].as_str().unwrap().to_owned(),
     );
-    assert_eq!(
-        call(
-            &s,
-            get.clone(),
-            "/v1/images",
-            Some(&key),
-            "t-key-use",
-            n.clone(),
-            &[]
-        )
-        .await
-        .status,
-        200
-    );
-    assert_eq!(
-        call(
-            &s,
-            get.clone(),
-            "/v1/api-keys",
-            Some(&ta),
-            "t-keys",
-            n.clone(),
-            &[]
-        )
-        .await
-        .status,
-        200
-    );
-    assert_eq!(
-        call(
-            &s,
-            Method::DELETE,
-            &format!("/v1/api-keys/{key_id}"),
-            Some(&ta),
-            "t-key-revoke",
-            n.clone(),
-            &[]
-        )
-        .await
-        .status,
-        204
-    );
-    assert_eq!(
-        call(
-            &s,
-            get.clone(),
-            "/v1/usage",
-            Some(&ta),
-            "t-usage",
-            n.clone(),
-            &[]
-        )
-        .await
-        .status,
-        200
-    );
+    expect(&s, get.clone(), "/v1/images", Some(&key), "t-key-use", 200).await;
+    expect(&s, get.clone(), "/v1/api-keys", Some(&ta), "t-keys", 200).await;
+    expect(
+        &s,
+        Method::DELETE,
+        &format!("/v1/api-keys/{key_id}"),
+        Some(&ta),
+        "t-key-revoke",
+        204,
+    )
+    .await;
+    expect(&s, get.clone(), "/v1/usage", Some(&ta), "t-usage", 200).await;
     // Refusals.
-    assert_eq!(
-        call(
-            &s,
-            get.clone(),
-            &format!("/v1/images/{id}"),
-            Some(&tb),
-            "t-denied",
-            n.clone(),
-            &[]
-        )
-        .await
-        .status,
-        404
-    );
+    expect(
+        &s,
+        get.clone(),
+        &format!("/v1/images/{id}"),
+        Some(&tb),
+        "t-denied",
+        404,
+    )
+    .await;
     assert_eq!(
         call(
             &s,
@@ -423,27 +383,17 @@ async fn every_action_emits_exactly_one_event(backend: Backend) {
         .status,
         403
     );
-    assert_eq!(
-        call(
-            &s,
-            get.clone(),
-            "/v1/images",
-            Some("not.a.token"),
-            "t-badtoken",
-            n.clone(),
-            &[]
-        )
-        .await
-        .status,
-        401
-    );
+    expect(
+        &s,
+        get.clone(),
+        "/v1/images",
+        Some("not.a.token"),
+        "t-badtoken",
+        401,
+    )
+    .await;
     let forged = format!("/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA/rs:fit:9:9/plain/{id}");
-    assert_eq!(
-        call(&s, get.clone(), &forged, None, "t-forged", n.clone(), &[])
-            .await
-            .status,
-        403
-    );
+    expect(&s, get.clone(), &forged, None, "t-forged", 403).await;
     for i in 0..3 {
         let r = call(
             &s,
@@ -473,34 +423,16 @@ async fn every_action_emits_exactly_one_event(backend: Backend) {
     );
     // Admin and account actions.
     let revoke = format!("/v1/admin/users/{dave}/revoke-tokens");
-    assert_eq!(
-        call(
-            &s,
-            post.clone(),
-            &revoke,
-            Some(&admin),
-            "t-revoke",
-            n.clone(),
-            &[]
-        )
-        .await
-        .status,
-        200
-    );
-    assert_eq!(
-        call(
-            &s,
-            get.clone(),
-            "/v1/admin/audit",
-            Some(&admin),
-            "t-audit-read",
-            n.clone(),
-            &[]
-        )
-        .await
-        .status,
-        200
-    );
+    expect(&s, post.clone(), &revoke, Some(&admin), "t-revoke", 200).await;
+    expect(
+        &s,
+        get.clone(),
+        "/v1/admin/audit",
+        Some(&admin),
+        "t-audit-read",
+        200,
+    )
+    .await;
     let r = call(
         &s,
         get.clone(),
@@ -512,34 +444,16 @@ async fn every_action_emits_exactly_one_event(backend: Backend) {
     )
     .await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        call(
-            &s,
-            Method::DELETE,
-            &format!("/v1/images/{id2}"),
-            Some(&ta),
-            "t-delete",
-            n.clone(),
-            &[]
-        )
-        .await
-        .status,
-        204
-    );
-    assert_eq!(
-        call(
-            &s,
-            Method::DELETE,
-            "/v1/me",
-            Some(&tb),
-            "t-erase",
-            n.clone(),
-            &[]
-        )
-        .await
-        .status,
-        204
-    );
+    expect(
+        &s,
+        Method::DELETE,
+        &format!("/v1/images/{id2}"),
+        Some(&ta),
+        "t-delete",
+        204,
+    )
+    .await;
+    expect(&s, Method::DELETE, "/v1/me", Some(&tb), "t-erase", 204).await;
 
     let archive = Archive::of(backend, &s, AUDIT_BUCKET);
     let expected: Vec<(&str, &str, u16)> = vec![
@@ -710,20 +624,7 @@ async fn every_action_emits_exactly_one_event(backend: Backend) {
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["request_id"], "t-delete");
     // Not for non-admins; bad parameters are 400s.
-    assert_eq!(
-        call(
-            &s,
-            get.clone(),
-            "/v1/admin/audit",
-            Some(&ta),
-            "t-q3",
-            n.clone(),
-            &[]
-        )
-        .await
-        .status,
-        403
-    );
+    expect(&s, get.clone(), "/v1/admin/audit", Some(&ta), "t-q3", 403).await;
     for bad in [
         "since=yesterday",
         "limit=0",
@@ -875,16 +776,7 @@ async fn archive_outage_spools_then_drains_without_loss() {
     // finds the spool and the chain where this one left them.
     for i in 12..15 {
         let rid = format!("o-{i}");
-        call(
-            &s,
-            Method::GET,
-            "/v1/images",
-            Some(&t),
-            &rid,
-            Bytes::new(),
-            &[],
-        )
-        .await;
+        list_images(&s, &t, &rid).await;
         rids.push(rid);
     }
     assert!(s.terminate().success());
@@ -904,16 +796,7 @@ async fn archive_outage_spools_then_drains_without_loss() {
     assert_eq!(metric(&m, "pixgate_audit_spooled_events", ""), 15.0);
     for i in 15..18 {
         let rid = format!("o-{i}");
-        call(
-            &s2,
-            Method::GET,
-            "/v1/images",
-            Some(&t),
-            &rid,
-            Bytes::new(),
-            &[],
-        )
-        .await;
+        list_images(&s2, &t, &rid).await;
         rids.push(rid);
     }
     // Recovery.
