@@ -342,7 +342,7 @@ pub struct AuditConfig {
     pub spool_max_bytes: u64,
     /// Name of this instance's chain (`[a-z0-9_]`, ≤ 64); empty: random, kept in the spool.
     pub instance: String,
-    /// Days of audit records kept (`pixgate audit sweep`, or the lifecycle rule in `deploy/`).
+    /// Days of audit records kept (`pixgate sweep`, or the lifecycle rule in `deploy/`).
     pub retention_days: u64,
 }
 

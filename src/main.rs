@@ -101,7 +101,12 @@ fn main() -> ExitCode {
             ttl,
         } => token(config, sub, &role, plan, &ttl),
         Command::CheckConfig { config } => check_config(config),
-        Command::Audit { job } => audit(job),
+        // `audit verify` exits 1 when the archive does not verify, 2 when it cannot run.
+        Command::Audit { job } => match audit(job) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
         Command::Sweep { config } => sweep(config),
     };
     match result {
@@ -189,8 +194,8 @@ fn token(
     Ok(())
 }
 
-/// Runs an archive job on a runtime of its own.
-fn audit(job: AuditJob) -> Result<(), String> {
+/// Runs an archive job on a runtime of its own; `Ok(false)`: the archive does not verify.
+fn audit(job: AuditJob) -> Result<bool, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -217,11 +222,7 @@ fn audit(job: AuditJob) -> Result<(), String> {
                         format!("{} problem(s)", r.problems.len())
                     }
                 );
-                if r.problems.is_empty() {
-                    Ok(())
-                } else {
-                    Err("the audit archive does not verify".into())
-                }
+                Ok(r.problems.is_empty())
             }
         }
     })

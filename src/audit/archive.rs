@@ -1,4 +1,4 @@
-//! Operator jobs over the whole archive: `pixgate audit verify` and `pixgate audit sweep`.
+//! Operator jobs over the whole archive: `pixgate audit verify` and `pixgate sweep`.
 //!
 //! Verification lists every batch, groups them into chains by instance, and checks each
 //! chain in sequence order from its genesis or its retention checkpoint (`chain`). The sweep

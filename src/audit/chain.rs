@@ -11,7 +11,7 @@
 //! Hashes cover the stored bytes of each line exactly, so verification needs no canonical
 //! form: an edited record breaks the link to it from the next record (or the batch's head), a
 //! removed or reordered record breaks a link, a removed batch leaves a gap in the numbers and a
-//! broken link. Retention removes whole days; `pixgate audit sweep` records, per chain, the
+//! broken link. Retention removes whole days; `pixgate sweep` records, per chain, the
 //! last batch it removed and its head (`audit/checkpoints/{instance}.json`) and verification
 //! starts each chain there. Not detectable from the archive alone: removing the newest
 //! batches of a chain (no later batch links to them). The writer logs every batch head on

@@ -11,12 +11,15 @@
 //!
 //! [`Auditor::emit`] never blocks and never fails a request: it serialises the event (values
 //! are JSON-escaped, so filenames, user agents and ids cannot forge lines or fields) and hands
-//! it to the writer through a bounded queue (`audit.queue`). A full queue is the one way an
-//! event can miss the archive: it is counted (`pixgate_audit_dropped_total`) and logged, and the
-//! log stream still has it. Events never carry tokens, API key secrets or image bytes.
+//! it to the writer through a bounded queue (`audit.queue`). An event misses the archive only
+//! when that queue is full, the spool is over `audit.spool_max_bytes`, the local disk fails,
+//! or the process is killed (SIGKILL) with a batch open: each is counted
+//! (`pixgate_audit_dropped_total`, except the kill) and logged, and the log stream has the
+//! events. Events never carry tokens, API key secrets or image bytes.
 //!
-//! `query` reads the archive back (`GET /v1/admin/audit`, a user's export); `chain::verify`
-//! checks it (`pixgate audit verify`); `archive` verifies the archive and enforces retention (`pixgate audit sweep`).
+//! `query` reads the archive back (`GET /v1/admin/audit`, a user's export); `archive`
+//! verifies it (`pixgate audit verify`, through `chain`) and enforces retention
+//! (`pixgate sweep`).
 
 pub mod archive;
 pub mod chain;
@@ -172,6 +175,9 @@ enum Command {
 pub struct Auditor {
     tx: mpsc::Sender<Command>,
     metrics: Metrics,
+    /// When a dropped event was last logged (seconds since start): at most one line a second.
+    drop_logged: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -190,6 +196,8 @@ impl Auditor {
         Ok(Auditor {
             tx,
             metrics,
+            drop_logged: std::sync::atomic::AtomicU64::new(u64::MAX),
+            started: std::time::Instant::now(),
             writer: Mutex::new(Some(handle)),
         })
     }
@@ -212,11 +220,19 @@ impl Auditor {
             .inc();
         if let Err(e) = self.tx.try_send(Command::Event(line)) {
             self.metrics.audit_dropped.inc();
-            let why = match e {
-                mpsc::error::TrySendError::Full(_) => "queue full",
-                mpsc::error::TrySendError::Closed(_) => "writer stopped",
-            };
-            tracing::error!(id = %event.id, why, "audit event not queued for the archive (it is in the audit log stream)");
+            // One line a second at most: a flood that fills the queue must not also flood
+            // the log (the counter has the number).
+            let now = self.started.elapsed().as_secs();
+            let last = self
+                .drop_logged
+                .swap(now, std::sync::atomic::Ordering::Relaxed);
+            if last != now {
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => "queue full",
+                    mpsc::error::TrySendError::Closed(_) => "writer stopped",
+                };
+                tracing::error!(id = %event.id, why, dropped_total = self.metrics.audit_dropped.get(), "audit events not queued for the archive (they are in the audit log stream)");
+            }
         }
     }
 

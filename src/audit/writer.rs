@@ -62,8 +62,16 @@ fn io(e: std::io::Error) -> String {
 
 fn write_file_atomic(dir: &Path, name: &str, body: &[u8]) -> Result<(), String> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = dir.join(format!(".tmp-{name}"));
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    // Audit records name users and addresses: owner-only, whatever the umask.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
     f.write_all(body).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, dir.join(name)).map_err(io)?;
@@ -113,6 +121,10 @@ impl Writer {
         let wanted = settings.instance.clone();
         let (chain, spooled, spool_bytes) = blocking(move || {
             std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                })
                 .map_err(|e| format!("audit spool {}: {e}", dir.display()))?;
             let mut chain = match std::fs::read(dir.join(CHAIN_FILE)) {
                 Ok(b) => serde_json::from_slice::<ChainState>(&b)
