@@ -11,8 +11,10 @@
 #
 # Environment: ROUNDS (3), SECS (10) per hit round, CONNS (32) hit connections, MISS_SECS (20),
 # MISS_CONNS (4), HIT_WIDTH (800). LOGS=1 logs every request on both sides (pixgate at `info`,
-# nginx's access log to a file); by default neither does. Installs nginx and wrk from Debian
-# when missing.
+# nginx's access log to a file); by default neither does. pixgate always writes its audit
+# trail (one event per request, archived under $work/data/audit) and, by default, the `audit`
+# log stream; AUDIT_LOG=0 turns that stream off (`audit=off`), keeping the archive. Installs
+# nginx and wrk from Debian when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 photo=${1:-../shared/fixtures/photos/photo_4000x3000_q90.jpg}
@@ -51,6 +53,7 @@ export PIXGATE__AUTH__JWT_HS256_SECRET=$(hex 32)
 export PIXGATE__AUTH__JWT_ISSUER=bench PIXGATE__AUTH__JWT_AUDIENCE=bench
 if [ -n "${LOGS:-}" ]; then log_level=info; access_log="access_log $work/access.log;"; else
   log_level=warn; access_log="access_log off;"; fi
+if [ "${AUDIT_LOG:-1}" = 0 ]; then log_level="$log_level,audit=off"; fi
 export PIXGATE__LOG__LEVEL=$log_level PIXGATE__TRANSFORM__WORKERS=2
 export PIXGATE__LIMITS__IP_REQUESTS_PER_MINUTE=1000000000
 export PIXGATE__LIMITS__TRANSFORMS_PER_HOUR=1000000000

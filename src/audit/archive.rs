@@ -41,14 +41,25 @@ async fn checkpoint(store: &dyn ObjectStore, instance: &str) -> Result<Option<Ch
     }
 }
 
+/// Every batch key, listed a page at a time (each page has its own storage deadline, so a
+/// large archive lists in full).
 async fn batch_keys(store: &dyn ObjectStore) -> Result<Vec<String>, Error> {
-    Ok(store
-        .list(Bucket::Audit, "audit/")
-        .await?
-        .into_iter()
-        .map(|k| k.as_str().to_owned())
-        .filter(|k| chain::parse_key(k).is_some())
-        .collect())
+    let mut keys = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_page(Bucket::Audit, "audit/", after.as_deref(), 1000)
+            .await?;
+        let Some(last) = page.last() else {
+            return Ok(keys);
+        };
+        after = Some(last.as_str().to_owned());
+        keys.extend(
+            page.into_iter()
+                .map(|k| k.as_str().to_owned())
+                .filter(|k| chain::parse_key(k).is_some()),
+        );
+    }
 }
 
 async fn batch(store: &dyn ObjectStore, key: &str) -> Result<Bytes, Error> {

@@ -175,7 +175,7 @@ pub struct ChainCheck {
     expect_prev: String,
     pub batches: u64,
     pub records: u64,
-    last_key: String,
+    checkpoint_seq: u64,
 }
 
 impl ChainCheck {
@@ -187,7 +187,7 @@ impl ChainCheck {
             expect_prev: checkpoint.map_or_else(|| GENESIS.to_owned(), |c| c.head.clone()),
             batches: 0,
             records: 0,
-            last_key: String::new(),
+            checkpoint_seq: checkpoint.map_or(0, |c| c.seq),
         }
     }
 
@@ -200,6 +200,17 @@ impl ChainCheck {
             what,
         };
         if seq < self.expect_seq {
+            // At or below a retention checkpoint: a sweep that stopped between its checkpoint
+            // and its deletes. Anything else is a second batch with a number already seen.
+            if seq > self.checkpoint_seq {
+                problems.push(problem(
+                    None,
+                    format!(
+                        "batch {seq} of chain {} appears twice (copied, or two writers on one chain)",
+                        self.instance
+                    ),
+                ));
+            }
             return;
         }
         if seq > self.expect_seq {
@@ -216,7 +227,6 @@ impl ChainCheck {
         }
         self.expect_seq = seq + 1;
         self.batches += 1;
-        self.last_key = key.to_owned();
         let Some(h) = header(body) else {
             problems.push(problem(Some(1), "no batch header".into()));
             return;
@@ -353,6 +363,12 @@ mod tests {
         b.remove(1);
         let p = check(&b, None);
         assert!(p[0].what.contains("missing"), "{p:?}");
+        // A batch copied under another day: reported, not silently skipped.
+        let mut b = sealed();
+        let copy = b[1].1.clone();
+        b.insert(2, (2, copy));
+        let p = check(&b, None);
+        assert!(p.iter().any(|x| x.what.contains("appears twice")), "{p:?}");
         // A removed first batch (no checkpoint).
         let mut b = sealed();
         b.remove(0);

@@ -99,12 +99,9 @@ pub struct Event {
 impl Event {
     /// A new event with a fresh id and the current time.
     pub fn new(request_id: &str, action: &str, actor: Actor) -> Event {
-        let mut id = [0u8; 16];
-        // On the (theoretical) failure of the OS RNG the id is zero: still a valid event.
-        let _ = getrandom::fill(&mut id);
         Event {
             schema: SCHEMA.to_owned(),
-            id: hex::encode(id),
+            id: event_id(),
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             request_id: request_id.to_owned(),
             actor,
@@ -120,6 +117,26 @@ impl Event {
             bytes_out: None,
         }
     }
+}
+
+/// A unique event id: 64 random bits drawn once per process, then a counter (no system
+/// call per event; ids need to be unique, not secret).
+fn event_id() -> String {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut b = [0u8; 8];
+        // On the (theoretical) failure of the OS RNG the start time stands in.
+        if getrandom::fill(&mut b).is_err() {
+            let t = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            b = t.to_le_bytes();
+        }
+        u64::from_le_bytes(b)
+    });
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix:016x}{n:016x}")
 }
 
 /// Cuts a free-text value to `MAX_VALUE` characters (on a character boundary).

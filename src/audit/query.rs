@@ -16,6 +16,9 @@ use crate::error::Error;
 use crate::storage::{Bucket, ObjectKey, ObjectStore};
 
 pub const MAX_OBJECTS_PER_PAGE: usize = 64;
+/// The latest time a query may name (the end of year 9999: days stay four-digit years).
+pub const MAX_TIME: u64 = 253_402_300_799;
+const DAY: u64 = 86_400;
 /// Largest batch object read (a batch of 100,000 events of 4 KiB).
 pub const MAX_BATCH_BYTES: u64 = 400 * 1024 * 1024;
 
@@ -111,7 +114,10 @@ pub async fn page(
     limit: usize,
 ) -> Result<Page, Error> {
     let mut items = Vec::new();
-    let last_day = day_of(filter.until.saturating_sub(1));
+    // A batch is filed under the day it opened, and stays open for up to
+    // `audit.flush_seconds` (≤ 1 h): events from just after midnight sit in the previous day's
+    // batch. One day of margin on each side; the time filter drops the extra events.
+    let last_day = day_of(filter.until.saturating_sub(1).saturating_add(DAY));
     let mut queue: std::collections::VecDeque<(String, usize)> = Default::default();
     let mut after = match cursor {
         Some(c) => {
@@ -119,7 +125,7 @@ pub async fn page(
             c.key.clone()
         }
         // Sorts before every batch of the first day.
-        None => format!("audit/{}", day_of(filter.since)),
+        None => format!("audit/{}", day_of(filter.since.saturating_sub(DAY))),
     };
     let mut read = 0usize;
     let mut past_range = false;
@@ -174,7 +180,7 @@ pub async fn page(
 
 /// `YYYY/MM/DD` of a Unix time.
 fn day_of(secs: u64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(secs);
+    let t = UNIX_EPOCH + Duration::from_secs(secs.min(MAX_TIME));
     let s = humantime::format_rfc3339_seconds(t).to_string();
     format!("{}/{}/{}", &s[0..4], &s[5..7], &s[8..10])
 }

@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{self, ChainState};
 use super::{Command, Settings};
@@ -22,19 +24,38 @@ use crate::metrics::Metrics;
 use crate::storage::{Bucket, ObjectKey, ObjectStore};
 
 const CHAIN_FILE: &str = "chain.json";
+const LOCK_FILE: &str = "lock";
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub(super) struct Writer {
-    store: Arc<dyn ObjectStore>,
+    /// Held for the writer's life: the spool directory's exclusive lock.
+    _lock: std::fs::File,
     settings: Settings,
     metrics: Metrics,
     chain: ChainState,
     batch: Vec<String>,
     /// UTC day (`YYYY/MM/DD`) of the open batch's first event.
     batch_day: String,
-    /// Events in spool files (the gauge's value).
-    spooled: u64,
-    spool_bytes: u64,
+    spool: Arc<Spool>,
+    /// Wakes the uploader; `Some(ack)`: drain now and answer.
+    kick: mpsc::Sender<Option<oneshot::Sender<()>>>,
+    uploader: Option<Uploader>,
+}
+
+/// What is waiting in the spool (shared by the writer, which adds, and the uploader).
+struct Spool {
+    events: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Puts spooled batches in the archive, in a task of its own: a slow or unreachable archive
+/// never stops the writer from taking and spooling events.
+struct Uploader {
+    store: Arc<dyn ObjectStore>,
+    dir: PathBuf,
+    metrics: Metrics,
+    spool: Arc<Spool>,
+    kicks: mpsc::Receiver<Option<oneshot::Sender<()>>>,
     retry_at: Option<Instant>,
     backoff: Duration,
 }
@@ -119,13 +140,27 @@ impl Writer {
     ) -> Result<Writer, String> {
         let dir = settings.spool_dir.clone();
         let wanted = settings.instance.clone();
-        let (chain, spooled, spool_bytes) = blocking(move || {
+        let (chain, spooled, spool_bytes, lock) = blocking(move || {
             std::fs::create_dir_all(&dir)
                 .and_then(|()| {
                     use std::os::unix::fs::PermissionsExt;
                     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
                 })
                 .map_err(|e| format!("audit spool {}: {e}", dir.display()))?;
+            // One writer per spool (and so per chain): a second process on the same directory
+            // would fork the chain and overwrite its batches.
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(LOCK_FILE))
+                .map_err(|e| format!("audit spool lock: {e}"))?;
+            lock.try_lock().map_err(|_| {
+                format!(
+                    "audit spool {} is in use by another pixgate process (audit.spool_dir must be one per instance)",
+                    dir.display()
+                )
+            })?;
             let mut chain = match std::fs::read(dir.join(CHAIN_FILE)) {
                 Ok(b) => serde_json::from_slice::<ChainState>(&b)
                     .map_err(|e| format!("audit spool {CHAIN_FILE}: {e}"))?,
@@ -150,28 +185,51 @@ impl Writer {
                     }
                 }
             }
-            Ok((chain, events, bytes))
+            Ok((chain, events, bytes, lock))
         })
         .await?;
         metrics
             .audit_spooled
             .set(i64::try_from(spooled).unwrap_or(i64::MAX));
         tracing::info!(instance = %chain.instance, seq = chain.seq, spooled, "audit archive writer ready");
-        Ok(Writer {
+        let spool = Arc::new(Spool {
+            events: AtomicU64::new(spooled),
+            bytes: AtomicU64::new(spool_bytes),
+        });
+        let (kick, kicks) = mpsc::channel(16);
+        let uploader = Uploader {
             store,
+            dir: settings.spool_dir.clone(),
+            metrics: metrics.clone(),
+            spool: spool.clone(),
+            kicks,
+            // Whatever an earlier run left is put at once.
+            retry_at: Some(Instant::now()),
+            backoff: Duration::from_secs(1),
+        };
+        Ok(Writer {
+            _lock: lock,
             settings,
             metrics,
             chain,
             batch: Vec::new(),
             batch_day: String::new(),
-            spooled,
-            spool_bytes,
-            retry_at: (spooled > 0).then(Instant::now),
-            backoff: Duration::from_secs(1),
+            spool,
+            kick,
+            uploader: Some(uploader),
         })
     }
 
+    /// Asks the uploader for a drain and waits for it.
+    async fn drain_now(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.kick.send(Some(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let uploader = self.uploader.take().map(|u| tokio::spawn(u.run()));
         let mut tick = tokio::time::interval(self.settings.flush_every.min(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut opened = Instant::now();
@@ -186,17 +244,19 @@ impl Writer {
                         self.batch.push(line);
                         if self.batch.len() >= self.settings.batch_events {
                             self.seal().await;
-                            self.drain(true).await;
                         }
                     }
                     Some(Command::Flush(ack)) => {
                         self.seal().await;
-                        self.drain(true).await;
+                        self.drain_now().await;
                         let _ = ack.send(());
                     }
                     None => {
                         self.seal().await;
-                        self.drain(true).await;
+                        self.drain_now().await;
+                        if let Some(u) = uploader {
+                            u.abort();
+                        }
                         return;
                     }
                 },
@@ -204,7 +264,6 @@ impl Writer {
                     if !self.batch.is_empty() && opened.elapsed() >= self.settings.flush_every {
                         self.seal().await;
                     }
-                    self.drain(false).await;
                 }
             }
         }
@@ -218,11 +277,12 @@ impl Writer {
         }
         let events = std::mem::take(&mut self.batch);
         let count = events.len() as u64;
-        if self.spool_bytes > self.settings.spool_max_bytes {
+        let spool_bytes = self.spool.bytes.load(Ordering::Relaxed);
+        if spool_bytes > self.settings.spool_max_bytes {
             self.metrics.audit_dropped.inc_by(count);
             tracing::error!(
                 count,
-                spool_bytes = self.spool_bytes,
+                spool_bytes,
                 "audit spool full: batch not archived (the events are in the audit log stream)"
             );
             return;
@@ -233,18 +293,25 @@ impl Writer {
         let dir = self.settings.spool_dir.clone();
         let state = serde_json::to_vec(&next).unwrap_or_default();
         let len = body.len() as u64;
+        // Once the batch file exists the chain has advanced, whatever happens to `chain.json`
+        // (a restart reads spooled headers too): a failed state write must not make the next
+        // batch reuse this sequence number.
         let written = blocking(move || {
             write_file_atomic(&dir, &name, &body)?;
-            write_file_atomic(&dir, CHAIN_FILE, &state)
+            if let Err(e) = write_file_atomic(&dir, CHAIN_FILE, &state) {
+                tracing::error!(error = %e, "audit chain state not saved (the spooled batch carries it)");
+            }
+            Ok(())
         })
         .await;
         match written {
             Ok(()) => {
                 tracing::info!(target: "audit", instance = %next.instance, seq = next.seq, head = %next.head, count, "audit batch sealed");
                 self.chain = next;
-                self.spooled += count;
-                self.spool_bytes += len;
-                self.retry_at.get_or_insert_with(Instant::now);
+                self.spool.events.fetch_add(count, Ordering::Relaxed);
+                self.spool.bytes.fetch_add(len, Ordering::Relaxed);
+                // Full: the uploader is awake already.
+                let _ = self.kick.try_send(None);
             }
             Err(e) => {
                 // The local disk failed: the chain does not advance and the events are lost
@@ -253,19 +320,65 @@ impl Writer {
                 tracing::error!(error = %e, count, "audit spool write failed: batch not archived");
             }
         }
-        self.metrics
+        self.spool.publish(&self.metrics);
+    }
+}
+
+impl Spool {
+    fn publish(&self, metrics: &Metrics) {
+        let n = self.events.load(Ordering::Relaxed);
+        metrics
             .audit_spooled
-            .set(i64::try_from(self.spooled).unwrap_or(i64::MAX));
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    fn take(&self, events: u64, bytes: u64) {
+        let _ = self
+            .events
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(events))
+            });
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+    }
+}
+
+impl Uploader {
+    async fn run(mut self) {
+        loop {
+            let wait = self.retry_at.map(tokio::time::Instant::from_std);
+            tokio::select! {
+                kick = self.kicks.recv() => match kick {
+                    // A new batch: put it at once, unless the archive is failing (then the
+                    // backoff decides, so an outage costs one attempt per period).
+                    Some(None) => {
+                        if self.retry_at.is_none_or(|at| Instant::now() >= at) {
+                            self.drain().await;
+                        }
+                    }
+                    Some(Some(ack)) => {
+                        self.drain().await;
+                        let _ = ack.send(());
+                    }
+                    None => return,
+                },
+                _ = async {
+                    match wait {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.drain().await,
+            }
+        }
     }
 
     /// Puts spooled batches in the archive, oldest first; stops at the first failure.
     /// `now`: ignore the backoff (a flush or a new batch).
-    async fn drain(&mut self, now: bool) {
-        let Some(at) = self.retry_at else { return };
-        if !now && Instant::now() < at {
-            return;
-        }
-        let dir = self.settings.spool_dir.clone();
+    async fn drain(&mut self) {
+        let dir = self.dir.clone();
         let files = match blocking({
             let dir = dir.clone();
             move || spool_files(&dir)
@@ -317,8 +430,8 @@ impl Writer {
                         self.backoff_after_failure();
                         return;
                     }
-                    self.spooled = self.spooled.saturating_sub(count);
-                    self.spool_bytes = self.spool_bytes.saturating_sub(len);
+                    self.spool.take(count, len);
+                    self.spool.publish(&self.metrics);
                     self.metrics
                         .audit_batches
                         .with_label_values(&["archived"])
@@ -329,18 +442,13 @@ impl Writer {
                         .audit_batches
                         .with_label_values(&["failed"])
                         .inc();
-                    tracing::warn!(error = %e, key = %key, spooled = self.spooled, "audit archive unreachable: batch stays spooled");
-                    self.metrics
-                        .audit_spooled
-                        .set(i64::try_from(self.spooled).unwrap_or(i64::MAX));
+                    tracing::warn!(error = %e, key = %key, spooled = self.spool.events.load(Ordering::Relaxed), "audit archive unreachable: batch stays spooled");
                     self.backoff_after_failure();
                     return;
                 }
             }
         }
-        self.metrics
-            .audit_spooled
-            .set(i64::try_from(self.spooled).unwrap_or(i64::MAX));
+        self.spool.publish(&self.metrics);
         self.retry_at = None;
         self.backoff = Duration::from_secs(1);
     }

@@ -93,14 +93,6 @@ impl Revocations {
         Ok(())
     }
 
-    /// Deletes the user's revocation record (account erasure): their tokens then open an
-    /// empty account.
-    pub async fn forget(&self, user_id: &str) -> Result<(), Error> {
-        self.store.delete(Bucket::Originals, &key(user_id)?).await?;
-        self.remember(user_id, None);
-        Ok(())
-    }
-
     fn remember(&self, user_id: &str, v: Option<u64>) {
         self.cache
             .lock()

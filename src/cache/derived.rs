@@ -191,12 +191,6 @@ impl DerivedStore {
 
     /// Stores a result in the background (bounded; see the module docs). Never fails.
     pub fn schedule(self: &Arc<Self>, image: ImageId, key: ObjectKey, bytes: Bytes, mime: &str) {
-        if self.limits.ttl.is_some() {
-            self.touched
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .put(key.clone(), std::time::Instant::now());
-        }
         if bytes.len() as u64 > self.limits.max_bytes {
             self.count("dropped");
             return;
@@ -215,7 +209,15 @@ impl DerivedStore {
             };
             drop(slot);
             match result {
-                Ok(outcome) => this.count(outcome.label()),
+                Ok(outcome) => {
+                    if this.limits.ttl.is_some() && outcome == WriteOutcome::Written {
+                        this.touched
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .put(key, std::time::Instant::now());
+                    }
+                    this.count(outcome.label())
+                }
                 Err(e) => {
                     this.count("error");
                     tracing::warn!(image = %image, key = %key, error = %e, "could not store a derived result");

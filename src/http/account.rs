@@ -15,9 +15,10 @@
 //! repeated `DELETE` joins the erasure in progress (`App::erasures`). Order: every image
 //! through `render::delete_image` (memory purge and tombstone, original, derived prefix, owner
 //! index, metadata, CDN purge), repeated until the owner index is empty; API keys; the
-//! revocation record; anything left under the user's `users/` prefix; the user's limiter
-//! state in Redis and in this process. The user's tokens keep working afterwards, as an empty
-//! account. Audit records are kept for `audit.retention_days` (`docs/privacy.md`).
+//! anything left under the user's `users/` prefix; the user's limiter state in Redis and in
+//! this process. The user's tokens keep working afterwards, as an empty account — except
+//! tokens an admin revoked before: the revocation record (a hash and a time) is kept. Audit
+//! records are kept for `audit.retention_days` (`docs/privacy.md`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,7 +38,7 @@ use crate::catalog::ImageMeta;
 use crate::error::Error;
 use crate::id::ImageId;
 use crate::limits::DEFAULT_PLAN;
-use crate::storage::{Bucket, ObjectKey};
+use crate::storage::Bucket;
 use crate::zipstream::ZipStream;
 
 /// The export's manifest schema.
@@ -311,11 +312,21 @@ async fn erase_account(app: &Arc<App>, user: &str) -> Result<usize, Error> {
     let mut deleted = 0;
     // Each round lists from the start: deleted images leave the index. Rounds end when a
     // listing is empty (an upload that lands during the erasure is erased too).
+    let mut cursor: Option<String> = None;
     loop {
-        let page = app.catalog.list(user, None, PAGE).await?;
+        let page = app.catalog.list(user, cursor.as_deref(), PAGE).await?;
         if page.items.is_empty() {
-            break;
+            // Stale index entries (metadata already gone) only: page past them; they are
+            // removed with the rest of the user's prefix below.
+            match page.next_cursor {
+                Some(c) => {
+                    cursor = Some(c);
+                    continue;
+                }
+                None => break,
+            }
         }
+        cursor = None;
         for chunk in page.items.chunks(ERASE_CONCURRENCY) {
             let mut set = tokio::task::JoinSet::new();
             for meta in chunk {
@@ -330,7 +341,9 @@ async fn erase_account(app: &Arc<App>, user: &str) -> Result<usize, Error> {
         }
     }
     app.auth.api_keys.revoke_all(user).await?;
-    app.auth.revocations.forget(user).await?;
+    // A token revocation an admin made stays (a hash of the user id and a time): deleting it
+    // would let tokens revoked because they leaked open the account again. It is a security
+    // record, like the audit trail (`docs/privacy.md`).
     // Whatever is left under the user's prefix: index entries of images whose metadata is
     // already gone (a half-failed delete), API key markers.
     let prefix = format!("users/{}/", crate::id::user_segment(user));
@@ -344,6 +357,5 @@ async fn erase_account(app: &Arc<App>, user: &str) -> Result<usize, Error> {
             "objects reappeared under the erased user's prefix".into(),
         ));
     }
-    let _ = ObjectKey::new(prefix.trim_end_matches('/'))?;
     Ok(deleted)
 }

@@ -63,6 +63,9 @@ pub async fn audit(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Respo
     if since >= until {
         return Err(Error::InvalidField("since: must be before until".into()));
     }
+    if until > query::MAX_TIME + 1 {
+        return Err(Error::InvalidField("until: after the year 9999".into()));
+    }
     let limit = match query_param(q, "limit")? {
         None => 100,
         Some(v) => v

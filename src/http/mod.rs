@@ -338,6 +338,15 @@ pub async fn handle(
             .get(http::header::USER_AGENT)
             .map(|v| crate::audit::clip_user_agent(&String::from_utf8_lossy(v.as_bytes())))
     });
+    // Declared after `ctx`, so dropped before it: a request cancelled before `finish` (the
+    // client went away) still leaves its event — its work may have happened.
+    let mut audit = AuditOnce {
+        app: &app,
+        ctx: &ctx,
+        action: audit_action,
+        user_agent,
+        done: false,
+    };
     let origin = cors::origin(req.headers());
     let result = if preflight {
         cors::preflight(&app.config.server, req.headers(), route.is_api())
@@ -355,16 +364,54 @@ pub async fn handle(
         start,
         is_head,
         result,
-        |status, error, bytes_out| {
-            if let Some(action) = audit_action {
-                app.audit.emit(&audit_event(
-                    &ctx, action, status, error, bytes_out, user_agent,
-                ));
-            }
-        },
+        |status, error, bytes_out| audit.emit(status, error, bytes_out),
     );
     cors::decorate(&app.config.server, origin.as_deref(), resp.headers_mut());
     resp
+}
+
+/// Emits a request's audit event exactly once: from `finish`, or — if the request future
+/// is dropped first — on drop, as `499 client_closed`.
+struct AuditOnce<'a> {
+    app: &'a App,
+    ctx: &'a Ctx,
+    action: Option<&'static str>,
+    user_agent: Option<String>,
+    done: bool,
+}
+
+impl AuditOnce<'_> {
+    fn emit(&mut self, status: u16, error: Option<&Error>, bytes_out: Option<u64>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        if let Some(action) = self.action {
+            let event = audit_event(
+                self.ctx,
+                action,
+                status,
+                error,
+                bytes_out,
+                self.user_agent.take(),
+            );
+            self.app.audit.emit(&event);
+        }
+    }
+}
+
+impl Drop for AuditOnce<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Some(action) = self.action {
+            let mut e = audit_event(self.ctx, action, 499, None, None, self.user_agent.take());
+            e.outcome = "failure".to_owned();
+            e.error = Some("client_closed".to_owned());
+            self.app.audit.emit(&e);
+        }
+    }
 }
 
 /// The audit event of a finished request. Refusals are recorded under their own action

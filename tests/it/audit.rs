@@ -1185,7 +1185,8 @@ async fn erasure_leaves_nothing_of_the_user(backend: Backend) {
     )
     .await;
     assert_eq!(r.status, 200);
-    // A token issued after the revocation.
+    // A token issued after the revocation (the one before stays revoked, erasure or not).
+    let revoked = t.clone();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let t = token(&erin, Role::Editor);
     let keep = upload_fixture(&s, "frank-stays", "photo_320x240.jpg", "image/jpeg").await;
@@ -1288,6 +1289,14 @@ async fn erasure_leaves_nothing_of_the_user(backend: Backend) {
     };
     let mut audit_mentions = 0;
     for (key, body) in &objects {
+        // The one exception: the revocation an admin made before the erasure is a security
+        // record (a hash and a time), kept so the revoked tokens stay refused.
+        if key.ends_with(&format!("revocations/{hash}.json")) {
+            let record: Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(record.as_object().unwrap().len(), 1, "{record}");
+            assert!(record["not_before"].is_u64());
+            continue;
+        }
         assert!(!key.contains(&hash), "{key} is keyed by erin");
         for id in &ids {
             assert!(!key.contains(id.as_str()), "{key} is erin's image");
@@ -1311,7 +1320,9 @@ async fn erasure_leaves_nothing_of_the_user(backend: Backend) {
         Backend::Fs => objects.iter().any(|(k, _)| k.contains(&keep)),
     };
     assert!(kept, "another user's image is untouched");
-    // Tokens open an empty account; API keys are gone; images are gone.
+    // Tokens open an empty account (a revoked one stays refused); API keys are gone; images
+    // are gone.
+    expect(&s, Method::GET, "/v1/images", Some(&revoked), "e-old", 401).await;
     assert_eq!(
         call(
             &s,
@@ -1349,4 +1360,22 @@ async fn erasure_leaves_nothing_of_the_user(backend: Backend) {
     // The archive still verifies.
     let (ok, out) = audit_cli(backend, &s, &extra, "verify");
     assert!(ok, "{out}");
+}
+
+#[tokio::test]
+async fn a_spool_directory_serves_one_process_only() {
+    let s = Server::start(Backend::Fs);
+    // A second server on the same storage root, and so the same spool and chain, would fork
+    // the chain and overwrite its batches: it refuses to start.
+    let env = server_env(Backend::Fs, s.dir.path(), &[]);
+    let out = pixgate_cmd(&env)
+        .arg("serve")
+        .current_dir(s.dir.path())
+        .output()
+        .expect("run a second pixgate");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another pixgate process"), "{err}");
+    // The first one is unaffected.
+    assert_eq!(get(&s.url("/healthz"), &[]).await.status, 200);
 }
