@@ -37,7 +37,7 @@ pub struct App {
     /// The CDN purge hook (a no-op unless `cdn.purge_url` is set).
     pub cdn: Arc<CdnPurger>,
     /// The audit trail (log stream and archive writer).
-    pub audit: crate::audit::Auditor,
+    pub audit: Arc<crate::audit::Auditor>,
     /// Account erasures in progress, by user: a repeated `DELETE /v1/me` joins the running one.
     pub erasures: Flights<Result<(), crate::error::Error>>,
     pub workers: Workers,
@@ -122,14 +122,16 @@ impl App {
             },
             metrics.clone(),
         ));
-        let cdn = Arc::new(CdnPurger::new(&config.cdn, metrics.clone())?);
-        let audit = crate::audit::Auditor::start(
-            store.clone(),
-            crate::audit::Settings::from_config(&config),
-            usize::try_from(config.audit.queue).unwrap_or(usize::MAX),
-            metrics.clone(),
-        )
-        .await?;
+        let audit = Arc::new(
+            crate::audit::Auditor::start(
+                store.clone(),
+                crate::audit::Settings::from_config(&config),
+                usize::try_from(config.audit.queue).unwrap_or(usize::MAX),
+                metrics.clone(),
+            )
+            .await?,
+        );
+        let cdn = Arc::new(CdnPurger::new(&config.cdn, metrics.clone())?.audited(audit.clone()));
         Ok(App {
             limiter,
             catalog,

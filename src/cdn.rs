@@ -73,6 +73,8 @@ struct Hook {
 pub struct CdnPurger {
     hook: Option<Hook>,
     metrics: Metrics,
+    /// Failed purges are audit events (`cdn.purge`, actor `system`).
+    audit: Option<Arc<crate::audit::Auditor>>,
 }
 
 /// How one attempt ended.
@@ -108,7 +110,37 @@ impl CdnPurger {
                 client,
             })
         };
-        Ok(CdnPurger { hook, metrics })
+        Ok(CdnPurger {
+            hook,
+            metrics,
+            audit: None,
+        })
+    }
+
+    /// Records failed purges in the audit trail.
+    pub fn audited(mut self, audit: Arc<crate::audit::Auditor>) -> CdnPurger {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// A failed purge: counted, logged by the caller, and audited.
+    fn failed(&self, image_id: &str, code: &str) {
+        self.count("failed");
+        if let Some(audit) = &self.audit {
+            let mut e = crate::audit::Event::new(
+                "",
+                "cdn.purge",
+                crate::audit::Actor {
+                    auth: "system".to_owned(),
+                    ..crate::audit::Actor::default()
+                },
+            );
+            e.resource.image = Some(image_id.to_owned());
+            e.outcome = "failure".to_owned();
+            e.status = 0;
+            e.error = Some(code.to_owned());
+            audit.emit(&e);
+        }
     }
 
     /// Purges `image_id` from the CDN in the background (bounded; never fails the caller).
@@ -120,7 +152,7 @@ impl CdnPurger {
     pub fn purge_after(self: &Arc<Self>, image_id: &str, delay: Duration) {
         let Some(hook) = &self.hook else { return };
         let Some(slot) = hook.queue.try_enter() else {
-            self.count("failed");
+            self.failed(image_id, "purge_queue_full");
             tracing::error!(image = %image_id, "CDN purge queue full; purge dropped (the CDN copy expires by its max-age)");
             return;
         };
@@ -160,7 +192,7 @@ impl CdnPurger {
                 }
             }
         }
-        self.count("failed");
+        self.failed(image_id, "purge_failed");
         tracing::error!(image = %image_id, reason = %last, "CDN purge failed; the CDN may serve the image until its max-age ends");
         false
     }

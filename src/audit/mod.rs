@@ -50,7 +50,8 @@ pub struct Actor {
     /// The authenticated user; `None` for signed-URL holders and anonymous callers.
     pub user: Option<String>,
     pub role: Option<String>,
-    /// `jwt`, `api_key`, `signed_url` or `anonymous`.
+    /// `jwt`, `api_key`, `signed_url` or `anonymous`; `system` for pixgate's own background
+    /// actions (a failed CDN purge).
     pub auth: String,
     pub api_key_id: Option<String>,
 }

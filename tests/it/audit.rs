@@ -234,6 +234,9 @@ async fn every_action_emits_exactly_one_event(backend: Backend) {
             ("PIXGATE__AUDIT__FLUSH_SECONDS", "1"),
             ("PIXGATE__LIMITS__UPLOADS_PER_HOUR", "3"),
             ("PIXGATE__LIMITS__ADMIN_BYPASS", "false"),
+            // A CDN purge hook nobody answers: failed purges are audited too.
+            ("PIXGATE__CDN__PURGE_URL", "http://127.0.0.1:9/purge/{key}"),
+            ("PIXGATE__CDN__PURGE_ATTEMPTS", "1"),
         ],
     );
     let (alice, bob, carol, dave) = (
@@ -543,6 +546,16 @@ async fn every_action_emits_exactly_one_event(backend: Backend) {
     assert_eq!(e["error"], "quota_exceeded");
     assert_eq!(one("t-revoke")["resource"]["user"], dave.as_str());
     assert_eq!(one("t-erase")["resource"]["user"], bob.as_str());
+    // The image delete's purge hook failed: a `cdn.purge` event by `system`.
+    let purge = events_for(&archive, &[""]).await;
+    let failed: Vec<&Value> = purge[""]
+        .iter()
+        .filter(|e| e["action"] == "cdn.purge" && e["resource"]["image"] == id2.as_str())
+        .collect();
+    assert_eq!(failed.len(), 1, "{:?}", purge[""]);
+    assert_eq!(failed[0]["actor"]["auth"], "system");
+    assert_eq!(failed[0]["outcome"], "failure");
+    assert_eq!(failed[0]["error"], "purge_failed");
     assert!(
         one("t-export")["bytes_out"].is_null(),
         "a streamed body's size is not known up front"
