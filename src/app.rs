@@ -40,6 +40,9 @@ pub struct App {
     pub audit: Arc<crate::audit::Auditor>,
     /// Account erasures in progress, by user: a repeated `DELETE /v1/me` joins the running one.
     pub erasures: Flights<Result<(), crate::error::Error>>,
+    /// Exports streaming, by user: one at a time per account (each reads the whole archive
+    /// range and every original).
+    pub exports: Flights<()>,
     pub workers: Workers,
     pub metrics: Metrics,
     /// Quotas and rate limits (Redis, or in-process).
@@ -141,6 +144,7 @@ impl App {
             cdn,
             audit,
             erasures: Flights::new(),
+            exports: Flights::new(),
             store,
             signer,
             auth,

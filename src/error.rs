@@ -51,6 +51,8 @@ pub enum Error {
     CorsForbidden,
     #[error("at most {limit} API keys per user")]
     TooManyApiKeys { limit: u64 },
+    #[error("an export of this account is already running")]
+    ExportInProgress,
     #[error("invalid field: {0}")]
     InvalidField(String),
     #[error("not found")]
@@ -93,7 +95,7 @@ impl Error {
             | Error::Forbidden(_)
             | Error::InsufficientScope(_)
             | Error::CorsForbidden => StatusCode::FORBIDDEN,
-            Error::TooManyApiKeys { .. } => StatusCode::CONFLICT,
+            Error::TooManyApiKeys { .. } | Error::ExportInProgress => StatusCode::CONFLICT,
             Error::UrlExpired => StatusCode::GONE,
             Error::UnknownOption(_)
             | Error::InvalidOption(_)
@@ -136,6 +138,7 @@ impl Error {
             Error::InsufficientScope(_) => "insufficient_scope",
             Error::CorsForbidden => "cors_origin_not_allowed",
             Error::TooManyApiKeys { .. } => "too_many_api_keys",
+            Error::ExportInProgress => "export_in_progress",
             Error::InvalidField(_) => "invalid_field",
             Error::NotFound => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
@@ -171,6 +174,7 @@ impl Error {
             | Error::TooManyFrames { .. }
             | Error::ResultTooLarge { .. }
             | Error::TooManyApiKeys { .. }
+            | Error::ExportInProgress
             | Error::QuotaExceeded(_)
             | Error::RateLimited(_) => Category::Limit,
             Error::Overloaded | Error::Timeout => Category::Overload,
@@ -275,6 +279,7 @@ mod tests {
             (Error::MissingToken, 401, "missing_token"),
             (Error::InsufficientScope("x"), 403, "insufficient_scope"),
             (Error::TooManyApiKeys { limit: 1 }, 409, "too_many_api_keys"),
+            (Error::ExportInProgress, 409, "export_in_progress"),
             (Error::InvalidField("x".into()), 400, "invalid_field"),
             (Error::CorsForbidden, 403, "cors_origin_not_allowed"),
             (Error::TokenExpired, 401, "token_expired"),

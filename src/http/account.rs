@@ -108,9 +108,14 @@ pub async fn export(
     });
     let (tx, body) = Body::channel(CHANNEL_CHUNKS);
     if parts.method != Method::HEAD {
+        // One export per account at a time: each reads every original and the archive.
+        let Joined::Leader(running) = app.exports.join(&user) else {
+            return Err(Error::ExportInProgress);
+        };
         let app = app.clone();
         let request_id = ctx.request_id.clone();
         tokio::spawn(async move {
+            let _running = running;
             if let Err(e) = produce(&app, &user, head, &tx).await {
                 match e {
                     Stop::Gone => {

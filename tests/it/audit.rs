@@ -1142,6 +1142,51 @@ async fn export_memory_stays_bounded_on_a_large_account() {
         "the export must stream: +{growth_mb:.1} MB for {:.0} MB of originals",
         total as f64 / 1e6
     );
+    // One export per account at a time: a client that reads nothing holds its export open.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut slow = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let req =
+            format!("GET /v1/me/export HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\n\r\n");
+        slow.write_all(req.as_bytes()).await.unwrap();
+        let mut head = [0u8; 64];
+        let n = slow.read(&mut head).await.unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+        let r = call(
+            &s,
+            Method::GET,
+            "/v1/me/export",
+            Some(&t),
+            "big-busy",
+            Bytes::new(),
+            &[],
+        )
+        .await;
+        assert_eq!((r.status, r.code().as_str()), (409, "export_in_progress"));
+    }
+    // The slow client went away: its export stops and the account can export again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = call(
+            &s,
+            Method::GET,
+            "/v1/me/export",
+            Some(&t),
+            "big-again",
+            Bytes::new(),
+            &[],
+        )
+        .await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.code(), "export_in_progress");
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned export never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn erasure_leaves_nothing_of_the_user(backend: Backend) {
