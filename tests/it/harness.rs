@@ -739,11 +739,19 @@ pub async fn wait_for(s: &Server, what: &str, f: impl Fn(&str) -> bool) -> Strin
 }
 
 /// A second server on the first one's storage (same directory, or the same buckets).
+/// Each server has an audit spool of its own (a spool serves one process).
 pub fn restart_on_same_storage(backend: Backend, first: &Server, extra: &[(&str, &str)]) -> Server {
     let root = first.dir.path().join("data").display().to_string();
+    let spool = first
+        .dir
+        .path()
+        .join(crate::identity::unique("spool"))
+        .display()
+        .to_string();
     let mut env: Vec<(&str, &str)> = extra.to_vec();
     if backend == Backend::Fs {
         env.push(("PIXGATE__STORAGE__FS_ROOT", root.as_str()));
+        env.push(("PIXGATE__AUDIT__SPOOL_DIR", spool.as_str()));
     }
     Server::start_with(backend, &env)
 }
