@@ -536,7 +536,7 @@ impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             flush_seconds: 5,
-            batch_events: 1_000,
+            batch_events: 10_000,
             queue: 65_536,
             spool_dir: String::new(),
             spool_max_bytes: 1 << 30,

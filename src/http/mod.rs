@@ -859,11 +859,19 @@ fn request_id(headers: &HeaderMap) -> String {
         });
     match given {
         Some(v) => v.to_owned(),
+        // 32 random bits per process, then a counter: unique without a system call per
+        // request (request ids correlate logs; they are not secrets).
         None => {
-            let mut b = [0u8; 12];
-            // On the (theoretical) failure of the OS RNG, a zero id is still a valid id.
-            let _ = getrandom::fill(&mut b);
-            hex::encode(b)
+            static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+            static COUNTER: AtomicU64 = AtomicU64::new(0);
+            let prefix = PREFIX.get_or_init(|| {
+                let mut b = [0u8; 4];
+                // On the (theoretical) failure of the OS RNG, zero is still a valid prefix.
+                let _ = getrandom::fill(&mut b);
+                u32::from_le_bytes(b)
+            });
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            format!("{prefix:08x}{n:016x}")
         }
     }
 }
