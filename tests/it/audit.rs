@@ -1437,3 +1437,29 @@ async fn a_spool_directory_serves_one_process_only() {
     // The first one is unaffected.
     assert_eq!(get(&s.url("/healthz"), &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_full_spool_drops_batches_visibly() {
+    // The archive is unreachable (no such bucket) and the spool may hold almost nothing: the
+    // first batch is spooled, later ones are dropped — counted and logged, never silently.
+    let bucket = unique("full").replace('-', "");
+    let extra = [
+        ("PIXGATE__STORAGE__S3_AUDIT_BUCKET", bucket.as_str()),
+        ("PIXGATE__AUDIT__BATCH_EVENTS", "2"),
+        ("PIXGATE__AUDIT__SPOOL_MAX_BYTES", "1"),
+        ("PIXGATE__LOG__LEVEL", "pixgate=debug,warn"),
+    ];
+    let s = Server::start_with(Backend::S3, &extra);
+    let t = token(&unique("fran"), Role::Viewer);
+    for i in 0..6 {
+        assert_eq!(list_images(&s, &t, &format!("f-{i}")).await.status, 200);
+    }
+    let m = wait_for(&s, "dropped batches", |m| {
+        metric(m, "pixgate_audit_dropped_total", "") >= 4.0
+    })
+    .await;
+    assert_eq!(metric(&m, "pixgate_audit_spooled_events", ""), 2.0);
+    assert!(s.log().contains("audit spool full"), "the drop is logged");
+    // The dropped events are still in the audit log stream.
+    assert!(s.log().contains("f-5"));
+}
