@@ -151,6 +151,60 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Walks `dir` (whose keys start with `rel`) in key order, appending keys that start with
+/// `prefix` and sort after `after`, until `out` holds `max`. Entries are ordered by their key
+/// form (`name/` for directories), so the walk yields keys in exactly `ObjectKey` order, and
+/// a directory whose whole subtree sorts before `after` is skipped unread.
+fn walk_page(
+    dir: &Path,
+    rel: &str,
+    prefix: &str,
+    after: Option<&str>,
+    max: usize,
+    out: &mut Vec<ObjectKey>,
+) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut items: Vec<(String, bool, std::path::PathBuf)> = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue; // temporaries
+        }
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            items.push((format!("{rel}{name}/"), true, entry.path()));
+        } else if ft.is_file() {
+            items.push((format!("{rel}{name}"), false, entry.path()));
+        }
+    }
+    items.sort();
+    for (key, is_dir, path) in items {
+        if out.len() >= max {
+            break;
+        }
+        // The entry (or, for a directory, some key below it) can match the prefix.
+        if !(key.starts_with(prefix) || (is_dir && prefix.starts_with(&key))) {
+            continue;
+        }
+        if is_dir {
+            if after.is_some_and(|a| key.as_str() < a && !a.starts_with(&key)) {
+                continue; // everything below sorts before `after`
+            }
+            walk_page(&path, &key, prefix, after, max, out)?;
+        } else if after.is_none_or(|a| key.as_str() > a)
+            && let Ok(k) = ObjectKey::new(key)
+        {
+            out.push(k);
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl ObjectStore for FsStore {
     async fn put(
@@ -214,6 +268,33 @@ impl ObjectStore for FsStore {
                 .collect();
             keys.sort();
             Ok(keys)
+        })
+        .await
+    }
+
+    async fn list_page(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<ObjectKey>, StorageError> {
+        let base = self.root.join(bucket.as_str());
+        let prefix = prefix.to_owned();
+        let after = start_after.map(str::to_owned);
+        self.blocking_with_deadline(move || {
+            let dir_part = prefix.rsplit_once('/').map_or("", |(d, _)| d);
+            let (start, rel) = if dir_part.is_empty() {
+                (base.clone(), String::new())
+            } else {
+                (
+                    base.join(ObjectKey::new(dir_part)?.as_str()),
+                    format!("{dir_part}/"),
+                )
+            };
+            let mut out = Vec::new();
+            walk_page(&start, &rel, &prefix, after.as_deref(), max, &mut out).map_err(io_err)?;
+            Ok(out)
         })
         .await
     }
@@ -376,5 +457,66 @@ mod tests {
             Err(StorageError::NotFound)
         ));
         s.check().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn pages_follow_key_order_and_skip_what_is_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStore::new(dir.path(), Duration::from_secs(5)).unwrap();
+        let names = [
+            "a-c",
+            "a/b",
+            "a/b.x",
+            "a/b0/c",
+            "a.b",
+            "a0",
+            "audit/2026/11/23/i-1.ndjson",
+            "audit/2026/11/24/i-2.ndjson",
+            "audit/2026/11/24/j-1.ndjson",
+            "audit/checkpoints/i.json",
+            "b",
+            "z/y/x",
+        ];
+        for n in names {
+            let k = key(n);
+            s.put(Bucket::Originals, &k, Bytes::from_static(b"x"), "x")
+                .await
+                .unwrap();
+        }
+        for prefix in [
+            "",
+            "a",
+            "a/",
+            "a/b",
+            "audit/",
+            "audit/2026/11/24/",
+            "audit/2",
+            "zz",
+        ] {
+            let all = s.list(Bucket::Originals, prefix).await.unwrap();
+            for page_size in [1, 2, 3, 100] {
+                let mut got = Vec::new();
+                let mut after: Option<String> = None;
+                loop {
+                    let page = s
+                        .list_page(Bucket::Originals, prefix, after.as_deref(), page_size)
+                        .await
+                        .unwrap();
+                    assert!(page.len() <= page_size);
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.as_str().to_owned());
+                    got.extend(page);
+                }
+                assert_eq!(got, all, "prefix {prefix:?}, pages of {page_size}");
+            }
+            // A start point between keys.
+            let from = "audit/2026/11/23/z";
+            let want: Vec<ObjectKey> = all.iter().filter(|k| k.as_str() > from).cloned().collect();
+            let got = s
+                .list_page(Bucket::Originals, prefix, Some(from), 100)
+                .await
+                .unwrap();
+            assert_eq!(got, want, "prefix {prefix:?} after {from}");
+        }
     }
 }
