@@ -193,6 +193,19 @@ impl ApiKeys {
             Err(StorageError::NotFound) => None,
             Err(e) => return Err(e.into()),
         };
+        // A key is valid only while its owner's index lists it: a lookup record written after
+        // the owner's keys were revoked (a creation racing `revoke_all`, an account erasure)
+        // authenticates nothing, and is removed.
+        let record = match record {
+            Some(r) if !self.listed(&r).await? => {
+                let _ = self
+                    .store
+                    .delete(Bucket::Originals, &lookup_key(hash)?)
+                    .await;
+                None
+            }
+            other => other,
+        };
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).put(
             hash.to_owned(),
             Cached {
@@ -201,6 +214,23 @@ impl ApiKeys {
             },
         );
         Ok(record)
+    }
+
+    /// Whether the owner's index still lists `record`.
+    async fn listed(&self, record: &ApiKeyRecord) -> Result<bool, Error> {
+        match self
+            .store
+            .get(
+                Bucket::Originals,
+                &index_key(&record.owner, &record.id, "json")?,
+                MAX_RECORD_BYTES,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(StorageError::NotFound) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Records the last use in the background, at most once a minute per key.
@@ -385,6 +415,26 @@ impl ApiKeys {
         Ok(true)
     }
 
+    /// Deletes `owner`'s last-use markers whose key is gone (a use on another instance, still
+    /// trusting its cache, can write one after a revocation); returns how many.
+    pub async fn remove_orphan_markers(&self, owner: &str) -> Result<usize, Error> {
+        let listed = self
+            .store
+            .list(Bucket::Originals, &index_prefix(owner))
+            .await?;
+        let names: std::collections::HashSet<&str> = listed.iter().map(|k| k.as_str()).collect();
+        let mut n = 0;
+        for k in &listed {
+            if let Some(stem) = k.as_str().strip_suffix(".used")
+                && !names.contains(format!("{stem}.json").as_str())
+            {
+                self.store.delete(Bucket::Originals, k).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Revokes every key of `owner`; returns how many there were.
     pub async fn revoke_all(&self, owner: &str) -> Result<usize, Error> {
         let mut n = 0;
@@ -414,6 +464,55 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(FsStore::new(dir.path(), Duration::from_secs(5)).unwrap());
         (dir, ApiKeys::new(store, Duration::from_secs(30), 3))
+    }
+
+    #[tokio::test]
+    async fn a_key_its_owner_no_longer_lists_authenticates_nothing() {
+        // A creation racing `revoke_all` (an account erasure): the lookup record lands after
+        // the owner's index was emptied.
+        let (_dir, keys) = keys();
+        let alice = Principal::jwt("alice", Role::Editor, None);
+        let (raw, rec) = keys.create(&alice, "ci", Scopes::READ).await.unwrap();
+        keys.store
+            .delete(
+                Bucket::Originals,
+                &index_key("alice", &rec.id, "json").unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            keys.authenticate(&raw).await.unwrap_err().code(),
+            "invalid_token"
+        );
+        // The orphan lookup record is removed as well.
+        assert!(matches!(
+            keys.store
+                .get(Bucket::Originals, &lookup_key(&rec.hash).unwrap(), 1 << 16)
+                .await,
+            Err(StorageError::NotFound)
+        ));
+    }
+
+    #[tokio::test]
+    async fn orphan_use_markers_are_removed_and_live_ones_kept() {
+        let (_dir, keys) = keys();
+        let alice = Principal::jwt("alice", Role::Editor, None);
+        let (_raw, rec) = keys.create(&alice, "ci", Scopes::READ).await.unwrap();
+        let live = index_key("alice", &rec.id, "used").unwrap();
+        let orphan = index_key("alice", "key_0123456789abcdef01234567", "used").unwrap();
+        for k in [&live, &orphan] {
+            keys.store
+                .put(Bucket::Originals, k, Bytes::from_static(b"t"), "text/plain")
+                .await
+                .unwrap();
+        }
+        assert_eq!(keys.remove_orphan_markers("alice").await.unwrap(), 1);
+        let left = keys
+            .store
+            .list(Bucket::Originals, &index_prefix("alice"))
+            .await
+            .unwrap();
+        assert!(left.contains(&live) && !left.contains(&orphan));
     }
 
     #[tokio::test]

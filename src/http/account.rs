@@ -299,7 +299,18 @@ pub async fn erase(
                             tracing::error!(request_id = %request_id, error = %e, "account erasure failed")
                         }
                     }
+                    let erased = r.is_ok();
                     lead.finish(r.map(|_| ()));
+                    if erased {
+                        // Another instance may still trust a cached key for up to
+                        // `auth.revocation_cache_secs` and record its use: clear such markers
+                        // once every cache has expired.
+                        let bound = Duration::from_secs(app.config.auth.revocation_cache_secs + 5);
+                        tokio::time::sleep(bound).await;
+                        if let Err(e) = app.auth.api_keys.remove_orphan_markers(&user).await {
+                            tracing::warn!(error = %e, "could not clear API key markers after an erasure");
+                        }
+                    }
                 });
                 wait
             }
