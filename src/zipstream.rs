@@ -6,9 +6,12 @@
 //!
 //! - **Stored** (method 0), no compression: the payload is already-compressed images and a
 //!   little JSON, so deflate would burn CPU for nothing and make output size unpredictable.
-//! - **Data descriptors** (general-purpose flag bit 3): an original is streamed from storage
-//!   before its CRC-32 (and, in principle, its size) is known, so the local header carries
-//!   zeros and the CRC and sizes follow the data. Bit 11 marks names as UTF-8.
+//! - **Data descriptors** (general-purpose flag bit 3) for entries produced as they are sent
+//!   (the manifest, the audit events): their CRC-32 and size are not known when they start,
+//!   so the local header carries zeros and the CRC and sizes follow the data. Entries whose
+//!   bytes are at hand (`begin_known`: the originals) carry CRC and sizes in the local header
+//!   instead, which streaming readers that refuse descriptors on stored entries accept. Bit 11
+//!   marks names as UTF-8.
 //! - **Always ZIP64**: an export can exceed 4 GiB or 65,535 entries, and at the time an entry
 //!   starts we cannot know whether the archive will. Every entry therefore carries a ZIP64
 //!   extra field (0x0001), the data descriptors are the 24-byte ZIP64 form, the central
@@ -40,6 +43,8 @@ const VERSION_NEEDED: u16 = 45;
 const VERSION_MADE_BY: u16 = (3 << 8) | 45;
 /// Bit 3: CRC and sizes are in the data descriptor; bit 11: the name is UTF-8.
 const FLAGS: u16 = (1 << 3) | (1 << 11);
+/// An entry whose CRC and sizes are in its local header (no descriptor).
+const FLAGS_KNOWN: u16 = 1 << 11;
 const METHOD_STORED: u16 = 0;
 /// Unix `st_mode` of a regular file, rw-r--r--, in the high 16 bits.
 const EXTERNAL_ATTRS: u32 = 0o100644 << 16;
@@ -77,11 +82,14 @@ pub enum ZipError {
     EntryOpen,
     #[error("no entry open")]
     NoEntry,
+    #[error("entry data differs from what its header announced")]
+    DataMismatch,
 }
 
 /// What the central directory needs of a finished entry.
 #[derive(Debug)]
 struct Central {
+    flags: u16,
     name: Box<[u8]>,
     time: u16,
     date: u16,
@@ -93,6 +101,8 @@ struct Central {
 /// The entry being written.
 #[derive(Debug)]
 struct Open {
+    /// CRC and size written up front (`begin_known`): no data descriptor.
+    known: Option<(u32, u64)>,
     name: Box<[u8]>,
     time: u16,
     date: u16,
@@ -117,6 +127,32 @@ impl ZipStream {
 
     /// Starts an entry; returns the local file header to send.
     pub fn begin(&mut self, name: &str, modified: SystemTime) -> Result<Bytes, ZipError> {
+        self.start(name, modified, None)
+    }
+
+    /// Starts an entry whose bytes are all at hand: the local header carries the CRC and sizes
+    /// and no data descriptor follows, which readers that refuse descriptors on stored entries
+    /// (Java's `ZipInputStream`) accept. Send the header, then `data` through [`Self::data`];
+    /// [`Self::end`] returns nothing to send and checks the size.
+    pub fn begin_known(
+        &mut self,
+        name: &str,
+        modified: SystemTime,
+        data: &[u8],
+    ) -> Result<Bytes, ZipError> {
+        self.start(
+            name,
+            modified,
+            Some((crc32fast::hash(data), data.len() as u64)),
+        )
+    }
+
+    fn start(
+        &mut self,
+        name: &str,
+        modified: SystemTime,
+        known: Option<(u32, u64)>,
+    ) -> Result<Bytes, ZipError> {
         if self.current.is_some() {
             return Err(ZipError::EntryOpen);
         }
@@ -126,21 +162,28 @@ impl ZipStream {
         let mut b = Vec::with_capacity(LOCAL_HEADER_LEN + name.len() + LOCAL_EXTRA_LEN as usize);
         b.extend_from_slice(&LOCAL_HEADER_SIG.to_le_bytes());
         b.extend_from_slice(&VERSION_NEEDED.to_le_bytes());
-        b.extend_from_slice(&FLAGS.to_le_bytes());
+        let (flags, crc, size32, size64) = match known {
+            // Sizes in the ZIP64 extra, so the 32-bit fields say "see ZIP64".
+            Some((crc, size)) => (FLAGS_KNOWN, crc, U32_SEE_ZIP64, size),
+            // CRC and sizes follow in the data descriptor.
+            None => (FLAGS, 0, 0, 0),
+        };
+        b.extend_from_slice(&flags.to_le_bytes());
         b.extend_from_slice(&METHOD_STORED.to_le_bytes());
         b.extend_from_slice(&time.to_le_bytes());
         b.extend_from_slice(&date.to_le_bytes());
-        b.extend_from_slice(&0u32.to_le_bytes()); // CRC-32: in the data descriptor
-        b.extend_from_slice(&0u32.to_le_bytes()); // compressed size: ditto
-        b.extend_from_slice(&0u32.to_le_bytes()); // uncompressed size: ditto
+        b.extend_from_slice(&crc.to_le_bytes());
+        b.extend_from_slice(&size32.to_le_bytes()); // compressed size
+        b.extend_from_slice(&size32.to_le_bytes()); // uncompressed size
         b.extend_from_slice(&(name.len() as u16).to_le_bytes());
         b.extend_from_slice(&LOCAL_EXTRA_LEN.to_le_bytes());
         b.extend_from_slice(&name);
         b.extend_from_slice(&ZIP64_EXTRA_ID.to_le_bytes());
         b.extend_from_slice(&(LOCAL_EXTRA_LEN - 4).to_le_bytes());
-        b.extend_from_slice(&0u64.to_le_bytes()); // original size
-        b.extend_from_slice(&0u64.to_le_bytes()); // compressed size
+        b.extend_from_slice(&size64.to_le_bytes()); // original size
+        b.extend_from_slice(&size64.to_le_bytes()); // compressed size
         self.current = Some(Open {
+            known,
             name,
             time,
             date,
@@ -162,10 +205,26 @@ impl ZipStream {
         Ok(())
     }
 
-    /// Ends the open entry; returns its data descriptor to send.
+    /// Ends the open entry; returns its data descriptor to send (nothing for `begin_known`
+    /// entries, whose data must then match what the header announced).
     pub fn end(&mut self) -> Result<Bytes, ZipError> {
         let open = self.current.take().ok_or(ZipError::NoEntry)?;
         let crc = open.crc.finalize();
+        if let Some((want_crc, want_size)) = open.known {
+            if (crc, open.size) != (want_crc, want_size) {
+                return Err(ZipError::DataMismatch);
+            }
+            self.central.push(Central {
+                flags: FLAGS_KNOWN,
+                name: open.name,
+                time: open.time,
+                date: open.date,
+                crc,
+                size: open.size,
+                header_offset: open.header_offset,
+            });
+            return Ok(Bytes::new());
+        }
         let mut b = Vec::with_capacity(DESCRIPTOR_LEN);
         b.extend_from_slice(&DATA_DESCRIPTOR_SIG.to_le_bytes());
         b.extend_from_slice(&crc.to_le_bytes());
@@ -173,6 +232,7 @@ impl ZipStream {
         b.extend_from_slice(&open.size.to_le_bytes()); // uncompressed size
         self.offset += b.len() as u64;
         self.central.push(Central {
+            flags: FLAGS,
             name: open.name,
             time: open.time,
             date: open.date,
@@ -215,7 +275,7 @@ impl ZipStream {
             b.extend_from_slice(&CENTRAL_HEADER_SIG.to_le_bytes());
             b.extend_from_slice(&VERSION_MADE_BY.to_le_bytes());
             b.extend_from_slice(&VERSION_NEEDED.to_le_bytes());
-            b.extend_from_slice(&FLAGS.to_le_bytes());
+            b.extend_from_slice(&c.flags.to_le_bytes());
             b.extend_from_slice(&METHOD_STORED.to_le_bytes());
             b.extend_from_slice(&c.time.to_le_bytes());
             b.extend_from_slice(&c.date.to_le_bytes());
@@ -330,6 +390,50 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn known_entries_need_no_descriptor() {
+        let big: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let mut z = ZipStream::new();
+        let mut out = Vec::new();
+        out.extend_from_slice(
+            &z.begin_known("images/a.jpeg", at(1_700_000_000), &big)
+                .unwrap(),
+        );
+        for chunk in big.chunks(4_096) {
+            z.data(chunk).unwrap();
+            out.extend_from_slice(chunk);
+        }
+        assert!(z.end().unwrap().is_empty(), "no data descriptor");
+        out.extend_from_slice(&z.begin_known("empty", at(0), b"").unwrap());
+        assert!(z.end().unwrap().is_empty());
+        assert_eq!(z.offset(), out.len() as u64);
+        out.extend_from_slice(&z.finish().unwrap());
+        // Through the central directory…
+        let mut archive = zip::ZipArchive::new(Cursor::new(out.clone())).unwrap();
+        let mut got = Vec::new();
+        archive.by_index(0).unwrap().read_to_end(&mut got).unwrap();
+        assert_eq!(got, big);
+        // …and front to back from the local headers alone, as streaming readers do.
+        let mut r = Cursor::new(out);
+        let mut f = zip::read::read_zipfile_from_stream(&mut r)
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.name(), "images/a.jpeg");
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).unwrap();
+        assert_eq!(got, big);
+        drop(f);
+        let f = zip::read::read_zipfile_from_stream(&mut r)
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.name(), "empty");
+        // Data that differs from the announced CRC or size is refused.
+        let mut z = ZipStream::new();
+        z.begin_known("x", at(0), b"abc").unwrap();
+        z.data(b"abd").unwrap();
+        assert!(matches!(z.end(), Err(ZipError::DataMismatch)));
     }
 
     #[test]

@@ -224,7 +224,8 @@ async fn produce(app: &App, user: &str, head: Value, tx: &BodySender) -> Result<
                 Err(e) => return Err(e.into()),
             };
             let name = format!("images/{}.{}", meta.id, meta.format.as_str());
-            send(tx, zip.begin(&name, created(meta))?).await?;
+            // The original is in memory: its CRC and size go in the header (no descriptor).
+            send(tx, zip.begin_known(&name, created(meta), &original)?).await?;
             let mut at = 0;
             while at < original.len() {
                 let end = (at + CHUNK).min(original.len());
