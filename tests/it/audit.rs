@@ -1463,3 +1463,36 @@ async fn a_full_spool_drops_batches_visibly() {
     // The dropped events are still in the audit log stream.
     assert!(s.log().contains("f-5"));
 }
+
+#[tokio::test]
+async fn a_request_its_client_cancels_is_still_audited() {
+    let s = Server::start_with(Backend::Fs, &[("PIXGATE__AUDIT__FLUSH_SECONDS", "1")]);
+    let owner = unique("cara");
+    let t = token(&owner, Role::Editor);
+    // A large PNG: its transform decodes for a while.
+    let r = upload(&s, &t, "image/png", Bytes::from(noise_png(2500))).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let (mut send, _driver) = h2_connect(&s).await;
+    let req = http::Request::get(s.url(&signed(&format!("/rs:fit:100:100/f:png/plain/{id}"))))
+        .header("x-request-id", "c-cancel")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    // The client gives up before the answer: HTTP/2 resets the stream and the server drops the
+    // request mid-flight, before `finish`.
+    let cancelled = tokio::time::timeout(Duration::from_millis(30), send.send_request(req)).await;
+    assert!(
+        cancelled.is_err(),
+        "the transform answered within 30 ms; the test needs it slower"
+    );
+    let archive = Archive::of(Backend::Fs, &s, AUDIT_BUCKET);
+    let by = events_for(&archive, &["c-cancel"]).await;
+    assert_eq!(by["c-cancel"].len(), 1, "{:?}", by["c-cancel"]);
+    let e = &by["c-cancel"][0];
+    assert_eq!(e["action"], "image.transform");
+    assert_eq!(e["status"], 499);
+    assert_eq!(e["outcome"], "failure");
+    assert_eq!(e["error"], "client_closed");
+    assert_eq!(e["actor"]["auth"], "signed_url");
+    assert_eq!(e["resource"]["image"], id.as_str());
+}

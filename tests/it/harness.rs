@@ -755,3 +755,20 @@ pub fn restart_on_same_storage(backend: Backend, first: &Server, extra: &[(&str,
     }
     Server::start_with(backend, &env)
 }
+
+/// An HTTP/2 (prior knowledge) connection to `s`, its driver running in a task.
+pub async fn h2_connect(
+    s: &Server,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    (send, tokio::spawn(conn))
+}

@@ -6,27 +6,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use pixgate::auth::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::*;
-
-/// An HTTP/2 (prior knowledge) connection to `s`, its driver running in a task.
-async fn h2_connect(
-    s: &Server,
-) -> (
-    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
-    tokio::task::JoinHandle<hyper::Result<()>>,
-) {
-    let stream = TcpStream::connect(s.addr).await.unwrap();
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    (send, tokio::spawn(conn))
-}
 
 fn healthz(s: &Server) -> Request<Empty<Bytes>> {
     Request::get(s.url("/healthz"))
