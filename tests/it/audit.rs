@@ -1496,3 +1496,71 @@ async fn a_request_its_client_cancels_is_still_audited() {
     assert_eq!(e["actor"]["auth"], "signed_url");
     assert_eq!(e["resource"]["image"], id.as_str());
 }
+
+#[tokio::test]
+async fn a_full_queue_drops_visibly_and_the_log_stream_keeps_everything() {
+    // A one-event queue and one fsynced batch per event: a burst overflows the queue.
+    let s = Server::start_with(
+        Backend::Fs,
+        &[
+            ("PIXGATE__AUDIT__QUEUE", "1"),
+            ("PIXGATE__AUDIT__BATCH_EVENTS", "1"),
+        ],
+    );
+    const N: usize = 200;
+    let t = token(&unique("quinn"), Role::Viewer);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let (url, auth) = (s.url("/v1/images"), bearer(&t));
+        set.spawn(async move {
+            let rid = format!("q-{i}");
+            let r = request(
+                Method::GET,
+                &url,
+                &[("authorization", &auth), ("x-request-id", &rid)],
+                Bytes::new(),
+            )
+            .await;
+            assert_eq!(r.status, 200, "requests never wait for the audit trail");
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    let archive = Archive::of(Backend::Fs, &s, AUDIT_BUCKET);
+    // Every event is archived or counted as dropped: none vanishes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (archived, dropped) = loop {
+        let archived = archive
+            .events()
+            .await
+            .iter()
+            .filter(|e| {
+                e["request_id"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("q-"))
+            })
+            .count();
+        let dropped = metric(&metrics(&s).await, "pixgate_audit_dropped_total", "") as usize;
+        if archived + dropped == N {
+            break (archived, dropped);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{archived} archived + {dropped} dropped != {N}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        dropped > 0,
+        "the burst overflowed the queue ({archived} archived)"
+    );
+    let log = s.log();
+    assert!(log.contains("not queued for the archive"));
+    for i in 0..N {
+        assert!(
+            log.contains(&format!("\"request_id\":\"q-{i}\"")),
+            "q-{i} missing from the log stream"
+        );
+    }
+}
