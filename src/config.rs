@@ -1753,6 +1753,57 @@ mod tests {
     }
 
     #[test]
+    fn audit_and_retention_settings_are_bounded() {
+        let cases: Vec<(&str, &str, &str)> = vec![
+            ("PIXGATE__AUDIT__FLUSH_SECONDS", "0", "audit.flush_seconds"),
+            (
+                "PIXGATE__AUDIT__FLUSH_SECONDS",
+                "3601",
+                "audit.flush_seconds",
+            ),
+            ("PIXGATE__AUDIT__BATCH_EVENTS", "0", "audit.batch_events"),
+            (
+                "PIXGATE__AUDIT__BATCH_EVENTS",
+                "100001",
+                "audit.batch_events",
+            ),
+            ("PIXGATE__AUDIT__QUEUE", "0", "audit.queue"),
+            (
+                "PIXGATE__AUDIT__SPOOL_MAX_BYTES",
+                "0",
+                "audit.spool_max_bytes",
+            ),
+            // A `-` would end the instance name early in batch keys.
+            ("PIXGATE__AUDIT__INSTANCE", "web-1", "audit.instance"),
+            ("PIXGATE__AUDIT__INSTANCE", "Web1", "audit.instance"),
+            (
+                "PIXGATE__AUDIT__RETENTION_DAYS",
+                "0",
+                "audit.retention_days",
+            ),
+            (
+                "PIXGATE__AUDIT__RETENTION_DAYS",
+                "36501",
+                "audit.retention_days",
+            ),
+            (
+                "PIXGATE__CACHE__DERIVED_TTL_DAYS",
+                "36501",
+                "cache.derived_ttl_days",
+            ),
+        ];
+        for (var, value, key) in cases {
+            let mut e = valid_env();
+            e.push((var.to_owned(), value.to_owned()));
+            let err = Config::load(None, e).and_then(|c| c.validate().map(|_| c));
+            assert_eq!(err.expect_err(key).key, key, "{var}={value}");
+        }
+        let mut e = valid_env();
+        e.push(("PIXGATE__AUDIT__INSTANCE".to_owned(), "web_1".to_owned()));
+        Config::load(None, e).unwrap().validate().unwrap();
+    }
+
+    #[test]
     fn cache_and_cdn_hook_settings_are_checked_without_echoing_secrets() {
         let hook = (
             "PIXGATE__CDN__PURGE_URL",

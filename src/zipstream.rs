@@ -210,29 +210,23 @@ impl ZipStream {
     pub fn end(&mut self) -> Result<Bytes, ZipError> {
         let open = self.current.take().ok_or(ZipError::NoEntry)?;
         let crc = open.crc.finalize();
-        if let Some((want_crc, want_size)) = open.known {
-            if (crc, open.size) != (want_crc, want_size) {
+        let (flags, descriptor) = match open.known {
+            Some(announced) if announced != (crc, open.size) => {
                 return Err(ZipError::DataMismatch);
             }
-            self.central.push(Central {
-                flags: FLAGS_KNOWN,
-                name: open.name,
-                time: open.time,
-                date: open.date,
-                crc,
-                size: open.size,
-                header_offset: open.header_offset,
-            });
-            return Ok(Bytes::new());
-        }
-        let mut b = Vec::with_capacity(DESCRIPTOR_LEN);
-        b.extend_from_slice(&DATA_DESCRIPTOR_SIG.to_le_bytes());
-        b.extend_from_slice(&crc.to_le_bytes());
-        b.extend_from_slice(&open.size.to_le_bytes()); // compressed size (stored: the same)
-        b.extend_from_slice(&open.size.to_le_bytes()); // uncompressed size
-        self.offset += b.len() as u64;
+            Some(_) => (FLAGS_KNOWN, Vec::new()),
+            None => {
+                let mut b = Vec::with_capacity(DESCRIPTOR_LEN);
+                b.extend_from_slice(&DATA_DESCRIPTOR_SIG.to_le_bytes());
+                b.extend_from_slice(&crc.to_le_bytes());
+                b.extend_from_slice(&open.size.to_le_bytes()); // compressed size (stored: the same)
+                b.extend_from_slice(&open.size.to_le_bytes()); // uncompressed size
+                (FLAGS, b)
+            }
+        };
+        self.offset += descriptor.len() as u64;
         self.central.push(Central {
-            flags: FLAGS,
+            flags,
             name: open.name,
             time: open.time,
             date: open.date,
@@ -240,7 +234,7 @@ impl ZipStream {
             size: open.size,
             header_offset: open.header_offset,
         });
-        Ok(Bytes::from(b))
+        Ok(Bytes::from(descriptor))
     }
 
     /// Convenience: begin + data + end for a small in-memory entry; returns all bytes to send.

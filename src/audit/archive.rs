@@ -154,8 +154,7 @@ pub fn cutoff_day(now: std::time::SystemTime, retention_days: u64) -> String {
             retention_days.saturating_mul(86_400),
         ))
         .unwrap_or(std::time::UNIX_EPOCH);
-    let s = humantime::format_rfc3339_seconds(t).to_string();
-    format!("{}/{}/{}", &s[0..4], &s[5..7], &s[8..10])
+    chain::day(t)
 }
 
 #[cfg(test)]

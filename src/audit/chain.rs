@@ -104,6 +104,13 @@ pub fn seal(state: &mut ChainState, events: &[String]) -> Vec<u8> {
     out
 }
 
+/// The archive's day of a time: `YYYY/MM/DD` (UTC).
+pub fn day(t: std::time::SystemTime) -> String {
+    // `YYYY-MM-DDThh:mm:ssZ`
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{}/{}/{}", &s[0..4], &s[5..7], &s[8..10])
+}
+
 /// The archive key of a batch: `audit/YYYY/MM/DD/{instance}-{seq:010}.ndjson` (`day` is
 /// `YYYY/MM/DD`).
 pub fn object_key(day: &str, instance: &str, seq: u64) -> String {

@@ -180,9 +180,7 @@ pub async fn page(
 
 /// `YYYY/MM/DD` of a Unix time.
 fn day_of(secs: u64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(secs.min(MAX_TIME));
-    let s = humantime::format_rfc3339_seconds(t).to_string();
-    format!("{}/{}/{}", &s[0..4], &s[5..7], &s[8..10])
+    chain::day(UNIX_EPOCH + Duration::from_secs(secs.min(MAX_TIME)))
 }
 
 /// Now, in Unix seconds.

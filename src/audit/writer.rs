@@ -60,12 +60,6 @@ struct Uploader {
     backoff: Duration,
 }
 
-fn day_of(t: SystemTime) -> String {
-    let s = humantime::format_rfc3339_seconds(t).to_string();
-    // `YYYY-MM-DDThh:mm:ssZ`
-    format!("{}/{}/{}", &s[0..4], &s[5..7], &s[8..10])
-}
-
 fn spool_name(day: &str, instance: &str, seq: u64) -> String {
     format!("{}.{instance}-{seq:010}.ndjson", day.replace('/', "-"))
 }
@@ -239,7 +233,7 @@ impl Writer {
                     Some(Command::Event(line)) => {
                         if self.batch.is_empty() {
                             opened = Instant::now();
-                            self.batch_day = day_of(SystemTime::now());
+                            self.batch_day = chain::day(SystemTime::now());
                         }
                         self.batch.push(line);
                         if self.batch.len() >= self.settings.batch_events {
@@ -473,6 +467,6 @@ mod tests {
         );
         assert_eq!(key_of_spool_name("chain.json"), None);
         assert_eq!(key_of_spool_name(".tmp-x"), None);
-        assert_eq!(day_of(SystemTime::UNIX_EPOCH), "1970/01/01");
+        assert_eq!(chain::day(SystemTime::UNIX_EPOCH), "1970/01/01");
     }
 }
