@@ -23,6 +23,8 @@ use crate::workers::Workers;
 pub struct App {
     pub config: Config,
     pub store: Arc<dyn ObjectStore>,
+    /// The store's readiness check, bounded in time and single-flight (`/readyz`).
+    pub health: crate::storage::HealthProbe,
     pub catalog: Catalog,
     pub signer: Signer,
     /// Bearer credentials → principals (JWTs, API keys, revocations).
@@ -95,6 +97,7 @@ impl App {
         let l = &config.limits;
         let image_limits = ImageLimits {
             max_source_pixels: l.max_source_pixels,
+            max_source_dimension: l.max_source_dimension as u32,
             max_result_pixels: l.max_result_pixels,
             max_result_dimension: l.max_result_dimension as u32,
             max_frames: l.max_frames,
@@ -145,6 +148,7 @@ impl App {
             audit,
             erasures: Flights::new(),
             exports: Flights::new(),
+            health: crate::storage::HealthProbe::new(store.clone()),
             store,
             signer,
             auth,
@@ -152,6 +156,7 @@ impl App {
             workers: Workers::new(
                 config.workers(),
                 config.transform.queue_len as usize,
+                config.transform.memory_budget_mb.saturating_mul(1 << 20),
                 metrics.queue_depth.clone(),
                 metrics.queue_wait.clone(),
             ),
@@ -256,6 +261,7 @@ mod tests {
     fn render_fingerprint_follows_the_byte_changing_config() {
         let limits = ImageLimits {
             max_source_pixels: 1_000,
+            max_source_dimension: 1_000,
             max_result_pixels: 1_000,
             max_result_dimension: 100,
             max_frames: 1,

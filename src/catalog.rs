@@ -29,7 +29,10 @@ use crate::image::ImageFormat;
 use crate::storage::{Bucket, ObjectKey, ObjectStore, StorageError};
 
 /// Metadata cap: a record is a few hundred bytes (a few KB with full titles and tags).
-const MAX_META_BYTES: u64 = 64 * 1024;
+pub(crate) const MAX_META_BYTES: u64 = 64 * 1024;
+
+/// How long a failed upload waits for its cleanup before answering (it continues after).
+const CLEANUP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Metadata field limits (also the GDPR right to rectification's surface).
 pub const MAX_TITLE_CHARS: usize = 255;
 pub const MAX_TAGS: usize = 20;
@@ -126,6 +129,11 @@ impl MetaPatch {
         Ok(patch)
     }
 
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.title.is_none() && self.alt_text.is_none() && self.tags.is_none()
+    }
+
     fn apply(&self, meta: &mut ImageMeta) {
         if let Some(t) = &self.title {
             meta.title.clone_from(t);
@@ -176,7 +184,7 @@ pub struct Catalog {
     locks: Arc<Vec<tokio::sync::Mutex<()>>>,
 }
 
-fn key(id: &ImageId, leaf: &str) -> Result<ObjectKey, Error> {
+pub(crate) fn key(id: &ImageId, leaf: &str) -> Result<ObjectKey, Error> {
     ObjectKey::new(format!("images/{id}/{leaf}")).map_err(Error::from)
 }
 
@@ -196,7 +204,7 @@ fn created_secs(meta: &ImageMeta) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn index_key(meta: &ImageMeta, id: &ImageId) -> Result<ObjectKey, Error> {
+pub(crate) fn index_key(meta: &ImageMeta, id: &ImageId) -> Result<ObjectKey, Error> {
     let inverted = INVERT.saturating_sub(created_secs(meta));
     ObjectKey::new(format!("{}{inverted:010}-{id}", index_prefix(&meta.owner))).map_err(Error::from)
 }
@@ -245,12 +253,24 @@ impl Catalog {
             if let Err(e) = self.store.put(Bucket::Originals, k, body, ct).await {
                 // The client is told the upload failed, so nothing may stay behind. A timed out
                 // S3 PUT may still have landed: remove in reverse order (metadata first, so the
-                // image stops existing before its parts go).
-                for k in written.iter().rev() {
-                    if let Err(cleanup) = self.store.delete(Bucket::Originals, k).await {
-                        tracing::warn!(image = %id, key = %k, error = %cleanup, "could not clean up after a failed upload write");
+                // image stops existing before its parts go). In a task of its own, waited for
+                // at most CLEANUP_WAIT: against a stalled backend the deletes wait out the
+                // storage deadline too, and the client should hear of the failure within its
+                // own deadline, not another 10 s later; a healthy backend finishes first, so
+                // the failed upload is gone when the client hears of it. If the process dies
+                // first, `pixgate fsck` finds what is left (an original or index entry without
+                // metadata is never visible through the API).
+                let store = self.store.clone();
+                let keys: Vec<ObjectKey> = written.iter().rev().map(|k| (*k).clone()).collect();
+                let image = id.to_string();
+                let cleanup = tokio::spawn(async move {
+                    for k in keys {
+                        if let Err(cleanup) = store.delete(Bucket::Originals, &k).await {
+                            tracing::warn!(image = %image, key = %k, error = %cleanup, "could not clean up after a failed upload write");
+                        }
                     }
-                }
+                });
+                let _ = tokio::time::timeout(CLEANUP_WAIT, cleanup).await;
                 return Err(e.into());
             }
         }
@@ -402,7 +422,7 @@ impl Catalog {
     }
 }
 
-async fn read_meta(store: &dyn ObjectStore, id: &ImageId) -> Result<ImageMeta, Error> {
+pub(crate) async fn read_meta(store: &dyn ObjectStore, id: &ImageId) -> Result<ImageMeta, Error> {
     let bytes = match store
         .get(Bucket::Originals, &key(id, "meta.json")?, MAX_META_BYTES)
         .await
@@ -411,8 +431,10 @@ async fn read_meta(store: &dyn ObjectStore, id: &ImageId) -> Result<ImageMeta, E
         Err(StorageError::NotFound) => return Err(Error::NotFound),
         Err(e) => return Err(e.into()),
     };
+    // Garbage, empty, truncated or over-long metadata is damage in the store (tampering, a bad
+    // restore): a stable `storage_corrupt`, never a panic or a bare `internal`.
     serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Internal(format!("corrupt metadata for {id}: {e}")))
+        .map_err(|e| Error::StorageCorrupt(format!("metadata of {id}: {e}")))
 }
 
 #[cfg(test)]
@@ -497,6 +519,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), "storage_unavailable");
+        // A responsive backend finishes the cleanup before the failure is answered.
         assert!(
             store
                 .list(Bucket::Originals, "images/")

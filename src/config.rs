@@ -95,6 +95,9 @@ pub struct ServerConfig {
     pub tls_key_file: String,
     /// `max-age` of `Strict-Transport-Security` on HTTPS responses.
     pub hsts_max_age_secs: u64,
+    /// `/readyz` answers within this many milliseconds: a storage check still running then
+    /// reads as unready (load balancers and Kubernetes probes give up after ~1 s).
+    pub readiness_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,6 +186,9 @@ pub struct LimitsConfig {
     pub max_source_bytes: u64,
     /// Pixel cap of a source image, checked from its header before any decode.
     pub max_source_pixels: u64,
+    /// Longest side of a source image (width or height), from its header: bounds resampling
+    /// cost, which grows with the longer side, for shapes like 50,000,000×1.
+    pub max_source_dimension: u64,
     /// Pixel cap of a transform result.
     pub max_result_pixels: u64,
     /// Largest width or height a URL may ask for (libwebp's own ceiling is 16383).
@@ -248,6 +254,10 @@ pub struct TransformConfig {
     pub auto_formats: Vec<String>,
     /// AVIF encodes allowed at once (they are slow); others wait their turn.
     pub avif_workers: u64,
+    /// Process-wide budget for the decode memory of jobs on the CPU pool, MiB: each transform
+    /// and upload validation reserves its estimated peak (see `image::memory_cost`) before it
+    /// runs, so N concurrent worst cases stay under this total instead of N × 0.5 GB.
+    pub memory_budget_mb: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -374,6 +384,7 @@ impl Default for ServerConfig {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             hsts_max_age_secs: 31_536_000,
+            readiness_timeout_ms: 800,
         }
     }
 }
@@ -452,6 +463,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_source_bytes: 25 * 1024 * 1024,
             max_source_pixels: 50_000_000,
+            max_source_dimension: 32_768,
             max_result_pixels: 40_000_000,
             max_result_dimension: 16_383,
             max_frames: 1000,
@@ -481,6 +493,7 @@ impl Default for TransformConfig {
             presets_only: false,
             auto_formats: vec!["webp".into()],
             avif_workers: 1,
+            memory_budget_mb: 2048,
         }
     }
 }
@@ -642,6 +655,12 @@ impl Config {
             seconds(key, v)?;
         }
         positive("server.max_body_bytes", s.max_body_bytes)?;
+        if !(1..=60_000).contains(&s.readiness_timeout_ms) {
+            return Err(ConfigError::new(
+                "server.readiness_timeout_ms",
+                "must be 1..=60000",
+            ));
+        }
         positive(
             "server.http2_max_concurrent_streams",
             s.http2_max_concurrent_streams,
@@ -863,6 +882,12 @@ impl Config {
         let l = &self.limits;
         positive("limits.max_source_bytes", l.max_source_bytes)?;
         positive("limits.max_source_pixels", l.max_source_pixels)?;
+        if !(1..=65_535).contains(&l.max_source_dimension) {
+            return Err(ConfigError::new(
+                "limits.max_source_dimension",
+                "must be 1..=65535 (no JPEG, WebP or GIF side can be longer)",
+            ));
+        }
         positive("limits.max_result_pixels", l.max_result_pixels)?;
         positive("limits.max_frames", l.max_frames)?;
         if l.upload_formats.is_empty() {
@@ -964,6 +989,12 @@ impl Config {
             return Err(ConfigError::new("encode.avif_speed", "must be 1..=10"));
         }
         positive("transform.avif_workers", t.avif_workers)?;
+        if !(64..=1_048_576).contains(&t.memory_budget_mb) {
+            return Err(ConfigError::new(
+                "transform.memory_budget_mb",
+                "must be 64..=1048576",
+            ));
+        }
         for (name, value) in &self.presets {
             let key = format!("presets.{name}");
             if name == "eager" {

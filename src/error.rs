@@ -65,8 +65,14 @@ pub enum Error {
     PayloadTooLarge { limit: u64 },
     #[error("image has {width}x{height} pixels, more than the limit of {limit}")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
+    #[error("image is {width}x{height}; no side may be longer than {limit} pixels")]
+    DimensionTooLarge { width: u32, height: u32, limit: u32 },
     #[error("invalid image: {0}")]
     InvalidImage(String),
+    /// A stored object of the image is damaged (unparseable metadata, an original that is not
+    /// a regular file): the operator's problem, reported with a stable code (`pixgate fsck`).
+    #[error("stored object damaged: {0}")]
+    StorageCorrupt(String),
     #[error("image has more than {limit} animation frames")]
     TooManyFrames { limit: u64 },
     #[error("requested result of {width}x{height} pixels is over the limit of {limit}")]
@@ -111,14 +117,15 @@ impl Error {
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::TooManyPixels { .. } | Error::TooManyFrames { .. } | Error::InvalidImage(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Error::TooManyPixels { .. }
+            | Error::DimensionTooLarge { .. }
+            | Error::TooManyFrames { .. }
+            | Error::InvalidImage(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Overloaded | Error::Timeout | Error::StorageUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Error::QuotaExceeded(_) | Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Internal(_) | Error::StorageCorrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -145,6 +152,8 @@ impl Error {
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::TooManyPixels { .. } => "too_many_pixels",
+            Error::DimensionTooLarge { .. } => "dimension_too_large",
+            Error::StorageCorrupt(_) => "storage_corrupt",
             Error::TooManyFrames { .. } => "too_many_frames",
             Error::InvalidImage(_) => "invalid_image",
             Error::ResultTooLarge { .. } => "result_too_large",
@@ -171,6 +180,7 @@ impl Error {
             Error::NotFound => Category::NotFound,
             Error::PayloadTooLarge { .. }
             | Error::TooManyPixels { .. }
+            | Error::DimensionTooLarge { .. }
             | Error::TooManyFrames { .. }
             | Error::ResultTooLarge { .. }
             | Error::TooManyApiKeys { .. }
@@ -179,7 +189,7 @@ impl Error {
             | Error::RateLimited(_) => Category::Limit,
             Error::Overloaded | Error::Timeout => Category::Overload,
             Error::StorageUnavailable(_) => Category::Upstream,
-            Error::Internal(_) => Category::Internal,
+            Error::Internal(_) | Error::StorageCorrupt(_) => Category::Internal,
             _ => Category::Client,
         }
     }
@@ -190,6 +200,7 @@ impl Error {
         match self {
             Error::StorageUnavailable(_) => "storage temporarily unavailable".to_owned(),
             Error::Internal(_) => "internal server error".to_owned(),
+            Error::StorageCorrupt(_) => "a stored object of this image is damaged".to_owned(),
             Error::InvalidToken(_) => "the access token is invalid".to_owned(),
             Error::InvalidImage(_) => "the image could not be decoded".to_owned(),
             other => other.to_string(),
@@ -217,11 +228,14 @@ impl From<StorageError> for Error {
             StorageError::NotFound => Error::NotFound,
             // A stored object larger than the read cap is an operator problem, not the client's.
             StorageError::TooLarge { limit } => {
-                Error::Internal(format!("stored object exceeds read cap of {limit} bytes"))
+                Error::StorageCorrupt(format!("stored object exceeds read cap of {limit} bytes"))
             }
             StorageError::Timeout => Error::StorageUnavailable("storage timed out".to_owned()),
             StorageError::Backend(msg) => Error::StorageUnavailable(msg),
             StorageError::InvalidKey(msg) => Error::Internal(format!("invalid object key: {msg}")),
+            StorageError::NotAFile => {
+                Error::StorageCorrupt("the stored object is not a regular file".to_owned())
+            }
         }
     }
 }
@@ -246,6 +260,15 @@ impl From<ImageError> for Error {
                 height,
                 limit,
             } => Error::ResultTooLarge {
+                width,
+                height,
+                limit,
+            },
+            ImageError::DimensionTooLarge {
+                width,
+                height,
+                limit,
+            } => Error::DimensionTooLarge {
                 width,
                 height,
                 limit,
@@ -304,6 +327,16 @@ mod tests {
                 "too_many_pixels",
             ),
             (Error::TooManyFrames { limit: 1 }, 422, "too_many_frames"),
+            (
+                Error::DimensionTooLarge {
+                    width: 1,
+                    height: 2,
+                    limit: 1,
+                },
+                422,
+                "dimension_too_large",
+            ),
+            (Error::StorageCorrupt("x".into()), 500, "storage_corrupt"),
             (Error::Overloaded, 503, "overloaded"),
         ];
         for (e, status, code) in cases {

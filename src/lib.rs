@@ -8,6 +8,7 @@
 //! - [`options`] URL grammar → typed, bounded [`options::TransformSpec`]
 //! - [`auth`] bearer JWTs, principals and roles
 //! - [`catalog`] image records (original + metadata) over [`storage`]
+//! - [`fsck`] beside `catalog`: finds (and repairs) what interrupted writes left in [`storage`]
 //! - [`storage`] the `ObjectStore` trait; `fs` and `s3` backends
 //! - [`cache`] result caches: memory LRU, derived objects, single-flight
 //! - [`render`] results through the caches; eager presets; purging an image everywhere
@@ -29,6 +30,7 @@ pub mod catalog;
 pub mod cdn;
 pub mod config;
 pub mod error;
+pub mod fsck;
 pub mod http;
 pub mod id;
 pub mod image;

@@ -281,6 +281,23 @@ fn init_tracing(config: &Config) {
     } else {
         builder.init();
     }
+    // A panic (caught per request: a codec bug on a hostile file is `invalid_image`) is one
+    // structured log line with its location, not a multi-line backtrace on stderr that a log
+    // pipeline splits into dozens of unparseable records.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message: String = message.chars().take(300).collect();
+        tracing::error!(target: "panic", %location, %message, "panic");
+    }));
 }
 
 fn serve(file: Option<PathBuf>) -> Result<(), String> {

@@ -238,9 +238,11 @@ async fn compute(
     let spec = target.spec.clone();
     let (format, quality) = (target.format, target.quality);
     let timer = app.metrics.transform_duration.clone();
+    // A header that does not probe fails at once on the worker; it reserves nothing.
+    let memory = crate::image::probe(&original).map_or(0, |p| crate::image::memory_cost(&p));
     let encoded = app
         .workers
-        .run_admitted(admission, move || {
+        .run_admitted(admission, memory, move || {
             // The work starts: the quota unit is spent from here on.
             if let Some(c) = charge {
                 c.commit();

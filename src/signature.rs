@@ -78,8 +78,12 @@ impl Signer {
     }
 
     /// Whether `signature` is valid for `path` under any configured pair.
+    ///
+    /// Only the canonical form is accepted: unpadded base64url with zero trailing bits (what
+    /// [`Signer::sign`] and imgproxy's `RawURLEncoding` produce). Padding or non-canonical
+    /// trailing bits would give one image unlimited distinct URLs, each a CDN miss.
     pub fn verify(&self, signature: &str, path: &str) -> bool {
-        let Ok(given) = URL_SAFE_NO_PAD.decode(signature.trim_end_matches('=')) else {
+        let Ok(given) = URL_SAFE_NO_PAD.decode(signature) else {
             return false;
         };
         if given.len() != self.size {
@@ -122,6 +126,23 @@ mod tests {
         assert!(!s.verify("", VECTOR_PATH));
         assert!(!s.verify("not base64 !", VECTOR_PATH));
         assert!(!s.verify(&VECTOR_SIG[..20], VECTOR_PATH));
+    }
+
+    #[test]
+    fn only_the_canonical_unpadded_form_verifies() {
+        let s = signer(32);
+        for padding in ["=", "==", "===", &"=".repeat(100)] {
+            assert!(!s.verify(&format!("{VECTOR_SIG}{padding}"), VECTOR_PATH));
+        }
+        // 32 bytes = 43 characters whose last carries 2 unused bits; setting them is another
+        // spelling of the same bytes and must fail too.
+        assert!(VECTOR_SIG.ends_with('8'));
+        let alias = format!("{}9", &VECTOR_SIG[..VECTOR_SIG.len() - 1]);
+        assert!(!s.verify(&alias, VECTOR_PATH));
+        // An 8-byte signature (11 characters, 2 unused bits) likewise.
+        let short = signer(8);
+        let sig = short.sign(VECTOR_PATH);
+        assert!(!short.verify(&format!("{sig}="), VECTOR_PATH));
     }
 
     #[test]

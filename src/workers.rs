@@ -4,6 +4,11 @@
 //! on the async workers. When `workers + queue_len` jobs are already admitted, new work is
 //! refused at once with 503 `overloaded` instead of piling up. Admission is released in `Drop`,
 //! so a request cancelled while queued frees its slot.
+//!
+//! Jobs also reserve their estimated peak memory from a process-wide byte budget
+//! (`transform.memory_budget_mb`) before running: the job count alone lets N concurrent
+//! worst-case inputs (a 50 MP PNG is ~0.5 GB) reach N × that. A job larger than the whole
+//! budget takes all of it and runs alone.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +21,9 @@ use crate::error::Error;
 /// Runs CPU-bound closures with bounded concurrency and queueing.
 pub struct Workers {
     permits: Arc<Semaphore>,
+    /// The memory budget in KiB permits.
+    memory: Arc<Semaphore>,
+    memory_kib: u32,
     admitted: Arc<AtomicUsize>,
     max_admitted: usize,
     depth: IntGauge,
@@ -37,10 +45,21 @@ impl Drop for Admission {
 }
 
 impl Workers {
-    pub fn new(workers: usize, queue_len: usize, depth: IntGauge, wait: Histogram) -> Workers {
+    pub fn new(
+        workers: usize,
+        queue_len: usize,
+        memory_bytes: u64,
+        depth: IntGauge,
+        wait: Histogram,
+    ) -> Workers {
         let workers = workers.max(1);
+        let memory_kib = u32::try_from(memory_bytes / 1024)
+            .unwrap_or(u32::MAX)
+            .max(1);
         Workers {
             permits: Arc::new(Semaphore::new(workers)),
+            memory: Arc::new(Semaphore::new(memory_kib as usize)),
+            memory_kib,
             admitted: Arc::new(AtomicUsize::new(0)),
             max_admitted: workers + queue_len,
             depth,
@@ -62,23 +81,40 @@ impl Workers {
         Ok(admission)
     }
 
-    /// Runs `f` on the blocking pool once a worker is free.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, Error>
+    /// Runs `f`, which needs about `memory` bytes at its peak, on the blocking pool once a
+    /// worker and that much of the memory budget are free.
+    pub async fn run<T, F>(&self, memory: u64, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
         let admission = self.admit()?;
-        self.run_admitted(admission, f).await
+        self.run_admitted(admission, memory, f).await
     }
 
-    /// Runs `f` in a place reserved earlier with [`Workers::admit`].
-    pub async fn run_admitted<T, F>(&self, admission: Admission, f: F) -> Result<T, Error>
+    /// Runs `f` in a place reserved earlier with [`Workers::admit`]; see [`Workers::run`].
+    pub async fn run_admitted<T, F>(
+        &self,
+        admission: Admission,
+        memory: u64,
+        f: F,
+    ) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
         let waited = self.wait.start_timer();
+        // Memory first, then a worker: a job holding a worker while it waits for memory would
+        // idle a core. Both waits happen inside the request's deadline.
+        let kib = u32::try_from(memory.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.memory_kib);
+        let reserved = self
+            .memory
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .map_err(|_| Error::Internal("worker pool closed".into()))?;
         let permit = self
             .permits
             .clone()
@@ -89,6 +125,7 @@ impl Workers {
         tokio::task::spawn_blocking(move || {
             // Both are held until the work is done, even if the caller went away.
             let _permit = permit;
+            let _reserved = reserved;
             let _admission = admission;
             f()
         })
@@ -153,7 +190,13 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_is_refused_fast_and_recovers() {
-        let w = Arc::new(Workers::new(1, 1, IntGauge::new("d", "d").unwrap(), wait()));
+        let w = Arc::new(Workers::new(
+            1,
+            1,
+            1 << 30,
+            IntGauge::new("d", "d").unwrap(),
+            wait(),
+        ));
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let rx = Arc::new(std::sync::Mutex::new(rx));
         let block = |rx: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>| {
@@ -163,19 +206,63 @@ mod tests {
         };
         let w1 = w.clone();
         let r1 = rx.clone();
-        let running = tokio::spawn(async move { w1.run(block(r1)).await });
+        let running = tokio::spawn(async move { w1.run(0, block(r1)).await });
         let w2 = w.clone();
         let r2 = rx.clone();
-        let queued = tokio::spawn(async move { w2.run(block(r2)).await });
+        let queued = tokio::spawn(async move { w2.run(0, block(r2)).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let refused = w.run(|| ()).await;
+        let refused = w.run(0, || ()).await;
         assert_eq!(refused.unwrap_err().code(), "overloaded");
         tx.send(()).unwrap();
         tx.send(()).unwrap();
         running.await.unwrap().unwrap();
         queued.await.unwrap().unwrap();
-        w.run(|| ()).await.unwrap();
+        w.run(0, || ()).await.unwrap();
         assert_eq!(w.admitted.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn the_memory_budget_bounds_concurrent_jobs_and_a_huge_job_runs_alone() {
+        // Two workers, a 10 MiB budget: two 6 MiB jobs cannot run together.
+        let w = Arc::new(Workers::new(
+            2,
+            4,
+            10 << 20,
+            IntGauge::new("d", "d").unwrap(),
+            wait(),
+        ));
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let job = |running: Arc<AtomicUsize>, peak: Arc<AtomicUsize>| {
+            move || {
+                let now = running.fetch_add(1, Ordering::AcqRel) + 1;
+                peak.fetch_max(now, Ordering::AcqRel);
+                std::thread::sleep(Duration::from_millis(50));
+                running.fetch_sub(1, Ordering::AcqRel);
+            }
+        };
+        let mut handles = Vec::new();
+        for _ in 0..3 {
+            let (w, r, p) = (w.clone(), running.clone(), peak.clone());
+            handles.push(tokio::spawn(async move { w.run(6 << 20, job(r, p)).await }));
+        }
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+        assert_eq!(peak.load(Ordering::Acquire), 1);
+        // Small jobs share the budget; a job over the whole budget still runs (alone).
+        peak.store(0, Ordering::Release);
+        let mut handles = Vec::new();
+        for cost in [1 << 20, 1 << 20] {
+            let (w, r, p) = (w.clone(), running.clone(), peak.clone());
+            handles.push(tokio::spawn(async move { w.run(cost, job(r, p)).await }));
+        }
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+        assert_eq!(peak.load(Ordering::Acquire), 2);
+        w.run(u64::MAX, || ()).await.unwrap();
+        assert_eq!(w.memory.available_permits(), 10 << 10);
     }
 
     #[test]
@@ -193,18 +280,24 @@ mod tests {
 
     #[tokio::test]
     async fn cancelled_waiter_frees_its_slot() {
-        let w = Arc::new(Workers::new(1, 1, IntGauge::new("d", "d").unwrap(), wait()));
+        let w = Arc::new(Workers::new(
+            1,
+            1,
+            1 << 30,
+            IntGauge::new("d", "d").unwrap(),
+            wait(),
+        ));
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let w1 = w.clone();
         let running = tokio::spawn(async move {
-            w1.run(move || {
+            w1.run(0, move || {
                 let _ = rx.recv();
             })
             .await
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         let w2 = w.clone();
-        let waiter = tokio::spawn(async move { w2.run(|| ()).await });
+        let waiter = tokio::spawn(async move { w2.run(0, || ()).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         waiter.abort();
         let _ = waiter.await;

@@ -33,12 +33,7 @@ pub fn spec(rt: ResizingType, w: u32, h: u32) -> TransformSpec {
 
 /// The server's default limits.
 pub fn engine() -> Engine {
-    Engine::new(ImageLimits {
-        max_source_pixels: 50_000_000,
-        max_result_pixels: 40_000_000,
-        max_result_dimension: 16_383,
-        max_frames: 1000,
-    })
+    Engine::new(ImageLimits::default())
 }
 
 /// T1–T4 from the issue, plus T5 (progressive camera JPEG).

@@ -39,7 +39,7 @@ use crate::storage::{Bucket, ObjectKey, ObjectStore, StorageError};
 pub const API_KEY_PREFIX: &str = "pxg_live_";
 /// base64url of 32 bytes, unpadded.
 const SECRET_LEN: usize = 43;
-const MAX_RECORD_BYTES: u64 = 16 * 1024;
+pub(crate) const MAX_RECORD_BYTES: u64 = 16 * 1024;
 const MAX_NAME_LEN: usize = 100;
 const CACHE_ENTRIES: usize = 10_000;
 const LAST_USED_EVERY: Duration = Duration::from_secs(60);
@@ -110,6 +110,18 @@ fn index_key(owner: &str, id: &str, ext: &str) -> Result<ObjectKey, Error> {
         "{}{id}.{ext}",
         index_prefix(owner)
     ))?)
+}
+
+/// The owner's record of the key a lookup record names. A lookup record is valid only while
+/// this exists: `lookup` checks it on every use; `pixgate fsck` removes lookup records
+/// without it.
+pub(crate) fn owner_record_key(record: &ApiKeyRecord) -> Result<ObjectKey, Error> {
+    if !valid_id(&record.id) {
+        return Err(Error::StorageCorrupt(
+            "API key record with a malformed key id".into(),
+        ));
+    }
+    index_key(&record.owner, &record.id, "json")
 }
 
 fn hash_of(raw: &str) -> String {

@@ -201,7 +201,7 @@ async fn validate(
     let job = bytes.clone();
     Ok(app
         .workers
-        .run(move || {
+        .run(image::memory_cost(&probe), move || {
             charge.commit();
             let probe = image::validate_upload(&job, &limits)?;
             Ok::<_, image::ImageError>((probe, hex::encode(Sha256::digest(&job))))
@@ -249,7 +249,10 @@ async fn read_multipart(
                 file = Some((bytes, declared));
             }
             _ => {
-                let text = field.text().await.map_err(|e| multipart_error(e, cap))?;
+                // Strict UTF-8, like the JSON path: multer's `text()` replaces invalid bytes.
+                let raw = field.bytes().await.map_err(|e| multipart_error(e, cap))?;
+                let text = String::from_utf8(raw.to_vec())
+                    .map_err(|_| Error::InvalidField(format!("{name}: not valid UTF-8")))?;
                 match name.as_str() {
                     "tags" => {
                         tags.extend(text.split(',').map(str::to_owned));
@@ -340,6 +343,12 @@ pub async fn update(
     let principal = authorize(app, &parts.headers, ctx, Action::Update).await?;
     let meta = owned_image(app, &principal, id, ctx).await?;
     let patch = MetaPatch::from_json(&read_json(body, app.config.server.max_body_bytes).await?)?;
+    if patch.is_empty() {
+        // An empty body or `{}` changes nothing: most likely a client bug, and a 200 would hide it.
+        return Err(Error::InvalidField(
+            "body: name at least one of title, alt_text, tags".into(),
+        ));
+    }
     let id = ImageId::parse(&meta.id).ok_or(Error::NotFound)?;
     let updated = app.catalog.update(&id, &patch).await?;
     Ok(json_response(StatusCode::OK, &meta_json(&updated)))

@@ -348,7 +348,9 @@ pub async fn handle(
         done: false,
     };
     let origin = cors::origin(req.headers());
-    let result = if preflight {
+    let result = if let Err(e) = check_host(&req) {
+        Err(e)
+    } else if preflight {
         cors::preflight(&app.config.server, req.headers(), route.is_api())
     } else {
         let deadline = Duration::from_secs(app.config.server.request_timeout_secs);
@@ -368,6 +370,22 @@ pub async fn handle(
     );
     cors::decorate(&app.config.server, origin.as_deref(), resp.headers_mut());
     resp
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, and no request has two (they
+/// could name different hosts to a cache and to this server). HTTP/2 carries `:authority`
+/// instead and HTTP/1.0 may omit it.
+fn check_host(req: &Request<Incoming>) -> Result<(), Error> {
+    let hosts = req.headers().get_all(http::header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(Error::BadRequest("more than one Host header".into()));
+    }
+    if hosts == 0 && req.version() == http::Version::HTTP_11 {
+        return Err(Error::BadRequest(
+            "an HTTP/1.1 request needs a Host header".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Emits a request's audit event exactly once: from `finish`, or — if the request future

@@ -16,9 +16,20 @@ pub fn healthz() -> Response<Body> {
 /// Ready when storage answers. Redis is not required: while it is unreachable the limiter
 /// runs per instance (`"status": "degraded"`, still `200`), because taking every instance out
 /// of the load balancer over a Redis outage would turn it into an outage of cached reads.
+///
+/// Answers within `server.readiness_timeout_ms` whatever storage does: a stalled backend is
+/// `"storage": "timeout"`, 503 (see [`crate::storage::HealthProbe`]).
 pub async fn readyz(app: &App) -> Response<Body> {
-    let storage = match app.store.check().await {
+    let deadline = std::time::Duration::from_millis(app.config.server.readiness_timeout_ms);
+    let storage = match app.health.check_within(deadline).await {
         Ok(()) => "ok",
+        Err(crate::storage::StorageError::Timeout) => {
+            tracing::warn!(
+                backend = app.store.backend(),
+                "readiness: storage check did not answer in time"
+            );
+            "timeout"
+        }
         Err(e) => {
             tracing::warn!(backend = app.store.backend(), error = %e, "readiness: storage check failed");
             "error"

@@ -90,13 +90,10 @@ fn png(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
     let (channels, data) = match info.color_type {
         png::ColorType::Rgb => (3, buf),
         png::ColorType::Rgba => (4, buf),
-        png::ColorType::Grayscale => (3, buf.iter().flat_map(|&g| [g, g, g]).collect()),
-        png::ColorType::GrayscaleAlpha => (
-            4,
-            buf.chunks_exact(2)
-                .flat_map(|p| [p[0], p[0], p[0], p[1]])
-                .collect(),
-        ),
+        png::ColorType::Grayscale => (3, super::map_pixels(&buf, 1, |g| [g[0], g[0], g[0]])),
+        png::ColorType::GrayscaleAlpha => {
+            (4, super::map_pixels(&buf, 2, |p| [p[0], p[0], p[0], p[1]]))
+        }
         png::ColorType::Indexed => return Err(corrupt("palette was not expanded")),
     };
     Ok(Bitmap {

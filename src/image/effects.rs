@@ -264,17 +264,12 @@ pub fn flatten(bitmap: &Bitmap, [br, bg, bb]: [u8; 3]) -> Bitmap {
     if bitmap.channels != 4 {
         return bitmap.clone();
     }
-    let data = bitmap
-        .data
-        .chunks_exact(4)
-        .flat_map(|p| {
-            let a = u16::from(p[3]);
-            let blend = |c: u8, back: u8| {
-                ((u16::from(c) * a + u16::from(back) * (255 - a) + 127) / 255) as u8
-            };
-            [blend(p[0], br), blend(p[1], bg), blend(p[2], bb)]
-        })
-        .collect();
+    let data = super::map_pixels(&bitmap.data, 4, |p| {
+        let a = u16::from(p[3]);
+        let blend =
+            |c: u8, back: u8| ((u16::from(c) * a + u16::from(back) * (255 - a) + 127) / 255) as u8;
+        [blend(p[0], br), blend(p[1], bg), blend(p[2], bb)]
+    });
     Bitmap {
         width: bitmap.width,
         height: bitmap.height,

@@ -83,6 +83,10 @@ pub const MAX_JPEG_SCANS: u64 = 100;
 #[derive(Debug, Clone, Copy)]
 pub struct ImageLimits {
     pub max_source_pixels: u64,
+    /// Largest width or height of a source. With the pixel cap alone, a 50,000,000×1 image is
+    /// allowed, and resampling cost grows with the longer side (the resizer's filter
+    /// coefficients are ~6 × that side per output line): 3.7 GB and 14 s for one such PNG.
+    pub max_source_dimension: u32,
     pub max_result_pixels: u64,
     pub max_result_dimension: u32,
     /// Animation frames a source may have (only the first is rendered; more are refused so a
@@ -107,6 +111,8 @@ pub enum ImageError {
     UnknownFormat,
     #[error("{width}x{height} is more than {limit} pixels")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
+    #[error("{width}x{height} has a side longer than {limit} pixels")]
+    DimensionTooLarge { width: u32, height: u32, limit: u32 },
     #[error("more than {limit} animation frames")]
     TooManyFrames { limit: u64 },
     #[error("result {width}x{height} is over the limit of {limit} pixels")]
@@ -121,20 +127,73 @@ pub enum ImageError {
     Unsupported(String),
 }
 
+/// Estimated peak memory, in bytes, of validating or transforming a source with this header:
+/// what the CPU pool reserves from `transform.memory_budget_mb` before running the job.
+///
+/// Source pixels × a per-format factor covering the decoder's buffers and the pipeline's
+/// copies at full size (the worst case: no shrink-on-load), plus a constant for codec state
+/// and the result. The factors are upper bounds measured by `tests/bounds.rs` for the worst
+/// inputs of each format (see `docs/decoders.md`, "Bounds"); that test fails if a measured
+/// peak ever exceeds this estimate.
+pub fn memory_cost(p: &Probe) -> u64 {
+    let pixels = u64::from(p.width) * u64::from(p.height);
+    let per_pixel = match p.format {
+        // RGB decode (3) + a progressive file's coefficients (2 per sample, 3 samples at 4:4:4).
+        ImageFormat::Jpeg => 9,
+        // Decoder output (≤ 4 after STRIP_16) + grey/alpha expansion or alpha drop copy (4).
+        ImageFormat::Png => 8,
+        // libwebp's RGBA (4) + the copy out of it (4) + an alpha-dropping copy (3).
+        ImageFormat::Webp => 11,
+        // Canvas (4) + the frame buffer (4) + an alpha-dropping copy (3).
+        ImageFormat::Gif => 11,
+    };
+    pixels.saturating_mul(per_pixel).saturating_add(COST_BASE)
+}
+
+/// Codec state, the resized result and the encoder's output, beyond the per-pixel part.
+const COST_BASE: u64 = 16 << 20;
+
+/// Maps every `step`-byte pixel of `src` to `N` bytes, into a buffer allocated once at its
+/// exact size. (`flat_map(..).collect()` cannot know the length, so it grows by doubling: up
+/// to twice the size allocated, and both buffers live during each reallocation — a 50 MP
+/// grey+alpha PNG peaked at 10 B/px through it.)
+pub(crate) fn map_pixels<const N: usize>(
+    src: &[u8],
+    step: usize,
+    f: impl Fn(&[u8]) -> [u8; N],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(src.len() / step.max(1) * N);
+    for p in src.chunks_exact(step.max(1)) {
+        out.extend_from_slice(&f(p));
+    }
+    out
+}
+
 /// Adds an opaque alpha channel to RGB bitmaps.
 pub fn to_rgba(b: Bitmap) -> Bitmap {
     if b.channels == 4 {
         return b;
     }
-    let data = b
-        .data
-        .chunks_exact(usize::from(b.channels))
-        .flat_map(|p| [p[0], p[1], p[2], 255])
-        .collect();
+    let data = map_pixels(&b.data, usize::from(b.channels), |p| {
+        [p[0], p[1], p[2], 255]
+    });
     Bitmap {
         channels: 4,
         data,
         ..b
+    }
+}
+
+impl Default for ImageLimits {
+    /// The server's defaults (`[limits]` in `config/pixgate.toml`).
+    fn default() -> Self {
+        ImageLimits {
+            max_source_pixels: 50_000_000,
+            max_source_dimension: 32_768,
+            max_result_pixels: 40_000_000,
+            max_result_dimension: 16_383,
+            max_frames: 1000,
+        }
     }
 }
 
@@ -147,6 +206,13 @@ impl ImageLimits {
                 width,
                 height,
                 limit: self.max_source_pixels,
+            });
+        }
+        if width > self.max_source_dimension || height > self.max_source_dimension {
+            return Err(ImageError::DimensionTooLarge {
+                width,
+                height,
+                limit: self.max_source_dimension,
             });
         }
         if width == 0 || height == 0 {

@@ -48,11 +48,25 @@ pub struct Engine {
 /// Checks an upload completely: known format, declared pixel count within limits, and a full
 /// decode that succeeds. Returns the probe (format, dimensions).
 pub fn validate_upload(bytes: &[u8], limits: &ImageLimits) -> Result<Probe, ImageError> {
-    let p = probe(bytes)?;
-    limits.check_source(p.width, p.height)?;
-    limits.check_frames(bytes, p.format)?;
-    decode(bytes, &p)?;
-    Ok(p)
+    contained(|| {
+        let p = probe(bytes)?;
+        limits.check_source(p.width, p.height)?;
+        limits.check_frames(bytes, p.format)?;
+        decode(bytes, &p)?;
+        Ok(p)
+    })
+}
+
+/// Runs engine work so that a panic inside a codec (a bug in third-party parsing code that a
+/// hostile file reaches) is an `invalid_image` answer for that one input, not a 500 with a
+/// backtrace. The engine holds no state a panic could leave half-updated: every call works on
+/// its own buffers, and the shared [`Engine`] is immutable.
+fn contained<T>(f: impl FnOnce() -> Result<T, ImageError>) -> Result<T, ImageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(ImageError::Corrupt(
+            "the decoder failed on malformed data".into(),
+        ))
+    })
 }
 
 impl Engine {
@@ -67,6 +81,16 @@ impl Engine {
 
     /// Runs one transform.
     pub fn transform(
+        &self,
+        bytes: &[u8],
+        spec: &TransformSpec,
+        format: OutputFormat,
+        quality: u8,
+    ) -> Result<Encoded, ImageError> {
+        contained(|| self.transform_inner(bytes, spec, format, quality))
+    }
+
+    fn transform_inner(
         &self,
         bytes: &[u8],
         spec: &TransformSpec,
@@ -174,7 +198,7 @@ impl Engine {
         let mut image = if crop_d == full && out_s == (bitmap.width, bitmap.height) {
             bitmap
         } else {
-            resize(&bitmap, crop_d, out_s)?
+            resize_owned(bitmap, crop_d, out_s)?
         };
         // Colour conversion on the smallest bitmap that still has every output pixel.
         if let Some(profile) = profile {
@@ -237,20 +261,19 @@ impl Engine {
     ) -> Result<(Bitmap, Option<Vec<u8>>), ImageError> {
         if p.format == ImageFormat::Jpeg && self.jpeg_decoder == JpegDecoder::Turbo {
             let shrink = jpeg_shrink(crop, out);
-            // `None`: CMYK/YCCK, lossless or 12-bit — rendered by zune-jpeg, the decoder that
-            // accepted the file at upload. Errors (corrupt, truncated) are final.
-            if let Some(bitmap) = turbo::decode_scaled(
+            // `Ok(None)`: CMYK/YCCK, lossless or 12-bit, which TurboJPEG cannot render here.
+            // `Err`: libjpeg-turbo, strict (warnings are errors), refused data that zune-jpeg
+            // (strict too) accepted — extraneous bytes before a marker, a short final scan and
+            // the like, common in real files. Either way zune-jpeg renders it: it is the decoder
+            // that validated the upload, so whatever was accepted renders (issue 15 found
+            // 30–40 % of accepted mutated JPEGs unrenderable without this fallback).
+            if let Ok(Some(bitmap)) = turbo::decode_scaled(
                 bytes,
                 shrink,
                 self.limits.max_source_pixels,
                 (p.width, p.height),
-            )? {
-                let expected = turbo::scaled_size(p.width, p.height, shrink);
-                if (bitmap.width, bitmap.height) != expected {
-                    return Err(ImageError::Corrupt(
-                        "decoded size differs from the header".into(),
-                    ));
-                }
+            ) && (bitmap.width, bitmap.height) == turbo::scaled_size(p.width, p.height, shrink)
+            {
                 return Ok((bitmap, icc::extract(bytes, p.format)));
             }
         }
@@ -341,16 +364,59 @@ fn drop_opaque_alpha(b: Bitmap) -> Bitmap {
     if b.channels != 4 || b.data.chunks_exact(4).any(|p| p[3] != 255) {
         return b;
     }
-    let data = b
-        .data
-        .chunks_exact(4)
-        .flat_map(|p| [p[0], p[1], p[2]])
-        .collect();
+    let data = super::map_pixels(&b.data, 4, |p| [p[0], p[1], p[2]]);
     Bitmap {
         channels: 3,
         data,
         ..b
     }
+}
+
+/// [`resize`] of a bitmap the caller no longer needs: RGBA is premultiplied in place, so the
+/// resizer does not allocate a premultiplied copy of the whole source (4 B/px: 200 MB for a
+/// 50 MP RGBA source), then the small result is un-premultiplied. Same pixels as [`resize`].
+fn resize_owned(
+    mut src: Bitmap,
+    crop: (f64, f64, f64, f64),
+    (dw, dh): (u32, u32),
+) -> Result<Bitmap, ImageError> {
+    if src.channels != 4 {
+        return resize(&src, crop, (dw, dh));
+    }
+    let err = |e: &dyn std::fmt::Display| ImageError::Encode(format!("resize: {e}"));
+    let muldiv = fir::MulDiv::default();
+    {
+        let mut view = fir::images::Image::from_slice_u8(
+            src.width,
+            src.height,
+            &mut src.data,
+            fir::PixelType::U8x4,
+        )
+        .map_err(|e| ImageError::Corrupt(e.to_string()))?;
+        muldiv
+            .multiply_alpha_inplace(&mut view)
+            .map_err(|e| err(&e))?;
+    }
+    let src_view =
+        fir::images::ImageRef::new(src.width, src.height, &src.data, fir::PixelType::U8x4)
+            .map_err(|e| ImageError::Corrupt(e.to_string()))?;
+    let mut dst = fir::images::Image::new(dw, dh, fir::PixelType::U8x4);
+    let (x, y, w, h) = crop;
+    let options = fir::ResizeOptions::new()
+        .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Lanczos3))
+        .crop(x, y, w, h)
+        .use_alpha(false);
+    fir::Resizer::new()
+        .resize(&src_view, &mut dst, &options)
+        .map_err(|e| err(&e))?;
+    drop(src);
+    muldiv.divide_alpha_inplace(&mut dst).map_err(|e| err(&e))?;
+    Ok(Bitmap {
+        width: dw,
+        height: dh,
+        channels: 4,
+        data: dst.into_vec(),
+    })
 }
 
 fn resize(
@@ -402,6 +468,7 @@ mod tests {
 
     const LIMITS: ImageLimits = ImageLimits {
         max_source_pixels: 1_000_000,
+        max_source_dimension: 4096,
         max_result_pixels: 1_000_000,
         max_result_dimension: 4096,
         max_frames: 10,

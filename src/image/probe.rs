@@ -142,9 +142,12 @@ fn png(b: &[u8]) -> Option<(u32, u32, u8)> {
     if width > i32::MAX as u32 || height > i32::MAX as u32 {
         return None;
     }
-    // Look for eXIf before the image data.
+    // Walk the chunks before the image data: the first eXIf gives the orientation, and a
+    // palette must be whole RGB entries, at most 256 of them. The `png` crate (0.18.1) indexes
+    // a palette of any other length out of bounds and panics (`transform/palette.rs:74`), so
+    // such a file is refused here, before any decoder sees it.
     let mut pos = 8usize;
-    let mut orientation = 1;
+    let mut orientation = None;
     while let (Some(len), Some(kind)) = (be32(b, pos), b.get(pos + 4..pos + 8)) {
         let len = usize::try_from(len).ok()?;
         let data_start = pos + 8;
@@ -152,13 +155,15 @@ fn png(b: &[u8]) -> Option<(u32, u32, u8)> {
         if kind == b"IDAT" || kind == b"IEND" {
             break;
         }
-        if kind == b"eXIf" {
-            orientation = exif::orientation(b.get(data_start..data_end)?);
-            break;
+        if kind == b"PLTE" && (len == 0 || len % 3 != 0 || len > 3 * 256) {
+            return None;
+        }
+        if kind == b"eXIf" && orientation.is_none() {
+            orientation = Some(exif::orientation(b.get(data_start..data_end)?));
         }
         pos = data_end.checked_add(4)?; // skip CRC
     }
-    Some((width, height, orientation))
+    Some((width, height, orientation.unwrap_or(1)))
 }
 
 fn webp(b: &[u8]) -> Option<(u32, u32, u8)> {

@@ -3,10 +3,11 @@
 //! Writes go to a dot-prefixed temporary file in the target directory, are fsynced, then
 //! renamed over the target (atomic on POSIX), and the directory — and every directory the
 //! write had to create, up to the bucket root — is fsynced. Dot-prefixed names can never be
-//! [`ObjectKey`]s, so temporaries are invisible to `get` and `list`. All file I/O runs on the
-//! blocking pool. Reads, lists and checks have a deadline; writes and deletes do not, because
-//! a blocking write cannot be cancelled: giving up on it would only let it land after the
-//! caller was told it failed.
+//! [`ObjectKey`]s, so temporaries are invisible to `get` and `list`; those a killed process
+//! left behind are found by `temporaries` (for `pixgate fsck`). All file I/O runs on the
+//! blocking pool. Reads, lists and checks have a deadline (the whole-store walk for temporaries,
+//! an operator's job, has none); writes and deletes do not, because a blocking write cannot be
+//! cancelled: giving up on it would only let it land after the caller was told it failed.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Bucket, ObjectKey, ObjectStore, StorageError, with_deadline};
+use super::{
+    Bucket, ObjectKey, ObjectStore, StorageError, TEMPORARY_PREFIX, Temporary, with_deadline,
+};
 
 /// Stores objects as files under a root directory.
 #[derive(Debug, Clone)]
@@ -75,7 +78,7 @@ fn write_atomic(bucket_root: &Path, path: &Path, body: &[u8]) -> Result<(), Stor
     std::fs::create_dir_all(dir).map_err(io_err)?;
     let mut suffix = [0u8; 8];
     getrandom::fill(&mut suffix).map_err(|e| StorageError::Backend(e.to_string()))?;
-    let tmp = dir.join(format!(".tmp-{}", hex::encode(suffix)));
+    let tmp = dir.join(format!("{TEMPORARY_PREFIX}{}", hex::encode(suffix)));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -102,11 +105,28 @@ fn write_atomic(bucket_root: &Path, path: &Path, body: &[u8]) -> Result<(), Stor
 }
 
 /// Opens a file of at most `max` bytes; returns it and its length.
+///
+/// Only a regular file is ever read. A FIFO in the store (tampering, a corrupted restore) would
+/// block `open(2)` until a writer appears — a blocking-pool thread held for the whole storage
+/// deadline — so the open is non-blocking and does not follow a final symlink (pixgate never
+/// writes one), and the file type is checked on the opened descriptor. A directory is how this
+/// backend spells a prefix, so it reads as "not found" like on S3.
 fn open_capped(path: &Path, max: u64) -> Result<(std::fs::File, u64), StorageError> {
-    let f = std::fs::File::open(path).map_err(io_err)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => StorageError::NotAFile,
+            _ => io_err(e),
+        })?;
     let meta = f.metadata().map_err(io_err)?;
-    if !meta.is_file() {
+    if meta.is_dir() {
         return Err(StorageError::NotFound);
+    }
+    if !meta.is_file() {
+        return Err(StorageError::NotAFile);
     }
     if meta.len() > max {
         return Err(StorageError::TooLarge { limit: max });
@@ -146,6 +166,45 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
             && let Ok(rel) = path.strip_prefix(base)
         {
             out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
+/// Appends the temporaries under `dir` (a directory of `bucket`, rooted at `base`) to `out`.
+/// Symlinks are never followed, and directories pixgate cannot have made (dot names) are not
+/// entered: nothing a key cannot name is ever reported.
+fn walk_temporaries(
+    bucket: Bucket,
+    base: &Path,
+    dir: &Path,
+    out: &mut Vec<Temporary>,
+) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        // Removed while the walk ran.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ft = entry.file_type()?;
+        if ft.is_dir() && !name.starts_with('.') {
+            walk_temporaries(bucket, base, &entry.path(), out)?;
+        } else if ft.is_file() && name.starts_with(TEMPORARY_PREFIX) {
+            let modified = match entry.metadata().and_then(|m| m.modified()) {
+                Ok(t) => t,
+                // Renamed into place (or cleaned up) since the directory was read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let path = entry.path();
+            let rel = path.strip_prefix(base).ok().and_then(Path::to_str);
+            if let Some(t) = rel.and_then(|r| Temporary::new(bucket, r.to_owned(), modified)) {
+                out.push(t);
+            }
         }
     }
     Ok(())
@@ -341,6 +400,48 @@ impl ObjectStore for FsStore {
         .await
     }
 
+    async fn temporaries(&self) -> Result<Vec<Temporary>, StorageError> {
+        let root = self.root.clone();
+        // No deadline: the walk reads every directory of the store, so it takes as long as the
+        // store is large. Only `pixgate fsck` asks, never a request.
+        Self::blocking(move || {
+            let mut out = Vec::new();
+            for b in [Bucket::Originals, Bucket::Derived, Bucket::Audit] {
+                let base = root.join(b.as_str());
+                walk_temporaries(b, &base, &base, &mut out).map_err(io_err)?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn remove_temporary(&self, temporary: &Temporary) -> Result<bool, StorageError> {
+        // Safe by construction: a Temporary's path is a key prefix and a `.tmp-{hex}` name.
+        let path = self
+            .root
+            .join(temporary.bucket().as_str())
+            .join(temporary.path());
+        let found = temporary.modified();
+        Self::blocking(move || {
+            // Checked again at removal: a temporary written to since it was found belongs to a
+            // write that is still running.
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(io_err(e)),
+            };
+            if !meta.file_type().is_file() || meta.modified().map_err(io_err)? > found {
+                return Ok(false);
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(io_err(e)),
+            }
+        })
+        .await
+    }
+
     fn backend(&self) -> &'static str {
         "fs"
     }
@@ -430,6 +531,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn special_files_are_refused_at_once_never_opened_blocking() {
+        let (d, s) = store();
+        std::fs::create_dir_all(d.path().join("originals/x")).unwrap();
+        let fifo = d.path().join("originals/x/fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::os::unix::fs::symlink("/etc/hostname", d.path().join("originals/x/link")).unwrap();
+        let started = std::time::Instant::now();
+        for name in ["x/fifo", "x/link"] {
+            assert!(
+                matches!(
+                    s.get(Bucket::Originals, &key(name), 100).await,
+                    Err(StorageError::NotAFile)
+                ),
+                "{name}"
+            );
+        }
+        // No writer ever opens the FIFO: a blocking open would hang here until the deadline.
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[tokio::test]
     async fn overwrite_is_atomic_and_leaves_no_temporaries() {
         let (d, s) = store();
         let k = key("a/b");
@@ -444,6 +568,52 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec!["b"]);
+    }
+
+    #[tokio::test]
+    async fn temporaries_are_found_and_removed_only_while_unchanged() {
+        let (d, s) = store();
+        s.put(Bucket::Originals, &key("a/b"), Bytes::new(), "x")
+            .await
+            .unwrap();
+        let path = d.path().join("originals/a/.tmp-0123456789abcdef");
+        std::fs::write(&path, b"partial").unwrap();
+        std::fs::write(d.path().join("derived/.tmp-00"), b"").unwrap();
+        // Not a temporary of ours: not a `.tmp-{hex}` name, or not a regular file.
+        std::fs::write(d.path().join("originals/a/.tmp-x"), b"").unwrap();
+        std::fs::create_dir(d.path().join("originals/.tmp-01")).unwrap();
+        let mut found = s.temporaries().await.unwrap();
+        found.sort_by_key(|t| t.to_string());
+        let names: Vec<String> = found.iter().map(|t| t.to_string()).collect();
+        assert_eq!(
+            names,
+            vec!["derived/.tmp-00", "originals/a/.tmp-0123456789abcdef"]
+        );
+        let t = &found[1];
+        // Written to after it was found: a write still running.
+        let later = t.modified() + Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert!(!s.remove_temporary(t).await.unwrap());
+        assert!(path.exists());
+        let t = s
+            .temporaries()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|t| t.path() == "a/.tmp-0123456789abcdef")
+            .unwrap();
+        assert!(s.remove_temporary(&t).await.unwrap());
+        assert!(!path.exists());
+        assert!(!s.remove_temporary(&t).await.unwrap(), "already gone");
+        assert_eq!(
+            s.get(Bucket::Originals, &key("a/b"), 10).await.unwrap(),
+            Bytes::new()
+        );
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ mod fs;
 mod s3;
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -52,6 +52,10 @@ pub enum StorageError {
     Backend(String),
     #[error("invalid object key: {0}")]
     InvalidKey(String),
+    /// The object exists but is not a regular file (fs: a FIFO, socket or device a tampered
+    /// or corrupted store holds). Refused before it is opened for reading, so it cannot block.
+    #[error("object is not a regular file")]
+    NotAFile,
 }
 
 /// A validated object key.
@@ -92,6 +96,64 @@ impl ObjectKey {
 impl std::fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// How the fs backend names a write's temporary file: this, then hex. A dot-prefixed name can
+/// never be an [`ObjectKey`], so temporaries are invisible to `get` and `list`.
+const TEMPORARY_PREFIX: &str = ".tmp-";
+
+/// A temporary file an interrupted write left behind (fs backend), as found by
+/// [`ObjectStore::temporaries`].
+///
+/// Only a store makes one, from a name it checked: a `.tmp-{hex}` file name in a directory that
+/// is a valid key prefix of a bucket. So [`ObjectStore::remove_temporary`] can never be pointed
+/// at anything else, whoever holds a `Temporary`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Temporary {
+    bucket: Bucket,
+    /// Relative to the bucket, `/`-separated: `{key prefix}/.tmp-{hex}` or `.tmp-{hex}`.
+    path: String,
+    modified: SystemTime,
+}
+
+impl Temporary {
+    fn new(bucket: Bucket, path: String, modified: SystemTime) -> Option<Temporary> {
+        let (dir, name) = match path.rsplit_once('/') {
+            Some((dir, name)) => (Some(dir), name),
+            None => (None, path.as_str()),
+        };
+        let name_ok = name.strip_prefix(TEMPORARY_PREFIX).is_some_and(|hex| {
+            !hex.is_empty()
+                && hex.len() <= 64
+                && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        });
+        let dir_ok = dir.is_none_or(|d| ObjectKey::new(d).is_ok());
+        (name_ok && dir_ok).then_some(Temporary {
+            bucket,
+            path,
+            modified,
+        })
+    }
+
+    pub fn bucket(&self) -> Bucket {
+        self.bucket
+    }
+
+    /// The path relative to the bucket.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Last modification time when it was found.
+    pub fn modified(&self) -> SystemTime {
+        self.modified
+    }
+}
+
+impl std::fmt::Display for Temporary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.bucket.as_str(), self.path)
     }
 }
 
@@ -151,8 +213,76 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Whether the store is reachable and its buckets exist (for `/readyz`).
     async fn check(&self) -> Result<(), StorageError>;
 
+    /// Every temporary file that interrupted writes left behind, with its modification time
+    /// (`pixgate fsck`; writes in progress have temporaries too, so callers judge by age). Only
+    /// the fs backend has any: its writes go through a temporary renamed into place, which a
+    /// process killed mid-write leaves; an S3 PUT is atomic and leaves nothing.
+    async fn temporaries(&self) -> Result<Vec<Temporary>, StorageError> {
+        Ok(Vec::new())
+    }
+
+    /// Removes a temporary found by [`ObjectStore::temporaries`]; `Ok(false)` if it is gone or
+    /// was modified since it was found (then it is left alone).
+    async fn remove_temporary(&self, _temporary: &Temporary) -> Result<bool, StorageError> {
+        Ok(false)
+    }
+
     /// Backend name for logs (`fs`, `s3`).
     fn backend(&self) -> &'static str;
+}
+
+/// The readiness check of a store, answered within a deadline of its own.
+///
+/// A stalled backend makes [`ObjectStore::check`] last the whole storage timeout (10 s), longer
+/// than the ~1 s a Kubernetes probe or load balancer waits, so the instance was never taken out
+/// cleanly. Here at most one check runs at a time (probes arriving meanwhile wait for the same
+/// one, so a stall never piles up checks or blocking threads), and a caller waits at most its
+/// own deadline for the next check to complete: a stall reads as `Timeout` within the deadline,
+/// and recovery shows as soon as one check succeeds.
+pub struct HealthProbe {
+    store: std::sync::Arc<dyn ObjectStore>,
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// (checks completed, result of the last one).
+    results: tokio::sync::watch::Sender<(u64, Result<(), String>)>,
+}
+
+impl HealthProbe {
+    pub fn new(store: std::sync::Arc<dyn ObjectStore>) -> HealthProbe {
+        HealthProbe {
+            store,
+            in_flight: Default::default(),
+            results: tokio::sync::watch::Sender::new((0, Err("not checked yet".into()))),
+        }
+    }
+
+    /// The result of the next check to complete, or `Timeout` if none does within `deadline`.
+    pub async fn check_within(&self, deadline: Duration) -> Result<(), StorageError> {
+        use std::sync::atomic::Ordering;
+        let mut rx = self.results.subscribe();
+        let seen = rx.borrow_and_update().0;
+        if !self.in_flight.swap(true, Ordering::AcqRel) {
+            let (store, in_flight, results) = (
+                self.store.clone(),
+                self.in_flight.clone(),
+                self.results.clone(),
+            );
+            // Runs to its end (bounded by the store's own deadline) even when no caller waits.
+            tokio::spawn(async move {
+                let r = store.check().await.map_err(|e| e.to_string());
+                in_flight.store(false, Ordering::Release);
+                results.send_modify(|(n, last)| {
+                    *n += 1;
+                    *last = r;
+                });
+            });
+        }
+        let next = tokio::time::timeout(deadline, rx.wait_for(|(n, _)| *n > seen)).await;
+        match next {
+            Ok(Ok(done)) => done.1.clone().map_err(StorageError::Backend),
+            Ok(Err(_)) => Err(StorageError::Backend("health probe closed".into())),
+            Err(_) => Err(StorageError::Timeout),
+        }
+    }
 }
 
 /// A filesystem store in a fresh temporary directory (unit tests).
@@ -202,6 +332,38 @@ mod tests {
             &"a".repeat(129),
         ] {
             assert!(ObjectKey::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_temporary_names_only_a_temporary_inside_its_bucket() {
+        let t = SystemTime::now();
+        for good in [
+            "images/0123/.tmp-0123456789abcdef",
+            ".tmp-00",
+            "a/b-c/.tmp-f",
+        ] {
+            let tmp = Temporary::new(Bucket::Originals, good.into(), t).unwrap();
+            assert_eq!(tmp.to_string(), format!("originals/{good}"));
+        }
+        for bad in [
+            "images/0123/original",
+            "images/0123/.hidden",
+            ".tmp-",
+            ".tmp-0G",
+            ".tmp-../x",
+            ".tmp-00/x",
+            "../.tmp-00",
+            "a/../.tmp-00",
+            "./.tmp-00",
+            "/etc/.tmp-00",
+            "a//.tmp-00",
+            "a/.tmp-00/.tmp-00",
+        ] {
+            assert!(
+                Temporary::new(Bucket::Originals, bad.into(), t).is_none(),
+                "{bad:?}"
+            );
         }
     }
 }

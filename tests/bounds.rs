@@ -1,0 +1,361 @@
+//! Bounded memory and time for the worst input of every format within the default limits.
+//!
+//! Each case is the most expensive source `ImageLimits::default()` accepts for one dimension of
+//! cost (widest, tallest, most pixels, 16-bit, most frames, progressive), transformed to an
+//! 800 px WebP the way a signed URL would ask for it. Every case runs in a fresh child process
+//! (this binary re-executed with `PIXGATE_BOUNDS_CASE`), which measures its own peak resident
+//! memory (`VmHWM`, reset through `/proc/self/clear_refs` after the source is loaded) and its
+//! wall time, so allocator state from one case cannot hide or inflate another's.
+//!
+//! The test fails when a case's peak exceeds `image::memory_cost` — the estimate the CPU pool
+//! reserves from `transform.memory_budget_mb` — or its time exceeds the stated bound; the
+//! bounds and the measured table are in `docs/decoders.md` ("Bounds"). Sources the limits must
+//! refuse (50,000,000×1) are checked to be refused from the header, in microseconds.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use pixgate::image::{Engine, ImageLimits, memory_cost, probe};
+use pixgate::options::{OutputFormat, ParseLimits, parse_path};
+
+/// Wall-time bound of one case: a fixed part plus a per-source-pixel part. Generous enough
+/// for the unoptimised test profile on a loaded 2-core CI machine (release builds run the
+/// same cases 3–6× faster); what it catches is superlinear cost — the 50,000,000×1 PNG took
+/// 14 s in release before the side limit.
+fn time_bound(pixels: u64) -> Duration {
+    Duration::from_millis(3_000) + Duration::from_nanos(pixels.saturating_mul(400))
+}
+
+struct Case {
+    name: &'static str,
+    make: fn() -> Vec<u8>,
+    /// `None`: the transform succeeds; `Some(code)`: it is refused with that error.
+    refused: Option<&'static str>,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "png_50000000x1_refused",
+            make: || png_header_only(50_000_000, 1),
+            refused: Some("dimension_too_large"),
+        },
+        Case {
+            name: "png_1x50000000_refused",
+            make: || png_header_only(1, 50_000_000),
+            refused: Some("dimension_too_large"),
+        },
+        Case {
+            name: "png_32768x1_widest",
+            make: || png_rgb(32_768, 1, png::BitDepth::Eight, png::ColorType::Rgb),
+            refused: None,
+        },
+        Case {
+            name: "png_1x32768_tallest",
+            make: || png_rgb(1, 32_768, png::BitDepth::Eight, png::ColorType::Rgb),
+            refused: None,
+        },
+        Case {
+            name: "png_32768x1525_widest_at_pixel_cap",
+            make: || png_rgb(32_768, 1_525, png::BitDepth::Eight, png::ColorType::Rgba),
+            refused: None,
+        },
+        Case {
+            name: "png_7071x7071_rgba16",
+            make: || png_rgb(7_071, 7_071, png::BitDepth::Sixteen, png::ColorType::Rgba),
+            refused: None,
+        },
+        Case {
+            name: "png_7071x7071_grey_alpha",
+            make: || {
+                png_rgb(
+                    7_071,
+                    7_071,
+                    png::BitDepth::Eight,
+                    png::ColorType::GrayscaleAlpha,
+                )
+            },
+            refused: None,
+        },
+        Case {
+            name: "gif_7071x7071_screen_one_pixel_frame",
+            make: || gif_screen(7_071, 7_071, 1, 1),
+            refused: None,
+        },
+        Case {
+            name: "gif_7071x5303_full_frame",
+            make: || gif_screen(7_071, 5_303, 7_071, 1),
+            refused: None,
+        },
+        Case {
+            name: "gif_1000_frames_400x300",
+            make: || gif_screen(400, 300, 400, 1000),
+            refused: None,
+        },
+        Case {
+            name: "jpeg_7071x7071_progressive_444",
+            make: || jpeg(7_071, 7_071, true),
+            refused: None,
+        },
+        Case {
+            name: "jpeg_32768x1525_baseline",
+            make: || jpeg(32_768, 1_525, false),
+            refused: None,
+        },
+        Case {
+            name: "webp_16383x3051",
+            make: || webp(16_383, 3_051),
+            refused: None,
+        },
+    ]
+}
+
+fn gradient(w: u32, h: u32, channels: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(w as usize * h as usize * channels);
+    for y in 0..h {
+        for x in 0..w {
+            let v = [(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 239) as u8, 200];
+            out.extend_from_slice(&v[..channels.min(4)]);
+            if channels > 4 {
+                out.extend_from_slice(&v[..channels - 4]);
+            }
+        }
+    }
+    out
+}
+
+fn png_rgb(w: u32, h: u32, depth: png::BitDepth, color: png::ColorType) -> Vec<u8> {
+    let samples = color.samples();
+    let bytes_per_sample = if depth == png::BitDepth::Sixteen {
+        2
+    } else {
+        1
+    };
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, w, h);
+        enc.set_color(color);
+        enc.set_depth(depth);
+        enc.set_compression(png::Compression::Fast);
+        let mut writer = enc.write_header().expect("png header");
+        let mut stream = writer.stream_writer().expect("png stream");
+        let row: Vec<u8> = (0..w as usize * samples * bytes_per_sample)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        for _ in 0..h {
+            stream.write_all(&row).expect("png row");
+        }
+        stream.finish().expect("png finish");
+    }
+    out
+}
+
+/// A PNG whose IHDR claims `w`×`h` followed by a tiny, invalid IDAT: the limits must refuse
+/// it from the header alone, so the rest is never read.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc.finalize().to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00]);
+    chunk(b"IEND", &[]);
+    out
+}
+
+/// A GIF with a `sw`×`sh` logical screen and `frames` frames of `fw`×`fw`·3/4 pixels.
+fn gif_screen(sw: u16, sh: u16, fw: u16, frames: usize) -> Vec<u8> {
+    let fh = (fw * 3 / 4).max(1);
+    let mut out = Vec::new();
+    {
+        let palette: Vec<u8> = (0..=255u8).flat_map(|i| [i, 255 - i, i / 2]).collect();
+        let mut enc = gif::Encoder::new(&mut out, sw, sh, &palette).expect("gif header");
+        let pixels: Vec<u8> = (0..usize::from(fw) * usize::from(fh))
+            .map(|i| (i % 256) as u8)
+            .collect();
+        for _ in 0..frames {
+            let frame = gif::Frame {
+                width: fw,
+                height: fh,
+                buffer: std::borrow::Cow::Borrowed(&pixels),
+                ..gif::Frame::default()
+            };
+            enc.write_frame(&frame).expect("gif frame");
+        }
+    }
+    out
+}
+
+fn jpeg(w: u32, h: u32, progressive: bool) -> Vec<u8> {
+    let data = gradient(w, h, 3);
+    let mut out = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, 85);
+    enc.set_progressive(progressive);
+    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::F_1_1);
+    enc.encode(&data, w as u16, h as u16, jpeg_encoder::ColorType::Rgb)
+        .expect("jpeg encode");
+    out
+}
+
+fn webp(w: u32, h: u32) -> Vec<u8> {
+    let data = gradient(w, h, 3);
+    webp::Encoder::from_rgb(&data, w, h).encode(75.0).to_vec()
+}
+
+/// `VmHWM` or `VmRSS` of this process, bytes.
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// The child: transform the file named by the environment, print one result line.
+fn child(case: &str, file: &str) {
+    let bytes = std::fs::read(file).expect("read case file");
+    let limits = ParseLimits {
+        max_dimension: ImageLimits::default().max_result_dimension,
+        presets: Default::default(),
+        presets_only: false,
+    };
+    let spec = parse_path(
+        "/rs:fit:800:800/plain/0123456789abcdef0123456789abcdef",
+        &limits,
+    )
+    .expect("spec")
+    .spec;
+    let engine = Engine::new(ImageLimits::default());
+    // Reset the high-water mark to the current RSS: what follows is the transform alone.
+    std::fs::write("/proc/self/clear_refs", "5").expect("clear_refs");
+    let base = status_kib("VmRSS:");
+    let started = Instant::now();
+    let result = engine.transform(&bytes, &spec, OutputFormat::Webp, 80);
+    let elapsed = started.elapsed();
+    let peak = status_kib("VmHWM:").saturating_sub(base);
+    let outcome = match result {
+        Ok(e) => format!("ok {}x{}", e.width, e.height),
+        Err(e) => format!("err {}", pixgate::error::Error::from(e).code()),
+    };
+    println!(
+        "RESULT {case} peak={peak} ms={} outcome={outcome}",
+        elapsed.as_millis()
+    );
+}
+
+fn main() {
+    if let (Ok(case), Ok(file)) = (
+        std::env::var("PIXGATE_BOUNDS_CASE"),
+        std::env::var("PIXGATE_BOUNDS_FILE"),
+    ) {
+        child(&case, &file);
+        return;
+    }
+    // `cargo test` passes harness flags (e.g. `--list` from tooling): list the one test.
+    if std::env::args().any(|a| a == "--list") {
+        println!("worst_inputs_stay_within_their_bounds: test");
+        return;
+    }
+    let only = std::env::var("PIXGATE_BOUNDS_ONLY").ok();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = std::env::current_exe().expect("current exe");
+    let mut failures = Vec::new();
+    println!(
+        "{:<40} {:>13} {:>11} {:>10} {:>9} {:>9}  outcome",
+        "case", "source", "peak MiB", "cost MiB", "ms", "bound ms"
+    );
+    for case in cases() {
+        if only.as_deref().is_some_and(|o| !case.name.contains(o)) {
+            continue;
+        }
+        let bytes = (case.make)();
+        let p = probe(&bytes).expect("probe");
+        let pixels = u64::from(p.width) * u64::from(p.height);
+        let cost = memory_cost(&p);
+        let path = dir.path().join(case.name);
+        std::fs::write(&path, &bytes).expect("write case");
+        drop(bytes);
+        let out = std::process::Command::new(&exe)
+            .env("PIXGATE_BOUNDS_CASE", case.name)
+            .env("PIXGATE_BOUNDS_FILE", &path)
+            .output()
+            .expect("run case");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let Some(line) = stdout.lines().find(|l| l.starts_with("RESULT ")) else {
+            failures.push(format!(
+                "{}: no result ({}; stderr: {})",
+                case.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+            continue;
+        };
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(k))
+                .unwrap_or("")
+                .to_owned()
+        };
+        let peak: u64 = field("peak=").parse().unwrap_or(u64::MAX);
+        let ms: u64 = field("ms=").parse().unwrap_or(u64::MAX);
+        let outcome = line.split("outcome=").nth(1).unwrap_or("").to_owned();
+        let bound = time_bound(pixels);
+        println!(
+            "{:<40} {:>13} {:>11.1} {:>10.1} {:>9} {:>9}  {outcome}",
+            case.name,
+            format!("{}x{}", p.width, p.height),
+            peak as f64 / 1048576.0,
+            cost as f64 / 1048576.0,
+            ms,
+            bound.as_millis()
+        );
+        match case.refused {
+            Some(code) => {
+                if outcome != format!("err {code}") {
+                    failures.push(format!("{}: expected {code}, got {outcome}", case.name));
+                }
+                if ms > 50 {
+                    failures.push(format!("{}: refusal took {ms} ms", case.name));
+                }
+            }
+            None => {
+                if !outcome.starts_with("ok ") {
+                    failures.push(format!("{}: {outcome}", case.name));
+                }
+                if peak > cost {
+                    failures.push(format!(
+                        "{}: peak {peak} B is over the reserved estimate {cost} B",
+                        case.name
+                    ));
+                }
+                if u128::from(ms) > bound.as_millis() {
+                    failures.push(format!(
+                        "{}: {ms} ms is over the bound of {} ms",
+                        case.name,
+                        bound.as_millis()
+                    ));
+                }
+            }
+        }
+    }
+    if !failures.is_empty() {
+        for f in &failures {
+            eprintln!("FAIL {f}");
+        }
+        std::process::exit(1);
+    }
+    println!("test worst_inputs_stay_within_their_bounds ... ok");
+}
