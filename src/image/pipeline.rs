@@ -1093,6 +1093,32 @@ mod tests {
     }
 
     #[test]
+    fn jpegs_libjpeg_turbo_refuses_but_zune_accepted_still_render() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/photo_320x240.jpg"
+        );
+        let mut jpeg = std::fs::read(path).unwrap();
+        let eoi = jpeg.len() - 2;
+        jpeg.splice(eoi..eoi, [0x12, 0x34, 0x56]);
+        let p = validate_upload(&jpeg, &LIMITS).unwrap();
+        // The strict libjpeg-turbo path refuses it ("extraneous bytes before marker")...
+        assert!(
+            turbo::decode_scaled(&jpeg, 2, LIMITS.max_source_pixels, (p.width, p.height)).is_err()
+        );
+        // ...and the transform renders it through zune-jpeg, as at upload.
+        let out = transform(
+            &jpeg,
+            &spec(100, 100, ResizingType::Fit),
+            OutputFormat::Png,
+            80,
+            &LIMITS,
+        )
+        .unwrap();
+        assert_eq!((out.width, out.height), (100, 75));
+    }
+
+    #[test]
     fn jpeg_variants_decode_grayscale_cmyk_progressive() {
         let rgb = card(64, 48);
         // Grayscale.
