@@ -286,7 +286,7 @@ async fn fsck_repairs_every_kind(backend: Backend) {
     let key_id = key.json()["id"].as_str().unwrap().to_owned();
     // Derived writes are in the background: wait for both.
     let env = server_env(backend, s.dir.path(), &extra_ref);
-    let config = pixgate::config::Config::load(None, env.clone().into_iter()).unwrap();
+    let config = pixgate::config::Config::load(None, env.clone()).unwrap();
     let store = pixgate::app::store(&config).await.unwrap();
     use pixgate::storage::{Bucket, ObjectKey};
     for _ in 0..100 {
