@@ -452,6 +452,34 @@ impl Run<'_, '_> {
         }
     }
 
+    /// The next page of `prefix` after `after` (advanced past it): `Ok(None)` at the end,
+    /// `Err` when the listing failed (recorded; the phase stops — judged on half a listing, a
+    /// complete image could look like an orphan).
+    async fn next_page(
+        &mut self,
+        bucket: Bucket,
+        prefix: &str,
+        after: &mut Option<String>,
+    ) -> Result<Option<Vec<(ObjectKey, SystemTime)>>, ()> {
+        match self
+            .store
+            .list_page_dated(bucket, prefix, after.as_deref(), PAGE)
+            .await
+        {
+            Ok(page) => {
+                let Some((last, _)) = page.last() else {
+                    return Ok(None);
+                };
+                *after = Some(last.as_str().to_owned());
+                Ok(Some(page))
+            }
+            Err(e) => {
+                self.error(&format!("listing {prefix}"), e);
+                Err(())
+            }
+        }
+    }
+
     /// `images/`: originals without metadata, metadata without originals.
     async fn images(&mut self) {
         self.begin("images");
@@ -460,23 +488,15 @@ impl Run<'_, '_> {
         // image is pending until a key of another shows up.
         let mut pending: Option<ImageObjects> = None;
         loop {
-            let page = match self
-                .store
-                .list_page_dated(Bucket::Originals, "images/", after.as_deref(), PAGE)
+            let Ok(page) = self
+                .next_page(Bucket::Originals, "images/", &mut after)
                 .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    // The pending image may have more objects in the page that failed: judged
-                    // on half its listing, a complete image could look like an orphan.
-                    self.error("listing images/", e);
-                    return;
-                }
+            else {
+                return;
             };
-            let Some((last, _)) = page.last() else {
+            let Some(page) = page else {
                 break;
             };
-            after = Some(last.as_str().to_owned());
             for (key, modified) in page {
                 self.tick();
                 let Some((id, leaf)) = image_object(key.as_str()) else {
@@ -530,21 +550,15 @@ impl Run<'_, '_> {
         self.begin("derived");
         let mut after: Option<String> = None;
         loop {
-            let page = match self
-                .store
-                .list_page_dated(Bucket::Derived, "derived/", after.as_deref(), PAGE)
+            let Ok(page) = self
+                .next_page(Bucket::Derived, "derived/", &mut after)
                 .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    self.error("listing derived/", e);
-                    return;
-                }
-            };
-            let Some((last, _)) = page.last() else {
+            else {
                 return;
             };
-            after = Some(last.as_str().to_owned());
+            let Some(page) = page else {
+                return;
+            };
             // An image's results are adjacent: one metadata check per image and page.
             let mut groups: Vec<(ImageId, Vec<(ObjectKey, SystemTime)>)> = Vec::new();
             for (key, modified) in page {
@@ -605,21 +619,15 @@ impl Run<'_, '_> {
         // A marker sorts right after its key's record (`.json` < `.used`): most need no read.
         let mut last_record: Option<ObjectKey> = None;
         loop {
-            let page = match self
-                .store
-                .list_page_dated(Bucket::Originals, "users/", after.as_deref(), PAGE)
+            let Ok(page) = self
+                .next_page(Bucket::Originals, "users/", &mut after)
                 .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    self.error("listing users/", e);
-                    return;
-                }
-            };
-            let Some((last, _)) = page.last() else {
+            else {
                 return;
             };
-            after = Some(last.as_str().to_owned());
+            let Some(page) = page else {
+                return;
+            };
             for (key, modified) in page {
                 self.tick();
                 match user_object(key.as_str()) {
@@ -689,21 +697,15 @@ impl Run<'_, '_> {
         self.begin("apikeys");
         let mut after: Option<String> = None;
         loop {
-            let page = match self
-                .store
-                .list_page_dated(Bucket::Originals, "apikeys/", after.as_deref(), PAGE)
+            let Ok(page) = self
+                .next_page(Bucket::Originals, "apikeys/", &mut after)
                 .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    self.error("listing apikeys/", e);
-                    return;
-                }
-            };
-            let Some((last, _)) = page.last() else {
+            else {
                 return;
             };
-            after = Some(last.as_str().to_owned());
+            let Some(page) = page else {
+                return;
+            };
             for (key, modified) in page {
                 self.tick();
                 if key.as_str().ends_with(".json") {
