@@ -284,6 +284,27 @@ fn sweep(file: Option<PathBuf>) -> Result<(), String> {
         } else {
             println!("derived: kept (cache.derived_ttl_days = 0)");
         }
+        // Temporary files of fs writes a crash interrupted (none on S3). An hour is far past
+        // any write in progress, so this is safe beside live servers.
+        let hour_ago = now
+            .checked_sub(Duration::from_secs(3600))
+            .unwrap_or(UNIX_EPOCH);
+        let mut removed = 0u64;
+        for t in store
+            .temporaries()
+            .await
+            .map_err(|e| format!("temporaries: {e}"))?
+        {
+            if t.modified() < hour_ago
+                && store
+                    .remove_temporary(&t)
+                    .await
+                    .map_err(|e| format!("temporary {t}: {e}"))?
+            {
+                removed += 1;
+            }
+        }
+        println!("temporaries: removed {removed} left by interrupted writes");
         Ok(())
     })
 }

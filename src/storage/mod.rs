@@ -307,6 +307,83 @@ pub(crate) async fn with_deadline<T>(
 mod tests {
     use super::*;
 
+    /// A store whose `check` stalls until released (a SIGSTOPped backend), counting calls.
+    struct Stalling {
+        stalled: std::sync::atomic::AtomicBool,
+        checks: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ObjectStore for Stalling {
+        async fn put(
+            &self,
+            _: Bucket,
+            _: &ObjectKey,
+            _: Bytes,
+            _: &str,
+        ) -> Result<(), StorageError> {
+            Ok(())
+        }
+        async fn get(&self, _: Bucket, _: &ObjectKey, _: u64) -> Result<Bytes, StorageError> {
+            Err(StorageError::NotFound)
+        }
+        async fn delete(&self, _: Bucket, _: &ObjectKey) -> Result<(), StorageError> {
+            Ok(())
+        }
+        async fn list(&self, _: Bucket, _: &str) -> Result<Vec<ObjectKey>, StorageError> {
+            Ok(Vec::new())
+        }
+        async fn list_page_dated(
+            &self,
+            _: Bucket,
+            _: &str,
+            _: Option<&str>,
+            _: usize,
+        ) -> Result<Vec<(ObjectKey, std::time::SystemTime)>, StorageError> {
+            Ok(Vec::new())
+        }
+        async fn check(&self) -> Result<(), StorageError> {
+            use std::sync::atomic::Ordering;
+            self.checks.fetch_add(1, Ordering::AcqRel);
+            while self.stalled.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(())
+        }
+        fn backend(&self) -> &'static str {
+            "stalling"
+        }
+    }
+
+    #[tokio::test]
+    async fn readiness_answers_within_its_deadline_and_never_piles_up_checks() {
+        use std::sync::atomic::Ordering;
+        let store = std::sync::Arc::new(Stalling {
+            stalled: true.into(),
+            checks: 0.into(),
+        });
+        let probe = std::sync::Arc::new(HealthProbe::new(store.clone()));
+        let deadline = Duration::from_millis(100);
+        // Twenty probes against a stalled backend: each answers Timeout within its deadline,
+        // and they share one check instead of starting twenty.
+        let started = std::time::Instant::now();
+        let mut waits = Vec::new();
+        for _ in 0..20 {
+            let p = probe.clone();
+            waits.push(tokio::spawn(async move { p.check_within(deadline).await }));
+        }
+        for w in waits {
+            assert!(matches!(w.await.unwrap(), Err(StorageError::Timeout)));
+        }
+        assert!(started.elapsed() < Duration::from_millis(1000));
+        assert_eq!(store.checks.load(Ordering::Acquire), 1);
+        // The backend recovers: the next probe sees it at once.
+        store.stalled.store(false, Ordering::Release);
+        probe.check_within(Duration::from_secs(2)).await.unwrap();
+        probe.check_within(Duration::from_secs(2)).await.unwrap();
+        assert!(store.checks.load(Ordering::Acquire) >= 2);
+    }
+
     #[test]
     fn keys_cannot_escape() {
         for good in [

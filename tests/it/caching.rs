@@ -610,6 +610,20 @@ async fn unused_derived_objects_expire_and_used_ones_stay(backend: Backend) {
             .unwrap();
         assert!(st.success());
     }
+    // A derived write a crash interrupted left a temporary two hours ago; one is in progress.
+    let dir = root.join(keys[0].rsplit_once('/').unwrap().0);
+    let (old_tmp, new_tmp) = (
+        dir.join(".tmp-00000000000000aa"),
+        dir.join(".tmp-00000000000000bb"),
+    );
+    std::fs::write(&old_tmp, b"half").unwrap();
+    std::fs::write(&new_tmp, b"half").unwrap();
+    let st = std::process::Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .arg(&old_tmp)
+        .status()
+        .unwrap();
+    assert!(st.success());
     // After a restart one of them is used: the derived hit refreshes it.
     let s2 = restart_on_same_storage(backend, &s, &extra);
     assert_eq!(get(&s2.url(&used), &[]).await.status, 200);
@@ -625,6 +639,11 @@ async fn unused_derived_objects_expire_and_used_ones_stay(backend: Backend) {
         out.contains("derived: removed 1 object(s) unused for 2 day(s)"),
         "{out}"
     );
+    assert!(
+        out.contains("temporaries: removed 1 left by interrupted writes"),
+        "{out}"
+    );
+    assert!(!old_tmp.exists() && new_tmp.exists());
     let left = derived_keys(backend, &s, &id).await;
     assert_eq!(left.len(), 1);
     let etag = get(&s2.url(&used), &[]).await;
