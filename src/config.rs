@@ -1726,6 +1726,26 @@ mod tests {
             ("PIXGATE__REDIS__URL", "http://x", "redis.url"),
             ("PIXGATE__LIMITS__MAX_FRAMES", "0", "limits.max_frames"),
             (
+                "PIXGATE__LIMITS__MAX_SOURCE_DIMENSION",
+                "0",
+                "limits.max_source_dimension",
+            ),
+            (
+                "PIXGATE__LIMITS__MAX_SOURCE_DIMENSION",
+                "65536",
+                "limits.max_source_dimension",
+            ),
+            (
+                "PIXGATE__SERVER__READINESS_TIMEOUT_MS",
+                "0",
+                "server.readiness_timeout_ms",
+            ),
+            (
+                "PIXGATE__TRANSFORM__MEMORY_BUDGET_MB",
+                "63",
+                "transform.memory_budget_mb",
+            ),
+            (
                 "PIXGATE__TRANSFORM__JPEG_DECODER",
                 "libjpeg",
                 "transform.jpeg_decoder",

@@ -550,13 +550,11 @@ impl Run<'_, '_> {
         self.begin("derived");
         let mut after: Option<String> = None;
         loop {
-            let Ok(page) = self
+            // The end of the listing, or a failed page (recorded by `next_page`).
+            let Ok(Some(page)) = self
                 .next_page(Bucket::Derived, "derived/", &mut after)
                 .await
             else {
-                return;
-            };
-            let Some(page) = page else {
                 return;
             };
             // An image's results are adjacent: one metadata check per image and page.
@@ -619,13 +617,11 @@ impl Run<'_, '_> {
         // A marker sorts right after its key's record (`.json` < `.used`): most need no read.
         let mut last_record: Option<ObjectKey> = None;
         loop {
-            let Ok(page) = self
+            // The end of the listing, or a failed page (recorded by `next_page`).
+            let Ok(Some(page)) = self
                 .next_page(Bucket::Originals, "users/", &mut after)
                 .await
             else {
-                return;
-            };
-            let Some(page) = page else {
                 return;
             };
             for (key, modified) in page {
@@ -697,13 +693,11 @@ impl Run<'_, '_> {
         self.begin("apikeys");
         let mut after: Option<String> = None;
         loop {
-            let Ok(page) = self
+            // The end of the listing, or a failed page (recorded by `next_page`).
+            let Ok(Some(page)) = self
                 .next_page(Bucket::Originals, "apikeys/", &mut after)
                 .await
             else {
-                return;
-            };
-            let Some(page) = page else {
                 return;
             };
             for (key, modified) in page {

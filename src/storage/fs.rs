@@ -146,11 +146,19 @@ fn read_into(f: std::fs::File, mut buf: Vec<u8>, max: u64) -> Result<Bytes, Stor
     Ok(Bytes::from(buf))
 }
 
+/// The entries of `dir`, or `None` if it does not exist (never created, or removed while a walk
+/// ran): an absent directory is an empty prefix, not an error.
+fn read_dir_if_present(dir: &Path) -> std::io::Result<Option<std::fs::ReadDir>> {
+    match std::fs::read_dir(dir) {
+        Ok(e) => Ok(Some(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(entries) = read_dir_if_present(dir)? else {
+        return Ok(());
     };
     for entry in entries {
         let entry = entry?;
@@ -180,11 +188,8 @@ fn walk_temporaries(
     dir: &Path,
     out: &mut Vec<Temporary>,
 ) -> std::io::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        // Removed while the walk ran.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(entries) = read_dir_if_present(dir)? else {
+        return Ok(());
     };
     for entry in entries {
         let entry = entry?;
@@ -222,10 +227,8 @@ fn walk_page(
     max: usize,
     out: &mut Vec<ObjectKey>,
 ) -> std::io::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(entries) = read_dir_if_present(dir)? else {
+        return Ok(());
     };
     let mut items: Vec<(String, bool, std::path::PathBuf)> = Vec::new();
     for entry in entries {
