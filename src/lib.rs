@@ -17,6 +17,7 @@
 //! - [`zipstream`] streaming ZIP writer (the GDPR export)
 //! - [`workers`] the bounded CPU pool
 //! - [`image`] pure image engine: probe, decode (shrink-on-load), resize, effects, encode
+//! - `fuzzing` (hidden): the fuzz targets `fuzz/` and `tests/fuzz_smoke.rs` drive
 //! - [`config`], [`error`], [`metrics`], [`id`], [`app`] (wiring)
 //!
 //! Invariants: `image` does no I/O; nothing touches storage before a signature or token is
@@ -31,6 +32,8 @@ pub mod cdn;
 pub mod config;
 pub mod error;
 pub mod fsck;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod id;
 pub mod image;

@@ -37,10 +37,10 @@ const MAX_SUB_LEN: usize = 255;
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
 /// One verification key with its pinned algorithm.
-struct VerifyKey {
+pub(crate) struct VerifyKey {
     /// `None` matches any `kid` (a single configured secret or PEM key).
     kid: Option<String>,
-    alg: Algorithm,
+    pub(crate) alg: Algorithm,
     key: DecodingKey,
 }
 
@@ -117,7 +117,10 @@ fn pem_key(pem: &[u8], alg: Algorithm) -> Result<DecodingKey, String> {
 
 /// The keys of a JWKS document, each pinned to one algorithm. Keys that are not signature
 /// keys, carry no `kid`, or whose algorithm is not allowed are skipped (and counted).
-fn jwks_keys(doc: &[u8], allowed: &[Algorithm]) -> Result<(Vec<VerifyKey>, usize), String> {
+pub(crate) fn jwks_keys(
+    doc: &[u8],
+    allowed: &[Algorithm],
+) -> Result<(Vec<VerifyKey>, usize), String> {
     let set: JwkSet = serde_json::from_slice(doc).map_err(|e| format!("not a JWKS: {e}"))?;
     let mut keys = Vec::new();
     let mut skipped = 0;

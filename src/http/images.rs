@@ -98,9 +98,9 @@ pub async fn create(
         .starts_with("multipart/form-data")
     {
         reject_large_body(&parts.headers, cap + MULTIPART_OVERHEAD)?;
-        read_multipart(app, body, content_type, cap).await?
+        read_multipart(&app.config.limits.upload_formats, body, content_type, cap).await?
     } else {
-        let declared = declared_format(app, content_type)?;
+        let declared = declared_format(&app.config.limits.upload_formats, content_type)?;
         reject_large_body(&parts.headers, cap)?;
         (read_body(body, cap).await?, declared, MetaPatch::default())
     };
@@ -143,9 +143,8 @@ pub async fn create(
     Ok(resp)
 }
 
-/// The declared image type, which must be one `limits.upload_formats` allows.
-fn declared_format(app: &App, content_type: &str) -> Result<ImageFormat, Error> {
-    let allowed = &app.config.limits.upload_formats;
+/// The declared image type, which must be one `limits.upload_formats` (`allowed`) names.
+fn declared_format(allowed: &[String], content_type: &str) -> Result<ImageFormat, Error> {
     ImageFormat::from_mime(content_type)
         .filter(|f| allowed.iter().any(|a| a == f.as_str()))
         .ok_or_else(|| {
@@ -209,14 +208,19 @@ async fn validate(
         .await??)
 }
 
-/// Parses a `multipart/form-data` upload: `file` (required, once, with an image
-/// Content-Type), optional `title`, `alt_text` and `tags` (repeated, or comma-separated).
-async fn read_multipart(
-    app: &App,
-    body: Incoming,
+/// Parses a `multipart/form-data` upload: `file` (required, once, with a Content-Type that
+/// `allowed` names), optional `title`, `alt_text` and `tags` (repeated, or comma-separated).
+/// Generic over the body so the fuzz target ([`crate::fuzzing`]) drives the same code.
+pub(crate) async fn read_multipart<B>(
+    allowed: &[String],
+    body: B,
     content_type: &str,
     cap: u64,
-) -> Result<(Bytes, ImageFormat, MetaPatch), Error> {
+) -> Result<(Bytes, ImageFormat, MetaPatch), Error>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use multer::{Constraints, Multipart, SizeLimit};
     let boundary = multer::parse_boundary(content_type)
         .map_err(|_| Error::BadRequest("multipart Content-Type without a boundary".into()))?;
@@ -243,8 +247,10 @@ async fn read_multipart(
                 if file.is_some() {
                     return Err(Error::InvalidField("file: given more than once".into()));
                 }
-                let declared =
-                    declared_format(app, field.content_type().map_or("", |m| m.essence_str()))?;
+                let declared = declared_format(
+                    allowed,
+                    field.content_type().map_or("", |m| m.essence_str()),
+                )?;
                 let bytes = field.bytes().await.map_err(|e| multipart_error(e, cap))?;
                 file = Some((bytes, declared));
             }

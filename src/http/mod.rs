@@ -10,7 +10,7 @@ mod account;
 mod admin;
 mod body;
 mod cors;
-mod images;
+pub(crate) mod images;
 mod keys;
 mod ops;
 mod transform;

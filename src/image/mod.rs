@@ -12,19 +12,19 @@
 mod decode;
 mod effects;
 mod encode;
-mod exif;
+pub(crate) mod exif;
 mod geometry;
-mod icc;
+pub(crate) mod icc;
 mod orient;
 mod pipeline;
-mod probe;
+pub(crate) mod probe;
 mod smart;
 mod turbo;
 
 pub use decode::decode;
 pub use encode::{EncodeSettings, PngCompression, Subsampling, encode};
 pub use geometry::{Geometry, plan};
-pub use pipeline::{Encoded, Engine, JpegDecoder, jpeg_shrink, validate_upload};
+pub use pipeline::{Encoded, Engine, JpegDecoder, caught_panics, jpeg_shrink, validate_upload};
 pub use probe::{Probe, frame_count, probe, sniff};
 
 /// Source formats pixgate accepts.

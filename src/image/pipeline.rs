@@ -63,10 +63,19 @@ pub fn validate_upload(bytes: &[u8], limits: &ImageLimits) -> Result<Probe, Imag
 /// its own buffers, and the shared [`Engine`] is immutable.
 fn contained<T>(f: impl FnOnce() -> Result<T, ImageError>) -> Result<T, ImageError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        CAUGHT_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Err(ImageError::Corrupt(
             "the decoder failed on malformed data".into(),
         ))
     })
+}
+
+static CAUGHT_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Panics [`contained`] has turned into `invalid_image` since the process started. Each one
+/// is a codec bug a hostile file reached: the fuzz targets fail on any increase.
+pub fn caught_panics() -> u64 {
+    CAUGHT_PANICS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Engine {
