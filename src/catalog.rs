@@ -32,6 +32,8 @@ use crate::storage::{Bucket, ObjectKey, ObjectStore, StorageError};
 pub(crate) const MAX_META_BYTES: u64 = 64 * 1024;
 
 /// How long a failed upload waits for its cleanup before answering (it continues after).
+/// `images/{id}/deleting`: written first by a delete, removed with the rest of the image.
+pub(crate) const DELETING_MARKER: &str = "deleting";
 const CLEANUP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Metadata field limits (also the GDPR right to rectification's surface).
 pub const MAX_TITLE_CHARS: usize = 255;
@@ -63,6 +65,10 @@ pub struct ImageMeta {
     pub alt_text: Option<String>,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Set by the first step of a delete: the image is gone for every reader from then on,
+    /// even if the delete is killed before its last step (`Catalog::delete`). Never shown.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
 }
 
 /// A metadata change: `None` leaves a field alone, `Some(None)` clears it.
@@ -277,9 +283,15 @@ impl Catalog {
         Ok(())
     }
 
-    /// The metadata of an image; `NotFound` if it does not exist.
+    /// The metadata of an image; `NotFound` if it does not exist or is being deleted.
     pub async fn meta(&self, id: &ImageId) -> Result<ImageMeta, Error> {
         read_meta(self.store.as_ref(), id).await
+    }
+
+    /// The metadata even of an image whose delete was interrupted (`deleting`), so that its
+    /// owner's `DELETE` (or an erasure) can finish it; `NotFound` if there is none.
+    pub async fn meta_for_delete(&self, id: &ImageId) -> Result<ImageMeta, Error> {
+        read_meta_any(self.store.as_ref(), id).await
     }
 
     /// The original bytes of an image.
@@ -312,6 +324,27 @@ impl Catalog {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page, Error> {
+        self.list_page(owner, cursor, limit, false).await
+    }
+
+    /// Like [`Catalog::list`], with images whose delete was interrupted (`deleting`): what an
+    /// erasure must finish.
+    pub async fn list_for_erasure(
+        &self,
+        owner: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, Error> {
+        self.list_page(owner, cursor, limit, true).await
+    }
+
+    async fn list_page(
+        &self,
+        owner: &str,
+        cursor: Option<&str>,
+        limit: usize,
+        include_deleting: bool,
+    ) -> Result<Page, Error> {
         let prefix = index_prefix(owner);
         let start_after = match cursor {
             Some(c) if valid_cursor(c) => Some(format!("{prefix}{c}")),
@@ -343,7 +376,16 @@ impl Catalog {
             for (i, id) in chunk.iter().enumerate() {
                 let store = self.store.clone();
                 let id = id.clone();
-                set.spawn(async move { (i, read_meta(store.as_ref(), &id).await) });
+                set.spawn(async move {
+                    let meta = read_meta_any(store.as_ref(), &id).await;
+                    (
+                        i,
+                        meta.and_then(|m| match m.deleting && !include_deleting {
+                            true => Err(Error::NotFound),
+                            false => Ok(m),
+                        }),
+                    )
+                });
             }
             let mut got: Vec<(usize, ImageMeta)> = Vec::with_capacity(chunk.len());
             while let Some(joined) = set.join_next().await {
@@ -386,11 +428,39 @@ impl Catalog {
         Ok(meta)
     }
 
-    /// Deletes the original, every derived object, the index entry and the metadata; returns
-    /// only when all are gone.
+    /// Deletes the image; returns only when all of it is gone. Crash-consistent: first a
+    /// `deleting` marker object and the metadata rewritten with `deleting` (from then on every
+    /// reader gets `NotFound`, on every instance, whatever happens next), then the original,
+    /// every derived object, the index entry, anything else under the image's prefix (the
+    /// marker too) and the metadata last. A delete killed half-way is invisible through the
+    /// API; its owner's `DELETE`, an erasure, or `pixgate fsck --repair` finishes it.
     pub async fn delete(&self, meta: &ImageMeta) -> Result<(), Error> {
         let id = ImageId::parse(&meta.id).ok_or_else(|| Error::Internal("bad image id".into()))?;
         let _guard = self.lock_for(&id).lock().await;
+        if !meta.deleting {
+            // The marker first: fsck finds an interrupted delete from a listing alone.
+            self.store
+                .put(
+                    Bucket::Originals,
+                    &key(&id, DELETING_MARKER)?,
+                    Bytes::from_static(b"1"),
+                    "text/plain",
+                )
+                .await?;
+            let marked = ImageMeta {
+                deleting: true,
+                ..meta.clone()
+            };
+            let json = serde_json::to_vec(&marked).map_err(|e| Error::Internal(e.to_string()))?;
+            self.store
+                .put(
+                    Bucket::Originals,
+                    &key(&id, "meta.json")?,
+                    Bytes::from(json),
+                    "application/json",
+                )
+                .await?;
+        }
         self.store
             .delete(Bucket::Originals, &key(&id, "original")?)
             .await?;
@@ -422,7 +492,19 @@ impl Catalog {
     }
 }
 
+/// The metadata of a live image: `NotFound` also while (or after) a delete marked it.
 pub(crate) async fn read_meta(store: &dyn ObjectStore, id: &ImageId) -> Result<ImageMeta, Error> {
+    match read_meta_any(store, id).await? {
+        m if m.deleting => Err(Error::NotFound),
+        m => Ok(m),
+    }
+}
+
+/// The stored metadata record as it is, `deleting` or not.
+pub(crate) async fn read_meta_any(
+    store: &dyn ObjectStore,
+    id: &ImageId,
+) -> Result<ImageMeta, Error> {
     let bytes = match store
         .get(Bucket::Originals, &key(id, "meta.json")?, MAX_META_BYTES)
         .await
@@ -459,14 +541,21 @@ mod tests {
             title: None,
             alt_text: None,
             tags: Vec::new(),
+            deleting: false,
         }
     }
 
-    /// An fs store whose metadata writes land but then report failure (a timed-out PUT).
-    struct LateFailingMeta(FsStore);
+    /// An fs store with faults: writes of keys ending in `late_put` land but then report
+    /// failure (a timed-out PUT); deletes of keys ending in `failed_delete` fail (a process
+    /// killed at that step leaves the same state).
+    struct Faulty {
+        fs: FsStore,
+        late_put: &'static str,
+        failed_delete: &'static str,
+    }
 
     #[async_trait]
-    impl ObjectStore for LateFailingMeta {
+    impl ObjectStore for Faulty {
         async fn put(
             &self,
             bucket: Bucket,
@@ -474,20 +563,23 @@ mod tests {
             body: Bytes,
             content_type: &str,
         ) -> Result<(), StorageError> {
-            self.0.put(bucket, key, body, content_type).await?;
-            if key.as_str().ends_with("meta.json") {
+            self.fs.put(bucket, key, body, content_type).await?;
+            if !self.late_put.is_empty() && key.as_str().ends_with(self.late_put) {
                 return Err(StorageError::Timeout);
             }
             Ok(())
         }
         async fn get(&self, b: Bucket, k: &ObjectKey, max: u64) -> Result<Bytes, StorageError> {
-            self.0.get(b, k, max).await
+            self.fs.get(b, k, max).await
         }
         async fn delete(&self, b: Bucket, k: &ObjectKey) -> Result<(), StorageError> {
-            self.0.delete(b, k).await
+            if !self.failed_delete.is_empty() && k.as_str().ends_with(self.failed_delete) {
+                return Err(StorageError::Timeout);
+            }
+            self.fs.delete(b, k).await
         }
         async fn list(&self, b: Bucket, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
-            self.0.list(b, prefix).await
+            self.fs.list(b, prefix).await
         }
         async fn list_page_dated(
             &self,
@@ -496,13 +588,13 @@ mod tests {
             start_after: Option<&str>,
             max: usize,
         ) -> Result<Vec<(ObjectKey, std::time::SystemTime)>, StorageError> {
-            self.0.list_page_dated(b, prefix, start_after, max).await
+            self.fs.list_page_dated(b, prefix, start_after, max).await
         }
         async fn check(&self) -> Result<(), StorageError> {
-            self.0.check().await
+            self.fs.check().await
         }
         fn backend(&self) -> &'static str {
-            "late-failing"
+            "faulty"
         }
     }
 
@@ -510,7 +602,11 @@ mod tests {
     async fn a_failed_metadata_write_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let fs = FsStore::new(dir.path(), Duration::from_secs(5)).unwrap();
-        let store = Arc::new(LateFailingMeta(fs));
+        let store = Arc::new(Faulty {
+            fs,
+            late_put: "meta.json",
+            failed_delete: "",
+        });
         let catalog = Catalog::new(store.clone(), 1024);
         let id = ImageId::generate().unwrap();
         let meta = sample_meta(&id);
@@ -528,6 +624,44 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(catalog.meta(&id).await.unwrap_err().code(), "not_found");
+    }
+
+    #[tokio::test]
+    async fn a_delete_stopped_after_its_first_step_is_invisible_and_can_be_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsStore::new(dir.path(), Duration::from_secs(5)).unwrap();
+        let faulty = Catalog::new(
+            Arc::new(Faulty {
+                fs,
+                late_put: "",
+                failed_delete: "/original",
+            }),
+            1024,
+        );
+        let id = ImageId::generate().unwrap();
+        let meta = sample_meta(&id);
+        faulty
+            .create(&meta, Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
+        // The delete marks the image, then stops before the original.
+        assert!(faulty.delete(&meta).await.is_err());
+        let store = Arc::new(FsStore::new(dir.path(), Duration::from_secs(5)).unwrap());
+        let catalog = Catalog::new(store.clone(), 1024);
+        assert_eq!(catalog.meta(&id).await.unwrap_err().code(), "not_found");
+        assert!(catalog.list("u1", None, 10).await.unwrap().items.is_empty());
+        let marked = catalog.meta_for_delete(&id).await.unwrap();
+        assert!(marked.deleting);
+        let erasable = catalog.list_for_erasure("u1", None, 10).await.unwrap();
+        assert_eq!(erasable.items, vec![marked.clone()]);
+        // Its record never shows the flag to a client once serialised for a live image.
+        assert!(!serde_json::to_string(&meta).unwrap().contains("deleting"));
+        // Asking again (the owner's DELETE, an erasure) finishes it.
+        catalog.delete(&marked).await.unwrap();
+        for b in [Bucket::Originals, Bucket::Derived] {
+            let left = store.list(b, "").await.unwrap();
+            assert!(left.is_empty(), "{left:?}");
+        }
     }
 
     #[tokio::test]

@@ -11,9 +11,14 @@
 //!   first). Never visible through the API; the original, the image's derived prefix and
 //!   anything else under `images/{id}/` are removed (an index entry it may have is
 //!   `dangling_index_entry`, found later in the same run).
-//! - `meta_without_original`: a delete stopped after removing the original. The delete is
-//!   finished in the server's own order: derived prefix, the owner's index entry, the metadata
-//!   last.
+//! - `interrupted_delete`: `images/{id}/deleting`, the marker a delete writes first
+//!   (`Catalog::delete`). The delete was killed; the image is already invisible through the API
+//!   (its metadata says `deleting`, or the marker is all that was written). Finished in the
+//!   server's own order: original, derived prefix, the owner's index entry, anything else under
+//!   the prefix (the marker too), the metadata last.
+//! - `meta_without_original`: a delete stopped after removing the original (one killed after
+//!   its marker went, or a metadata update that raced a delete on another instance). Finished
+//!   the same way, from the derived prefix on.
 //! - `dangling_index_entry`: `users/{hash}/images/{inverted time}-{id}` without the image's
 //!   `meta.json`; removed.
 //! - `derived_of_deleted_image`: objects under `derived/{id}/` without the image's `meta.json`;
@@ -72,6 +77,7 @@ const MAX_ERRORS: usize = 100;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     OriginalWithoutMeta,
+    InterruptedDelete,
     MetaWithoutOriginal,
     DanglingIndexEntry,
     DerivedOfDeletedImage,
@@ -81,8 +87,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::OriginalWithoutMeta,
+        Kind::InterruptedDelete,
         Kind::MetaWithoutOriginal,
         Kind::DanglingIndexEntry,
         Kind::DerivedOfDeletedImage,
@@ -94,6 +101,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::OriginalWithoutMeta => "original_without_meta",
+            Kind::InterruptedDelete => "interrupted_delete",
             Kind::MetaWithoutOriginal => "meta_without_original",
             Kind::DanglingIndexEntry => "dangling_index_entry",
             Kind::DerivedOfDeletedImage => "derived_of_deleted_image",
@@ -219,6 +227,8 @@ struct ImageObjects {
     id: ImageId,
     original: Option<SystemTime>,
     meta: Option<SystemTime>,
+    /// The marker a delete writes first.
+    deleting: Option<SystemTime>,
 }
 
 /// What a key under `users/` is, as far as fsck cares.
@@ -350,23 +360,52 @@ async fn remove_unfinished_upload(store: &dyn ObjectStore, id: &ImageId) -> Resu
     Ok(true)
 }
 
-/// Finishes a delete that stopped after the original, in `Catalog::delete`'s order (metadata
-/// last, so a repair that stops half-way is found again); `false` if the original is back or
-/// the metadata gone.
-async fn finish_delete(store: &dyn ObjectStore, id: &ImageId) -> Result<bool, Error> {
+/// Where [`finish_delete`] picks up `Catalog::delete`'s order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A marked delete (`interrupted_delete`): from the original on.
+    Original,
+    /// The original is gone (`meta_without_original`): from the derived prefix on.
+    Derived,
+}
+
+/// Finishes a delete in `Catalog::delete`'s order (the marker after the original, the metadata
+/// last, so a repair that stops half-way is found again). `false` if the condition no longer
+/// holds: the marker is gone (`Step::Original`), or the original is back or the metadata gone
+/// (`Step::Derived`).
+async fn finish_delete(store: &dyn ObjectStore, id: &ImageId, from: Step) -> Result<bool, Error> {
     // Unparseable metadata is an error for the operator, not a leftover: kept as it is.
-    let meta = match catalog::read_meta(store, id).await {
-        Ok(m) => m,
+    let meta = match catalog::read_meta_any(store, id).await {
+        Ok(m) => Some(m),
+        // A marker without metadata: a delete killed right after its first write, of an
+        // upload that never finished, or one whose metadata already went.
+        Err(Error::NotFound) if from == Step::Original => None,
         Err(Error::NotFound) => return Ok(false),
         Err(e) => return Err(e),
     };
-    if listed(store, Bucket::Originals, &catalog::key(id, "original")?).await? {
-        return Ok(false);
+    let original = catalog::key(id, "original")?;
+    match from {
+        Step::Original => {
+            let marker = catalog::key(id, catalog::DELETING_MARKER)?;
+            if !listed(store, Bucket::Originals, &marker).await? {
+                return Ok(false);
+            }
+            store.delete(Bucket::Originals, &original).await?;
+        }
+        Step::Derived => {
+            if listed(store, Bucket::Originals, &original).await? {
+                return Ok(false);
+            }
+        }
     }
     delete_prefix(store, Bucket::Derived, &catalog::derived_prefix(id), None).await?;
-    store
-        .delete(Bucket::Originals, &catalog::index_key(&meta, id)?)
-        .await?;
+    // Without metadata the index entry cannot be named: it is a `dangling_index_entry`,
+    // found in the users phase of the same run.
+    if let Some(meta) = &meta {
+        store
+            .delete(Bucket::Originals, &catalog::index_key(meta, id)?)
+            .await?;
+    }
     let meta_key = catalog::key(id, "meta.json")?;
     delete_prefix(
         store,
@@ -509,10 +548,12 @@ impl Run<'_, '_> {
                     id,
                     original: None,
                     meta: None,
+                    deleting: None,
                 });
                 match leaf {
                     "original" => p.original = Some(modified),
                     "meta.json" => p.meta = Some(modified),
+                    catalog::DELETING_MARKER => p.deleting = Some(modified),
                     _ => {}
                 }
             }
@@ -524,6 +565,15 @@ impl Run<'_, '_> {
 
     async fn check_image(&mut self, image: ImageObjects) {
         let id = image.id;
+        if let Some(marked) = image.deleting {
+            let kind = Kind::InterruptedDelete;
+            let marker = format!("images/{id}/{}", catalog::DELETING_MARKER);
+            if self.orphan(kind, marked, &marker) && self.repair {
+                let r = finish_delete(self.store, &id, Step::Original).await;
+                self.outcome(kind, &format!("images/{id}/"), r);
+            }
+            return;
+        }
         match (image.original, image.meta) {
             (Some(modified), None) => {
                 let kind = Kind::OriginalWithoutMeta;
@@ -537,7 +587,7 @@ impl Run<'_, '_> {
             (None, Some(modified)) => {
                 let kind = Kind::MetaWithoutOriginal;
                 if self.orphan(kind, modified, &format!("images/{id}/meta.json")) && self.repair {
-                    let r = finish_delete(self.store, &id).await;
+                    let r = finish_delete(self.store, &id, Step::Derived).await;
                     self.outcome(kind, &format!("images/{id}/"), r);
                 }
             }
@@ -794,6 +844,7 @@ mod tests {
             title: None,
             alt_text: None,
             tags: Vec::new(),
+            deleting: false,
         }
     }
 
@@ -915,6 +966,33 @@ mod tests {
         .unwrap();
         let half_index = catalog::index_key(&half_meta, &half_deleted).unwrap();
 
+        // interrupted_delete: a delete killed right after marking the image (marker, metadata
+        // rewritten with `deleting`): invisible at once, finished by the repair.
+        let marked = ImageId::generate().unwrap();
+        let marked_meta = meta(&marked, "alice");
+        images
+            .create(&marked_meta, Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
+        let marked_derived = format!("derived/{marked}/{}.png", "0d".repeat(16));
+        put(s, Bucket::Derived, &marked_derived).await;
+        let marker = format!("images/{marked}/deleting");
+        put(s, Bucket::Originals, &marker).await;
+        let flagged = ImageMeta {
+            deleting: true,
+            ..marked_meta.clone()
+        };
+        s.put(
+            Bucket::Originals,
+            &key(&format!("images/{marked}/meta.json")),
+            Bytes::from(serde_json::to_vec(&flagged).unwrap()),
+            "application/json",
+        )
+        .await
+        .unwrap();
+        assert!(matches!(images.meta(&marked).await, Err(Error::NotFound)));
+        let marked_index = catalog::index_key(&marked_meta, &marked).unwrap();
+
         // dangling_index_entry and derived_of_deleted_image: an image long gone.
         let gone = ImageId::generate().unwrap();
         let dangling = format!("users/{alice}/images/8232774399-{gone}");
@@ -954,12 +1032,16 @@ mod tests {
             assert_eq!(r.repaired_of(kind), 0, "{}", kind.name());
         }
         assert_eq!(r.skipped_recent, 1, "{r:?}");
-        assert_eq!(r.unrepaired(), 7);
+        assert_eq!(r.unrepaired(), 8);
         assert!(!r.is_clean());
         let example = |kind: Kind| r.examples[kind.name()].clone();
         assert_eq!(
             example(Kind::OriginalWithoutMeta),
             std::slice::from_ref(&unfinished_original)
+        );
+        assert_eq!(
+            example(Kind::InterruptedDelete),
+            std::slice::from_ref(&marker)
         );
         assert_eq!(
             example(Kind::MetaWithoutOriginal),
@@ -1005,6 +1087,11 @@ mod tests {
         // result with its metadata); the complete image, the live key, the fresh upload stay.
         let removed: Vec<String> = [
             format!("originals/{unfinished_original}"),
+            format!("originals/images/{marked}/original"),
+            format!("originals/images/{marked}/meta.json"),
+            format!("originals/{marker}"),
+            format!("originals/{marked_index}"),
+            format!("derived/{marked_derived}"),
             format!("originals/images/{half_deleted}/meta.json"),
             format!("originals/{half_index}"),
             format!("derived/{half_derived}"),
@@ -1063,9 +1150,11 @@ mod tests {
         )
         .await;
         std::fs::write(dir.path().join("derived/.tmp-00"), b"").unwrap();
+        let marked = ImageId::generate().unwrap();
+        put(s, Bucket::Originals, &format!("images/{marked}/deleting")).await;
         let before = files(dir.path());
         let r = run(s, true).await;
-        assert_eq!(r.skipped_recent, 5, "{r:?}");
+        assert_eq!(r.skipped_recent, 6, "{r:?}");
         assert_eq!(r.unrepaired(), 0);
         assert_eq!(files(dir.path()), before);
         // With the grace period waived (no server running), the same store is repaired.
@@ -1075,9 +1164,9 @@ mod tests {
         };
         let r = fsck(s, &opts, &mut |_: &str, _: u64| {}).await.unwrap();
         assert_eq!(r.skipped_recent, 0, "{r:?}");
-        // Four, not five: the derived result goes with the original it belongs to.
+        // Five, not six: the derived result goes with the original it belongs to.
         assert_eq!(r.found(Kind::DerivedOfDeletedImage), 0, "{r:?}");
-        assert_eq!(r.findings.values().sum::<u64>(), 4, "{r:?}");
+        assert_eq!(r.findings.values().sum::<u64>(), 5, "{r:?}");
         assert!(r.is_clean(), "{r:?}");
         assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
     }

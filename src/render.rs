@@ -416,10 +416,10 @@ pub async fn delete_image(app: &Arc<App>, meta: &ImageMeta) -> Result<(), Error>
     tokio::spawn(async move {
         app.cache.purge_image(&record.id);
         if let Err(e) = app.catalog.delete(&record).await {
-            // Still there (the delete failed before the original went): lift the tombstone,
-            // or this instance would refuse to cache a live image.
+            // Still live (the delete failed before it marked the metadata): lift the
+            // tombstone, or this instance would refuse to cache a live image.
             if let Some(id) = ImageId::parse(&record.id)
-                && let Ok(true) = app.catalog.original_exists(&id).await
+                && app.catalog.meta(&id).await.is_ok()
             {
                 app.cache.untombstone(&record.id);
             }

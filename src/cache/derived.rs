@@ -316,6 +316,7 @@ mod tests {
             title: None,
             alt_text: None,
             tags: Vec::new(),
+            deleting: false,
         }
     }
 

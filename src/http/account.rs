@@ -193,7 +193,11 @@ async fn produce(app: &App, user: &str, head: Value, tx: &BodySender) -> Result<
     let mut first = true;
     let mut cursor: Option<String> = None;
     loop {
-        let page = app.catalog.list(user, cursor.as_deref(), PAGE).await?;
+        // Images whose delete was interrupted too: the erasure finishes them.
+        let page = app
+            .catalog
+            .list_for_erasure(user, cursor.as_deref(), PAGE)
+            .await?;
         let mut chunk = String::new();
         for meta in &page.items {
             chunk.push_str(if first { "\n    " } else { ",\n    " });
@@ -212,7 +216,11 @@ async fn produce(app: &App, user: &str, head: Value, tx: &BodySender) -> Result<
     // images/: the originals, in the same order.
     let mut cursor: Option<String> = None;
     loop {
-        let page = app.catalog.list(user, cursor.as_deref(), PAGE).await?;
+        // Images whose delete was interrupted too: the erasure finishes them.
+        let page = app
+            .catalog
+            .list_for_erasure(user, cursor.as_deref(), PAGE)
+            .await?;
         for meta in &page.items {
             let Some(id) = ImageId::parse(&meta.id) else {
                 continue;
@@ -331,7 +339,11 @@ async fn erase_account(app: &Arc<App>, user: &str) -> Result<usize, Error> {
     // listing is empty (an upload that lands during the erasure is erased too).
     let mut cursor: Option<String> = None;
     loop {
-        let page = app.catalog.list(user, cursor.as_deref(), PAGE).await?;
+        // Images whose delete was interrupted too: the erasure finishes them.
+        let page = app
+            .catalog
+            .list_for_erasure(user, cursor.as_deref(), PAGE)
+            .await?;
         if page.items.is_empty() {
             // Stale index entries (metadata already gone) only: page past them; they are
             // removed with the rest of the user's prefix below.

@@ -57,9 +57,33 @@ async fn owned_image(
     raw_id: &str,
     ctx: &Ctx,
 ) -> Result<ImageMeta, Error> {
+    owned(app, principal, raw_id, ctx, false).await
+}
+
+/// [`owned_image`], also when an interrupted delete marked it `deleting`.
+async fn owned_image_for_delete(
+    app: &App,
+    principal: &Principal,
+    raw_id: &str,
+    ctx: &Ctx,
+) -> Result<ImageMeta, Error> {
+    owned(app, principal, raw_id, ctx, true).await
+}
+
+async fn owned(
+    app: &App,
+    principal: &Principal,
+    raw_id: &str,
+    ctx: &Ctx,
+    deleting_too: bool,
+) -> Result<ImageMeta, Error> {
     ctx.set_image(raw_id, None);
     let id = ImageId::parse(raw_id).ok_or(Error::NotFound)?;
-    let meta = app.catalog.meta(&id).await?;
+    let meta = if deleting_too {
+        app.catalog.meta_for_delete(&id).await?
+    } else {
+        app.catalog.meta(&id).await?
+    };
     if !principal.owns(&meta.owner) {
         // Audited as `access.denied`; answered like a missing image.
         ctx.set_denied();
@@ -121,6 +145,7 @@ pub async fn create(
         title: patch.title.flatten(),
         alt_text: patch.alt_text.flatten(),
         tags: patch.tags.unwrap_or_default(),
+        deleting: false,
     };
     // The durable write runs in its own task: if this request is cancelled (deadline, client
     // reset), the write and its cleanup still finish instead of stopping half-way.
@@ -367,7 +392,9 @@ pub async fn delete(
     id: &str,
 ) -> Result<Response<Body>, Error> {
     let principal = authorize(app, req.headers(), ctx, Action::Delete).await?;
-    let meta = owned_image(app, &principal, id, ctx).await?;
+    // An image whose delete was interrupted is gone for every reader, but its owner's
+    // `DELETE` finishes the job (and answers 204 once everything is gone).
+    let meta = owned_image_for_delete(app, &principal, id, ctx).await?;
     // Memory, original, derived objects, metadata; then the CDN purge hook in the background.
     render::delete_image(app, &meta).await?;
     tracing::info!(request_id = %ctx.request_id, image = %meta.id, "image deleted");

@@ -220,7 +220,7 @@ async fn damaged_stored_objects_answer_fast_with_a_stable_code() {
 }
 
 /// What `pixgate fsck` prints, and its exit code.
-fn fsck(env: &[(String, String)], args: &[&str]) -> (i32, serde_json::Value) {
+pub(crate) fn fsck(env: &[(String, String)], args: &[&str]) -> (i32, serde_json::Value) {
     let out = pixgate_cmd(env)
         .arg("fsck")
         .args(args)
@@ -303,23 +303,8 @@ impl Store {
 async fn fsck_repairs_every_kind(backend: Backend) {
     let extra: Vec<(String, String)> = match backend {
         Backend::Fs => Vec::new(),
-        Backend::S3 => {
-            // Buckets of its own: other tests' uploads in flight are not this test's orphans.
-            let tag = crate::identity::unique("fsck").to_lowercase();
-            let (o, d, a) = (
-                format!("fsck-o-{tag}"),
-                format!("fsck-d-{tag}"),
-                format!("fsck-a-{tag}"),
-            );
-            for b in [&o, &d, &a] {
-                create_bucket(b);
-            }
-            vec![
-                ("PIXGATE__STORAGE__S3_BUCKET".into(), o),
-                ("PIXGATE__STORAGE__S3_DERIVED_BUCKET".into(), d),
-                ("PIXGATE__STORAGE__S3_AUDIT_BUCKET".into(), a),
-            ]
-        }
+        // Buckets of its own: other tests' uploads in flight are not this test's orphans.
+        Backend::S3 => own_buckets("fsck"),
     };
     let extra_ref: Vec<(&str, &str)> = extra
         .iter()

@@ -65,6 +65,25 @@ pub fn create_bucket(name: &str) {
     });
 }
 
+/// Fresh originals, derived and audit buckets in the shared Garage, as server overrides: a
+/// test whose storage must hold only its own objects (fsck, crash consistency).
+pub fn own_buckets(prefix: &str) -> Vec<(String, String)> {
+    let tag = crate::identity::unique(prefix).to_lowercase();
+    let (o, d, a) = (
+        format!("{prefix}-o-{tag}"),
+        format!("{prefix}-d-{tag}"),
+        format!("{prefix}-a-{tag}"),
+    );
+    for b in [&o, &d, &a] {
+        create_bucket(b);
+    }
+    vec![
+        ("PIXGATE__STORAGE__S3_BUCKET".into(), o),
+        ("PIXGATE__STORAGE__S3_DERIVED_BUCKET".into(), d),
+        ("PIXGATE__STORAGE__S3_AUDIT_BUCKET".into(), a),
+    ]
+}
+
 static SERVICES: OnceLock<Services> = OnceLock::new();
 
 /// Starts Redis and Garage once for this test binary.
@@ -112,6 +131,47 @@ fn start_services() -> (Services, Vec<Child>) {
         },
         vec![redis, garage],
     )
+}
+
+/// Sends `sig` to `pid` (SIGSTOP/SIGCONT to stall and resume a service).
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: plain kill(2) on a child of this test process.
+    let rc = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig})");
+}
+
+/// A Garage of one test's own (same key and buckets as the shared one), which the test may
+/// stall with SIGSTOP without disturbing the other tests.
+pub struct PrivateGarage {
+    pub endpoint: String,
+    child: Child,
+    _root: tempfile::TempDir,
+}
+
+impl PrivateGarage {
+    pub fn start() -> PrivateGarage {
+        let root = tempfile::Builder::new()
+            .prefix("pixgate-garage-")
+            .tempdir()
+            .expect("tempdir");
+        let (endpoint, child) = start_garage(root.path());
+        PrivateGarage {
+            endpoint,
+            child,
+            _root: root,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for PrivateGarage {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn start_garage(root: &Path) -> (String, Child) {
@@ -343,8 +403,26 @@ impl Server {
     pub fn start_with(backend: Backend, extra: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let env = server_env(backend, dir.path(), extra);
+        Server::start_cmd(pixgate_cmd(&env), dir)
+    }
+
+    /// Starts `pixgate serve` inside a wrapper command (`wrapper… pixgate serve`), e.g.
+    /// `unshare` to give it a mount namespace with a small tmpfs.
+    pub fn start_wrapped(backend: Backend, extra: &[(&str, &str)], wrapper: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = server_env(backend, dir.path(), extra);
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_pixgate"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        Server::start_cmd(cmd, dir)
+    }
+
+    fn start_cmd(mut cmd: Command, dir: tempfile::TempDir) -> Server {
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
-        let mut cmd = pixgate_cmd(&env);
         cmd.arg("serve")
             .current_dir(dir.path())
             .stdout(Stdio::piped())
@@ -392,6 +470,13 @@ impl Server {
 
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// SIGKILL, as an OOM kill or a power cut would; waits for the exit.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -484,6 +569,10 @@ impl PrivateRedis {
             .stderr(Stdio::null());
         self.child = Some(spawn_tied(&mut cmd).expect("redis-server"));
         wait_port(self.port, Duration::from_secs(10));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// SIGKILL, as a crash would.
@@ -633,23 +722,40 @@ impl Resp {
 
 /// One HTTP/1.1 request.
 pub async fn request(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Resp {
+    try_request(method, url, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+/// One HTTP/1.1 request; `Err` when the connection fails (a server that was killed).
+pub async fn try_request(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Resp, String> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let resp = client
-        .request(req.body(Full::new(body)).expect("request"))
+        .request(req.body(Full::new(body)).map_err(|e| e.to_string())?)
         .await
-        .expect("send");
+        .map_err(|e| format!("send: {e}"))?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Resp {
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(Resp {
         status,
         headers,
         body,
-    }
+    })
 }
 
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Resp {

@@ -7,6 +7,7 @@ mod audit;
 mod caching;
 mod cli;
 mod edge;
+mod faults;
 mod hardening;
 mod identity;
 mod images_api;
