@@ -66,7 +66,7 @@ pub fn options(data: &[u8]) {
             ("thumb".to_owned(), "rs:fill:300:300/q:70".to_owned()),
             ("gray".to_owned(), "fi:grayscale".to_owned()),
         ]),
-        presets_only: data.first().is_some_and(|b| b & 1 == 1) && data.len() % 7 == 0,
+        presets_only: data.first().is_some_and(|b| b & 1 == 1) && data.len().is_multiple_of(7),
     };
     let Ok(req) = options::parse_path(path, &limits) else {
         return;

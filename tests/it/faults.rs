@@ -130,7 +130,7 @@ impl Traffic {
                             .map(|(id, _)| id.clone())
                     };
                     match next {
-                        Some(id) if n % 2 == 0 => {
+                        Some(id) if n.is_multiple_of(2) => {
                             let r = self
                                 .timed(
                                     "delete",
@@ -695,14 +695,26 @@ async fn kill_9_during_writes(backend: Backend) {
     let list = |auth: String| {
         let s2 = &s2;
         async move {
-            let r = get(&s2.url("/v1/images?limit=100"), &[("authorization", &auth)]).await;
-            assert_eq!(r.status, 200);
-            r.json()["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["id"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
+            // Every page: a fast machine uploads more than one page before the kill.
+            let mut ids = Vec::new();
+            let mut cursor = String::new();
+            loop {
+                let url = s2.url(&format!("/v1/images?limit=100&cursor={cursor}"));
+                let r = get(&url, &[("authorization", &auth)]).await;
+                assert_eq!(r.status, 200);
+                let page = r.json();
+                ids.extend(
+                    page["items"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|i| i["id"].as_str().unwrap().to_owned()),
+                );
+                match page["next_cursor"].as_str() {
+                    Some(c) => cursor = c.to_owned(),
+                    None => return ids,
+                }
+            }
         }
     };
     let listed = list(auth_a.clone()).await;
