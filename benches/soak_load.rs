@@ -164,11 +164,14 @@ async fn one(s: &Shared, rng: &mut Rng) {
             } else {
                 s.small_ids[rng.below(s.small_ids.len() as u64) as usize].clone()
             };
+            // Sizes × qualities × formats: a URL space no run exhausts, so misses (and the
+            // decode buffers they cost) go on for the whole soak.
             let w = 16 + rng.below(if large { 1200 } else { 300 });
+            let q = 30 + rng.below(66);
             let f = ["webp", "jpg", "png"][rng.below(3) as usize];
             (
                 Method::GET,
-                signed(&s.signer, &format!("/rs:fit:{w}:0/plain/{id}@{f}")),
+                signed(&s.signer, &format!("/rs:fit:{w}:0/q:{q}/plain/{id}@{f}")),
                 vec![],
                 Bytes::new(),
             )

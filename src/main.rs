@@ -380,6 +380,7 @@ fn init_tracing(config: &Config) {
 }
 
 fn serve(file: Option<PathBuf>) -> Result<(), String> {
+    pixgate::tune_allocator();
     let config = load_config(file)?;
     init_tracing(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()

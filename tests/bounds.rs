@@ -103,6 +103,20 @@ fn cases() -> Vec<Case> {
             refused: None,
         },
         Case {
+            // The scan limit (100) reached: one DC scan and 99 one-band AC scans, each a
+            // pass over the coefficient buffer (jpegtran -scans; tests/fixtures/README.md).
+            name: "jpeg_2000x2000_100_scans",
+            make: || fixture("progressive_100_scans_2000x2000.jpg"),
+            refused: None,
+        },
+        Case {
+            // The largest metadata the parsers accept, on a full-size image: a 4 MiB ICC
+            // profile in 65 APP2 segments and a 64 KiB EXIF block with 512 IFD entries.
+            name: "jpeg_7071x7071_max_icc_and_exif",
+            make: || with_max_icc_and_exif(jpeg(7_071, 7_071, false)),
+            refused: None,
+        },
+        Case {
             name: "webp_16383x3051",
             make: || webp(16_383, 3_051),
             refused: None,
@@ -204,6 +218,53 @@ fn jpeg(w: u32, h: u32, progressive: bool) -> Vec<u8> {
     enc.set_sampling_factor(jpeg_encoder::SamplingFactor::F_1_1);
     enc.encode(&data, w as u16, h as u16, jpeg_encoder::ColorType::Rgb)
         .expect("jpeg encode");
+    out
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `jpeg` with, right after SOI, a 64 KiB EXIF APP1 (512 IFD entries, the reader's cap, the
+/// orientation last) and a 4 MiB ICC profile (the extractor's cap) split over APP2 segments.
+fn with_max_icc_and_exif(jpeg: Vec<u8>) -> Vec<u8> {
+    fn segment(out: &mut Vec<u8>, marker: u8, payload: &[u8]) {
+        out.extend_from_slice(&[0xFF, marker]);
+        out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+    let mut out = jpeg[..2].to_vec();
+    let mut exif = b"Exif\0\0II*\0\x08\0\0\0".to_vec();
+    exif.extend_from_slice(&512u16.to_le_bytes());
+    for i in 0..512u16 {
+        let tag = if i == 511 { 0x0112 } else { 0x0100 + i };
+        exif.extend_from_slice(&tag.to_le_bytes());
+        exif.extend_from_slice(&3u16.to_le_bytes());
+        exif.extend_from_slice(&1u32.to_le_bytes());
+        exif.extend_from_slice(&1u32.to_le_bytes());
+    }
+    exif.resize(65_533, 0);
+    segment(&mut out, 0xE1, &exif);
+    let size: usize = 4 << 20;
+    let mut profile = vec![0u8; size];
+    profile[..4].copy_from_slice(&(size as u32).to_be_bytes());
+    profile[12..16].copy_from_slice(b"mntr");
+    profile[16..20].copy_from_slice(b"RGB ");
+    profile[20..24].copy_from_slice(b"XYZ ");
+    profile[36..40].copy_from_slice(b"acsp");
+    let chunk = 65_533 - 14;
+    let count = size.div_ceil(chunk);
+    for (i, part) in profile.chunks(chunk).enumerate() {
+        let mut payload = b"ICC_PROFILE\0".to_vec();
+        payload.push(i as u8 + 1);
+        payload.push(count as u8);
+        payload.extend_from_slice(part);
+        segment(&mut out, 0xE2, &payload);
+    }
+    out.extend_from_slice(&jpeg[2..]);
     out
 }
 
