@@ -117,7 +117,7 @@ impl Workers {
         Ok(admission)
     }
 
-    /// Runs `f`, which needs about `memory` bytes at its peak, on the blocking pool once a
+    /// Runs `f`, which needs about `memory` bytes at its peak, on a worker thread once a
     /// worker and that much of the memory budget are free.
     pub async fn run<T, F>(&self, memory: u64, f: F) -> Result<T, Error>
     where
