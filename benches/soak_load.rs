@@ -396,32 +396,15 @@ async fn main() {
         small_ids.push(upload(small.clone(), "image/jpeg").await);
     }
     let large_id = upload(large, "image/jpeg").await;
-    let mut hits = Vec::new();
-    for (i, id) in small_ids.iter().enumerate() {
-        for w in [100, 200, 300] {
-            let p = sign(&format!("/rs:fit:{w}:0/plain/{id}@webp"));
-            let _ = send(
-                &client,
-                Method::GET,
-                &format!("{}{p}", args.base),
-                &[],
-                Bytes::new(),
-            )
-            .await;
-            hits.push(p);
-        }
-        if i == 0 {
-            let p = sign(&format!("/rs:fit:800:0/plain/{large_id}@jpg"));
-            let _ = send(
-                &client,
-                Method::GET,
-                &format!("{}{p}", args.base),
-                &[],
-                Bytes::new(),
-            )
-            .await;
-            hits.push(p);
-        }
+    // The warmed URLs: three sizes of each small original and one of the large photo.
+    let mut hits: Vec<String> = small_ids
+        .iter()
+        .flat_map(|id| [100, 200, 300].map(|w| sign(&format!("/rs:fit:{w}:0/plain/{id}@webp"))))
+        .collect();
+    hits.push(sign(&format!("/rs:fit:800:0/plain/{large_id}@jpg")));
+    for p in &hits {
+        let url = format!("{}{p}", args.base);
+        let _ = send(&client, Method::GET, &url, &[], Bytes::new()).await;
     }
     let shared = Arc::new(Shared {
         client: client.clone(),

@@ -67,7 +67,7 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 /// arenas) kept a few hundred MB of freed decode buffers resident under steady misses; 10 ms
 /// (v2's default) returns them while the next transform is still running, at no measured
 /// cost in throughput (`docs/decoders.md`, "Resident memory").
-pub const ALLOCATOR_PURGE_DELAY_MS: i64 = 10;
+pub const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 10;
 
 /// Tunes the allocator for a long-running server; call once at start-up. An explicit
 /// `MIMALLOC_PURGE_DELAY` in the environment wins.
@@ -76,18 +76,13 @@ pub fn tune_allocator() {
         return;
     }
     // SAFETY: mimalloc's options are process-wide atomics, settable at any time.
-    unsafe {
-        mi_option_set(
-            MI_OPTION_PURGE_DELAY,
-            ALLOCATOR_PURGE_DELAY_MS as std::ffi::c_long,
-        )
-    };
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
 }
 
 /// The allocator's purge delay in force (milliseconds).
-pub fn allocator_purge_delay_ms() -> i64 {
+pub fn allocator_purge_delay_ms() -> std::ffi::c_long {
     // SAFETY: a read of a process-wide option.
-    i64::from(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) })
+    unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }
 }
 
 #[cfg(test)]
