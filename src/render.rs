@@ -416,10 +416,14 @@ pub async fn delete_image(app: &Arc<App>, meta: &ImageMeta) -> Result<(), Error>
     tokio::spawn(async move {
         app.cache.purge_image(&record.id);
         if let Err(e) = app.catalog.delete(&record).await {
-            // Still live (the delete failed before it marked the metadata): lift the
-            // tombstone, or this instance would refuse to cache a live image.
+            // Unless the image is known to be gone (or marked `deleting`), lift the tombstone:
+            // a tombstone refuses every result of the image on this instance, so keeping it
+            // after a delete that failed before its commit point — or when the store cannot
+            // even say (an outage) — would answer 404 for a live image indefinitely. Worst case
+            // of lifting it for a marked image: a result computed meanwhile is served from
+            // memory until the hit's next existence check (`auth.revocation_cache_secs`).
             if let Some(id) = ImageId::parse(&record.id)
-                && app.catalog.meta(&id).await.is_ok()
+                && !matches!(app.catalog.meta(&id).await, Err(Error::NotFound))
             {
                 app.cache.untombstone(&record.id);
             }
