@@ -61,7 +61,7 @@ fn limiter(redis_url: &str) -> Limiter {
     c.limits.requests_per_minute = 1_000_000_000;
     c.limits.ip_requests_per_minute = 1_000_000_000;
     let pool = redis_pool(&c.redis).expect("pool");
-    Limiter::new(&c, pool, &Metrics::new().expect("metrics"))
+    Limiter::new(&c.limits, &c.redis, pool, &Metrics::new().expect("metrics"))
 }
 
 #[derive(Clone, Copy)]

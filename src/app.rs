@@ -7,16 +7,14 @@ use crate::auth::{ApiKeys, Authenticator, JwtVerifier, Revocations};
 use crate::cache::{DerivedLimits, DerivedStore, Flights, MemoryCache};
 use crate::catalog::Catalog;
 use crate::cdn::CdnPurger;
-use crate::config::{Config, parse_cidr};
-use crate::image::{
-    Bitmap, EncodeSettings, Engine, ImageLimits, JpegDecoder, PngCompression, Subsampling,
-};
+use crate::config::Config;
+use crate::image::{Bitmap, Engine, ImageLimits};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::options::{OutputFormat, ParseLimits};
 use crate::render::{EagerQueue, Outcome};
 use crate::signature::Signer;
-use crate::storage::{FsStore, ObjectStore, S3Store};
+use crate::storage::{Backend, FsStore, ObjectStore, S3Store};
 use crate::workers::Workers;
 
 /// Shared, immutable-after-start state.
@@ -88,12 +86,7 @@ impl App {
             revocations: Revocations::new(store.clone(), revocation_ttl),
             leeway_secs: config.auth.leeway_secs,
         };
-        let trusted_proxies = config
-            .server
-            .trusted_proxies
-            .iter()
-            .map(|c| parse_cidr(c))
-            .collect::<Result<Vec<_>, _>>()?;
+        let trusted_proxies = config.server.trusted_networks();
         let l = &config.limits;
         let image_limits = ImageLimits {
             max_source_pixels: l.max_source_pixels,
@@ -105,13 +98,8 @@ impl App {
         let parse_limits = config.parse_limits();
         let engine = Arc::new(engine(&config, image_limits)?);
         let render_fingerprint = render_fingerprint(&engine);
-        let auto_formats = config
-            .transform
-            .auto_formats
-            .iter()
-            .map(|f| OutputFormat::parse(f).map_err(|e| format!("transform.auto_formats: {e}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let limiter = Limiter::new(&config, redis, &metrics);
+        let auto_formats = config.transform.negotiable();
+        let limiter = Limiter::new(&config.limits, &config.redis, redis, &metrics);
         limiter.warm_up().await;
         let catalog = Catalog::new(store.clone(), l.max_source_bytes);
         let c = &config.cache;
@@ -123,15 +111,14 @@ impl App {
                 reads: usize::try_from(c.derived_read_concurrency).unwrap_or(1),
                 concurrency: usize::try_from(c.derived_write_concurrency).unwrap_or(1),
                 queue: usize::try_from(c.derived_write_queue).unwrap_or(0),
-                ttl: (c.derived_ttl_days > 0)
-                    .then(|| Duration::from_secs(c.derived_ttl_days.saturating_mul(86_400))),
+                ttl: c.derived_ttl(),
             },
             metrics.clone(),
         ));
         let audit = Arc::new(
             crate::audit::Auditor::start(
                 store.clone(),
-                crate::audit::Settings::from_config(&config),
+                crate::audit::Settings::from_config(&config.audit, &config.storage.fs_root),
                 usize::try_from(config.audit.queue).unwrap_or(usize::MAX),
                 metrics.clone(),
             )
@@ -154,7 +141,7 @@ impl App {
             auth,
             cache: MemoryCache::new(config.cache.memory_bytes, config.cache.max_item_bytes),
             workers: Workers::new(
-                config.workers(),
+                config.transform.worker_count(),
                 config.transform.queue_len as usize,
                 config.transform.memory_budget_mb.saturating_mul(1 << 20),
                 metrics.queue_depth.clone(),
@@ -179,34 +166,17 @@ impl App {
 /// The object store as configured (also used by the CLI's archive jobs).
 pub async fn store(config: &Config) -> Result<Arc<dyn ObjectStore>, String> {
     let timeout = Duration::from_secs(config.storage.timeout_secs);
-    Ok(match config.storage.backend.as_str() {
-        "s3" => Arc::new(S3Store::new(&config.storage).await),
-        _ => Arc::new(
+    Ok(match config.storage.backend {
+        Backend::S3 => Arc::new(S3Store::new(&config.storage).await),
+        Backend::Fs => Arc::new(
             FsStore::new(&config.storage.fs_root, timeout)
                 .map_err(|e| format!("storage.fs_root {}: {e}", config.storage.fs_root))?,
         ),
     })
 }
 
-/// The image engine as configured (validated keys only, so the matches are exhaustive).
+/// The image engine as configured.
 fn engine(config: &Config, limits: ImageLimits) -> Result<Engine, String> {
-    let e = &config.encode;
-    let encode = EncodeSettings {
-        jpeg_progressive: e.jpeg_progressive,
-        jpeg_subsampling: if e.jpeg_subsampling == "444" {
-            Subsampling::S444
-        } else {
-            Subsampling::S420
-        },
-        png_compression: match e.png_compression.as_str() {
-            "high" => PngCompression::High,
-            "balanced" => PngCompression::Balanced,
-            _ => PngCompression::Fast,
-        },
-        webp_method: e.webp_method.min(6) as u8,
-        webp_lossless: e.webp_lossless,
-        avif_speed: e.avif_speed.clamp(1, 10) as u8,
-    };
     let watermark = if config.watermark.path.is_empty() {
         None
     } else {
@@ -214,12 +184,8 @@ fn engine(config: &Config, limits: ImageLimits) -> Result<Engine, String> {
     };
     Ok(Engine {
         limits,
-        encode,
-        jpeg_decoder: if config.transform.jpeg_decoder == "zune" {
-            JpegDecoder::Zune
-        } else {
-            JpegDecoder::Turbo
-        },
+        encode: config.encode.settings(),
+        jpeg_decoder: config.transform.jpeg_decoder,
         watermark,
     })
 }
@@ -256,6 +222,7 @@ fn load_watermark(path: &str, limits: &ImageLimits) -> Result<Bitmap, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::JpegDecoder;
 
     #[test]
     fn render_fingerprint_follows_the_byte_changing_config() {

@@ -17,8 +17,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::audit::chain;
+use crate::auth::AuthConfig;
 use crate::auth::jwt::{self, JwtVerifier};
-use crate::config::AuthConfig;
 use crate::image::{self, Engine, ImageFormat, ImageLimits, JpegDecoder};
 use crate::options::{self, OutputFormat, ParseLimits, TransformSpec};
 use crate::signature::Signer;
@@ -246,7 +246,7 @@ pub fn multipart(data: &[u8]) {
         .chunks(step)
         .map(Bytes::copy_from_slice)
         .collect::<std::collections::VecDeque<_>>();
-    let allowed = ["jpeg", "png", "webp", "gif"].map(str::to_owned);
+    let allowed = crate::limits::LimitsConfig::default().upload_formats;
     let parsed = block_on(crate::http::images::read_multipart(
         &allowed,
         Chunks(chunks),

@@ -355,7 +355,7 @@ fn init_tracing(config: &Config) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if config.log.format == "json" {
+    if config.log.format == pixgate::config::LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
@@ -406,22 +406,16 @@ async fn run(config: Config) -> Result<(), String> {
             secrets.display()
         );
     }
-    let (listener, addr) = server::bind(&config.server.listen)
+    let (listener, addr) = server::bind(config.server.listen)
         .await
         .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
-    let metrics_listener = if config.server.metrics_listen.is_empty() {
-        None
-    } else {
-        Some(
-            server::bind(&config.server.metrics_listen)
+    let metrics_listener = match config.server.metrics_listen {
+        None => None,
+        Some(maddr) => Some(
+            server::bind(maddr)
                 .await
-                .map_err(|e| {
-                    format!(
-                        "server.metrics_listen {}: {e}",
-                        config.server.metrics_listen
-                    )
-                })?,
-        )
+                .map_err(|e| format!("server.metrics_listen {maddr}: {e}"))?,
+        ),
     };
     let tls = if config.server.tls_cert_file.is_empty() {
         None

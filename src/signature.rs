@@ -11,6 +11,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::config::types::{ConfigError, positive, require, within};
+
 /// Seconds since the Unix epoch (the unit of `exp:`); 0 if the clock is before 1970.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -94,6 +96,70 @@ impl Signer {
             ok |= Self::mac(k, s, path, self.size).ct_eq(&given);
         }
         ok.into()
+    }
+}
+
+/// `[signing]`: the key/salt pairs of signed URLs and the lifetimes `POST …/url` grants.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SigningConfig {
+    /// Hex keys, paired by position with `salts`; the first pair signs, every pair verifies.
+    pub keys: Vec<String>,
+    pub salts: Vec<String>,
+    pub signature_size: u64,
+    /// Longest lifetime `POST /v1/images/{id}/url` grants, and its default.
+    pub max_url_ttl_secs: u64,
+    pub default_url_ttl_secs: u64,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        SigningConfig {
+            keys: Vec::new(),
+            salts: Vec::new(),
+            signature_size: 32,
+            max_url_ttl_secs: 7 * 86_400,
+            default_url_ttl_secs: 3_600,
+        }
+    }
+}
+
+impl SigningConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        require(
+            self.keys.is_empty(),
+            "signing.keys",
+            "at least one hex key is required",
+        )?;
+        if self.keys.len() != self.salts.len() {
+            return Err(ConfigError::new(
+                "signing.salts",
+                format!(
+                    "{} salts for {} keys: keys and salts pair by position",
+                    self.salts.len(),
+                    self.keys.len()
+                ),
+            ));
+        }
+        for (key, list) in [("signing.keys", &self.keys), ("signing.salts", &self.salts)] {
+            for (i, v) in list.iter().enumerate() {
+                // Secrets: the error names the position only.
+                if !hex::decode(v).is_ok_and(|b| !b.is_empty()) {
+                    return Err(ConfigError::new(
+                        key,
+                        format!("entry {i} is not non-empty hex"),
+                    ));
+                }
+            }
+        }
+        within("signing.signature_size", self.signature_size, 1..=32)?;
+        positive("signing.max_url_ttl_secs", self.max_url_ttl_secs)?;
+        positive("signing.default_url_ttl_secs", self.default_url_ttl_secs)?;
+        require(
+            self.default_url_ttl_secs > self.max_url_ttl_secs,
+            "signing.default_url_ttl_secs",
+            "must not exceed signing.max_url_ttl_secs",
+        )
     }
 }
 

@@ -23,6 +23,8 @@
 
 pub mod archive;
 pub mod chain;
+pub mod config;
+pub use config::AuditConfig;
 pub mod query;
 mod writer;
 
@@ -33,7 +35,6 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::storage::ObjectStore;
 
@@ -162,24 +163,15 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(config: &Config) -> Settings {
-        let a = &config.audit;
+    /// From the validated `[audit]` section; `fs_root` places the default spool.
+    pub fn from_config(a: &AuditConfig, fs_root: &str) -> Settings {
         Settings {
-            batch_events: usize::try_from(a.batch_events).unwrap_or(1000).max(1),
-            flush_every: Duration::from_millis(a.flush_seconds.saturating_mul(1000).max(100)),
-            spool_dir: spool_dir(config),
+            batch_events: usize::try_from(a.batch_events).unwrap_or(usize::MAX),
+            flush_every: Duration::from_secs(a.flush_seconds),
+            spool_dir: a.spool_dir(fs_root),
             spool_max_bytes: a.spool_max_bytes,
             instance: a.instance.clone(),
         }
-    }
-}
-
-/// `audit.spool_dir`, or `<storage.fs_root>/audit-spool`.
-pub fn spool_dir(config: &Config) -> PathBuf {
-    if config.audit.spool_dir.is_empty() {
-        PathBuf::from(&config.storage.fs_root).join("audit-spool")
-    } else {
-        PathBuf::from(&config.audit.spool_dir)
     }
 }
 

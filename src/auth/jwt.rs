@@ -28,8 +28,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::config::{AuthConfig, HmacAlgorithm};
 use super::{Principal, Role};
-use crate::config::AuthConfig;
 use crate::error::Error;
 
 const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -76,7 +76,7 @@ struct Claims {
     rest: Map<String, Value>,
 }
 
-/// Parses an algorithm name from configuration.
+/// Parses a JWS algorithm name (a JWK's `alg`).
 pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
     Some(match name {
         "HS256" => Algorithm::HS256,
@@ -93,10 +93,6 @@ pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
         "EdDSA" => Algorithm::EdDSA,
         _ => return None,
     })
-}
-
-fn is_hmac(alg: Algorithm) -> bool {
-    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
 /// A PEM public key for a pinned asymmetric algorithm (start-up code).
@@ -189,9 +185,7 @@ impl JwtVerifier {
     pub async fn from_config(cfg: &AuthConfig) -> Result<JwtVerifier, String> {
         let mut static_keys = Vec::new();
         if !cfg.jwt_hs256_secret.is_empty() {
-            let alg = parse_algorithm(&cfg.jwt_hs_algorithm)
-                .filter(|a| is_hmac(*a))
-                .ok_or("auth.jwt_hs_algorithm: must be HS256, HS384 or HS512")?;
+            let alg = cfg.jwt_hs_algorithm.algorithm();
             static_keys.push(VerifyKey {
                 kid: None,
                 alg,
@@ -199,9 +193,7 @@ impl JwtVerifier {
             });
         }
         if !cfg.jwt_public_key_file.is_empty() {
-            let alg = parse_algorithm(&cfg.jwt_public_key_algorithm)
-                .filter(|a| !is_hmac(*a))
-                .ok_or("auth.jwt_public_key_algorithm: must be an asymmetric algorithm")?;
+            let alg = cfg.jwt_public_key_algorithm.algorithm();
             let pem = std::fs::read(&cfg.jwt_public_key_file)
                 .map_err(|e| format!("auth.jwt_public_key_file: {e}"))?;
             let key = pem_key(&pem, alg).map_err(|e| format!("auth.jwt_public_key_file: {e}"))?;
@@ -211,15 +203,7 @@ impl JwtVerifier {
                 key,
             });
         }
-        let allowed = cfg
-            .jwks_algorithms
-            .iter()
-            .map(|a| {
-                parse_algorithm(a)
-                    .filter(|a| !is_hmac(*a))
-                    .ok_or_else(|| format!("auth.jwks_algorithms: `{a}` is not allowed"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let allowed: Vec<Algorithm> = cfg.jwks_algorithms.iter().map(|a| a.algorithm()).collect();
         if !cfg.jwks_file.is_empty() {
             let doc = std::fs::read(&cfg.jwks_file).map_err(|e| format!("auth.jwks_file: {e}"))?;
             let (keys, skipped) =
@@ -554,7 +538,7 @@ pub struct TokenRequest {
 
 /// Mints an HS256 token with the configured secret, issuer and audience (the `token` command).
 pub fn mint_hs256(cfg: &AuthConfig, req: &TokenRequest) -> Result<String, String> {
-    if cfg.jwt_hs256_secret.is_empty() || cfg.jwt_hs_algorithm != "HS256" {
+    if cfg.jwt_hs256_secret.is_empty() || cfg.jwt_hs_algorithm != HmacAlgorithm::Hs256 {
         return Err("no HS256 secret is configured (auth.jwt_hs256_secret)".into());
     }
     let now = SystemTime::now()
@@ -797,7 +781,7 @@ mod tests {
     #[tokio::test]
     async fn configuration_pins_the_hmac_algorithm() {
         let v = JwtVerifier::from_config(&AuthConfig {
-            jwt_hs_algorithm: "HS512".into(),
+            jwt_hs_algorithm: HmacAlgorithm::Hs512,
             ..cfg()
         })
         .await

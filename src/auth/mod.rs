@@ -15,6 +15,7 @@
 //!    `404 not_found`, never `403`, so another user's image ids cannot be probed.
 
 pub mod api_keys;
+pub mod config;
 pub mod jwt;
 pub mod revocation;
 
@@ -24,6 +25,7 @@ use http::header::AUTHORIZATION;
 use crate::error::Error;
 
 pub use api_keys::{API_KEY_PREFIX, ApiKeyRecord, ApiKeys};
+pub use config::{AsymmetricAlgorithm, AuthConfig, HmacAlgorithm};
 pub use jwt::{JwtVerifier, TokenRequest, mint_hs256};
 pub use revocation::Revocations;
 

@@ -14,12 +14,14 @@
 //! Purging an image (delete, account erasure) removes its memory entries and tombstones the
 //! id, deletes its derived prefix, and calls the CDN purge hook ([`crate::cdn`]).
 
+pub mod config;
 pub mod derived;
 pub mod flight;
 pub mod memory;
 
 use sha2::{Digest as _, Sha256};
 
+pub use config::CacheConfig;
 pub use derived::{DerivedLimits, DerivedStore, sweep as derived_sweep};
 pub use flight::{Flights, Joined};
 pub use memory::{Admission, CachedResult, MemoryCache};

@@ -15,8 +15,8 @@ use http::header::{
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 
 use super::Body;
-use crate::config::ServerConfig;
 use crate::error::Error;
+use crate::server::config::ServerConfig;
 
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PATCH, DELETE";
 const ALLOWED_HEADERS: [&str; 5] = [

@@ -169,31 +169,19 @@ pub async fn create(
 }
 
 /// The declared image type, which must be one `limits.upload_formats` (`allowed`) names.
-fn declared_format(allowed: &[String], content_type: &str) -> Result<ImageFormat, Error> {
+fn declared_format(allowed: &[ImageFormat], content_type: &str) -> Result<ImageFormat, Error> {
     ImageFormat::from_mime(content_type)
-        .filter(|f| allowed.iter().any(|a| a == f.as_str()))
+        .filter(|f| allowed.contains(f))
         .ok_or_else(|| {
             Error::UnsupportedMediaType(format!(
                 "Content-Type must be one of: {}",
                 allowed
                     .iter()
-                    .filter_map(|f| image_mime(f))
+                    .map(|f| f.mime())
                     .collect::<Vec<_>>()
                     .join(", ")
             ))
         })
-}
-
-fn image_mime(name: &str) -> Option<&'static str> {
-    [
-        ImageFormat::Jpeg,
-        ImageFormat::Png,
-        ImageFormat::Webp,
-        ImageFormat::Gif,
-    ]
-    .into_iter()
-    .find(|f| f.as_str() == name)
-    .map(ImageFormat::mime)
 }
 
 /// Magic bytes, header pixel count, then a full decode and the SHA-256 on the CPU pool; the
@@ -237,7 +225,7 @@ async fn validate(
 /// `allowed` names), optional `title`, `alt_text` and `tags` (repeated, or comma-separated).
 /// Generic over the body so the fuzz target ([`crate::fuzzing`]) drives the same code.
 pub(crate) async fn read_multipart<B>(
-    allowed: &[String],
+    allowed: &[ImageFormat],
     body: B,
     content_type: &str,
     cap: u64,

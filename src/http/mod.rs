@@ -278,7 +278,7 @@ fn classify(path: &str, listener: Listener, app: &App) -> Route {
         "/healthz" => return Route::Healthz,
         "/readyz" => return Route::Readyz,
         "/metrics"
-            if listener == Listener::Metrics || app.config.server.metrics_listen.is_empty() =>
+            if listener == Listener::Metrics || app.config.server.metrics_listen.is_none() =>
         {
             return Route::Metrics;
         }
@@ -322,7 +322,7 @@ pub async fn handle(
             peer.ip(),
             req.headers(),
             &app.trusted_proxies,
-            app.config.server.client_ip_header == "forwarded",
+            app.config.server.client_ip_header == crate::server::config::ClientIpHeader::Forwarded,
         ),
         tls,
         note: Mutex::new(Note::default()),

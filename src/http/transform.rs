@@ -59,9 +59,7 @@ pub async fn handle(
     if spec.expires.is_some_and(|exp| now >= exp) {
         return Err(Error::UrlExpired);
     }
-    let quality = spec
-        .quality
-        .unwrap_or(app.config.transform.default_quality as u8);
+    let quality = spec.quality.unwrap_or(app.config.transform.quality());
     let negotiated = spec.format.is_none();
     let key_for = |token: &str| cache_key(app, &request.image, &spec, quality, token);
     // Configured formats the client accepts (`transform.auto_formats`, in order).

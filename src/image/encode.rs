@@ -8,16 +8,19 @@ use super::{Bitmap, ImageError};
 use crate::options::OutputFormat;
 
 /// JPEG chroma subsampling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Subsampling {
     /// 4:2:0 — half-resolution colour, the web default (smaller files).
+    #[serde(rename = "420")]
     S420,
     /// 4:4:4 — full-resolution colour (sharper red text and edges, ~30 % larger).
+    #[serde(rename = "444")]
     S444,
 }
 
 /// PNG zlib effort.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PngCompression {
     Fast,
     Balanced,

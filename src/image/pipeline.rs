@@ -27,7 +27,8 @@ pub struct Encoded {
 pub const MAX_AVIF_PIXELS: u64 = 16_000_000;
 
 /// Which JPEG decoder renders transforms (uploads are always validated by zune-jpeg).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum JpegDecoder {
     /// libjpeg-turbo with DCT-domain shrink-on-load (fast; C).
     Turbo,

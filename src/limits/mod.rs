@@ -28,6 +28,7 @@
 //! mirrored in the local store, so the fallback starts from what this instance admitted in the
 //! window rather than from zero.
 
+pub mod config;
 mod local;
 mod remote;
 
@@ -35,10 +36,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+pub use config::{LimitsConfig, PLAN_KEYS, PlanLimits, RedisConfig};
 pub use local::LocalStore;
 pub use remote::{RemoteError, RemoteStore, redis_pool};
 
-use crate::config::{Config, LimitsConfig, PlanLimits};
 use crate::error::Error;
 use crate::metrics::Metrics;
 
@@ -316,8 +317,12 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    pub fn new(config: &Config, redis: Option<deadpool_redis::Pool>, metrics: &Metrics) -> Limiter {
-        let l: &LimitsConfig = &config.limits;
+    pub fn new(
+        l: &LimitsConfig,
+        r: &RedisConfig,
+        redis: Option<deadpool_redis::Pool>,
+        metrics: &Metrics,
+    ) -> Limiter {
         let base = Tier {
             uploads_per_hour: l.uploads_per_hour,
             transforms_per_hour: l.transforms_per_hour,
@@ -336,13 +341,13 @@ impl Limiter {
             quota_window_ms: l.quota_window_secs.saturating_mul(1000),
             admin_bypass: l.admin_bypass,
             fallback_percent: l.fallback_share_percent,
-            prefix: config.redis.key_prefix.clone(),
+            prefix: r.key_prefix.clone(),
         };
         let remote = redis.map(|pool| {
             Arc::new(RemoteStore::new(
                 pool,
-                Duration::from_millis(config.redis.timeout_ms),
-                &config.redis.key_prefix,
+                Duration::from_millis(r.timeout_ms),
+                &r.key_prefix,
                 metrics.clone(),
             ))
         });

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use deadpool_redis::redis::{self, Script};
 
+use super::RedisConfig;
 use super::{Algorithm, BUCKETS, Mode, Outcome, PLAN_HINT_TTL_SECS, Policy, nonce, set_flag};
-use crate::config::RedisConfig;
 use crate::metrics::Metrics;
 
 /// Sliding log. KEYS[1]: sorted set of units (score: µs). ARGV: limit, window (ms),

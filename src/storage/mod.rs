@@ -5,6 +5,7 @@
 //! no key can name a parent directory or an absolute path on any backend. Reads take a byte cap
 //! and every operation has a deadline; "not found" is its own error, distinct from failures.
 
+pub mod config;
 mod fs;
 mod s3;
 
@@ -14,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use config::{Backend, Sse, StorageConfig};
 pub use fs::FsStore;
 pub use s3::S3Store;
 

@@ -17,8 +17,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 use bytes::{Bytes, BytesMut};
 
+use super::StorageConfig;
 use super::{Bucket, ObjectKey, ObjectStore, StorageError, with_deadline};
-use crate::config::StorageConfig;
 
 /// Objects in S3 buckets.
 #[derive(Debug, Clone)]
@@ -64,10 +64,7 @@ impl S3Store {
                 cfg.s3_audit_bucket.clone()
             },
             timeout,
-            sse: match cfg.s3_sse.as_str() {
-                "" => None,
-                other => Some(ServerSideEncryption::from(other)),
-            },
+            sse: cfg.s3_sse.header().map(ServerSideEncryption::from),
             sse_kms_key_id: (!cfg.s3_sse_kms_key_id.is_empty())
                 .then(|| cfg.s3_sse_kms_key_id.clone()),
         }
@@ -300,14 +297,14 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cfg = StorageConfig {
-            backend: "s3".into(),
+            backend: crate::storage::Backend::S3,
             s3_endpoint: format!("http://{addr}"),
             s3_region: "test".into(),
             s3_bucket: "o".into(),
             s3_derived_bucket: "d".into(),
             s3_audit_bucket: String::new(),
             s3_force_path_style: true,
-            s3_sse: "aws:kms".into(),
+            s3_sse: crate::storage::Sse::Kms,
             s3_sse_kms_key_id: "key-1234".into(),
             ..StorageConfig::default()
         };

@@ -694,7 +694,7 @@ async fn a_busy_pool_is_not_an_outage() {
     c.redis.key_prefix = format!("t{}", unique("busy"));
     let pool = pixgate::limits::redis_pool(&c.redis).unwrap().unwrap();
     let metrics = pixgate::metrics::Metrics::new().unwrap();
-    let limiter = pixgate::limits::Limiter::new(&c, Some(pool.clone()), &metrics);
+    let limiter = pixgate::limits::Limiter::new(&c.limits, &c.redis, Some(pool.clone()), &metrics);
     limiter.warm_up().await;
     assert_eq!(limiter.backend(), pixgate::limits::Backend::Redis);
     let user = unique("busy-user");

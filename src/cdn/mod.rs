@@ -20,12 +20,11 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request};
 use http_body_util::Full;
 
-use crate::config::CdnConfig;
 use crate::metrics::Metrics;
 use crate::workers::Backlog;
 
-/// Methods the hook may use (`PURGE` is Fastly's single-URL purge).
-pub const METHODS: &[&str] = &["POST", "PUT", "DELETE", "GET", "PURGE"];
+pub mod config;
+pub use config::{CdnConfig, METHODS, PurgeHeader, PurgeMethod, parse_header};
 
 /// Backoff before attempt n+1: 0.25 s × 4ⁿ (0.25, 1, 4, 16 s, …), capped at 30 s.
 fn backoff(attempt: u32) -> Duration {
@@ -40,15 +39,6 @@ pub fn expand(template: &str, image_id: &str, nonce: &str) -> String {
         .replace("{key}", image_id)
         .replace("{image_id}", image_id)
         .replace("{nonce}", nonce)
-}
-
-/// `Name: value` → a header pair, if both parts are valid.
-pub fn parse_header(line: &str) -> Option<(HeaderName, HeaderValue)> {
-    let (name, value) = line.split_once(':')?;
-    let name = HeaderName::from_bytes(name.trim().as_bytes()).ok()?;
-    let mut value = HeaderValue::from_str(value.trim()).ok()?;
-    value.set_sensitive(true);
-    Some((name, value))
 }
 
 type Client = hyper_util::client::legacy::Client<
@@ -93,13 +83,12 @@ impl CdnPurger {
             let client = crate::outbound::https_client("cdn.purge_url")?;
             Some(Hook {
                 url: cfg.purge_url.clone(),
-                method: Method::from_bytes(cfg.purge_method.as_bytes())
-                    .map_err(|_| "cdn.purge_method: not a method".to_owned())?,
+                method: cfg.purge_method.0.clone(),
                 headers: cfg
                     .purge_headers
                     .iter()
-                    .map(|h| parse_header(h).ok_or("cdn.purge_headers: invalid header"))
-                    .collect::<Result<_, _>>()?,
+                    .map(|h| (h.name.clone(), h.value.clone()))
+                    .collect(),
                 body: cfg.purge_body.clone(),
                 timeout: Duration::from_millis(cfg.purge_timeout_ms),
                 attempts: u32::try_from(cfg.purge_attempts).unwrap_or(1).max(1),
@@ -251,7 +240,7 @@ mod tests {
             ),
             r#"{"tags":["ab"],"ref":"z","id":"ab"}"#
         );
-        let (n, v) = parse_header("Fastly-Key:  secret ").unwrap();
+        let PurgeHeader { name: n, value: v } = parse_header("Fastly-Key:  secret ").unwrap();
         assert_eq!(n.as_str(), "fastly-key");
         assert_eq!(v.to_str().unwrap(), "secret");
         assert!(v.is_sensitive());

@@ -12,6 +12,9 @@
 //! With `server.tls_cert_file`/`tls_key_file` the main listener speaks TLS only (rustls,
 //! ALPN `h2` and `http/1.1`); the handshake must finish within the header-read timeout.
 
+pub mod config;
+pub use config::{ClientIpHeader, ServerConfig};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -343,7 +346,7 @@ pub fn tls_acceptor(cert_file: &str, key_file: &str) -> Result<TlsAcceptor, Stri
 }
 
 /// Binds an address (start-up code).
-pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((listener, local))

@@ -12,6 +12,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::error::Error;
 use crate::id::ImageId;
 
+pub mod presets;
+pub use presets::{EAGER_KEY, Presets};
+
 /// How the source is fitted into the requested box (imgproxy semantics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResizingType {

@@ -21,6 +21,9 @@
 //! quota, a full queue) abandons the flight; each waiter then tries again, one of them
 //! leading. Cache hits never wait for a CPU worker, so an overloaded server still serves them.
 
+pub mod config;
+pub use config::{EncodeConfig, NegotiableFormat, TransformConfig, WatermarkConfig};
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -276,16 +279,11 @@ fn eager_targets(
     meta: &ImageMeta,
     original: Option<&Bytes>,
 ) -> Result<Vec<Target>, Error> {
-    let Some(names) = app.config.presets.get("eager").and_then(|v| v.as_array()) else {
-        return Ok(Vec::new());
-    };
     let mut targets = Vec::new();
-    for name in names.iter().filter_map(|n| n.as_str()) {
+    for name in &app.config.presets.eager {
         let parsed = parse_path(&format!("/pr:{name}/plain/{}", meta.id), &app.parse_limits)?;
         let spec = parsed.spec;
-        let quality = spec
-            .quality
-            .unwrap_or(app.config.transform.default_quality as u8);
+        let quality = spec.quality.unwrap_or(app.config.transform.quality());
         let formats: Vec<(String, OutputFormat)> = match spec.format {
             Some(f) => vec![(f.extension().to_owned(), f)],
             None => app

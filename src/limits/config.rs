@@ -1,0 +1,268 @@
+//! `[limits]` (source and result bounds, quotas, rate limits, plans) and `[redis]` (where the
+//! shared counters live).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::types::{ConfigError, positive, require, seconds, valid_name, within};
+use crate::image::ImageFormat;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Upload body cap and read cap for originals.
+    pub max_source_bytes: u64,
+    /// Pixel cap of a source image, checked from its header before any decode.
+    pub max_source_pixels: u64,
+    /// Longest side of a source image (width or height), from its header: bounds resampling
+    /// cost, which grows with the longer side, for shapes like 50,000,000×1.
+    pub max_source_dimension: u64,
+    /// Pixel cap of a transform result.
+    pub max_result_pixels: u64,
+    /// Largest width or height a URL may ask for (libwebp's own ceiling is 16383).
+    pub max_result_dimension: u64,
+    pub max_frames: u64,
+    /// Formats accepted for upload (`jpeg`, `png`, `webp`, `gif`).
+    pub upload_formats: Vec<ImageFormat>,
+    /// Per-user quotas per rolling hour (the free tier and plans without an override).
+    pub uploads_per_hour: u64,
+    pub transforms_per_hour: u64,
+    /// The rolling window of both quotas: 3600 (an hour) unless testing or tuning.
+    pub quota_window_secs: u64,
+    /// Authenticated requests per user per rolling minute; 0: not limited.
+    pub requests_per_minute: u64,
+    /// Signed-URL requests per client IP per rolling minute; 0: not limited.
+    pub ip_requests_per_minute: u64,
+    /// Failed authentications an IP may make per window before it gets 429; 0: off.
+    pub auth_failures_per_ip: u64,
+    pub auth_failure_window_secs: u64,
+    /// Admins are not charged quotas.
+    pub admin_bypass: bool,
+    /// While Redis is unreachable, each instance enforces this share of every limit.
+    pub fallback_share_percent: u64,
+    /// Subjects (users, IPs) the in-process limiter tracks at most.
+    pub local_max_keys: u64,
+    /// `limits.plans.<plan>.*`: overrides chosen by the plan claim.
+    pub plans: BTreeMap<String, PlanLimits>,
+}
+
+/// `limits.plans.<plan>`: any key left out takes the top-level value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlanLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploads_per_hour: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transforms_per_hour: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+}
+
+/// Keys a `limits.plans.<plan>` table may hold.
+pub const PLAN_KEYS: &[&str] = &[
+    "uploads_per_hour",
+    "transforms_per_hour",
+    "requests_per_minute",
+];
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_source_bytes: 25 * 1024 * 1024,
+            max_source_pixels: 50_000_000,
+            max_source_dimension: 32_768,
+            max_result_pixels: 40_000_000,
+            max_result_dimension: 16_383,
+            max_frames: 1000,
+            upload_formats: vec![
+                ImageFormat::Jpeg,
+                ImageFormat::Png,
+                ImageFormat::Webp,
+                ImageFormat::Gif,
+            ],
+            uploads_per_hour: 100,
+            transforms_per_hour: 1000,
+            quota_window_secs: 3600,
+            requests_per_minute: 300,
+            ip_requests_per_minute: 1200,
+            auth_failures_per_ip: 5,
+            auth_failure_window_secs: 900,
+            admin_bypass: true,
+            fallback_share_percent: 100,
+            local_max_keys: 100_000,
+            plans: BTreeMap::new(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        positive("limits.max_source_bytes", self.max_source_bytes)?;
+        positive("limits.max_source_pixels", self.max_source_pixels)?;
+        // No JPEG, WebP or GIF side can be longer than 65535.
+        within(
+            "limits.max_source_dimension",
+            self.max_source_dimension,
+            1..=65_535,
+        )?;
+        positive("limits.max_result_pixels", self.max_result_pixels)?;
+        // 16383 is the WebP ceiling.
+        within(
+            "limits.max_result_dimension",
+            self.max_result_dimension,
+            1..=16_383,
+        )?;
+        positive("limits.max_frames", self.max_frames)?;
+        require(
+            self.upload_formats.is_empty(),
+            "limits.upload_formats",
+            "at least one format is required",
+        )?;
+        positive("limits.uploads_per_hour", self.uploads_per_hour)?;
+        positive("limits.transforms_per_hour", self.transforms_per_hour)?;
+        seconds(
+            "limits.auth_failure_window_secs",
+            self.auth_failure_window_secs,
+        )?;
+        seconds("limits.quota_window_secs", self.quota_window_secs)?;
+        within(
+            "limits.fallback_share_percent",
+            self.fallback_share_percent,
+            1..=100,
+        )?;
+        positive("limits.local_max_keys", self.local_max_keys)?;
+        self.validate_plans()
+    }
+
+    fn validate_plans(&self) -> Result<(), ConfigError> {
+        for (name, plan) in &self.plans {
+            require(
+                !valid_name(name),
+                &format!("limits.plans.{name}"),
+                "plan names are [A-Za-z0-9_-]",
+            )?;
+            // Quotas are never unlimited.
+            for (key, v) in [
+                ("uploads_per_hour", plan.uploads_per_hour),
+                ("transforms_per_hour", plan.transforms_per_hour),
+            ] {
+                require(
+                    v == Some(0),
+                    &format!("limits.plans.{name}.{key}"),
+                    "must be greater than 0",
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Empty: no Redis (in-process limits).
+    pub url: String,
+    /// Deadline of every limiter call; slower answers fall back to the in-process limiter.
+    pub timeout_ms: u64,
+    pub pool_size: u64,
+    /// Prefix of every key pixgate writes (several deployments can share one Redis).
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            timeout_ms: 50,
+            pool_size: 16,
+            key_prefix: "pixgate".into(),
+        }
+    }
+}
+
+impl RedisConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        require(
+            !(self.url.is_empty()
+                || self.url.starts_with("redis://")
+                || self.url.starts_with("rediss://")),
+            "redis.url",
+            "must start with redis:// or rediss://",
+        )?;
+        seconds("redis.timeout_ms", self.timeout_ms.div_ceil(1000))?;
+        positive("redis.pool_size", self.pool_size)?;
+        // Braces would change the Redis Cluster hash tag of every key.
+        let prefix_ok = !self.key_prefix.is_empty()
+            && self.key_prefix.len() <= 64
+            && self
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        require(
+            !prefix_ok,
+            "redis.key_prefix",
+            "1 to 64 characters of [A-Za-z0-9-_.:]",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_validate_bounds_and_plans() {
+        assert!(LimitsConfig::default().validate().is_ok());
+        let bad = |f: fn(&mut LimitsConfig)| {
+            let mut c = LimitsConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err().key
+        };
+        assert_eq!(
+            bad(|c| c.max_source_dimension = 65_536),
+            "limits.max_source_dimension"
+        );
+        assert_eq!(bad(|c| c.upload_formats.clear()), "limits.upload_formats");
+        assert_eq!(
+            bad(|c| c.fallback_share_percent = 0),
+            "limits.fallback_share_percent"
+        );
+        assert_eq!(
+            bad(|c| {
+                c.plans.insert(
+                    "pro".into(),
+                    PlanLimits {
+                        uploads_per_hour: Some(0),
+                        ..PlanLimits::default()
+                    },
+                );
+            }),
+            "limits.plans.pro.uploads_per_hour"
+        );
+        assert_eq!(
+            bad(|c| {
+                c.plans.insert("a b".into(), PlanLimits::default());
+            }),
+            "limits.plans.a b"
+        );
+        assert!(toml::from_str::<LimitsConfig>("upload_formats = [\"tiff\"]").is_err());
+    }
+
+    #[test]
+    fn redis_validate_keeps_hash_tags_out_of_the_prefix() {
+        assert!(RedisConfig::default().validate().is_ok());
+        for prefix in ["a{b}", "", &"x".repeat(65)] {
+            let c = RedisConfig {
+                key_prefix: prefix.to_owned(),
+                ..RedisConfig::default()
+            };
+            assert_eq!(c.validate().unwrap_err().key, "redis.key_prefix");
+        }
+        let http = RedisConfig {
+            url: "http://x".into(),
+            ..RedisConfig::default()
+        };
+        assert_eq!(http.validate().unwrap_err().key, "redis.url");
+    }
+}

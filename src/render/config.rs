@@ -1,0 +1,196 @@
+//! `[transform]` (CPU pool, defaults, negotiation), `[encode]` (encoder settings) and
+//! `[watermark]`: how results are computed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::types::{ConfigError, positive, within};
+use crate::image::{EncodeSettings, JpegDecoder, PngCompression, Subsampling};
+use crate::options::OutputFormat;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransformConfig {
+    /// Concurrent CPU transforms; 0 means one per core.
+    pub workers: u64,
+    /// Transforms allowed to wait for a worker before new ones get 503.
+    pub queue_len: u64,
+    pub default_quality: u64,
+    /// `turbo` (libjpeg-turbo, shrink-on-load) or `zune` (pure Rust, full-size decode).
+    pub jpeg_decoder: JpegDecoder,
+    /// Only `pr:` (plus `f`, `exp`, `cb`) may appear in URLs.
+    pub presets_only: bool,
+    /// Accepted output formats in order of preference for `f:auto` / no format, when the
+    /// request's `Accept` allows them.
+    pub auto_formats: Vec<NegotiableFormat>,
+    /// AVIF encodes allowed at once (they are slow); others wait their turn.
+    pub avif_workers: u64,
+    /// Process-wide budget for the decode memory of jobs on the CPU pool, MiB: each transform
+    /// and upload validation reserves its estimated peak (see `image::memory_cost`) before it
+    /// runs, so N concurrent worst cases stay under this total instead of N × 0.5 GB.
+    pub memory_budget_mb: u64,
+}
+
+/// A format content negotiation may pick (`transform.auto_formats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NegotiableFormat {
+    Webp,
+    Avif,
+}
+
+impl NegotiableFormat {
+    pub fn output(self) -> OutputFormat {
+        match self {
+            NegotiableFormat::Webp => OutputFormat::Webp,
+            NegotiableFormat::Avif => OutputFormat::Avif,
+        }
+    }
+}
+
+impl Default for TransformConfig {
+    fn default() -> Self {
+        TransformConfig {
+            workers: 0,
+            queue_len: 64,
+            default_quality: 80,
+            jpeg_decoder: JpegDecoder::Turbo,
+            presets_only: false,
+            auto_formats: vec![NegotiableFormat::Webp],
+            avif_workers: 1,
+            memory_budget_mb: 2048,
+        }
+    }
+}
+
+impl TransformConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        within("transform.default_quality", self.default_quality, 1..=100)?;
+        positive("transform.avif_workers", self.avif_workers)?;
+        within(
+            "transform.memory_budget_mb",
+            self.memory_budget_mb,
+            64..=1_048_576,
+        )
+    }
+
+    /// Number of CPU workers after resolving `0` to the core count.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The default quality (validated 1..=100).
+    pub fn quality(&self) -> u8 {
+        u8::try_from(self.default_quality).unwrap_or(80)
+    }
+
+    /// `auto_formats` as output formats, in order of preference.
+    pub fn negotiable(&self) -> Vec<OutputFormat> {
+        self.auto_formats.iter().map(|f| f.output()).collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncodeConfig {
+    pub jpeg_progressive: bool,
+    /// `420` or `444`.
+    pub jpeg_subsampling: Subsampling,
+    /// `fast`, `balanced` or `high`.
+    pub png_compression: PngCompression,
+    /// libwebp method 0..=6 (speed/size trade-off).
+    pub webp_method: u64,
+    pub webp_lossless: bool,
+    /// rav1e speed 1 (slowest) ..= 10 (fastest).
+    pub avif_speed: u64,
+}
+
+impl Default for EncodeConfig {
+    fn default() -> Self {
+        EncodeConfig {
+            jpeg_progressive: false,
+            jpeg_subsampling: Subsampling::S420,
+            png_compression: PngCompression::Fast,
+            webp_method: 2,
+            webp_lossless: false,
+            avif_speed: 8,
+        }
+    }
+}
+
+impl EncodeConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        within("encode.webp_method", self.webp_method, 0..=6)?;
+        within("encode.avif_speed", self.avif_speed, 1..=10)
+    }
+
+    /// The engine's encoder settings (the bounds were validated at load).
+    pub fn settings(&self) -> EncodeSettings {
+        EncodeSettings {
+            jpeg_progressive: self.jpeg_progressive,
+            jpeg_subsampling: self.jpeg_subsampling,
+            png_compression: self.png_compression,
+            webp_method: u8::try_from(self.webp_method).unwrap_or(6),
+            webp_lossless: self.webp_lossless,
+            avif_speed: u8::try_from(self.avif_speed).unwrap_or(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatermarkConfig {
+    /// Image (PNG, WebP, JPEG or GIF) composited by `wm:`; empty disables `wm:`.
+    pub path: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transform_and_encode_validate_their_bounds() {
+        assert!(TransformConfig::default().validate().is_ok());
+        assert!(EncodeConfig::default().validate().is_ok());
+        let q = TransformConfig {
+            default_quality: 0,
+            ..TransformConfig::default()
+        };
+        assert_eq!(q.validate().unwrap_err().key, "transform.default_quality");
+        let budget = TransformConfig {
+            memory_budget_mb: 63,
+            ..TransformConfig::default()
+        };
+        assert_eq!(
+            budget.validate().unwrap_err().key,
+            "transform.memory_budget_mb"
+        );
+        let webp = EncodeConfig {
+            webp_method: 7,
+            ..EncodeConfig::default()
+        };
+        assert_eq!(webp.validate().unwrap_err().key, "encode.webp_method");
+        let avif = EncodeConfig {
+            avif_speed: 0,
+            ..EncodeConfig::default()
+        };
+        assert_eq!(avif.validate().unwrap_err().key, "encode.avif_speed");
+    }
+
+    #[test]
+    fn enums_parse_while_loading() {
+        let t: TransformConfig =
+            toml::from_str("jpeg_decoder = \"zune\"\nauto_formats = [\"avif\", \"webp\"]").unwrap();
+        assert_eq!(t.jpeg_decoder, JpegDecoder::Zune);
+        assert_eq!(t.negotiable(), vec![OutputFormat::Avif, OutputFormat::Webp]);
+        assert!(toml::from_str::<TransformConfig>("auto_formats = [\"gif\"]").is_err());
+        assert!(toml::from_str::<TransformConfig>("jpeg_decoder = \"libjpeg\"").is_err());
+        let e: EncodeConfig =
+            toml::from_str("jpeg_subsampling = \"444\"\npng_compression = \"high\"").unwrap();
+        assert_eq!(e.settings().jpeg_subsampling, Subsampling::S444);
+        assert_eq!(e.settings().png_compression, PngCompression::High);
+        assert!(toml::from_str::<EncodeConfig>("jpeg_subsampling = \"422\"").is_err());
+    }
+}
