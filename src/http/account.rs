@@ -361,7 +361,7 @@ async fn erase_account(app: &Arc<App>, user: &str) -> Result<usize, Error> {
             for meta in chunk {
                 let app = app.clone();
                 let meta = meta.clone();
-                set.spawn(async move { crate::render::delete_image(&app, &meta).await });
+                set.spawn(async move { app.render.delete_image(&meta).await });
             }
             while let Some(r) = set.join_next().await {
                 r.map_err(|e| Error::Internal(format!("erase task: {e}")))??;

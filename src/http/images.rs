@@ -38,7 +38,6 @@ use crate::id::ImageId;
 use crate::image::{self, ImageFormat};
 use crate::limits::{Charge, Kind};
 use crate::options::parse_path;
-use crate::render;
 
 /// Room for multipart framing and the metadata fields on top of the image itself.
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
@@ -159,7 +158,7 @@ pub async fn create(
     ctx.set_bytes_in(meta.bytes);
     // `presets.eager`: rendered in the background, never delaying the `201`, so the first
     // views are cache hits.
-    render::spawn_eager(app, &meta);
+    app.render.spawn_eager(&meta);
 
     let mut resp = json_response(StatusCode::CREATED, &meta_json(&meta));
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/images/{id}")) {
@@ -212,6 +211,7 @@ async fn validate(
     let limits = app.image_limits;
     let job = bytes.clone();
     Ok(app
+        .render
         .workers
         .run(image::memory_cost(&probe), move || {
             charge.commit();
@@ -384,7 +384,7 @@ pub async fn delete(
     // `DELETE` finishes the job (and answers 204 once everything is gone).
     let meta = owned_image_for_delete(app, &principal, id, ctx).await?;
     // Memory, original, derived objects, metadata; then the CDN purge hook in the background.
-    render::delete_image(app, &meta).await?;
+    app.render.delete_image(&meta).await?;
     tracing::info!(request_id = %ctx.request_id, image = %meta.id, "image deleted");
     Ok(no_content())
 }

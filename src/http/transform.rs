@@ -1,31 +1,46 @@
-//! `GET /{signature}/{options…}/{source}` — the transform route.
+//! `GET /{signature}/{options…}/{source}` — the transform route, as named phases over one
+//! request:
 //!
-//! Phases: verify (HMAC or bearer, no I/O) → parse → expiry → negotiate format → memory cache
-//! → metadata (existence, owner) → conditional request → fetch original → compute on the CPU
-//! pool → cache → respond. Nothing touches storage before the signature or token is verified.
+//! ```text
+//! verify ──► parse ──► negotiate ──► serve a hit ──► preconditions ──► compute ──► respond
+//! (HMAC or   (options,  (quality,     (memory;         (metadata,       (derived or
+//!  bearer;    expiry)    format, key)  owner check)     owner, 304)      CPU, charged)
+//!  no I/O)
+//! ```
+//!
+//! Nothing touches storage before the signature or token is verified. Which result a request
+//! names and how it is produced are the [`Renderer`](crate::render::Renderer)'s; this file
+//! decides whether the caller may have it and writes the response.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::{
     ACCEPT, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderName, HeaderValue, IF_MODIFIED_SINCE,
     IF_NONE_MATCH, LAST_MODIFIED, VARY,
 };
+use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::{Body, Ctx, authenticate, charge_caller};
+use super::{Body, Ctx, authenticate};
 use crate::app::App;
 use crate::auth::{Action, Principal};
-use crate::cache::{self, CachedResult};
+use crate::cache::CachedResult;
 use crate::error::Error;
-use crate::limits::Kind;
-use crate::options::{OutputFormat, parse_path};
-use crate::render::{self, Target, cache_key, fallback_format};
+use crate::limits::Payer;
+use crate::options::{TransformRequest, parse_path};
+use crate::render::{Bill, Target, Variant};
 use crate::signature::unix_now;
 
 const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+
+/// Who is asking: a signed URL's holder (no credential), or an authenticated principal.
+enum Caller {
+    Signed,
+    Bearer(Principal),
+}
 
 pub async fn handle(
     app: &Arc<App>,
@@ -33,155 +48,186 @@ pub async fn handle(
     ctx: &Ctx,
 ) -> Result<Response<Body>, Error> {
     let (parts, _body) = req.into_parts();
-    let path = parts.uri.path();
-    let (signature, tail) = split_signature(path)?;
+    let (signature, tail) = split_signature(parts.uri.path())?;
+    let caller = verify(app, signature, tail, &parts, ctx).await?;
+    let (request, now) = parse(app, tail, ctx)?;
+    let variant = app.render.negotiate(&request.image, &request.spec, |f| {
+        accepts(&parts.headers, f.mime())
+    });
+    let headers = response_headers(app, &caller, &request, &variant, now);
+    if let Some(hit) = serve_hit(app, &caller, &variant, ctx).await? {
+        return Ok(respond(&parts.headers, &hit, &headers));
+    }
+    let target = match preconditions(app, &caller, variant, &parts.headers, ctx).await? {
+        Ok(target) => target,
+        Err(not_modified) => return Ok(not_modified.response(&headers)),
+    };
+    let result = compute(app, &caller, target, ctx).await?;
+    Ok(respond(&parts.headers, &result, &headers))
+}
 
-    // Verify first: pure CPU, before any I/O.
-    let principal = if signature == "_" {
+/// Phase 1: the signature (constant time, every key pair) or, for signature `_`, the bearer
+/// credential and the `transform` action. Pure CPU except a credential's cached lookups; one
+/// limiter decision (`ip` for signed URLs, `requests` for bearers, inside `authenticate`).
+async fn verify(
+    app: &App,
+    signature: &str,
+    tail: &str,
+    parts: &Parts,
+    ctx: &Ctx,
+) -> Result<Caller, Error> {
+    if signature == "_" {
         let p = authenticate(app, &parts.headers, ctx).await?;
         p.allow(Action::Transform)?;
-        Some(p)
-    } else if app.signer.verify(signature, tail) {
-        ctx.set_signed_url();
-        // Signed URLs carry no credential: their request rate is per client IP.
-        ctx.limit(app.limiter.ip_request(ctx.client_ip).await)?;
-        // A valid signature's `404` may be cached briefly by the CDN (404 floods stay there).
-        ctx.cache_not_found_for(app.config.cache.error_max_age_secs);
-        None
-    } else {
+        return Ok(Caller::Bearer(p));
+    }
+    if !app.signer.verify(signature, tail) {
         return Err(Error::InvalidSignature);
-    };
+    }
+    ctx.set_signed_url();
+    // Signed URLs carry no credential: their request rate is per client IP.
+    ctx.limit(app.limiter.ip_request(ctx.client_ip).await)?;
+    // A valid signature's `404` may be cached briefly by the CDN (404 floods stay there).
+    ctx.cache_not_found_for(app.config.cache.error_max_age_secs);
+    Ok(Caller::Signed)
+}
 
+/// Phase 2: the typed, bounded transform, refused once its `exp` has passed. Returns the
+/// clock reading the expiry was checked against.
+fn parse(app: &App, tail: &str, ctx: &Ctx) -> Result<(TransformRequest, u64), Error> {
     let request = parse_path(tail, &app.parse_limits)?;
     ctx.set_image(request.image.as_str(), None);
-    let spec = request.spec;
     let now = unix_now();
-    if spec.expires.is_some_and(|exp| now >= exp) {
+    if request.spec.expires.is_some_and(|exp| now >= exp) {
         return Err(Error::UrlExpired);
     }
-    let quality = spec.quality.unwrap_or(app.config.transform.quality());
-    let negotiated = spec.format.is_none();
-    let key_for = |token: &str| cache_key(app, &request.image, &spec, quality, token);
-    // Configured formats the client accepts (`transform.auto_formats`, in order).
-    let accepted: Vec<OutputFormat> = if negotiated {
-        app.auto_formats
-            .iter()
-            .copied()
-            .filter(|f| accepts(&parts.headers, f.mime()))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut auto = accepted.first().copied();
-    // AVIF encoders are few (`transform.avif_workers`): when none is free and the AVIF result
-    // is not cached, a negotiated request gets the next format it accepts instead of waiting.
-    if auto == Some(OutputFormat::Avif)
-        && app.avif_permits.available_permits() == 0
-        && app.cache.get(&key_for("auto-avif")).is_none()
-    {
-        auto = accepted.get(1).copied();
-    }
-    let format_token = match (spec.format, auto) {
-        (Some(f), _) => f.extension().to_owned(),
-        (None, Some(f)) => format!("auto-{}", f.extension()),
-        (None, None) => "auto-source".to_owned(),
-    };
-    let key = key_for(&format_token);
-    let headers = ResponseHeaders {
+    Ok((request, now))
+}
+
+fn response_headers(
+    app: &App,
+    caller: &Caller,
+    request: &TransformRequest,
+    variant: &Variant,
+    now: u64,
+) -> ResponseHeaders {
+    ResponseHeaders {
         cache_control: cache_control(
-            principal.is_some(),
-            spec.expires,
+            matches!(caller, Caller::Bearer(_)),
+            request.spec.expires,
             now,
             app.config.cache.max_age_secs,
         ),
         // The response depends on `Accept` only if a format was negotiated from it.
-        vary: negotiated && !app.auto_formats.is_empty(),
+        vary: app.render.varies(variant),
         surrogate_key: app
             .config
             .cache
             .surrogate_keys
             .then(|| request.image.to_string()),
-    };
-    let metrics = &app.metrics;
+    }
+}
 
-    if let Some(hit) = app.cache.get(&key) {
-        metrics
-            .cache_requests
-            .with_label_values(&["memory", "hit"])
-            .inc();
-        authorize(principal.as_ref(), &hit.owner, ctx)?;
-        // The image may have been deleted through another instance: re-check its existence
-        // at most every `auth.revocation_cache_secs`. A storage failure keeps serving the hit
-        // (cached reads survive an outage); only a definite "gone" purges it.
-        let bound = Duration::from_secs(app.config.auth.revocation_cache_secs);
-        if app.cache.stale(&hit.image, bound) {
-            match app.catalog.meta(&request.image).await {
-                Ok(_) => app.cache.confirm(&hit.image),
-                Err(Error::NotFound) => {
-                    app.cache.purge_image(&hit.image);
-                    return Err(Error::NotFound);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not re-check a cached image; serving the hit")
-                }
+/// Phase 4: a memory hit, authorised against the owner stored with it. The image may have
+/// been deleted through another instance: its existence is re-checked at most every
+/// `auth.revocation_cache_secs`. A storage failure keeps serving the hit (cached reads
+/// survive an outage); only a definite "gone" purges it.
+async fn serve_hit(
+    app: &App,
+    caller: &Caller,
+    variant: &Variant,
+    ctx: &Ctx,
+) -> Result<Option<Arc<CachedResult>>, Error> {
+    let cache = &app.render.cache;
+    let Some(hit) = cache.get(&variant.key) else {
+        count_memory(app, "miss");
+        return Ok(None);
+    };
+    count_memory(app, "hit");
+    allow_owner(caller, &hit.owner, ctx)?;
+    let bound = Duration::from_secs(app.config.auth.revocation_cache_secs);
+    if cache.stale(&hit.image, bound) {
+        match app.catalog.meta(&variant.image).await {
+            Ok(_) => cache.confirm(&hit.image),
+            Err(Error::NotFound) => {
+                cache.purge_image(&hit.image);
+                return Err(Error::NotFound);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-check a cached image; serving the hit")
             }
         }
-        return Ok(respond(&parts.headers, &hit, &headers));
     }
-    metrics
+    Ok(Some(hit))
+}
+
+fn count_memory(app: &App, result: &str) {
+    app.metrics
         .cache_requests
-        .with_label_values(&["memory", "miss"])
+        .with_label_values(&["memory", result])
         .inc();
+}
 
-    let meta = app.catalog.meta(&request.image).await?;
-    authorize(principal.as_ref(), &meta.owner, ctx)?;
-    let format = spec
-        .format
-        .or(auto)
-        .unwrap_or_else(|| fallback_format(meta.format));
-    let checked = std::time::Instant::now();
-    let digest = cache::digest(&key);
-    let etag = cache::etag(&digest);
-    let last_modified = render::last_modified(app, &meta);
-    if not_modified(&parts.headers, &etag, last_modified) {
-        return Ok(not_modified_response(&etag, last_modified, &headers));
+/// A `304` decided before any computation.
+struct NotModified {
+    etag: String,
+    last_modified: SystemTime,
+}
+
+impl NotModified {
+    fn response(&self, headers: &ResponseHeaders) -> Response<Body> {
+        not_modified_response(&self.etag, self.last_modified, headers)
     }
+}
 
-    // A computation is charged to the caller (bearer) or to the image's owner (signed URL,
-    // at the plan the owner last authenticated with). The unit is given back if the work never
-    // starts (queue full, original unavailable); once admitted, the computation runs in a task
-    // of its own and finishes (filling the caches) even if this request is dropped, so its
-    // unit is spent when the CPU work begins, whatever the result. Derived-store hits and
-    // requests that wait for an identical computation in flight are not charged.
-    let owner = meta.owner.clone();
-    let charge = || async {
-        match &principal {
-            Some(p) => charge_caller(app, ctx, Kind::Transforms, p).await.map(Some),
-            None => {
-                // The owner's quota state is not put on a public, CDN-cacheable response; only
-                // a refusal says why (the error carries it).
-                let plan = app.limiter.plan_of(&owner).await;
-                app.limiter
-                    .charge(Kind::Transforms, &owner, plan.as_deref(), false)
-                    .await
-                    .map(Some)
-            }
-        }
+/// Phase 5: the image exists and the caller may see it (metadata read: `404` if absent, and
+/// for another user's image); a matching `If-None-Match` (or, without one,
+/// `If-Modified-Since`) answers `304` without computing.
+async fn preconditions(
+    app: &App,
+    caller: &Caller,
+    variant: Variant,
+    req_headers: &HeaderMap,
+    ctx: &Ctx,
+) -> Result<Result<Target, NotModified>, Error> {
+    let meta = app.catalog.meta(&variant.image).await?;
+    allow_owner(caller, &meta.owner, ctx)?;
+    let etag = variant.etag();
+    let target = app.render.target(variant, &meta, Instant::now());
+    if not_modified(req_headers, &etag, target.last_modified) {
+        return Ok(Err(NotModified {
+            etag,
+            last_modified: target.last_modified,
+        }));
+    }
+    Ok(Ok(target))
+}
+
+/// Phase 6: the result from the derived store or computed. A computation is charged to the
+/// caller (bearer) or to the image's owner (signed URL). The owner's quota state is not put on
+/// a public, CDN-cacheable response; only a refusal says why (the error carries it).
+async fn compute(
+    app: &App,
+    caller: &Caller,
+    target: Target,
+    ctx: &Ctx,
+) -> Result<Arc<CachedResult>, Error> {
+    let payer = match caller {
+        Caller::Bearer(p) => Payer::Caller {
+            user: p.user_id.clone(),
+            plan: p.plan.clone(),
+            admin: p.role == crate::auth::Role::Admin,
+        },
+        Caller::Signed => Payer::Owner(target.owner.clone()),
     };
-    let target = Target {
-        image: request.image.clone(),
-        owner: meta.owner,
-        key,
-        digest,
-        spec,
-        format,
-        quality,
-        last_modified,
-        checked,
-        original: None,
-    };
-    let result = render::resolve(app, target, charge).await?;
-    Ok(respond(&parts.headers, &result, &headers))
+    let rendered = app
+        .render
+        .resolve(target, Bill::To(&app.limiter, payer))
+        .await;
+    if let (Caller::Bearer(_), Some(status)) = (caller, rendered.charged.as_ref()) {
+        ctx.note_limit(status);
+    }
+    rendered.outcome
 }
 
 /// Splits `/{signature}/{rest}` into the signature and `/{rest}`.
@@ -196,11 +242,11 @@ fn split_signature(path: &str) -> Result<(&str, &str), Error> {
 }
 
 /// Bearer callers must own the image (or be admin). Another user's image is "not found", so
-/// existence does not leak. Signed-URL holders (no principal) were authorised by the signature;
-/// the image's owner is then the principal the request counts for (quotas, audit).
-fn authorize(principal: Option<&Principal>, owner: &str, ctx: &Ctx) -> Result<(), Error> {
-    match principal {
-        Some(p) if !p.owns(owner) => {
+/// existence does not leak. Signed-URL holders were authorised by the signature; the image's
+/// owner is then the principal the request counts for (quotas, audit).
+fn allow_owner(caller: &Caller, owner: &str, ctx: &Ctx) -> Result<(), Error> {
+    match caller {
+        Caller::Bearer(p) if !p.owns(owner) => {
             // Audited as `access.denied`; answered like a missing image.
             ctx.set_denied();
             Err(Error::NotFound)

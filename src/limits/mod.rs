@@ -294,6 +294,20 @@ impl Drop for Charge {
     }
 }
 
+/// Who pays for a unit of work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payer {
+    /// The authenticated caller, at its plan (admins bypass per `limits.admin_bypass`).
+    Caller {
+        user: String,
+        plan: Option<String>,
+        admin: bool,
+    },
+    /// An image's owner (signed URLs carry no credential), at the plan they last
+    /// authenticated with.
+    Owner(String),
+}
+
 /// Settings resolved from `[limits]`.
 #[derive(Debug, Clone)]
 struct Settings {
@@ -626,6 +640,20 @@ impl Limiter {
 
     /// The plan `user` last authenticated with (for their signed URLs, which carry no
     /// credential); `None` when unknown, which prices them as the free tier.
+    /// Charges one unit of `kind` to `payer`: the caller at its own plan, or an image's owner
+    /// at the plan they last authenticated with.
+    pub async fn charge_to(&self, kind: Kind, payer: &Payer) -> Result<Charge, Error> {
+        match payer {
+            Payer::Caller { user, plan, admin } => {
+                self.charge(kind, user, plan.as_deref(), *admin).await
+            }
+            Payer::Owner(owner) => {
+                let plan = self.plan_of(owner).await;
+                self.charge(kind, owner, plan.as_deref(), false).await
+            }
+        }
+    }
+
     pub async fn plan_of(&self, user: &str) -> Option<String> {
         let key = self.plan_key(user);
         if let Some(p) = self.local.cached_plan(&key, PLAN_HINT_CACHE) {

@@ -2,58 +2,166 @@
 //! preset renders after uploads; and the purge of an image from every layer.
 //!
 //! The transform route ([`crate::http`]) decides *whether* a request may have a result
-//! (signature or credential, expiry, ownership, conditional requests) and *which* one (the
-//! cache key); this module gets it at the lowest cost:
+//! (signature or credential, expiry, ownership, conditional requests); the [`Renderer`] decides
+//! *which* one ([`Renderer::negotiate`] → a [`Variant`]: quality, format, cache key) and gets it
+//! at the lowest cost:
 //!
 //! ```text
 //! resolve(target) ── Flights::join(key) ── follower ──► wait for the leader's result
 //!                           │ leader
 //!                           ├─ memory hit (a flight that just ended) ──► done
 //!                           ├─ derived hit ──► memory ──► done          (no quota, no CPU)
-//!                           └─ charge quota → admit to the CPU queue → spawn {
+//!                           └─ charge the payer → admit to the CPU queue → spawn {
 //!                                 original → engine on the CPU pool → memory → derived write
 //!                              } ──► publish to every waiter
 //! ```
 //!
 //! The computation runs in its own task once admitted: a cancelled leader (client gone,
 //! deadline) neither wedges nor fails its followers, and the result still lands in the caches
-//! for the retry. A leader that fails *before* that for a reason of its own (its caller's
+//! for the retry. A leader that fails *before* that for a reason of its own (its payer's
 //! quota, a full queue) abandons the flight; each waiter then tries again, one of them
 //! leading. Cache hits never wait for a CPU worker, so an overloaded server still serves them.
+//!
+//! Files: `resolve.rs` (the diagram above), `eager.rs` (presets rendered after uploads),
+//! `purge.rs` (deleting an image everywhere), `setup.rs` (the engine and the fingerprint of
+//! byte-changing configuration), `config.rs` (`[transform]`, `[encode]`, `[watermark]`).
 
 pub mod config;
-pub use config::{EncodeConfig, NegotiableFormat, TransformConfig, WatermarkConfig};
+mod eager;
+mod purge;
+mod resolve;
+mod setup;
 
-use std::future::Future;
+pub use config::{EncodeConfig, NegotiableFormat, TransformConfig, WatermarkConfig};
+pub use eager::EagerQueue;
+pub use resolve::{Bill, Rendered};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 
-use crate::app::App;
-use crate::cache::{self, Admission, CachedResult, Joined, derived};
-use crate::catalog::ImageMeta;
+use crate::cache::{self, CachedResult, DerivedStore, Flights, MemoryCache};
+use crate::catalog::{Catalog, ImageMeta};
+use crate::cdn::CdnPurger;
+use crate::config::Config;
 use crate::error::Error;
 use crate::id::ImageId;
-use crate::image::ImageFormat;
-use crate::limits::Charge;
-use crate::options::{OutputFormat, TransformSpec, parse_path};
+use crate::image::{Engine, ImageFormat, ImageLimits};
+use crate::metrics::Metrics;
+use crate::options::{OutputFormat, ParseLimits, TransformSpec};
+use crate::workers::Workers;
 
 /// Version of the rendering pipeline; part of every cache key and ETag, so a change in how
 /// results are produced never serves stale bytes under an old validator.
 pub const PIPELINE_VERSION: &str = "v2";
 
-/// How often a waiter whose leader gave up tries again before answering `503`.
-const MAX_ROUNDS: usize = 8;
+pub type Outcome = Result<Arc<CachedResult>, Error>;
 
-/// The result a request needs.
+/// Everything that produces results: caches, single-flight, the engine and its CPU pool.
+pub struct Renderer {
+    pub cache: MemoryCache,
+    /// Results in the derived bucket (`cache.derived`).
+    pub derived: Arc<DerivedStore>,
+    pub engine: Arc<Engine>,
+    /// The CPU pool (also validates uploads).
+    pub workers: Workers,
+    /// Computations in flight, by cache key.
+    flights: Flights<Outcome>,
+    /// Uploads waiting for their eager preset renders.
+    eager: EagerQueue,
+    /// `transform.avif_workers`: AVIF encodes in flight.
+    avif_permits: Arc<Semaphore>,
+    /// Hash of the configuration that changes rendered bytes (encoder settings, JPEG decoder,
+    /// watermark image): part of every cache key and ETag, so a configuration change never
+    /// serves or validates old bytes under the same key.
+    fingerprint: String,
+    catalog: Catalog,
+    cdn: Arc<CdnPurger>,
+    metrics: Metrics,
+    settings: Settings,
+    /// When this process started: the earliest `Last-Modified` it sends.
+    started: SystemTime,
+}
+
+/// What rendering takes from configuration, resolved at start.
+struct Settings {
+    default_quality: u8,
+    /// `transform.auto_formats`, in order of preference.
+    auto_formats: Vec<OutputFormat>,
+    /// `presets.eager`, and what parsing them needs.
+    eager_presets: Vec<String>,
+    parse_limits: ParseLimits,
+    /// `cache.derived`.
+    derived: bool,
+    /// After a delete, the CDN purge is repeated this much later: every request that could
+    /// have read the image has ended and every instance has re-checked its memory.
+    straggle: Duration,
+}
+
+/// Which format a result is in, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormatChoice {
+    /// Asked for (`f:` in the URL or a preset).
+    Fixed(OutputFormat),
+    /// Negotiated from `Accept` among `transform.auto_formats`.
+    Negotiated(OutputFormat),
+    /// Negotiated, and the client accepts none of them: the source's fallback, known once
+    /// the metadata is read ([`fallback_format`]).
+    Fallback,
+}
+
+impl FormatChoice {
+    /// The format part of the cache key.
+    fn token(self) -> String {
+        match self {
+            FormatChoice::Fixed(f) => f.extension().to_owned(),
+            FormatChoice::Negotiated(f) => format!("auto-{}", f.extension()),
+            FormatChoice::Fallback => "auto-source".to_owned(),
+        }
+    }
+
+    /// The output format for a source of format `source`.
+    pub fn output(self, source: ImageFormat) -> OutputFormat {
+        match self {
+            FormatChoice::Fixed(f) | FormatChoice::Negotiated(f) => f,
+            FormatChoice::Fallback => fallback_format(source),
+        }
+    }
+
+    pub fn negotiated(self) -> bool {
+        !matches!(self, FormatChoice::Fixed(_))
+    }
+}
+
+/// One result of an image, named: the transform, quality and format choice, and the cache key
+/// they make. Requests and eager presets build theirs the same way ([`Renderer::variant`]).
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub image: ImageId,
+    pub spec: TransformSpec,
+    pub quality: u8,
+    pub choice: FormatChoice,
+    /// `{pipeline}-{fingerprint}|{image}|{canonical spec}|q{quality}|{format token}`.
+    pub key: String,
+    /// [`cache::digest`] of the key: the ETag and the derived object's name.
+    pub digest: String,
+}
+
+impl Variant {
+    /// The strong ETag of this result.
+    pub fn etag(&self) -> String {
+        cache::etag(&self.digest)
+    }
+}
+
+/// A variant of an image known to exist: what a computation needs.
 #[derive(Clone)]
 pub struct Target {
     pub image: ImageId,
     pub owner: String,
-    /// The cache key ([`cache_key`]).
     pub key: String,
-    /// [`cache::digest`] of the key: the ETag and the derived object's name.
     pub digest: String,
     pub spec: TransformSpec,
     pub format: OutputFormat,
@@ -66,23 +174,6 @@ pub struct Target {
     pub original: Option<Bytes>,
 }
 
-pub type Outcome = Result<Arc<CachedResult>, Error>;
-
-/// The cache key of a result: `{pipeline}-{render fingerprint}|{image}|{canonical spec}|q{quality}|{format token}`.
-pub fn cache_key(
-    app: &App,
-    image: &ImageId,
-    spec: &TransformSpec,
-    quality: u8,
-    token: &str,
-) -> String {
-    format!(
-        "{PIPELINE_VERSION}-{}|{image}|{}|q{quality}|{token}",
-        app.render_fingerprint,
-        spec.canonical()
-    )
-}
-
 /// Output format when the client did not ask for one and accepts none of `auto_formats`.
 pub fn fallback_format(source: ImageFormat) -> OutputFormat {
     match source {
@@ -92,350 +183,136 @@ pub fn fallback_format(source: ImageFormat) -> OutputFormat {
     }
 }
 
-/// `Last-Modified` of an image's results: its upload time (originals never change), but never
-/// before this process started — a deploy may change how results render (the ETag changes with
-/// it), and an `If-Modified-Since` from before must then not get `304`.
-pub fn last_modified(app: &App, meta: &ImageMeta) -> SystemTime {
-    humantime::parse_rfc3339(&meta.created_at).map_or(app.started, |t| t.max(app.started))
-}
-
-/// Puts a result in memory, counting evictions; `false` if the image was deleted meanwhile
-/// (then the result must not be served either: its delete may already have purged the CDN).
-fn remember(app: &App, target: &Target, result: &Arc<CachedResult>) -> bool {
-    let m = &app.metrics;
-    let kept = match app
-        .cache
-        .insert(target.key.clone(), result.clone(), target.checked)
-    {
-        Admission::Admitted { evicted } => {
-            m.cache_evictions.inc_by(evicted as u64);
-            true
-        }
-        Admission::TooLarge => {
-            m.cache_oversize.inc();
-            true
-        }
-        Admission::Deleted => false,
-    };
-    m.cache_memory_bytes.set(app.cache.bytes() as i64);
-    kept
-}
-
-/// The result of `target`, from the derived store or computed once for all concurrent
-/// identical requests. The caller has checked memory (hits need authorising first).
-///
-/// `charge` is called only by a leader about to compute: it prices the computation (quota)
-/// and may refuse it.
-pub async fn resolve<C, F>(app: &Arc<App>, target: Target, charge: C) -> Outcome
-where
-    C: FnOnce() -> F,
-    F: Future<Output = Result<Option<Charge>, Error>>,
-{
-    let mut charge = Some(charge);
-    for _ in 0..MAX_ROUNDS {
-        let lead = match app.flights.join(&target.key) {
-            Joined::Leader(lead) => lead,
-            Joined::Follower(wait) => {
-                if let Some(outcome) = wait.wait().await {
-                    app.metrics.singleflight_coalesced.inc();
-                    return outcome;
-                }
-                // The leader gave up for a reason of its own: try again, perhaps leading.
-                continue;
-            }
-        };
-        // A flight for this key may have finished between the caller's memory check and now.
-        if let Some(hit) = app.cache.get(&target.key) {
-            app.metrics
-                .cache_requests
-                .with_label_values(&["memory", "hit"])
-                .inc();
-            lead.finish(Ok(hit.clone()));
-            return Ok(hit);
-        }
-        let object = derived::object_key(&target.image, &target.digest, target.format)?;
-        if app.config.cache.derived
-            && let Some(bytes) = app.derived.get(&object, target.format).await
-        {
-            app.derived.touch(
-                target.image.clone(),
-                object.clone(),
-                bytes.clone(),
-                target.format.mime(),
-            );
-            let result = Arc::new(result_of(&target, bytes));
-            let outcome = if remember(app, &target, &result) {
-                Ok(result)
-            } else {
-                Err(Error::NotFound)
-            };
-            lead.finish(outcome.clone());
-            return outcome;
-        }
-        let charge = match charge.take() {
-            Some(c) => c().await?,
-            None => return Err(Error::Internal("a request led twice".into())),
-        };
-        // The CPU-queue place is reserved before the original is fetched: at most
-        // workers + queue_len originals are held at once, and a full queue refuses at once.
-        // AVIF encodes are slow: at most `transform.avif_workers` at once, no waiting either.
-        // Being overloaded is not this request's own failure: waiters get the same answer
-        // instead of each retrying (and each reading the derived store again).
-        let admitted = app.workers.admit().and_then(|admission| {
-            let avif = if target.format == OutputFormat::Avif {
-                let permit = app.avif_permits.clone().try_acquire_owned();
-                Some(permit.map_err(|_| Error::Overloaded)?)
-            } else {
-                None
-            };
-            Ok((admission, avif))
-        });
-        let (admission, avif) = match admitted {
-            Ok(a) => a,
-            Err(e) => {
-                lead.finish(Err(e.clone()));
-                return Err(e);
-            }
-        };
-        let wait = lead.subscribe();
-        let task_app = app.clone();
-        tokio::spawn(async move {
-            let outcome = compute(&task_app, target, object, charge, admission, avif).await;
-            lead.finish(outcome);
-        });
-        return wait.wait().await.unwrap_or_else(|| {
-            Err(Error::Internal(
-                "a computation ended without a result".into(),
-            ))
-        });
-    }
-    Err(Error::Overloaded)
-}
-
-fn result_of(target: &Target, bytes: Bytes) -> CachedResult {
-    CachedResult {
-        bytes,
-        format: target.format,
-        etag: cache::etag(&target.digest),
-        image: target.image.to_string(),
-        owner: target.owner.clone(),
-        last_modified: target.last_modified,
-    }
-}
-
-/// Fetches the original (unless given), computes on the CPU pool, fills both caches.
-async fn compute(
-    app: &Arc<App>,
-    mut target: Target,
-    object: crate::storage::ObjectKey,
-    charge: Option<Charge>,
-    admission: crate::workers::Admission,
-    avif: Option<tokio::sync::OwnedSemaphorePermit>,
-) -> Outcome {
-    // Dropping `charge` on an early return gives the quota unit back.
-    let original = match target.original.take() {
-        Some(bytes) => bytes,
-        None => app.catalog.original(&target.image).await?,
-    };
-    let engine = app.engine.clone();
-    let spec = target.spec.clone();
-    let (format, quality) = (target.format, target.quality);
-    let timer = app.metrics.transform_duration.clone();
-    // A header that does not probe fails at once on the worker; it reserves nothing.
-    let memory = crate::image::probe(&original).map_or(0, |p| crate::image::memory_cost(&p));
-    let encoded = app
-        .workers
-        .run_admitted(admission, memory, move || {
-            // The work starts: the quota unit is spent from here on.
-            if let Some(c) = charge {
-                c.commit();
-            }
-            // Timed on the worker: queueing for a worker is not computation.
-            let _timer = timer.start_timer();
-            let _avif = avif;
-            engine.transform(&original, &spec, format, quality)
+impl Renderer {
+    /// Builds the renderer from a validated configuration (start-up code: loads the
+    /// watermark image).
+    pub fn build(
+        config: &Config,
+        limits: ImageLimits,
+        catalog: Catalog,
+        derived: Arc<DerivedStore>,
+        cdn: Arc<CdnPurger>,
+        metrics: Metrics,
+    ) -> Result<Renderer, String> {
+        let engine = setup::engine(config, limits)?;
+        let t = &config.transform;
+        let c = &config.cache;
+        Ok(Renderer {
+            cache: MemoryCache::new(c.memory_bytes, c.max_item_bytes),
+            derived,
+            fingerprint: setup::fingerprint(&engine),
+            engine: Arc::new(engine),
+            workers: Workers::new(
+                t.worker_count(),
+                usize::try_from(t.queue_len).unwrap_or(usize::MAX),
+                t.memory_budget_mb.saturating_mul(1 << 20),
+                metrics.queue_depth.clone(),
+                metrics.queue_wait.clone(),
+            ),
+            flights: Flights::new(),
+            eager: EagerQueue::new(usize::try_from(c.eager_queue).unwrap_or(usize::MAX)),
+            avif_permits: Arc::new(Semaphore::new(
+                usize::try_from(t.avif_workers).unwrap_or(usize::MAX),
+            )),
+            catalog,
+            cdn,
+            metrics,
+            settings: Settings {
+                default_quality: t.quality(),
+                auto_formats: t.negotiable(),
+                eager_presets: config.presets.eager.clone(),
+                parse_limits: config.parse_limits(),
+                derived: c.derived,
+                straggle: Duration::from_secs(
+                    config.server.request_timeout_secs + config.auth.revocation_cache_secs,
+                ),
+            },
+            started: SystemTime::now(),
         })
-        .await??;
-    let result = Arc::new(result_of(&target, Bytes::from(encoded.bytes)));
-    if !remember(app, &target, &result) {
-        // Deleted while computing: never served, never stored.
-        return Err(Error::NotFound);
     }
-    if app.config.cache.derived {
-        app.derived.schedule(
-            target.image.clone(),
-            object,
-            result.bytes.clone(),
-            format.mime(),
-        );
-    }
-    Ok(result)
-}
 
-/// The results `presets.eager` names for an image: each preset, in its fixed format or — when
-/// the format is negotiated — in every `transform.auto_formats` format and the fallback.
-fn eager_targets(
-    app: &App,
-    meta: &ImageMeta,
-    original: Option<&Bytes>,
-) -> Result<Vec<Target>, Error> {
-    let mut targets = Vec::new();
-    for name in &app.config.presets.eager {
-        let parsed = parse_path(&format!("/pr:{name}/plain/{}", meta.id), &app.parse_limits)?;
-        let spec = parsed.spec;
-        let quality = spec.quality.unwrap_or(app.config.transform.quality());
-        let formats: Vec<(String, OutputFormat)> = match spec.format {
-            Some(f) => vec![(f.extension().to_owned(), f)],
-            None => app
-                .auto_formats
-                .iter()
-                .map(|f| (format!("auto-{}", f.extension()), *f))
-                .chain([("auto-source".to_owned(), fallback_format(meta.format))])
-                .collect(),
-        };
-        for (token, format) in formats {
-            let key = cache_key(app, &parsed.image, &spec, quality, &token);
-            targets.push(Target {
-                digest: cache::digest(&key),
-                key,
-                image: parsed.image.clone(),
-                owner: meta.owner.clone(),
-                spec: spec.clone(),
-                format,
-                quality,
-                last_modified: last_modified(app, meta),
-                checked: Instant::now(),
-                original: original.cloned(),
-            });
+    /// The variant `spec` names in format `choice`.
+    pub fn variant(&self, image: &ImageId, spec: &TransformSpec, choice: FormatChoice) -> Variant {
+        let quality = spec.quality.unwrap_or(self.settings.default_quality);
+        let key = self.cache_key(image, spec, quality, &choice.token());
+        Variant {
+            image: image.clone(),
+            spec: spec.clone(),
+            quality,
+            choice,
+            digest: cache::digest(&key),
+            key,
         }
     }
-    Ok(targets)
-}
 
-/// Uploads waiting for their eager renders, and the one-at-a-time permit that keeps eager work
-/// from taking more than one CPU worker away from requests.
-pub struct EagerQueue {
-    backlog: crate::workers::Backlog,
-    running: tokio::sync::Semaphore,
-}
-
-impl EagerQueue {
-    pub fn new(max_pending: usize) -> EagerQueue {
-        EagerQueue {
-            backlog: crate::workers::Backlog::new(max_pending),
-            running: tokio::sync::Semaphore::new(1),
+    /// The variant a request gets: its own format, or the first of `transform.auto_formats`
+    /// the client `accepts`. AVIF encoders are few (`transform.avif_workers`): when none is
+    /// free and the AVIF result is not cached, the request gets the next format it accepts
+    /// instead of waiting.
+    pub fn negotiate(
+        &self,
+        image: &ImageId,
+        spec: &TransformSpec,
+        accepts: impl Fn(OutputFormat) -> bool,
+    ) -> Variant {
+        if let Some(f) = spec.format {
+            return self.variant(image, spec, FormatChoice::Fixed(f));
         }
-    }
-}
-
-/// Renders `presets.eager` for a new image in the background: started after the upload's
-/// durable write, never delaying its `201`. Not charged to a quota (the upload paid; the
-/// operator chose the presets). A busy CPU queue is retried with backoff, then skipped.
-/// Waiting uploads hold only their metadata; the original is read when their turn comes, so
-/// the queue costs no image memory.
-pub fn spawn_eager(app: &Arc<App>, meta: &ImageMeta) {
-    let targets = match eager_targets(app, meta, None) {
-        Ok(t) if t.is_empty() => return,
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(image = %meta.id, error = %e, "eager presets do not parse");
-            return;
-        }
-    };
-    let q = &app.eager;
-    let Some(slot) = q.backlog.try_enter() else {
-        app.metrics
-            .eager_renders
-            .with_label_values(&["skipped"])
-            .inc_by(targets.len() as u64);
-        tracing::warn!(image = %meta.id, "eager render queue full; presets will render on first view");
-        return;
-    };
-    let app = app.clone();
-    let image = meta.id.clone();
-    tokio::spawn(async move {
-        let _slot = slot;
-        if let Ok(_running) = app.eager.running.acquire().await {
-            let original = match targets.first() {
-                Some(t) => app.catalog.original(&t.image).await,
-                None => Err(Error::NotFound),
-            };
-            match original {
-                Ok(bytes) => {
-                    for mut target in targets {
-                        target.original = Some(bytes.clone());
-                        let result = eager_one(&app, target).await;
-                        app.metrics.eager_renders.with_label_values(&[result]).inc();
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(image = %image, error = %e, "eager renders skipped: original unavailable");
-                    app.metrics
-                        .eager_renders
-                        .with_label_values(&["error"])
-                        .inc_by(targets.len() as u64);
-                }
+        let accepted: Vec<OutputFormat> = self
+            .settings
+            .auto_formats
+            .iter()
+            .copied()
+            .filter(|f| accepts(*f))
+            .collect();
+        let mut pick = accepted.first().copied();
+        if pick == Some(OutputFormat::Avif) && self.avif_permits.available_permits() == 0 {
+            let avif = self.variant(image, spec, FormatChoice::Negotiated(OutputFormat::Avif));
+            if self.cache.get(&avif.key).is_none() {
+                pick = accepted.get(1).copied();
             }
         }
-    });
-}
-
-async fn eager_one(app: &Arc<App>, target: Target) -> &'static str {
-    if app.cache.get(&target.key).is_some() {
-        return "ok";
+        self.variant(
+            image,
+            spec,
+            pick.map_or(FormatChoice::Fallback, FormatChoice::Negotiated),
+        )
     }
-    for attempt in 0..5u32 {
-        match resolve(app, target.clone(), || async { Ok(None) }).await {
-            Ok(_) => return "ok",
-            Err(Error::Overloaded) => {
-                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-            }
-            Err(e) => {
-                tracing::warn!(image = %target.image, error = %e, "eager render failed");
-                return "error";
-            }
+
+    /// Whether responses for `variant` depend on `Accept` (`Vary: Accept`).
+    pub fn varies(&self, variant: &Variant) -> bool {
+        variant.choice.negotiated() && !self.settings.auto_formats.is_empty()
+    }
+
+    /// The computation of `variant` for an image whose metadata was read at `checked`.
+    pub fn target(&self, variant: Variant, meta: &ImageMeta, checked: Instant) -> Target {
+        Target {
+            format: variant.choice.output(meta.format),
+            image: variant.image,
+            owner: meta.owner.clone(),
+            key: variant.key,
+            digest: variant.digest,
+            spec: variant.spec,
+            quality: variant.quality,
+            last_modified: self.last_modified(meta),
+            checked,
+            original: None,
         }
     }
-    tracing::warn!(image = %target.image, "eager render skipped: the CPU queue stayed full");
-    "skipped"
-}
 
-/// Deletes an image everywhere: memory (tombstoned first, so a computation finishing meanwhile
-/// cannot re-insert or be served), the original, the derived prefix, the index and the
-/// metadata, memory again, then the CDN purge hook — all in a task of its own, so a cancelled
-/// request stops none of it half-way. The hook runs twice: at once, and again once every
-/// request that could have read the image before the delete has ended and every other
-/// instance has re-checked its memory (`server.request_timeout_secs` +
-/// `auth.revocation_cache_secs`), so an edge refetch served from such a straggler does not
-/// keep the image at the CDN.
-pub async fn delete_image(app: &Arc<App>, meta: &ImageMeta) -> Result<(), Error> {
-    let app = app.clone();
-    let record = meta.clone();
-    tokio::spawn(async move {
-        app.cache.purge_image(&record.id);
-        if let Err(e) = app.catalog.delete(&record).await {
-            // Unless the image is known to be gone (or marked `deleting`), lift the tombstone:
-            // a tombstone refuses every result of the image on this instance, so keeping it
-            // after a delete that failed before its commit point — or when the store cannot
-            // even say (an outage) — would answer 404 for a live image indefinitely. Worst case
-            // of lifting it for a marked image: a result computed meanwhile is served from
-            // memory until the hit's next existence check (`auth.revocation_cache_secs`).
-            if let Some(id) = ImageId::parse(&record.id)
-                && !matches!(app.catalog.meta(&id).await, Err(Error::NotFound))
-            {
-                app.cache.untombstone(&record.id);
-            }
-            return Err(e);
-        }
-        app.cache.purge_image(&record.id);
-        app.metrics.cache_memory_bytes.set(app.cache.bytes() as i64);
-        app.cdn.purge(&record.id);
-        let straggle =
-            app.config.server.request_timeout_secs + app.config.auth.revocation_cache_secs;
-        app.cdn
-            .purge_after(&record.id, Duration::from_secs(straggle));
-        Ok(())
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("delete task failed: {e}")))?
+    /// `Last-Modified` of an image's results: its upload time (originals never change), but
+    /// never before this process started — a deploy may change how results render (the ETag
+    /// changes with it), and an `If-Modified-Since` from before must then not get `304`.
+    pub fn last_modified(&self, meta: &ImageMeta) -> SystemTime {
+        humantime::parse_rfc3339(&meta.created_at).map_or(self.started, |t| t.max(self.started))
+    }
+
+    /// The cache key of a result.
+    fn cache_key(&self, image: &ImageId, spec: &TransformSpec, quality: u8, token: &str) -> String {
+        format!(
+            "{PIPELINE_VERSION}-{}|{image}|{}|q{quality}|{token}",
+            self.fingerprint,
+            spec.canonical()
+        )
+    }
 }

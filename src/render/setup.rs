@@ -1,0 +1,98 @@
+//! Start-up: the image engine from configuration, and the fingerprint of everything in it that
+//! changes rendered bytes.
+
+use crate::config::Config;
+use crate::image::{Bitmap, Engine, ImageLimits};
+
+/// The image engine as configured.
+pub(super) fn engine(config: &Config, limits: ImageLimits) -> Result<Engine, String> {
+    let watermark = if config.watermark.path.is_empty() {
+        None
+    } else {
+        Some(load_watermark(&config.watermark.path, &limits)?)
+    };
+    Ok(Engine {
+        limits,
+        encode: config.encode.settings(),
+        jpeg_decoder: config.transform.jpeg_decoder,
+        watermark,
+    })
+}
+
+/// Hash of the engine's byte-changing settings (encoder, JPEG decoder, watermark pixels).
+pub(super) fn fingerprint(engine: &Engine) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("{:?}|{:?}", engine.encode, engine.jpeg_decoder).as_bytes());
+    if let Some(wm) = &engine.watermark {
+        h.update(format!("{}x{}x{}", wm.width, wm.height, wm.channels).as_bytes());
+        h.update(&wm.data);
+    }
+    hex::encode(&h.finalize()[..6])
+}
+
+/// Largest watermark image accepted (pixels): it is composited onto every `wm:` result.
+const MAX_WATERMARK_PIXELS: u64 = 4_000_000;
+
+fn load_watermark(path: &str, limits: &ImageLimits) -> Result<Bitmap, String> {
+    let err = |m: String| format!("watermark.path: {path}: {m}");
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let probe = crate::image::probe(&bytes).map_err(|e| err(e.to_string()))?;
+    let wm_limits = ImageLimits {
+        max_source_pixels: MAX_WATERMARK_PIXELS.min(limits.max_source_pixels),
+        ..*limits
+    };
+    wm_limits
+        .check_source(probe.width, probe.height)
+        .map_err(|e| err(e.to_string()))?;
+    let bitmap = crate::image::decode(&bytes, &probe).map_err(|e| err(e.to_string()))?;
+    Ok(crate::image::to_rgba(bitmap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::JpegDecoder;
+
+    #[test]
+    fn fingerprint_follows_the_byte_changing_config() {
+        let limits = ImageLimits {
+            max_source_pixels: 1_000,
+            max_source_dimension: 1_000,
+            max_result_pixels: 1_000,
+            max_result_dimension: 100,
+            max_frames: 1,
+        };
+        let base = Engine::new(limits);
+        let same = Engine::new(limits);
+        assert_eq!(fingerprint(&base), fingerprint(&same));
+        let mut encode = base.clone();
+        encode.encode.webp_method = 4;
+        let mut decoder = base.clone();
+        decoder.jpeg_decoder = JpegDecoder::Zune;
+        let mut marked = base.clone();
+        marked.watermark = Some(Bitmap {
+            width: 1,
+            height: 1,
+            channels: 4,
+            data: vec![1, 2, 3, 4],
+        });
+        let mut other_mark = marked.clone();
+        if let Some(w) = other_mark.watermark.as_mut() {
+            w.data[0] = 9;
+        }
+        let prints: Vec<String> = [&base, &encode, &decoder, &marked, &other_mark]
+            .iter()
+            .map(|e| fingerprint(e))
+            .collect();
+        for (i, a) in prints.iter().enumerate() {
+            for b in &prints[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        // Limits do not change bytes of results that pass them: not part of the print.
+        let mut roomier = base.clone();
+        roomier.limits.max_result_pixels = 2_000;
+        assert_eq!(fingerprint(&base), fingerprint(&roomier));
+    }
+}
