@@ -7,8 +7,12 @@
 
 use http::StatusCode;
 
+use crate::auth::AuthError;
 use crate::image::ImageError;
+use crate::limits::Refusal;
+use crate::options::ParseError;
 use crate::storage::StorageError;
+use crate::workers::WorkerError;
 
 /// Coarse error families, used as a low-cardinality metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +226,54 @@ impl Category {
     }
 }
 
+impl From<ParseError> for Error {
+    fn from(e: ParseError) -> Self {
+        match e {
+            ParseError::UnknownOption(o) => Error::UnknownOption(o),
+            ParseError::InvalidOption(m) => Error::InvalidOption(m),
+            ParseError::InvalidSource(m) => Error::InvalidSource(m),
+            ParseError::UnsupportedFormat(f) => Error::UnsupportedFormat(f),
+        }
+    }
+}
+
+impl From<AuthError> for Error {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::MissingToken => Error::MissingToken,
+            AuthError::InvalidToken(m) => Error::InvalidToken(m),
+            AuthError::TokenExpired => Error::TokenExpired,
+            AuthError::Forbidden(a) => Error::Forbidden(a),
+            AuthError::InsufficientScope(a) => Error::InsufficientScope(a),
+            AuthError::TooManyApiKeys { limit } => Error::TooManyApiKeys { limit },
+            AuthError::InvalidField(m) => Error::InvalidField(m),
+            AuthError::Storage(e) => Error::from(e),
+            AuthError::Corrupt(m) => Error::StorageCorrupt(m),
+            AuthError::Internal(m) => Error::Internal(m),
+        }
+    }
+}
+
+impl From<WorkerError> for Error {
+    fn from(e: WorkerError) -> Self {
+        match e {
+            WorkerError::Overloaded => Error::Overloaded,
+            WorkerError::Failed(m) => Error::Internal(m),
+        }
+    }
+}
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Quota(status) => Error::QuotaExceeded(status),
+            Refusal::Rate(status) => Error::RateLimited(status),
+            Refusal::Busy => Error::Overloaded,
+            Refusal::Unavailable(msg) => Error::StorageUnavailable(msg),
+        }
+    }
+}
+
 impl From<StorageError> for Error {
     fn from(e: StorageError) -> Self {
         match e {
@@ -278,6 +330,20 @@ impl From<ImageError> for Error {
             ImageError::Encode(msg) => Error::Internal(format!("encode failed: {msg}")),
             ImageError::Unsupported(msg) => Error::InvalidOption(msg),
         }
+    }
+}
+
+/// For unit tests of modules with errors of their own: the stable code the HTTP layer answers
+/// an error with (`e.code()`).
+#[cfg(test)]
+pub trait CodeOf {
+    fn code(&self) -> &'static str;
+}
+
+#[cfg(test)]
+impl<E: Clone + Into<Error>> CodeOf for E {
+    fn code(&self) -> &'static str {
+        self.clone().into().code()
     }
 }
 

@@ -773,7 +773,7 @@ impl Run<'_, '_> {
         // The lookup record is the whole key record: its `owner` and `id` name the owner's.
         let record = serde_json::from_slice::<ApiKeyRecord>(&bytes)
             .map_err(|e| Error::StorageCorrupt(format!("API key lookup record: {e}")))
-            .and_then(|r| api_keys::owner_record_key(&r));
+            .and_then(|r| api_keys::owner_record_key(&r).map_err(Error::from));
         let record = match record {
             Ok(k) => k,
             Err(e) => {

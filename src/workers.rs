@@ -20,10 +20,20 @@ use std::sync::{Arc, Mutex, mpsc};
 use prometheus::{Histogram, IntGauge};
 use tokio::sync::Semaphore;
 
-use crate::error::Error;
-
 /// A job for a worker thread.
 type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Why a job did not run to its own result. Mapped to `503 overloaded` and `500 internal` in
+/// `http::error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerError {
+    /// The queue is full (or the memory budget cannot be reserved): refused at once.
+    #[error("server overloaded")]
+    Overloaded,
+    /// The pool is shutting down, or the job panicked (the worker thread serves on).
+    #[error("worker failed: {0}")]
+    Failed(String),
+}
 
 /// Runs CPU-bound closures with bounded concurrency and queueing.
 pub struct Workers {
@@ -104,7 +114,7 @@ impl Workers {
     }
 
     /// Reserves a place, or refuses at once with `overloaded` when the queue is full.
-    pub fn admit(&self) -> Result<Admission, Error> {
+    pub fn admit(&self) -> Result<Admission, WorkerError> {
         let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
         let admission = Admission {
             admitted: self.admitted.clone(),
@@ -112,14 +122,14 @@ impl Workers {
         };
         self.depth.inc();
         if prev >= self.max_admitted {
-            return Err(Error::Overloaded); // `admission` drops and undoes the increment
+            return Err(WorkerError::Overloaded); // `admission` drops and undoes the increment
         }
         Ok(admission)
     }
 
     /// Runs `f`, which needs about `memory` bytes at its peak, on a worker thread once a
     /// worker and that much of the memory budget are free.
-    pub async fn run<T, F>(&self, memory: u64, f: F) -> Result<T, Error>
+    pub async fn run<T, F>(&self, memory: u64, f: F) -> Result<T, WorkerError>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
@@ -134,7 +144,7 @@ impl Workers {
         admission: Admission,
         memory: u64,
         f: F,
-    ) -> Result<T, Error>
+    ) -> Result<T, WorkerError>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
@@ -150,13 +160,13 @@ impl Workers {
             .clone()
             .acquire_many_owned(kib)
             .await
-            .map_err(|_| Error::Internal("worker pool closed".into()))?;
+            .map_err(|_| WorkerError::Failed("worker pool closed".into()))?;
         let permit = self
             .permits
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| Error::Internal("worker pool closed".into()))?;
+            .map_err(|_| WorkerError::Failed("worker pool closed".into()))?;
         waited.observe_duration();
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
@@ -168,11 +178,11 @@ impl Workers {
         });
         self.jobs
             .try_send(job)
-            .map_err(|e| Error::Internal(format!("worker pool: {e}")))?;
+            .map_err(|e| WorkerError::Failed(format!("worker pool: {e}")))?;
         match result.await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) => Err(Error::Internal("worker task panicked".into())),
-            Err(_) => Err(Error::Internal("worker thread gone".into())),
+            Ok(Err(_)) => Err(WorkerError::Failed("worker task panicked".into())),
+            Err(_) => Err(WorkerError::Failed("worker thread gone".into())),
         }
     }
 }
@@ -255,7 +265,7 @@ mod tests {
         let queued = tokio::spawn(async move { w2.run(0, block(r2)).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         let refused = w.run(0, || ()).await;
-        assert_eq!(refused.unwrap_err().code(), "overloaded");
+        assert_eq!(refused.unwrap_err(), WorkerError::Overloaded);
         tx.send(()).unwrap();
         tx.send(()).unwrap();
         running.await.unwrap().unwrap();
@@ -325,7 +335,7 @@ mod tests {
     async fn a_panicking_job_is_an_error_and_its_thread_serves_on() {
         let w = Workers::new(1, 1, 1 << 30, IntGauge::new("d", "d").unwrap(), wait());
         let first = w.run(0, || -> u32 { panic!("codec bug") }).await;
-        assert!(matches!(first, Err(Error::Internal(_))), "{first:?}");
+        assert!(matches!(first, Err(WorkerError::Failed(_))), "{first:?}");
         // The one worker thread is still there, and the job's place was given back.
         assert_eq!(w.run(0, || 7).await.unwrap(), 7);
         assert_eq!(w.admitted.load(Ordering::Acquire), 0);

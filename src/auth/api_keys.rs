@@ -30,8 +30,8 @@ use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::AuthError;
 use super::{AuthMethod, Principal, Role, Scopes};
-use crate::error::Error;
 use crate::id::{random_hex, user_segment};
 use crate::storage::{Bucket, ObjectKey, ObjectStore, StorageError};
 
@@ -97,7 +97,7 @@ pub struct ApiKeys {
     last_used: Mutex<LruCache<String, Instant>>,
 }
 
-fn lookup_key(hash: &str) -> Result<ObjectKey, Error> {
+fn lookup_key(hash: &str) -> Result<ObjectKey, AuthError> {
     Ok(ObjectKey::new(format!("apikeys/{hash}.json"))?)
 }
 
@@ -105,7 +105,7 @@ fn index_prefix(owner: &str) -> String {
     format!("users/{}/apikeys/", user_segment(owner))
 }
 
-fn index_key(owner: &str, id: &str, ext: &str) -> Result<ObjectKey, Error> {
+fn index_key(owner: &str, id: &str, ext: &str) -> Result<ObjectKey, AuthError> {
     Ok(ObjectKey::new(format!(
         "{}{id}.{ext}",
         index_prefix(owner)
@@ -115,9 +115,9 @@ fn index_key(owner: &str, id: &str, ext: &str) -> Result<ObjectKey, Error> {
 /// The owner's record of the key a lookup record names. A lookup record is valid only while
 /// this exists: `lookup` checks it on every use; `pixgate fsck` removes lookup records
 /// without it.
-pub(crate) fn owner_record_key(record: &ApiKeyRecord) -> Result<ObjectKey, Error> {
+pub(crate) fn owner_record_key(record: &ApiKeyRecord) -> Result<ObjectKey, AuthError> {
     if !valid_id(&record.id) {
-        return Err(Error::StorageCorrupt(
+        return Err(AuthError::Corrupt(
             "API key record with a malformed key id".into(),
         ));
     }
@@ -154,7 +154,7 @@ impl ApiKeys {
     }
 
     /// The principal of a raw key; `invalid_token` for malformed, unknown or revoked keys.
-    pub async fn authenticate(&self, raw: &str) -> Result<Principal, Error> {
+    pub async fn authenticate(&self, raw: &str) -> Result<Principal, AuthError> {
         let secret = raw.strip_prefix(super::API_KEY_PREFIX).unwrap_or("");
         // Shape first: garbage never reaches storage.
         if secret.len() != SECRET_LEN
@@ -162,16 +162,16 @@ impl ApiKeys {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(Error::InvalidToken("malformed API key".into()));
+            return Err(AuthError::InvalidToken("malformed API key".into()));
         }
         let hash = hash_of(raw);
         let record = self
             .lookup(&hash)
             .await?
-            .ok_or_else(|| Error::InvalidToken("unknown or revoked API key".into()))?;
+            .ok_or_else(|| AuthError::InvalidToken("unknown or revoked API key".into()))?;
         self.note_use(&record);
         let scopes = Scopes::parse(record.scopes.iter().map(String::as_str))
-            .map_err(|e| Error::Internal(format!("stored API key {}: {e}", record.id)))?;
+            .map_err(|e| AuthError::Internal(format!("stored API key {}: {e}", record.id)))?;
         Ok(Principal {
             user_id: record.owner.clone(),
             role: record.role,
@@ -184,7 +184,7 @@ impl ApiKeys {
         })
     }
 
-    async fn lookup(&self, hash: &str) -> Result<Option<Arc<ApiKeyRecord>>, Error> {
+    async fn lookup(&self, hash: &str) -> Result<Option<Arc<ApiKeyRecord>>, AuthError> {
         {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(c) = cache.get(hash)
@@ -200,7 +200,7 @@ impl ApiKeys {
         {
             Ok(bytes) => Some(Arc::new(
                 serde_json::from_slice::<ApiKeyRecord>(&bytes)
-                    .map_err(|e| Error::Internal(format!("corrupt API key record: {e}")))?,
+                    .map_err(|e| AuthError::Internal(format!("corrupt API key record: {e}")))?,
             )),
             Err(StorageError::NotFound) => None,
             Err(e) => return Err(e.into()),
@@ -229,7 +229,7 @@ impl ApiKeys {
     }
 
     /// Whether the owner's index still lists `record`.
-    async fn listed(&self, record: &ApiKeyRecord) -> Result<bool, Error> {
+    async fn listed(&self, record: &ApiKeyRecord) -> Result<bool, AuthError> {
         match self
             .store
             .get(
@@ -277,27 +277,27 @@ impl ApiKeys {
         creator: &Principal,
         name: &str,
         requested: Scopes,
-    ) -> Result<(String, ApiKeyRecord), Error> {
+    ) -> Result<(String, ApiKeyRecord), AuthError> {
         if name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-            return Err(Error::InvalidField(format!(
+            return Err(AuthError::InvalidField(format!(
                 "name: at most {MAX_NAME_LEN} characters, no control characters"
             )));
         }
         let scopes = requested.intersect(creator.scopes());
         if scopes.is_empty() {
-            return Err(Error::InvalidField(
+            return Err(AuthError::InvalidField(
                 "scopes: none of the requested scopes is available to the caller".into(),
             ));
         }
         let existing = self.index(&creator.user_id).await?;
         if existing.len() >= self.max_per_user {
-            return Err(Error::TooManyApiKeys {
+            return Err(AuthError::TooManyApiKeys {
                 limit: self.max_per_user as u64,
             });
         }
-        let rng = |e: std::io::Error| Error::Internal(format!("random: {e}"));
+        let rng = |e: std::io::Error| AuthError::Internal(format!("random: {e}"));
         let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| Error::Internal(format!("random: {e}")))?;
+        getrandom::fill(&mut secret).map_err(|e| AuthError::Internal(format!("random: {e}")))?;
         let raw = format!("{API_KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret));
         let record = ApiKeyRecord {
             id: format!("key_{}", random_hex(12).map_err(rng)?),
@@ -311,8 +311,9 @@ impl ApiKeys {
             hash: hash_of(&raw),
             issued_at: creator.issued_at,
         };
-        let json =
-            Bytes::from(serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?);
+        let json = Bytes::from(
+            serde_json::to_vec(&record).map_err(|e| AuthError::Internal(e.to_string()))?,
+        );
         let index = index_key(&record.owner, &record.id, "json")?;
         let lookup = lookup_key(&record.hash)?;
         self.store
@@ -335,7 +336,7 @@ impl ApiKeys {
         // record but could not see the lookup record yet: the key must not live on unlisted.
         if self.record(&record.owner, &record.id).await?.is_none() {
             self.store.delete(Bucket::Originals, &lookup).await?;
-            return Err(Error::InvalidToken("credential revoked".into()));
+            return Err(AuthError::InvalidToken("credential revoked".into()));
         }
         self.cache
             .lock()
@@ -345,7 +346,7 @@ impl ApiKeys {
     }
 
     /// The owner's key ids (from the index).
-    async fn index(&self, owner: &str) -> Result<Vec<String>, Error> {
+    async fn index(&self, owner: &str) -> Result<Vec<String>, AuthError> {
         let keys = self
             .store
             .list(Bucket::Originals, &index_prefix(owner))
@@ -359,7 +360,7 @@ impl ApiKeys {
             .collect())
     }
 
-    async fn record(&self, owner: &str, id: &str) -> Result<Option<ApiKeyRecord>, Error> {
+    async fn record(&self, owner: &str, id: &str) -> Result<Option<ApiKeyRecord>, AuthError> {
         if !valid_id(id) {
             return Ok(None);
         }
@@ -373,7 +374,7 @@ impl ApiKeys {
             .await
         {
             Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| {
-                Error::Internal(format!("corrupt API key record {id}: {e}"))
+                AuthError::Internal(format!("corrupt API key record {id}: {e}"))
             })?)),
             Err(StorageError::NotFound) => Ok(None),
             Err(e) => Err(e.into()),
@@ -381,7 +382,10 @@ impl ApiKeys {
     }
 
     /// The owner's keys with their last-used times, oldest first.
-    pub async fn list(&self, owner: &str) -> Result<Vec<(ApiKeyRecord, Option<String>)>, Error> {
+    pub async fn list(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<(ApiKeyRecord, Option<String>)>, AuthError> {
         let mut out = Vec::new();
         for id in self.index(owner).await? {
             let Some(record) = self.record(owner, &id).await? else {
@@ -403,7 +407,7 @@ impl ApiKeys {
     }
 
     /// Revokes one key of `owner`; `false` if there is no such key.
-    pub async fn revoke(&self, owner: &str, id: &str) -> Result<bool, Error> {
+    pub async fn revoke(&self, owner: &str, id: &str) -> Result<bool, AuthError> {
         let Some(record) = self.record(owner, id).await? else {
             return Ok(false);
         };
@@ -429,7 +433,7 @@ impl ApiKeys {
 
     /// Deletes `owner`'s last-use markers whose key is gone (a use on another instance, still
     /// trusting its cache, can write one after a revocation); returns how many.
-    pub async fn remove_orphan_markers(&self, owner: &str) -> Result<usize, Error> {
+    pub async fn remove_orphan_markers(&self, owner: &str) -> Result<usize, AuthError> {
         let listed = self
             .store
             .list(Bucket::Originals, &index_prefix(owner))
@@ -448,7 +452,7 @@ impl ApiKeys {
     }
 
     /// Revokes every key of `owner`; returns how many there were.
-    pub async fn revoke_all(&self, owner: &str) -> Result<usize, Error> {
+    pub async fn revoke_all(&self, owner: &str) -> Result<usize, AuthError> {
         let mut n = 0;
         for id in self.index(owner).await? {
             if self.revoke(owner, &id).await? {
@@ -470,6 +474,7 @@ impl ApiKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::CodeOf;
     use crate::storage::FsStore;
 
     fn keys() -> (tempfile::TempDir, ApiKeys) {

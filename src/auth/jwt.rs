@@ -28,9 +28,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::AuthError;
 use super::config::{AuthConfig, HmacAlgorithm};
 use super::{Principal, Role};
-use crate::error::Error;
 
 const MAX_TOKEN_LEN: usize = 8 * 1024;
 const MAX_SUB_LEN: usize = 255;
@@ -240,8 +240,8 @@ impl JwtVerifier {
     }
 
     /// Verifies `token`; returns its principal (with its `iat`, if any).
-    pub async fn verify(&self, token: &str) -> Result<Principal, Error> {
-        let invalid = |m: &str| Error::InvalidToken(m.to_owned());
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let invalid = |m: &str| AuthError::InvalidToken(m.to_owned());
         if token.len() > MAX_TOKEN_LEN {
             return Err(invalid("token too long"));
         }
@@ -267,7 +267,7 @@ impl JwtVerifier {
         &self,
         token: &str,
         header: &Header,
-    ) -> Result<Result<Claims, Error>, KeyMiss> {
+    ) -> Result<Result<Claims, AuthError>, KeyMiss> {
         let remote = self.remote.as_ref().map(RemoteJwks::keys);
         let all = self
             .static_keys
@@ -288,8 +288,8 @@ impl JwtVerifier {
             let r = jsonwebtoken::decode::<Claims>(token, &k.key, &validation)
                 .map(|d| d.claims)
                 .map_err(|e| match e.kind() {
-                    ErrorKind::ExpiredSignature => Error::TokenExpired,
-                    other => Error::InvalidToken(format!("{other:?}")),
+                    ErrorKind::ExpiredSignature => AuthError::TokenExpired,
+                    other => AuthError::InvalidToken(format!("{other:?}")),
                 });
             if r.is_ok() {
                 return Ok(r);
@@ -299,17 +299,17 @@ impl JwtVerifier {
         last
     }
 
-    fn principal(&self, claims: Claims) -> Result<Principal, Error> {
+    fn principal(&self, claims: Claims) -> Result<Principal, AuthError> {
         if claims.sub.is_empty()
             || claims.sub.len() > MAX_SUB_LEN
             || claims.sub.chars().any(char::is_control)
         {
-            return Err(Error::InvalidToken("unusable sub claim".into()));
+            return Err(AuthError::InvalidToken("unusable sub claim".into()));
         }
         let role = match claims.rest.get(&self.role_claim) {
             None | Some(Value::Null) => Role::Viewer,
             Some(Value::String(s)) => {
-                Role::parse(s).ok_or_else(|| Error::InvalidToken("unknown role".into()))?
+                Role::parse(s).ok_or_else(|| AuthError::InvalidToken("unknown role".into()))?
             }
             // Identity providers often send a list of roles: the highest known one wins.
             Some(Value::Array(items)) => items
@@ -317,7 +317,11 @@ impl JwtVerifier {
                 .filter_map(|v| v.as_str().and_then(Role::parse))
                 .max()
                 .unwrap_or(Role::Viewer),
-            Some(_) => return Err(Error::InvalidToken("role claim has the wrong type".into())),
+            Some(_) => {
+                return Err(AuthError::InvalidToken(
+                    "role claim has the wrong type".into(),
+                ));
+            }
         };
         let plan = match claims.rest.get(&self.plan_claim) {
             None | Some(Value::Null) => None,
@@ -329,7 +333,7 @@ impl JwtVerifier {
             {
                 Some(s.clone())
             }
-            Some(_) => return Err(Error::InvalidToken("unusable plan claim".into())),
+            Some(_) => return Err(AuthError::InvalidToken("unusable plan claim".into())),
         };
         Ok(Principal {
             issued_at: claims.iat,
@@ -342,8 +346,8 @@ impl JwtVerifier {
 #[derive(Debug)]
 struct KeyMiss;
 
-fn check_header(header: &Header, typ: Option<&str>) -> Result<(), Error> {
-    let invalid = |m: &str| Err(Error::InvalidToken(m.to_owned()));
+fn check_header(header: &Header, typ: Option<&str>) -> Result<(), AuthError> {
+    let invalid = |m: &str| Err(AuthError::InvalidToken(m.to_owned()));
     // Keys are configuration, never token input (RFC 8725 §3.10).
     if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() || header.x5c.is_some()
     {
@@ -581,6 +585,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::error::CodeOf;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 

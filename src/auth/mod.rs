@@ -22,12 +22,40 @@ pub mod revocation;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
-use crate::error::Error;
-
 pub use api_keys::{API_KEY_PREFIX, ApiKeyRecord, ApiKeys};
 pub use config::{AsymmetricAlgorithm, AuthConfig, HmacAlgorithm};
 pub use jwt::{JwtVerifier, TokenRequest, mint_hs256};
 pub use revocation::Revocations;
+
+/// Why a credential was refused or could not be checked. Mapped to `401`/`403`/`409` (and,
+/// for its storage, `503`/`500`) in `http::error`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    MissingToken,
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    #[error("token expired")]
+    TokenExpired,
+    /// The role does not allow the action.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// The API key's scopes do not include the action.
+    #[error("insufficient scope: {0}")]
+    InsufficientScope(&'static str),
+    #[error("at most {limit} API keys per user")]
+    TooManyApiKeys { limit: u64 },
+    #[error("invalid field: {0}")]
+    InvalidField(String),
+    /// A credential record could not be read or written.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// A stored credential record is damaged.
+    #[error("stored credential damaged: {0}")]
+    Corrupt(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
 
 /// Roles, least to most privileged.
 #[derive(
@@ -231,12 +259,12 @@ impl Principal {
 
     /// Fails with `403` unless the role allows `action` and, for an API key, the key carries
     /// its scope.
-    pub fn allow(&self, action: Action) -> Result<(), Error> {
+    pub fn allow(&self, action: Action) -> Result<(), AuthError> {
         if self.role < action.min_role() {
-            return Err(Error::Forbidden(action.describe()));
+            return Err(AuthError::Forbidden(action.describe()));
         }
         if !self.scopes().contains(action.scope()) {
-            return Err(Error::InsufficientScope(action.describe()));
+            return Err(AuthError::InsufficientScope(action.describe()));
         }
         Ok(())
     }
@@ -251,24 +279,24 @@ impl Principal {
 
 /// The bearer token of a request: `Ok(None)` when there is no `Authorization` header, an error
 /// when there is one that is not a well-formed bearer credential.
-pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, Error> {
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Ok(None);
     };
     let value = value
         .to_str()
-        .map_err(|_| Error::InvalidToken("authorization header is not ASCII".into()))?;
+        .map_err(|_| AuthError::InvalidToken("authorization header is not ASCII".into()))?;
     let (scheme, token) = value
         .split_once(' ')
-        .ok_or_else(|| Error::InvalidToken("malformed authorization header".into()))?;
+        .ok_or_else(|| AuthError::InvalidToken("malformed authorization header".into()))?;
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Error::InvalidToken(
+        return Err(AuthError::InvalidToken(
             "unsupported authorization scheme".into(),
         ));
     }
     let token = token.trim();
     if token.is_empty() {
-        return Err(Error::MissingToken);
+        return Err(AuthError::MissingToken);
     }
     Ok(Some(token))
 }
@@ -284,8 +312,8 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// The principal behind `headers`' bearer credential, or `MissingToken`.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Error> {
-        let token = bearer_token(headers)?.ok_or(Error::MissingToken)?;
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+        let token = bearer_token(headers)?.ok_or(AuthError::MissingToken)?;
         let principal = if token.starts_with(API_KEY_PREFIX) {
             self.api_keys.authenticate(token).await?
         } else {
@@ -297,7 +325,7 @@ impl Authenticator {
             // cannot prove when they were issued (a JWT without `iat`).
             let cutoff = not_before.saturating_add(self.leeway_secs);
             if principal.issued_at.is_none_or(|iat| iat <= cutoff) {
-                return Err(Error::InvalidToken("credential revoked".into()));
+                return Err(AuthError::InvalidToken("credential revoked".into()));
             }
         }
         Ok(principal)
@@ -307,6 +335,7 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::CodeOf;
 
     fn headers(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use super::AuthError;
 use crate::id::user_segment;
 use crate::storage::{Bucket, ObjectKey, ObjectStore, StorageError};
 
@@ -32,7 +32,7 @@ pub struct Revocations {
     cache: Mutex<LruCache<String, (Instant, Option<u64>)>>,
 }
 
-fn key(user_id: &str) -> Result<ObjectKey, Error> {
+fn key(user_id: &str) -> Result<ObjectKey, AuthError> {
     Ok(ObjectKey::new(format!(
         "revocations/{}.json",
         user_segment(user_id)
@@ -50,7 +50,7 @@ impl Revocations {
     }
 
     /// The user's revocation time, if an admin revoked their tokens.
-    pub async fn not_before(&self, user_id: &str) -> Result<Option<u64>, Error> {
+    pub async fn not_before(&self, user_id: &str) -> Result<Option<u64>, AuthError> {
         if let Some((at, v)) = self
             .cache
             .lock()
@@ -67,7 +67,7 @@ impl Revocations {
         {
             Ok(b) => Some(
                 serde_json::from_slice::<Record>(&b)
-                    .map_err(|e| Error::Internal(format!("corrupt revocation record: {e}")))?
+                    .map_err(|e| AuthError::Internal(format!("corrupt revocation record: {e}")))?
                     .not_before,
             ),
             Err(StorageError::NotFound) => None,
@@ -78,9 +78,9 @@ impl Revocations {
     }
 
     /// Voids every token of `user_id` issued at or before `now` (durable before it returns).
-    pub async fn revoke(&self, user_id: &str, now: u64) -> Result<(), Error> {
+    pub async fn revoke(&self, user_id: &str, now: u64) -> Result<(), AuthError> {
         let body = serde_json::to_vec(&Record { not_before: now })
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
         self.store
             .put(
                 Bucket::Originals,

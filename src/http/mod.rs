@@ -13,6 +13,7 @@ mod cors;
 pub(crate) mod images;
 mod keys;
 mod ops;
+mod ratelimit;
 mod transform;
 mod usage;
 
@@ -31,9 +32,9 @@ use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::audit::{Actor, Event, Resource};
-use crate::auth::{Action, AuthMethod, Principal};
+use crate::auth::{Action, AuthError, AuthMethod, Principal};
 use crate::error::Error;
-use crate::limits::{Charge, Status};
+use crate::limits::{Charge, Refusal, Status};
 use crate::metrics::{GaugeGuard, status_class};
 
 pub use body::{Body, BodySender};
@@ -231,14 +232,14 @@ impl Ctx {
 
     /// Passes a limiter decision through, recording the state of an admitted one (a refusal's
     /// state travels in its error and is recorded by `finish`).
-    pub fn limit<T>(&self, decision: Result<T, Error>) -> Result<T, Error>
+    pub fn limit<T>(&self, decision: Result<T, Refusal>) -> Result<T, Error>
     where
         T: LimitState,
     {
         if let Ok(Some(s)) = decision.as_ref().map(LimitState::limit_state) {
             self.note_limit(s);
         }
-        decision
+        decision.map_err(Error::from)
     }
 }
 
@@ -566,7 +567,7 @@ fn finish(
         ctx.note_limit(s);
     }
     let limits = std::mem::take(&mut *ctx.limits.lock().unwrap_or_else(|p| p.into_inner()));
-    if let Some((policy, state)) = crate::limits::header_values(&limits) {
+    if let Some((policy, state)) = ratelimit::header_values(&limits) {
         if let Ok(v) = HeaderValue::from_str(&policy) {
             h.insert(RATELIMIT_POLICY, v);
         }
@@ -754,10 +755,10 @@ pub(crate) async fn authenticate(
             // Guesses count; an expired token does not: its signature is valid, and clients
             // (single-page apps above all) routinely send a few before refreshing — counting
             // them would lock whole offices out for 15 minutes.
-            if matches!(e, Error::InvalidToken(_)) {
+            if matches!(e, AuthError::InvalidToken(_)) {
                 app.limiter.auth_failed(ctx.client_ip).await;
             }
-            return Err(e);
+            return Err(e.into());
         }
     };
     ctx.set_principal(&p);

@@ -40,7 +40,6 @@ pub use config::{LimitsConfig, PLAN_KEYS, PlanLimits, RedisConfig};
 pub use local::LocalStore;
 pub use remote::{RemoteError, RemoteStore, redis_pool};
 
-use crate::error::Error;
 use crate::metrics::Metrics;
 
 /// Sub-windows of a bucketed window.
@@ -147,37 +146,22 @@ impl Status {
     }
 }
 
-/// `RateLimit-Policy` and `RateLimit` values (IETF httpapi ratelimit-headers draft, structured
-/// field lists) for the limits a response was subject to.
-pub fn header_values(statuses: &[Status]) -> Option<(String, String)> {
-    if statuses.is_empty() {
-        return None;
-    }
-    let policy = statuses
-        .iter()
-        .map(|s| {
-            format!(
-                "\"{}\";q={};w={}",
-                s.policy.kind.name(),
-                s.policy.limit,
-                s.policy.window_ms / 1000
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let state = statuses
-        .iter()
-        .map(|s| {
-            format!(
-                "\"{}\";r={};t={}",
-                s.policy.kind.name(),
-                s.remaining(),
-                s.reset_secs()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    Some((policy, state))
+/// Why the limiter said no (or could not say yes). Mapped to HTTP in `http::error`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    /// A quota (`uploads`, `transforms`) is spent for the window.
+    #[error("{} quota exceeded: {} per {} s; retry in {} s", .0.policy.kind.name(), .0.policy.limit, .0.policy.window_ms / 1000, .0.retry_after_secs())]
+    Quota(Box<Status>),
+    /// A request rate (or the failed-authentication limit) is reached.
+    #[error("rate limited: {} {} per {} s; retry in {} s", .0.policy.limit, .0.policy.kind.name(), .0.policy.window_ms / 1000, .0.retry_after_secs())]
+    Rate(Box<Status>),
+    /// Every Redis connection is in use and a quota cannot be decided locally while Redis is
+    /// up: this instance is overloaded.
+    #[error("limiter busy")]
+    Busy,
+    /// The shared store could not be changed (erasing a user's counters).
+    #[error("limiter store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// What a store answers for one decision.
@@ -408,7 +392,7 @@ impl Limiter {
     /// Forgets a user's limiter state (quota logs, request rate, remembered plan) in Redis
     /// and in this process: account erasure. Other instances' in-process state (used only
     /// while Redis is down) ages out with its windows.
-    pub async fn forget(&self, user: &str) -> Result<(), Error> {
+    pub async fn forget(&self, user: &str) -> Result<(), Refusal> {
         let kinds = [Kind::Uploads, Kind::Transforms, Kind::Requests];
         let keys: Vec<(String, Kind)> = kinds
             .iter()
@@ -422,7 +406,7 @@ impl Limiter {
             remote
                 .delete(&all)
                 .await
-                .map_err(|e| Error::StorageUnavailable(format!("redis: {e:?}")))?;
+                .map_err(|e| Refusal::Unavailable(format!("redis: {e:?}")))?;
         }
         Ok(())
     }
@@ -456,7 +440,7 @@ impl Limiter {
         policy: &mut Policy,
         mode: Mode,
         hint: Option<(&str, &str)>,
-    ) -> Result<(Outcome, Store), Error> {
+    ) -> Result<(Outcome, Store), Refusal> {
         if let Some((plan_key, plan)) = hint {
             self.local.remember_plan(plan_key, plan);
         }
@@ -478,7 +462,7 @@ impl Limiter {
                         return Ok((o, Store::Remote(remote.clone(), self.local.clone())));
                     }
                     Err(RemoteError::Busy) if attempt < attempts => {}
-                    Err(RemoteError::Busy) if quota_take => return Err(Error::Overloaded),
+                    Err(RemoteError::Busy) if quota_take => return Err(Refusal::Busy),
                     Err(RemoteError::Busy) => {
                         tracing::debug!("redis pool busy: one rate decision falls back");
                     }
@@ -532,11 +516,11 @@ impl Limiter {
 
     /// Before trying a credential from `ip`: `429 rate_limited` once the IP has failed
     /// `limits.auth_failures_per_ip` times within the window. Successes are never counted.
-    pub async fn guard_auth(&self, ip: std::net::IpAddr) -> Result<(), Error> {
+    pub async fn guard_auth(&self, ip: std::net::IpAddr) -> Result<(), Refusal> {
         match self.auth_failures(ip, Mode::Peek).await {
             Some((o, policy)) if !o.allowed => {
                 self.count(Kind::AuthFailures, "refused");
-                Err(Error::RateLimited(Box::new(self.status(policy, &o))))
+                Err(Refusal::Rate(Box::new(self.status(policy, &o))))
             }
             _ => Ok(()),
         }
@@ -557,7 +541,7 @@ impl Limiter {
         &self,
         user: &str,
         plan: Option<&str>,
-    ) -> Result<Option<Status>, Error> {
+    ) -> Result<Option<Status>, Refusal> {
         let limit = self.tier(plan).requests_per_minute;
         let mut policy = Policy {
             kind: Kind::Requests,
@@ -577,7 +561,7 @@ impl Limiter {
     }
 
     /// One signed-URL request from `ip`: the per-IP request rate.
-    pub async fn ip_request(&self, ip: std::net::IpAddr) -> Result<Option<Status>, Error> {
+    pub async fn ip_request(&self, ip: std::net::IpAddr) -> Result<Option<Status>, Refusal> {
         let limit = self.settings.ip_requests_per_minute;
         if limit == 0 {
             return Ok(None);
@@ -592,14 +576,14 @@ impl Limiter {
         self.rate_outcome(policy, &o)
     }
 
-    fn rate_outcome(&self, policy: Policy, o: &Outcome) -> Result<Option<Status>, Error> {
+    fn rate_outcome(&self, policy: Policy, o: &Outcome) -> Result<Option<Status>, Refusal> {
         let status = self.status(policy, o);
         if o.allowed {
             self.count(policy.kind, "allowed");
             Ok(Some(status))
         } else {
             self.count(policy.kind, "refused");
-            Err(Error::RateLimited(Box::new(status)))
+            Err(Refusal::Rate(Box::new(status)))
         }
     }
 
@@ -611,7 +595,7 @@ impl Limiter {
         user: &str,
         plan: Option<&str>,
         admin: bool,
-    ) -> Result<Charge, Error> {
+    ) -> Result<Charge, Refusal> {
         if admin && self.settings.admin_bypass {
             self.count(kind, "bypassed");
             return Ok(Charge {
@@ -629,7 +613,7 @@ impl Limiter {
         let status = self.status(policy, &o);
         if !o.allowed {
             self.count(kind, "refused");
-            return Err(Error::QuotaExceeded(Box::new(status)));
+            return Err(Refusal::Quota(Box::new(status)));
         }
         self.count(kind, "allowed");
         Ok(Charge {
@@ -642,7 +626,7 @@ impl Limiter {
     /// credential); `None` when unknown, which prices them as the free tier.
     /// Charges one unit of `kind` to `payer`: the caller at its own plan, or an image's owner
     /// at the plan they last authenticated with.
-    pub async fn charge_to(&self, kind: Kind, payer: &Payer) -> Result<Charge, Error> {
+    pub async fn charge_to(&self, kind: Kind, payer: &Payer) -> Result<Charge, Refusal> {
         match payer {
             Payer::Caller { user, plan, admin } => {
                 self.charge(kind, user, plan.as_deref(), *admin).await
@@ -806,24 +790,6 @@ mod tests {
             reset_ms: reset,
             retry_ms: retry,
         }
-    }
-
-    #[test]
-    fn headers_follow_the_draft_syntax() {
-        let s = [
-            status(Kind::Requests, 300, 1, true, 59_001, 0),
-            status(Kind::Transforms, 1000, 63, true, 1_200_000, 0),
-        ];
-        let (policy, state) = header_values(&s).unwrap();
-        assert_eq!(
-            policy,
-            "\"requests\";q=300;w=60, \"transforms\";q=1000;w=3600"
-        );
-        assert_eq!(
-            state,
-            "\"requests\";r=299;t=60, \"transforms\";r=937;t=1200"
-        );
-        assert!(header_values(&[]).is_none());
     }
 
     #[test]

@@ -42,7 +42,7 @@ impl Bucket {
 }
 
 /// Storage failures. `NotFound` is an answer, not a failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     #[error("object not found")]
     NotFound,
