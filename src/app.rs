@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{ApiKeys, Authenticator, JwtVerifier, Revocations};
-use crate::cache::{DerivedLimits, DerivedStore, Flights};
+use crate::cache::{DerivedLimits, DerivedStore};
 use crate::catalog::Catalog;
 use crate::cdn::CdnPurger;
 use crate::config::Config;
+use crate::http::jobs::AccountJobs;
 use crate::image::ImageLimits;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
@@ -32,11 +33,8 @@ pub struct App {
     pub cdn: Arc<CdnPurger>,
     /// The audit trail (log stream and archive writer).
     pub audit: Arc<crate::audit::Auditor>,
-    /// Account erasures in progress, by user: a repeated `DELETE /v1/me` joins the running one.
-    pub erasures: Flights<Result<(), crate::error::Error>>,
-    /// Exports streaming, by user: one at a time per account (each reads the whole archive
-    /// range and every original).
-    pub exports: Flights<()>,
+    /// Account erasures and exports in flight.
+    pub jobs: AccountJobs,
     pub metrics: Metrics,
     /// Quotas and rate limits (Redis, or in-process).
     pub limiter: Limiter,
@@ -105,8 +103,7 @@ impl App {
             render,
             cdn,
             audit,
-            erasures: Flights::new(),
-            exports: Flights::new(),
+            jobs: AccountJobs::default(),
             health: crate::storage::HealthProbe::new(store.clone()),
             store,
             signer,

@@ -23,7 +23,6 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::Error;
 use crate::id::{ImageId, user_segment};
 use crate::image::ImageFormat;
 use crate::storage::{Bucket, ObjectKey, ObjectStore, StorageError};
@@ -31,10 +30,38 @@ use crate::storage::{Bucket, ObjectKey, ObjectStore, StorageError};
 /// Metadata cap: a record is a few hundred bytes (a few KB with full titles and tags).
 pub(crate) const MAX_META_BYTES: u64 = 64 * 1024;
 
-/// How long a failed upload waits for its cleanup before answering (it continues after).
 /// `images/{id}/deleting`: written first by a delete, removed with the rest of the image.
 pub(crate) const DELETING_MARKER: &str = "deleting";
+/// How long a failed upload waits for its cleanup before answering (it continues after).
 const CLEANUP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Why an image record could not be read, written or removed. Mapped to HTTP in
+/// `http::error`; `NotFound` is an answer (no such image, or one being deleted).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CatalogError {
+    #[error("not found")]
+    NotFound,
+    #[error("invalid field: {0}")]
+    InvalidField(String),
+    /// A stored record of the image is damaged (`pixgate fsck`).
+    #[error("stored object damaged: {0}")]
+    Corrupt(String),
+    /// The store failed (unavailable, timed out, an object over its read cap…).
+    #[error(transparent)]
+    Storage(StorageError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StorageError> for CatalogError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound => CatalogError::NotFound,
+            other => CatalogError::Storage(other),
+        }
+    }
+}
+
 /// Metadata field limits (also the GDPR right to rectification's surface).
 pub const MAX_TITLE_CHARS: usize = 255;
 pub const MAX_TAGS: usize = 20;
@@ -79,9 +106,9 @@ pub struct MetaPatch {
     pub tags: Option<Vec<String>>,
 }
 
-fn check_text(field: &str, v: &str) -> Result<(), Error> {
+fn check_text(field: &str, v: &str) -> Result<(), CatalogError> {
     if v.chars().count() > MAX_TITLE_CHARS || v.chars().any(char::is_control) {
-        return Err(Error::InvalidField(format!(
+        return Err(CatalogError::InvalidField(format!(
             "{field}: at most {MAX_TITLE_CHARS} characters, no control characters"
         )));
     }
@@ -91,10 +118,10 @@ fn check_text(field: &str, v: &str) -> Result<(), Error> {
 impl MetaPatch {
     /// Parses a JSON object with `title`, `alt_text` (string or null) and `tags` (list of
     /// strings); any other member is an error naming it.
-    pub fn from_json(v: &Value) -> Result<MetaPatch, Error> {
+    pub fn from_json(v: &Value) -> Result<MetaPatch, CatalogError> {
         let obj = v
             .as_object()
-            .ok_or_else(|| Error::InvalidField("body: must be a JSON object".into()))?;
+            .ok_or_else(|| CatalogError::InvalidField("body: must be a JSON object".into()))?;
         let mut patch = MetaPatch::default();
         for (k, v) in obj {
             let text = |v: &Value| match v {
@@ -103,7 +130,7 @@ impl MetaPatch {
                     check_text(k, s)?;
                     Ok(Some(s.clone()))
                 }
-                _ => Err(Error::InvalidField(format!(
+                _ => Err(CatalogError::InvalidField(format!(
                     "{k}: must be a string or null"
                 ))),
             };
@@ -113,19 +140,19 @@ impl MetaPatch {
                 "tags" => {
                     let items = v
                         .as_array()
-                        .ok_or_else(|| Error::InvalidField("tags: must be a list".into()))?;
+                        .ok_or_else(|| CatalogError::InvalidField("tags: must be a list".into()))?;
                     let tags = items
                         .iter()
                         .map(|t| {
-                            t.as_str()
-                                .map(str::to_owned)
-                                .ok_or_else(|| Error::InvalidField("tags: must be strings".into()))
+                            t.as_str().map(str::to_owned).ok_or_else(|| {
+                                CatalogError::InvalidField("tags: must be strings".into())
+                            })
                         })
                         .collect::<Result<Vec<_>, _>>()?;
                     patch.tags = Some(normalise_tags(tags)?);
                 }
                 other => {
-                    return Err(Error::InvalidField(format!(
+                    return Err(CatalogError::InvalidField(format!(
                         "`{}` is not a metadata field (title, alt_text, tags)",
                         other.chars().take(40).collect::<String>()
                     )));
@@ -154,19 +181,21 @@ impl MetaPatch {
 }
 
 /// Trims tags, drops duplicates (first wins) and checks the limits.
-pub fn normalise_tags(tags: Vec<String>) -> Result<Vec<String>, Error> {
+pub fn normalise_tags(tags: Vec<String>) -> Result<Vec<String>, CatalogError> {
     let mut out: Vec<String> = Vec::new();
     for t in tags {
         let t = t.trim();
         if t.is_empty() || t.chars().count() > MAX_TAG_CHARS || t.chars().any(char::is_control) {
-            return Err(Error::InvalidField(format!(
+            return Err(CatalogError::InvalidField(format!(
                 "tags: each 1..={MAX_TAG_CHARS} characters, no control characters"
             )));
         }
         if !out.iter().any(|o| o == t) {
             // Checked as we go: the duplicate scan stays O(MAX_TAGS) per tag.
             if out.len() == MAX_TAGS {
-                return Err(Error::InvalidField(format!("tags: at most {MAX_TAGS}")));
+                return Err(CatalogError::InvalidField(format!(
+                    "tags: at most {MAX_TAGS}"
+                )));
             }
             out.push(t.to_owned());
         }
@@ -190,8 +219,8 @@ pub struct Catalog {
     locks: Arc<Vec<tokio::sync::Mutex<()>>>,
 }
 
-pub(crate) fn key(id: &ImageId, leaf: &str) -> Result<ObjectKey, Error> {
-    ObjectKey::new(format!("images/{id}/{leaf}")).map_err(Error::from)
+pub(crate) fn key(id: &ImageId, leaf: &str) -> Result<ObjectKey, CatalogError> {
+    ObjectKey::new(format!("images/{id}/{leaf}")).map_err(CatalogError::from)
 }
 
 /// Where an image's derived results live in the derived bucket (one prefix per image).
@@ -210,9 +239,10 @@ fn created_secs(meta: &ImageMeta) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-pub(crate) fn index_key(meta: &ImageMeta, id: &ImageId) -> Result<ObjectKey, Error> {
+pub(crate) fn index_key(meta: &ImageMeta, id: &ImageId) -> Result<ObjectKey, CatalogError> {
     let inverted = INVERT.saturating_sub(created_secs(meta));
-    ObjectKey::new(format!("{}{inverted:010}-{id}", index_prefix(&meta.owner))).map_err(Error::from)
+    ObjectKey::new(format!("{}{inverted:010}-{id}", index_prefix(&meta.owner)))
+        .map_err(CatalogError::from)
 }
 
 /// A cursor is an index leaf: 10 digits, `-`, an image id.
@@ -242,12 +272,13 @@ impl Catalog {
 
     /// Stores an original, its index entry and then its metadata; returns only when all are
     /// durable. On failure nothing stays behind.
-    pub async fn create(&self, meta: &ImageMeta, original: Bytes) -> Result<(), Error> {
-        let id = ImageId::parse(&meta.id).ok_or_else(|| Error::Internal("bad image id".into()))?;
+    pub async fn create(&self, meta: &ImageMeta, original: Bytes) -> Result<(), CatalogError> {
+        let id = ImageId::parse(&meta.id)
+            .ok_or_else(|| CatalogError::Internal("bad image id".into()))?;
         let original_key = key(&id, "original")?;
         let index = index_key(meta, &id)?;
         let meta_key = key(&id, "meta.json")?;
-        let json = serde_json::to_vec(meta).map_err(|e| Error::Internal(e.to_string()))?;
+        let json = serde_json::to_vec(meta).map_err(|e| CatalogError::Internal(e.to_string()))?;
         let mut written: Vec<&ObjectKey> = Vec::new();
         let steps: [(&ObjectKey, Bytes, &str); 3] = [
             (&original_key, original, meta.format.mime()),
@@ -284,18 +315,18 @@ impl Catalog {
     }
 
     /// The metadata of an image; `NotFound` if it does not exist or is being deleted.
-    pub async fn meta(&self, id: &ImageId) -> Result<ImageMeta, Error> {
+    pub async fn meta(&self, id: &ImageId) -> Result<ImageMeta, CatalogError> {
         read_meta(self.store.as_ref(), id).await
     }
 
     /// The metadata even of an image whose delete was interrupted (`deleting`), so that its
     /// owner's `DELETE` (or an erasure) can finish it; `NotFound` if there is none.
-    pub async fn meta_for_delete(&self, id: &ImageId) -> Result<ImageMeta, Error> {
+    pub async fn meta_for_delete(&self, id: &ImageId) -> Result<ImageMeta, CatalogError> {
         read_meta_any(self.store.as_ref(), id).await
     }
 
     /// The original bytes of an image.
-    pub async fn original(&self, id: &ImageId) -> Result<Bytes, Error> {
+    pub async fn original(&self, id: &ImageId) -> Result<Bytes, CatalogError> {
         Ok(self
             .store
             .get(
@@ -308,7 +339,7 @@ impl Catalog {
 
     /// Whether the original of `id` still exists. Deletes remove the original first, so a
     /// writer that checks this *after* its own write either sees the delete or is seen by it.
-    pub async fn original_exists(&self, id: &ImageId) -> Result<bool, Error> {
+    pub async fn original_exists(&self, id: &ImageId) -> Result<bool, CatalogError> {
         let original = key(id, "original")?;
         Ok(self
             .store
@@ -323,7 +354,7 @@ impl Catalog {
         owner: &str,
         cursor: Option<&str>,
         limit: usize,
-    ) -> Result<Page, Error> {
+    ) -> Result<Page, CatalogError> {
         self.list_page(owner, cursor, limit, false).await
     }
 
@@ -334,7 +365,7 @@ impl Catalog {
         owner: &str,
         cursor: Option<&str>,
         limit: usize,
-    ) -> Result<Page, Error> {
+    ) -> Result<Page, CatalogError> {
         self.list_page(owner, cursor, limit, true).await
     }
 
@@ -344,11 +375,11 @@ impl Catalog {
         cursor: Option<&str>,
         limit: usize,
         include_deleting: bool,
-    ) -> Result<Page, Error> {
+    ) -> Result<Page, CatalogError> {
         let prefix = index_prefix(owner);
         let start_after = match cursor {
             Some(c) if valid_cursor(c) => Some(format!("{prefix}{c}")),
-            Some(_) => return Err(Error::InvalidField("cursor: not a cursor".into())),
+            Some(_) => return Err(CatalogError::InvalidField("cursor: not a cursor".into())),
             None => None,
         };
         let keys = self
@@ -381,7 +412,7 @@ impl Catalog {
                     (
                         i,
                         meta.and_then(|m| match m.deleting && !include_deleting {
-                            true => Err(Error::NotFound),
+                            true => Err(CatalogError::NotFound),
                             false => Ok(m),
                         }),
                     )
@@ -389,11 +420,12 @@ impl Catalog {
             }
             let mut got: Vec<(usize, ImageMeta)> = Vec::with_capacity(chunk.len());
             while let Some(joined) = set.join_next().await {
-                let (i, r) = joined.map_err(|e| Error::Internal(format!("list task: {e}")))?;
+                let (i, r) =
+                    joined.map_err(|e| CatalogError::Internal(format!("list task: {e}")))?;
                 match r {
                     Ok(m) if m.owner == owner => got.push((i, m)),
                     // Deleted meanwhile (or a stale index entry): not part of the listing.
-                    Ok(_) | Err(Error::NotFound) => {}
+                    Ok(_) | Err(CatalogError::NotFound) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -405,11 +437,11 @@ impl Catalog {
     }
 
     /// Applies a metadata change and returns the new record.
-    pub async fn update(&self, id: &ImageId, patch: &MetaPatch) -> Result<ImageMeta, Error> {
+    pub async fn update(&self, id: &ImageId, patch: &MetaPatch) -> Result<ImageMeta, CatalogError> {
         let _guard = self.lock_for(id).lock().await;
         let mut meta = self.meta(id).await?;
         patch.apply(&mut meta);
-        let json = serde_json::to_vec(&meta).map_err(|e| Error::Internal(e.to_string()))?;
+        let json = serde_json::to_vec(&meta).map_err(|e| CatalogError::Internal(e.to_string()))?;
         let meta_key = key(id, "meta.json")?;
         self.store
             .put(
@@ -423,7 +455,7 @@ impl Catalog {
         // original is gone and our write resurrected the metadata. Undo it.
         if !self.original_exists(id).await? {
             self.store.delete(Bucket::Originals, &meta_key).await?;
-            return Err(Error::NotFound);
+            return Err(CatalogError::NotFound);
         }
         Ok(meta)
     }
@@ -434,8 +466,9 @@ impl Catalog {
     /// every derived object, the index entry, anything else under the image's prefix (the
     /// marker too) and the metadata last. A delete killed half-way is invisible through the
     /// API; its owner's `DELETE`, an erasure, or `pixgate fsck --repair` finishes it.
-    pub async fn delete(&self, meta: &ImageMeta) -> Result<(), Error> {
-        let id = ImageId::parse(&meta.id).ok_or_else(|| Error::Internal("bad image id".into()))?;
+    pub async fn delete(&self, meta: &ImageMeta) -> Result<(), CatalogError> {
+        let id = ImageId::parse(&meta.id)
+            .ok_or_else(|| CatalogError::Internal("bad image id".into()))?;
         let _guard = self.lock_for(&id).lock().await;
         if !meta.deleting {
             // The marker first: fsck finds an interrupted delete from a listing alone.
@@ -451,7 +484,8 @@ impl Catalog {
                 deleting: true,
                 ..meta.clone()
             };
-            let json = serde_json::to_vec(&marked).map_err(|e| Error::Internal(e.to_string()))?;
+            let json =
+                serde_json::to_vec(&marked).map_err(|e| CatalogError::Internal(e.to_string()))?;
             self.store
                 .put(
                     Bucket::Originals,
@@ -484,7 +518,7 @@ impl Catalog {
         Ok(())
     }
 
-    async fn delete_prefix(&self, bucket: Bucket, prefix: &str) -> Result<(), Error> {
+    async fn delete_prefix(&self, bucket: Bucket, prefix: &str) -> Result<(), CatalogError> {
         for k in self.store.list(bucket, prefix).await? {
             self.store.delete(bucket, &k).await?;
         }
@@ -493,9 +527,12 @@ impl Catalog {
 }
 
 /// The metadata of a live image: `NotFound` also while (or after) a delete marked it.
-pub(crate) async fn read_meta(store: &dyn ObjectStore, id: &ImageId) -> Result<ImageMeta, Error> {
+pub(crate) async fn read_meta(
+    store: &dyn ObjectStore,
+    id: &ImageId,
+) -> Result<ImageMeta, CatalogError> {
     match read_meta_any(store, id).await? {
-        m if m.deleting => Err(Error::NotFound),
+        m if m.deleting => Err(CatalogError::NotFound),
         m => Ok(m),
     }
 }
@@ -504,19 +541,19 @@ pub(crate) async fn read_meta(store: &dyn ObjectStore, id: &ImageId) -> Result<I
 pub(crate) async fn read_meta_any(
     store: &dyn ObjectStore,
     id: &ImageId,
-) -> Result<ImageMeta, Error> {
+) -> Result<ImageMeta, CatalogError> {
     let bytes = match store
         .get(Bucket::Originals, &key(id, "meta.json")?, MAX_META_BYTES)
         .await
     {
         Ok(b) => b,
-        Err(StorageError::NotFound) => return Err(Error::NotFound),
+        Err(StorageError::NotFound) => return Err(CatalogError::NotFound),
         Err(e) => return Err(e.into()),
     };
     // Garbage, empty, truncated or over-long metadata is damage in the store (tampering, a bad
     // restore): a stable `storage_corrupt`, never a panic or a bare `internal`.
     serde_json::from_slice(&bytes)
-        .map_err(|e| Error::StorageCorrupt(format!("metadata of {id}: {e}")))
+        .map_err(|e| CatalogError::Corrupt(format!("metadata of {id}: {e}")))
 }
 
 #[cfg(test)]
@@ -526,6 +563,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
+    use crate::http::error::CodeOf;
     use crate::storage::{FsStore, StorageError};
 
     fn sample_meta(id: &ImageId) -> ImageMeta {

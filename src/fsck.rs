@@ -57,7 +57,7 @@ use serde::Serialize;
 
 use crate::auth::api_keys::{self, ApiKeyRecord};
 use crate::catalog;
-use crate::error::Error;
+use crate::catalog::CatalogError;
 use crate::id::ImageId;
 use crate::storage::{Bucket, ObjectKey, ObjectStore, StorageError};
 
@@ -198,7 +198,7 @@ pub async fn fsck(
     store: &dyn ObjectStore,
     opts: &FsckOptions,
     progress: &mut (dyn FnMut(&str, u64) + Send),
-) -> Result<FsckReport, Error> {
+) -> Result<FsckReport, CatalogError> {
     store.check().await?;
     let mut run = Run {
         store,
@@ -310,7 +310,7 @@ async fn listed(
         == Some(key))
 }
 
-async fn meta_present(store: &dyn ObjectStore, id: &ImageId) -> Result<bool, Error> {
+async fn meta_present(store: &dyn ObjectStore, id: &ImageId) -> Result<bool, CatalogError> {
     let meta = catalog::key(id, "meta.json")?;
     Ok(present(store, Bucket::Originals, &meta, catalog::MAX_META_BYTES).await?)
 }
@@ -340,7 +340,10 @@ async fn delete_prefix(
 }
 
 /// Removes what an upload killed before its metadata left; `false` if the metadata exists now.
-async fn remove_unfinished_upload(store: &dyn ObjectStore, id: &ImageId) -> Result<bool, Error> {
+async fn remove_unfinished_upload(
+    store: &dyn ObjectStore,
+    id: &ImageId,
+) -> Result<bool, CatalogError> {
     if meta_present(store, id).await? {
         return Ok(false);
     }
@@ -373,14 +376,18 @@ enum Step {
 /// last, so a repair that stops half-way is found again). `false` if the condition no longer
 /// holds: the marker is gone (`Step::Original`), or the original is back or the metadata gone
 /// (`Step::Derived`).
-async fn finish_delete(store: &dyn ObjectStore, id: &ImageId, from: Step) -> Result<bool, Error> {
+async fn finish_delete(
+    store: &dyn ObjectStore,
+    id: &ImageId,
+    from: Step,
+) -> Result<bool, CatalogError> {
     // Unparseable metadata is an error for the operator, not a leftover: kept as it is.
     let meta = match catalog::read_meta_any(store, id).await {
         Ok(m) => Some(m),
         // A marker without metadata: a delete killed right after its first write, of an
         // upload that never finished, or one whose metadata already went.
-        Err(Error::NotFound) if from == Step::Original => None,
-        Err(Error::NotFound) => return Ok(false),
+        Err(CatalogError::NotFound) if from == Step::Original => None,
+        Err(CatalogError::NotFound) => return Ok(false),
         Err(e) => return Err(e),
     };
     let original = catalog::key(id, "original")?;
@@ -425,7 +432,7 @@ async fn remove_orphan(
     target: &ObjectKey,
     witness: &ObjectKey,
     cap: u64,
-) -> Result<bool, Error> {
+) -> Result<bool, CatalogError> {
     if present(store, Bucket::Originals, witness, cap).await? {
         return Ok(false);
     }
@@ -479,7 +486,7 @@ impl Run<'_, '_> {
         }
     }
 
-    fn outcome(&mut self, kind: Kind, what: &str, result: Result<bool, Error>) {
+    fn outcome(&mut self, kind: Kind, what: &str, result: Result<bool, CatalogError>) {
         match result {
             Ok(true) => {
                 *self.report.repaired.entry(kind.name()).or_default() += 1;
@@ -655,7 +662,11 @@ impl Run<'_, '_> {
         }
         for key in old {
             let r = self.store.delete(Bucket::Derived, &key).await;
-            self.outcome(kind, key.as_str(), r.map(|()| true).map_err(Error::from));
+            self.outcome(
+                kind,
+                key.as_str(),
+                r.map(|()| true).map_err(CatalogError::from),
+            );
         }
     }
 
@@ -772,8 +783,10 @@ impl Run<'_, '_> {
         };
         // The lookup record is the whole key record: its `owner` and `id` name the owner's.
         let record = serde_json::from_slice::<ApiKeyRecord>(&bytes)
-            .map_err(|e| Error::StorageCorrupt(format!("API key lookup record: {e}")))
-            .and_then(|r| api_keys::owner_record_key(&r).map_err(Error::from));
+            .map_err(|e| CatalogError::Corrupt(format!("API key lookup record: {e}")))
+            .and_then(|r| {
+                api_keys::owner_record_key(&r).map_err(|e| CatalogError::Corrupt(e.to_string()))
+            });
         let record = match record {
             Ok(k) => k,
             Err(e) => {
@@ -813,7 +826,7 @@ impl Run<'_, '_> {
             if self.orphan(kind, t.modified(), &name) && self.repair {
                 // The store re-checks at removal that it is unchanged since it was found.
                 let r = self.store.remove_temporary(&t).await;
-                self.outcome(kind, &name, r.map_err(Error::from));
+                self.outcome(kind, &name, r.map_err(CatalogError::from));
             }
         }
     }
@@ -990,7 +1003,10 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(matches!(images.meta(&marked).await, Err(Error::NotFound)));
+        assert!(matches!(
+            images.meta(&marked).await,
+            Err(CatalogError::NotFound)
+        ));
         let marked_index = catalog::index_key(&marked_meta, &marked).unwrap();
 
         // dangling_index_entry and derived_of_deleted_image: an image long gone.

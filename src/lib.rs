@@ -30,7 +30,6 @@ pub mod cache;
 pub mod catalog;
 pub mod cdn;
 pub mod config;
-pub mod error;
 pub mod fsck;
 #[doc(hidden)]
 pub mod fuzzing;

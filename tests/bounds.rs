@@ -309,7 +309,7 @@ fn child(case: &str, file: &str) {
     let peak = status_kib("VmHWM:").saturating_sub(base);
     let outcome = match result {
         Ok(e) => format!("ok {}x{}", e.width, e.height),
-        Err(e) => format!("err {}", pixgate::error::Error::from(e).code()),
+        Err(e) => format!("err {}", pixgate::http::error::Error::from(e).code()),
     };
     println!(
         "RESULT {case} peak={peak} ms={} outcome={outcome}",

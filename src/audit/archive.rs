@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use super::AuditError;
 use super::chain::{self, ChainCheck, ChainState, Problem};
 use super::query::MAX_BATCH_BYTES;
-use crate::error::Error;
 use crate::storage::{Bucket, ObjectKey, ObjectStore, StorageError};
 
 const CHECKPOINTS: &str = "audit/checkpoints/";
@@ -26,11 +26,14 @@ pub struct Report {
     pub problems: Vec<Problem>,
 }
 
-fn checkpoint_key(instance: &str) -> Result<ObjectKey, Error> {
+fn checkpoint_key(instance: &str) -> Result<ObjectKey, AuditError> {
     Ok(ObjectKey::new(format!("{CHECKPOINTS}{instance}.json"))?)
 }
 
-async fn checkpoint(store: &dyn ObjectStore, instance: &str) -> Result<Option<ChainState>, Error> {
+async fn checkpoint(
+    store: &dyn ObjectStore,
+    instance: &str,
+) -> Result<Option<ChainState>, AuditError> {
     match store
         .get(Bucket::Audit, &checkpoint_key(instance)?, 64 * 1024)
         .await
@@ -43,7 +46,7 @@ async fn checkpoint(store: &dyn ObjectStore, instance: &str) -> Result<Option<Ch
 
 /// Every batch key, listed a page at a time (each page has its own storage deadline, so a
 /// large archive lists in full).
-async fn batch_keys(store: &dyn ObjectStore) -> Result<Vec<String>, Error> {
+async fn batch_keys(store: &dyn ObjectStore) -> Result<Vec<String>, AuditError> {
     let mut keys = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -62,14 +65,14 @@ async fn batch_keys(store: &dyn ObjectStore) -> Result<Vec<String>, Error> {
     }
 }
 
-async fn batch(store: &dyn ObjectStore, key: &str) -> Result<Bytes, Error> {
+async fn batch(store: &dyn ObjectStore, key: &str) -> Result<Bytes, AuditError> {
     Ok(store
         .get(Bucket::Audit, &ObjectKey::new(key)?, MAX_BATCH_BYTES)
         .await?)
 }
 
 /// Verifies every chain in the archive.
-pub async fn verify(store: &dyn ObjectStore) -> Result<Report, Error> {
+pub async fn verify(store: &dyn ObjectStore) -> Result<Report, AuditError> {
     let keys = batch_keys(store).await?;
     let mut report = Report::default();
     for (instance, batches) in chain::chains(&keys) {
@@ -95,7 +98,7 @@ pub struct Swept {
 
 /// Deletes the batches of days before `cutoff_day` (`YYYY/MM/DD`, exclusive), after
 /// checkpointing each affected chain.
-pub async fn sweep(store: &dyn ObjectStore, cutoff_day: &str) -> Result<Swept, Error> {
+pub async fn sweep(store: &dyn ObjectStore, cutoff_day: &str) -> Result<Swept, AuditError> {
     let keys = batch_keys(store).await?;
     let mut newest: BTreeMap<String, (u64, String)> = BTreeMap::new();
     let mut doomed = Vec::new();
@@ -120,7 +123,7 @@ pub async fn sweep(store: &dyn ObjectStore, cutoff_day: &str) -> Result<Swept, E
         }
         let body = batch(store, &key).await?;
         let Some(h) = chain::header(&body) else {
-            return Err(Error::Internal(format!(
+            return Err(AuditError::Internal(format!(
                 "audit batch {key} has no header; not sweeping (run pixgate audit verify)"
             )));
         };
@@ -129,7 +132,7 @@ pub async fn sweep(store: &dyn ObjectStore, cutoff_day: &str) -> Result<Swept, E
             seq,
             head: h.head,
         };
-        let json = serde_json::to_vec(&state).map_err(|e| Error::Internal(e.to_string()))?;
+        let json = serde_json::to_vec(&state).map_err(|e| AuditError::Internal(e.to_string()))?;
         store
             .put(
                 Bucket::Audit,

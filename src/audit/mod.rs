@@ -28,6 +28,18 @@ pub use config::AuditConfig;
 pub mod query;
 mod writer;
 
+/// Why the archive could not be read, verified or swept, or a query was refused. Mapped to
+/// HTTP in `http::error`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("invalid field: {0}")]
+    InvalidField(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -36,7 +48,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::storage::ObjectStore;
+use crate::storage::{ObjectStore, StorageError};
 
 /// The event schema (bumped on any incompatible change; readers check it).
 pub const SCHEMA: &str = "pixgate.audit/1";

@@ -10,9 +10,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::AuditError;
 use super::Event;
 use super::chain;
-use crate::error::Error;
 use crate::storage::{Bucket, ObjectKey, ObjectStore};
 
 pub const MAX_OBJECTS_PER_PAGE: usize = 64;
@@ -70,8 +70,8 @@ impl Cursor {
         format!("{}~{}", self.key, self.skip)
     }
 
-    pub fn decode(s: &str) -> Result<Cursor, Error> {
-        let bad = || Error::InvalidField("cursor: not a cursor".into());
+    pub fn decode(s: &str) -> Result<Cursor, AuditError> {
+        let bad = || AuditError::InvalidField("cursor: not a cursor".into());
         let (key, skip) = s.rsplit_once('~').ok_or_else(bad)?;
         chain::parse_key(key).ok_or_else(bad)?;
         Ok(Cursor {
@@ -89,7 +89,7 @@ pub struct Page {
 
 /// Reads a batch and yields its events (records that do not parse are skipped: the archive
 /// is verified by `pixgate audit verify`, not here).
-pub async fn read_batch(store: &dyn ObjectStore, key: &str) -> Result<Vec<Event>, Error> {
+pub async fn read_batch(store: &dyn ObjectStore, key: &str) -> Result<Vec<Event>, AuditError> {
     let k = ObjectKey::new(key)?;
     let body = match store.get(Bucket::Audit, &k, MAX_BATCH_BYTES).await {
         Ok(b) => b,
@@ -112,7 +112,7 @@ pub async fn page(
     filter: &Filter,
     cursor: Option<&Cursor>,
     limit: usize,
-) -> Result<Page, Error> {
+) -> Result<Page, AuditError> {
     let mut items = Vec::new();
     // A batch is filed under the day it opened, and stays open for up to
     // `audit.flush_seconds` (≤ 1 h): events from just after midnight sit in the previous day's

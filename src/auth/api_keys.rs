@@ -474,7 +474,7 @@ impl ApiKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::CodeOf;
+    use crate::http::error::CodeOf;
     use crate::storage::FsStore;
 
     fn keys() -> (tempfile::TempDir, ApiKeys) {

@@ -585,7 +585,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::error::CodeOf;
+    use crate::http::error::CodeOf;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 

@@ -335,7 +335,7 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::CodeOf;
+    use crate::http::error::CodeOf;
 
     fn headers(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
+use crate::catalog::CatalogError;
 use crate::catalog::{Catalog, derived_prefix};
-use crate::error::Error;
 use crate::id::ImageId;
 use crate::metrics::Metrics;
 use crate::options::OutputFormat;
@@ -81,18 +81,24 @@ pub struct DerivedStore {
 const TOUCHED_KEYS: usize = 100_000;
 
 /// The object key of a result: `derived/{image}/{digest}.{ext}`.
-pub fn object_key(image: &ImageId, digest: &str, format: OutputFormat) -> Result<ObjectKey, Error> {
+pub fn object_key(
+    image: &ImageId,
+    digest: &str,
+    format: OutputFormat,
+) -> Result<ObjectKey, StorageError> {
     ObjectKey::new(format!(
         "{}{digest}.{}",
         derived_prefix(image),
         format.extension()
     ))
-    .map_err(|e| Error::Internal(format!("derived key: {e}")))
 }
 
 /// Deletes derived objects last modified before `cutoff` (`pixgate sweep`, with
 /// `cache.derived_ttl_days`); returns how many. Reads one listing page at a time.
-pub async fn sweep(store: &dyn ObjectStore, cutoff: std::time::SystemTime) -> Result<u64, Error> {
+pub async fn sweep(
+    store: &dyn ObjectStore,
+    cutoff: std::time::SystemTime,
+) -> Result<u64, StorageError> {
     let mut after: Option<String> = None;
     let mut removed = 0;
     loop {
@@ -205,7 +211,7 @@ impl DerivedStore {
         tokio::spawn(async move {
             let result = match this.permits.clone().acquire_owned().await {
                 Ok(_permit) => this.write(&image, &key, bytes, &mime).await,
-                Err(_) => Err(Error::Internal("derived writer closed".into())),
+                Err(_) => Err(CatalogError::Internal("derived writer closed".into())),
             };
             drop(slot);
             match result {
@@ -233,7 +239,7 @@ impl DerivedStore {
         key: &ObjectKey,
         bytes: Bytes,
         mime: &str,
-    ) -> Result<WriteOutcome, Error> {
+    ) -> Result<WriteOutcome, CatalogError> {
         self.store.put(Bucket::Derived, key, bytes, mime).await?;
         let exists = self.catalog.original_exists(image).await;
         if let Ok(true) = exists {

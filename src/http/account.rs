@@ -12,7 +12,7 @@
 //!
 //! **Erasure** is synchronous: `204` only when everything is gone. It runs in a task of its
 //! own, so a client that hangs up or a request deadline does not stop it half-way, and a
-//! repeated `DELETE` joins the erasure in progress (`App::erasures`). Order: every image
+//! repeated `DELETE` joins the erasure in progress (`AccountJobs::erasures`). Order: every image
 //! through `render::delete_image` (memory purge and tombstone, original, derived prefix, owner
 //! index, metadata, CDN purge), repeated until the owner index is empty; API keys; the
 //! anything left under the user's `users/` prefix; the user's limiter state in Redis and in
@@ -29,13 +29,13 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::error::Error;
 use super::{Body, BodySender, Ctx, acting_for, authenticate, no_content};
 use crate::app::App;
 use crate::audit::query::{self, Cursor, Filter};
 use crate::auth::{Action, AuthMethod};
 use crate::cache::Joined;
 use crate::catalog::ImageMeta;
-use crate::error::Error;
 use crate::id::ImageId;
 use crate::limits::DEFAULT_PLAN;
 use crate::storage::Bucket;
@@ -109,7 +109,7 @@ pub async fn export(
     let (tx, body) = Body::channel(CHANNEL_CHUNKS);
     if parts.method != Method::HEAD {
         // One export per account at a time: each reads every original and the archive.
-        let Joined::Leader(running) = app.exports.join(&user) else {
+        let Joined::Leader(running) = app.jobs.exports.join(&user) else {
             return Err(Error::ExportInProgress);
         };
         let app = app.clone();
@@ -150,6 +150,18 @@ enum Stop {
 
 impl From<Error> for Stop {
     fn from(e: Error) -> Stop {
+        Stop::Failed(e.to_string())
+    }
+}
+
+impl From<crate::catalog::CatalogError> for Stop {
+    fn from(e: crate::catalog::CatalogError) -> Stop {
+        Stop::Failed(e.to_string())
+    }
+}
+
+impl From<crate::audit::AuditError> for Stop {
+    fn from(e: crate::audit::AuditError) -> Stop {
         Stop::Failed(e.to_string())
     }
 }
@@ -228,7 +240,7 @@ async fn produce(app: &App, user: &str, head: Value, tx: &BodySender) -> Result<
             let original = match app.catalog.original(&id).await {
                 Ok(b) => b,
                 // Deleted since it was listed: not part of the export.
-                Err(Error::NotFound) => continue,
+                Err(crate::catalog::CatalogError::NotFound) => continue,
                 Err(e) => return Err(e.into()),
             };
             let name = format!("images/{}.{}", meta.id, meta.format.as_str());
@@ -292,7 +304,7 @@ pub async fn erase(
     ctx.set_subject(&user);
     // A lead abandoned without a result (it cannot be: the task always finishes) is retried.
     for _ in 0..3 {
-        let wait = match app.erasures.join(&user) {
+        let wait = match app.jobs.erasures.join(&user) {
             Joined::Leader(lead) => {
                 let wait = lead.subscribe();
                 let app = app.clone();

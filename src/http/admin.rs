@@ -12,11 +12,11 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use super::error::Error;
 use super::{Body, Ctx, authorize, json_response, percent_decode, query_param};
 use crate::app::App;
 use crate::audit::query::{self, Cursor, Filter};
 use crate::auth::Action;
-use crate::error::Error;
 use crate::signature::unix_now;
 
 pub async fn revoke_tokens(

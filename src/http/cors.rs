@@ -15,7 +15,7 @@ use http::header::{
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 
 use super::Body;
-use crate::error::Error;
+use super::error::Error;
 use crate::server::config::ServerConfig;
 
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PATCH, DELETE";

@@ -26,6 +26,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::error::Error;
 use super::{
     Body, Ctx, acting_for, authorize, charge_caller, json_response, no_content, query_param,
     read_body, read_json, reject_large_body,
@@ -33,7 +34,6 @@ use super::{
 use crate::app::App;
 use crate::auth::{Action, Principal};
 use crate::catalog::{ImageMeta, MetaPatch, normalise_tags};
-use crate::error::Error;
 use crate::id::ImageId;
 use crate::image::{self, ImageFormat};
 use crate::limits::{Charge, Kind};

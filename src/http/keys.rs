@@ -9,10 +9,10 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::error::Error;
 use super::{Body, Ctx, acting_for, authorize, json_response, no_content, query_param, read_json};
 use crate::app::App;
 use crate::auth::{Action, Scopes};
-use crate::error::Error;
 
 pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();

@@ -10,7 +10,9 @@ mod account;
 mod admin;
 mod body;
 mod cors;
+pub mod error;
 pub(crate) mod images;
+pub mod jobs;
 mod keys;
 mod ops;
 mod ratelimit;
@@ -33,9 +35,9 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::audit::{Actor, Event, Resource};
 use crate::auth::{Action, AuthError, AuthMethod, Principal};
-use crate::error::Error;
 use crate::limits::{Charge, Refusal, Status};
 use crate::metrics::{GaugeGuard, status_class};
+use error::Error;
 
 pub use body::{Body, BodySender};
 

@@ -23,11 +23,12 @@ use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use super::error::Error;
 use super::{Body, Ctx, authenticate};
 use crate::app::App;
 use crate::auth::{Action, Principal};
 use crate::cache::CachedResult;
-use crate::error::Error;
+use crate::catalog::CatalogError;
 use crate::limits::Payer;
 use crate::options::{TransformRequest, parse_path};
 use crate::render::{Bill, Target, Variant};
@@ -149,7 +150,7 @@ async fn serve_hit(
     if cache.stale(&hit.image, bound) {
         match app.catalog.meta(&variant.image).await {
             Ok(_) => cache.confirm(&hit.image),
-            Err(Error::NotFound) => {
+            Err(CatalogError::NotFound) => {
                 cache.purge_image(&hit.image);
                 return Err(Error::NotFound);
             }
@@ -227,7 +228,7 @@ async fn compute(
     if let (Caller::Bearer(_), Some(status)) = (caller, rendered.charged.as_ref()) {
         ctx.note_limit(status);
     }
-    rendered.outcome
+    Ok(rendered.outcome?)
 }
 
 /// Splits `/{signature}/{rest}` into the signature and `/{rest}`.

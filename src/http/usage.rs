@@ -8,9 +8,9 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
+use super::error::Error;
 use super::{Body, Ctx, acting_for, authenticate, json_response};
 use crate::app::App;
-use crate::error::Error;
 use crate::limits::{DEFAULT_PLAN, Status};
 
 pub async fn get(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {

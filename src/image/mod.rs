@@ -105,7 +105,7 @@ pub struct Bitmap {
 }
 
 /// What can go wrong inside the engine.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ImageError {
     #[error("not a JPEG, PNG, WebP or GIF image")]
     UnknownFormat,

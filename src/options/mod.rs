@@ -1173,7 +1173,7 @@ mod tests {
             match parse(&path) {
                 Ok(r) => panic!("{path} parsed: {r:?}"),
                 Err(e) => assert_eq!(
-                    crate::error::Error::from(e.clone()).code(),
+                    crate::http::error::Error::from(e.clone()).code(),
                     code,
                     "{path}: {e}"
                 ),

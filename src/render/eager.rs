@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Bill, FormatChoice, Renderer, Target};
+use crate::catalog::CatalogError;
 use crate::catalog::ImageMeta;
-use crate::error::Error;
+use crate::options::ParseError;
 use crate::options::parse_path;
 
 /// Uploads waiting for their eager renders, and the one-at-a-time permit that keeps eager work
@@ -58,7 +59,7 @@ impl Renderer {
     async fn render_all(self: &Arc<Self>, targets: Vec<Target>) {
         let original = match targets.first() {
             Some(t) => self.catalog.original(&t.image).await,
-            None => Err(Error::NotFound),
+            None => Err(CatalogError::NotFound),
         };
         match original {
             Ok(bytes) => {
@@ -91,7 +92,7 @@ impl Renderer {
         for attempt in 0..5u32 {
             match self.resolve(target.clone(), Bill::Free).await.outcome {
                 Ok(_) => return "ok",
-                Err(Error::Overloaded) => {
+                Err(super::RenderError::Overloaded) => {
                     tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
                 }
                 Err(e) => {
@@ -107,7 +108,7 @@ impl Renderer {
     /// The results `presets.eager` names for an image: each preset, in its fixed format or —
     /// when the format is negotiated — in every `transform.auto_formats` format and the
     /// fallback, keyed exactly as requests for them are.
-    fn eager_targets(&self, meta: &ImageMeta) -> Result<Vec<Target>, Error> {
+    fn eager_targets(&self, meta: &ImageMeta) -> Result<Vec<Target>, ParseError> {
         let mut targets = Vec::new();
         for name in &self.settings.eager_presets {
             let parsed = parse_path(

@@ -43,21 +43,84 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::cache::{self, CachedResult, DerivedStore, Flights, MemoryCache};
+use crate::catalog::CatalogError;
 use crate::catalog::{Catalog, ImageMeta};
 use crate::cdn::CdnPurger;
 use crate::config::Config;
-use crate::error::Error;
 use crate::id::ImageId;
+use crate::image::ImageError;
 use crate::image::{Engine, ImageFormat, ImageLimits};
+use crate::limits::Refusal;
 use crate::metrics::Metrics;
 use crate::options::{OutputFormat, ParseLimits, TransformSpec};
+use crate::storage::StorageError;
+use crate::workers::WorkerError;
 use crate::workers::Workers;
 
 /// Version of the rendering pipeline; part of every cache key and ETag, so a change in how
 /// results are produced never serves stale bytes under an old validator.
 pub const PIPELINE_VERSION: &str = "v2";
 
-pub type Outcome = Result<Arc<CachedResult>, Error>;
+pub type Outcome = Result<Arc<CachedResult>, RenderError>;
+
+/// Why a result could not be had. Shared by every waiter of a computation (so `Clone`);
+/// mapped to HTTP in `http::error`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RenderError {
+    /// The image does not exist, or was deleted while its result was computed.
+    #[error("not found")]
+    NotFound,
+    /// No CPU-queue place or AVIF encoder, or a waiter's leaders kept giving up: try later.
+    #[error("server overloaded")]
+    Overloaded,
+    /// The payer's quota is spent (or the limiter is busy).
+    #[error(transparent)]
+    Refused(Refusal),
+    #[error(transparent)]
+    Catalog(CatalogError),
+    #[error(transparent)]
+    Image(ImageError),
+    #[error(transparent)]
+    Storage(StorageError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<CatalogError> for RenderError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::NotFound => RenderError::NotFound,
+            other => RenderError::Catalog(other),
+        }
+    }
+}
+
+impl From<WorkerError> for RenderError {
+    fn from(e: WorkerError) -> Self {
+        match e {
+            WorkerError::Overloaded => RenderError::Overloaded,
+            WorkerError::Failed(m) => RenderError::Internal(m),
+        }
+    }
+}
+
+impl From<Refusal> for RenderError {
+    fn from(r: Refusal) -> Self {
+        RenderError::Refused(r)
+    }
+}
+
+impl From<ImageError> for RenderError {
+    fn from(e: ImageError) -> Self {
+        RenderError::Image(e)
+    }
+}
+
+impl From<StorageError> for RenderError {
+    fn from(e: StorageError) -> Self {
+        RenderError::Storage(e)
+    }
+}
 
 /// Everything that produces results: caches, single-flight, the engine and its CPU pool.
 pub struct Renderer {

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::Renderer;
+use crate::catalog::CatalogError;
 use crate::catalog::ImageMeta;
-use crate::error::Error;
 use crate::id::ImageId;
 
 impl Renderer {
@@ -17,15 +17,15 @@ impl Renderer {
     /// every other instance has re-checked its memory (`server.request_timeout_secs` +
     /// `auth.revocation_cache_secs`), so an edge refetch served from such a straggler does
     /// not keep the image at the CDN.
-    pub async fn delete_image(self: &Arc<Self>, meta: &ImageMeta) -> Result<(), Error> {
+    pub async fn delete_image(self: &Arc<Self>, meta: &ImageMeta) -> Result<(), CatalogError> {
         let this = self.clone();
         let record = meta.clone();
         tokio::spawn(async move { this.delete_now(&record).await })
             .await
-            .map_err(|e| Error::Internal(format!("delete task failed: {e}")))?
+            .map_err(|e| CatalogError::Internal(format!("delete task failed: {e}")))?
     }
 
-    async fn delete_now(&self, record: &ImageMeta) -> Result<(), Error> {
+    async fn delete_now(&self, record: &ImageMeta) -> Result<(), CatalogError> {
         self.cache.purge_image(&record.id);
         if let Err(e) = self.catalog.delete(record).await {
             // Unless the image is known to be gone (or marked `deleting`), lift the tombstone:
@@ -35,7 +35,7 @@ impl Renderer {
             // of lifting it for a marked image: a result computed meanwhile is served from
             // memory until the hit's next existence check (`auth.revocation_cache_secs`).
             if let Some(id) = ImageId::parse(&record.id)
-                && !matches!(self.catalog.meta(&id).await, Err(Error::NotFound))
+                && !matches!(self.catalog.meta(&id).await, Err(CatalogError::NotFound))
             {
                 self.cache.untombstone(&record.id);
             }

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Outcome, Renderer, Target};
+use super::{Outcome, RenderError, Renderer, Target};
 use crate::cache::{self, Admission, CachedResult, Joined, derived};
-use crate::error::Error;
 use crate::limits::{Charge, Kind, Limiter, Payer, Status};
 use crate::options::OutputFormat;
 
@@ -76,7 +75,7 @@ impl Renderer {
                 Some(Bill::To(limiter, payer)) => {
                     Some(limiter.charge_to(Kind::Transforms, &payer).await?)
                 }
-                None => return Err(Error::Internal("a request led twice".into())),
+                None => return Err(RenderError::Internal("a request led twice".into())),
             };
             *charged = charge.as_ref().and_then(|c| c.status().cloned());
             // Being overloaded is not this request's own failure: waiters get the same answer
@@ -95,12 +94,12 @@ impl Renderer {
                 lead.finish(outcome);
             });
             return wait.wait().await.unwrap_or_else(|| {
-                Err(Error::Internal(
+                Err(RenderError::Internal(
                     "a computation ended without a result".into(),
                 ))
             });
         }
-        Err(Error::Overloaded)
+        Err(RenderError::Overloaded)
     }
 
     fn count_memory_hit(&self) {
@@ -130,7 +129,7 @@ impl Renderer {
         Some(if self.remember(target, &result) {
             Ok(result)
         } else {
-            Err(Error::NotFound)
+            Err(RenderError::NotFound)
         })
     }
 
@@ -145,12 +144,12 @@ impl Renderer {
             crate::workers::Admission,
             Option<tokio::sync::OwnedSemaphorePermit>,
         ),
-        Error,
+        RenderError,
     > {
         let admission = self.workers.admit()?;
         let avif = if format == OutputFormat::Avif {
             let permit = self.avif_permits.clone().try_acquire_owned();
-            Some(permit.map_err(|_| Error::Overloaded)?)
+            Some(permit.map_err(|_| RenderError::Overloaded)?)
         } else {
             None
         };
@@ -193,7 +192,7 @@ impl Renderer {
         let result = Arc::new(result_of(&target, Bytes::from(encoded.bytes)));
         if !self.remember(&target, &result) {
             // Deleted while computing: never served, never stored.
-            return Err(Error::NotFound);
+            return Err(RenderError::NotFound);
         }
         if self.settings.derived {
             self.derived.schedule(

@@ -711,7 +711,7 @@ async fn a_busy_pool_is_not_an_outage() {
         .err()
         .unwrap();
     assert!(matches!(err, pixgate::limits::Refusal::Busy), "{err:?}");
-    assert_eq!(pixgate::error::Error::from(err).code(), "overloaded");
+    assert_eq!(pixgate::http::error::Error::from(err).code(), "overloaded");
     let ip = "192.0.2.1".parse().unwrap();
     assert!(limiter.ip_request(ip).await.unwrap().is_some());
     assert_eq!(limiter.backend(), pixgate::limits::Backend::Redis);

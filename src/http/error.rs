@@ -1,4 +1,8 @@
-//! The one error type that reaches the HTTP layer.
+//! The one error type that reaches a client, and the one place every module's own error is
+//! mapped to it: `limits::Refusal`, `options::ParseError`, `auth::AuthError`,
+//! `catalog::CatalogError`, `render::RenderError`, `audit::AuditError`,
+//! `workers::WorkerError`, `storage::StorageError` and `image::ImageError` (the `From` impls
+//! below). Modules below `http` never build this type.
 //!
 //! Every failure a client can see has a stable machine `code`, an HTTP status, a public message
 //! and a `category` (also a metric label). Internal detail (S3 error bodies, file paths, Redis
@@ -7,10 +11,13 @@
 
 use http::StatusCode;
 
+use crate::audit::AuditError;
 use crate::auth::AuthError;
+use crate::catalog::CatalogError;
 use crate::image::ImageError;
 use crate::limits::Refusal;
 use crate::options::ParseError;
+use crate::render::RenderError;
 use crate::storage::StorageError;
 use crate::workers::WorkerError;
 
@@ -250,6 +257,42 @@ impl From<AuthError> for Error {
             AuthError::Storage(e) => Error::from(e),
             AuthError::Corrupt(m) => Error::StorageCorrupt(m),
             AuthError::Internal(m) => Error::Internal(m),
+        }
+    }
+}
+
+impl From<CatalogError> for Error {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::NotFound => Error::NotFound,
+            CatalogError::InvalidField(m) => Error::InvalidField(m),
+            CatalogError::Corrupt(m) => Error::StorageCorrupt(m),
+            CatalogError::Storage(e) => Error::from(e),
+            CatalogError::Internal(m) => Error::Internal(m),
+        }
+    }
+}
+
+impl From<RenderError> for Error {
+    fn from(e: RenderError) -> Self {
+        match e {
+            RenderError::NotFound => Error::NotFound,
+            RenderError::Overloaded => Error::Overloaded,
+            RenderError::Refused(r) => Error::from(r),
+            RenderError::Catalog(e) => Error::from(e),
+            RenderError::Image(e) => Error::from(e),
+            RenderError::Storage(e) => Error::from(e),
+            RenderError::Internal(m) => Error::Internal(m),
+        }
+    }
+}
+
+impl From<AuditError> for Error {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::InvalidField(m) => Error::InvalidField(m),
+            AuditError::Storage(e) => Error::from(e),
+            AuditError::Internal(m) => Error::Internal(m),
         }
     }
 }
