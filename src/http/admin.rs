@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::error::Error;
-use super::{Body, Ctx, authorize, json_response, percent_decode, query_param};
+use super::{Body, Ctx, authenticate_for, json_response, percent_decode, query_param};
 use crate::app::App;
 use crate::audit::query::{self, Cursor, Filter};
 use crate::auth::Action;
@@ -25,7 +25,7 @@ pub async fn revoke_tokens(
     ctx: &Ctx,
     raw_user: &str,
 ) -> Result<Response<Body>, Error> {
-    let principal = authorize(app, req.headers(), ctx, Action::Admin).await?;
+    let principal = authenticate_for(app, req.headers(), ctx, Action::Admin).await?;
     let user = percent_decode(raw_user)
         .filter(|u| !u.is_empty() && u.len() <= 255 && !u.chars().any(char::is_control))
         .ok_or_else(|| Error::InvalidField("user: not a user id".into()))?;
@@ -56,7 +56,7 @@ fn time_param(query: Option<&str>, name: &str) -> Result<Option<u64>, Error> {
 }
 
 pub async fn audit(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
-    authorize(app, req.headers(), ctx, Action::Admin).await?;
+    authenticate_for(app, req.headers(), ctx, Action::Admin).await?;
     let q = req.uri().query();
     let until = time_param(q, "until")?.unwrap_or_else(|| query::now_secs() + 1);
     let since = time_param(q, "since")?.unwrap_or_else(|| until.saturating_sub(86_400));

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::Error;
 use super::{
-    Body, Ctx, acting_for, authorize, charge_caller, json_response, no_content, query_param,
+    Body, Ctx, acting_for, authenticate_for, charge_caller, json_response, no_content, query_param,
     read_body, read_json, reject_large_body,
 };
 use crate::app::App;
@@ -102,7 +102,7 @@ pub async fn create(
     ctx: &Ctx,
 ) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
-    let principal = authorize(app, &parts.headers, ctx, Action::Upload).await?;
+    let principal = authenticate_for(app, &parts.headers, ctx, Action::Upload).await?;
     let owner = acting_for(&principal, parts.uri.query())?;
     ctx.set_subject(&owner);
     // Charged before the body is read, so a caller over quota costs no bandwidth or decode.
@@ -317,7 +317,7 @@ fn multipart_error(e: multer::Error, cap: u64) -> Error {
 }
 
 pub async fn list(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
-    let principal = authorize(app, req.headers(), ctx, Action::Read).await?;
+    let principal = authenticate_for(app, req.headers(), ctx, Action::Read).await?;
     let query = req.uri().query();
     let owner = acting_for(&principal, query)?;
     ctx.set_subject(&owner);
@@ -347,7 +347,7 @@ pub async fn get(
     ctx: &Ctx,
     id: &str,
 ) -> Result<Response<Body>, Error> {
-    let principal = authorize(app, req.headers(), ctx, Action::Read).await?;
+    let principal = authenticate_for(app, req.headers(), ctx, Action::Read).await?;
     let meta = owned_image(app, &principal, id, ctx).await?;
     Ok(json_response(StatusCode::OK, &meta_json(&meta)))
 }
@@ -359,7 +359,7 @@ pub async fn update(
     id: &str,
 ) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
-    let principal = authorize(app, &parts.headers, ctx, Action::Update).await?;
+    let principal = authenticate_for(app, &parts.headers, ctx, Action::Update).await?;
     let meta = owned_image(app, &principal, id, ctx).await?;
     let patch = MetaPatch::from_json(&read_json(body, app.config.server.max_body_bytes).await?)?;
     if patch.is_empty() {
@@ -379,7 +379,7 @@ pub async fn delete(
     ctx: &Ctx,
     id: &str,
 ) -> Result<Response<Body>, Error> {
-    let principal = authorize(app, req.headers(), ctx, Action::Delete).await?;
+    let principal = authenticate_for(app, req.headers(), ctx, Action::Delete).await?;
     // An image whose delete was interrupted is gone for every reader, but its owner's
     // `DELETE` finishes the job (and answers 204 once everything is gone).
     let meta = owned_image_for_delete(app, &principal, id, ctx).await?;
@@ -398,7 +398,7 @@ pub async fn sign_url(
     id: &str,
 ) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
-    let principal = authorize(app, &parts.headers, ctx, Action::Transform).await?;
+    let principal = authenticate_for(app, &parts.headers, ctx, Action::Transform).await?;
     let meta = owned_image(app, &principal, id, ctx).await?;
     let req_body = read_json(body, app.config.server.max_body_bytes).await?;
     let s = &app.config.signing;

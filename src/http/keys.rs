@@ -10,13 +10,15 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::error::Error;
-use super::{Body, Ctx, acting_for, authorize, json_response, no_content, query_param, read_json};
+use super::{
+    Body, Ctx, acting_for, authenticate_for, json_response, no_content, query_param, read_json,
+};
 use crate::app::App;
 use crate::auth::{Action, Scopes};
 
 pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
-    let principal = authorize(app, &parts.headers, ctx, Action::ManageKeys).await?;
+    let principal = authenticate_for(app, &parts.headers, ctx, Action::ManageKeys).await?;
     // A key carries its creator's role: nobody, admins included, mints keys for someone else.
     if query_param(parts.uri.query(), "owner")?.is_some() {
         return Err(Error::InvalidField(
@@ -64,7 +66,7 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
 }
 
 pub async fn list(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
-    let principal = authorize(app, req.headers(), ctx, Action::ManageKeys).await?;
+    let principal = authenticate_for(app, req.headers(), ctx, Action::ManageKeys).await?;
     let owner = acting_for(&principal, req.uri().query())?;
     ctx.set_subject(&owner);
     let items: Vec<Value> = app
@@ -84,7 +86,7 @@ pub async fn revoke(
     ctx: &Ctx,
     id: &str,
 ) -> Result<Response<Body>, Error> {
-    let principal = authorize(app, req.headers(), ctx, Action::ManageKeys).await?;
+    let principal = authenticate_for(app, req.headers(), ctx, Action::ManageKeys).await?;
     let owner = acting_for(&principal, req.uri().query())?;
     ctx.set_subject(&owner);
     ctx.set_api_key(id);
