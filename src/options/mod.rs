@@ -12,7 +12,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::id::ImageId;
 
 pub mod presets;
+mod slices;
 pub use presets::{EAGER_KEY, Presets};
+pub use slices::OptionName;
 
 /// How the source is fitted into the requested box (imgproxy semantics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,70 +287,9 @@ impl TransformSpec {
     /// format and quality (resolved later, from `Accept` and config). Equal transforms written
     /// differently (aliases, `rs` vs `w`+`h`, arguments left at their defaults) map to one string.
     pub fn canonical(&self) -> String {
-        use std::fmt::Write as _;
-        let mut out = format!(
-            "rt:{}/w:{}/h:{}/dpr:{}/el:{}/g:{}",
-            self.resizing_type.as_str(),
-            self.width,
-            self.height,
-            self.dpr_milli,
-            u8::from(self.enlarge),
-            self.gravity.canonical()
-        );
         // Options at their defaults are left out, so adding an option kind never changes the
-        // keys of URLs that do not use it. `write!` into a String cannot fail.
-        if let Some(c) = self.crop {
-            let g = c.gravity.map_or_else(|| "-".to_owned(), Gravity::canonical);
-            let _ = write!(out, "/c:{}:{}:{g}", c.width, c.height);
-        }
-        if !self.auto_rotate {
-            out.push_str("/ar:0");
-        }
-        if self.rotate != 0 {
-            let _ = write!(out, "/rot:{}", self.rotate);
-        }
-        if self.flip_horizontal || self.flip_vertical {
-            let _ = write!(
-                out,
-                "/fl:{}:{}",
-                u8::from(self.flip_horizontal),
-                u8::from(self.flip_vertical)
-            );
-        }
-        if let Some([r, g, b]) = self.background {
-            let _ = write!(out, "/bg:{r:02x}{g:02x}{b:02x}");
-        }
-        if self.padding != [0; 4] {
-            let [t, r, b, l] = self.padding;
-            let _ = write!(out, "/pd:{t}:{r}:{b}:{l}");
-        }
-        if let Some(g) = self.extend {
-            let _ = write!(out, "/ex:{}", g.canonical());
-        }
-        if self.blur_centi != 0 {
-            let _ = write!(out, "/bl:{}", self.blur_centi);
-        }
-        if self.sharpen_centi != 0 {
-            let _ = write!(out, "/sh:{}", self.sharpen_centi);
-        }
-        if let Some(f) = self.filter {
-            out.push_str(match f {
-                Filter::Grayscale => "/fi:grayscale",
-                Filter::Sepia => "/fi:sepia",
-            });
-        }
-        if let Some(w) = self.watermark {
-            let _ = write!(
-                out,
-                "/wm:{}:{}:{}:{}:{}",
-                w.opacity_milli,
-                w.position.canonical(),
-                w.x_offset,
-                w.y_offset,
-                w.scale_milli
-            );
-        }
-        out
+        // keys of URLs that do not use it. Each option writes its own part (`slices`).
+        slices::write_canonical(self)
     }
 
     /// Padding in device pixels (× dpr): top, right, bottom, left.
@@ -380,7 +321,7 @@ pub fn parse_path(path: &str, limits: &ParseLimits) -> Result<TransformRequest, 
     if let Some(default) = limits.presets.get("default") {
         apply_preset_string(&mut spec, default, limits)?;
     }
-    let mut seen: Vec<&'static str> = Vec::new();
+    let mut seen: Vec<OptionName> = Vec::new();
     let mut source_ext: Option<OutputFormat> = None;
     let mut image: Option<ImageId> = None;
 
@@ -483,257 +424,38 @@ fn split_encoded(raw: &str) -> Result<(ImageId, Option<OutputFormat>), ParseErro
     Ok((id, ext))
 }
 
+/// One `name:arg:…` segment: its slice (unknown names refused), the `presets_only` rule, no
+/// repeats within one option string, the argument count, then the slice's parser.
 fn apply_option(
     spec: &mut TransformSpec,
     seg: &str,
-    seen: &mut Vec<&'static str>,
+    seen: &mut Vec<OptionName>,
     limits: &ParseLimits,
     in_preset: bool,
 ) -> Result<(), ParseError> {
     let mut parts = seg.split(':');
     let name = parts.next().unwrap_or_default();
     let args: Vec<&str> = parts.collect();
-    let canonical: &'static str = match name {
-        "rs" | "resize" => "resize",
-        "s" | "size" => "size",
-        "rt" | "resizing_type" => "resizing_type",
-        "w" | "width" => "width",
-        "h" | "height" => "height",
-        "dpr" => "dpr",
-        "el" | "enlarge" => "enlarge",
-        "g" | "gravity" => "gravity",
-        "q" | "quality" => "quality",
-        "f" | "format" | "ext" => "format",
-        "exp" | "expires" => "expires",
-        "cb" | "cachebuster" => "cachebuster",
-        "c" | "crop" => "crop",
-        "ar" | "auto_rotate" => "auto_rotate",
-        "rot" | "rotate" => "rotate",
-        "fl" | "flip" => "flip",
-        "bg" | "background" => "background",
-        "pd" | "padding" => "padding",
-        "ex" | "extend" => "extend",
-        "bl" | "blur" => "blur",
-        "sh" | "sharpen" => "sharpen",
-        "fi" | "filter" => "filter",
-        "wm" | "watermark" => "watermark",
-        "pr" | "preset" => "preset",
-        other => return Err(ParseError::UnknownOption(clip(other))),
-    };
-    if limits.presets_only
-        && !in_preset
-        && !matches!(canonical, "preset" | "format" | "expires" | "cachebuster")
-    {
+    let slice = OptionName::slice_of(name).ok_or_else(|| ParseError::UnknownOption(clip(name)))?;
+    let canonical = slice.name.as_str();
+    if limits.presets_only && !in_preset && !slice.name.allowed_with_presets_only() {
         return Err(ParseError::InvalidOption(format!(
             "only presets are allowed here, not `{canonical}`"
         )));
     }
-    if seen.contains(&canonical) {
+    if seen.contains(&slice.name) {
         return Err(ParseError::InvalidOption(format!(
             "option `{canonical}` given more than once"
         )));
     }
-    seen.push(canonical);
-    let arity = |max: usize| -> Result<(), ParseError> {
-        if args.is_empty() || args.len() > max {
-            Err(ParseError::InvalidOption(format!(
-                "`{name}` takes 1 to {max} arguments"
-            )))
-        } else {
-            Ok(())
-        }
-    };
-    let dim = |s: &str| parse_dimension(s, limits.max_dimension);
-    let max_dimension = limits.max_dimension;
-    match canonical {
-        "resize" => {
-            arity(8)?;
-            if let Some(t) = nonempty(&args, 0) {
-                spec.resizing_type = ResizingType::parse(t)?;
-            }
-            apply_size(spec, &args[1..], limits)?;
-        }
-        "size" => {
-            arity(7)?;
-            apply_size(spec, &args, limits)?;
-        }
-        "resizing_type" => {
-            arity(1)?;
-            spec.resizing_type = ResizingType::parse(args[0])?;
-        }
-        "width" => {
-            arity(1)?;
-            spec.width = dim(args[0])?;
-        }
-        "height" => {
-            arity(1)?;
-            spec.height = dim(args[0])?;
-        }
-        "dpr" => {
-            arity(1)?;
-            spec.dpr_milli = parse_dpr(args[0])?;
-        }
-        "enlarge" => {
-            arity(1)?;
-            spec.enlarge = parse_bool(args[0])?;
-        }
-        "gravity" => {
-            arity(3)?;
-            spec.gravity = parse_gravity(&args)?;
-        }
-        "quality" => {
-            arity(1)?;
-            let q = parse_u64(args[0], "quality")?;
-            spec.quality = match q {
-                0 => None, // imgproxy: 0 means "use the default"
-                1..=100 => Some(q as u8),
-                _ => return Err(ParseError::InvalidOption("quality must be 0..=100".into())),
-            };
-        }
-        "format" => {
-            arity(1)?;
-            spec.format = Some(OutputFormat::parse(args[0])?);
-        }
-        "expires" => {
-            arity(1)?;
-            spec.expires = Some(parse_u64(args[0], "expires")?);
-        }
-        "cachebuster" => {
-            arity(1)?;
-            let cb = args[0];
-            if cb.len() > MAX_CACHEBUSTER_LEN
-                || !cb
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            {
-                return Err(ParseError::InvalidOption(
-                    "cachebuster must be up to 128 of [A-Za-z0-9._-]".into(),
-                ));
-            }
-            spec.cachebuster = Some(cb.to_owned());
-        }
-        "crop" => {
-            arity(5)?;
-            if args.len() < 2 {
-                return Err(ParseError::InvalidOption(
-                    "`c` takes width and height".into(),
-                ));
-            }
-            let gravity = match args.get(2) {
-                Some(_) => Some(parse_gravity(&args[2..])?),
-                None => None,
-            };
-            spec.crop = Some(Crop {
-                width: parse_dimension(args[0], max_dimension)?,
-                height: parse_dimension(args[1], max_dimension)?,
-                gravity,
-            });
-        }
-        "auto_rotate" => {
-            arity(1)?;
-            spec.auto_rotate = parse_bool(args[0])?;
-        }
-        "rotate" => {
-            arity(1)?;
-            spec.rotate = match args[0] {
-                "0" => 0,
-                "90" => 90,
-                "180" => 180,
-                "270" => 270,
-                _ => {
-                    return Err(ParseError::InvalidOption(
-                        "rotate takes 0, 90, 180 or 270".into(),
-                    ));
-                }
-            };
-        }
-        "flip" => {
-            arity(2)?;
-            spec.flip_horizontal = parse_bool(args[0])?;
-            spec.flip_vertical = match args.get(1) {
-                Some(v) => parse_bool(v)?,
-                None => false,
-            };
-        }
-        "background" => {
-            arity(3)?;
-            spec.background = Some(parse_color(&args)?);
-        }
-        "padding" => {
-            arity(4)?;
-            let mut v = [0u32; 4];
-            for (slot, a) in v.iter_mut().zip(&args) {
-                *slot = parse_dimension(a, MAX_PADDING)?;
-            }
-            // CSS shorthand: 1 → all; 2 → vertical, horizontal; 3 → top, horizontal, bottom.
-            spec.padding = match args.len() {
-                1 => [v[0]; 4],
-                2 => [v[0], v[1], v[0], v[1]],
-                3 => [v[0], v[1], v[2], v[1]],
-                _ => v,
-            };
-        }
-        "extend" => {
-            arity(4)?;
-            spec.extend = if parse_bool(args[0])? {
-                let g = if args.len() > 1 {
-                    parse_gravity(&args[1..])?
-                } else {
-                    Gravity::Center
-                };
-                if g == Gravity::Smart {
-                    return Err(ParseError::InvalidOption(
-                        "extend cannot use smart gravity".into(),
-                    ));
-                }
-                Some(g)
-            } else {
-                None
-            };
-        }
-        "blur" => {
-            arity(1)?;
-            spec.blur_centi = parse_sigma(args[0], MAX_BLUR_CENTI, "blur")?;
-        }
-        "sharpen" => {
-            arity(1)?;
-            spec.sharpen_centi = parse_sigma(args[0], MAX_SHARPEN_CENTI, "sharpen")?;
-        }
-        "filter" => {
-            arity(1)?;
-            spec.filter = match args[0] {
-                "none" => None,
-                "grayscale" | "greyscale" => Some(Filter::Grayscale),
-                "sepia" => Some(Filter::Sepia),
-                other => {
-                    return Err(ParseError::InvalidOption(format!(
-                        "unknown filter `{}`",
-                        clip(other)
-                    )));
-                }
-            };
-        }
-        "watermark" => {
-            arity(5)?;
-            spec.watermark = parse_watermark(&args)?;
-        }
-        "preset" => {
-            if in_preset {
-                return Err(ParseError::InvalidOption(
-                    "presets cannot name other presets".into(),
-                ));
-            }
-            arity(MAX_PRESETS)?;
-            for name in &args {
-                let options = limits.presets.get(*name).ok_or_else(|| {
-                    ParseError::InvalidOption(format!("unknown preset `{}`", clip(name)))
-                })?;
-                apply_preset_string(spec, options, limits)?;
-            }
-        }
-        _ => return Err(ParseError::UnknownOption(clip(name))),
+    seen.push(slice.name);
+    if args.is_empty() || args.len() > slice.max_args {
+        return Err(ParseError::InvalidOption(format!(
+            "`{name}` takes 1 to {} arguments",
+            slice.max_args
+        )));
     }
-    Ok(())
+    (slice.apply)(spec, &args, &slices::Cx { limits, in_preset })
 }
 
 /// `width:height:enlarge:extend:gravity`, each optional.
