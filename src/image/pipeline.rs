@@ -100,6 +100,8 @@ impl Engine {
         contained(|| self.transform_inner(bytes, spec, format, quality))
     }
 
+    /// The steps, in order: [`Engine::plan`] (no pixels yet) → [`Engine::decode_window`] →
+    /// [`resize_oriented`] → [`Engine::finish_pixels`] → encode.
     fn transform_inner(
         &self,
         bytes: &[u8],
@@ -107,6 +109,28 @@ impl Engine {
         format: OutputFormat,
         quality: u8,
     ) -> Result<Encoded, ImageError> {
+        let plan = self.plan(bytes, spec, format)?;
+        let (bitmap, profile, window) = self.decode_window(bytes, spec, &plan)?;
+        let image = resize_oriented(bitmap, window, &plan, profile)?;
+        let image = self.finish_pixels(image, spec, &plan, format)?;
+        let bytes = encode(&image, format, quality, &self.encode)?;
+        Ok(Encoded {
+            bytes,
+            format,
+            width: image.width,
+            height: image.height,
+        })
+    }
+
+    /// Step 1: everything decided from the header and the spec, before any pixel is decoded:
+    /// source limits, the composed orientation, the crop and output size in oriented
+    /// coordinates, result and canvas limits, and their mapping to the stored grid.
+    fn plan(
+        &self,
+        bytes: &[u8],
+        spec: &TransformSpec,
+        format: OutputFormat,
+    ) -> Result<Plan, ImageError> {
         let p = probe(bytes)?;
         self.limits.check_source(p.width, p.height)?;
         self.limits.check_frames(bytes, p.format)?;
@@ -117,20 +141,55 @@ impl Engine {
         } else {
             (p.width, p.height)
         };
-
-        // 1. Plan everything in oriented coordinates, before any pixel is decoded.
         let region = crop_region(spec, ow, oh);
-        let geometry = plan(region.2, region.3, spec);
+        let geometry = plan(region.w as u32, region.h as u32, spec);
         let (tw, th) = spec.target_box();
-        let (mut fw, mut fh) = geometry.out;
+        let mut frame = geometry.out;
         if spec.extend.is_some() {
-            fw = fw.max(tw);
-            fh = fh.max(th);
+            frame = (frame.0.max(tw), frame.1.max(th));
         }
-        let [pt, pr, pb, pl] = spec.padding_px();
-        let canvas_w = u64::from(fw) + u64::from(pl) + u64::from(pr);
-        let canvas_h = u64::from(fh) + u64::from(pt) + u64::from(pb);
-        self.limits.check_result(geometry.out.0, geometry.out.1)?;
+        let padding = spec.padding_px();
+        let [pt, pr, pb, pl] = padding;
+        let canvas = (
+            u64::from(frame.0) + u64::from(pl) + u64::from(pr),
+            u64::from(frame.1) + u64::from(pt) + u64::from(pb),
+        );
+        self.check_result(geometry.out, canvas, spec, format)?;
+        let crop = Rect::from(geometry.crop);
+        let crop_oriented = Rect {
+            x: region.x + crop.x,
+            y: region.y + crop.y,
+            ..crop
+        };
+        let stored = |r: Rect| {
+            Rect::from(orient::crop_to_stored(
+                o,
+                f64::from(p.width),
+                f64::from(p.height),
+                r.tuple(),
+            ))
+        };
+        Ok(Plan {
+            crop_stored: stored(crop_oriented).clamp(p.width, p.height),
+            region_stored: stored(region),
+            out_stored: orient::size_to_stored(o, geometry.out),
+            orientation: o,
+            frame,
+            padding,
+            canvas,
+            probe: p,
+        })
+    }
+
+    /// Result and canvas limits, the AVIF size bound, and a watermark to apply.
+    fn check_result(
+        &self,
+        out: (u32, u32),
+        (canvas_w, canvas_h): (u64, u64),
+        spec: &TransformSpec,
+        format: OutputFormat,
+    ) -> Result<(), ImageError> {
+        self.limits.check_result(out.0, out.1)?;
         effects::check_canvas(
             canvas_w,
             canvas_h,
@@ -150,73 +209,62 @@ impl Engine {
                 "no watermark image is configured".into(),
             ));
         }
-        let crop_o = (
-            f64::from(region.0) + geometry.crop.0,
-            f64::from(region.1) + geometry.crop.1,
-            geometry.crop.2,
-            geometry.crop.3,
-        );
-        let crop_s = clamp_crop(
-            orient::crop_to_stored(o, f64::from(p.width), f64::from(p.height), crop_o),
-            p.width,
-            p.height,
-        );
-        let out_s = orient::size_to_stored(o, geometry.out);
+        Ok(())
+    }
 
-        // 2. Decode, as small as the plan allows.
-        let (mut bitmap, profile) = self.decode(bytes, &p, crop_s, out_s)?;
+    /// Step 2: decode as small as the plan allows, then place the crop window in the decoded
+    /// grid. Smart gravity moves the window to the most detailed position: anywhere in the
+    /// image for `c:…:sm` (or `g:sm` without `c:`), inside the `c:` region otherwise.
+    fn decode_window(
+        &self,
+        bytes: &[u8],
+        spec: &TransformSpec,
+        plan: &Plan,
+    ) -> Result<(Bitmap, Option<Vec<u8>>, Rect), ImageError> {
+        let p = &plan.probe;
+        let (mut bitmap, profile) =
+            self.decode(bytes, p, plan.crop_stored.tuple(), plan.out_stored)?;
         let (sx, sy) = (
             f64::from(bitmap.width) / f64::from(p.width),
             f64::from(bitmap.height) / f64::from(p.height),
         );
-        let mut crop_d = clamp_crop(
-            (crop_s.0 * sx, crop_s.1 * sy, crop_s.2 * sx, crop_s.3 * sy),
-            bitmap.width,
-            bitmap.height,
-        );
-        // Smart gravity moves the final crop window to the most detailed position: anywhere in
-        // the image for `c:…:sm` (or `g:sm` without `c:`), inside the `c:` region otherwise.
+        let mut window = plan
+            .crop_stored
+            .scaled(sx, sy)
+            .clamp(bitmap.width, bitmap.height);
         let crop_gravity = spec.crop.map(|c| c.gravity.unwrap_or(spec.gravity));
         let smart_anywhere = crop_gravity.map_or(spec.gravity, |g| g) == Gravity::Smart;
         if smart_anywhere || spec.gravity == Gravity::Smart {
             let area = if smart_anywhere {
-                (0.0, 0.0, f64::from(bitmap.width), f64::from(bitmap.height))
+                Rect::full(bitmap.width, bitmap.height)
             } else {
-                let r = orient::crop_to_stored(
-                    o,
-                    f64::from(p.width),
-                    f64::from(p.height),
-                    (
-                        f64::from(region.0),
-                        f64::from(region.1),
-                        f64::from(region.2),
-                        f64::from(region.3),
-                    ),
-                );
-                (r.0 * sx, r.1 * sy, r.2 * sx, r.3 * sy)
+                plan.region_stored.scaled(sx, sy)
             };
-            let (x, y) =
-                smart::best_window(&bitmap, area, crop_d.2, crop_d.3, (crop_d.0, crop_d.1));
-            crop_d = clamp_crop((x, y, crop_d.2, crop_d.3), bitmap.width, bitmap.height);
+            let (x, y) = smart::best_window(
+                &bitmap,
+                area.tuple(),
+                window.w,
+                window.h,
+                (window.x, window.y),
+            );
+            window = Rect { x, y, ..window }.clamp(bitmap.width, bitmap.height);
         }
         if p.format == ImageFormat::Gif || bitmap.channels == 4 {
             bitmap = drop_opaque_alpha(bitmap);
         }
+        Ok((bitmap, profile, window))
+    }
 
-        // 3. Resize the crop in the stored grid, then orient the small result.
-        let full = (0.0, 0.0, f64::from(bitmap.width), f64::from(bitmap.height));
-        let mut image = if crop_d == full && out_s == (bitmap.width, bitmap.height) {
-            bitmap
-        } else {
-            resize_owned(bitmap, crop_d, out_s)?
-        };
-        // Colour conversion on the smallest bitmap that still has every output pixel.
-        if let Some(profile) = profile {
-            icc::to_srgb(&mut image, &profile);
-        }
-        let mut image = orient::apply(o, image);
-
-        // 4. Effects on the result.
+    /// Step 4: effects on the output-sized bitmap (filter, blur, sharpen), then the canvas
+    /// (extend, padding), the watermark, and alpha flattened for formats or backgrounds that
+    /// need it.
+    fn finish_pixels(
+        &self,
+        mut image: Bitmap,
+        spec: &TransformSpec,
+        plan: &Plan,
+        format: OutputFormat,
+    ) -> Result<Bitmap, ImageError> {
         if let Some(f) = spec.filter {
             effects::filter(&mut image, f);
         }
@@ -231,14 +279,17 @@ impl Engine {
             None if format == OutputFormat::Jpeg => Fill::Color([255, 255, 255]),
             None => Fill::Transparent,
         };
+        let (fw, fh) = plan.frame;
         if let Some(g) = spec.extend
             && (fw, fh) != (image.width, image.height)
         {
             let (x, y) = effects::anchor(g, fw, fh, image.width, image.height);
             image = effects::place(&image, fw, fh, x, y, fill);
         }
-        if [pt, pr, pb, pl] != [0; 4] {
-            image = effects::place(&image, canvas_w as u32, canvas_h as u32, pl, pt, fill);
+        let [pt, _, _, pl] = plan.padding;
+        if plan.padding != [0; 4] {
+            let (cw, ch) = plan.canvas;
+            image = effects::place(&image, cw as u32, ch as u32, pl, pt, fill);
         }
         if let (Some(wm), Some(mark)) = (spec.watermark, &self.watermark) {
             self.apply_watermark(&mut image, mark, wm)?;
@@ -250,14 +301,7 @@ impl Engine {
                 image = effects::flatten(&image, [255, 255, 255]);
             }
         }
-
-        let bytes = encode(&image, format, quality, &self.encode)?;
-        Ok(Encoded {
-            bytes,
-            format,
-            width: image.width,
-            height: image.height,
-        })
+        Ok(image)
     }
 
     /// Decodes at the largest DCT shrink (1/8, 1/4, 1/2) that keeps the crop at least as large
@@ -337,17 +381,108 @@ impl Engine {
     }
 }
 
-/// `c:` — the region (x, y, w, h) of the oriented source kept before resizing.
-fn crop_region(spec: &TransformSpec, ow: u32, oh: u32) -> (u32, u32, u32, u32) {
+/// `c:` — the region of the oriented source kept before resizing (whole pixels).
+fn crop_region(spec: &TransformSpec, ow: u32, oh: u32) -> Rect {
     match spec.crop {
-        None => (0, 0, ow, oh),
+        None => Rect::full(ow, oh),
         Some(c) => {
             let w = if c.width == 0 { ow } else { c.width.min(ow) };
             let h = if c.height == 0 { oh } else { c.height.min(oh) };
             let (x, y) = effects::anchor(c.gravity.unwrap_or(spec.gravity), ow, oh, w, h);
-            (x, y, w, h)
+            Rect {
+                x: f64::from(x),
+                y: f64::from(y),
+                w: f64::from(w),
+                h: f64::from(h),
+            }
         }
     }
+}
+
+/// A rectangle of some pixel grid (oriented, stored or decoded); fractional for the sub-pixel
+/// crops resampling takes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Rect {
+    x: f64,
+    y: f64,
+    w: f64,
+    h: f64,
+}
+
+impl Rect {
+    fn full(w: u32, h: u32) -> Rect {
+        Rect {
+            x: 0.0,
+            y: 0.0,
+            w: f64::from(w),
+            h: f64::from(h),
+        }
+    }
+
+    fn tuple(self) -> (f64, f64, f64, f64) {
+        (self.x, self.y, self.w, self.h)
+    }
+
+    fn scaled(self, sx: f64, sy: f64) -> Rect {
+        Rect {
+            x: self.x * sx,
+            y: self.y * sy,
+            w: self.w * sx,
+            h: self.h * sy,
+        }
+    }
+
+    /// Kept inside a `sw`×`sh` grid. Planning in floating point can overshoot an edge by an
+    /// ulp (e.g. 4032.0000000000005 on a 4032-wide image), and the resizer rightly refuses it.
+    fn clamp(self, sw: u32, sh: u32) -> Rect {
+        let (x, y, w, h) = clamp_crop(self.tuple(), sw, sh);
+        Rect { x, y, w, h }
+    }
+}
+
+impl From<(f64, f64, f64, f64)> for Rect {
+    fn from((x, y, w, h): (f64, f64, f64, f64)) -> Rect {
+        Rect { x, y, w, h }
+    }
+}
+
+/// What [`Engine::plan`] decided.
+struct Plan {
+    probe: Probe,
+    /// EXIF orientation composed with `rot`/`fl` (1..=8).
+    orientation: u8,
+    /// The crop to resample, in the stored (unrotated) grid.
+    crop_stored: Rect,
+    /// The `c:` region in the stored grid (where smart gravity may look).
+    region_stored: Rect,
+    /// The resized size in the stored grid (before orienting).
+    out_stored: (u32, u32),
+    /// The result's size once extended (`ex`), before padding.
+    frame: (u32, u32),
+    /// Padding in device pixels: top, right, bottom, left.
+    padding: [u32; 4],
+    /// The final canvas: frame plus padding.
+    canvas: (u64, u64),
+}
+
+/// Step 3: resample the window to the output size in the stored grid, convert colour on that
+/// small bitmap (it still has every output pixel), then orient it.
+fn resize_oriented(
+    bitmap: Bitmap,
+    window: Rect,
+    plan: &Plan,
+    profile: Option<Vec<u8>>,
+) -> Result<Bitmap, ImageError> {
+    let whole = window == Rect::full(bitmap.width, bitmap.height);
+    let mut image = if whole && plan.out_stored == (bitmap.width, bitmap.height) {
+        bitmap
+    } else {
+        resize_owned(bitmap, window.tuple(), plan.out_stored)?
+    };
+    if let Some(profile) = profile {
+        icc::to_srgb(&mut image, &profile);
+    }
+    Ok(orient::apply(plan.orientation, image))
 }
 
 /// The DCT shrink denominator for a crop of the stored image that must yield `out` pixels.
