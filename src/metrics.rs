@@ -99,192 +99,39 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    // One metric per line: a table (name, help, labels, buckets), which rustfmt would spread
+    // over five lines each.
+    #[rustfmt::skip]
     pub fn new() -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                HTTP_REQUESTS_TOTAL,
-                "HTTP requests by route and status class.",
-            ),
-            &["route", "status_class"],
-        )?;
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                HTTP_REQUEST_DURATION_SECONDS,
-                "Time from request head to response head, by route.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["route"],
-        )?;
-        let http_bytes_out = IntCounterVec::new(
-            Opts::new(
-                HTTP_RESPONSE_BYTES_TOTAL,
-                "Response body bytes sent, by route.",
-            ),
-            &["route"],
-        )?;
-        let http_errors = IntCounterVec::new(
-            Opts::new(
-                HTTP_ERRORS_TOTAL,
-                "Error responses by route and error category.",
-            ),
-            &["route", "category"],
-        )?;
-        let inflight = IntGauge::new(INFLIGHT_REQUESTS, "Requests being processed.")?;
-        let transform_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                TRANSFORM_DURATION_SECONDS,
-                "CPU time of actual transform computations (decode, resize, encode).",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )?;
-        let queue_depth = IntGauge::new(
-            TRANSFORM_QUEUE_DEPTH,
-            "CPU jobs waiting for or holding a worker.",
-        )?;
-        let queue_wait = Histogram::with_opts(
-            HistogramOpts::new(
-                TRANSFORM_QUEUE_WAIT_SECONDS,
-                "Time an admitted transform waited for a CPU worker.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )?;
-        let cache_requests = IntCounterVec::new(
-            Opts::new(CACHE_REQUESTS_TOTAL, "Cache lookups by layer and result."),
-            &["layer", "result"],
-        )?;
-        let cache_memory_bytes =
-            IntGauge::new(CACHE_MEMORY_BYTES, "Bytes held by the memory cache.")?;
-        let connections = IntGauge::new(CONNECTIONS_OPEN, "Open client connections.")?;
-        let quota_decisions = IntCounterVec::new(
-            Opts::new(
-                QUOTA_DECISIONS_TOTAL,
-                "Quota and rate-limit decisions by limiter and outcome.",
-            ),
-            &["limiter", "outcome"],
-        )?;
-        let limiter_fallback = IntCounter::new(
-            LIMITER_FALLBACK_TOTAL,
-            "Limiter decisions made in-process because Redis was unreachable.",
-        )?;
-        let limiter_degraded = IntGauge::new(
-            LIMITER_DEGRADED,
-            "1 while Redis is unreachable and limits are enforced per instance.",
-        )?;
-        let redis_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                REDIS_DURATION_SECONDS,
-                "Round-trip time of limiter calls to Redis.",
-            )
-            .buckets(REDIS_BUCKETS.to_vec()),
-        )?;
-        let cache_evictions = IntCounter::new(
-            CACHE_EVICTIONS_TOTAL,
-            "Memory-cache entries evicted to make room.",
-        )?;
-        let cache_oversize = IntCounter::new(
-            CACHE_OVERSIZE_TOTAL,
-            "Results not kept in memory because they exceed cache.max_item_bytes.",
-        )?;
-        let derived_writes = IntCounterVec::new(
-            Opts::new(
-                DERIVED_WRITES_TOTAL,
-                "Background writes of results to the derived store, by result.",
-            ),
-            &["result"],
-        )?;
-        let singleflight_coalesced = IntCounter::new(
-            SINGLEFLIGHT_COALESCED_TOTAL,
-            "Requests served by waiting for an identical in-flight computation.",
-        )?;
-        let eager_renders = IntCounterVec::new(
-            Opts::new(
-                EAGER_RENDERS_TOTAL,
-                "Eager preset renders after uploads, by result.",
-            ),
-            &["result"],
-        )?;
-        let cdn_purges = IntCounterVec::new(
-            Opts::new(CDN_PURGES_TOTAL, "CDN purge hook calls by final result."),
-            &["result"],
-        )?;
-        let cdn_purge_attempts = IntCounter::new(
-            CDN_PURGE_ATTEMPTS_TOTAL,
-            "HTTP attempts of the CDN purge hook, retries included.",
-        )?;
-        let audit_events = IntCounterVec::new(
-            Opts::new(AUDIT_EVENTS_TOTAL, "Audit events emitted, by outcome."),
-            &["outcome"],
-        )?;
-        let audit_spooled = IntGauge::new(
-            AUDIT_SPOOLED_EVENTS,
-            "Audit events in the local spool, waiting for the archive.",
-        )?;
-        let audit_dropped = IntCounter::new(
-            AUDIT_DROPPED_TOTAL,
-            "Audit events that reached the log stream but not the archive (queue or spool full).",
-        )?;
-        let audit_batches = IntCounterVec::new(
-            Opts::new(
-                AUDIT_BATCHES_TOTAL,
-                "Audit batch puts to the archive, by result.",
-            ),
-            &["result"],
-        )?;
-        registry.register(Box::new(audit_events.clone()))?;
-        registry.register(Box::new(audit_spooled.clone()))?;
-        registry.register(Box::new(audit_dropped.clone()))?;
-        registry.register(Box::new(audit_batches.clone()))?;
-        registry.register(Box::new(http_requests.clone()))?;
-        registry.register(Box::new(http_duration.clone()))?;
-        registry.register(Box::new(http_bytes_out.clone()))?;
-        registry.register(Box::new(http_errors.clone()))?;
-        registry.register(Box::new(inflight.clone()))?;
-        registry.register(Box::new(transform_duration.clone()))?;
-        registry.register(Box::new(queue_depth.clone()))?;
-        registry.register(Box::new(queue_wait.clone()))?;
-        registry.register(Box::new(cache_requests.clone()))?;
-        registry.register(Box::new(cache_memory_bytes.clone()))?;
-        registry.register(Box::new(connections.clone()))?;
-        registry.register(Box::new(quota_decisions.clone()))?;
-        registry.register(Box::new(limiter_fallback.clone()))?;
-        registry.register(Box::new(limiter_degraded.clone()))?;
-        registry.register(Box::new(redis_duration.clone()))?;
-        registry.register(Box::new(cache_evictions.clone()))?;
-        registry.register(Box::new(cache_oversize.clone()))?;
-        registry.register(Box::new(derived_writes.clone()))?;
-        registry.register(Box::new(singleflight_coalesced.clone()))?;
-        registry.register(Box::new(eager_renders.clone()))?;
-        registry.register(Box::new(cdn_purges.clone()))?;
-        registry.register(Box::new(cdn_purge_attempts.clone()))?;
+        let r = Registry::new();
         Ok(Metrics {
-            registry,
-            http_requests,
-            http_duration,
-            http_bytes_out,
-            http_errors,
-            inflight,
-            transform_duration,
-            queue_depth,
-            queue_wait,
-            cache_requests,
-            cache_memory_bytes,
-            connections,
-            quota_decisions,
-            limiter_fallback,
-            limiter_degraded,
-            redis_duration,
-            cache_evictions,
-            cache_oversize,
-            derived_writes,
-            singleflight_coalesced,
-            eager_renders,
-            cdn_purges,
-            cdn_purge_attempts,
-            audit_events,
-            audit_spooled,
-            audit_dropped,
-            audit_batches,
+            http_requests: counter_vec(&r, HTTP_REQUESTS_TOTAL, "HTTP requests by route and status class.", &["route", "status_class"])?,
+            http_duration: histogram_vec(&r, HTTP_REQUEST_DURATION_SECONDS, "Time from request head to response head, by route.", LATENCY_BUCKETS, &["route"])?,
+            http_bytes_out: counter_vec(&r, HTTP_RESPONSE_BYTES_TOTAL, "Response body bytes sent, by route.", &["route"])?,
+            http_errors: counter_vec(&r, HTTP_ERRORS_TOTAL, "Error responses by route and error category.", &["route", "category"])?,
+            inflight: gauge(&r, INFLIGHT_REQUESTS, "Requests being processed.")?,
+            transform_duration: histogram(&r, TRANSFORM_DURATION_SECONDS, "CPU time of actual transform computations (decode, resize, encode).", LATENCY_BUCKETS)?,
+            queue_depth: gauge(&r, TRANSFORM_QUEUE_DEPTH, "CPU jobs waiting for or holding a worker.")?,
+            queue_wait: histogram(&r, TRANSFORM_QUEUE_WAIT_SECONDS, "Time an admitted transform waited for a CPU worker.", LATENCY_BUCKETS)?,
+            cache_requests: counter_vec(&r, CACHE_REQUESTS_TOTAL, "Cache lookups by layer and result.", &["layer", "result"])?,
+            cache_memory_bytes: gauge(&r, CACHE_MEMORY_BYTES, "Bytes held by the memory cache.")?,
+            connections: gauge(&r, CONNECTIONS_OPEN, "Open client connections.")?,
+            quota_decisions: counter_vec(&r, QUOTA_DECISIONS_TOTAL, "Quota and rate-limit decisions by limiter and outcome.", &["limiter", "outcome"])?,
+            limiter_fallback: counter(&r, LIMITER_FALLBACK_TOTAL, "Limiter decisions made in-process because Redis was unreachable.")?,
+            limiter_degraded: gauge(&r, LIMITER_DEGRADED, "1 while Redis is unreachable and limits are enforced per instance.")?,
+            redis_duration: histogram(&r, REDIS_DURATION_SECONDS, "Round-trip time of limiter calls to Redis.", REDIS_BUCKETS)?,
+            cache_evictions: counter(&r, CACHE_EVICTIONS_TOTAL, "Memory-cache entries evicted to make room.")?,
+            cache_oversize: counter(&r, CACHE_OVERSIZE_TOTAL, "Results not kept in memory because they exceed cache.max_item_bytes.")?,
+            derived_writes: counter_vec(&r, DERIVED_WRITES_TOTAL, "Background writes of results to the derived store, by result.", &["result"])?,
+            singleflight_coalesced: counter(&r, SINGLEFLIGHT_COALESCED_TOTAL, "Requests served by waiting for an identical in-flight computation.")?,
+            eager_renders: counter_vec(&r, EAGER_RENDERS_TOTAL, "Eager preset renders after uploads, by result.", &["result"])?,
+            cdn_purges: counter_vec(&r, CDN_PURGES_TOTAL, "CDN purge hook calls by final result.", &["result"])?,
+            cdn_purge_attempts: counter(&r, CDN_PURGE_ATTEMPTS_TOTAL, "HTTP attempts of the CDN purge hook, retries included.")?,
+            audit_events: counter_vec(&r, AUDIT_EVENTS_TOTAL, "Audit events emitted, by outcome.", &["outcome"])?,
+            audit_spooled: gauge(&r, AUDIT_SPOOLED_EVENTS, "Audit events in the local spool, waiting for the archive.")?,
+            audit_dropped: counter(&r, AUDIT_DROPPED_TOTAL, "Audit events that reached the log stream but not the archive (queue or spool full).")?,
+            audit_batches: counter_vec(&r, AUDIT_BATCHES_TOTAL, "Audit batch puts to the archive, by result.", &["result"])?,
+            registry: r,
         })
     }
 
@@ -323,6 +170,53 @@ pub fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
+}
+
+/// Registers `metric` with `r` and hands it back.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    metric: M,
+) -> Result<M, prometheus::Error> {
+    r.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    registered(r, IntCounter::new(name, help)?)
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    registered(r, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    registered(r, IntGauge::new(name, help)?)
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> Result<Histogram, prometheus::Error> {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    registered(r, Histogram::with_opts(opts)?)
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> Result<HistogramVec, prometheus::Error> {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    registered(r, HistogramVec::new(opts, labels)?)
 }
 
 #[cfg(test)]

@@ -124,6 +124,62 @@ fn random_instance() -> String {
     hex::encode(b)
 }
 
+/// Start-up, blocking: creates and locks the spool directory (one writer per spool, and so
+/// per chain: a second process on the same directory would fork the chain and overwrite its
+/// batches), reads the chain state (or starts a chain named `wanted`, random if empty), and
+/// continues it from the newest spooled batch of this instance. Returns the chain, the
+/// spooled events and bytes, and the lock.
+fn recover_spool(
+    dir: &std::path::Path,
+    wanted: String,
+) -> Result<(ChainState, u64, u64, std::fs::File), String> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        })
+        .map_err(|e| format!("audit spool {}: {e}", dir.display()))?;
+    // One writer per spool (and so per chain): a second process on the same directory
+    // would fork the chain and overwrite its batches.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(|e| format!("audit spool lock: {e}"))?;
+    lock.try_lock().map_err(|_| {
+        format!(
+            "audit spool {} is in use by another pixgate process (audit.spool_dir must be one per instance)",
+            dir.display()
+        )
+    })?;
+    let mut chain = match std::fs::read(dir.join(CHAIN_FILE)) {
+        Ok(b) => serde_json::from_slice::<ChainState>(&b)
+            .map_err(|e| format!("audit spool {CHAIN_FILE}: {e}"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            ChainState::new(&if wanted.is_empty() {
+                random_instance()
+            } else {
+                wanted
+            })
+        }
+        Err(e) => return Err(format!("audit spool {CHAIN_FILE}: {e}")),
+    };
+    let (mut events, mut bytes) = (0u64, 0u64);
+    for (name, _) in spool_files(dir)? {
+        let body = std::fs::read(dir.join(&name)).map_err(io)?;
+        bytes += body.len() as u64;
+        if let Some(h) = chain::header(&body) {
+            events += h.count;
+            if h.instance == chain.instance && h.seq > chain.seq {
+                chain.seq = h.seq;
+                chain.head = h.head;
+            }
+        }
+    }
+    Ok((chain, events, bytes, lock))
+}
+
 impl Writer {
     /// Opens the spool directory: the chain continues from `chain.json` or from the newest
     /// spooled batch of this instance, whichever is further; otherwise a new chain starts.
@@ -134,54 +190,8 @@ impl Writer {
     ) -> Result<Writer, String> {
         let dir = settings.spool_dir.clone();
         let wanted = settings.instance.clone();
-        let (chain, spooled, spool_bytes, lock) = blocking(move || {
-            std::fs::create_dir_all(&dir)
-                .and_then(|()| {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                })
-                .map_err(|e| format!("audit spool {}: {e}", dir.display()))?;
-            // One writer per spool (and so per chain): a second process on the same directory
-            // would fork the chain and overwrite its batches.
-            let lock = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(dir.join(LOCK_FILE))
-                .map_err(|e| format!("audit spool lock: {e}"))?;
-            lock.try_lock().map_err(|_| {
-                format!(
-                    "audit spool {} is in use by another pixgate process (audit.spool_dir must be one per instance)",
-                    dir.display()
-                )
-            })?;
-            let mut chain = match std::fs::read(dir.join(CHAIN_FILE)) {
-                Ok(b) => serde_json::from_slice::<ChainState>(&b)
-                    .map_err(|e| format!("audit spool {CHAIN_FILE}: {e}"))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    ChainState::new(&if wanted.is_empty() {
-                        random_instance()
-                    } else {
-                        wanted
-                    })
-                }
-                Err(e) => return Err(format!("audit spool {CHAIN_FILE}: {e}")),
-            };
-            let (mut events, mut bytes) = (0u64, 0u64);
-            for (name, _) in spool_files(&dir)? {
-                let body = std::fs::read(dir.join(&name)).map_err(io)?;
-                bytes += body.len() as u64;
-                if let Some(h) = chain::header(&body) {
-                    events += h.count;
-                    if h.instance == chain.instance && h.seq > chain.seq {
-                        chain.seq = h.seq;
-                        chain.head = h.head;
-                    }
-                }
-            }
-            Ok((chain, events, bytes, lock))
-        })
-        .await?;
+        let (chain, spooled, spool_bytes, lock) =
+            blocking(move || recover_spool(&dir, wanted)).await?;
         metrics
             .audit_spooled
             .set(i64::try_from(spooled).unwrap_or(i64::MAX));

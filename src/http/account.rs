@@ -64,48 +64,7 @@ pub async fn export(
     principal.allow(Action::Read)?;
     let user = acting_for(&principal, parts.uri.query())?;
     ctx.set_subject(&user);
-    let own = user == principal.user_id;
-    let plan = if own {
-        principal.plan.clone()
-    } else {
-        app.limiter.plan_of(&user).await
-    };
-    // Everything that can fail cheaply fails here, with a status, before the stream starts.
-    let keys: Vec<Value> = app
-        .auth
-        .api_keys
-        .list(&user)
-        .await?
-        .iter()
-        .map(|(r, used)| r.public_json(used.as_deref()))
-        .collect();
-    app.catalog.list(&user, None, 1).await?;
-    let usage: serde_json::Map<String, Value> = app
-        .limiter
-        .usage(&user, plan.as_deref())
-        .await
-        .iter()
-        .map(|s| {
-            (
-                s.policy.kind.name().to_owned(),
-                json!({"limit": s.policy.limit, "used": s.used, "window_secs": s.policy.window_ms / 1000}),
-            )
-        })
-        .collect();
-    let account = json!({
-        "user_id": user,
-        // The role and plan are the identity provider's; known for the caller's own account.
-        "role": own.then(|| principal.role.as_str()),
-        "plan": plan.as_deref().unwrap_or(DEFAULT_PLAN),
-    });
-    let head = json!({
-        "schema": EXPORT_SCHEMA,
-        "audit_schema": crate::audit::SCHEMA,
-        "exported_at": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        "account": account,
-        "api_keys": keys,
-        "usage": usage,
-    });
+    let head = export_head(app, &principal, &user).await?;
     let (tx, body) = Body::channel(CHANNEL_CHUNKS);
     if parts.method != Method::HEAD {
         // One export per account at a time: each reads every original and the archive.
@@ -129,6 +88,11 @@ pub async fn export(
             }
         });
     }
+    Ok(zip_response(body))
+}
+
+/// The export's `200`: a ZIP attachment, never cached.
+fn zip_response(body: Body) -> Response<Body> {
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
@@ -138,7 +102,58 @@ pub async fn export(
         HeaderValue::from_static("attachment; filename=\"pixgate-export.zip\""),
     );
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    resp
+}
+
+/// The manifest's head: account, API keys and usage. Everything that can fail cheaply fails
+/// here, with a status, before the stream starts.
+async fn export_head(
+    app: &App,
+    principal: &crate::auth::Principal,
+    user: &str,
+) -> Result<Value, Error> {
+    let own = user == principal.user_id;
+    let plan = if own {
+        principal.plan.clone()
+    } else {
+        app.limiter.plan_of(user).await
+    };
+    let keys: Vec<Value> = app
+        .auth
+        .api_keys
+        .list(user)
+        .await?
+        .iter()
+        .map(|(r, used)| r.public_json(used.as_deref()))
+        .collect();
+    app.catalog.list(user, None, 1).await?;
+    let usage: serde_json::Map<String, Value> = app
+        .limiter
+        .usage(user, plan.as_deref())
+        .await
+        .iter()
+        .map(|s| {
+            (
+                s.policy.kind.name().to_owned(),
+                json!({"limit": s.policy.limit, "used": s.used, "window_secs": s.policy.window_ms / 1000}),
+            )
+        })
+        .collect();
+    let account = json!({
+        "user_id": user,
+        // The role and plan are the identity provider's; known for the caller's own account.
+        "role": own.then(|| principal.role.as_str()),
+        "plan": plan.as_deref().unwrap_or(DEFAULT_PLAN),
+    });
+    let head = json!({
+        "schema": EXPORT_SCHEMA,
+        "audit_schema": crate::audit::SCHEMA,
+        "exported_at": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        "account": account,
+        "api_keys": keys,
+        "usage": usage,
+    });
+    Ok(head)
 }
 
 /// Why a producer stopped early.
@@ -192,16 +207,31 @@ fn created(meta: &ImageMeta) -> SystemTime {
     humantime::parse_rfc3339(&meta.created_at).unwrap_or(UNIX_EPOCH)
 }
 
+/// The export's ZIP: `manifest.json` (the head, then every image's metadata), `images/`
+/// (the originals, in the same order), `audit.ndjson` (what the user did, within retention).
 async fn produce(app: &App, user: &str, head: Value, tx: &BodySender) -> Result<(), Stop> {
     let mut zip = ZipStream::new();
     let now = SystemTime::now();
+    write_manifest(app, user, head, &mut zip, tx, now).await?;
+    write_originals(app, user, &mut zip, tx).await?;
+    write_audit(app, user, &mut zip, tx, now).await?;
+    send(tx, zip.finish()?).await
+}
 
-    // manifest.json: the head's fields, then `"images": [...]` page by page.
+/// `manifest.json`: the head's fields, then `"images": [...]` page by page.
+async fn write_manifest(
+    app: &App,
+    user: &str,
+    head: Value,
+    zip: &mut ZipStream,
+    tx: &BodySender,
+    now: SystemTime,
+) -> Result<(), Stop> {
     send(tx, zip.begin("manifest.json", now)?).await?;
     let mut text = serde_json::to_string_pretty(&head).map_err(|e| Stop::Failed(e.to_string()))?;
     text.truncate(text.trim_end().trim_end_matches('}').trim_end().len());
     text.push_str(",\n  \"images\": [");
-    data(&mut zip, tx, Bytes::from(text)).await?;
+    data(zip, tx, Bytes::from(text)).await?;
     let mut first = true;
     let mut cursor: Option<String> = None;
     loop {
@@ -216,16 +246,23 @@ async fn produce(app: &App, user: &str, head: Value, tx: &BodySender) -> Result<
             first = false;
             chunk.push_str(&serde_json::to_string(meta).map_err(|e| Stop::Failed(e.to_string()))?);
         }
-        data(&mut zip, tx, Bytes::from(chunk)).await?;
+        data(zip, tx, Bytes::from(chunk)).await?;
         match page.next_cursor {
             Some(c) => cursor = Some(c),
             None => break,
         }
     }
-    data(&mut zip, tx, Bytes::from_static(b"\n  ]\n}\n")).await?;
-    send(tx, zip.end()?).await?;
+    data(zip, tx, Bytes::from_static(b"\n  ]\n}\n")).await?;
+    send(tx, zip.end()?).await
+}
 
-    // images/: the originals, in the same order.
+/// `images/`: the originals, in the manifest's order.
+async fn write_originals(
+    app: &App,
+    user: &str,
+    zip: &mut ZipStream,
+    tx: &BodySender,
+) -> Result<(), Stop> {
     let mut cursor: Option<String> = None;
     loop {
         // Images whose delete was interrupted too: the erasure finishes them.
@@ -249,7 +286,7 @@ async fn produce(app: &App, user: &str, head: Value, tx: &BodySender) -> Result<
             let mut at = 0;
             while at < original.len() {
                 let end = (at + CHUNK).min(original.len());
-                data(&mut zip, tx, original.slice(at..end)).await?;
+                data(zip, tx, original.slice(at..end)).await?;
                 at = end;
             }
             send(tx, zip.end()?).await?;
@@ -259,8 +296,17 @@ async fn produce(app: &App, user: &str, head: Value, tx: &BodySender) -> Result<
             None => break,
         }
     }
+    Ok(())
+}
 
-    // audit.ndjson: what the user did, within retention.
+/// `audit.ndjson`: the user's own audit events, within retention.
+async fn write_audit(
+    app: &App,
+    user: &str,
+    zip: &mut ZipStream,
+    tx: &BodySender,
+    now: SystemTime,
+) -> Result<(), Stop> {
     send(tx, zip.begin("audit.ndjson", now)?).await?;
     let until = query::now_secs() + 1;
     let filter = Filter {
@@ -277,14 +323,13 @@ async fn produce(app: &App, user: &str, head: Value, tx: &BodySender) -> Result<
             serde_json::to_writer(&mut chunk, e).map_err(|e| Stop::Failed(e.to_string()))?;
             chunk.push(b'\n');
         }
-        data(&mut zip, tx, Bytes::from(chunk)).await?;
+        data(zip, tx, Bytes::from(chunk)).await?;
         match page.next {
             Some(c) => cursor = Some(c),
             None => break,
         }
     }
-    send(tx, zip.end()?).await?;
-    send(tx, zip.finish()?).await
+    send(tx, zip.end()?).await
 }
 
 pub async fn erase(

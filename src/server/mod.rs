@@ -49,21 +49,7 @@ pub async fn serve(
     let cfg = &app.config.server;
     let limit = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX);
     let permits = Arc::new(Semaphore::new(limit as usize));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs))
-        .max_buf_size(MAX_HEAD_BYTES)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(u32::try_from(cfg.http2_max_concurrent_streams).unwrap_or(u32::MAX))
-        .max_header_list_size(MAX_HEAD_BYTES as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let builder = Arc::new(builder);
+    let builder = Arc::new(http_builder(cfg));
     let limits = ConnLimits {
         head: Duration::from_secs(cfg.header_read_timeout_secs),
         idle: Duration::from_secs(cfg.idle_timeout_secs),
@@ -120,6 +106,25 @@ pub async fn serve(
             "shutdown grace period elapsed with requests still in flight"
         ),
     }
+}
+
+/// The HTTP/1.1 + HTTP/2 connection builder: head timeout and size, keep-alives, streams.
+fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs))
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(u32::try_from(cfg.http2_max_concurrent_streams).unwrap_or(u32::MAX))
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    builder
 }
 
 /// Resolves once the shutdown flag is set (or its sender is gone).
