@@ -3,7 +3,8 @@
 //! Code map (see `docs/architecture.md` for the full picture and invariants):
 //!
 //! - [`server`] accept loop, connection limit, timeouts, graceful shutdown
-//! - [`http`] routing, handlers, and `finish`, the single exit for every response
+//! - [`http`] routing, handlers, `finish` (the single exit for every response) and the one
+//!   mapping of every module's error to the client's (`http::error`)
 //! - [`signature`] imgproxy-compatible HMAC URL signatures
 //! - [`options`] URL grammar → typed, bounded [`options::TransformSpec`]
 //! - [`auth`] bearer JWTs, principals and roles
@@ -11,17 +12,22 @@
 //! - [`fsck`] beside `catalog`: finds (and repairs) what interrupted writes left in [`storage`]
 //! - [`storage`] the `ObjectStore` trait; `fs` and `s3` backends
 //! - [`cache`] result caches: memory LRU, derived objects, single-flight
-//! - [`render`] results through the caches; eager presets; purging an image everywhere
+//! - [`render`] the `Renderer`: results through the caches; eager presets; purging an image
+//!   everywhere
+//! - [`limits`] quotas and rate limits (Redis, or in-process)
 //! - [`cdn`] the CDN purge hook; [`outbound`] the HTTPS client it and the JWKS fetch share
 //! - [`audit`] audit events: log stream, hash-chained archive with spool, queries, verify, sweep
 //! - [`zipstream`] streaming ZIP writer (the GDPR export)
 //! - [`workers`] the bounded CPU pool
 //! - [`image`] pure image engine: probe, decode (shrink-on-load), resize, effects, encode
 //! - `fuzzing` (hidden): the fuzz targets `fuzz/` and `tests/fuzz_smoke.rs` drive
-//! - [`config`], [`error`], [`metrics`], [`id`], [`app`] (wiring)
+//! - [`config`] the loader; each section lives with its domain (`server::config`, …)
+//! - [`metrics`], [`id`], [`app`] (wiring)
 //!
 //! Invariants: `image` does no I/O; nothing touches storage before a signature or token is
-//! verified; only `http` maps errors to statuses; a 2xx reports only completed durable writes.
+//! verified; only `http` knows HTTP and maps errors to statuses; a 2xx reports only completed
+//! durable writes; no import cycle between files and no function over 80 lines
+//! (`.ci/shape.py`).
 
 pub mod app;
 pub mod audit;

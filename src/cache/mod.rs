@@ -7,7 +7,7 @@
 //!
 //! All three are keyed by the transform cache key,
 //! `{pipeline version}-{render fingerprint}|{image id}|{canonical spec}|q{quality}|{format token}`
-//! (built by `http::transform`). Image ids are never reused and originals never change, so a
+//! (built by `render::Renderer::variant`). Image ids are never reused and originals never change, so a
 //! key names exactly one result for ever; the ETag and the derived object name are both its
 //! [`digest`].
 //!
