@@ -108,14 +108,16 @@ pub struct EncodeConfig {
 }
 
 impl Default for EncodeConfig {
+    /// The engine's own defaults.
     fn default() -> Self {
+        let s = EncodeSettings::default();
         EncodeConfig {
-            jpeg_progressive: false,
-            jpeg_subsampling: Subsampling::S420,
-            png_compression: PngCompression::Fast,
-            webp_method: 2,
-            webp_lossless: false,
-            avif_speed: 8,
+            jpeg_progressive: s.jpeg_progressive,
+            jpeg_subsampling: s.jpeg_subsampling,
+            png_compression: s.png_compression,
+            webp_method: u64::from(s.webp_method),
+            webp_lossless: s.webp_lossless,
+            avif_speed: u64::from(s.avif_speed),
         }
     }
 }
