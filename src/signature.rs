@@ -241,4 +241,37 @@ mod tests {
     fn debug_hides_keys() {
         assert!(!format!("{:?}", signer(32)).contains("736563726574"));
     }
+
+    #[test]
+    fn signing_config_validates_pairs_hex_and_lifetimes() {
+        let ok = SigningConfig {
+            keys: vec!["aa".into()],
+            salts: vec!["bb".into()],
+            ..SigningConfig::default()
+        };
+        assert!(ok.validate().is_ok());
+        let bad = |f: fn(&mut SigningConfig)| {
+            let mut c = ok.clone();
+            f(&mut c);
+            c.validate().unwrap_err().key
+        };
+        assert_eq!(bad(|c| c.keys.clear()), "signing.keys");
+        assert_eq!(bad(|c| c.salts.push("cc".into())), "signing.salts");
+        assert_eq!(bad(|c| c.keys[0] = "zz".into()), "signing.keys");
+        assert_eq!(bad(|c| c.signature_size = 33), "signing.signature_size");
+        assert_eq!(
+            bad(|c| c.default_url_ttl_secs = c.max_url_ttl_secs + 1),
+            "signing.default_url_ttl_secs"
+        );
+        // A malformed secret is named by position, never echoed.
+        let mut secret = ok.clone();
+        secret.keys[0] = "not-hex-sekrit".into();
+        assert!(
+            !secret
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sekrit")
+        );
+    }
 }

@@ -6,7 +6,7 @@
 //! freed pages for it, so every thread that ever ran a 100 MB decode held on to about that
 //! much (a soak grew past 4 GB RSS at a 256 MiB cache). A few long-lived threads reuse their
 //! own memory. When `workers + queue_len` jobs are already admitted, new work is
-//! refused at once with 503 `overloaded` instead of piling up. Admission is released in `Drop`,
+//! refused at once with 503 `overloaded` instead of piling up. QueuePlace is released in `Drop`,
 //! so a request cancelled while queued frees its slot.
 //!
 //! Jobs also reserve their estimated peak memory from a process-wide byte budget
@@ -51,12 +51,12 @@ pub struct Workers {
 
 /// A reserved place in the pool (queued or running), released on drop. Taking it before
 /// fetching a job's input bounds how many inputs are held in memory at once.
-pub struct Admission {
+pub struct QueuePlace {
     admitted: Arc<AtomicUsize>,
     depth: IntGauge,
 }
 
-impl Drop for Admission {
+impl Drop for QueuePlace {
     fn drop(&mut self) {
         self.admitted.fetch_sub(1, Ordering::AcqRel);
         self.depth.dec();
@@ -114,9 +114,9 @@ impl Workers {
     }
 
     /// Reserves a place, or refuses at once with `overloaded` when the queue is full.
-    pub fn admit(&self) -> Result<Admission, WorkerError> {
+    pub fn admit(&self) -> Result<QueuePlace, WorkerError> {
         let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
-        let admission = Admission {
+        let admission = QueuePlace {
             admitted: self.admitted.clone(),
             depth: self.depth.clone(),
         };
@@ -141,7 +141,7 @@ impl Workers {
     /// Runs `f` in a place reserved earlier with [`Workers::admit`]; see [`Workers::run`].
     pub async fn run_admitted<T, F>(
         &self,
-        admission: Admission,
+        admission: QueuePlace,
         memory: u64,
         f: F,
     ) -> Result<T, WorkerError>

@@ -62,7 +62,7 @@ fn cost(key: &str, item: &CachedResult) -> u64 {
 
 /// What [`MemoryCache::insert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub enum Insertion {
     /// Stored; `evicted` older entries made room.
     Admitted { evicted: usize },
     /// Over the per-item cap (or the whole budget): not stored.
@@ -112,14 +112,14 @@ impl MemoryCache {
     /// least-recently-used entries until the total fits. `checked` is when the caller last saw
     /// the image exist (its metadata read), which starts the freshness bound of
     /// [`MemoryCache::stale`] — not the insert, which may come much later.
-    pub fn insert(&self, key: String, item: Arc<CachedResult>, checked: Instant) -> Admission {
+    pub fn insert(&self, key: String, item: Arc<CachedResult>, checked: Instant) -> Insertion {
         let size = cost(&key, &item);
         if item.bytes.len() as u64 > self.max_item || size > self.capacity {
-            return Admission::TooLarge;
+            return Insertion::TooLarge;
         }
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if inner.deleted.contains(&item.image) {
-            return Admission::Deleted;
+            return Insertion::Deleted;
         }
         if let Some(old) = inner.lru.pop(&key) {
             inner.forget(&key, &old);
@@ -146,7 +146,7 @@ impl MemoryCache {
             .or_default()
             .insert(key.clone());
         inner.lru.put(key, item);
-        Admission::Admitted { evicted }
+        Insertion::Admitted { evicted }
     }
 
     /// Lifts the tombstone of an image whose delete failed before removing it.
@@ -231,20 +231,20 @@ mod tests {
     #[test]
     fn bounded_in_bytes_with_lru_eviction() {
         let c = MemoryCache::new(3_000, 1_000);
-        let ok = Admission::Admitted { evicted: 0 };
+        let ok = Insertion::Admitted { evicted: 0 };
         assert_eq!(c.insert("a".into(), item(900), Instant::now()), ok);
         assert_eq!(c.insert("b".into(), item(900), Instant::now()), ok);
         assert!(c.get("a").is_some()); // a is now most recent
         assert_eq!(
             c.insert("c".into(), item(900), Instant::now()),
-            Admission::Admitted { evicted: 1 }
+            Insertion::Admitted { evicted: 1 }
         );
         assert!(c.get("b").is_none(), "b was least recently used");
         assert!(c.get("a").is_some() && c.get("c").is_some());
         assert!(c.bytes() <= 3_000);
         assert_eq!(
             c.insert("big".into(), item(1_001), Instant::now()),
-            Admission::TooLarge
+            Insertion::TooLarge
         );
         assert!(c.get("big").is_none());
     }
@@ -266,7 +266,7 @@ mod tests {
         // A late result of the deleted image is refused.
         assert_eq!(
             c.insert("a".into(), item(100), Instant::now()),
-            Admission::Deleted
+            Insertion::Deleted
         );
         assert!(c.get("a").is_none());
         assert!(c.is_deleted("img") && !c.is_deleted("other"));
@@ -298,7 +298,7 @@ mod tests {
         assert!(!c.is_deleted("img"));
         assert_eq!(
             c.insert("a".into(), item(10), Instant::now()),
-            Admission::Admitted { evicted: 0 }
+            Insertion::Admitted { evicted: 0 }
         );
     }
 

@@ -24,7 +24,7 @@ use sha2::{Digest as _, Sha256};
 pub use config::CacheConfig;
 pub use derived::{DerivedLimits, DerivedStore, sweep as derived_sweep};
 pub use flight::{Flights, Joined};
-pub use memory::{Admission, CachedResult, MemoryCache};
+pub use memory::{CachedResult, Insertion, MemoryCache};
 
 /// The first 128 bits of SHA-256 over a cache key, as 32 hex digits.
 pub fn digest(key: &str) -> String {

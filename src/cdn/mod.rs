@@ -91,10 +91,10 @@ impl CdnPurger {
                     .collect(),
                 body: cfg.purge_body.clone(),
                 timeout: Duration::from_millis(cfg.purge_timeout_ms),
-                attempts: u32::try_from(cfg.purge_attempts).unwrap_or(1).max(1),
+                attempts: u32::try_from(cfg.purge_attempts).unwrap_or(u32::MAX),
                 queue: Backlog::new(usize::try_from(cfg.purge_queue).unwrap_or(usize::MAX)),
                 running: tokio::sync::Semaphore::new(
-                    usize::try_from(cfg.purge_concurrency).unwrap_or(1).max(1),
+                    usize::try_from(cfg.purge_concurrency).unwrap_or(usize::MAX),
                 ),
                 client,
             })

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
-use super::{Algorithm, BUCKETS, Kind, Mode, Outcome, Policy, nonce, now_us};
+use super::{Algorithm, BUCKETS, Decision, Kind, Mode, Policy, nonce, now_us};
 
 const SHARDS: usize = 16;
 
@@ -71,18 +71,18 @@ impl LocalStore {
         &group[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
-    pub fn decide(&self, key: &str, policy: Policy, mode: Mode) -> Outcome {
+    pub fn decide(&self, key: &str, policy: Policy, mode: Mode) -> Decision {
         self.decide_at(key, policy, mode, now_us())
     }
 
-    pub(super) fn decide_at(&self, key: &str, policy: Policy, mode: Mode, now: u64) -> Outcome {
+    pub(super) fn decide_at(&self, key: &str, policy: Policy, mode: Mode, now: u64) -> Decision {
         let mut shard = self
             .shard(key, policy.kind)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         // A look, or a take that cannot succeed, creates no entry for an unknown subject.
         if (mode == Mode::Peek || policy.limit == 0) && !shard.contains(key) {
-            return Outcome {
+            return Decision {
                 allowed: policy.limit > 0,
                 used: 0,
                 reset_ms: 0,
@@ -173,7 +173,7 @@ impl LocalStore {
 }
 
 /// Sliding log at `now` (µs). A unit admitted at `t` counts while `now - t < window`.
-fn log_decide(log: &mut VecDeque<(u64, String)>, policy: Policy, mode: Mode, now: u64) -> Outcome {
+fn log_decide(log: &mut VecDeque<(u64, String)>, policy: Policy, mode: Mode, now: u64) -> Decision {
     let window = policy.window_ms.saturating_mul(1000);
     while log
         .front()
@@ -201,7 +201,7 @@ fn log_decide(log: &mut VecDeque<(u64, String)>, policy: Policy, mode: Mode, now
         log.get(idx)
             .map_or(0, |(t, _)| (t + window).saturating_sub(now).div_ceil(1000))
     };
-    Outcome {
+    Decision {
         allowed,
         used,
         reset_ms,
@@ -218,7 +218,7 @@ fn buckets_decide(
     policy: Policy,
     mode: Mode,
     now_ms: u64,
-) -> Outcome {
+) -> Decision {
     let width = policy.window_ms.div_ceil(BUCKETS).max(1);
     let cur = now_ms / width;
     while buckets.front().is_some_and(|(b, _)| b + BUCKETS < cur) {
@@ -246,7 +246,7 @@ fn buckets_decide(
             }
         }
     }
-    Outcome {
+    Decision {
         allowed,
         used,
         reset_ms,

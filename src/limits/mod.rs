@@ -166,7 +166,7 @@ pub enum Refusal {
 
 /// What a store answers for one decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub struct Decision {
     pub allowed: bool,
     pub used: u64,
     pub reset_ms: u64,
@@ -440,7 +440,7 @@ impl Limiter {
         policy: &mut Policy,
         mode: Mode,
         hint: Option<(&str, &str)>,
-    ) -> Result<(Outcome, Store), Refusal> {
+    ) -> Result<(Decision, Store), Refusal> {
         if let Some((plan_key, plan)) = hint {
             self.local.remember_plan(plan_key, plan);
         }
@@ -488,7 +488,7 @@ impl Limiter {
             .inc();
     }
 
-    fn status(&self, policy: Policy, o: &Outcome) -> Status {
+    fn status(&self, policy: Policy, o: &Decision) -> Status {
         Status {
             policy,
             allowed: o.allowed,
@@ -499,7 +499,7 @@ impl Limiter {
     }
 
     /// The failed-authentication decision for `ip` (`None` when the limiter is off).
-    async fn auth_failures(&self, ip: std::net::IpAddr, mode: Mode) -> Option<(Outcome, Policy)> {
+    async fn auth_failures(&self, ip: std::net::IpAddr, mode: Mode) -> Option<(Decision, Policy)> {
         if self.settings.auth_failures == 0 {
             return None;
         }
@@ -576,7 +576,7 @@ impl Limiter {
         self.rate_outcome(policy, &o)
     }
 
-    fn rate_outcome(&self, policy: Policy, o: &Outcome) -> Result<Option<Status>, Refusal> {
+    fn rate_outcome(&self, policy: Policy, o: &Decision) -> Result<Option<Status>, Refusal> {
         let status = self.status(policy, o);
         if o.allowed {
             self.count(policy.kind, "allowed");

@@ -15,7 +15,7 @@ use std::time::Duration;
 use deadpool_redis::redis::{self, Script};
 
 use super::RedisConfig;
-use super::{Algorithm, BUCKETS, Mode, Outcome, PLAN_HINT_TTL_SECS, Policy, nonce, set_flag};
+use super::{Algorithm, BUCKETS, Decision, Mode, PLAN_HINT_TTL_SECS, Policy, nonce, set_flag};
 use crate::metrics::Metrics;
 
 /// Sliding log. KEYS[1]: sorted set of units (score: µs). ARGV: limit, window (ms),
@@ -287,7 +287,7 @@ impl RemoteStore {
         policy: Policy,
         mode: Mode,
         hint: Option<(&str, &str)>,
-    ) -> Result<Outcome, RemoteError> {
+    ) -> Result<Decision, RemoteError> {
         let mode_arg = match mode {
             Mode::Take => "take",
             Mode::Peek => "peek",
@@ -334,7 +334,7 @@ impl RemoteStore {
             })?
             .map_err(RemoteError::Failed)?;
         let non_negative = |v: i64| u64::try_from(v).unwrap_or(0);
-        Ok(Outcome {
+        Ok(Decision {
             allowed: allowed == 1,
             used: non_negative(used),
             reset_ms: non_negative(reset),

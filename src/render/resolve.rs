@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Outcome, RenderError, Renderer, Target};
-use crate::cache::{self, Admission, CachedResult, Joined, derived};
+use crate::cache::{self, CachedResult, Insertion, Joined, derived};
 use crate::limits::{Charge, Kind, Limiter, Payer, Status};
 use crate::options::OutputFormat;
 
@@ -141,7 +141,7 @@ impl Renderer {
         format: OutputFormat,
     ) -> Result<
         (
-            crate::workers::Admission,
+            crate::workers::QueuePlace,
             Option<tokio::sync::OwnedSemaphorePermit>,
         ),
         RenderError,
@@ -162,7 +162,7 @@ impl Renderer {
         mut target: Target,
         object: crate::storage::ObjectKey,
         charge: Option<Charge>,
-        admission: crate::workers::Admission,
+        admission: crate::workers::QueuePlace,
         avif: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Outcome {
         // Dropping `charge` on an early return gives the quota unit back.
@@ -213,15 +213,15 @@ impl Renderer {
             .cache
             .insert(target.key.clone(), result.clone(), target.checked)
         {
-            Admission::Admitted { evicted } => {
+            Insertion::Admitted { evicted } => {
                 m.cache_evictions.inc_by(evicted as u64);
                 true
             }
-            Admission::TooLarge => {
+            Insertion::TooLarge => {
                 m.cache_oversize.inc();
                 true
             }
-            Admission::Deleted => false,
+            Insertion::Deleted => false,
         };
         m.cache_memory_bytes.set(self.cache.bytes() as i64);
         kept
