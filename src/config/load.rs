@@ -128,9 +128,17 @@ fn check_types(
         path.push(k.clone());
         let key = path.join(".");
         if path.len() == 2 && path[0] == "presets" {
-            // Free-form names; values are checked by `validate`.
-            if !(v.is_str() || v.is_array()) {
-                return Err(ConfigError::new(&key, "must be a string or a list"));
+            // Free-form names: `eager` lists preset names, every other key is an option
+            // string (checked against the grammar by `validate`).
+            if path[1] == crate::options::presets::EAGER_KEY {
+                if !v
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(toml::Value::is_str))
+                {
+                    return Err(ConfigError::new(&key, "must be a list of preset names"));
+                }
+            } else if !v.is_str() {
+                return Err(ConfigError::new(&key, "must be an option string"));
             }
             path.pop();
             continue;

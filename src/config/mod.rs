@@ -737,6 +737,11 @@ mod tests {
             ("[signing]\nkeys = [1]\n", "signing.keys"),
             ("server = 5\n", "server"),
             ("[nope]\nx = 1\n", "nope"),
+            // Values that cannot parse name their own key too.
+            ("[server]\nlisten = \"localhost\"\n", "server.listen"),
+            ("[storage]\nbackend = \"ftp\"\n", "storage.backend"),
+            ("[presets]\nthumb = [\"x\"]\n", "presets.thumb"),
+            ("[presets]\neager = \"thumb\"\n", "presets.eager"),
         ];
         for (text, key) in cases {
             std::fs::write(&path, text).unwrap();

@@ -194,6 +194,12 @@ pub(super) fn request_id(headers: &HeaderMap) -> String {
     }
 }
 
+impl crate::limits::ChargeObserver for Ctx {
+    fn charged(&self, status: &Status) {
+        self.note_limit(status);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ use crate::app::App;
 use crate::auth::{Action, Principal};
 use crate::cache::CachedResult;
 use crate::catalog::CatalogError;
-use crate::limits::Payer;
+use crate::limits::{ChargeObserver, Payer};
 use crate::options::{TransformRequest, parse_path};
 use crate::render::{Bill, Target, Variant};
 use crate::signature::unix_now;
@@ -221,14 +221,13 @@ async fn compute(
         },
         Caller::Signed => Payer::Owner(target.owner.clone()),
     };
-    let rendered = app
-        .render
-        .resolve(target, Bill::To(&app.limiter, payer))
-        .await;
-    if let (Caller::Bearer(_), Some(status)) = (caller, rendered.charged.as_ref()) {
-        ctx.note_limit(status);
-    }
-    Ok(rendered.outcome?)
+    // The caller's quota state goes on its (private) response, recorded as the charge is made.
+    let observer: Option<&dyn ChargeObserver> = match caller {
+        Caller::Bearer(_) => Some(ctx),
+        Caller::Signed => None,
+    };
+    let bill = Bill::To(&app.limiter, payer, observer);
+    Ok(app.render.resolve(target, bill).await?)
 }
 
 /// Splits `/{signature}/{rest}` into the signature and `/{rest}`.

@@ -100,19 +100,12 @@ impl LimitsConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         positive("limits.max_source_bytes", self.max_source_bytes)?;
         positive("limits.max_source_pixels", self.max_source_pixels)?;
-        // No JPEG, WebP or GIF side can be longer than 65535.
-        within(
+        require(
+            !(1..=65_535).contains(&self.max_source_dimension),
             "limits.max_source_dimension",
-            self.max_source_dimension,
-            1..=65_535,
+            "must be 1..=65535 (no JPEG, WebP or GIF side can be longer)",
         )?;
         positive("limits.max_result_pixels", self.max_result_pixels)?;
-        // 16383 is the WebP ceiling.
-        within(
-            "limits.max_result_dimension",
-            self.max_result_dimension,
-            1..=16_383,
-        )?;
         positive("limits.max_frames", self.max_frames)?;
         require(
             self.upload_formats.is_empty(),
@@ -132,7 +125,12 @@ impl LimitsConfig {
             1..=100,
         )?;
         positive("limits.local_max_keys", self.local_max_keys)?;
-        self.validate_plans()
+        self.validate_plans()?;
+        require(
+            !(1..=16_383).contains(&self.max_result_dimension),
+            "limits.max_result_dimension",
+            "must be between 1 and 16383 (the WebP ceiling)",
+        )
     }
 
     fn validate_plans(&self) -> Result<(), ConfigError> {

@@ -278,6 +278,13 @@ impl Drop for Charge {
     }
 }
 
+/// Told the payer's quota state when a charge is made on its behalf — by code that does not
+/// know where the state goes (the HTTP layer records it for the `RateLimit` headers at once,
+/// so a request that later times out still reports what it spent).
+pub trait ChargeObserver: Send + Sync {
+    fn charged(&self, status: &Status);
+}
+
 /// Who pays for a unit of work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payer {

@@ -25,7 +25,13 @@ impl Presets {
     /// Every name well formed, every option string valid under `max_dimension`, every eager
     /// name a preset.
     pub fn validate(&self, max_dimension: u32) -> Result<(), ConfigError> {
+        // Keys in order, `eager` among them, so the first problem reported is the first key.
+        let mut eager_checked = false;
         for (name, options) in &self.named {
+            if !eager_checked && name.as_str() > EAGER_KEY {
+                self.validate_eager()?;
+                eager_checked = true;
+            }
             let key = format!("presets.{name}");
             if !valid_name(name) {
                 return Err(ConfigError::new(&key, "preset names are [A-Za-z0-9_-]"));
@@ -33,6 +39,13 @@ impl Presets {
             super::validate_preset(name, options, max_dimension)
                 .map_err(|e| ConfigError::new(&key, e.to_string()))?;
         }
+        if !eager_checked {
+            self.validate_eager()?;
+        }
+        Ok(())
+    }
+
+    fn validate_eager(&self) -> Result<(), ConfigError> {
         for name in &self.eager {
             if !self.named.contains_key(name) {
                 return Err(ConfigError::new(
@@ -120,5 +133,8 @@ mod tests {
         assert_eq!(bad("eager = [\"nothing\"]"), "presets.eager");
         assert_eq!(bad("\"bad name\" = \"q:1\""), "presets.bad name");
         assert_eq!(bad("big = \"w:20000\""), "presets.big");
+        // The first key in order is reported, `eager` among the others.
+        assert_eq!(bad("a = \"zz:1\"\neager = [\"nope\"]"), "presets.a");
+        assert_eq!(bad("z = \"zz:1\"\neager = [\"nope\"]"), "presets.eager");
     }
 }

@@ -90,7 +90,7 @@ impl Renderer {
             return "ok";
         }
         for attempt in 0..5u32 {
-            match self.resolve(target.clone(), Bill::Free).await.outcome {
+            match self.resolve(target.clone(), Bill::Free).await {
                 Ok(_) => return "ok",
                 Err(super::RenderError::Overloaded) => {
                     tokio::time::sleep(Duration::from_millis(500 << attempt)).await;

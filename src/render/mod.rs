@@ -34,7 +34,7 @@ mod setup;
 
 pub use config::{EncodeConfig, NegotiableFormat, TransformConfig, WatermarkConfig};
 pub use eager::EagerQueue;
-pub use resolve::{Bill, Rendered};
+pub use resolve::Bill;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

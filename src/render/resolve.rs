@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::{Outcome, RenderError, Renderer, Target};
 use crate::cache::{self, CachedResult, Insertion, Joined, derived};
-use crate::limits::{Charge, Kind, Limiter, Payer, Status};
+use crate::limits::{Charge, ChargeObserver, Kind, Limiter, Payer};
 use crate::options::OutputFormat;
 
 /// How often a waiter whose leader gave up tries again before answering `503`.
@@ -20,32 +20,14 @@ pub enum Bill<'a> {
     Free,
     /// One `transforms` unit to the payer. The unit is given back if the work never starts
     /// (queue full, original unavailable); once the CPU work begins it is spent, whatever the
-    /// result.
-    To(&'a Limiter, Payer),
-}
-
-/// A request's outcome, and — when it charged its payer — the payer's quota state after the
-/// charge (also when the work failed after it: the headers report what was spent).
-pub struct Rendered {
-    pub outcome: Outcome,
-    pub charged: Option<Status>,
+    /// result. The observer, if any, is told the quota state as soon as the charge is made.
+    To(&'a Limiter, Payer, Option<&'a dyn ChargeObserver>),
 }
 
 impl Renderer {
     /// The result of `target`, from the derived store or computed once for all concurrent
     /// identical requests. The caller has checked memory (hits need authorising first).
-    pub async fn resolve(self: &Arc<Self>, target: Target, bill: Bill<'_>) -> Rendered {
-        let mut charged = None;
-        let outcome = self.lead_or_follow(target, bill, &mut charged).await;
-        Rendered { outcome, charged }
-    }
-
-    async fn lead_or_follow(
-        self: &Arc<Self>,
-        target: Target,
-        bill: Bill<'_>,
-        charged: &mut Option<Status>,
-    ) -> Outcome {
+    pub async fn resolve(self: &Arc<Self>, target: Target, bill: Bill<'_>) -> Outcome {
         let mut bill = Some(bill);
         for _ in 0..MAX_ROUNDS {
             let lead = match self.flights.join(&target.key) {
@@ -72,12 +54,15 @@ impl Renderer {
             }
             let charge = match bill.take() {
                 Some(Bill::Free) => None,
-                Some(Bill::To(limiter, payer)) => {
-                    Some(limiter.charge_to(Kind::Transforms, &payer).await?)
+                Some(Bill::To(limiter, payer, observer)) => {
+                    let charge = limiter.charge_to(Kind::Transforms, &payer).await?;
+                    if let (Some(o), Some(s)) = (observer, charge.status()) {
+                        o.charged(s);
+                    }
+                    Some(charge)
                 }
                 None => return Err(RenderError::Internal("a request led twice".into())),
             };
-            *charged = charge.as_ref().and_then(|c| c.status().cloned());
             // Being overloaded is not this request's own failure: waiters get the same answer
             // instead of each retrying (and each reading the derived store again).
             let (admission, avif) = match self.admit(target.format) {
