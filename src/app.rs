@@ -63,6 +63,8 @@ impl App {
             max_result_dimension: l.max_result_dimension as u32,
             max_frames: l.max_frames,
         };
+        // Before anything with side effects (the audit spool): a bad watermark fails first.
+        let engine = crate::render::engine(&config, image_limits)?;
         let limiter = Limiter::new(&config.limits, &config.redis, redis, &metrics);
         limiter.warm_up().await;
         let catalog = Catalog::new(store.clone(), l.max_source_bytes);
@@ -91,12 +93,12 @@ impl App {
         let cdn = Arc::new(CdnPurger::new(&config.cdn, metrics.clone())?.audited(audit.clone()));
         let render = Arc::new(Renderer::build(
             &config,
-            image_limits,
+            engine,
             catalog.clone(),
             derived,
             cdn.clone(),
             metrics.clone(),
-        )?);
+        ));
         Ok(App {
             limiter,
             catalog,

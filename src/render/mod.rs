@@ -35,6 +35,7 @@ mod setup;
 pub use config::{EncodeConfig, NegotiableFormat, TransformConfig, WatermarkConfig};
 pub use eager::EagerQueue;
 pub use resolve::Bill;
+pub use setup::engine;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -49,7 +50,7 @@ use crate::cdn::CdnPurger;
 use crate::config::Config;
 use crate::id::ImageId;
 use crate::image::ImageError;
-use crate::image::{Engine, ImageFormat, ImageLimits};
+use crate::image::{Engine, ImageFormat};
 use crate::limits::Refusal;
 use crate::metrics::Metrics;
 use crate::options::{OutputFormat, ParseLimits, TransformSpec};
@@ -247,20 +248,18 @@ pub fn fallback_format(source: ImageFormat) -> OutputFormat {
 }
 
 impl Renderer {
-    /// Builds the renderer from a validated configuration (start-up code: loads the
-    /// watermark image).
+    /// Builds the renderer from a validated configuration and its engine ([`engine`]).
     pub fn build(
         config: &Config,
-        limits: ImageLimits,
+        engine: Engine,
         catalog: Catalog,
         derived: Arc<DerivedStore>,
         cdn: Arc<CdnPurger>,
         metrics: Metrics,
-    ) -> Result<Renderer, String> {
-        let engine = setup::engine(config, limits)?;
+    ) -> Renderer {
         let t = &config.transform;
         let c = &config.cache;
-        Ok(Renderer {
+        Renderer {
             cache: MemoryCache::new(c.memory_bytes, c.max_item_bytes),
             derived,
             fingerprint: setup::fingerprint(&engine),
@@ -291,7 +290,7 @@ impl Renderer {
                 ),
             },
             started: SystemTime::now(),
-        })
+        }
     }
 
     /// The variant `spec` names in format `choice`.

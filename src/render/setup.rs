@@ -4,8 +4,8 @@
 use crate::config::Config;
 use crate::image::{Bitmap, Engine, ImageLimits};
 
-/// The image engine as configured.
-pub(super) fn engine(config: &Config, limits: ImageLimits) -> Result<Engine, String> {
+/// The image engine as configured (start-up code: loads the watermark image).
+pub fn engine(config: &Config, limits: ImageLimits) -> Result<Engine, String> {
     let watermark = if config.watermark.path.is_empty() {
         None
     } else {
