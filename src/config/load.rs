@@ -46,10 +46,76 @@ impl Config {
             set_path(&mut merged, &path, value);
         }
         check_types(&defaults, &merged, &mut Vec::new())?;
+        read_secret_files(&mut merged)?;
         let mut config = parse(merged)?;
         config.embedded = file.is_none() && !env_seen;
         Ok(config)
     }
+}
+
+/// Prefix of a secret value read from a file (`PIXGATE__AUTH__JWT_HS256_SECRET=file:/run/secrets/jwt`):
+/// how Kubernetes and Docker hand secrets to a container.
+pub const FILE_PREFIX: &str = "file:";
+
+/// Keys whose values (or list entries) may be `file:/path`: the secrets, and the Redis URL
+/// (which may carry a password).
+pub(super) const FILE_KEYS: &[&str] = &[
+    "signing.keys",
+    "signing.salts",
+    "auth.jwt_hs256_secret",
+    "cdn.purge_headers",
+    "redis.url",
+];
+
+/// Largest secret file read (a secret is a key, a token or a URL, never megabytes).
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Replaces every `file:/path` value of [`FILE_KEYS`] with the file's content, one trailing
+/// line break removed. Start-up code (blocking reads are fine). An unreadable file is an error
+/// naming the key and the path, never the content.
+fn read_secret_files(merged: &mut toml::Value) -> Result<(), ConfigError> {
+    for key in FILE_KEYS {
+        let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+        let Some(value) = get_path(merged, &path).cloned() else {
+            continue;
+        };
+        let resolved = match value {
+            toml::Value::String(s) => toml::Value::String(secret_from(key, &s)?),
+            toml::Value::Array(items) => toml::Value::Array(
+                items
+                    .into_iter()
+                    .map(|v| match v {
+                        toml::Value::String(s) => secret_from(key, &s).map(toml::Value::String),
+                        other => Ok(other),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            other => other,
+        };
+        set_path(merged, &path, resolved);
+    }
+    Ok(())
+}
+
+/// `value` itself, or the content of the file it names.
+fn secret_from(key: &str, value: &str) -> Result<String, ConfigError> {
+    let Some(file) = value.strip_prefix(FILE_PREFIX) else {
+        return Ok(value.to_owned());
+    };
+    use std::io::Read as _;
+    let fail = |m: String| ConfigError::new(key, format!("secret file {file}: {m}"));
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .map_err(|e| fail(e.to_string()))?
+        .take(MAX_SECRET_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| fail(e.to_string()))?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        return Err(fail(format!("larger than {MAX_SECRET_FILE} bytes")));
+    }
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    Ok(text.to_owned())
 }
 
 /// Deserialises the merged document into the typed sections; a value that does not parse

@@ -32,6 +32,7 @@ pub use crate::render::config::{EncodeConfig, TransformConfig, WatermarkConfig};
 pub use crate::server::config::ServerConfig;
 pub use crate::signature::SigningConfig;
 pub use crate::storage::config::StorageConfig;
+pub use load::FILE_PREFIX;
 pub use types::{ConfigError, ENV_PREFIX, env_name, parse_cidr};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -773,6 +774,59 @@ mod tests {
         }
         assert!(out.contains("<redacted>"));
         assert!(out.contains("localhost:6379"));
+    }
+
+    #[test]
+    fn secrets_come_from_files_named_by_a_file_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            format!("{FILE_PREFIX}{}", p.display())
+        };
+        let key1 = write("k1", "aabbcc\n");
+        let key2 = write("k2", "ddeeff");
+        let jwt = write("jwt", "0123456789abcdef0123456789abcdef-from-file\r\n");
+        let redis = write("redis", "redis://u:p4ss@localhost:6379/0\n");
+        // valid_env() with `pairs` in place of its own values for those keys.
+        let with = |pairs: &[(&str, &str)]| {
+            let mut e = valid_env();
+            e.retain(|(k, _)| !pairs.iter().any(|(p, _)| p == k));
+            e.extend(env(pairs));
+            e
+        };
+        let keys = format!("{key1},{key2}");
+        let c = Config::load(
+            None,
+            with(&[
+                ("PIXGATE__SIGNING__KEYS", &keys),
+                ("PIXGATE__SIGNING__SALTS", "0a,0b"),
+                ("PIXGATE__AUTH__JWT_HS256_SECRET", &jwt),
+                ("PIXGATE__REDIS__URL", &redis),
+            ]),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.signing.keys, vec!["aabbcc", "ddeeff"]);
+        assert_eq!(
+            c.auth.jwt_hs256_secret,
+            "0123456789abcdef0123456789abcdef-from-file"
+        );
+        assert_eq!(c.redis.url, "redis://u:p4ss@localhost:6379/0");
+        assert!(!c.redacted_toml().contains("from-file"));
+        // A missing file names the key and the path, and the load fails.
+        let gone = format!("{FILE_PREFIX}{}", dir.path().join("nope").display());
+        let err =
+            Config::load(None, with(&[("PIXGATE__AUTH__JWT_HS256_SECRET", &gone)])).unwrap_err();
+        assert_eq!(err.key, "auth.jwt_hs256_secret");
+        assert!(err.to_string().contains("nope"), "{err}");
+        // Values of other keys are taken literally.
+        let literal = Config::load(
+            None,
+            with(&[("PIXGATE__AUTH__JWT_ISSUER", "file:/etc/passwd")]),
+        )
+        .unwrap();
+        assert_eq!(literal.auth.jwt_issuer, "file:/etc/passwd");
     }
 
     #[test]
