@@ -19,7 +19,6 @@ use http::header::{
     ACCEPT, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderName, HeaderValue, IF_MODIFIED_SINCE,
     IF_NONE_MATCH, LAST_MODIFIED, VARY,
 };
-use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -50,7 +49,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, Error> {
     let (parts, _body) = req.into_parts();
     let (signature, tail) = split_signature(parts.uri.path())?;
-    let caller = verify(app, signature, tail, &parts, ctx).await?;
+    let caller = verify(app, signature, tail, &parts.headers, ctx).await?;
     let (request, now) = parse(app, tail, ctx)?;
     let variant = app.render.negotiate(&request.image, &request.spec, |f| {
         accepts(&parts.headers, f.mime())
@@ -74,11 +73,11 @@ async fn verify(
     app: &App,
     signature: &str,
     tail: &str,
-    parts: &Parts,
+    headers: &HeaderMap,
     ctx: &Ctx,
 ) -> Result<Caller, Error> {
     if signature == "_" {
-        let p = authenticate(app, &parts.headers, ctx).await?;
+        let p = authenticate(app, headers, ctx).await?;
         p.allow(Action::Transform)?;
         return Ok(Caller::Bearer(p));
     }
@@ -193,8 +192,8 @@ async fn preconditions(
 ) -> Result<Result<Target, NotModified>, Error> {
     let meta = app.catalog.meta(&variant.image).await?;
     allow_owner(caller, &meta.owner, ctx)?;
-    let etag = variant.etag();
     let target = app.render.target(variant, &meta, Instant::now());
+    let etag = crate::cache::etag(&target.digest);
     if not_modified(req_headers, &etag, target.last_modified) {
         return Ok(Err(NotModified {
             etag,

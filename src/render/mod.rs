@@ -208,16 +208,9 @@ pub struct Variant {
     pub quality: u8,
     pub choice: FormatChoice,
     /// `{pipeline}-{fingerprint}|{image}|{canonical spec}|q{quality}|{format token}`.
+    /// Its digest (ETag, derived object name) is taken only past the memory cache, in
+    /// [`Renderer::target`]: a hit needs neither.
     pub key: String,
-    /// [`cache::digest`] of the key: the ETag and the derived object's name.
-    pub digest: String,
-}
-
-impl Variant {
-    /// The strong ETag of this result.
-    pub fn etag(&self) -> String {
-        cache::etag(&self.digest)
-    }
 }
 
 /// A variant of an image known to exist: what a computation needs.
@@ -295,14 +288,13 @@ impl Renderer {
 
     /// The variant `spec` names in format `choice`.
     pub fn variant(&self, image: &ImageId, spec: &TransformSpec, choice: FormatChoice) -> Variant {
-        let quality = spec.quality.unwrap_or(self.settings.default_quality);
+        let quality = self.quality(spec);
         let key = self.cache_key(image, spec, quality, &choice.token());
         Variant {
             image: image.clone(),
             spec: spec.clone(),
             quality,
             choice,
-            digest: cache::digest(&key),
             key,
         }
     }
@@ -329,8 +321,9 @@ impl Renderer {
             .collect();
         let mut pick = accepted.first().copied();
         if pick == Some(OutputFormat::Avif) && self.avif_permits.available_permits() == 0 {
-            let avif = self.variant(image, spec, FormatChoice::Negotiated(OutputFormat::Avif));
-            if self.cache.get(&avif.key).is_none() {
+            let token = FormatChoice::Negotiated(OutputFormat::Avif).token();
+            let avif_key = self.cache_key(image, spec, self.quality(spec), &token);
+            if self.cache.get(&avif_key).is_none() {
                 pick = accepted.get(1).copied();
             }
         }
@@ -352,8 +345,8 @@ impl Renderer {
             format: variant.choice.output(meta.format),
             image: variant.image,
             owner: meta.owner.clone(),
+            digest: cache::digest(&variant.key),
             key: variant.key,
-            digest: variant.digest,
             spec: variant.spec,
             quality: variant.quality,
             last_modified: self.last_modified(meta),
@@ -367,6 +360,11 @@ impl Renderer {
     /// changes with it), and an `If-Modified-Since` from before must then not get `304`.
     pub fn last_modified(&self, meta: &ImageMeta) -> SystemTime {
         humantime::parse_rfc3339(&meta.created_at).map_or(self.started, |t| t.max(self.started))
+    }
+
+    /// The URL's quality, or `transform.default_quality`.
+    fn quality(&self, spec: &TransformSpec) -> u8 {
+        spec.quality.unwrap_or(self.settings.default_quality)
     }
 
     /// The cache key of a result.
