@@ -820,6 +820,13 @@ mod tests {
             Config::load(None, with(&[("PIXGATE__AUTH__JWT_HS256_SECRET", &gone)])).unwrap_err();
         assert_eq!(err.key, "auth.jwt_hs256_secret");
         assert!(err.to_string().contains("nope"), "{err}");
+        // A secret file is capped at 64 KiB (read no further).
+        let huge = write("huge", &"a".repeat(64 * 1024 + 1));
+        let err =
+            Config::load(None, with(&[("PIXGATE__AUTH__JWT_HS256_SECRET", &huge)])).unwrap_err();
+        assert_eq!(err.key, "auth.jwt_hs256_secret");
+        assert!(err.to_string().contains("larger than 65536"), "{err}");
+        assert!(!err.to_string().contains("aaaa"), "{err}");
         // Values of other keys are taken literally.
         let literal = Config::load(
             None,
