@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pixgate::config::Config;
-use pixgate::limits::{Kind, Limiter, redis_pool};
+use pixgate::kv::Pool as RedisPool;
+use pixgate::limits::{Kind, Limiter};
 use pixgate::metrics::Metrics;
 
 const SEQUENTIAL: usize = 20_000;
@@ -60,7 +61,7 @@ fn limiter(redis_url: &str) -> Limiter {
     c.limits.transforms_per_hour = 1_000_000_000;
     c.limits.requests_per_minute = 1_000_000_000;
     c.limits.ip_requests_per_minute = 1_000_000_000;
-    let pool = redis_pool(&c.redis).expect("pool");
+    let pool = RedisPool::from_config(&c.redis).expect("pool");
     Limiter::new(&c.limits, &c.redis, pool, &Metrics::new().expect("metrics"))
 }
 
@@ -85,7 +86,7 @@ impl Op {
     }
 }
 
-async fn run(l: &Limiter, pool: Option<&deadpool_redis::Pool>, op: Op, i: usize) {
+async fn run(l: &Limiter, pool: Option<&RedisPool>, op: Op, i: usize) {
     match op {
         Op::Ping => {
             let pool = pool.expect("pool");
@@ -136,7 +137,7 @@ fn report(backend: &str, op: Op, mode: &str, mut samples: Vec<Duration>, wall: D
     );
 }
 
-async fn measure(backend: &str, l: Arc<Limiter>, pool: Option<deadpool_redis::Pool>, op: Op) {
+async fn measure(backend: &str, l: Arc<Limiter>, pool: Option<RedisPool>, op: Op) {
     // Warm-up: connections, script loading.
     for i in 0..500 {
         run(&l, pool.as_ref(), op, i).await;
@@ -183,7 +184,7 @@ fn main() {
         let url = format!("redis://127.0.0.1:{port}/0");
         let remote = Arc::new(limiter(&url));
         remote.warm_up().await;
-        let pool = redis_pool(&pixgate::config::RedisConfig {
+        let pool = RedisPool::from_config(&pixgate::config::RedisConfig {
             url: url.clone(),
             ..Default::default()
         })

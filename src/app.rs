@@ -8,6 +8,7 @@ use crate::cache::{DerivedLimits, DerivedStore};
 use crate::catalog::Catalog;
 use crate::cdn::CdnPurger;
 use crate::config::Config;
+use crate::fleet::{Apply, Event, Fleet};
 use crate::http::jobs::AccountJobs;
 use crate::image::ImageLimits;
 use crate::limits::Limiter;
@@ -38,6 +39,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Quotas and rate limits (Redis, or in-process).
     pub limiter: Limiter,
+    /// The fleet bus (`None` without Redis: a single instance).
+    pub fleet: Option<Arc<Fleet>>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub image_limits: ImageLimits,
     pub parse_limits: ParseLimits,
@@ -53,7 +56,8 @@ impl App {
             config.signing.signature_size as usize,
         )?;
         let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
-        let redis = crate::limits::redis_pool(&config.redis)?;
+        let redis = crate::kv::Pool::from_config(&config.redis)?;
+        let fleet = Fleet::new(&config.redis, redis.clone(), &config.fleet, metrics.clone());
         let auth = authenticator(&config, &store).await?;
         let l = &config.limits;
         let image_limits = ImageLimits {
@@ -101,6 +105,7 @@ impl App {
         ));
         Ok(App {
             limiter,
+            fleet,
             catalog,
             render,
             cdn,
@@ -116,6 +121,36 @@ impl App {
             parse_limits: config.parse_limits(),
             config,
         })
+    }
+}
+
+/// What a fleet event from another instance means here: forget, in memory, what it deleted or
+/// revoked (the durable change is already made).
+impl Apply for App {
+    fn apply(&self, event: &Event) {
+        let cache = &self.render.cache;
+        match event {
+            Event::ImageDeleted { image } => {
+                cache.purge_image(image);
+            }
+            Event::AccountErased { user } => {
+                cache.purge_owner(user);
+                self.auth.api_keys.forget_owner(user);
+                self.auth.revocations.forget(user);
+            }
+            Event::ApiKeyRevoked { owner } => self.auth.api_keys.forget_owner(owner),
+            Event::TokensRevoked { user, .. } => {
+                self.auth.revocations.forget(user);
+                self.auth.api_keys.forget_owner(user);
+            }
+        }
+        self.metrics.cache_memory_bytes.set(cache.bytes() as i64);
+    }
+
+    fn resync(&self) {
+        self.render.cache.forget_confirmations();
+        self.auth.api_keys.forget_all();
+        self.auth.revocations.forget_all();
     }
 }
 

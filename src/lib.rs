@@ -14,7 +14,9 @@
 //! - [`cache`] result caches: memory LRU, derived objects, single-flight
 //! - [`render`] the `Renderer`: results through the caches; eager presets; purging an image
 //!   everywhere
-//! - [`limits`] quotas and rate limits (Redis, or in-process)
+//! - [`limits`] quotas and rate limits (Redis, or in-process); [`kv`] the Redis client (one
+//!   node or a Cluster) it and [`fleet`] share
+//! - [`fleet`] the fleet bus: deletes and revocations applied on every live instance
 //! - [`cdn`] the CDN purge hook; [`outbound`] the HTTPS client it and the JWKS fetch share
 //! - [`audit`] audit events: log stream, hash-chained archive with spool, queries, verify, sweep
 //! - [`zipstream`] streaming ZIP writer (the GDPR export)
@@ -36,12 +38,14 @@ pub mod cache;
 pub mod catalog;
 pub mod cdn;
 pub mod config;
+pub mod fleet;
 pub mod fsck;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
 pub mod id;
 pub mod image;
+pub mod kv;
 pub mod limits;
 pub mod metrics;
 pub mod options;

@@ -394,6 +394,9 @@ fn serve(file: Option<PathBuf>) -> Result<(), String> {
     result
 }
 
+/// How long start-up waits for the fleet bus before listening anyway.
+const FLEET_JOIN_WAIT: Duration = Duration::from_secs(3);
+
 async fn run(config: Config) -> Result<(), String> {
     if config.embedded {
         let secrets = DevSecrets::path(&config.storage.fs_root);
@@ -427,6 +430,13 @@ async fn run(config: Config) -> Result<(), String> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let app = Arc::new(App::build(config).await?);
+    if let Some(fleet) = &app.fleet {
+        fleet.start(app.clone());
+        // Listening before joining the fleet would let a delete elsewhere skip this instance.
+        if !fleet.wait_up(FLEET_JOIN_WAIT).await {
+            tracing::warn!("fleet: event bus not reachable yet; joining when it is");
+        }
+    }
     tracing::info!(%addr, backend = app.store.backend(), scheme, "pixgate listening");
     // A machine-readable line for scripts and the test harness (which may bind port 0).
     println!("pixgate listening on {scheme}://{addr}");
@@ -458,8 +468,11 @@ async fn run(config: Config) -> Result<(), String> {
     for t in tasks {
         let _ = t.await;
     }
-    // Every request has finished: seal the last audit batch (archived, or spooled for the
-    // next start).
+    // Every request has finished: nobody needs to wait for this instance's acknowledgement
+    // any more; then seal the last audit batch (archived, or spooled for the next start).
+    if let Some(fleet) = &app.fleet {
+        fleet.leave().await;
+    }
     app.audit.shutdown(Duration::from_secs(10)).await;
     tracing::info!("pixgate stopped");
     Ok(())

@@ -34,10 +34,20 @@ pub const AUDIT_EVENTS_TOTAL: &str = "pixgate_audit_events_total";
 pub const AUDIT_SPOOLED_EVENTS: &str = "pixgate_audit_spooled_events";
 pub const AUDIT_DROPPED_TOTAL: &str = "pixgate_audit_dropped_total";
 pub const AUDIT_BATCHES_TOTAL: &str = "pixgate_audit_batches_total";
+pub const FLEET_INSTANCES: &str = "pixgate_fleet_instances";
+pub const FLEET_BUS_UP: &str = "pixgate_fleet_bus_up";
+pub const FLEET_EVENTS_TOTAL: &str = "pixgate_fleet_events_total";
+pub const FLEET_ACK_SECONDS: &str = "pixgate_fleet_ack_seconds";
+pub const FLEET_UNACKNOWLEDGED_TOTAL: &str = "pixgate_fleet_unacknowledged_total";
 
 /// Redis calls on loopback take tens of microseconds; the deadline is tens of milliseconds.
 const REDIS_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
+/// Acknowledgements arrive in about a millisecond on a LAN; the wait is bounded at seconds.
+const ACK_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -96,6 +106,16 @@ pub struct Metrics {
     pub audit_dropped: IntCounter,
     /// `{result}`: `archived|failed` puts of audit batches.
     pub audit_batches: IntCounterVec,
+    /// Live instances in the fleet registry (this one included), as of the last heartbeat.
+    pub fleet_instances: IntGauge,
+    /// 1 while this instance is subscribed to the fleet bus.
+    pub fleet_bus_up: IntGauge,
+    /// `{kind, outcome}`: fleet events `sent` by this instance or `applied` from others.
+    pub fleet_events: IntCounterVec,
+    /// From publishing an event to the last live instance's acknowledgement.
+    pub fleet_ack: Histogram,
+    /// Live instances that did not acknowledge an event within `fleet.ack_timeout_ms`.
+    pub fleet_unacknowledged: IntCounter,
 }
 
 impl Metrics {
@@ -131,6 +151,11 @@ impl Metrics {
             audit_spooled: gauge(&r, AUDIT_SPOOLED_EVENTS, "Audit events in the local spool, waiting for the archive.")?,
             audit_dropped: counter(&r, AUDIT_DROPPED_TOTAL, "Audit events that reached the log stream but not the archive (queue or spool full).")?,
             audit_batches: counter_vec(&r, AUDIT_BATCHES_TOTAL, "Audit batch puts to the archive, by result.", &["result"])?,
+            fleet_instances: gauge(&r, FLEET_INSTANCES, "Live pixgate instances in the fleet registry, this one included.")?,
+            fleet_bus_up: gauge(&r, FLEET_BUS_UP, "1 while this instance is subscribed to the fleet event bus.")?,
+            fleet_events: counter_vec(&r, FLEET_EVENTS_TOTAL, "Fleet events sent by this instance or applied from others, by kind.", &["kind", "outcome"])?,
+            fleet_ack: histogram(&r, FLEET_ACK_SECONDS, "Time from publishing a fleet event to the acknowledgement of every live instance.", ACK_BUCKETS)?,
+            fleet_unacknowledged: counter(&r, FLEET_UNACKNOWLEDGED_TOTAL, "Live instances that did not acknowledge a fleet event in time.")?,
             registry: r,
         })
     }

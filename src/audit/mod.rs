@@ -108,6 +108,10 @@ pub struct Event {
     pub bytes_in: u64,
     /// Response body bytes; `None` for streamed bodies (their size is not known up front).
     pub bytes_out: Option<u64>,
+    /// Fleet instances that did not confirm a delete or revocation before the response
+    /// (`*`: the fleet bus was down); they forget it within `auth.revocation_cache_secs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unacknowledged: Vec<String>,
 }
 
 impl Event {
@@ -129,6 +133,7 @@ impl Event {
             user_agent: None,
             bytes_in: 0,
             bytes_out: None,
+            unacknowledged: Vec::new(),
         }
     }
 }

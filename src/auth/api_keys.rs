@@ -406,6 +406,25 @@ impl ApiKeys {
         Ok(out)
     }
 
+    /// Drops this instance's cached lookups of `owner`'s keys (a key of theirs was revoked
+    /// through another instance): their next use reads the store.
+    pub fn forget_owner(&self, owner: &str) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let doomed: Vec<String> = cache
+            .iter()
+            .filter(|(_, c)| c.record.as_ref().is_some_and(|r| r.owner == owner))
+            .map(|(h, _)| h.clone())
+            .collect();
+        for h in doomed {
+            cache.pop(&h);
+        }
+    }
+
+    /// Drops every cached lookup (events may have been missed).
+    pub fn forget_all(&self) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Revokes one key of `owner`; `false` if there is no such key.
     pub async fn revoke(&self, owner: &str, id: &str) -> Result<bool, AuthError> {
         let Some(record) = self.record(owner, id).await? else {

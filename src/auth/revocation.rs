@@ -93,6 +93,20 @@ impl Revocations {
         Ok(())
     }
 
+    /// Drops this instance's cached state of `user_id` (revoked through another instance):
+    /// the next check reads the store.
+    pub fn forget(&self, user_id: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop(user_id);
+    }
+
+    /// Drops every cached state (events may have been missed).
+    pub fn forget_all(&self) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     fn remember(&self, user_id: &str, v: Option<u64>) {
         self.cache
             .lock()
@@ -119,8 +133,16 @@ mod tests {
         // `a` cached the absence and may keep it for its TTL; `b` (and a fresh instance) see it.
         assert_eq!(a.not_before("u1").await.unwrap(), None);
         assert_eq!(b.not_before("u1").await.unwrap(), Some(1_000));
+        // Told by the fleet bus, `a` forgets what it cached and reads the record.
+        a.forget("u1");
+        assert_eq!(a.not_before("u1").await.unwrap(), Some(1_000));
+        assert_eq!(a.not_before("u2").await.unwrap(), None);
+        b.revoke("u2", 2_000).await.unwrap();
+        assert_eq!(a.not_before("u2").await.unwrap(), None);
+        a.forget_all();
+        assert_eq!(a.not_before("u2").await.unwrap(), Some(2_000));
         let fresh = Revocations::new(store, Duration::from_secs(30));
         assert_eq!(fresh.not_before("u1").await.unwrap(), Some(1_000));
-        assert_eq!(fresh.not_before("u2").await.unwrap(), None);
+        assert_eq!(fresh.not_before("u3").await.unwrap(), None);
     }
 }

@@ -48,7 +48,13 @@ struct Inner {
     deleted: LruCache<String, ()>,
     /// When each cached image's existence was last confirmed.
     confirmed: LruCache<String, Instant>,
+    /// Recently erased accounts (owner → when): their results are not admitted for
+    /// [`OWNER_TOMBSTONE`] (a computation that started before the erasure may finish after it).
+    erased_owners: LruCache<String, Instant>,
 }
+
+/// How long an erased owner's results are refused: longer than any computation.
+const OWNER_TOMBSTONE: Duration = Duration::from_secs(600);
 
 /// Tombstones kept; a transform outliving this many later deletes is not a realistic race.
 const TOMBSTONES: usize = 65_536;
@@ -97,6 +103,9 @@ impl MemoryCache {
                 confirmed: LruCache::new(
                     std::num::NonZeroUsize::new(TOMBSTONES).unwrap_or(std::num::NonZeroUsize::MIN),
                 ),
+                erased_owners: LruCache::new(
+                    std::num::NonZeroUsize::new(TOMBSTONES).unwrap_or(std::num::NonZeroUsize::MIN),
+                ),
             }),
             capacity,
             max_item,
@@ -118,7 +127,12 @@ impl MemoryCache {
             return Insertion::TooLarge;
         }
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if inner.deleted.contains(&item.image) {
+        if inner.deleted.contains(&item.image)
+            || inner
+                .erased_owners
+                .peek(&item.owner)
+                .is_some_and(|at| at.elapsed() < OWNER_TOMBSTONE)
+        {
             return Insertion::Deleted;
         }
         if let Some(old) = inner.lru.pop(&key) {
@@ -177,6 +191,33 @@ impl MemoryCache {
         doomed.len()
     }
 
+    /// Removes every entry owned by `owner` (an erased account) and refuses that owner's
+    /// results for a while; returns how many entries went.
+    pub fn purge_owner(&self, owner: &str) -> usize {
+        let images: Vec<String> = {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            inner.erased_owners.put(owner.to_owned(), Instant::now());
+            let set: HashSet<String> = inner
+                .lru
+                .iter()
+                .filter(|(_, v)| v.owner == owner)
+                .map(|(_, v)| v.image.clone())
+                .collect();
+            set.into_iter().collect()
+        };
+        images.iter().map(|i| self.purge_image(i)).sum()
+    }
+
+    /// Forgets when every image was last confirmed: each one's next hit re-checks storage
+    /// (after events may have been missed).
+    pub fn forget_confirmations(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .confirmed
+            .clear();
+    }
+
     /// Entries held.
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -226,6 +267,39 @@ mod tests {
             owner: "o".into(),
             last_modified: SystemTime::UNIX_EPOCH,
         })
+    }
+
+    fn owned(image: &str, owner: &str) -> Arc<CachedResult> {
+        Arc::new(CachedResult {
+            image: image.into(),
+            owner: owner.into(),
+            ..(*item(10)).clone()
+        })
+    }
+
+    #[test]
+    fn an_erased_owner_loses_every_entry_and_is_not_cached_again() {
+        let c = MemoryCache::new(1 << 20, 1 << 20);
+        let now = Instant::now();
+        c.insert("a1".into(), owned("a", "alice"), now);
+        c.insert("a2".into(), owned("a", "alice"), now);
+        c.insert("b1".into(), owned("b", "alice"), now);
+        c.insert("c1".into(), owned("c", "bob"), now);
+        assert_eq!(c.purge_owner("alice"), 3);
+        assert!(c.get("a1").is_none() && c.get("b1").is_none());
+        assert!(c.get("c1").is_some());
+        // A computation of alice's finishing after the erasure is refused; bob's are not.
+        assert_eq!(
+            c.insert("d1".into(), owned("d", "alice"), now),
+            Insertion::Deleted
+        );
+        assert!(matches!(
+            c.insert("e1".into(), owned("e", "bob"), now),
+            Insertion::Admitted { .. }
+        ));
+        assert!(!c.stale("c", Duration::from_secs(30)));
+        c.forget_confirmations();
+        assert!(c.stale("c", Duration::from_secs(30)));
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub(super) const FILE_KEYS: &[&str] = &[
     "auth.jwt_hs256_secret",
     "cdn.purge_headers",
     "redis.url",
+    "redis.cluster_urls",
 ];
 
 /// Largest secret file read (a secret is a key, a token or a URL, never megabytes).

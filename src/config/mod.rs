@@ -26,6 +26,7 @@ pub use crate::audit::config::AuditConfig;
 pub use crate::auth::config::AuthConfig;
 pub use crate::cache::config::CacheConfig;
 pub use crate::cdn::config::CdnConfig;
+pub use crate::fleet::config::FleetConfig;
 pub use crate::limits::config::{LimitsConfig, PlanLimits, RedisConfig};
 pub use crate::options::presets::Presets;
 pub use crate::render::config::{EncodeConfig, TransformConfig, WatermarkConfig};
@@ -43,6 +44,7 @@ pub struct Config {
     pub signing: SigningConfig,
     pub auth: AuthConfig,
     pub redis: RedisConfig,
+    pub fleet: FleetConfig,
     pub limits: LimitsConfig,
     pub transform: TransformConfig,
     pub cache: CacheConfig,
@@ -100,6 +102,7 @@ impl Config {
         self.signing.validate()?;
         self.auth.validate(self.embedded)?;
         self.redis.validate()?;
+        self.fleet.validate()?;
         self.limits.validate()?;
         self.transform.validate()?;
         self.encode.validate()?;
@@ -163,6 +166,14 @@ impl Config {
         if let Some(toml::Value::String(url)) = get_path(&value, &redis_path) {
             let clean = redact_url_password(url);
             set_path(&mut value, &redis_path, toml::Value::String(clean));
+        }
+        let seeds_path = ["redis".to_owned(), "cluster_urls".to_owned()];
+        if let Some(toml::Value::Array(seeds)) = get_path(&value, &seeds_path) {
+            let clean = seeds
+                .iter()
+                .map(|u| toml::Value::String(redact_url_password(u.as_str().unwrap_or_default())))
+                .collect();
+            set_path(&mut value, &seeds_path, toml::Value::Array(clean));
         }
         toml::to_string_pretty(&value).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
@@ -774,6 +785,17 @@ mod tests {
         }
         assert!(out.contains("<redacted>"));
         assert!(out.contains("localhost:6379"));
+        // Cluster seeds carry the same password.
+        let mut e = valid_env();
+        e.push((
+            "PIXGATE__REDIS__CLUSTER_URLS".into(),
+            "rediss://default:s3cr3t-pw@n1:7000,redis://:s3cr3t-pw@n2:7001".into(),
+        ));
+        let c = Config::load(None, e).unwrap();
+        assert_eq!(c.redis.cluster_urls.len(), 2);
+        let out = c.redacted_toml();
+        assert!(!out.contains("s3cr3t-pw"), "{out}");
+        assert!(out.contains("n1:7000") && out.contains("n2:7001"), "{out}");
     }
 
     #[test]

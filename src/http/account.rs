@@ -366,7 +366,14 @@ pub async fn erase(
                         }
                     }
                     let erased = r.is_ok();
-                    lead.finish(r.map(|_| ()));
+                    let r = match r {
+                        Ok(_) => {
+                            let event = crate::fleet::Event::AccountErased { user: user.clone() };
+                            Ok(super::propagate::broadcast(&app, &event).await)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    lead.finish(r);
                     if erased {
                         // Another instance may still trust a cached key for up to
                         // `auth.revocation_cache_secs` and record its use: clear such markers
@@ -383,7 +390,7 @@ pub async fn erase(
             Joined::Follower(wait) => wait,
         };
         if let Some(r) = wait.wait().await {
-            return r.map(|()| no_content());
+            return r.map(|p| super::propagate::report(app, p.as_ref(), ctx, no_content()));
         }
     }
     Err(Error::Overloaded)

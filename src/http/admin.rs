@@ -34,10 +34,15 @@ pub async fn revoke_tokens(
     app.auth.revocations.revoke(&user, now).await?;
     let keys = app.auth.api_keys.revoke_all(&user).await?;
     tracing::warn!(request_id = %ctx.request_id, user = %user.escape_debug(), by = %principal.user_id.escape_debug(), api_keys = keys, "tokens revoked");
-    Ok(json_response(
+    let resp = json_response(
         StatusCode::OK,
         &json!({"user_id": user, "not_before": now, "api_keys_revoked": keys}),
-    ))
+    );
+    let event = crate::fleet::Event::TokensRevoked {
+        user,
+        not_before: now,
+    };
+    Ok(super::propagate::propagate(app, event, ctx, resp).await)
 }
 
 /// `since`/`until`: RFC 3339 or Unix seconds.

@@ -31,6 +31,9 @@ pub(super) struct Note {
     pub(super) bytes_in: u64,
     /// The image exists but the caller may not touch it (answered `404`).
     pub(super) denied: bool,
+    /// Live instances that did not acknowledge this request's fleet event (`*`: the bus was
+    /// down, none was told).
+    pub(super) unacknowledged: Vec<String>,
 }
 
 /// Per-request facts shared by handlers.
@@ -109,6 +112,11 @@ impl Ctx {
     /// Records the API key created or revoked.
     pub fn set_api_key(&self, id: &str) {
         self.note().api_key = Some(crate::audit::clip(id));
+    }
+
+    /// Records the instances that did not confirm this request's fleet event.
+    pub fn set_unacknowledged(&self, instances: Vec<String>) {
+        self.note().unacknowledged = instances;
     }
 
     /// Records the bytes a request brought in (an upload's image).

@@ -122,6 +122,7 @@ fn audit_event(
     e.user_agent = user_agent;
     e.bytes_in = n.bytes_in;
     e.bytes_out = bytes_out;
+    e.unacknowledged = std::mem::take(&mut n.unacknowledged);
     e
 }
 

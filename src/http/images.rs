@@ -386,7 +386,8 @@ pub async fn delete(
     // Memory, original, derived objects, metadata; then the CDN purge hook in the background.
     app.render.delete_image(&meta).await?;
     tracing::info!(request_id = %ctx.request_id, image = %meta.id, "image deleted");
-    Ok(no_content())
+    let event = crate::fleet::Event::ImageDeleted { image: meta.id };
+    Ok(super::propagate::propagate(app, event, ctx, no_content()).await)
 }
 
 /// `{options, expires_in}` → `{url, expires_at}`: a signed transform URL for the image, with an

@@ -7,8 +7,9 @@ use crate::cache::Flights;
 
 #[derive(Default)]
 pub struct AccountJobs {
-    /// Account erasures in progress: a repeated `DELETE /v1/me` joins the running one.
-    pub erasures: Flights<Result<(), Error>>,
+    /// Account erasures in progress: a repeated `DELETE /v1/me` joins the running one. The
+    /// result says how far the fleet event got (`None`: no fleet).
+    pub erasures: Flights<Result<Option<crate::fleet::Propagation>, Error>>,
     /// Exports streaming: one at a time per account (each reads the whole archive range and
     /// every original).
     pub exports: Flights<()>,

@@ -94,5 +94,6 @@ pub async fn revoke(
         return Err(Error::NotFound);
     }
     tracing::info!(request_id = %ctx.request_id, key_id = %id.escape_debug(), "API key revoked");
-    Ok(no_content())
+    let event = crate::fleet::Event::ApiKeyRevoked { owner };
+    Ok(super::propagate::propagate(app, event, ctx, no_content()).await)
 }

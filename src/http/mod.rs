@@ -27,6 +27,7 @@ pub(crate) mod images;
 pub mod jobs;
 mod keys;
 mod ops;
+mod propagate;
 mod ratelimit;
 mod route;
 mod transform;

@@ -159,8 +159,12 @@ impl LimitsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// Empty: no Redis (in-process limits).
+    /// One Redis (or a proxy in front of several). Empty, with no `cluster_urls`: no Redis
+    /// (in-process limits, no fleet bus).
     pub url: String,
+    /// Seed nodes of a Redis Cluster (any reachable one suffices; list several). Exclusive
+    /// with `url`.
+    pub cluster_urls: Vec<String>,
     /// Deadline of every limiter call; slower answers fall back to the in-process limiter.
     pub timeout_ms: u64,
     pub pool_size: u64,
@@ -172,6 +176,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: String::new(),
+            cluster_urls: Vec::new(),
             timeout_ms: 50,
             pool_size: 16,
             key_prefix: "pixgate".into(),
@@ -179,14 +184,31 @@ impl Default for RedisConfig {
     }
 }
 
+fn redis_scheme(url: &str) -> bool {
+    url.starts_with("redis://") || url.starts_with("rediss://")
+}
+
 impl RedisConfig {
+    /// Whether a Redis (single or cluster) is configured.
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty() || !self.cluster_urls.is_empty()
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         require(
-            !(self.url.is_empty()
-                || self.url.starts_with("redis://")
-                || self.url.starts_with("rediss://")),
+            !(self.url.is_empty() || redis_scheme(&self.url)),
             "redis.url",
             "must start with redis:// or rediss://",
+        )?;
+        require(
+            !self.cluster_urls.iter().all(|u| redis_scheme(u)),
+            "redis.cluster_urls",
+            "every seed must start with redis:// or rediss://",
+        )?;
+        require(
+            !self.url.is_empty() && !self.cluster_urls.is_empty(),
+            "redis.cluster_urls",
+            "set redis.url (one Redis) or redis.cluster_urls (a Redis Cluster), not both",
         )?;
         seconds("redis.timeout_ms", self.timeout_ms.div_ceil(1000))?;
         positive("redis.pool_size", self.pool_size)?;
@@ -262,5 +284,23 @@ mod tests {
             ..RedisConfig::default()
         };
         assert_eq!(http.validate().unwrap_err().key, "redis.url");
+        let seeds = |url: &str, seeds: &[&str]| RedisConfig {
+            url: url.into(),
+            cluster_urls: seeds.iter().map(|s| (*s).to_owned()).collect(),
+            ..RedisConfig::default()
+        };
+        assert!(
+            seeds("", &["redis://a:7000", "rediss://u:p@b:7001"])
+                .validate()
+                .is_ok()
+        );
+        assert!(seeds("", &["redis://a:7000"]).enabled());
+        assert!(!RedisConfig::default().enabled());
+        for bad in [
+            seeds("", &["redis://a:7000", "tcp://b:7001"]),
+            seeds("redis://a:6379", &["redis://a:7000"]),
+        ] {
+            assert_eq!(bad.validate().unwrap_err().key, "redis.cluster_urls");
+        }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Place in the architecture: the HTTP layer asks [`Limiter`] before work that a limit pays
 //! for; the limiter answers with a [`Status`] per limit (what the `RateLimit` headers say) or a
-//! `429` error. Decisions are made in Redis when `redis.url` is set — one Lua script per
+//! `429` error. Decisions are made in Redis when `redis.url` (or `redis.cluster_urls`) is set — one Lua script per
 //! decision, timed by Redis's own clock (`TIME`), keys hash-tagged per subject so every decision
 //! maps to one Redis Cluster slot — and otherwise, or while Redis is unreachable, by the in-process [`local`] store with
 //! the same algorithms. Nothing here knows HTTP.
@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 pub use config::{LimitsConfig, PLAN_KEYS, PlanLimits, RedisConfig};
 pub use local::LocalStore;
-pub use remote::{RemoteError, RemoteStore, redis_pool};
+pub use remote::{RemoteError, RemoteStore};
 
 use crate::metrics::Metrics;
 
@@ -325,7 +325,7 @@ impl Limiter {
     pub fn new(
         l: &LimitsConfig,
         r: &RedisConfig,
-        redis: Option<deadpool_redis::Pool>,
+        redis: Option<crate::kv::Pool>,
         metrics: &Metrics,
     ) -> Limiter {
         let base = Tier {

@@ -2,8 +2,8 @@
 //! instance sharing the Redis, timed by Redis's clock (`TIME`), never by the instances' clocks.
 //!
 //! Keys carry a hash tag per subject (`{u:…}` for a user, `{ip:…}` for an address) and a script
-//! touches only keys of one subject, so each maps to one Redis Cluster slot (the client talks to
-//! one endpoint; a native Cluster client is not wired up). Scripts are
+//! touches only keys of one subject, so each maps to one Redis Cluster slot (`redis.cluster_urls`:
+//! the cluster client routes each call to the slot's master, see [`crate::kv`]). Scripts are
 //! sent by SHA (`EVALSHA`) and re-loaded after a `NOSCRIPT` (a restarted Redis). Every call has
 //! the `redis.timeout_ms` deadline; a failure marks the store down, after which decisions go to
 //! the local store until the background probe sees the script run again.
@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use deadpool_redis::redis::{self, Script};
 
-use super::RedisConfig;
 use super::{Algorithm, BUCKETS, Decision, Mode, PLAN_HINT_TTL_SECS, Policy, nonce, set_flag};
 use crate::metrics::Metrics;
 
@@ -115,30 +114,6 @@ end
 return {allowed, used, reset, retry, ''}
 ";
 
-/// The connection pool for `redis.url` (`None` when unset).
-pub fn redis_pool(config: &RedisConfig) -> Result<Option<deadpool_redis::Pool>, String> {
-    if config.url.is_empty() {
-        return Ok(None);
-    }
-    let mut cfg = deadpool_redis::Config::from_url(config.url.clone());
-    // Each limiter call has its own `redis.timeout_ms` deadline; connecting may take longer
-    // (TLS, a remote Redis) and is done by the health probe when a call cannot wait for it.
-    let connect = Duration::from_millis(config.timeout_ms.max(1000));
-    cfg.pool = Some(deadpool_redis::PoolConfig {
-        max_size: usize::try_from(config.pool_size).unwrap_or(usize::MAX),
-        timeouts: deadpool_redis::Timeouts {
-            // Shorter than the call deadline, so a busy pool is told apart from a slow Redis.
-            wait: Some(Duration::from_millis(config.timeout_ms.div_ceil(2))),
-            create: Some(connect),
-            recycle: Some(connect),
-        },
-        ..Default::default()
-    });
-    cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .map(Some)
-        .map_err(|e| format!("redis.url: {e}"))
-}
-
 /// Probe period while Redis is down.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
@@ -153,7 +128,7 @@ pub enum RemoteError {
 }
 
 pub struct RemoteStore {
-    pool: deadpool_redis::Pool,
+    pool: crate::kv::Pool,
     /// A key of its own for the health probe, which runs the real script (a `PING` would pass
     /// while scripts fail: no permission, cluster redirects, out of memory).
     probe_key: String,
@@ -168,7 +143,7 @@ type Reply = (i64, i64, i64, i64, String);
 
 impl RemoteStore {
     pub fn new(
-        pool: deadpool_redis::Pool,
+        pool: crate::kv::Pool,
         timeout: Duration,
         prefix: &str,
         metrics: Metrics,
@@ -249,10 +224,7 @@ impl RemoteStore {
     }
 
     /// A pooled connection before `deadline`.
-    async fn conn(
-        &self,
-        deadline: tokio::time::Instant,
-    ) -> Result<deadpool_redis::Connection, RemoteError> {
+    async fn conn(&self, deadline: tokio::time::Instant) -> Result<crate::kv::Conn, RemoteError> {
         match tokio::time::timeout_at(deadline, self.pool.get()).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(deadpool_redis::PoolError::Timeout(deadpool_redis::TimeoutType::Wait))) => {

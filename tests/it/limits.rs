@@ -692,7 +692,7 @@ async fn a_busy_pool_is_not_an_outage() {
     c.redis.url = format!("redis://127.0.0.1:{}/0", services().redis_port);
     c.redis.pool_size = 1;
     c.redis.key_prefix = format!("t{}", unique("busy"));
-    let pool = pixgate::limits::redis_pool(&c.redis).unwrap().unwrap();
+    let pool = pixgate::kv::Pool::from_config(&c.redis).unwrap().unwrap();
     let metrics = pixgate::metrics::Metrics::new().unwrap();
     let limiter = pixgate::limits::Limiter::new(&c.limits, &c.redis, Some(pool.clone()), &metrics);
     limiter.warm_up().await;

@@ -8,6 +8,7 @@ mod caching;
 mod cli;
 mod edge;
 mod faults;
+mod fleet;
 mod hardening;
 mod identity;
 mod images_api;

@@ -1,0 +1,310 @@
+//! Fleets (issue 17): several pixgate instances sharing one Redis (or a Redis Cluster) and one
+//! bucket set. Deletes, erasures and revocations answer only once every live instance has
+//! forgotten what they removed; the `Pixgate-Fleet` header says how far an event got.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use pixgate::auth::Role;
+
+use crate::harness::*;
+use crate::identity::unique;
+
+/// Servers of one fleet: same key prefix (so the same bus and registry), same buckets.
+pub fn fleet_env(prefix: &str, extra: &[(&'static str, &'static str)]) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PIXGATE__REDIS__KEY_PREFIX".to_owned(), prefix.to_owned()),
+        ("PIXGATE__REDIS__TIMEOUT_MS".to_owned(), "2000".to_owned()),
+        (
+            "PIXGATE__LIMITS__UPLOADS_PER_HOUR".to_owned(),
+            "100000".to_owned(),
+        ),
+        (
+            "PIXGATE__LIMITS__TRANSFORMS_PER_HOUR".to_owned(),
+            "100000".to_owned(),
+        ),
+    ];
+    for (k, v) in extra {
+        env.retain(|(ek, _)| ek != k);
+        env.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    env
+}
+
+pub fn start_fleet(n: usize, env: &[(String, String)]) -> Vec<Server> {
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    (0..n)
+        .map(|_| Server::start_with(Backend::S3, &pairs))
+        .collect()
+}
+
+/// A signed transform of `id`, answered from memory on its second request.
+pub fn thumb(id: &str) -> String {
+    signed(&format!("/rs:fit:64:64/plain/{id}@png"))
+}
+
+/// Requests `path` on each server until it is a memory hit there.
+pub async fn warm(servers: &[&Server], path: &str) {
+    for s in servers {
+        for _ in 0..2 {
+            let r = get(&s.url(path), &[]).await;
+            assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+        }
+    }
+}
+
+/// `acked=N/M, ms=T` → (N, M, T).
+pub fn acked(header: Option<&str>) -> (usize, usize, u64) {
+    let h = header.expect("Pixgate-Fleet header");
+    let mut parts = h.split(", ");
+    let (n, m) = parts
+        .next()
+        .and_then(|p| p.strip_prefix("acked="))
+        .and_then(|p| p.split_once('/'))
+        .unwrap_or_else(|| panic!("{h}"));
+    let ms = parts
+        .next()
+        .and_then(|p| p.strip_prefix("ms="))
+        .unwrap_or_else(|| panic!("{h}"));
+    (n.parse().unwrap(), m.parse().unwrap(), ms.parse().unwrap())
+}
+
+pub async fn delete_image(s: &Server, credential: &str, id: &str) -> Resp {
+    request(
+        Method::DELETE,
+        &s.url(&format!("/v1/images/{id}")),
+        &[("authorization", &bearer(credential))],
+        Bytes::new(),
+    )
+    .await
+}
+
+async fn list_images(s: &Server, credential: &str) -> u16 {
+    get(
+        &s.url("/v1/images"),
+        &[("authorization", &bearer(credential))],
+    )
+    .await
+    .status
+}
+
+/// The percentile `p` (0..=100) of sorted `v`.
+pub fn percentile(v: &[u64], p: usize) -> u64 {
+    let i = (v.len() * p).div_ceil(100).saturating_sub(1);
+    v[i.min(v.len() - 1)]
+}
+
+/// Deletes, API-key revocations, token revocations and an account erasure made on one
+/// instance are in force on the two others as soon as the response arrives — where, before
+/// the bus, the others kept serving cached results and accepting cached credentials for up to
+/// `auth.revocation_cache_secs` (30 s). Also measures propagation over 100 deletes.
+#[tokio::test]
+async fn deletes_and_revocations_reach_every_instance_before_the_response() {
+    let prefix = format!("t{}", unique("fleet"));
+    let fleet = start_fleet(3, &fleet_env(&prefix, &[]));
+    let (a, b, c) = (&fleet[0], &fleet[1], &fleet[2]);
+    let owner = unique("fleet-owner");
+    let jwt = token(&owner, Role::Editor);
+
+    // 1. An image cached in memory on B and C, deleted through A.
+    let id = upload_fixture(a, &owner, "photo_320x240.jpg", "image/jpeg").await;
+    warm(&[b, c], &thumb(&id)).await;
+    let r = delete_image(a, &jwt, &id).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        acked(r.header("pixgate-fleet")).0,
+        2,
+        "{:?}",
+        r.header("pixgate-fleet")
+    );
+    for s in [b, c] {
+        assert_eq!(get(&s.url(&thumb(&id)), &[]).await.status, 404);
+    }
+
+    // 2. An API key used (and cached) on B and C, revoked through A.
+    let r = request(
+        Method::POST,
+        &a.url("/v1/api-keys"),
+        &[("authorization", &bearer(&jwt))],
+        Bytes::from(r#"{"name":"fleet","scopes":["read"]}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let key = r.json()["key"].as_str().unwrap().to_owned();
+    let key_id = r.json()["id"].as_str().unwrap().to_owned();
+    for s in [b, c] {
+        assert_eq!(list_images(s, &key).await, 200);
+    }
+    let r = request(
+        Method::DELETE,
+        &a.url(&format!("/v1/api-keys/{key_id}")),
+        &[("authorization", &bearer(&jwt))],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(acked(r.header("pixgate-fleet")).0, 2);
+    for s in [b, c] {
+        assert_eq!(list_images(s, &key).await, 401);
+    }
+
+    // 3. A token accepted (its revocation state cached) on B and C, revoked through A.
+    let carol = unique("fleet-carol");
+    let carol_jwt = token(&carol, Role::Editor);
+    for s in [b, c] {
+        assert_eq!(list_images(s, &carol_jwt).await, 200);
+    }
+    let admin = token(&unique("fleet-root"), Role::Admin);
+    let r = request(
+        Method::POST,
+        &a.url(&format!("/v1/admin/users/{carol}/revoke-tokens")),
+        &[("authorization", &bearer(&admin))],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(acked(r.header("pixgate-fleet")).0, 2);
+    for s in [b, c] {
+        assert_eq!(list_images(s, &carol_jwt).await, 401);
+    }
+
+    // 4. An account erased through A: B and C serve none of its images from memory.
+    let dave = unique("fleet-dave");
+    let kept = upload_fixture(a, &dave, "photo_320x240.jpg", "image/jpeg").await;
+    warm(&[b, c], &thumb(&kept)).await;
+    let r = request(
+        Method::DELETE,
+        &a.url("/v1/me"),
+        &[("authorization", &bearer(&token(&dave, Role::Editor)))],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(acked(r.header("pixgate-fleet")).0, 2);
+    for s in [b, c] {
+        assert_eq!(get(&s.url(&thumb(&kept)), &[]).await.status, 404);
+    }
+
+    // 5. Propagation time over 100 deletes, sent through each instance in turn; every one is
+    // in force on the two others right after its response.
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        let r = upload(a, &jwt, "image/jpeg", fixture("photo_320x240.jpg")).await;
+        assert_eq!(r.status, 201);
+        ids.push(r.json()["id"].as_str().unwrap().to_owned());
+    }
+    let mut ms = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let sender = &fleet[i % 3];
+        let others: Vec<&Server> = fleet.iter().filter(|s| s.addr != sender.addr).collect();
+        warm(&others, &thumb(id)).await;
+        let r = delete_image(sender, &jwt, id).await;
+        assert_eq!(r.status, 204);
+        let (n, m, t) = acked(r.header("pixgate-fleet"));
+        assert_eq!((n, m), (2, 2));
+        ms.push(t);
+        for s in &others {
+            assert_eq!(get(&s.url(&thumb(id)), &[]).await.status, 404);
+        }
+    }
+    ms.sort_unstable();
+    println!(
+        "fleet propagation over {} events, 3 instances: p50 {} ms, p99 {} ms, max {} ms",
+        ms.len(),
+        percentile(&ms, 50),
+        percentile(&ms, 99),
+        ms[ms.len() - 1]
+    );
+    let m = wait_for(a, "three live instances", |m| {
+        metric(m, "pixgate_fleet_instances", "") == 3.0
+    })
+    .await;
+    assert_eq!(metric(&m, "pixgate_fleet_bus_up", ""), 1.0);
+    assert!(
+        metric(
+            &m,
+            "pixgate_fleet_events_total",
+            "{kind=\"image_deleted\",outcome=\"applied\"}"
+        ) >= 66.0
+    );
+}
+
+/// An instance that dies without leaving stays registered until its heartbeat expires: a
+/// delete meanwhile waits `fleet.ack_timeout_ms`, answers 204, names the silent instance and
+/// states the bound that applies to it.
+#[tokio::test]
+async fn a_silent_instance_is_named_and_the_bound_is_stated() {
+    let prefix = format!("t{}", unique("fleet-dead"));
+    let env = fleet_env(&prefix, &[("PIXGATE__FLEET__ACK_TIMEOUT_MS", "500")]);
+    let mut fleet = start_fleet(2, &env);
+    let owner = unique("fleet-dead-owner");
+    let jwt = token(&owner, Role::Editor);
+    let id = upload_fixture(&fleet[0], &owner, "photo_320x240.jpg", "image/jpeg").await;
+    let log = fleet[1].log();
+    let silent = log
+        .lines()
+        .find(|l| l.contains("subscribed to the event bus"))
+        .and_then(|l| l.split("instance=").nth(1))
+        .map(|s| s.split_whitespace().next().unwrap_or_default().to_owned())
+        .expect("instance id in the log");
+    fleet[1].kill9();
+    let t = Instant::now();
+    let r = delete_image(&fleet[0], &jwt, &id).await;
+    let waited = t.elapsed();
+    assert_eq!(r.status, 204);
+    let h = r.header("pixgate-fleet").unwrap_or_default().to_owned();
+    assert!(
+        h.starts_with("acked=0/1, ms=") && h.ends_with(", bound=30"),
+        "{h}"
+    );
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    let m = metrics(&fleet[0]).await;
+    assert_eq!(metric(&m, "pixgate_fleet_unacknowledged_total", ""), 1.0);
+    let log = fleet[0].log();
+    assert!(
+        log.contains("did not acknowledge") && log.contains(&silent),
+        "{silent} not named:\n{log}"
+    );
+}
+
+/// Redis stopped: deletes still succeed, the response states the fallback bound, the metric
+/// says the bus is down; once Redis is back the instance rejoins on its own.
+#[tokio::test]
+async fn with_the_bus_down_deletes_succeed_under_the_fallback_bound() {
+    let mut redis = PrivateRedis::start();
+    let url = redis.url();
+    let s = Server::start_with(
+        Backend::S3,
+        &[
+            ("PIXGATE__REDIS__URL", url.as_str()),
+            ("PIXGATE__FLEET__HEARTBEAT_SECS", "1"),
+        ],
+    );
+    let owner = unique("busdown");
+    let jwt = token(&owner, Role::Editor);
+    let id = upload_fixture(&s, &owner, "photo_320x240.jpg", "image/jpeg").await;
+    let r = delete_image(&s, &jwt, &id).await;
+    assert_eq!(acked(r.header("pixgate-fleet")).1, 0);
+    redis.kill();
+    wait_for(&s, "bus down", |m| {
+        metric(m, "pixgate_fleet_bus_up", "") == 0.0
+    })
+    .await;
+    let id = upload_fixture(&s, &owner, "photo_320x240.jpg", "image/jpeg").await;
+    let r = delete_image(&s, &jwt, &id).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("pixgate-fleet"), Some("bus=down, bound=30"));
+    assert_eq!(get(&s.url(&thumb(&id)), &[]).await.status, 404);
+    redis.restart();
+    wait_for(&s, "bus back", |m| {
+        metric(m, "pixgate_fleet_bus_up", "") == 1.0
+    })
+    .await;
+    let id = upload_fixture(&s, &owner, "photo_320x240.jpg", "image/jpeg").await;
+    let r = delete_image(&s, &jwt, &id).await;
+    assert_eq!(acked(r.header("pixgate-fleet")).1, 0);
+}
