@@ -105,6 +105,64 @@ impl Pool {
     }
 }
 
+/// The Redis Cluster slot of `key`: CRC16/XMODEM of its hash tag (the part between the first
+/// `{` and the next `}`, when not empty) or of the whole key, modulo 16384.
+pub fn slot(key: &str) -> u16 {
+    let b = key.as_bytes();
+    let tagged = b.iter().position(|c| *c == b'{').and_then(|open| {
+        let rest = &b[open + 1..];
+        let close = rest.iter().position(|c| *c == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    let mut crc: u16 = 0;
+    for byte in tagged.unwrap_or(b) {
+        crc ^= u16::from(*byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// The slot ranges served by masters (`CLUSTER SLOTS`), so a health probe can touch each
+/// master: a probe of one key would pass while another master is down.
+pub async fn master_ranges(conn: &mut Conn) -> Result<Vec<(u16, u16)>, String> {
+    let reply: Vec<Value> = deadpool_redis::redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let int = |v: &Value| match v {
+        Value::Int(n) => u16::try_from(*n).ok(),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for entry in &reply {
+        if let Value::Array(fields) = entry
+            && let (Some(start), Some(end)) =
+                (fields.first().and_then(int), fields.get(1).and_then(int))
+        {
+            out.push((start, end));
+        }
+    }
+    if out.is_empty() {
+        return Err("CLUSTER SLOTS: no slot ranges".into());
+    }
+    Ok(out)
+}
+
+/// A key `{prefix}:{probe-N}:health` whose slot lies in `range`.
+pub fn probe_key_in(prefix: &str, range: (u16, u16)) -> Option<String> {
+    (0..1_000_000u32)
+        .map(|n| format!("probe-{n}"))
+        .find(|tag| (range.0..=range.1).contains(&slot(tag)))
+        .map(|tag| format!("{prefix}:{{{tag}}}:health"))
+}
+
 /// The nodes a subscriber may connect to, in order of preference: the one URL, or each
 /// cluster seed. On a Redis Cluster a message published on any node reaches the subscribers
 /// of every node, so one connection to any live node hears the whole fleet.
@@ -122,6 +180,21 @@ pub fn subscriber_urls(config: &RedisConfig) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_match_redis_cluster_keyslot() {
+        // Values from `CLUSTER KEYSLOT` of Redis 7.0.
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("123456789"), 12739);
+        assert_eq!(slot("{user1000}.following"), slot("user1000"));
+        assert_eq!(slot("pixgate:{u:abc}:uploads"), slot("u:abc"));
+        // An empty tag is no tag.
+        assert_eq!(slot("a{}b"), slot("a{}b"));
+        assert_ne!(slot("a{}b"), slot(""));
+        let k = probe_key_in("p", (100, 200)).unwrap();
+        assert!((100..=200).contains(&slot(&k)), "{k}");
+        assert!(probe_key_in("p", (16383, 16383)).is_some());
+    }
 
     #[test]
     fn pools_follow_the_configured_mode() {

@@ -132,6 +132,8 @@ pub struct RemoteStore {
     /// A key of its own for the health probe, which runs the real script (a `PING` would pass
     /// while scripts fail: no permission, cluster redirects, out of memory).
     probe_key: String,
+    /// `redis.key_prefix` (probe keys per master on a cluster).
+    prefix: String,
     timeout: Duration,
     log_script: Script,
     buckets_script: Script,
@@ -151,6 +153,7 @@ impl RemoteStore {
         RemoteStore {
             pool,
             probe_key: format!("{prefix}:{{probe}}:health"),
+            prefix: prefix.to_owned(),
             timeout,
             log_script: Script::new(LOG_SCRIPT),
             buckets_script: Script::new(BUCKETS_SCRIPT),
@@ -193,27 +196,53 @@ impl RemoteStore {
 
     /// Runs both scripts, taking a unit each, on the probe keys: Redis answers and scripts can
     /// write (a `PING` or a read-only script passes while writes fail: out of memory, an ACL).
+    /// On a Redis Cluster, on a key of every master's slot range: a probe of one slot would
+    /// pass while another master is down.
     pub async fn probe(&self, timeout: Duration) -> Result<(), RemoteError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut conn = self.conn(deadline).await?;
+        let keys = if self.pool.is_cluster() {
+            let ranges = tokio::time::timeout_at(deadline, crate::kv::master_ranges(&mut conn))
+                .await
+                .map_err(|_| RemoteError::Failed("CLUSTER SLOTS timed out".into()))?
+                .map_err(RemoteError::Failed)?;
+            ranges
+                .into_iter()
+                .filter_map(|r| crate::kv::probe_key_in(&self.prefix, r))
+                .collect()
+        } else {
+            vec![self.probe_key.clone()]
+        };
+        for key in &keys {
+            self.probe_key_once(&mut conn, key, deadline).await?;
+        }
+        Ok(())
+    }
+
+    async fn probe_key_once(
+        &self,
+        conn: &mut crate::kv::Conn,
+        key: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), RemoteError> {
         let call = async {
             self.log_script
-                .key(&self.probe_key)
+                .key(key)
                 .arg(1_000_000)
                 .arg(1000)
                 .arg("take")
                 .arg(nonce())
-                .invoke_async::<Reply>(&mut conn)
+                .invoke_async::<Reply>(&mut *conn)
                 .await?;
             self.buckets_script
-                .key(format!("{}:b", self.probe_key))
+                .key(format!("{key}:b"))
                 .arg(1_000_000)
                 .arg(1000)
                 .arg(BUCKETS)
                 .arg("take")
                 .arg("")
                 .arg(0)
-                .invoke_async::<Reply>(&mut conn)
+                .invoke_async::<Reply>(&mut *conn)
                 .await
         };
         match tokio::time::timeout_at(deadline, call).await {

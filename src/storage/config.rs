@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::types::{ConfigError, require, seconds};
+use crate::config::types::{ConfigError, require, seconds, within};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -20,8 +20,14 @@ pub struct StorageConfig {
     /// (SSE-S3) or `aws:kms` (SSE-KMS with `s3_sse_kms_key_id`).
     pub s3_sse: Sse,
     pub s3_sse_kms_key_id: String,
-    /// Each storage operation is abandoned after this long.
+    /// Each storage operation is abandoned after this long (all its attempts together).
     pub timeout_secs: u64,
+    /// Attempts per S3 operation (the SDK's standard retry: throttling, 5xx, timeouts and
+    /// connection errors, with jittered backoff). 1: no retry.
+    pub s3_max_attempts: u64,
+    /// Deadline of one S3 attempt; 0: none (only `timeout_secs`). Set it below
+    /// `timeout_secs` so a request stuck on a dying node is retried within the operation.
+    pub s3_attempt_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +75,8 @@ impl Default for StorageConfig {
             s3_sse: Sse::BucketDefault,
             s3_sse_kms_key_id: String::new(),
             timeout_secs: 10,
+            s3_max_attempts: 3,
+            s3_attempt_timeout_ms: 0,
         }
     }
 }
@@ -92,6 +100,12 @@ impl StorageConfig {
             }
         }
         seconds("storage.timeout_secs", self.timeout_secs)?;
+        within("storage.s3_max_attempts", self.s3_max_attempts, 1..=10)?;
+        require(
+            self.s3_attempt_timeout_ms >= self.timeout_secs * 1000,
+            "storage.s3_attempt_timeout_ms",
+            "must be below storage.timeout_secs (0: no per-attempt deadline)",
+        )?;
         require(
             self.s3_sse != Sse::Kms && !self.s3_sse_kms_key_id.is_empty(),
             "storage.s3_sse_kms_key_id",
@@ -125,6 +139,22 @@ mod tests {
             ..StorageConfig::default()
         };
         assert_eq!(no_root.validate().unwrap_err().key, "storage.fs_root");
+        let slow_attempt = StorageConfig {
+            s3_attempt_timeout_ms: 10_000,
+            ..StorageConfig::default()
+        };
+        assert_eq!(
+            slow_attempt.validate().unwrap_err().key,
+            "storage.s3_attempt_timeout_ms"
+        );
+        let no_attempt = StorageConfig {
+            s3_max_attempts: 0,
+            ..StorageConfig::default()
+        };
+        assert_eq!(
+            no_attempt.validate().unwrap_err().key,
+            "storage.s3_max_attempts"
+        );
     }
 
     #[test]

@@ -39,11 +39,19 @@ impl S3Store {
         let timeout = Duration::from_secs(cfg.timeout_secs);
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(cfg.s3_region.clone()))
-            .timeout_config(
-                TimeoutConfig::builder()
+            .timeout_config({
+                let t = TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(3).min(timeout))
-                    .operation_timeout(timeout)
-                    .build(),
+                    .operation_timeout(timeout);
+                match cfg.s3_attempt_timeout_ms {
+                    0 => t,
+                    ms => t.operation_attempt_timeout(Duration::from_millis(ms)),
+                }
+                .build()
+            })
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(u32::try_from(cfg.s3_max_attempts).unwrap_or(3)),
             );
         if !cfg.s3_endpoint.is_empty() {
             loader = loader.endpoint_url(cfg.s3_endpoint.clone());

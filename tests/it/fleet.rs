@@ -12,7 +12,7 @@ use crate::harness::*;
 use crate::identity::unique;
 
 /// Servers of one fleet: same key prefix (so the same bus and registry), same buckets.
-pub fn fleet_env(prefix: &str, extra: &[(&'static str, &'static str)]) -> Vec<(String, String)> {
+pub fn fleet_env(prefix: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut env = vec![
         ("PIXGATE__REDIS__KEY_PREFIX".to_owned(), prefix.to_owned()),
         ("PIXGATE__REDIS__TIMEOUT_MS".to_owned(), "2000".to_owned()),
@@ -307,4 +307,249 @@ async fn with_the_bus_down_deletes_succeed_under_the_fallback_bound() {
     let id = upload_fixture(&s, &owner, "photo_320x240.jpg", "image/jpeg").await;
     let r = delete_image(&s, &jwt, &id).await;
     assert_eq!(acked(r.header("pixgate-fleet")).1, 0);
+}
+
+/// Concurrent uploads of one user spread over `servers`: their statuses.
+async fn concurrent_uploads(servers: &[&Server], jwt: &str, n: usize) -> Vec<u16> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    for i in 0..n {
+        let url = servers[i % servers.len()].url("/v1/images");
+        let (jwt, barrier) = (jwt.to_owned(), barrier.clone());
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let auth = bearer(&jwt);
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", "image/jpeg"),
+            ];
+            request(Method::POST, &url, &headers, fixture("photo_320x240.jpg"))
+                .await
+                .status
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        out.push(r.unwrap());
+    }
+    out
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+/// Waits until every server's readiness reports Redis `ok` (decisions exact again).
+async fn wait_redis_ok(servers: &[&Server], max: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let mut all = true;
+        for s in servers {
+            let r = get(&s.url("/readyz"), &[]).await;
+            all &= r.json()["checks"]["redis"] == "ok";
+        }
+        if all {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < max, "redis decisions never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Mixed traffic (uploads by fresh users, memory hits, misses) on `servers` until `stop`.
+async fn traffic(
+    servers: Vec<String>,
+    hit: String,
+    source: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<u16> {
+    let mut out = Vec::new();
+    let mut i = 0usize;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let base = &servers[i % servers.len()];
+        let r = match i % 3 {
+            0 => {
+                let jwt = token(&unique("fo-user"), Role::Editor);
+                let auth = bearer(&jwt);
+                let headers = [
+                    ("authorization", auth.as_str()),
+                    ("content-type", "image/jpeg"),
+                ];
+                let url = format!("{base}/v1/images");
+                request(Method::POST, &url, &headers, fixture("photo_320x240.jpg")).await
+            }
+            1 => get(&format!("{base}{hit}"), &[]).await,
+            _ => {
+                let path = signed(&format!("/rs:fit:{}:0/plain/{source}@png", 20 + i));
+                get(&format!("{base}{path}"), &[]).await
+            }
+        };
+        out.push(r.status);
+        i += 1;
+    }
+    out
+}
+
+/// Three instances on a Redis Cluster (3 masters + 3 replicas): quotas exact across them, the
+/// limiter's keys spread over several masters, deletes propagated over the cluster's pub/sub;
+/// a master SIGKILLed mid-traffic costs only bounded 503s and decisions are exact again after
+/// the failover, without restarting pixgate.
+#[tokio::test]
+async fn three_instances_on_a_redis_cluster() {
+    let mut rc = crate::clusters::RedisCluster::start();
+    let urls = rc.urls();
+    let prefix = format!("t{}", unique("rc"));
+    let env = fleet_env(
+        &prefix,
+        &[
+            ("PIXGATE__REDIS__URL", ""),
+            ("PIXGATE__REDIS__CLUSTER_URLS", urls.as_str()),
+            ("PIXGATE__LIMITS__UPLOADS_PER_HOUR", "5"),
+            ("PIXGATE__LIMITS__TRANSFORMS_PER_HOUR", "8"),
+            ("PIXGATE__TRANSFORM__QUEUE_LEN", "64"),
+        ],
+    );
+    let fleet = start_fleet(3, &env);
+    let servers: Vec<&Server> = fleet.iter().collect();
+    wait_redis_ok(&servers, Duration::from_secs(10)).await;
+
+    // Quotas are one count across the instances.
+    let statuses = concurrent_uploads(&servers, &token(&unique("rc-up"), Role::Editor), 9).await;
+    assert_eq!(
+        (count(&statuses, 201), count(&statuses, 429)),
+        (5, 4),
+        "{statuses:?}"
+    );
+    let owner = unique("rc-tx");
+    let id = crate::limits::seed_image(servers[0], &owner).await;
+    let statuses = crate::limits::concurrent_transforms(&servers, &id, 1, 12).await;
+    assert_eq!(
+        (count(&statuses, 200), count(&statuses, 429)),
+        (8, 4),
+        "{statuses:?}"
+    );
+
+    // Subjects hash to slots of different masters.
+    for _ in 0..12 {
+        let r = crate::limits::upload_tiny(servers[1], &token(&unique("rc-spread"), Role::Editor))
+            .await;
+        assert_eq!(r.status, 201);
+    }
+    let masters = rc.masters();
+    let holding: Vec<u16> = masters
+        .iter()
+        .copied()
+        .filter(|m| rc.keys_on(*m, &prefix) > 0)
+        .collect();
+    assert!(
+        holding.len() >= 2,
+        "keys on masters {holding:?} of {masters:?}"
+    );
+
+    // Deletes reach the other instances through the cluster's pub/sub.
+    let img_owner = unique("rc-img");
+    let img = upload_fixture(servers[2], &img_owner, "photo_320x240.jpg", "image/jpeg").await;
+    let img_owner_jwt = token(&img_owner, Role::Editor);
+    warm(&servers[1..], &thumb(&img)).await;
+    let r = delete_image(servers[0], &img_owner_jwt, &img).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        acked(r.header("pixgate-fleet")).0,
+        2,
+        "{:?}",
+        r.header("pixgate-fleet")
+    );
+    for s in &servers[1..] {
+        assert_eq!(get(&s.url(&thumb(&img)), &[]).await.status, 404);
+    }
+
+    // A master SIGKILLed mid-traffic.
+    // (Fresh owners: the first one's transforms quota is spent. Misses beyond the new owner's
+    // 8 are refused with 429, decided by the limiter like the rest.)
+    let hot = crate::limits::seed_image(servers[0], &unique("rc-hot")).await;
+    let hit = thumb(&hot);
+    warm(&servers, &hit).await;
+    let source = crate::limits::seed_image(servers[0], &unique("rc-src")).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bases: Vec<String> = servers.iter().map(|s| s.base.clone()).collect();
+    let load = tokio::spawn(traffic(bases, hit, source, stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let victim = holding[0];
+    let killed = Instant::now();
+    rc.kill(victim);
+    // Failed over: the victim marked failed, its replica promoted, every slot served.
+    let (_rc, failover) = tokio::task::spawn_blocking(move || {
+        let d = rc.wait_ok(Duration::from_secs(30));
+        (rc, d)
+    })
+    .await
+    .unwrap();
+    let exact_again = wait_redis_ok(&servers, Duration::from_secs(30)).await + failover;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = load.await.unwrap();
+    let errors: Vec<u16> = statuses
+        .iter()
+        .copied()
+        .filter(|s| *s >= 500 && *s != 503)
+        .collect();
+    assert!(errors.is_empty(), "5xx other than 503: {errors:?}");
+    println!(
+        "redis cluster master killed: {} requests, {} answered 503; cluster ok after {:?}, pixgate decisions in redis again {:?} after the kill (total {:?})",
+        statuses.len(),
+        count(&statuses, 503),
+        failover,
+        exact_again,
+        killed.elapsed()
+    );
+    // Exact again: a fresh user's quota is one count across the instances.
+    let statuses = concurrent_uploads(&servers, &token(&unique("rc-after"), Role::Editor), 8).await;
+    assert_eq!(
+        (count(&statuses, 201), count(&statuses, 429)),
+        (5, 3),
+        "{statuses:?}"
+    );
+    let u = crate::limits::usage(servers[2], &token(&owner, Role::Viewer)).await;
+    assert_eq!(u["limiter"], "redis");
+}
+
+/// A three-node Garage (replication factor 3): one node SIGKILLed mid-traffic, uploads and
+/// transforms keep succeeding (writes need two of three copies).
+#[tokio::test]
+async fn uploads_and_transforms_continue_with_a_garage_node_down() {
+    let mut gc = crate::clusters::GarageCluster::start();
+    let s = Server::start_with(
+        Backend::S3,
+        &[
+            ("PIXGATE__STORAGE__S3_ENDPOINT", gc.endpoint.as_str()),
+            ("PIXGATE__STORAGE__S3_ATTEMPT_TIMEOUT_MS", "3000"),
+            ("PIXGATE__LIMITS__UPLOADS_PER_HOUR", "100000"),
+            ("PIXGATE__LIMITS__TRANSFORMS_PER_HOUR", "100000"),
+        ],
+    );
+    let owner = unique("gc");
+    let id = upload_fixture(&s, &owner, "photo_320x240.jpg", "image/jpeg").await;
+    let hit = thumb(&id);
+    warm(&[&s], &hit).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(traffic(vec![s.base.clone()], hit, id.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    gc.kill(2);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = load.await.unwrap();
+    let failed: Vec<u16> = statuses.iter().copied().filter(|s| *s >= 400).collect();
+    assert!(failed.is_empty(), "{failed:?} of {}", statuses.len());
+    // Written with a node down, read back.
+    let after = upload_fixture(&s, &owner, "photo_320x240.jpg", "image/jpeg").await;
+    let r = get(
+        &s.url(&signed(&format!("/rs:fit:50:0/plain/{after}@png"))),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    println!(
+        "garage node killed: {} requests (uploads, hits, misses), none failed",
+        statuses.len()
+    );
 }

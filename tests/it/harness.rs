@@ -28,8 +28,9 @@ pub const SIGNING_SALT: &str = "520f986b998545b4785e0defbc4f3c1203f22de2374a3d53
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-42";
 pub const ISSUER: &str = "https://idp.test/";
 pub const AUDIENCE: &str = "pixgate-tests";
-const S3_KEY_ID: &str = "GK0123456789abcdef01234567";
-const S3_SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub(crate) const S3_KEY_ID: &str = "GK0123456789abcdef01234567";
+pub(crate) const S3_SECRET: &str =
+    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 pub const ORIGINALS_BUCKET: &str = "pixgate-originals";
 pub const DERIVED_BUCKET: &str = "pixgate-derived";
 /// The audit archive of S3 servers (tests of the archive itself use buckets of their own).
@@ -241,7 +242,7 @@ api_bind_addr = "127.0.0.1:{admin}"
     (format!("http://127.0.0.1:{s3}"), child)
 }
 
-fn garage_bin() -> PathBuf {
+pub(crate) fn garage_bin() -> PathBuf {
     if let Ok(p) = std::env::var("GARAGE_BIN") {
         return PathBuf::from(p);
     }
@@ -260,7 +261,7 @@ fn garage_bin() -> PathBuf {
     PathBuf::from("garage")
 }
 
-fn garage(cfg: &Path, args: &[&str]) -> Result<String, String> {
+pub(crate) fn garage(cfg: &Path, args: &[&str]) -> Result<String, String> {
     let out = Command::new(garage_bin())
         .arg("-c")
         .arg(cfg)
@@ -277,7 +278,7 @@ fn garage(cfg: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
-fn retry(mut f: impl FnMut() -> Result<String, String>) -> String {
+pub(crate) fn retry(mut f: impl FnMut() -> Result<String, String>) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match f() {
@@ -289,7 +290,7 @@ fn retry(mut f: impl FnMut() -> Result<String, String>) -> String {
 }
 
 /// Spawns a child that receives SIGKILL when the spawning thread exits.
-fn spawn_tied(cmd: &mut Command) -> std::io::Result<Child> {
+pub(crate) fn spawn_tied(cmd: &mut Command) -> std::io::Result<Child> {
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
@@ -307,7 +308,7 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn wait_port(port: u16, max: Duration) {
+pub(crate) fn wait_port(port: u16, max: Duration) {
     let deadline = Instant::now() + max;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {

@@ -29,12 +29,12 @@ fn tiny_png() -> Bytes {
     Bytes::from(out)
 }
 
-async fn upload_tiny(server: &Server, token: &str) -> Resp {
+pub(crate) async fn upload_tiny(server: &Server, token: &str) -> Resp {
     upload(server, token, PNG, tiny_png()).await
 }
 
 /// Uploads one image for `owner` with a bypassing admin (no quota spent) and returns its id.
-async fn seed_image(server: &Server, owner: &str) -> String {
+pub(crate) async fn seed_image(server: &Server, owner: &str) -> String {
     let admin = token(&unique("root"), Role::Admin);
     let r = request(
         Method::POST,
@@ -47,7 +47,7 @@ async fn seed_image(server: &Server, owner: &str) -> String {
     r.json()["id"].as_str().unwrap().to_owned()
 }
 
-async fn usage(server: &Server, token: &str) -> serde_json::Value {
+pub(crate) async fn usage(server: &Server, token: &str) -> serde_json::Value {
     let r = get(
         &server.url("/v1/usage"),
         &[("authorization", &bearer(token))],
@@ -229,7 +229,12 @@ async fn spend_transforms(server: &Server, id: &str, from: usize, n: usize) {
 }
 
 /// `n` concurrent distinct computations of `id`, spread over `servers`; their statuses.
-async fn concurrent_transforms(servers: &[&Server], id: &str, from: usize, n: usize) -> Vec<u16> {
+pub(crate) async fn concurrent_transforms(
+    servers: &[&Server],
+    id: &str,
+    from: usize,
+    n: usize,
+) -> Vec<u16> {
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {

@@ -6,6 +6,7 @@ mod harness;
 mod audit;
 mod caching;
 mod cli;
+mod clusters;
 mod edge;
 mod faults;
 mod fleet;
