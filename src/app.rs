@@ -14,6 +14,7 @@ use crate::image::ImageLimits;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::options::ParseLimits;
+use crate::reload::Swap;
 use crate::render::Renderer;
 use crate::signature::Signer;
 use crate::storage::{Backend, FsStore, ObjectStore, S3Store};
@@ -25,7 +26,8 @@ pub struct App {
     /// The store's readiness check, bounded in time and single-flight (`/readyz`).
     pub health: crate::storage::HealthProbe,
     pub catalog: Catalog,
-    pub signer: Signer,
+    /// Swapped on `SIGHUP` ([`App::reload`]).
+    pub signer: Swap<Signer>,
     /// Bearer credentials → principals (JWTs, API keys, revocations).
     pub auth: Authenticator,
     /// Results: caches, single-flight, the engine and its CPU pool, eager renders, deletes.
@@ -113,7 +115,7 @@ impl App {
             jobs: AccountJobs::default(),
             health: crate::storage::HealthProbe::new(store.clone()),
             store,
-            signer,
+            signer: Swap::new(signer),
             auth,
             metrics,
             trusted_proxies: config.server.trusted_networks(),
@@ -121,6 +123,27 @@ impl App {
             parse_limits: config.parse_limits(),
             config,
         })
+    }
+}
+
+impl App {
+    /// Swaps in the secrets of `config` (re-read on `SIGHUP`): signing keys and salts, JWT
+    /// verification keys (secret, key file, JWKS file or URL), CDN purge headers. Nothing is
+    /// swapped unless all of them build. Returns what was reloaded, for the log.
+    pub async fn reload(&self, config: &Config) -> Result<Vec<&'static str>, String> {
+        let signer = Signer::from_hex(
+            &config.signing.keys,
+            &config.signing.salts,
+            config.signing.signature_size as usize,
+        )?;
+        let jwt = JwtVerifier::from_config(&config.auth).await?;
+        self.signer.store(signer);
+        self.auth.jwt.store(jwt);
+        let mut done = vec!["signing.keys", "signing.salts", "auth"];
+        if self.cdn.reload_headers(&config.cdn) {
+            done.push("cdn.purge_headers");
+        }
+        Ok(done)
     }
 }
 
@@ -163,7 +186,7 @@ async fn authenticator(
     let a = &config.auth;
     let revocation_ttl = Duration::from_secs(a.revocation_cache_secs);
     Ok(Authenticator {
-        jwt: JwtVerifier::from_config(a).await?,
+        jwt: Swap::new(JwtVerifier::from_config(a).await?),
         api_keys: ApiKeys::new(
             store.clone(),
             revocation_ttl,

@@ -24,6 +24,7 @@
 //! - [`image`] pure image engine: probe, decode (shrink-on-load), resize, effects, encode
 //! - `fuzzing` (hidden): the fuzz targets `fuzz/` and `tests/fuzz_smoke.rs` drive
 //! - [`config`] the loader; each section lives with its domain (`server::config`, …)
+//! - [`reload`] secrets swapped on `SIGHUP`
 //! - [`metrics`], [`id`], [`app`] (wiring)
 //!
 //! Invariants: `image` does no I/O; nothing touches storage before a signature or token is
@@ -50,6 +51,7 @@ pub mod limits;
 pub mod metrics;
 pub mod options;
 pub mod outbound;
+pub mod reload;
 pub mod render;
 pub mod server;
 pub mod signature;

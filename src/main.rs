@@ -381,23 +381,58 @@ fn init_tracing(config: &Config) {
 
 fn serve(file: Option<PathBuf>) -> Result<(), String> {
     pixgate::tune_allocator();
-    let config = load_config(file)?;
+    let config = load_config(file.clone())?;
     init_tracing(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    let result = runtime.block_on(run(config));
+    let result = runtime.block_on(run(config, file));
     // Connections are drained by now; blocking-pool jobs of abandoned requests (or a stuck
     // disk) must not hold the process open: dropping a runtime would wait for them forever.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
+/// On `SIGHUP`: re-reads the configuration (file, environment, `file:` secrets) and swaps in
+/// its secrets (`App::reload`); a configuration that does not load keeps the previous ones.
+fn spawn_reloader(app: Arc<App>, file: Option<PathBuf>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler: secrets reload needs a restart");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            let f = file.clone();
+            let loaded = tokio::task::spawn_blocking(move || load_config(f))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            let reloaded = match loaded {
+                Ok(config) => app.reload(&config).await,
+                Err(e) => Err(e),
+            };
+            match reloaded {
+                Ok(what) => tracing::info!(reloaded = ?what, "SIGHUP: secrets reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: reload refused; the previous secrets stay in force")
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (app, file);
+}
+
 /// How long start-up waits for the fleet bus before listening anyway.
 const FLEET_JOIN_WAIT: Duration = Duration::from_secs(3);
 
-async fn run(config: Config) -> Result<(), String> {
+async fn run(config: Config, file: Option<PathBuf>) -> Result<(), String> {
     if config.embedded {
         let secrets = DevSecrets::path(&config.storage.fs_root);
         tracing::warn!(
@@ -445,6 +480,7 @@ async fn run(config: Config) -> Result<(), String> {
     }
     let _ = std::io::stdout().flush();
 
+    spawn_reloader(app.clone(), file);
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(server::serve(

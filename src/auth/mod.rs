@@ -303,7 +303,8 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
 
 /// Turns bearer credentials into principals: JWTs (with the revocation list) and API keys.
 pub struct Authenticator {
-    pub jwt: JwtVerifier,
+    /// Swapped on `SIGHUP` (new secrets, key files, JWKS).
+    pub jwt: crate::reload::Swap<JwtVerifier>,
     pub api_keys: ApiKeys,
     pub revocations: Revocations,
     /// `auth.leeway_secs`, also applied to revocation cut-offs.
@@ -317,7 +318,7 @@ impl Authenticator {
         let principal = if token.starts_with(API_KEY_PREFIX) {
             self.api_keys.authenticate(token).await?
         } else {
-            self.jwt.verify(token).await?
+            self.jwt.load().verify(token).await?
         };
         if let Some(not_before) = self.revocations.not_before(&principal.user_id).await? {
             // Refused: credentials issued up to the revocation plus the clock leeway (an IdP
@@ -436,12 +437,14 @@ mod tests {
             Arc::new(FsStore::new(dir.path(), Duration::from_secs(5)).unwrap());
         let ttl = Duration::from_secs(30);
         let auth = Authenticator {
-            jwt: JwtVerifier::from_config(&AuthConfig {
-                jwt_hs256_secret: "0123456789abcdef0123456789abcdef".into(),
-                ..AuthConfig::default()
-            })
-            .await
-            .unwrap(),
+            jwt: crate::reload::Swap::new(
+                JwtVerifier::from_config(&AuthConfig {
+                    jwt_hs256_secret: "0123456789abcdef0123456789abcdef".into(),
+                    ..AuthConfig::default()
+                })
+                .await
+                .unwrap(),
+            ),
             api_keys: ApiKeys::new(store.clone(), ttl, 10),
             revocations: Revocations::new(store.clone(), ttl),
             leeway_secs: 30,

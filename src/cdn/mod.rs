@@ -49,7 +49,8 @@ type Client = hyper_util::client::legacy::Client<
 struct Hook {
     url: String,
     method: Method,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    /// Swapped on `SIGHUP` (they carry the CDN's API token).
+    headers: crate::reload::Swap<Vec<(HeaderName, HeaderValue)>>,
     body: String,
     timeout: Duration,
     attempts: u32,
@@ -67,6 +68,13 @@ pub struct CdnPurger {
     audit: Option<Arc<crate::audit::Auditor>>,
 }
 
+fn header_pairs(cfg: &CdnConfig) -> Vec<(HeaderName, HeaderValue)> {
+    cfg.purge_headers
+        .iter()
+        .map(|h| (h.name.clone(), h.value.clone()))
+        .collect()
+}
+
 /// How one attempt ended.
 enum Attempt {
     Done,
@@ -75,6 +83,18 @@ enum Attempt {
 }
 
 impl CdnPurger {
+    /// Takes the purge headers of a reloaded configuration (the rest of `[cdn]` needs a
+    /// restart). Returns whether there was a hook to update.
+    pub fn reload_headers(&self, cfg: &CdnConfig) -> bool {
+        match &self.hook {
+            Some(hook) => {
+                hook.headers.store(header_pairs(cfg));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Builds the purger from a validated configuration.
     pub fn new(cfg: &CdnConfig, metrics: Metrics) -> Result<CdnPurger, String> {
         let hook = if cfg.purge_url.is_empty() {
@@ -84,11 +104,7 @@ impl CdnPurger {
             Some(Hook {
                 url: cfg.purge_url.clone(),
                 method: cfg.purge_method.0.clone(),
-                headers: cfg
-                    .purge_headers
-                    .iter()
-                    .map(|h| (h.name.clone(), h.value.clone()))
-                    .collect(),
+                headers: crate::reload::Swap::new(header_pairs(cfg)),
                 body: cfg.purge_body.clone(),
                 timeout: Duration::from_millis(cfg.purge_timeout_ms),
                 attempts: u32::try_from(cfg.purge_attempts).unwrap_or(u32::MAX),
@@ -193,7 +209,7 @@ impl CdnPurger {
         let url = expand(&hook.url, image_id, &nonce);
         let body = expand(&hook.body, image_id, &nonce);
         let mut builder = Request::builder().method(hook.method.clone()).uri(&url);
-        for (name, value) in &hook.headers {
+        for (name, value) in hook.headers.load().iter() {
             builder = builder.header(name, value);
         }
         let req = match builder.body(Full::new(Bytes::from(body))) {

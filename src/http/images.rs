@@ -443,7 +443,7 @@ pub async fn sign_url(
             "options: must not set the expiry (use expires_in)".into(),
         ));
     }
-    let url = format!("/{}{}", app.signer.sign(&path), path);
+    let url = format!("/{}{}", app.signer.load().sign(&path), path);
     Ok(json_response(
         StatusCode::OK,
         &json!({"url": url, "expires_at": exp, "expires_in": ttl}),

@@ -81,7 +81,7 @@ async fn verify(
         p.allow(Action::Transform)?;
         return Ok(Caller::Bearer(p));
     }
-    if !app.signer.verify(signature, tail) {
+    if !app.signer.load().verify(signature, tail) {
         return Err(Error::InvalidSignature);
     }
     ctx.set_signed_url();

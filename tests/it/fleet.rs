@@ -553,3 +553,101 @@ async fn uploads_and_transforms_continue_with_a_garage_node_down() {
         statuses.len()
     );
 }
+
+/// `signing.keys`, `signing.salts` and `auth.jwt_hs256_secret` from mounted files; a changed
+/// file takes effect on `SIGHUP`, on a connection that stays open across it; a reload that
+/// cannot load keeps the previous secrets.
+#[tokio::test]
+async fn secrets_rotate_on_sighup_without_dropping_connections() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("signing-key");
+    let jwt_file = dir.path().join("jwt");
+    std::fs::write(&key_file, format!("{SIGNING_KEY}\n")).unwrap();
+    std::fs::write(&jwt_file, JWT_SECRET).unwrap();
+    let key_env = format!("file:{}", key_file.display());
+    let jwt_env = format!("file:{}", jwt_file.display());
+    let s = Server::start_with(
+        Backend::Fs,
+        &[
+            ("PIXGATE__SIGNING__KEYS", key_env.as_str()),
+            ("PIXGATE__AUTH__JWT_HS256_SECRET", jwt_env.as_str()),
+        ],
+    );
+    let owner = unique("hup");
+    let id = upload_fixture(&s, &owner, "photo_320x240.jpg", "image/jpeg").await;
+    let path = format!("/rs:fit:40:0/plain/{id}@png");
+    let new_key = "aa".repeat(32);
+    let new_signer =
+        pixgate::signature::Signer::from_hex(&[new_key.clone()], &[SIGNING_SALT.into()], 32)
+            .unwrap();
+    let new_url = format!("/{}{}", new_signer.sign(&path), path);
+    let new_secret = "rotated-secret-rotated-secret-rotated-0001";
+    let new_jwt = {
+        let mut cfg = auth_config();
+        cfg.jwt_hs256_secret = new_secret.into();
+        pixgate::auth::mint_hs256(
+            &cfg,
+            &pixgate::auth::TokenRequest {
+                sub: owner.clone(),
+                role: Role::Editor,
+                plan: None,
+                ttl_secs: 600,
+            },
+        )
+        .unwrap()
+    };
+    let old_jwt = token(&owner, Role::Editor);
+    assert_eq!(get(&s.url(&signed(&path)), &[]).await.status, 200);
+    assert_eq!(get(&s.url(&new_url), &[]).await.status, 403);
+
+    // A keep-alive connection opened before the reload.
+    let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let ask = |conn: &mut std::net::TcpStream| {
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = conn.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(ask(&mut conn).starts_with("HTTP/1.1 200"));
+
+    std::fs::write(&key_file, &new_key).unwrap();
+    std::fs::write(&jwt_file, new_secret).unwrap();
+    signal(s.pid() as u32, libc::SIGHUP);
+    wait_log(&s, "secrets reloaded", 1).await;
+    assert_eq!(get(&s.url(&new_url), &[]).await.status, 200);
+    assert_eq!(get(&s.url(&signed(&path)), &[]).await.status, 403);
+    let list = |t: String| {
+        let url = s.url("/v1/images");
+        async move { get(&url, &[("authorization", &bearer(&t))]).await.status }
+    };
+    assert_eq!(list(new_jwt.clone()).await, 200);
+    assert_eq!(list(old_jwt).await, 401);
+    assert!(
+        ask(&mut conn).starts_with("HTTP/1.1 200"),
+        "connection dropped"
+    );
+
+    // A file that cannot be read: the reload is refused, the current secrets stay.
+    std::fs::remove_file(&key_file).unwrap();
+    signal(s.pid() as u32, libc::SIGHUP);
+    wait_log(&s, "reload refused", 1).await;
+    assert!(!s.log().contains(&new_key), "a secret reached the log");
+    assert_eq!(get(&s.url(&new_url), &[]).await.status, 200);
+    assert_eq!(list(new_jwt).await, 200);
+}
+
+/// Waits until `needle` appears `n` times in the server's log.
+async fn wait_log(s: &Server, needle: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.log().matches(needle).count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
