@@ -651,3 +651,74 @@ async fn wait_log(s: &Server, needle: &str, n: usize) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Managed Redis requires TLS and a user: `rediss://user:password@host` with an ACL user that
+/// may run exactly what pixgate needs (scripts, pub/sub, its own keys). The limiter decides in
+/// Redis and the fleet bus is up over that connection. (The CA comes from `SSL_CERT_FILE`, as
+/// rustls-native-certs reads it.)
+#[tokio::test]
+async fn rediss_with_an_acl_user() {
+    let port = free_port();
+    let fixtures = format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("users.acl");
+    std::fs::write(
+        &acl,
+        "user default off\nuser pixgate on >s3cret-pw ~px:* &px:* +@scripting +@pubsub +@keyspace +@read +@write +@connection +time\n",
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new("redis-server");
+    cmd.args([
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ])
+    .args(["--tls-cert-file", &format!("{fixtures}/tls_cert.pem")])
+    .args(["--tls-key-file", &format!("{fixtures}/tls_key.pem")])
+    .args(["--tls-ca-cert-file", &format!("{fixtures}/tls_ca.pem")])
+    .args([
+        "--tls-auth-clients",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .arg("--aclfile")
+    .arg(&acl)
+    .stdout(std::process::Stdio::null());
+    let mut child = spawn_tied(&mut cmd).expect("redis-server with TLS");
+    wait_port(port, Duration::from_secs(10));
+    let url = format!("rediss://pixgate:s3cret-pw@localhost:{port}/0");
+    let s = Server::start_with(
+        Backend::S3,
+        &[
+            ("PIXGATE__REDIS__URL", url.as_str()),
+            ("PIXGATE__REDIS__KEY_PREFIX", "px"),
+            ("SSL_CERT_FILE", &format!("{fixtures}/tls_ca.pem")),
+        ],
+    );
+    let r = get(&s.url("/readyz"), &[]).await;
+    assert_eq!(r.json()["checks"]["redis"], "ok", "{}", s.log());
+    wait_for(&s, "bus up", |m| {
+        metric(m, "pixgate_fleet_bus_up", "") == 1.0
+    })
+    .await;
+    let owner = unique("tls");
+    let id = upload_fixture(&s, &owner, "photo_320x240.jpg", "image/jpeg").await;
+    let u = crate::limits::usage(&s, &token(&owner, Role::Viewer)).await;
+    assert_eq!(
+        (
+            u["limiter"].as_str(),
+            u["quotas"]["uploads"]["used"].as_u64()
+        ),
+        (Some("redis"), Some(1))
+    );
+    let r = delete_image(&s, &token(&owner, Role::Editor), &id).await;
+    assert_eq!(acked(r.header("pixgate-fleet")).1, 0);
+    assert!(!s.log().contains("s3cret-pw"), "a password reached the log");
+    let _ = child.kill();
+}
