@@ -429,6 +429,17 @@ fn spawn_reloader(app: Arc<App>, file: Option<PathBuf>) {
     let _ = (app, file);
 }
 
+/// Subscribes to the fleet bus before listening: listening first would let a delete made
+/// through another instance skip this one.
+async fn join_fleet(app: &Arc<App>) {
+    if let Some(fleet) = &app.fleet {
+        fleet.start(app.clone());
+        if !fleet.wait_up(FLEET_JOIN_WAIT).await {
+            tracing::warn!("fleet: event bus not reachable yet; joining when it is");
+        }
+    }
+}
+
 /// How long start-up waits for the fleet bus before listening anyway.
 const FLEET_JOIN_WAIT: Duration = Duration::from_secs(3);
 
@@ -465,13 +476,7 @@ async fn run(config: Config, file: Option<PathBuf>) -> Result<(), String> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let app = Arc::new(App::build(config).await?);
-    if let Some(fleet) = &app.fleet {
-        fleet.start(app.clone());
-        // Listening before joining the fleet would let a delete elsewhere skip this instance.
-        if !fleet.wait_up(FLEET_JOIN_WAIT).await {
-            tracing::warn!("fleet: event bus not reachable yet; joining when it is");
-        }
-    }
+    join_fleet(&app).await;
     tracing::info!(%addr, backend = app.store.backend(), scheme, "pixgate listening");
     // A machine-readable line for scripts and the test harness (which may bind port 0).
     println!("pixgate listening on {scheme}://{addr}");

@@ -11,7 +11,8 @@
 #   REPO_DIR  the repository: deploy/kubernetes/{deployment,configmap}.yaml, deploy/Dockerfile
 #             and config/pixgate.toml (the image's COPY config/pixgate.toml) are read from it.
 #
-# Needs root, unshare(1) (util-linux), python3 with PyYAML. Must be run as root: it builds the
+# Needs root, unshare(1) and setpriv(1) (util-linux), python3 with PyYAML (SANDBOX_PYTHON picks
+# another interpreter), a Debian bookworm host (its /usr stands in for the image's). It builds the
 # container's root filesystem on a tmpfs inside a private mount (and UTS) namespace, then
 # execs `chroot ROOT setpriv ... env -i ... pixgate ARGS`: the script's PID becomes pixgate's
 # PID (no process is left behind: kill the PID and pixgate is gone; SIGTERM is the image's
@@ -51,6 +52,13 @@
 # Anything in the manifests this script does not model (another volume type, a valueFrom it
 # cannot resolve, $(VAR) references, subPath, capabilities.add, another Dockerfile instruction
 # or RUN command, ...) is an error, not silently ignored.
+#
+# As the kubelet makes them: an emptyDir is a fresh directory of mode 0777, with fsGroup chgrp'ed
+# to it and setgid (2777 root:fsGroup; here a tmpfs, sizeLimit as its size); a secret volume is a
+# read-only tmpfs of ..data symlinks (files root:fsGroup, mode = item mode or defaultMode). The
+# runtime adds HOSTNAME (the pod name) and HOME (the user's passwd home) to the environment.
+# The new root is mounted on SANDBOX_MOUNTPOINT (default /run/pixgate-deploy-sandbox) inside the
+# private namespace only; the host keeps an empty directory there, shared by concurrent runs.
 #
 # Not reproduced: the network namespace (pixgate shares the host's network, like hostNetwork),
 # the PID namespace (pixgate is not PID 1), seccomp RuntimeDefault, the cgroup CPU/memory limits,
@@ -641,7 +649,8 @@ inside() {
 	done
 	[ -d ".$P_WORKDIR" ] || mkdir -p ".$P_WORKDIR"
 
-	# /dev like a container runtime's: a tmpfs with the usual nodes, /dev/shm, /dev/pts.
+	# /dev like a container runtime's: a tmpfs with the usual nodes and /dev/shm (writable by
+	# anyone, as in any container; readOnlyRootFilesystem does not cover it).
 	mount -t tmpfs -o mode=0755,nosuid,size=65536k sandbox-dev dev
 	local n
 	for n in null zero full random urandom tty; do
@@ -652,7 +661,7 @@ inside() {
 	ln -s /proc/self/fd/0 dev/stdin
 	ln -s /proc/self/fd/1 dev/stdout
 	ln -s /proc/self/fd/2 dev/stderr
-	mkdir dev/shm dev/pts
+	mkdir dev/shm
 	mount -t tmpfs -o mode=1777,nosuid,nodev,noexec,size=65536k shm dev/shm
 	mount -t proc -o nosuid,nodev,noexec proc proc
 	mount -t sysfs -o ro,nosuid,nodev,noexec sysfs sys 2>/dev/null || {
@@ -667,7 +676,7 @@ inside() {
 	for i in "${!P_SECRET_MOUNTS[@]}"; do
 		path=${P_SECRET_MOUNTS[$i]}
 		mkdir -p ".$path"
-		mount -t tmpfs -o mode=1777,nosuid,nodev,noexec,size=1m secret-volume ".$path"
+		mount -t tmpfs -o mode=1777,nosuid,nodev,noexec secret-volume ".$path"
 		local ts
 		ts="..$(date -u +%Y_%m_%d_%H_%M_%S).$$"
 		mkdir ".$path/$ts"

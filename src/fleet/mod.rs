@@ -32,7 +32,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::kv;
-use crate::limits::RedisConfig;
+use crate::kv::RedisConfig;
 use crate::metrics::Metrics;
 pub use config::FleetConfig;
 

@@ -36,7 +36,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-pub use config::{LimitsConfig, PLAN_KEYS, PlanLimits, RedisConfig};
+pub use crate::kv::config::RedisConfig;
+pub use config::{LimitsConfig, PLAN_KEYS, PlanLimits};
 pub use local::LocalStore;
 pub use remote::{RemoteError, RemoteStore};
 

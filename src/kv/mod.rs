@@ -13,7 +13,9 @@ use std::time::Duration;
 use deadpool_redis::redis::aio::ConnectionLike;
 use deadpool_redis::redis::{Cmd, Pipeline, RedisFuture, Value};
 
-use crate::limits::RedisConfig;
+pub mod config;
+
+pub use config::RedisConfig;
 
 /// A pool of connections to the configured Redis.
 #[derive(Clone)]
