@@ -30,6 +30,8 @@ pub struct RedisCluster {
 }
 
 pub const NODE_TIMEOUT_MS: u64 = 1000;
+/// Every node requires it (clients, and replicas of their masters): AUTH in cluster mode.
+const PASSWORD: &str = "cluster-pw-0123";
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
@@ -50,6 +52,7 @@ impl RedisCluster {
                 // no writes, that can be a whole ping period).
                 .args(["--cluster-replica-validity-factor", "0"])
                 .args(["--repl-ping-replica-period", "1"])
+                .args(["--requirepass", PASSWORD, "--masterauth", PASSWORD])
                 .args(["--save", "", "--appendonly", "no"])
                 .arg("--dir")
                 .arg(dir.path())
@@ -61,6 +64,7 @@ impl RedisCluster {
         }
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out = Command::new("redis-cli")
+            .args(["-a", PASSWORD, "--no-auth-warning"])
             .arg("--cluster")
             .arg("create")
             .args(&nodes)
@@ -81,17 +85,18 @@ impl RedisCluster {
         c
     }
 
-    /// `PIXGATE__REDIS__CLUSTER_URLS`: every node as a seed.
+    /// `PIXGATE__REDIS__CLUSTER_URLS`: every node as a seed, with the password.
     pub fn urls(&self) -> String {
         self.ports
             .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .map(|p| format!("redis://:{PASSWORD}@127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",")
     }
 
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
+            .args(["-a", PASSWORD, "--no-auth-warning"])
             .args(["-p", &port.to_string()])
             .args(args)
             .output()
@@ -260,26 +265,7 @@ impl GarageCluster {
             retry(|| garage(first, &["layout", "assign", "-z", "dc1", "-c", "1G", id]));
         }
         retry(|| garage(first, &["layout", "apply", "--version", "1"]));
-        retry(|| {
-            garage(
-                first,
-                &[
-                    "key", "import", "--yes", "-n", "pixgate", S3_KEY_ID, S3_SECRET,
-                ],
-            )
-        });
-        for bucket in [ORIGINALS_BUCKET, DERIVED_BUCKET, AUDIT_BUCKET] {
-            retry(|| garage(first, &["bucket", "create", bucket]));
-            retry(|| {
-                garage(
-                    first,
-                    &[
-                        "bucket", "allow", "--read", "--write", "--owner", bucket, "--key",
-                        "pixgate",
-                    ],
-                )
-            });
-        }
+        import_key_and_buckets(first);
         GarageCluster {
             endpoint: format!("http://127.0.0.1:{}", nodes[0].s3),
             children,

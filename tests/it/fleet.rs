@@ -390,7 +390,8 @@ async fn traffic(
     out
 }
 
-/// Three instances on a Redis Cluster (3 masters + 3 replicas): quotas exact across them, the
+/// Three instances on a password-protected Redis Cluster (3 masters + 3 replicas; AUTH in cluster
+/// mode): quotas exact across them, the
 /// limiter's keys spread over several masters, deletes propagated over the cluster's pub/sub;
 /// a master SIGKILLed mid-traffic costs only bounded 503s and decisions are exact again after
 /// the failover, without restarting pixgate.
@@ -578,9 +579,12 @@ async fn secrets_rotate_on_sighup_without_dropping_connections() {
     let id = upload_fixture(&s, &owner, "photo_320x240.jpg", "image/jpeg").await;
     let path = format!("/rs:fit:40:0/plain/{id}@png");
     let new_key = "aa".repeat(32);
-    let new_signer =
-        pixgate::signature::Signer::from_hex(&[new_key.clone()], &[SIGNING_SALT.into()], 32)
-            .unwrap();
+    let new_signer = pixgate::signature::Signer::from_hex(
+        std::slice::from_ref(&new_key),
+        &[SIGNING_SALT.into()],
+        32,
+    )
+    .unwrap();
     let new_url = format!("/{}{}", new_signer.sign(&path), path);
     let new_secret = "rotated-secret-rotated-secret-rotated-0001";
     let new_jwt = {
@@ -721,4 +725,5 @@ async fn rediss_with_an_acl_user() {
     assert_eq!(acked(r.header("pixgate-fleet")).1, 0);
     assert!(!s.log().contains("s3cret-pw"), "a password reached the log");
     let _ = child.kill();
+    let _ = child.wait();
 }

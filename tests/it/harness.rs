@@ -220,26 +220,31 @@ api_bind_addr = "127.0.0.1:{admin}"
     let node = node.trim().split('@').next().unwrap_or_default().to_owned();
     retry(|| garage(&cfg, &["layout", "assign", "-z", "dc1", "-c", "1G", &node]));
     retry(|| garage(&cfg, &["layout", "apply", "--version", "1"]));
+    import_key_and_buckets(&cfg);
+    (format!("http://127.0.0.1:{s3}"), child)
+}
+
+/// The tests' access key and the three buckets, through the Garage configured by `cfg`.
+pub(crate) fn import_key_and_buckets(cfg: &Path) {
     retry(|| {
         garage(
-            &cfg,
+            cfg,
             &[
                 "key", "import", "--yes", "-n", "pixgate", S3_KEY_ID, S3_SECRET,
             ],
         )
     });
     for bucket in [ORIGINALS_BUCKET, DERIVED_BUCKET, AUDIT_BUCKET] {
-        retry(|| garage(&cfg, &["bucket", "create", bucket]));
+        retry(|| garage(cfg, &["bucket", "create", bucket]));
         retry(|| {
             garage(
-                &cfg,
+                cfg,
                 &[
                     "bucket", "allow", "--read", "--write", "--owner", bucket, "--key", "pixgate",
                 ],
             )
         });
     }
-    (format!("http://127.0.0.1:{s3}"), child)
 }
 
 pub(crate) fn garage_bin() -> PathBuf {
