@@ -54,6 +54,13 @@ impl RedisConfig {
             "redis.cluster_urls",
             "every seed must start with redis:// or rediss://",
         )?;
+        // The cluster client refuses seeds that differ in TLS: say so at load, not at start.
+        require(
+            self.cluster_urls.iter().any(|u| u.starts_with("rediss://"))
+                && !self.cluster_urls.iter().all(|u| u.starts_with("rediss://")),
+            "redis.cluster_urls",
+            "seeds must all be redis:// or all rediss://",
+        )?;
         require(
             !self.url.is_empty() && !self.cluster_urls.is_empty(),
             "redis.cluster_urls",
@@ -101,7 +108,7 @@ mod tests {
             ..RedisConfig::default()
         };
         assert!(
-            seeds("", &["redis://a:7000", "rediss://u:p@b:7001"])
+            seeds("", &["rediss://a:7000", "rediss://u:p@b:7001"])
                 .validate()
                 .is_ok()
         );
@@ -109,6 +116,7 @@ mod tests {
         assert!(!RedisConfig::default().enabled());
         for bad in [
             seeds("", &["redis://a:7000", "tcp://b:7001"]),
+            seeds("", &["redis://a:7000", "rediss://b:7001"]),
             seeds("redis://a:6379", &["redis://a:7000"]),
         ] {
             assert_eq!(bad.validate().unwrap_err().key, "redis.cluster_urls");

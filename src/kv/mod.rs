@@ -210,7 +210,7 @@ mod tests {
         assert!(!Pool::from_config(&single).unwrap().unwrap().is_cluster());
         assert_eq!(subscriber_urls(&single), vec!["redis://127.0.0.1:1/0"]);
         let cluster = RedisConfig {
-            cluster_urls: vec!["redis://127.0.0.1:1".into(), "rediss://u:p@h:2".into()],
+            cluster_urls: vec!["rediss://127.0.0.1:1".into(), "rediss://u:p@h:2".into()],
             ..RedisConfig::default()
         };
         assert!(Pool::from_config(&cluster).unwrap().unwrap().is_cluster());
