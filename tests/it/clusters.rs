@@ -25,6 +25,8 @@ fn cluster_port() -> u16 {
 /// with one replica per master. Node timeout 1 s: a killed master is failed over in seconds.
 pub struct RedisCluster {
     pub ports: Vec<u16>,
+    /// TLS only (client, cluster bus and replication), with the test CA.
+    tls: bool,
     children: Vec<Option<Child>>,
     _dir: tempfile::TempDir,
 }
@@ -33,8 +35,22 @@ pub const NODE_TIMEOUT_MS: u64 = 1000;
 /// Every node requires it (clients, and replicas of their masters): AUTH in cluster mode.
 const PASSWORD: &str = "cluster-pw-0123";
 
+/// A fixture file (the Redis TLS certificate, key and CA: `tests/fixtures/README.md`).
+pub fn tls_fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(false)
+    }
+
+    /// Client arguments of `redis-cli` for this cluster.
+    fn cli_args(&self) -> Vec<String> {
+        cli_args(self.tls)
+    }
+
+    pub fn start_with(tls: bool) -> RedisCluster {
         let dir = tempfile::Builder::new()
             .prefix("pixgate-rc-")
             .tempdir()
@@ -44,7 +60,17 @@ impl RedisCluster {
         for _ in 0..6 {
             let port = cluster_port();
             let mut cmd = Command::new("redis-server");
-            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            if tls {
+                cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+                    .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                    .args(["--tls-cert-file", &tls_fixture("redis_tls_cert.pem")])
+                    .args(["--tls-key-file", &tls_fixture("redis_tls_key.pem")])
+                    .args(["--tls-ca-cert-file", &tls_fixture("redis_tls_ca.pem")])
+                    .args(["--tls-auth-clients", "no"]);
+            } else {
+                cmd.args(["--port", &port.to_string()]);
+            }
+            cmd.args(["--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
                 .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
@@ -63,8 +89,11 @@ impl RedisCluster {
             ports.push(port);
         }
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let out = Command::new("redis-cli")
-            .args(["-a", PASSWORD, "--no-auth-warning"])
+        // Bounded: a cluster whose nodes cannot meet makes `--cluster create` wait forever.
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg("redis-cli")
+            .args(cli_args(tls))
             .arg("--cluster")
             .arg("create")
             .args(&nodes)
@@ -78,6 +107,7 @@ impl RedisCluster {
         );
         let c = RedisCluster {
             ports,
+            tls,
             children,
             _dir: dir,
         };
@@ -89,14 +119,17 @@ impl RedisCluster {
     pub fn urls(&self) -> String {
         self.ports
             .iter()
-            .map(|p| format!("redis://:{PASSWORD}@127.0.0.1:{p}"))
+            .map(|p| {
+                let scheme = if self.tls { "rediss" } else { "redis" };
+                format!("{scheme}://:{PASSWORD}@127.0.0.1:{p}")
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
 
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
-            .args(["-a", PASSWORD, "--no-auth-warning"])
+            .args(self.cli_args())
             .args(["-p", &port.to_string()])
             .args(args)
             .output()
@@ -166,6 +199,20 @@ impl RedisCluster {
             .filter(|l| !l.is_empty())
             .count()
     }
+}
+
+fn cli_args(tls: bool) -> Vec<String> {
+    let mut a: Vec<String> = ["-a", PASSWORD, "--no-auth-warning"]
+        .map(String::from)
+        .to_vec();
+    if tls {
+        a.extend([
+            "--tls".into(),
+            "--cacert".into(),
+            tls_fixture("redis_tls_ca.pem"),
+        ]);
+    }
+    a
 }
 
 impl Drop for RedisCluster {

@@ -727,3 +727,48 @@ async fn rediss_with_an_acl_user() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The same client over TLS: a TLS-only Redis Cluster (clients, cluster bus, replication) with
+/// a password — what managed Redis in cluster mode asks for. Quotas exact across two instances,
+/// deletes propagated, decisions in Redis.
+#[tokio::test]
+async fn two_instances_on_a_tls_redis_cluster() {
+    let rc = crate::clusters::RedisCluster::start_with(true);
+    let urls = rc.urls();
+    assert!(urls.starts_with("rediss://"), "{urls}");
+    let prefix = format!("t{}", unique("rct"));
+    let ca = crate::clusters::tls_fixture("redis_tls_ca.pem");
+    let env = fleet_env(
+        &prefix,
+        &[
+            ("PIXGATE__REDIS__URL", ""),
+            ("PIXGATE__REDIS__CLUSTER_URLS", urls.as_str()),
+            ("PIXGATE__LIMITS__UPLOADS_PER_HOUR", "5"),
+            ("SSL_CERT_FILE", ca.as_str()),
+        ],
+    );
+    let fleet = start_fleet(2, &env);
+    let servers: Vec<&Server> = fleet.iter().collect();
+    wait_redis_ok(&servers, Duration::from_secs(10)).await;
+    let user = unique("rct-up");
+    let statuses = concurrent_uploads(&servers, &token(&user, Role::Editor), 7).await;
+    assert_eq!(
+        (count(&statuses, 201), count(&statuses, 429)),
+        (5, 2),
+        "{statuses:?}"
+    );
+    let u = crate::limits::usage(servers[1], &token(&user, Role::Viewer)).await;
+    assert_eq!(u["limiter"], "redis");
+    let owner = unique("rct-img");
+    let img = crate::limits::seed_image(servers[0], &owner).await;
+    warm(&servers[1..], &thumb(&img)).await;
+    let r = delete_image(servers[0], &token(&owner, Role::Editor), &img).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        acked(r.header("pixgate-fleet")).0,
+        1,
+        "{:?}",
+        r.header("pixgate-fleet")
+    );
+    assert_eq!(get(&servers[1].url(&thumb(&img)), &[]).await.status, 404);
+}
