@@ -59,7 +59,12 @@ impl App {
         )?;
         let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
         let redis = crate::kv::Pool::from_config(&config.redis)?;
-        let fleet = Fleet::new(&config.redis, redis.clone(), &config.fleet, metrics.clone());
+        let fleet = Fleet::new(
+            &config.redis,
+            crate::kv::Pool::for_fleet(&config.redis)?,
+            &config.fleet,
+            metrics.clone(),
+        );
         let auth = authenticator(&config, &store).await?;
         let l = &config.limits;
         let image_limits = ImageLimits {

@@ -17,6 +17,9 @@ pub mod config;
 
 pub use config::RedisConfig;
 
+/// Connections of the fleet bus's pool (`Pool::for_fleet`).
+const FLEET_POOL_SIZE: usize = 4;
+
 /// A pool of connections to the configured Redis.
 #[derive(Clone)]
 pub enum Pool {
@@ -62,14 +65,27 @@ impl Pool {
     /// The pool for the configured Redis (`None` when neither `url` nor `cluster_urls` is
     /// set). Connecting is lazy: nothing is dialled here.
     pub fn from_config(config: &RedisConfig) -> Result<Option<Pool>, String> {
+        // Shorter than the call deadline, so a busy pool is told apart from a slow Redis.
+        let wait = Duration::from_millis(config.timeout_ms.div_ceil(2));
+        let size = usize::try_from(config.pool_size).unwrap_or(usize::MAX);
+        Pool::build(config, size, wait)
+    }
+
+    /// A small pool of its own for the fleet bus (publishing, acknowledging, the registry):
+    /// bus traffic never waits behind limiter decisions, nor they behind it, and a busy
+    /// instance still acknowledges (its wait is the bus's, not `redis.timeout_ms`).
+    pub fn for_fleet(config: &RedisConfig) -> Result<Option<Pool>, String> {
+        Pool::build(config, FLEET_POOL_SIZE, Duration::from_secs(1))
+    }
+
+    fn build(config: &RedisConfig, size: usize, wait: Duration) -> Result<Option<Pool>, String> {
         // Each call has its own `redis.timeout_ms` deadline; connecting may take longer (TLS, a
         // remote Redis) and is done by the health probe when a call cannot wait for it.
         let connect = Duration::from_millis(config.timeout_ms.max(1000));
         let pool = deadpool_redis::PoolConfig {
-            max_size: usize::try_from(config.pool_size).unwrap_or(usize::MAX),
+            max_size: size,
             timeouts: deadpool_redis::Timeouts {
-                // Shorter than the call deadline, so a busy pool is told apart from a slow Redis.
-                wait: Some(Duration::from_millis(config.timeout_ms.div_ceil(2))),
+                wait: Some(wait),
                 create: Some(connect),
                 recycle: Some(connect),
             },
