@@ -240,32 +240,12 @@ struct NodeConfig {
 }
 
 fn garage_node(root: &Path, i: usize, secret: &str) -> NodeConfig {
-    let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+    let ports = GaragePorts::free();
     let dir = root.join(format!("node{i}"));
     std::fs::create_dir_all(&dir).expect("node dir");
     let cfg = dir.join("garage.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"metadata_dir = "{meta}"
-data_dir = "{data}"
-db_engine = "sqlite"
-replication_factor = 3
-rpc_bind_addr = "127.0.0.1:{rpc}"
-rpc_public_addr = "127.0.0.1:{rpc}"
-rpc_secret = "{secret}"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:{s3}"
-root_domain = ".s3.garage.localhost"
-[admin]
-api_bind_addr = "127.0.0.1:{admin}"
-"#,
-            meta = dir.join("meta").display(),
-            data = dir.join("data").display(),
-        ),
-    )
-    .expect("garage config");
+    write_garage_config(&cfg, &dir, 3, secret, &ports);
+    let (rpc, s3) = (ports.rpc, ports.s3);
     NodeConfig { cfg, rpc, s3 }
 }
 

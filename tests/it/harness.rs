@@ -175,18 +175,39 @@ impl Drop for PrivateGarage {
     }
 }
 
-fn start_garage(root: &Path) -> (String, Child) {
-    let (rpc, s3, admin) = (free_port(), free_port(), free_port());
-    let cfg = root.join("garage.toml");
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).expect("rng");
+/// Ports of one Garage node.
+pub(crate) struct GaragePorts {
+    pub rpc: u16,
+    pub s3: u16,
+    pub admin: u16,
+}
+
+impl GaragePorts {
+    pub(crate) fn free() -> GaragePorts {
+        GaragePorts {
+            rpc: free_port(),
+            s3: free_port(),
+            admin: free_port(),
+        }
+    }
+}
+
+/// Writes `cfg`: a Garage node keeping its metadata and data under `dir`, in a cluster of
+/// `replication` copies sharing `secret` (hex).
+pub(crate) fn write_garage_config(
+    cfg: &Path,
+    dir: &Path,
+    replication: u8,
+    secret: &str,
+    p: &GaragePorts,
+) {
     std::fs::write(
-        &cfg,
+        cfg,
         format!(
             r#"metadata_dir = "{meta}"
 data_dir = "{data}"
 db_engine = "sqlite"
-replication_factor = 1
+replication_factor = {replication}
 rpc_bind_addr = "127.0.0.1:{rpc}"
 rpc_public_addr = "127.0.0.1:{rpc}"
 rpc_secret = "{secret}"
@@ -197,12 +218,23 @@ root_domain = ".s3.garage.localhost"
 [admin]
 api_bind_addr = "127.0.0.1:{admin}"
 "#,
-            meta = root.join("garage-meta").display(),
-            data = root.join("garage-data").display(),
-            secret = hex::encode(secret),
+            meta = dir.join("garage-meta").display(),
+            data = dir.join("garage-data").display(),
+            rpc = p.rpc,
+            s3 = p.s3,
+            admin = p.admin,
         ),
     )
     .expect("write garage config");
+}
+
+fn start_garage(root: &Path) -> (String, Child) {
+    let ports = GaragePorts::free();
+    let (rpc, s3) = (ports.rpc, ports.s3);
+    let cfg = root.join("garage.toml");
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).expect("rng");
+    write_garage_config(&cfg, root, 1, &hex::encode(secret), &ports);
     let log = std::fs::File::create(root.join("garage.log")).expect("garage log");
     let mut server = Command::new(garage_bin());
     server
