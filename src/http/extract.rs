@@ -63,23 +63,7 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Result<Option<Stri
     Ok(None)
 }
 
-/// Strict percent-decoding to UTF-8 (`None` on a bad escape or invalid UTF-8).
-pub(crate) fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
+pub(crate) use crate::options::percent_decode;
 
 #[cfg(test)]
 mod tests {

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::{
-    ACCEPT, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderName, HeaderValue, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, LAST_MODIFIED, VARY,
+    ACCEPT, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_TYPE, ETAG, HeaderName, HeaderValue,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, VARY,
 };
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -118,6 +118,14 @@ fn response_headers(
             now,
             app.config.cache.max_age_secs,
         ),
+        disposition: (request.spec.filename.is_some() || request.spec.attachment).then(|| {
+            let name = request
+                .spec
+                .filename
+                .clone()
+                .unwrap_or_else(|| request.image.to_string());
+            (name, request.spec.attachment)
+        }),
         // The response depends on `Accept` only if a format was negotiated from it.
         vary: app.render.varies(variant),
         surrogate_key: app
@@ -323,6 +331,8 @@ fn cache_control(bearer: bool, expires: Option<u64>, now: u64, max_age: u64) -> 
 
 struct ResponseHeaders {
     cache_control: String,
+    /// `fn` / `att`: the name (without extension) and whether to download.
+    disposition: Option<(String, bool)>,
     vary: bool,
     /// The image id, for `Surrogate-Key` / `Cache-Tag` (purge by image at the CDN).
     surrogate_key: Option<String>,
@@ -375,8 +385,50 @@ fn respond(req_headers: &HeaderMap, item: &CachedResult, h: &ResponseHeaders) ->
     let mut resp = Response::new(Body::from(item.bytes.clone()));
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(item.format.mime()));
+    if let Some((name, attachment)) = &h.disposition
+        && let Ok(v) = HeaderValue::from_str(&content_disposition(
+            name,
+            item.format.extension(),
+            *attachment,
+        ))
+    {
+        resp.headers_mut().insert(CONTENT_DISPOSITION, v);
+    }
     common_headers(&mut resp, &item.etag, item.last_modified, h);
     resp
+}
+
+/// `inline|attachment; filename="…"; filename*=UTF-8''…` (RFC 6266): the output format's
+/// extension is added unless the name already has it; the quoted form is an ASCII fallback
+/// (anything else, quotes and backslashes become `_`), the extended form percent-encodes the
+/// UTF-8 name (RFC 8187 attr-chars kept).
+fn content_disposition(name: &str, ext: &str, attachment: bool) -> String {
+    let dotted = format!(".{ext}");
+    let full = if name.to_ascii_lowercase().ends_with(&dotted) {
+        name.to_owned()
+    } else {
+        format!("{name}{dotted}")
+    };
+    let ascii: String = full
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut extended = String::new();
+    for b in full.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            extended.push(char::from(b));
+        } else {
+            extended.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let kind = if attachment { "attachment" } else { "inline" };
+    format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{extended}")
 }
 
 #[cfg(test)]
@@ -387,6 +439,22 @@ mod tests {
         let mut m = HeaderMap::new();
         m.insert(name, v.parse().unwrap());
         m
+    }
+
+    #[test]
+    fn content_disposition_is_rfc_6266_with_a_safe_fallback() {
+        assert_eq!(
+            content_disposition("cat", "webp", false),
+            "inline; filename=\"cat.webp\"; filename*=UTF-8''cat.webp"
+        );
+        assert_eq!(
+            content_disposition("Photo.JPG", "jpg", true),
+            "attachment; filename=\"Photo.JPG\"; filename*=UTF-8''Photo.JPG"
+        );
+        assert_eq!(
+            content_disposition("été \"x\";", "png", true),
+            "attachment; filename=\"_t_ _x_;.png\"; filename*=UTF-8''%C3%A9t%C3%A9%20%22x%22%3B.png"
+        );
     }
 
     #[test]

@@ -146,6 +146,11 @@ pub struct TransformSpec {
     pub sharpen_centi: u32,
     pub filter: Option<Filter>,
     pub watermark: Option<Watermark>,
+    /// `fn`: the name in `Content-Disposition` (without extension: the output format's is
+    /// added). Not part of the canonical form: the bytes do not depend on it.
+    pub filename: Option<String>,
+    /// `att`: `Content-Disposition: attachment` instead of `inline`.
+    pub attachment: bool,
 }
 
 /// What parsing needs from configuration: bounds and the named presets.
@@ -176,6 +181,24 @@ const MAX_PADDING: u32 = 2048;
 /// Presets a URL may name at once.
 const MAX_PRESETS: usize = 8;
 
+/// Strict percent-decoding to UTF-8 (`None` on a bad escape or invalid UTF-8).
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 impl Default for TransformSpec {
     fn default() -> Self {
         TransformSpec {
@@ -201,6 +224,8 @@ impl Default for TransformSpec {
             sharpen_centi: 0,
             filter: None,
             watermark: None,
+            filename: None,
+            attachment: false,
         }
     }
 }
@@ -813,6 +838,51 @@ mod tests {
         assert_eq!(a.canonical(), d.canonical());
         let e = parse(&format!("/rs:fill:300:200/plain/{ID}")).unwrap().spec;
         assert_ne!(a.canonical(), e.canonical());
+    }
+
+    #[test]
+    fn filename_attachment_and_auto_format_leave_the_result_alone() {
+        let plain = parse(&format!("/rs:fit:300:200/plain/{ID}")).unwrap().spec;
+        let r = parse(&format!(
+            "/rs:fit:300:200/fn:my%20cat%C3%A9/att:1/f:auto/plain/{ID}"
+        ))
+        .unwrap()
+        .spec;
+        assert_eq!(r.filename.as_deref(), Some("my caté"));
+        assert!(r.attachment);
+        assert_eq!(r.format, None);
+        // Headers, not bytes: one cache entry for both.
+        assert_eq!(r.canonical(), plain.canonical());
+        let enc = parse(&format!(
+            "/filename:{}:1/return_attachment:0/plain/{ID}",
+            b64("Ünïcode name")
+        ))
+        .unwrap()
+        .spec;
+        assert_eq!(enc.filename.as_deref(), Some("Ünïcode name"));
+        assert!(!enc.attachment);
+        let long = "a".repeat(256);
+        for bad in [
+            "fn:a%00b".to_owned(),
+            "fn:a%2Fb".to_owned(),
+            "fn:a%5Cb".to_owned(),
+            "fn:%zz".to_owned(),
+            "fn:%FF".to_owned(),
+            format!("fn:{long}"),
+            "fn:!!!:1".to_owned(),
+            "fn:a:maybe".to_owned(),
+            "att:2".to_owned(),
+            "f:best".to_owned(),
+        ] {
+            let e = parse(&format!("/{bad}/plain/{ID}")).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ParseError::InvalidOption(_) | ParseError::UnsupportedFormat(_)
+                ),
+                "{bad}: {e:?}"
+            );
+        }
     }
 
     #[test]

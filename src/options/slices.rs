@@ -42,6 +42,8 @@ pub enum OptionName {
     Sharpen,
     Filter,
     Watermark,
+    Filename,
+    ReturnAttachment,
     Preset,
 }
 
@@ -156,6 +158,14 @@ pub(super) const SLICES: &[Slice] = &[
         5,
         watermark,
         Some(write_watermark),
+    ),
+    slice(OptionName::Filename, &["filename", "fn"], 2, filename, None),
+    slice(
+        OptionName::ReturnAttachment,
+        &["return_attachment", "att"],
+        1,
+        return_attachment,
+        None,
     ),
     slice(
         OptionName::Preset,
@@ -280,8 +290,54 @@ fn quality(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), Pa
     Ok(())
 }
 
+/// `f:auto`: negotiated from `Accept`, as with no `f`.
 fn format(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseError> {
-    spec.format = Some(OutputFormat::parse(args[0])?);
+    spec.format = match args[0] {
+        "auto" => None,
+        f => Some(OutputFormat::parse(f)?),
+    };
+    Ok(())
+}
+
+/// Longest `fn` name, in bytes (a file name, not a payload).
+const MAX_FILENAME_BYTES: usize = 255;
+
+/// `fn:%name[:%encoded]`: percent-encoded text, or base64url when `encoded` is true
+/// (imgproxy). Control characters and path separators are refused: the name reaches a header.
+fn filename(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseError> {
+    let bad = |m: &str| ParseError::InvalidOption(format!("filename: {m}"));
+    let encoded = match nonempty(args, 1) {
+        Some(e) => parse_bool(e)?,
+        None => false,
+    };
+    let name = if encoded {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(args[0].trim_end_matches('='))
+            .map_err(|_| bad("not base64url"))?;
+        String::from_utf8(bytes).map_err(|_| bad("not UTF-8"))?
+    } else {
+        super::percent_decode(args[0]).ok_or_else(|| bad("malformed percent-encoding"))?
+    };
+    if name.is_empty() || name.len() > MAX_FILENAME_BYTES {
+        return Err(bad("1 to 255 bytes"));
+    }
+    if name
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '/' | '\\'))
+    {
+        return Err(bad("no control characters or path separators"));
+    }
+    spec.filename = Some(name);
+    Ok(())
+}
+
+fn return_attachment(
+    spec: &mut TransformSpec,
+    args: &[&str],
+    _: &Cx<'_>,
+) -> Result<(), ParseError> {
+    spec.attachment = parse_bool(args[0])?;
     Ok(())
 }
 

@@ -226,3 +226,49 @@ async fn avif_output_explicit_and_negotiated() {
     assert_eq!(plain.header("content-type"), Some("image/jpeg"));
     assert_ne!(avif.header("etag"), webp.header("etag"));
 }
+
+/// imgproxy's `fn` / `att`: `Content-Disposition` with the output format's extension and an
+/// RFC 6266 `filename*`, from one cached result; `f:auto` negotiates from `Accept` (it was
+/// described in the configuration sample but refused); hostile names are `400 invalid_option`.
+#[tokio::test]
+async fn filename_attachment_and_auto_format() {
+    let s = Server::start(Backend::Fs);
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let webp = [("accept", "image/webp,image/*")];
+    let r = get(&s.url(&signed(&format!("/w:64/f:auto/plain/{id}"))), &webp).await;
+    assert_eq!(
+        (r.status, r.header("content-type")),
+        (200, Some("image/webp"))
+    );
+    assert_eq!(r.header("vary"), Some("Accept"));
+    assert_eq!(r.header("content-disposition"), None);
+    let r = get(
+        &s.url(&signed(&format!(
+            "/w:64/f:auto/fn:caf%C3%A9%20menu/plain/{id}"
+        ))),
+        &webp,
+    )
+    .await;
+    assert_eq!(
+        r.header("content-disposition"),
+        Some("inline; filename=\"caf_ menu.webp\"; filename*=UTF-8''caf%C3%A9%20menu.webp")
+    );
+    let r = get(
+        &s.url(&signed(&format!("/w:64/att:1/f:png/plain/{id}"))),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(dims(&r.body), (ImageFormat::Png, 64, 48));
+    let want = format!("attachment; filename=\"{id}.png\"; filename*=UTF-8''{id}.png");
+    assert_eq!(r.header("content-disposition"), Some(want.as_str()));
+    for bad in ["fn:a%0Ab", "fn:..%2Fetc", "att:yes", "f:best"] {
+        let r = get(&s.url(&signed(&format!("/w:64/{bad}/plain/{id}"))), &[]).await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(
+            ["invalid_option", "unsupported_format"].contains(&r.code().as_str()),
+            "{bad}: {}",
+            r.code()
+        );
+    }
+}
