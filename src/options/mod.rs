@@ -151,6 +151,8 @@ pub struct TransformSpec {
     pub filename: Option<String>,
     /// `att`: `Content-Disposition: attachment` instead of `inline`.
     pub attachment: bool,
+    /// `fq`: quality per output format, sorted by format; it overrides `q` for that format.
+    pub format_quality: Vec<(OutputFormat, u8)>,
 }
 
 /// What parsing needs from configuration: bounds and the named presets.
@@ -226,6 +228,7 @@ impl Default for TransformSpec {
             watermark: None,
             filename: None,
             attachment: false,
+            format_quality: Vec::new(),
         }
     }
 }
@@ -311,6 +314,23 @@ impl TransformSpec {
     /// The canonical form of everything that changes the output pixels, except the output
     /// format and quality (resolved later, from `Accept` and config). Equal transforms written
     /// differently (aliases, `rs` vs `w`+`h`, arguments left at their defaults) map to one string.
+    /// The quality for output `format`: its `fq` entry, else `q`, else `default`.
+    pub fn quality_for(&self, format: OutputFormat, default: u8) -> u8 {
+        self.format_quality
+            .iter()
+            .find(|(f, _)| *f == format)
+            .map_or(self.quality.unwrap_or(default), |(_, q)| *q)
+    }
+
+    /// `fq` as it enters the cache key (`jpg:70:webp:60`; empty without `fq`).
+    pub fn format_quality_token(&self) -> String {
+        self.format_quality
+            .iter()
+            .map(|(f, q)| format!("{}:{q}", f.extension()))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
     pub fn canonical(&self) -> String {
         // Options at their defaults are left out, so adding an option kind never changes the
         // keys of URLs that do not use it. Each option writes its own part (`slices`).
@@ -873,6 +893,37 @@ mod tests {
             "fn:a:maybe".to_owned(),
             "att:2".to_owned(),
             "f:best".to_owned(),
+        ] {
+            let e = parse(&format!("/{bad}/plain/{ID}")).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ParseError::InvalidOption(_) | ParseError::UnsupportedFormat(_)
+                ),
+                "{bad}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn format_quality_overrides_quality_per_format() {
+        let s = parse(&format!("/q:80/fq:webp:60:jpeg:70:webp:55/plain/{ID}"))
+            .unwrap()
+            .spec;
+        assert_eq!(s.quality_for(OutputFormat::Webp, 90), 55);
+        assert_eq!(s.quality_for(OutputFormat::Jpeg, 90), 70);
+        assert_eq!(s.quality_for(OutputFormat::Avif, 90), 80);
+        assert_eq!(s.format_quality_token(), "jpg:70:webp:55");
+        // 0 falls back to q; no q: the default.
+        let s = parse(&format!("/fq:jpg:70:jpg:0/plain/{ID}")).unwrap().spec;
+        assert_eq!(s.quality_for(OutputFormat::Jpeg, 90), 90);
+        assert_eq!(s.format_quality_token(), "");
+        for bad in [
+            "fq:webp",
+            "fq:webp:101",
+            "fq:gif:50",
+            "fq:webp:x",
+            "fq:webp:-1",
         ] {
             let e = parse(&format!("/{bad}/plain/{ID}")).unwrap_err();
             assert!(

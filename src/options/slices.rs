@@ -44,6 +44,7 @@ pub enum OptionName {
     Watermark,
     Filename,
     ReturnAttachment,
+    FormatQuality,
     Preset,
 }
 
@@ -160,6 +161,13 @@ pub(super) const SLICES: &[Slice] = &[
         Some(write_watermark),
     ),
     slice(OptionName::Filename, &["filename", "fn"], 2, filename, None),
+    slice(
+        OptionName::FormatQuality,
+        &["format_quality", "fq"],
+        8,
+        format_quality,
+        None,
+    ),
     slice(
         OptionName::ReturnAttachment,
         &["return_attachment", "att"],
@@ -296,6 +304,31 @@ fn format(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), Par
         "auto" => None,
         f => Some(OutputFormat::parse(f)?),
     };
+    Ok(())
+}
+
+/// `fq:format:quality[:format:quality…]` (imgproxy): quality 1–100 for that output format, 0
+/// to fall back to `q`; a later pair for the same format wins.
+fn format_quality(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseError> {
+    if !args.len().is_multiple_of(2) {
+        return Err(ParseError::InvalidOption(
+            "format_quality takes format:quality pairs".into(),
+        ));
+    }
+    for pair in args.chunks(2) {
+        let format = OutputFormat::parse(pair[0])?;
+        let q = parse_u64(pair[1], "format_quality")?;
+        if q > 100 {
+            return Err(ParseError::InvalidOption(
+                "format_quality must be 0..=100".into(),
+            ));
+        }
+        spec.format_quality.retain(|(f, _)| *f != format);
+        if q > 0 {
+            spec.format_quality.push((format, q as u8));
+        }
+    }
+    spec.format_quality.sort_by_key(|(f, _)| f.extension());
     Ok(())
 }
 

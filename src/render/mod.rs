@@ -347,8 +347,10 @@ impl Renderer {
             owner: meta.owner.clone(),
             digest: cache::digest(&variant.key),
             key: variant.key,
+            quality: variant
+                .spec
+                .quality_for(variant.choice.output(meta.format), variant.quality),
             spec: variant.spec,
-            quality: variant.quality,
             last_modified: self.last_modified(meta),
             checked,
             original: None,
@@ -368,9 +370,17 @@ impl Renderer {
     }
 
     /// The cache key of a result.
+    /// `fq` enters the key whole (the output format of a source-dependent choice is known only
+    /// with the metadata, after the memory-cache lookup); keys without `fq` are unchanged.
     fn cache_key(&self, image: &ImageId, spec: &TransformSpec, quality: u8, token: &str) -> String {
+        let fq = spec.format_quality_token();
+        let fq = if fq.is_empty() {
+            String::new()
+        } else {
+            format!("|fq:{fq}")
+        };
         format!(
-            "{PIPELINE_VERSION}-{}|{image}|{}|q{quality}|{token}",
+            "{PIPELINE_VERSION}-{}|{image}|{}|q{quality}{fq}|{token}",
             self.fingerprint,
             spec.canonical()
         )

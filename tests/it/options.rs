@@ -272,3 +272,37 @@ async fn filename_attachment_and_auto_format() {
         );
     }
 }
+
+/// imgproxy's `fq`: a quality per output format, over `q`, also when the format is chosen from
+/// the source (a JPEG source without `f` and without WebP in `Accept` gets JPEG).
+#[tokio::test]
+async fn format_quality_applies_to_the_format_served() {
+    let s = Server::start(Backend::Fs);
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let size = |options: String| {
+        let url = s.url(&signed(&format!("/w:200/{options}/plain/{id}")));
+        async move {
+            let r = get(&url, &[("accept", "image/jpeg")]).await;
+            assert_eq!(r.status, 200, "{options}");
+            (
+                r.body.len(),
+                r.header("etag").unwrap_or_default().to_owned(),
+            )
+        }
+    };
+    let (webp_lo, e1) = size("f:webp/q:90/fq:webp:10".into()).await;
+    let (webp_hi, e2) = size("f:webp/q:90".into()).await;
+    assert!(webp_lo * 2 < webp_hi, "{webp_lo} vs {webp_hi}");
+    assert_ne!(e1, e2);
+    // Another format's entry changes nothing of this one's bytes.
+    let (jpg_other, _) = size("f:jpg/q:90/fq:webp:10".into()).await;
+    let (jpg_plain, _) = size("f:jpg/q:90".into()).await;
+    assert_eq!(jpg_other, jpg_plain);
+    // The source's format, chosen after the metadata is read.
+    let (fallback_lo, _) = size("fq:jpg:10".into()).await;
+    assert!(fallback_lo * 2 < jpg_plain, "{fallback_lo} vs {jpg_plain}");
+    for bad in ["fq:webp", "fq:webp:101", "fq:gif:50"] {
+        let r = get(&s.url(&signed(&format!("/w:64/{bad}/plain/{id}"))), &[]).await;
+        assert_eq!(r.status, 400, "{bad}");
+    }
+}
