@@ -71,6 +71,50 @@ pub fn sharpen(bitmap: &mut Bitmap, sigma: f32) {
 }
 
 /// RGBA → premultiplied RGBA, in place.
+/// Pixelation (imgproxy's `pix`): every `block`×`block` tile (the last row and column of tiles
+/// may be smaller) becomes its mean colour — a box shrink and a nearest-neighbour zoom back,
+/// as libvips does it. Alpha is averaged premultiplied, so transparent pixels add no colour.
+pub fn pixelate(bitmap: &mut Bitmap, block: u32) {
+    let (w, h, b) = (
+        bitmap.width as usize,
+        bitmap.height as usize,
+        block as usize,
+    );
+    if b < 2 || w == 0 || h == 0 {
+        return;
+    }
+    let c = usize::from(bitmap.channels);
+    if c == 4 {
+        premultiply(&mut bitmap.data);
+    }
+    let mut sums = vec![0u64; c];
+    for ty in (0..h).step_by(b) {
+        for tx in (0..w).step_by(b) {
+            let (tw, th) = (b.min(w - tx), b.min(h - ty));
+            sums.iter_mut().for_each(|s| *s = 0);
+            for y in ty..ty + th {
+                let row = &bitmap.data[(y * w + tx) * c..(y * w + tx + tw) * c];
+                for px in row.chunks_exact(c) {
+                    for (s, v) in sums.iter_mut().zip(px) {
+                        *s += u64::from(*v);
+                    }
+                }
+            }
+            let n = (tw * th) as u64;
+            let mean: Vec<u8> = sums.iter().map(|s| ((s + n / 2) / n) as u8).collect();
+            for y in ty..ty + th {
+                let row = &mut bitmap.data[(y * w + tx) * c..(y * w + tx + tw) * c];
+                for px in row.chunks_exact_mut(c) {
+                    px.copy_from_slice(&mean);
+                }
+            }
+        }
+    }
+    if c == 4 {
+        unpremultiply(&mut bitmap.data);
+    }
+}
+
 fn premultiply(data: &mut [u8]) {
     for px in data.chunks_exact_mut(4) {
         let a = u16::from(px[3]);
@@ -306,6 +350,36 @@ mod tests {
             channels: px.len() as u8,
             data: px.repeat((w * h) as usize),
         }
+    }
+
+    #[test]
+    fn pixelate_makes_tiles_of_their_mean_and_keeps_partial_tiles() {
+        // 5x1 grey ramp, blocks of 2: [0,10 | 20,30 | 40] -> [5,5 | 25,25 | 40].
+        let mut b = Bitmap {
+            width: 5,
+            height: 1,
+            channels: 1,
+            data: vec![0, 10, 20, 30, 40],
+        };
+        pixelate(&mut b, 2);
+        assert_eq!(b.data, [5, 5, 25, 25, 40]);
+        // A transparent pixel adds no colour to its tile.
+        let mut a = Bitmap {
+            width: 2,
+            height: 1,
+            channels: 4,
+            data: vec![200, 0, 0, 255, 0, 255, 0, 0],
+        };
+        pixelate(&mut a, 2);
+        assert_eq!(&a.data[..4], &a.data[4..]);
+        assert!(a.data[0] >= 199 && a.data[1] == 0, "{:?}", a.data);
+        assert_eq!(a.data[3], 128);
+        // Blocks of 1 (or larger than the image) are well defined.
+        let mut one = solid(3, 3, &[1, 2, 3]);
+        pixelate(&mut one, 1);
+        assert!(one.data.chunks(3).all(|p| p == [1, 2, 3]));
+        pixelate(&mut one, 1024);
+        assert!(one.data.chunks(3).all(|p| p == [1, 2, 3]));
     }
 
     #[test]

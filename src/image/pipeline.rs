@@ -274,6 +274,11 @@ impl Engine {
         if spec.sharpen_centi > 0 {
             effects::sharpen(&mut image, spec.sharpen_centi as f32 / 100.0);
         }
+        if spec.pixelate > 1 {
+            // Blocks in CSS pixels, like every other size of the URL.
+            let block = (u64::from(spec.pixelate) * u64::from(spec.dpr_milli) / 1000).max(1);
+            effects::pixelate(&mut image, u32::try_from(block).unwrap_or(u32::MAX));
+        }
         let fill = match spec.background {
             Some(c) => Fill::Color(c),
             None if format == OutputFormat::Jpeg => Fill::Color([255, 255, 255]),

@@ -151,6 +151,8 @@ pub struct TransformSpec {
     pub filename: Option<String>,
     /// `att`: `Content-Disposition: attachment` instead of `inline`.
     pub attachment: bool,
+    /// `pix`: pixelation block size in CSS pixels (× dpr); 0 or 1: none.
+    pub pixelate: u32,
     /// `fq`: quality per output format, sorted by format; it overrides `q` for that format.
     pub format_quality: Vec<(OutputFormat, u8)>,
 }
@@ -178,6 +180,8 @@ const MAX_CACHEBUSTER_LEN: usize = 128;
 pub const MAX_BLUR_CENTI: u32 = 10_000;
 /// Largest sharpen sigma (pixels).
 pub const MAX_SHARPEN_CENTI: u32 = 1_000;
+/// Largest pixelation block, CSS pixels (a block larger than the image is one colour).
+pub const MAX_PIXELATE: u32 = 1024;
 /// Largest padding per side and watermark offset, CSS pixels.
 const MAX_PADDING: u32 = 2048;
 /// Presets a URL may name at once.
@@ -229,6 +233,7 @@ impl Default for TransformSpec {
             filename: None,
             attachment: false,
             format_quality: Vec::new(),
+            pixelate: 0,
         }
     }
 }

@@ -10,10 +10,10 @@
 use std::fmt::Write as _;
 
 use super::{
-    Crop, Filter, Gravity, MAX_BLUR_CENTI, MAX_CACHEBUSTER_LEN, MAX_PADDING, MAX_PRESETS,
-    MAX_SHARPEN_CENTI, OutputFormat, ParseError, ParseLimits, ResizingType, TransformSpec,
-    apply_preset_string, apply_size, clip, nonempty, parse_bool, parse_color, parse_dimension,
-    parse_dpr, parse_gravity, parse_sigma, parse_u64, parse_watermark,
+    Crop, Filter, Gravity, MAX_BLUR_CENTI, MAX_CACHEBUSTER_LEN, MAX_PADDING, MAX_PIXELATE,
+    MAX_PRESETS, MAX_SHARPEN_CENTI, OutputFormat, ParseError, ParseLimits, ResizingType,
+    TransformSpec, apply_preset_string, apply_size, clip, nonempty, parse_bool, parse_color,
+    parse_dimension, parse_dpr, parse_gravity, parse_sigma, parse_u64, parse_watermark,
 };
 
 /// Every option, by canonical name.
@@ -40,6 +40,7 @@ pub enum OptionName {
     Extend,
     Blur,
     Sharpen,
+    Pixelate,
     Filter,
     Watermark,
     Filename,
@@ -145,6 +146,13 @@ pub(super) const SLICES: &[Slice] = &[
         1,
         sharpen,
         Some(write_sharpen),
+    ),
+    slice(
+        OptionName::Pixelate,
+        &["pixelate", "pix"],
+        1,
+        pixelate,
+        Some(write_pixelate),
     ),
     slice(
         OptionName::Filter,
@@ -548,6 +556,23 @@ fn sharpen(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), Pa
 fn write_sharpen(spec: &TransformSpec, out: &mut String) {
     if spec.sharpen_centi != 0 {
         let _ = write!(out, "/sh:{}", spec.sharpen_centi);
+    }
+}
+
+fn pixelate(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseError> {
+    let n = parse_u64(args[0], "pixelate")?;
+    if n > u64::from(MAX_PIXELATE) {
+        return Err(ParseError::InvalidOption(format!(
+            "pixelate must be 0..={MAX_PIXELATE}"
+        )));
+    }
+    spec.pixelate = if n <= 1 { 0 } else { n as u32 };
+    Ok(())
+}
+
+fn write_pixelate(spec: &TransformSpec, out: &mut String) {
+    if spec.pixelate != 0 {
+        let _ = write!(out, "/pix:{}", spec.pixelate);
     }
 }
 

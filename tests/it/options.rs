@@ -306,3 +306,52 @@ async fn format_quality_applies_to_the_format_served() {
         assert_eq!(r.status, 400, "{bad}");
     }
 }
+
+/// imgproxy's `pix`: the result in blocks of one colour (CSS pixels × dpr), part of the cache
+/// key; `pix:0`/`pix:1` are no-ops; hostile sizes are `400 invalid_option`.
+#[tokio::test]
+async fn pixelate_renders_blocks() {
+    let s = Server::start(Backend::Fs);
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let pix = get(
+        &s.url(&signed(&format!("/w:64/pix:8/f:png/plain/{id}"))),
+        &[],
+    )
+    .await;
+    assert_eq!(pix.status, 200);
+    assert_eq!(dims(&pix.body), (ImageFormat::Png, 64, 48));
+    let b = decode(&pix.body, &probe(&pix.body).unwrap()).unwrap();
+    let c = usize::from(b.channels);
+    let px = |x: usize, y: usize| b.data[(y * 64 + x) * c..(y * 64 + x) * c + c].to_vec();
+    for (tx, ty) in [(0, 0), (8, 16), (56, 40)] {
+        for (dx, dy) in [(0, 0), (7, 0), (0, 7), (7, 7), (3, 5)] {
+            assert_eq!(px(tx, ty), px(tx + dx, ty + dy), "tile {tx},{ty}");
+        }
+    }
+    // Twice the DPR, twice the block: 16-pixel tiles in a 128-pixel result.
+    let r = get(
+        &s.url(&signed(&format!("/w:64/dpr:2/pix:8/f:png/plain/{id}"))),
+        &[],
+    )
+    .await;
+    let b2 = decode(&r.body, &probe(&r.body).unwrap()).unwrap();
+    let c2 = usize::from(b2.channels);
+    let at = |x: usize, y: usize| b2.data[(y * 128 + x) * c2..(y * 128 + x) * c2 + c2].to_vec();
+    assert_eq!(at(0, 0), at(15, 15));
+    let plain = get(&s.url(&signed(&format!("/w:64/f:png/plain/{id}"))), &[]).await;
+    let none = get(
+        &s.url(&signed(&format!("/w:64/pix:1/f:png/plain/{id}"))),
+        &[],
+    )
+    .await;
+    assert_eq!(plain.header("etag"), none.header("etag"));
+    assert_ne!(plain.header("etag"), pix.header("etag"));
+    for bad in ["pix:1025", "pix:-2", "pix:x"] {
+        let r = get(&s.url(&signed(&format!("/w:64/{bad}/plain/{id}"))), &[]).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "invalid_option"),
+            "{bad}"
+        );
+    }
+}
