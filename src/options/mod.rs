@@ -865,6 +865,18 @@ mod tests {
         assert_ne!(a.canonical(), e.canonical());
     }
 
+    /// `bad` is refused as a bad option value (or an unsupported format), never as anything else.
+    fn assert_option_refused(bad: &str) {
+        let e = parse(&format!("/{bad}/plain/{ID}")).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ParseError::InvalidOption(_) | ParseError::UnsupportedFormat(_)
+            ),
+            "{bad}: {e:?}"
+        );
+    }
+
     #[test]
     fn filename_attachment_and_auto_format_leave_the_result_alone() {
         let plain = parse(&format!("/rs:fit:300:200/plain/{ID}")).unwrap().spec;
@@ -899,14 +911,7 @@ mod tests {
             "att:2".to_owned(),
             "f:best".to_owned(),
         ] {
-            let e = parse(&format!("/{bad}/plain/{ID}")).unwrap_err();
-            assert!(
-                matches!(
-                    e,
-                    ParseError::InvalidOption(_) | ParseError::UnsupportedFormat(_)
-                ),
-                "{bad}: {e:?}"
-            );
+            assert_option_refused(&bad);
         }
     }
 
@@ -930,14 +935,7 @@ mod tests {
             "fq:webp:x",
             "fq:webp:-1",
         ] {
-            let e = parse(&format!("/{bad}/plain/{ID}")).unwrap_err();
-            assert!(
-                matches!(
-                    e,
-                    ParseError::InvalidOption(_) | ParseError::UnsupportedFormat(_)
-                ),
-                "{bad}: {e:?}"
-            );
+            assert_option_refused(bad);
         }
     }
 
