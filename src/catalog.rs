@@ -68,6 +68,8 @@ pub const MAX_TAGS: usize = 20;
 pub const MAX_TAG_CHARS: usize = 50;
 /// Metadata reads in flight while listing a page.
 const LIST_CONCURRENCY: usize = 16;
+/// Largest `info.json` read (a real one is under 2 KiB: the LQIP is at most 1 KiB).
+const MAX_INFO_BYTES: u64 = 64 << 10;
 /// Lock stripes for per-image mutations.
 const STRIPES: usize = 64;
 /// Index keys sort newest first: `INVERT - created_secs`, zero-padded.
@@ -96,6 +98,11 @@ pub struct ImageMeta {
     /// even if the delete is killed before its last step (`Catalog::delete`). Never shown.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleting: bool,
+    /// Facts and placeholders, computed at upload. Images uploaded before they existed have
+    /// none here: theirs are computed on first request and kept in `info.json` beside
+    /// (`Catalog::info`), never by rewriting this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<crate::image::ImageInfo>,
 }
 
 /// A metadata change: `None` leaves a field alone, `Some(None)` clears it.
@@ -436,6 +443,47 @@ impl Catalog {
         Ok(Page { items, next_cursor })
     }
 
+    /// Info computed after upload (`info.json`), if any. A record that does not parse (written
+    /// by a future version, or damaged) counts as absent: it is recomputed.
+    pub async fn info(
+        &self,
+        id: &ImageId,
+    ) -> Result<Option<crate::image::ImageInfo>, CatalogError> {
+        match self
+            .store
+            .get(Bucket::Originals, &key(id, "info.json")?, MAX_INFO_BYTES)
+            .await
+        {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Err(StorageError::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Keeps info computed after upload. Like [`Catalog::update`], undoes its write if the
+    /// image was deleted meanwhile (on any instance), so a delete never leaves it behind.
+    pub async fn put_info(
+        &self,
+        id: &ImageId,
+        info: &crate::image::ImageInfo,
+    ) -> Result<(), CatalogError> {
+        let json = serde_json::to_vec(info).map_err(|e| CatalogError::Internal(e.to_string()))?;
+        let info_key = key(id, "info.json")?;
+        self.store
+            .put(
+                Bucket::Originals,
+                &info_key,
+                Bytes::from(json),
+                "application/json",
+            )
+            .await?;
+        if !self.original_exists(id).await? {
+            self.store.delete(Bucket::Originals, &info_key).await?;
+            return Err(CatalogError::NotFound);
+        }
+        Ok(())
+    }
+
     /// Applies a metadata change and returns the new record.
     pub async fn update(&self, id: &ImageId, patch: &MetaPatch) -> Result<ImageMeta, CatalogError> {
         let _guard = self.lock_for(id).lock().await;
@@ -580,6 +628,7 @@ mod tests {
             alt_text: None,
             tags: Vec::new(),
             deleting: false,
+            info: None,
         }
     }
 

@@ -858,6 +858,7 @@ mod tests {
             alt_text: None,
             tags: Vec::new(),
             deleting: false,
+            info: None,
         }
     }
 

@@ -77,7 +77,11 @@ pub fn options(data: &[u8]) {
     assert!(matches!(spec.rotate, 0 | 90 | 180 | 270));
     assert!(spec.blur_centi <= options::MAX_BLUR_CENTI);
     assert!(spec.sharpen_centi <= options::MAX_SHARPEN_CENTI);
-    let _ = (spec.target_box(), spec.padding_px());
+    // Planning any parsed spec against any source size is total: no panic, sizes ≥ 1.
+    for (w, h) in [(1, 1), (1, 16_383), (16_383, 1), (4000, 3000)] {
+        let g = crate::image::plan(w, h, spec);
+        assert!(g.out.0 >= 1 && g.out.1 >= 1 && g.dpr_scale > 0.0);
+    }
     let again = options::parse_path(path, &limits).map(|r| r.spec.canonical());
     assert_eq!(
         again.ok().as_deref(),

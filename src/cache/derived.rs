@@ -323,6 +323,7 @@ mod tests {
             alt_text: None,
             tags: Vec::new(),
             deleting: false,
+            info: None,
         }
     }
 

@@ -92,8 +92,16 @@ async fn owned(
     Ok(meta)
 }
 
-fn meta_json(meta: &ImageMeta) -> Value {
-    serde_json::to_value(meta).unwrap_or_default()
+/// An image as the API shows it: the record, with its info's fields (`orientation`,
+/// `blurhash`, `lqip`, …) at the top level, as `/info` answers them.
+pub(crate) fn meta_json(meta: &ImageMeta) -> Value {
+    let mut v = serde_json::to_value(meta).unwrap_or_default();
+    if let Some(Value::Object(info)) = v.as_object_mut().and_then(|o| o.remove("info"))
+        && let Some(o) = v.as_object_mut()
+    {
+        o.extend(info);
+    }
+    v
 }
 
 pub async fn create(
@@ -127,7 +135,7 @@ pub async fn create(
         reject_large_body(&parts.headers, cap)?;
         (read_body(body, cap).await?, declared, MetaPatch::default())
     };
-    let (probe, sha256) = validate(app, &bytes, declared, charge).await?;
+    let (probe, info, sha256) = validate(app, &bytes, declared, charge).await?;
 
     let id = ImageId::generate().map_err(|e| Error::Internal(format!("id generation: {e}")))?;
     // Dimensions as displayed (EXIF orientation applied), the space transforms work in.
@@ -145,6 +153,7 @@ pub async fn create(
         alt_text: patch.alt_text.flatten(),
         tags: patch.tags.unwrap_or_default(),
         deleting: false,
+        info: Some(info),
     };
     // The durable write runs in its own task: if this request is cancelled (deadline, client
     // reset), the write and its cleanup still finish instead of stopping half-way.
@@ -190,7 +199,7 @@ async fn validate(
     bytes: &Bytes,
     declared: ImageFormat,
     charge: Charge,
-) -> Result<(image::Probe, String), Error> {
+) -> Result<(image::Probe, image::ImageInfo, String), Error> {
     if bytes.is_empty() {
         return Err(Error::InvalidImage("empty body".into()));
     }
@@ -215,8 +224,9 @@ async fn validate(
         .workers
         .run(image::memory_cost(&probe), move || {
             charge.commit();
-            let probe = image::validate_upload(&job, &limits)?;
-            Ok::<_, image::ImageError>((probe, hex::encode(Sha256::digest(&job))))
+            // The full decode that validates the upload also gives the placeholders.
+            let (probe, info) = image::analyze_upload(&job, &limits)?;
+            Ok::<_, image::ImageError>((probe, info, hex::encode(Sha256::digest(&job))))
         })
         .await??)
 }
@@ -349,6 +359,15 @@ pub async fn get(
 ) -> Result<Response<Body>, Error> {
     let principal = authenticate_for(app, req.headers(), ctx, Action::Read).await?;
     let meta = owned_image(app, &principal, id, ctx).await?;
+    // Images uploaded before placeholders existed get them now (once; see `render::info`).
+    // The record is answered without them if that fails: its metadata is still good.
+    let meta = match app.render.with_info(meta.clone()).await {
+        Ok(with) => with,
+        Err(e) => {
+            tracing::warn!(request_id = %ctx.request_id, image = %meta.id, error = %e, "could not compute image info");
+            meta
+        }
+    };
     Ok(json_response(StatusCode::OK, &meta_json(&meta)))
 }
 

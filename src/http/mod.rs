@@ -24,12 +24,15 @@ mod extract;
 mod finish;
 mod guard;
 pub(crate) mod images;
+mod info;
 pub mod jobs;
 mod keys;
 mod ops;
+mod original;
 mod propagate;
 mod ratelimit;
 mod route;
+mod serving;
 mod transform;
 mod usage;
 
@@ -177,6 +180,7 @@ async fn dispatch(
         (Route::AdminAudit, _) if get_like => admin::audit(app, req, ctx).await,
         (Route::AdminAudit, _) => Err(Error::MethodNotAllowed("GET, HEAD")),
         (Route::Api, _) => Err(Error::NotFound),
+        (Route::Info, _) if get_like => info::handle(app, req, ctx).await,
         (Route::Transform, _) if get_like => transform::handle(app, req, ctx).await,
         _ => Err(Error::MethodNotAllowed("GET, HEAD")),
     }

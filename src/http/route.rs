@@ -32,6 +32,8 @@ pub(super) enum Route {
     AdminAudit,
     /// Any other `/v1` path.
     Api,
+    /// `/info/{signature}/…`: an image's facts and placeholders.
+    Info,
     Transform,
 }
 
@@ -49,6 +51,7 @@ impl Route {
             Route::Usage => "usage",
             Route::Me | Route::MeExport => "account",
             Route::Api => "api",
+            Route::Info => "info",
             Route::Transform => "transform",
         }
     }
@@ -71,6 +74,7 @@ impl Route {
             (Route::Usage, _) if get => "usage.read",
             (Route::Me, &Method::DELETE) => "user.erase",
             (Route::MeExport, _) if get => "user.export",
+            (Route::Info, _) if get => "image.info",
             (Route::Transform, _) if get => "image.transform",
             _ => return None,
         })
@@ -79,7 +83,7 @@ impl Route {
     pub(super) fn is_api(&self) -> bool {
         !matches!(
             self,
-            Route::Transform | Route::Healthz | Route::Readyz | Route::Metrics
+            Route::Transform | Route::Info | Route::Healthz | Route::Readyz | Route::Metrics
         )
     }
 }
@@ -103,6 +107,11 @@ pub(super) fn classify(path: &str, listener: Listener, app: &App) -> Route {
         }
         _ if listener == Listener::Metrics => return Route::Api,
         _ => {}
+    }
+    // A transform signature reads `info` only when truncated to 3 bytes
+    // (`signing.signature_size`), and then for one URL in 2^24.
+    if path.starts_with("/info/") {
+        return Route::Info;
     }
     let Some(rest) = path.strip_prefix("/v1") else {
         return Route::Transform;

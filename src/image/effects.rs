@@ -5,7 +5,7 @@
 //! never blurred into colour: blur and sharpen work on premultiplied values.
 
 use super::{Bitmap, ImageError};
-use crate::options::{Filter, Gravity};
+use crate::options::{Filter, Gravity, Trim};
 
 /// Gaussian blur approximated by three box blurs (error < 3 % of a true Gaussian), O(1) per
 /// pixel whatever the sigma. Works in place, a row or a column at a time, so the extra memory is
@@ -203,6 +203,90 @@ pub fn filter(bitmap: &mut Bitmap, f: Filter) {
     }
 }
 
+/// `t` (trim, [`Trim`]): what to cut off — pixels within `threshold` (per channel) of a
+/// background colour, the given one or the top-left pixel's; with alpha and no colour given,
+/// transparent pixels (alpha ≤ threshold). `equal_hor`/`equal_ver` cut the same amount from
+/// both sides (the smaller). libvips smooths with a 3×3 median first; this does not, so a
+/// lone speck in the border counts as content.
+/// The region (x, y, w, h) of `bitmap` that `trim` keeps; the whole bitmap when everything is
+/// background (libvips does the same: nothing to keep means nothing is cut). One pass over the
+/// pixels, no allocation.
+pub fn trim_region(bitmap: &Bitmap, trim: Trim) -> (u32, u32, u32, u32) {
+    let (w, h) = (bitmap.width as usize, bitmap.height as usize);
+    let c = usize::from(bitmap.channels);
+    let whole = (0, 0, bitmap.width, bitmap.height);
+    if w == 0 || h == 0 || bitmap.data.len() < w * h * c {
+        return whole;
+    }
+    let t = i16::from(trim.threshold);
+    let by_alpha = c == 4 && trim.color.is_none();
+    let bg: [u8; 3] = trim
+        .color
+        .unwrap_or([bitmap.data[0], bitmap.data[1], bitmap.data[2]]);
+    let content = |p: &[u8]| -> bool {
+        if by_alpha {
+            return i16::from(p[3]) > t;
+        }
+        (0..3).any(|i| (i16::from(p[i]) - i16::from(bg[i])).abs() > t)
+            && (c < 4 || i16::from(p[3]) > t)
+    };
+    let (mut left, mut right, mut top, mut bottom) = (w, 0usize, h, 0usize);
+    for (y, row) in bitmap.data.chunks_exact(w * c).take(h).enumerate() {
+        let mut first = None;
+        let mut last = 0;
+        for (x, p) in row.chunks_exact(c).enumerate() {
+            if content(p) {
+                first.get_or_insert(x);
+                last = x;
+            }
+        }
+        if let Some(first) = first {
+            left = left.min(first);
+            right = right.max(last);
+            top = top.min(y);
+            bottom = y;
+        }
+    }
+    if left > right || top > bottom {
+        return whole;
+    }
+    if trim.equal_hor {
+        let cut = left.min(w - 1 - right);
+        (left, right) = (cut, w - 1 - cut);
+    }
+    if trim.equal_ver {
+        let cut = top.min(h - 1 - bottom);
+        (top, bottom) = (cut, h - 1 - cut);
+    }
+    (
+        left as u32,
+        top as u32,
+        (right - left + 1) as u32,
+        (bottom - top + 1) as u32,
+    )
+}
+
+/// A copy of the `(x, y, w, h)` region of `src` (inside it).
+pub fn cut(src: &Bitmap, (x, y, w, h): (u32, u32, u32, u32)) -> Bitmap {
+    let c = usize::from(src.channels);
+    let stride = src.width as usize * c;
+    let mut data = Vec::with_capacity(w as usize * h as usize * c);
+    for row in src
+        .data
+        .chunks_exact(stride)
+        .skip(y as usize)
+        .take(h as usize)
+    {
+        data.extend_from_slice(&row[x as usize * c..(x + w) as usize * c]);
+    }
+    Bitmap {
+        width: w,
+        height: h,
+        channels: src.channels,
+        data,
+    }
+}
+
 /// A fill for new canvas area: an opaque colour, or transparent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fill {
@@ -249,56 +333,111 @@ pub fn place(src: &Bitmap, w: u32, h: u32, x: u32, y: u32, fill: Fill) -> Bitmap
     out
 }
 
-/// Where a `cw`×`ch` box goes inside `w`×`h` under `g`.
-pub fn anchor(g: Gravity, w: u32, h: u32, cw: u32, ch: u32) -> (u32, u32) {
-    // The resize planner's anchoring, on whole pixels (a focus point is centred, then clamped).
-    let (x, y) =
-        super::geometry::anchor(g, f64::from(w), f64::from(h), f64::from(cw), f64::from(ch));
+/// Where a `cw`×`ch` box goes inside `w`×`h` under `g` and its imgproxy offsets (× `scale`,
+/// or fractions of the outer size), clamped inside; whole pixels.
+pub fn anchor_offset(
+    g: Gravity,
+    offset: [i32; 2],
+    (w, h): (u32, u32),
+    (cw, ch): (u32, u32),
+    scale: f64,
+) -> (u32, u32) {
+    let (x, y) = super::geometry::place(
+        g,
+        offset,
+        (f64::from(w), f64::from(h)),
+        (f64::from(cw), f64::from(ch)),
+        scale,
+        false,
+    );
     (x.floor() as u32, y.floor() as u32)
 }
 
 /// Alpha-blends `mark` (RGBA) onto `dst` at (`x`, `y`) (may be negative or overhang: clipped),
 /// scaling the mark's alpha by `opacity` (0..=1).
 pub fn composite(dst: &mut Bitmap, mark: &Bitmap, x: i64, y: i64, opacity: f32) {
-    let dc = usize::from(dst.channels);
-    let mc = usize::from(mark.channels);
-    for my in 0..mark.height as i64 {
+    let (dw, dh) = (i64::from(dst.width), i64::from(dst.height));
+    for my in 0..i64::from(mark.height) {
         let dy = y + my;
-        if dy < 0 || dy >= i64::from(dst.height) {
+        if dy < 0 || dy >= dh {
             continue;
         }
-        for mx in 0..mark.width as i64 {
+        for mx in 0..i64::from(mark.width) {
             let dx = x + mx;
-            if dx < 0 || dx >= i64::from(dst.width) {
+            if dx < 0 || dx >= dw {
                 continue;
             }
-            let m = ((my * i64::from(mark.width) + mx) as usize) * mc;
-            let d = ((dy * i64::from(dst.width) + dx) as usize) * dc;
-            let ma = if mc == 4 {
-                f32::from(mark.data[m + 3]) / 255.0
-            } else {
-                1.0
-            } * opacity;
-            if ma <= 0.0 {
+            blend(
+                dst,
+                (dy * dw + dx) as usize,
+                mark,
+                (my * i64::from(mark.width) + mx) as usize,
+                opacity,
+            );
+        }
+    }
+}
+
+/// Porter-Duff "over" of mark pixel `m` onto destination pixel `d` (pixel indices): the
+/// destination's own alpha weighs its colour, so a mark over transparent padding keeps its
+/// colour instead of blending with black.
+fn blend(dst: &mut Bitmap, d: usize, mark: &Bitmap, m: usize, opacity: f32) {
+    let (dc, mc) = (usize::from(dst.channels), usize::from(mark.channels));
+    let (d, m) = (d * dc, m * mc);
+    let ma = if mc == 4 {
+        f32::from(mark.data[m + 3]) / 255.0
+    } else {
+        1.0
+    } * opacity;
+    if ma <= 0.0 {
+        return;
+    }
+    let da = if dc == 4 {
+        f32::from(dst.data[d + 3]) / 255.0
+    } else {
+        1.0
+    };
+    let oa = ma + da * (1.0 - ma);
+    for ch in 0..3 {
+        let v = (f32::from(mark.data[m + ch]) * ma + f32::from(dst.data[d + ch]) * da * (1.0 - ma))
+            / oa;
+        dst.data[d + ch] = v.round().clamp(0.0, 255.0) as u8;
+    }
+    if dc == 4 {
+        dst.data[d + 3] = (oa * 255.0).round() as u8;
+    }
+}
+
+/// `wm:…:re` (imgproxy): `mark` repeated over all of `dst`, `gaps` (x, y) pixels apart, the
+/// grid placed so one tile sits exactly at the centre. One pass over the destination (each
+/// pixel finds its place in the tile grid), so the cost is the image's whatever the number of
+/// tiles — a 1-pixel mark on a 16 MP result is not 16 M composites.
+pub fn tile(dst: &mut Bitmap, mark: &Bitmap, (gx, gy): (u32, u32), opacity: f32) {
+    let (mw, mh) = (u64::from(mark.width), u64::from(mark.height));
+    let (tw, th) = (mw + u64::from(gx), mh + u64::from(gy));
+    let odd = |n: u64| if n.is_multiple_of(2) { n + 1 } else { n };
+    let across = odd(u64::from(dst.width).div_ceil(tw));
+    let down = odd(u64::from(dst.height).div_ceil(th));
+    // Where the destination starts inside the replicated grid (centred), and where the mark
+    // starts inside its tile (the gap split around it).
+    let (sx, sy) = (
+        (across * tw - u64::from(dst.width)) / 2,
+        (down * th - u64::from(dst.height)) / 2,
+    );
+    let (px, py) = (u64::from(gx / 2), u64::from(gy / 2));
+    for y in 0..u64::from(dst.height) {
+        let v = (y + sy) % th;
+        if v < py || v >= py + mh {
+            continue;
+        }
+        for x in 0..u64::from(dst.width) {
+            let u = (x + sx) % tw;
+            if u < px || u >= px + mw {
                 continue;
             }
-            // Porter-Duff "over": the destination's own alpha weighs its colour, so a mark
-            // over transparent padding keeps its colour instead of blending with black.
-            let da = if dc == 4 {
-                f32::from(dst.data[d + 3]) / 255.0
-            } else {
-                1.0
-            };
-            let oa = ma + da * (1.0 - ma);
-            for ch in 0..3 {
-                let v = (f32::from(mark.data[m + ch]) * ma
-                    + f32::from(dst.data[d + ch]) * da * (1.0 - ma))
-                    / oa;
-                dst.data[d + ch] = v.round().clamp(0.0, 255.0) as u8;
-            }
-            if dc == 4 {
-                dst.data[d + 3] = (oa * 255.0).round() as u8;
-            }
+            let d = (y * u64::from(dst.width) + x) as usize;
+            let m = ((v - py) * mw + (u - px)) as usize;
+            blend(dst, d, mark, m, opacity);
         }
     }
 }
@@ -350,6 +489,58 @@ mod tests {
             channels: px.len() as u8,
             data: px.repeat((w * h) as usize),
         }
+    }
+
+    /// A `w`×`h` white canvas with a red `rw`×`rh` box at (`x`, `y`).
+    fn boxed(w: u32, h: u32, (x, y, rw, rh): (u32, u32, u32, u32)) -> Bitmap {
+        let mut b = solid(w, h, &[255, 255, 255]);
+        for yy in y..y + rh {
+            for xx in x..x + rw {
+                let i = ((yy * w + xx) * 3) as usize;
+                b.data[i..i + 3].copy_from_slice(&[200, 10, 10]);
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn trim_finds_the_content_box() {
+        let t = Trim {
+            threshold: 10,
+            color: None,
+            equal_hor: false,
+            equal_ver: false,
+        };
+        let b = boxed(40, 30, (5, 8, 10, 4));
+        assert_eq!(trim_region(&b, t), (5, 8, 10, 4));
+        // Equal cuts: 5 left / 25 right → 5 both; 8 top / 18 bottom → 8 both.
+        let eq = Trim {
+            equal_hor: true,
+            equal_ver: true,
+            ..t
+        };
+        assert_eq!(trim_region(&b, eq), (5, 8, 30, 14));
+        // Near-white noise within the threshold is background.
+        let mut noisy = b.clone();
+        noisy.data[(29 * 40 + 39) * 3] = 250;
+        assert_eq!(trim_region(&noisy, t), (5, 8, 10, 4));
+        // A given colour: trimming red off keeps everything (the corner is white content).
+        let red = Trim {
+            color: Some([200, 10, 10]),
+            ..t
+        };
+        assert_eq!(trim_region(&b, red), (0, 0, 40, 30));
+        // All background: nothing is cut. One pixel: itself.
+        assert_eq!(trim_region(&solid(7, 3, &[9, 9, 9]), t), (0, 0, 7, 3));
+        assert_eq!(trim_region(&solid(1, 1, &[9, 9, 9]), t), (0, 0, 1, 1));
+        // Transparent margins of an RGBA image.
+        let mut rgba = solid(10, 10, &[0, 0, 0, 0]);
+        let i = ((4 * 10 + 6) * 4) as usize;
+        rgba.data[i..i + 4].copy_from_slice(&[1, 2, 3, 255]);
+        assert_eq!(trim_region(&rgba, t), (6, 4, 1, 1));
+        let kept = cut(&b, (5, 8, 10, 4));
+        assert_eq!((kept.width, kept.height), (10, 4));
+        assert!(kept.data.chunks_exact(3).all(|p| p == [200, 10, 10]));
     }
 
     #[test]

@@ -124,6 +124,55 @@ pub fn to_srgb(bitmap: &mut Bitmap, profile: &[u8]) -> bool {
     true
 }
 
+/// Longest profile description reported, characters.
+const MAX_DESCRIPTION: usize = 64;
+
+/// The profile's description (`desc` tag: ICC v2 `desc` ASCII or v4 `mluc`, first record),
+/// printable characters only, at most 64; `None` when absent or malformed.
+pub fn description(profile: &[u8]) -> Option<String> {
+    let be32 = |off: usize| -> Option<usize> {
+        let b = profile.get(off..off.checked_add(4)?)?;
+        usize::try_from(u32::from_be_bytes(b.try_into().ok()?)).ok()
+    };
+    // Tag table at 128: count, then (signature, offset, size) entries.
+    let count = be32(128)?.min(256);
+    let (offset, size) = (0..count).find_map(|i| {
+        let entry = 132 + i * 12;
+        (profile.get(entry..entry + 4)? == b"desc")
+            .then(|| Some((be32(entry + 4)?, be32(entry + 8)?)))?
+    })?;
+    let tag = profile.get(offset..offset.checked_add(size)?)?;
+    let text: String = match tag.get(0..4)? {
+        b"desc" => {
+            let n = be32(offset + 8)?.min(size.saturating_sub(12));
+            tag.get(12..12 + n)?
+                .iter()
+                .map(|&b| char::from(b))
+                .collect()
+        }
+        b"mluc" => {
+            let len =
+                usize::try_from(u32::from_be_bytes(tag.get(20..24)?.try_into().ok()?)).ok()?;
+            let at = usize::try_from(u32::from_be_bytes(tag.get(24..28)?.try_into().ok()?)).ok()?;
+            let units: Vec<u16> = tag
+                .get(at..at.checked_add(len)?)?
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            char::decode_utf16(units).filter_map(Result::ok).collect()
+        }
+        _ => return None,
+    };
+    let clean: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_DESCRIPTION)
+        .collect::<String>()
+        .trim()
+        .to_owned();
+    (!clean.is_empty()).then_some(clean)
+}
+
 /// Test support: a minimal ICC v2 matrix/TRC display profile (Display P3 primaries adapted to
 /// D50, gamma 2.2), and images that carry it.
 #[cfg(test)]
@@ -274,6 +323,27 @@ mod tests {
         );
         // Truncated segment: no profile, no panic.
         assert_eq!(extract(&jpeg[..10], ImageFormat::Jpeg), None);
+    }
+
+    #[test]
+    fn profile_descriptions_are_read_bounded_and_clean() {
+        let p3 = testing::display_p3();
+        assert_eq!(description(&p3).as_deref(), Some("Test Display P3"));
+        assert_eq!(description(&p3[..140]), None);
+        assert_eq!(description(b"short"), None);
+        // A v4 `mluc` description, and one with a hostile length.
+        let mut v4 = p3[..128].to_vec();
+        v4.extend_from_slice(&1u32.to_be_bytes());
+        v4.extend_from_slice(b"desc");
+        v4.extend_from_slice(&144u32.to_be_bytes());
+        v4.extend_from_slice(&36u32.to_be_bytes());
+        v4.extend_from_slice(b"mluc\0\0\0\0\0\0\0\x01\0\0\0\x0cenUS");
+        v4.extend_from_slice(&8u32.to_be_bytes());
+        v4.extend_from_slice(&28u32.to_be_bytes());
+        v4.extend_from_slice(&[0, b's', 0, b'R', 0, b'G', 0, b'B']);
+        assert_eq!(description(&v4).as_deref(), Some("sRGB"));
+        v4[164..168].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(description(&v4), None);
     }
 
     #[test]

@@ -15,17 +15,21 @@ mod encode;
 pub(crate) mod exif;
 mod geometry;
 pub(crate) mod icc;
+mod info;
 mod orient;
 mod pipeline;
 pub(crate) mod probe;
 mod smart;
+mod strip;
 mod turbo;
 
 pub use decode::decode;
 pub use encode::{EncodeSettings, PngCompression, Subsampling, encode};
 pub use geometry::{Geometry, plan};
+pub use info::{ImageInfo, MAX_LQIP_BYTES, analyze, analyze_upload};
 pub use pipeline::{Encoded, Engine, JpegDecoder, caught_panics, jpeg_shrink, validate_upload};
 pub use probe::{Probe, frame_count, probe, sniff};
+pub use strip::strip_metadata;
 
 /// Source formats pixgate accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -38,6 +42,16 @@ pub enum ImageFormat {
 }
 
 impl ImageFormat {
+    /// The file extension (`jpg`, `png`, `webp`, `gif`).
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Jpeg => "jpg",
+            ImageFormat::Png => "png",
+            ImageFormat::Webp => "webp",
+            ImageFormat::Gif => "gif",
+        }
+    }
+
     pub fn mime(self) -> &'static str {
         match self {
             ImageFormat::Jpeg => "image/jpeg",

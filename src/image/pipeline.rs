@@ -23,6 +23,9 @@ pub struct Encoded {
     pub height: u32,
 }
 
+/// Most encodes one `mb` result takes (from quality 100, ×0.75 per round reaches 10 in 9).
+pub const MAX_BYTES_ROUNDS: u32 = 10;
+
 /// Largest AVIF result (pixels): rav1e is single-threaded here and slow.
 pub const MAX_AVIF_PIXELS: u64 = 16_000_000;
 
@@ -62,7 +65,7 @@ pub fn validate_upload(bytes: &[u8], limits: &ImageLimits) -> Result<Probe, Imag
 /// hostile file reaches) is an `invalid_image` answer for that one input, not a 500 with a
 /// backtrace. The engine holds no state a panic could leave half-updated: every call works on
 /// its own buffers, and the shared [`Engine`] is immutable.
-fn contained<T>(f: impl FnOnce() -> Result<T, ImageError>) -> Result<T, ImageError> {
+pub(super) fn contained<T>(f: impl FnOnce() -> Result<T, ImageError>) -> Result<T, ImageError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
         CAUGHT_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Err(ImageError::Corrupt(
@@ -109,11 +112,34 @@ impl Engine {
         format: OutputFormat,
         quality: u8,
     ) -> Result<Encoded, ImageError> {
-        let plan = self.plan(bytes, spec, format)?;
-        let (bitmap, profile, window) = self.decode_window(bytes, spec, &plan)?;
+        let p = probe(bytes)?;
+        self.limits.check_source(p.width, p.height)?;
+        self.limits.check_frames(bytes, p.format)?;
+        // `t`: trimmed on the full-size decode (no shrink-on-load, as libvips), which then
+        // stands for the source: planning sees the trimmed size.
+        let (p, trimmed) = match spec.trim {
+            Some(t) => {
+                let (bitmap, profile) = super::decode::decode_with_icc(bytes, &p)?;
+                let region = effects::trim_region(&bitmap, t);
+                let bitmap = if region == (0, 0, bitmap.width, bitmap.height) {
+                    bitmap
+                } else {
+                    effects::cut(&bitmap, region)
+                };
+                let p = Probe {
+                    width: bitmap.width,
+                    height: bitmap.height,
+                    ..p
+                };
+                (p, Some((bitmap, profile)))
+            }
+            None => (p, None),
+        };
+        let plan = self.plan(p, spec, format)?;
+        let (bitmap, profile, window) = self.decode_window(bytes, spec, &plan, trimmed)?;
         let image = resize_oriented(bitmap, window, &plan, profile)?;
         let image = self.finish_pixels(image, spec, &plan, format)?;
-        let bytes = encode(&image, format, quality, &self.encode)?;
+        let bytes = self.encode_within(&image, format, quality, spec.max_bytes)?;
         Ok(Encoded {
             bytes,
             format,
@@ -122,18 +148,54 @@ impl Engine {
         })
     }
 
+    /// Encodes; with `max_bytes` (`mb`), for formats with a quality, lowers the quality until
+    /// the result fits, as imgproxy does: each round multiplies it by 0.25, 0.5 or 0.75 as the
+    /// result is over 3×, over 1.5× or within 1.5× of the bound, and the round at quality 10 or
+    /// below is returned whether it fits or not (the smallest this quality search makes; the
+    /// bound is a wish, not a refusal). At most [`MAX_BYTES_ROUNDS`] encodes.
+    fn encode_within(
+        &self,
+        image: &Bitmap,
+        format: OutputFormat,
+        mut quality: u8,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, ImageError> {
+        let mut rounds = 0;
+        loop {
+            let bytes = encode(image, format, quality, &self.encode)?;
+            rounds += 1;
+            let size = bytes.len() as u64;
+            if max_bytes == 0
+                || format == OutputFormat::Png
+                || size <= max_bytes
+                || quality <= 10
+                || rounds >= MAX_BYTES_ROUNDS
+            {
+                return Ok(bytes);
+            }
+            let delta = size as f64 / max_bytes as f64;
+            let factor = if delta > 3.0 {
+                0.25
+            } else if delta > 1.5 {
+                0.5
+            } else {
+                0.75
+            };
+            // imgproxy: max(1, min(q − 1, round(q × factor))).
+            let next = (f64::from(quality) * factor).round() as u8;
+            quality = next.min(quality - 1).max(1);
+        }
+    }
+
     /// Step 1: everything decided from the header and the spec, before any pixel is decoded:
     /// source limits, the composed orientation, the crop and output size in oriented
     /// coordinates, result and canvas limits, and their mapping to the stored grid.
     fn plan(
         &self,
-        bytes: &[u8],
+        p: Probe,
         spec: &TransformSpec,
         format: OutputFormat,
     ) -> Result<Plan, ImageError> {
-        let p = probe(bytes)?;
-        self.limits.check_source(p.width, p.height)?;
-        self.limits.check_frames(bytes, p.format)?;
         let exif = if spec.auto_rotate { p.orientation } else { 1 };
         let o = orient::compose(exif, spec.rotate, spec.flip_horizontal, spec.flip_vertical);
         let (ow, oh) = if o >= 5 {
@@ -143,16 +205,23 @@ impl Engine {
         };
         let region = crop_region(spec, ow, oh);
         let geometry = plan(region.w as u32, region.h as u32, spec);
-        let (tw, th) = spec.target_box();
+        let (tw, th) = geometry.target;
         let mut frame = geometry.out;
         if spec.extend.is_some() {
             frame = (frame.0.max(tw), frame.1.max(th));
         }
-        let padding = spec.padding_px();
+        let aspect_frame = geometry.aspect_frame(spec, frame);
+        // imgproxy: padding × its DprScale, which is below the dpr when the source is too
+        // small to honour it without enlarging.
+        let padding = spec.padding.map(|v| {
+            (f64::from(v) * geometry.dpr_scale)
+                .round()
+                .min(f64::from(u32::MAX)) as u32
+        });
         let [pt, pr, pb, pl] = padding;
         let canvas = (
-            u64::from(frame.0) + u64::from(pl) + u64::from(pr),
-            u64::from(frame.1) + u64::from(pt) + u64::from(pb),
+            u64::from(aspect_frame.0) + u64::from(pl) + u64::from(pr),
+            u64::from(aspect_frame.1) + u64::from(pt) + u64::from(pb),
         );
         self.check_result(geometry.out, canvas, spec, format)?;
         let crop = Rect::from(geometry.crop);
@@ -175,6 +244,8 @@ impl Engine {
             out_stored: orient::size_to_stored(o, geometry.out),
             orientation: o,
             frame,
+            aspect_frame,
+            dpr_scale: geometry.dpr_scale,
             padding,
             canvas,
             probe: p,
@@ -220,10 +291,13 @@ impl Engine {
         bytes: &[u8],
         spec: &TransformSpec,
         plan: &Plan,
+        decoded: Option<(Bitmap, Option<Vec<u8>>)>,
     ) -> Result<(Bitmap, Option<Vec<u8>>, Rect), ImageError> {
         let p = &plan.probe;
-        let (mut bitmap, profile) =
-            self.decode(bytes, p, plan.crop_stored.tuple(), plan.out_stored)?;
+        let (mut bitmap, profile) = match decoded {
+            Some(d) => d,
+            None => self.decode(bytes, p, plan.crop_stored.tuple(), plan.out_stored)?,
+        };
         let (sx, sy) = (
             f64::from(bitmap.width) / f64::from(p.width),
             f64::from(bitmap.height) / f64::from(p.height),
@@ -288,8 +362,27 @@ impl Engine {
         if let Some(g) = spec.extend
             && (fw, fh) != (image.width, image.height)
         {
-            let (x, y) = effects::anchor(g, fw, fh, image.width, image.height);
+            let (x, y) = effects::anchor_offset(
+                g,
+                spec.extend_offset,
+                (fw, fh),
+                (image.width, image.height),
+                plan.dpr_scale,
+            );
             image = effects::place(&image, fw, fh, x, y, fill);
+        }
+        let (aw, ah) = plan.aspect_frame;
+        if let Some(g) = spec.extend_aspect
+            && (aw, ah) != (image.width, image.height)
+        {
+            let (x, y) = effects::anchor_offset(
+                g,
+                spec.extend_aspect_offset,
+                (aw, ah),
+                (image.width, image.height),
+                plan.dpr_scale,
+            );
+            image = effects::place(&image, aw, ah, x, y, fill);
         }
         let [pt, _, _, pl] = plan.padding;
         if plan.padding != [0; 4] {
@@ -297,7 +390,7 @@ impl Engine {
             image = effects::place(&image, cw as u32, ch as u32, pl, pt, fill);
         }
         if let (Some(wm), Some(mark)) = (spec.watermark, &self.watermark) {
-            self.apply_watermark(&mut image, mark, wm)?;
+            self.apply_watermark(&mut image, mark, wm, plan.dpr_scale)?;
         }
         if image.channels == 4 {
             if let Some(bg) = spec.background {
@@ -339,16 +432,24 @@ impl Engine {
         super::decode::decode_with_icc(bytes, p)
     }
 
+    /// The watermark (fitted inside `scale` × the result when scaled, its own pixels
+    /// otherwise) at its position and offsets (× `dpr_scale`, or fractions of the result),
+    /// or with `re` tiled over the result from a tile at the centre, the offsets being the
+    /// gaps between tiles (imgproxy).
     fn apply_watermark(
         &self,
         image: &mut Bitmap,
         mark: &Bitmap,
         wm: crate::options::Watermark,
+        dpr_scale: f64,
     ) -> Result<(), ImageError> {
         let scaled;
         let mark = if wm.scale_milli > 0 {
-            let w = (u64::from(image.width) * u64::from(wm.scale_milli) / 1000).max(1);
-            let h = (w * u64::from(mark.height) / u64::from(mark.width.max(1))).max(1);
+            let s = f64::from(wm.scale_milli) / 1000.0;
+            let (bw, bh) = (f64::from(image.width) * s, f64::from(image.height) * s);
+            let fit = (bw / f64::from(mark.width.max(1))).min(bh / f64::from(mark.height.max(1)));
+            let w = (f64::from(mark.width) * fit).round().max(1.0) as u64;
+            let h = (f64::from(mark.height) * fit).round().max(1.0) as u64;
             let (w, h) = effects::check_canvas(
                 w,
                 h,
@@ -364,36 +465,52 @@ impl Engine {
         } else {
             mark
         };
-        let (ax, ay) = effects::anchor(
+        let opacity = f32::from(wm.opacity_milli) / 1000.0;
+        if wm.replicate {
+            let gap = |milli: i32, outer: u32| {
+                super::geometry::offset_px(milli, f64::from(outer), dpr_scale).max(0.0) as u32
+            };
+            let gaps = (
+                gap(wm.x_offset, image.width),
+                gap(wm.y_offset, image.height),
+            );
+            effects::tile(image, mark, gaps, opacity);
+            return Ok(());
+        }
+        let (x, y) = super::geometry::place(
             wm.position,
-            image.width,
-            image.height,
-            mark.width,
-            mark.height,
+            [wm.x_offset, wm.y_offset],
+            (f64::from(image.width), f64::from(image.height)),
+            (f64::from(mark.width), f64::from(mark.height)),
+            dpr_scale,
+            true,
         );
-        // Offsets push the mark inwards from the edge it is anchored to.
-        let (dx, dy) = (i64::from(wm.x_offset), i64::from(wm.y_offset));
-        let x = match wm.position {
-            Gravity::East | Gravity::NorthEast | Gravity::SouthEast => i64::from(ax) - dx,
-            _ => i64::from(ax) + dx,
-        };
-        let y = match wm.position {
-            Gravity::South | Gravity::SouthEast | Gravity::SouthWest => i64::from(ay) - dy,
-            _ => i64::from(ay) + dy,
-        };
-        effects::composite(image, mark, x, y, f32::from(wm.opacity_milli) / 1000.0);
+        effects::composite(image, mark, x.floor() as i64, y.floor() as i64, opacity);
         Ok(())
     }
 }
 
 /// `c:` — the region of the oriented source kept before resizing (whole pixels).
+/// Sizes are whole pixels or (below 1) fractions of the source; offsets are source pixels (not
+/// × dpr) or fractions, as imgproxy's first crop.
 fn crop_region(spec: &TransformSpec, ow: u32, oh: u32) -> Rect {
     match spec.crop {
         None => Rect::full(ow, oh),
         Some(c) => {
-            let w = if c.width == 0 { ow } else { c.width.min(ow) };
-            let h = if c.height == 0 { oh } else { c.height.min(oh) };
-            let (x, y) = effects::anchor(c.gravity.unwrap_or(spec.gravity), ow, oh, w, h);
+            let size = |milli: u32, full: u32| -> u32 {
+                match milli {
+                    0 => full,
+                    1..=999 => ((f64::from(milli) / 1000.0 * f64::from(full)).round() as u32)
+                        .clamp(1, full),
+                    px => (px / 1000).min(full),
+                }
+            };
+            let (w, h) = (size(c.width, ow), size(c.height, oh));
+            let (g, offset) = match c.gravity {
+                Some(g) => (g, c.offset),
+                None => (spec.gravity, spec.gravity_offset),
+            };
+            let (x, y) = effects::anchor_offset(g, offset, (ow, oh), (w, h), 1.0);
             Rect {
                 x: f64::from(x),
                 y: f64::from(y),
@@ -464,6 +581,10 @@ struct Plan {
     out_stored: (u32, u32),
     /// The result's size once extended (`ex`), before padding.
     frame: (u32, u32),
+    /// The frame once extended to the box's aspect ratio (`exar`).
+    aspect_frame: (u32, u32),
+    /// What CSS sizes (offsets) are multiplied by ([`super::Geometry::dpr_scale`]).
+    dpr_scale: f64,
     /// Padding in device pixels: top, right, bottom, left.
     padding: [u32; 4],
     /// The final canvas: frame plus padding.
@@ -520,6 +641,15 @@ fn drop_opaque_alpha(b: Bitmap) -> Bitmap {
         data,
         ..b
     }
+}
+
+/// The whole of `src` resampled to `size` (Lanczos3; alpha premultiplied around it).
+pub(super) fn resize_to(src: Bitmap, size: (u32, u32)) -> Result<Bitmap, ImageError> {
+    if (src.width, src.height) == size {
+        return Ok(src);
+    }
+    let crop = (0.0, 0.0, f64::from(src.width), f64::from(src.height));
+    resize_owned(src, crop, size)
 }
 
 /// [`resize`] of a bitmap the caller no longer needs: RGBA is premultiplied in place, so the
@@ -598,7 +728,7 @@ fn resize(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::options::ResizingType;
 
@@ -963,6 +1093,64 @@ mod tests {
             let raw = run(&jpeg, "ar:0", OutputFormat::Png);
             assert_eq!((raw.width, raw.height), (stored.width, stored.height));
         }
+    }
+
+    /// Deterministic noise: JPEG and WebP sizes fall steeply with quality.
+    fn noise(w: u32, h: u32) -> Bitmap {
+        let mut x = 0x2545_f491_u32;
+        let data = (0..w * h * 3)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 24) as u8
+            })
+            .collect();
+        Bitmap {
+            width: w,
+            height: h,
+            channels: 3,
+            data,
+        }
+    }
+
+    fn spec_of(path: &str) -> TransformSpec {
+        crate::options::parse_path(
+            &format!("/{path}/plain/0123456789abcdef0123456789abcdef"),
+            &crate::options::ParseLimits {
+                max_dimension: 16_383,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .spec
+    }
+
+    #[test]
+    fn max_bytes_lowers_quality_until_the_result_fits() {
+        let png = encode(&noise(160, 120), OutputFormat::Png, 100).unwrap();
+        for format in [OutputFormat::Jpeg, OutputFormat::Webp] {
+            let plain = transform(&png, &spec_of("q:90"), format, 90, &LIMITS).unwrap();
+            let bound = plain.bytes.len() as u64 * 2 / 3;
+            let fitted =
+                transform(&png, &spec_of(&format!("mb:{bound}")), format, 90, &LIMITS).unwrap();
+            assert!(fitted.bytes.len() as u64 <= bound, "{format:?}");
+            assert_eq!((fitted.width, fitted.height), (160, 120));
+            // A bound already met changes nothing.
+            let roomy = plain.bytes.len() as u64;
+            let same =
+                transform(&png, &spec_of(&format!("mb:{roomy}")), format, 90, &LIMITS).unwrap();
+            assert_eq!(same.bytes, plain.bytes);
+            // Impossible: 90 → 23 → 6 (over 3× each time), then the quality-6 result is
+            // returned although it does not fit — the smallest the search makes, as imgproxy.
+            let tiny = transform(&png, &spec_of("mb:1"), format, 90, &LIMITS).unwrap();
+            let q6 = transform(&png, &spec_of("q:6"), format, 6, &LIMITS).unwrap();
+            assert_eq!(tiny.bytes, q6.bytes, "{format:?}");
+        }
+        // PNG has no quality: `mb` leaves it alone.
+        let a = transform(&png, &spec_of("mb:1"), OutputFormat::Png, 80, &LIMITS).unwrap();
+        let b = transform(&png, &spec_of("q:80"), OutputFormat::Png, 80, &LIMITS).unwrap();
+        assert_eq!(a.bytes, b.bytes);
     }
 
     #[test]

@@ -60,14 +60,33 @@ pub enum Filter {
     Sepia,
 }
 
-/// `c:width:height:gravity` — cut this region (in oriented source pixels) before resizing.
+/// An offset from a gravity's anchor, in thousandths: `|v| ≥ 1000` is `v / 1000` pixels (× dpr
+/// where imgproxy scales it), below that a fraction of the outer size (imgproxy's relative
+/// values). Positive values push inwards from the edge the gravity anchors to.
+pub type Offset = [i32; 2];
+
+/// `c:width:height:gravity[:x:y]` — cut this region (in oriented source pixels) before resizing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Crop {
-    /// 0 means the full source width/height.
+    /// Thousandths: `≥ 1000` is whole pixels × 1000, `1..1000` a fraction of the source's
+    /// width/height, 0 the full width/height.
     pub width: u32,
     pub height: u32,
-    /// `None` means the main gravity.
+    /// `None` means the main gravity (and its offsets).
     pub gravity: Option<Gravity>,
+    /// Source pixels (not × dpr) or fractions of the source, as imgproxy.
+    pub offset: Offset,
+}
+
+/// `t:threshold:colour:equal_hor:equal_ver` — cut off a uniform border before anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trim {
+    /// Largest per-channel difference from the background that still counts as background.
+    pub threshold: u8,
+    /// The background; `None`: the top-left pixel's colour (transparency for images with alpha).
+    pub color: Option<[u8; 3]>,
+    pub equal_hor: bool,
+    pub equal_ver: bool,
 }
 
 /// `wm:opacity:position:x_offset:y_offset:scale` — the configured watermark.
@@ -76,9 +95,12 @@ pub struct Watermark {
     /// 0..=1000 (thousandths).
     pub opacity_milli: u16,
     pub position: Gravity,
+    /// `re`: tiled over the whole image; the offsets are then the gaps between tiles.
+    pub replicate: bool,
+    /// Thousandths, see [`Offset`] (pixels × dpr, or fractions of the result).
     pub x_offset: i32,
     pub y_offset: i32,
-    /// Watermark width as a share of the result width, thousandths; 0 = its own size.
+    /// The watermark fits inside this share of the result, thousandths; 0 = its own size.
     pub scale_milli: u16,
 }
 
@@ -116,6 +138,13 @@ pub struct TransformSpec {
     pub dpr_milli: u32,
     pub enlarge: bool,
     pub gravity: Gravity,
+    /// Offsets of the main gravity (imgproxy `g:…:x:y`).
+    pub gravity_offset: Offset,
+    /// `mw`/`mh`: smallest result in CSS pixels (× dpr); may enlarge, as in imgproxy.
+    pub min_width: u32,
+    pub min_height: u32,
+    /// `z`: zoom per axis, thousandths (1000 = none); multiplies the result, not padding.
+    pub zoom_milli: [u32; 2],
     /// 1..=100; `None` means the configured default.
     pub quality: Option<u8>,
     /// `None` means negotiated from `Accept`.
@@ -140,6 +169,12 @@ pub struct TransformSpec {
     pub padding: [u32; 4],
     /// Extend the canvas to the requested box, placing the image by this gravity.
     pub extend: Option<Gravity>,
+    pub extend_offset: Offset,
+    /// `exar`: extend one side so the result has the requested box's aspect ratio.
+    pub extend_aspect: Option<Gravity>,
+    pub extend_aspect_offset: Offset,
+    /// `t`: trim a uniform border first (on the full-size source: no shrink-on-load).
+    pub trim: Option<Trim>,
     /// Gaussian blur sigma in hundredths (0: none).
     pub blur_centi: u32,
     /// Unsharp-mask sigma in hundredths (0: none).
@@ -155,6 +190,14 @@ pub struct TransformSpec {
     pub pixelate: u32,
     /// `fq`: quality per output format, sorted by format; it overrides `q` for that format.
     pub format_quality: Vec<(OutputFormat, u8)>,
+    /// `mb`: largest result in bytes for formats with a quality (0: no bound).
+    pub max_bytes: u64,
+    /// `raw`: serve the stored original (metadata removed losslessly), no processing.
+    pub raw: bool,
+    /// `sp`: source formats (extensions, sorted) whose originals are served as with `raw`.
+    pub skip_processing: Vec<String>,
+    /// `da`: first frame only. Every result is a still today (see `docs/options.md`).
+    pub disable_animation: bool,
 }
 
 /// What parsing needs from configuration: bounds and the named presets.
@@ -175,6 +218,8 @@ pub struct TransformRequest {
 }
 
 const MAX_DPR_MILLI: u32 = 8000;
+/// Largest zoom per axis (imgproxy has none; the result limits bound it anyway).
+const MAX_ZOOM_MILLI: u32 = 100_000;
 const MAX_CACHEBUSTER_LEN: usize = 128;
 /// Largest blur sigma (pixels); beyond this everything is one colour anyway.
 pub const MAX_BLUR_CENTI: u32 = 10_000;
@@ -214,6 +259,10 @@ impl Default for TransformSpec {
             dpr_milli: 1000,
             enlarge: false,
             gravity: Gravity::Center,
+            gravity_offset: [0, 0],
+            min_width: 0,
+            min_height: 0,
+            zoom_milli: [1000, 1000],
             quality: None,
             format: None,
             expires: None,
@@ -226,6 +275,10 @@ impl Default for TransformSpec {
             background: None,
             padding: [0; 4],
             extend: None,
+            extend_offset: [0, 0],
+            extend_aspect: None,
+            extend_aspect_offset: [0, 0],
+            trim: None,
             blur_centi: 0,
             sharpen_centi: 0,
             filter: None,
@@ -234,6 +287,10 @@ impl Default for TransformSpec {
             attachment: false,
             format_quality: Vec::new(),
             pixelate: 0,
+            max_bytes: 0,
+            raw: false,
+            skip_processing: Vec::new(),
+            disable_animation: false,
         }
     }
 }
@@ -342,21 +399,18 @@ impl TransformSpec {
         slices::write_canonical(self)
     }
 
-    /// Padding in device pixels (× dpr): top, right, bottom, left.
-    pub fn padding_px(&self) -> [u32; 4] {
-        self.padding.map(|v| {
-            let scaled = (u64::from(v) * u64::from(self.dpr_milli) + 500) / 1000;
-            u32::try_from(scaled).unwrap_or(u32::MAX)
-        })
+    /// Whether a source stored as `extension` (`jpg`, `png`, …) is served as its original
+    /// (`raw`, or named by `sp`) instead of being processed.
+    pub fn serves_original(&self, extension: &str) -> bool {
+        self.raw || self.skip_processing.iter().any(|f| f == extension)
     }
 
-    /// Requested box in device pixels (CSS size × dpr), rounded.
-    pub fn target_box(&self) -> (u32, u32) {
-        let scale = |v: u32| -> u32 {
-            let scaled = (u64::from(v) * u64::from(self.dpr_milli) + 500) / 1000;
-            u32::try_from(scaled).unwrap_or(u32::MAX)
-        };
-        (scale(self.width), scale(self.height))
+    /// Zoom per axis as factors.
+    pub fn zoom(&self) -> (f64, f64) {
+        (
+            f64::from(self.zoom_milli[0]) / 1000.0,
+            f64::from(self.zoom_milli[1]) / 1000.0,
+        )
     }
 }
 
@@ -413,6 +467,92 @@ pub fn parse_path(path: &str, limits: &ParseLimits) -> Result<TransformRequest, 
         }
     }
     Ok(TransformRequest { spec, image })
+}
+
+/// A parsed `/info/{signature}/{options}/{source}` path (after the signature).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InfoRequest {
+    pub image: ImageId,
+    pub expires: Option<u64>,
+}
+
+/// imgproxy's info options whose answers pixgate always includes: accepted (so URLs built for
+/// imgproxy's `/info` work) and otherwise ignored. Anything else is refused, as for
+/// transforms.
+const INFO_FIELDS: &[&str] = &[
+    "size",
+    "s",
+    "format",
+    "f",
+    "dimensions",
+    "d",
+    "alpha",
+    "a",
+    "blurhash",
+    "bh",
+    "thumb_hash",
+    "th",
+];
+
+/// Parses an info path: `exp`, `cb` and the [`INFO_FIELDS`] options, then the source as in
+/// [`parse_path`] (an extension is allowed and ignored: the answer is JSON).
+pub fn parse_info_path(path: &str) -> Result<InfoRequest, ParseError> {
+    let rest = path
+        .strip_prefix('/')
+        .ok_or_else(|| ParseError::InvalidSource("path must start with /".into()))?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    let mut spec = TransformSpec::default();
+    let mut seen: Vec<&str> = Vec::new();
+    let limits = ParseLimits::default();
+    for (i, seg) in segments.iter().enumerate() {
+        if seg.is_empty() {
+            return Err(ParseError::InvalidSource("empty path segment".into()));
+        }
+        let (image, _) = if *seg == "plain" {
+            split_plain(&segments[i + 1..].join("/"))?
+        } else if !seg.contains(':') {
+            split_encoded(&segments[i..].concat())?
+        } else {
+            let name = seg.split(':').next().unwrap_or_default();
+            // Repeats are refused by canonical name (fields come in long/short pairs).
+            let canonical = match name {
+                "expires" => "exp",
+                "cachebuster" => "cb",
+                n => INFO_FIELDS
+                    .iter()
+                    .position(|f| *f == n)
+                    .map_or(n, |i| INFO_FIELDS[i & !1]),
+            };
+            if seen.contains(&canonical) {
+                return Err(ParseError::InvalidOption(format!(
+                    "option `{}` given more than once",
+                    clip(name)
+                )));
+            }
+            seen.push(canonical);
+            let args: Vec<&str> = seg.split(':').skip(1).collect();
+            match name {
+                "exp" | "expires" | "cb" | "cachebuster" => {
+                    apply_option(&mut spec, seg, &mut Vec::new(), &limits, false)?;
+                }
+                _ if INFO_FIELDS.contains(&name) => {
+                    if args.len() > 2 || args.iter().any(|a| a.len() > 8) {
+                        return Err(ParseError::InvalidOption(format!(
+                            "`{}` takes at most 2 short arguments",
+                            clip(name)
+                        )));
+                    }
+                }
+                _ => return Err(ParseError::UnknownOption(clip(name))),
+            }
+            continue;
+        };
+        return Ok(InfoRequest {
+            image,
+            expires: spec.expires,
+        });
+    }
+    Err(ParseError::InvalidSource("no source given".into()))
 }
 
 /// Applies a preset's option string. Options inside one preset may not repeat; a later preset
@@ -530,13 +670,9 @@ fn apply_size(
     let gravity = args.get(4..).filter(|g| !g.is_empty());
     match (extend, gravity) {
         (true, g) => {
-            let g = g.map_or(Ok(Gravity::Center), parse_gravity)?;
-            if g == Gravity::Smart {
-                return Err(ParseError::InvalidOption(
-                    "extend cannot use smart gravity".into(),
-                ));
-            }
+            let (g, offset) = extend_gravity(g.unwrap_or_default())?;
             spec.extend = Some(g);
+            spec.extend_offset = offset;
         }
         (false, Some(_)) => {
             return Err(ParseError::InvalidOption(
@@ -552,13 +688,35 @@ fn apply_size(
     Ok(())
 }
 
-/// `bg:R:G:B` (decimal) or `bg:RRGGBB` (hex).
+/// The gravity of `ex`/`exar` (centre when not given; not smart).
+fn extend_gravity(args: &[&str]) -> Result<(Gravity, Offset), ParseError> {
+    if args.is_empty() {
+        return Ok((Gravity::Center, [0, 0]));
+    }
+    let (g, offset) = parse_gravity(args)?;
+    if g == Gravity::Smart {
+        return Err(ParseError::InvalidOption(
+            "extend cannot use smart gravity".into(),
+        ));
+    }
+    Ok((g, offset))
+}
+
+/// `bg:R:G:B` (decimal) or `bg:RRGGBB` / `bg:RGB` (hex).
 fn parse_color(args: &[&str]) -> Result<[u8; 3], ParseError> {
     let bad = || ParseError::InvalidOption("background is R:G:B (0..255) or RRGGBB hex".into());
     match args {
         [hex] if hex.len() == 6 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
             let v = u32::from_str_radix(hex, 16).map_err(|_| bad())?;
             Ok([(v >> 16) as u8, (v >> 8) as u8, v as u8])
+        }
+        [hex] if hex.len() == 3 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            let v = u32::from_str_radix(hex, 16).map_err(|_| bad())?;
+            Ok([
+                (v >> 8) as u8 * 17,
+                ((v >> 4) & 15) as u8 * 17,
+                (v & 15) as u8 * 17,
+            ])
         }
         [r, g, b] => {
             let c = |s: &str| -> Result<u8, ParseError> {
@@ -582,14 +740,21 @@ fn parse_sigma(s: &str, max_centi: u32, what: &str) -> Result<u32, ParseError> {
     }
 }
 
+/// An [`Offset`] component: a decimal with up to 3 places, `|v| ≤ 2048`; below 1 it is
+/// relative (a fraction of the outer size).
 fn parse_offset(s: &str) -> Result<i32, ParseError> {
     let (neg, digits) = match s.strip_prefix('-') {
         Some(d) => (true, d),
         None => (false, s),
     };
-    let v = parse_dimension(digits, MAX_PADDING)
-        .map_err(|_| ParseError::InvalidOption("watermark offset must be in ±2048".into()))?;
-    let v = v as i32;
+    let v = match parse_fixed(digits, 3) {
+        Some(v) if v <= u64::from(MAX_PADDING) * 1000 => v as i32,
+        _ => {
+            return Err(ParseError::InvalidOption(
+                "offsets are numbers in ±2048 with up to 3 decimals (below 1: a fraction)".into(),
+            ));
+        }
+    };
     Ok(if neg { -v } else { v })
 }
 
@@ -606,12 +771,13 @@ fn parse_watermark(args: &[&str]) -> Result<Option<Watermark>, ParseError> {
     if opacity == 0 {
         return Ok(None);
     }
+    let replicate = nonempty(args, 1) == Some("re");
     let position = match nonempty(args, 1) {
-        None => Gravity::Center,
-        Some(p) => match parse_gravity(&[p])? {
+        None | Some("re") => Gravity::Center,
+        Some(p) => match parse_gravity(&[p])?.0 {
             Gravity::Smart | Gravity::FocusPoint { .. } => {
                 return Err(ParseError::InvalidOption(
-                    "watermark position must be ce or a side".into(),
+                    "watermark position must be ce, a side or re".into(),
                 ));
             }
             g => g,
@@ -631,6 +797,7 @@ fn parse_watermark(args: &[&str]) -> Result<Option<Watermark>, ParseError> {
     Ok(Some(Watermark {
         opacity_milli: opacity,
         position,
+        replicate,
         x_offset,
         y_offset,
         scale_milli,
@@ -662,9 +829,10 @@ fn parse_dimension(s: &str, max: u32) -> Result<u32, ParseError> {
 }
 
 fn parse_bool(s: &str) -> Result<bool, ParseError> {
+    // Go's strconv.ParseBool, as imgproxy (which takes anything else as false; refused here).
     match s {
-        "1" | "t" | "true" => Ok(true),
-        "0" | "f" | "false" => Ok(false),
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
         _ => Err(ParseError::InvalidOption(format!(
             "`{}` is not a boolean",
             clip(s)
@@ -705,7 +873,9 @@ fn parse_fixed(s: &str, places: u32) -> Option<u64> {
     Some(int_v * 10u64.pow(places) + frac_v)
 }
 
-fn parse_gravity(args: &[&str]) -> Result<Gravity, ParseError> {
+/// `type[:x:y]` (imgproxy): a gravity and its offsets. `fp` takes exactly its two coordinates
+/// in [0, 1]; `sm` takes none; the others up to two [`Offset`] components (empty: 0).
+fn parse_gravity(args: &[&str]) -> Result<(Gravity, Offset), ParseError> {
     let g = match args[0] {
         "ce" => Gravity::Center,
         "no" => Gravity::North,
@@ -728,12 +898,22 @@ fn parse_gravity(args: &[&str]) -> Result<Gravity, ParseError> {
                     )),
                 }
             };
-            return Ok(Gravity::FocusPoint {
-                x: coord(args[1])?,
-                y: coord(args[2])?,
-            });
+            return Ok((
+                Gravity::FocusPoint {
+                    x: coord(args[1])?,
+                    y: coord(args[2])?,
+                },
+                [0, 0],
+            ));
         }
-        "sm" => Gravity::Smart,
+        "sm" => {
+            if args.len() > 1 {
+                return Err(ParseError::InvalidOption(
+                    "smart gravity takes no offsets".into(),
+                ));
+            }
+            return Ok((Gravity::Smart, [0, 0]));
+        }
         other => {
             return Err(ParseError::InvalidOption(format!(
                 "unknown gravity `{}`",
@@ -741,12 +921,45 @@ fn parse_gravity(args: &[&str]) -> Result<Gravity, ParseError> {
             )));
         }
     };
-    if args.len() > 1 {
+    if args.len() > 3 {
         return Err(ParseError::InvalidOption(
-            "gravity offsets are not supported by this build".into(),
+            "a gravity takes at most two offsets".into(),
         ));
     }
-    Ok(g)
+    let x = nonempty(args, 1).map_or(Ok(0), parse_offset)?;
+    let y = nonempty(args, 2).map_or(Ok(0), parse_offset)?;
+    Ok((g, [x, y]))
+}
+
+/// A `c:` size: whole pixels (a fraction is dropped, as imgproxy's `int()`), or below 1 a
+/// fraction of the source; in thousandths ([`Crop::width`]).
+fn parse_crop_size(s: &str, max_dimension: u32) -> Result<u32, ParseError> {
+    let bad = || {
+        ParseError::InvalidOption(format!(
+            "crop sizes are pixels up to {max_dimension} or fractions below 1"
+        ))
+    };
+    let v = parse_fixed(s, 3).ok_or_else(bad)?;
+    if v >= 1000 {
+        let px = v / 1000;
+        if px > u64::from(max_dimension) {
+            return Err(bad());
+        }
+        return Ok((px * 1000) as u32);
+    }
+    Ok(v as u32)
+}
+
+/// Writes a thousandths value the way the URL grammar reads it (`12`, `0.5`, `-0.125`).
+pub(crate) fn milli_text(v: i64) -> String {
+    let sign = if v < 0 { "-" } else { "" };
+    let a = v.unsigned_abs();
+    if a.is_multiple_of(1000) {
+        format!("{sign}{}", a / 1000)
+    } else {
+        let frac = format!("{:03}", a % 1000);
+        format!("{sign}{}.{}", a / 1000, frac.trim_end_matches('0'))
+    }
 }
 
 /// Bounds what user input may echo back into an error message.
@@ -827,7 +1040,7 @@ mod tests {
         assert_eq!(s.expires, Some(2_000_000_000));
         assert_eq!(s.cachebuster.as_deref(), Some("v2"));
         assert_eq!(s.dpr_milli, 1500);
-        assert_eq!(s.target_box(), (450, 600));
+        assert_eq!(crate::image::plan(3000, 4000, &s).target, (450, 600));
 
         let r = parse(&format!(
             "/resizing_type:force/width:5/height:6/enlarge:t/gravity:fp:0.25:1/quality:0/format:jpg/plain/{ID}"
@@ -940,6 +1153,92 @@ mod tests {
     }
 
     #[test]
+    fn imgproxy_geometry_options_parse() {
+        let s = parse(&format!(
+            "/mw:150/min-height:90/z:1.5:2/g:no:0:10/c:0.5:0.25:ea:-0.1:12.5/ex:1:sowe:3:4\
+             /exar:t:no/t:10:fff:1:0/mb:10000/sp:svg:jpeg/da:1/plain/{ID}"
+        ))
+        .unwrap()
+        .spec;
+        assert_eq!((s.min_width, s.min_height), (150, 90));
+        assert_eq!(s.zoom_milli, [1500, 2000]);
+        assert_eq!((s.gravity, s.gravity_offset), (Gravity::North, [0, 10_000]));
+        assert_eq!(
+            s.crop,
+            Some(Crop {
+                width: 500,
+                height: 250,
+                gravity: Some(Gravity::East),
+                offset: [-100, 12_500],
+            })
+        );
+        assert_eq!(
+            (s.extend, s.extend_offset),
+            (Some(Gravity::SouthWest), [3000, 4000])
+        );
+        assert_eq!(s.extend_aspect, Some(Gravity::North));
+        assert_eq!(
+            s.trim,
+            Some(Trim {
+                threshold: 10,
+                color: Some([255, 255, 255]),
+                equal_hor: true,
+                equal_ver: false,
+            })
+        );
+        assert_eq!(s.max_bytes, 10_000);
+        assert_eq!(s.skip_processing, ["jpg", "svg"]);
+        assert!(s.disable_animation && !s.raw);
+        assert!(s.serves_original("jpg") && !s.serves_original("png"));
+        assert_eq!(
+            s.canonical(),
+            "rt:fit/w:0/h:0/dpr:1000/el:0/g:no:0:10/mw:150/mh:90/z:1500:2000\
+             /c:0.5:0.25:ea:-0.1:12.5/ex:sowe:3:4/exar:no/t:10:ffffff:1:0/mb:10000"
+        );
+        // One zoom factor zooms both axes; `z:1`, `t:` (empty threshold) and `exar:0` are off.
+        let s = parse(&format!("/z:2/plain/{ID}")).unwrap().spec;
+        assert_eq!(s.zoom_milli, [2000, 2000]);
+        let off = parse(&format!("/z:1/t:/exar:0/mb:0/plain/{ID}"))
+            .unwrap()
+            .spec;
+        assert_eq!(off.canonical(), TransformSpec::default().canonical());
+        // Whole-pixel crops keep their canonical text (existing keys); imgproxy truncates.
+        let c = parse(&format!("/c:400.9:300/plain/{ID}")).unwrap().spec;
+        assert!(c.canonical().ends_with("/c:400:300:-"));
+        // Watermark tiling, relative offsets; imgproxy's skp and the Node client's sp.
+        let w = parse(&format!("/wm:0.5:re:10:0.1:0.2/skp:png/raw:1/plain/{ID}"))
+            .unwrap()
+            .spec;
+        let wm = w.watermark.unwrap();
+        assert!(wm.replicate && wm.x_offset == 10_000 && wm.y_offset == 100);
+        assert!(w.canonical().ends_with("/wm:500:re:10:0.1:200"));
+        assert!(w.raw && w.serves_original("gif"));
+    }
+
+    #[test]
+    fn info_paths() {
+        let r = parse_info_path(&format!("/d:t/exif:t:t/plain/{ID}"));
+        assert_eq!(r, Err(ParseError::UnknownOption("exif".into())));
+        let r =
+            parse_info_path(&format!("/d:t/s:t/bh:4:3/exp:4102444800/cb:x/{}", b64(ID))).unwrap();
+        assert_eq!(r.image.as_str(), ID);
+        assert_eq!(r.expires, Some(4_102_444_800));
+        assert!(parse_info_path(&format!("/plain/{ID}@png")).is_ok());
+        for bad in [
+            format!("/s:t/size:f/plain/{ID}"),
+            format!("/exp:1/expires:2/plain/{ID}"),
+            format!("/exp:x/plain/{ID}"),
+            format!("/s:t:t:t/plain/{ID}"),
+            format!("/rs:fit:1:1/plain/{ID}"),
+            "/s:t".to_owned(),
+            format!("//plain/{ID}"),
+            "/plain/../x".to_owned(),
+        ] {
+            assert!(parse_info_path(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn hostile_and_malformed_paths_are_refused() {
         let enc = b64(ID);
         let cases: Vec<(String, &str)> = vec![
@@ -951,7 +1250,7 @@ mod tests {
             (format!("/rot:45/plain/{ID}"), "invalid_option"),
             (format!("/rot:-90/plain/{ID}"), "invalid_option"),
             (format!("/fl:1:1:1/plain/{ID}"), "invalid_option"),
-            (format!("/bg:fff/plain/{ID}"), "invalid_option"),
+            (format!("/bg:ffff/plain/{ID}"), "invalid_option"),
             (format!("/bg:256:0:0/plain/{ID}"), "invalid_option"),
             (format!("/bg:1:2/plain/{ID}"), "invalid_option"),
             (format!("/bg:gggggg/plain/{ID}"), "invalid_option"),
@@ -989,7 +1288,33 @@ mod tests {
                 "invalid_option",
             ),
             (format!("/el:maybe/plain/{ID}"), "invalid_option"),
-            (format!("/g:ce:10:10/plain/{ID}"), "invalid_option"),
+            (format!("/g:ce:99999:0/plain/{ID}"), "invalid_option"),
+            (format!("/g:ce:1e3:0/plain/{ID}"), "invalid_option"),
+            (format!("/g:ce:0.0001:0/plain/{ID}"), "invalid_option"),
+            (format!("/g:sm:1:1/plain/{ID}"), "invalid_option"),
+            (format!("/g:no:1:2:3/plain/{ID}"), "invalid_option"),
+            (format!("/g:fp:0.5:0.5:1/plain/{ID}"), "invalid_option"),
+            (format!("/c:0.5:-1/plain/{ID}"), "invalid_option"),
+            (format!("/c:16384:1/plain/{ID}"), "invalid_option"),
+            (format!("/c:1:1:ce:x/plain/{ID}"), "invalid_option"),
+            (format!("/z:0/plain/{ID}"), "invalid_option"),
+            (format!("/z:101/plain/{ID}"), "invalid_option"),
+            (format!("/z:1:2:3/plain/{ID}"), "invalid_option"),
+            (format!("/mw:16384/plain/{ID}"), "invalid_option"),
+            (format!("/mh:-5/plain/{ID}"), "invalid_option"),
+            (format!("/exar:1:sm/plain/{ID}"), "invalid_option"),
+            (format!("/exar:maybe/plain/{ID}"), "invalid_option"),
+            (format!("/t:256/plain/{ID}"), "invalid_option"),
+            (format!("/t:-1/plain/{ID}"), "invalid_option"),
+            (format!("/t:10:zzzzzz/plain/{ID}"), "invalid_option"),
+            (format!("/t:10::2/plain/{ID}"), "invalid_option"),
+            (format!("/t:1:2:3:4:5/plain/{ID}"), "invalid_option"),
+            (format!("/mb:-1/plain/{ID}"), "invalid_option"),
+            (format!("/mb:1.5/plain/{ID}"), "invalid_option"),
+            (format!("/sp:exe/plain/{ID}"), "unsupported_format"),
+            (format!("/raw:2/plain/{ID}"), "invalid_option"),
+            (format!("/da:maybe/plain/{ID}"), "invalid_option"),
+            (format!("/wm:0.5:re:-99999/plain/{ID}"), "invalid_option"),
             (format!("/g:fp:1.5:0/plain/{ID}"), "invalid_option"),
             (format!("/g:up/plain/{ID}"), "invalid_option"),
             (format!("/q:101/plain/{ID}"), "invalid_option"),
@@ -1037,9 +1362,10 @@ mod tests {
         assert_eq!(
             s.crop,
             Some(Crop {
-                width: 400,
-                height: 300,
-                gravity: Some(Gravity::SouthWest)
+                width: 400_000,
+                height: 300_000,
+                gravity: Some(Gravity::SouthWest),
+                offset: [0, 0],
             })
         );
         assert!(!s.auto_rotate);
@@ -1055,8 +1381,9 @@ mod tests {
             Some(Watermark {
                 opacity_milli: 500,
                 position: Gravity::SouthEast,
-                x_offset: 10,
-                y_offset: -4,
+                replicate: false,
+                x_offset: 10_000,
+                y_offset: -4000,
                 scale_milli: 250
             })
         );

@@ -11,9 +11,10 @@ use std::fmt::Write as _;
 
 use super::{
     Crop, Filter, Gravity, MAX_BLUR_CENTI, MAX_CACHEBUSTER_LEN, MAX_PADDING, MAX_PIXELATE,
-    MAX_PRESETS, MAX_SHARPEN_CENTI, OutputFormat, ParseError, ParseLimits, ResizingType,
-    TransformSpec, apply_preset_string, apply_size, clip, nonempty, parse_bool, parse_color,
-    parse_dimension, parse_dpr, parse_gravity, parse_sigma, parse_u64, parse_watermark,
+    MAX_PRESETS, MAX_SHARPEN_CENTI, MAX_ZOOM_MILLI, Offset, OutputFormat, ParseError, ParseLimits,
+    ResizingType, TransformSpec, Trim, apply_preset_string, apply_size, clip, extend_gravity,
+    milli_text, nonempty, parse_bool, parse_color, parse_crop_size, parse_dimension, parse_dpr,
+    parse_fixed, parse_gravity, parse_sigma, parse_u64, parse_watermark,
 };
 
 /// Every option, by canonical name.
@@ -24,6 +25,9 @@ pub enum OptionName {
     ResizingType,
     Width,
     Height,
+    MinWidth,
+    MinHeight,
+    Zoom,
     Dpr,
     Enlarge,
     Gravity,
@@ -38,6 +42,8 @@ pub enum OptionName {
     Background,
     Padding,
     Extend,
+    ExtendAspectRatio,
+    Trim,
     Blur,
     Sharpen,
     Pixelate,
@@ -46,6 +52,10 @@ pub enum OptionName {
     Filename,
     ReturnAttachment,
     FormatQuality,
+    MaxBytes,
+    SkipProcessing,
+    Raw,
+    DisableAnimation,
     Preset,
 }
 
@@ -89,6 +99,21 @@ pub(super) const SLICES: &[Slice] = &[
     ),
     slice(OptionName::Width, &["width", "w"], 1, width, None),
     slice(OptionName::Height, &["height", "h"], 1, height, None),
+    slice(
+        OptionName::MinWidth,
+        &["min-width", "min_width", "mw"],
+        1,
+        min_width,
+        Some(write_min_width),
+    ),
+    slice(
+        OptionName::MinHeight,
+        &["min-height", "min_height", "mh"],
+        1,
+        min_height,
+        Some(write_min_height),
+    ),
+    slice(OptionName::Zoom, &["zoom", "z"], 2, zoom, Some(write_zoom)),
     slice(OptionName::Dpr, &["dpr"], 1, dpr, None),
     slice(OptionName::Enlarge, &["enlarge", "el"], 1, enlarge, None),
     slice(OptionName::Gravity, &["gravity", "g"], 3, gravity, None),
@@ -139,6 +164,14 @@ pub(super) const SLICES: &[Slice] = &[
         extend,
         Some(write_extend),
     ),
+    slice(
+        OptionName::ExtendAspectRatio,
+        &["extend_aspect_ratio", "extend_ar", "exar"],
+        4,
+        extend_aspect_ratio,
+        Some(write_extend_aspect_ratio),
+    ),
+    slice(OptionName::Trim, &["trim", "t"], 4, trim, Some(write_trim)),
     slice(OptionName::Blur, &["blur", "bl"], 1, blur, Some(write_blur)),
     slice(
         OptionName::Sharpen,
@@ -181,6 +214,28 @@ pub(super) const SLICES: &[Slice] = &[
         &["return_attachment", "att"],
         1,
         return_attachment,
+        None,
+    ),
+    slice(
+        OptionName::MaxBytes,
+        &["max_bytes", "mb"],
+        1,
+        max_bytes,
+        Some(write_max_bytes),
+    ),
+    slice(
+        OptionName::SkipProcessing,
+        &["skip_processing", "skp", "sp"],
+        MAX_SKIP_FORMATS,
+        skip_processing,
+        None,
+    ),
+    slice(OptionName::Raw, &["raw"], 1, raw, None),
+    slice(
+        OptionName::DisableAnimation,
+        &["disable_animation", "da"],
+        1,
+        disable_animation,
         None,
     ),
     slice(
@@ -252,14 +307,71 @@ fn write_box(spec: &TransformSpec, out: &mut String) {
     // `write!` into a String cannot fail.
     let _ = write!(
         out,
-        "rt:{}/w:{}/h:{}/dpr:{}/el:{}/g:{}",
+        "rt:{}/w:{}/h:{}/dpr:{}/el:{}/g:{}{}",
         spec.resizing_type.as_str(),
         spec.width,
         spec.height,
         spec.dpr_milli,
         u8::from(spec.enlarge),
-        spec.gravity.canonical()
+        spec.gravity.canonical(),
+        offset_text(spec.gravity_offset)
     );
+}
+
+/// `:x:y` of non-zero gravity offsets, empty otherwise (existing keys are unchanged).
+fn offset_text([x, y]: Offset) -> String {
+    if x == 0 && y == 0 {
+        String::new()
+    } else {
+        format!(":{}:{}", milli_text(x.into()), milli_text(y.into()))
+    }
+}
+
+fn min_width(spec: &mut TransformSpec, args: &[&str], cx: &Cx<'_>) -> Result<(), ParseError> {
+    spec.min_width = parse_dimension(args[0], cx.limits.max_dimension)?;
+    Ok(())
+}
+
+fn write_min_width(spec: &TransformSpec, out: &mut String) {
+    if spec.min_width != 0 {
+        let _ = write!(out, "/mw:{}", spec.min_width);
+    }
+}
+
+fn min_height(spec: &mut TransformSpec, args: &[&str], cx: &Cx<'_>) -> Result<(), ParseError> {
+    spec.min_height = parse_dimension(args[0], cx.limits.max_dimension)?;
+    Ok(())
+}
+
+fn write_min_height(spec: &TransformSpec, out: &mut String) {
+    if spec.min_height != 0 {
+        let _ = write!(out, "/mh:{}", spec.min_height);
+    }
+}
+
+/// `z:factor[:factor_y]` (imgproxy): > 0, up to 3 decimals; one factor zooms both axes.
+fn zoom(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseError> {
+    let factor = |s: &str| match parse_fixed(s, 3) {
+        Some(v) if v > 0 && v <= u64::from(MAX_ZOOM_MILLI) => Ok(v as u32),
+        _ => Err(ParseError::InvalidOption(format!(
+            "zoom must be in (0, {}] with up to 3 decimals",
+            MAX_ZOOM_MILLI / 1000
+        ))),
+    };
+    let x = factor(args[0])?;
+    let y = match nonempty(args, 1) {
+        Some(v) => factor(v)?,
+        None => x,
+    };
+    spec.zoom_milli = [x, y];
+    Ok(())
+}
+
+fn write_zoom(spec: &TransformSpec, out: &mut String) {
+    if spec.zoom_milli != [1000, 1000] {
+        let [x, y] = spec.zoom_milli;
+        let _ = write!(out, "/z:{x}:{y}");
+    }
 }
 
 fn size(spec: &mut TransformSpec, args: &[&str], cx: &Cx<'_>) -> Result<(), ParseError> {
@@ -292,7 +404,7 @@ fn enlarge(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), Pa
 }
 
 fn gravity(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseError> {
-    spec.gravity = parse_gravity(args)?;
+    (spec.gravity, spec.gravity_offset) = parse_gravity(args)?;
     Ok(())
 }
 
@@ -382,6 +494,66 @@ fn return_attachment(
     Ok(())
 }
 
+/// `mb:bytes` (imgproxy): lower the quality of JPEG, WebP and AVIF results until they fit;
+/// 0 turns it off.
+fn max_bytes(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseError> {
+    spec.max_bytes = parse_u64(args[0], "max_bytes")?;
+    Ok(())
+}
+
+fn write_max_bytes(spec: &TransformSpec, out: &mut String) {
+    if spec.max_bytes != 0 {
+        let _ = write!(out, "/mb:{}", spec.max_bytes);
+    }
+}
+
+/// Formats `sp` may name: pixgate's sources and the ones imgproxy templates name (`sp:svg` is
+/// common), which match no stored image today.
+const SKIP_FORMATS: &[&str] = &[
+    "jpg", "png", "webp", "gif", "avif", "heic", "svg", "tiff", "bmp", "ico", "jxl",
+];
+const MAX_SKIP_FORMATS: usize = 16;
+
+/// `sp:ext[:ext…]` (imgproxy): serve the original as stored (metadata removed losslessly)
+/// when the source is in one of these formats.
+fn skip_processing(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseError> {
+    let mut formats = Vec::new();
+    for a in args {
+        let f = match *a {
+            "jpeg" => "jpg",
+            "tif" => "tiff",
+            "heif" => "heic",
+            other => other,
+        };
+        if !SKIP_FORMATS.contains(&f) {
+            return Err(ParseError::UnsupportedFormat(clip(a)));
+        }
+        if !formats.contains(&f) {
+            formats.push(f);
+        }
+    }
+    formats.sort_unstable();
+    spec.skip_processing = formats.into_iter().map(str::to_owned).collect();
+    Ok(())
+}
+
+/// `raw:1` (imgproxy): serve the original as stored (metadata removed losslessly).
+fn raw(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseError> {
+    spec.raw = parse_bool(args[0])?;
+    Ok(())
+}
+
+/// `da:1` (imgproxy): the first frame of an animation. Every source is rendered from its first
+/// frame today, so this changes nothing yet; it is accepted so that imgproxy URLs work.
+fn disable_animation(
+    spec: &mut TransformSpec,
+    args: &[&str],
+    _: &Cx<'_>,
+) -> Result<(), ParseError> {
+    spec.disable_animation = parse_bool(args[0])?;
+    Ok(())
+}
+
 fn expires(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseError> {
     spec.expires = Some(parse_u64(args[0], "expires")?);
     Ok(())
@@ -408,14 +580,18 @@ fn crop(spec: &mut TransformSpec, args: &[&str], cx: &Cx<'_>) -> Result<(), Pars
             "`c` takes width and height".into(),
         ));
     }
-    let gravity = match args.get(2) {
-        Some(_) => Some(parse_gravity(&args[2..])?),
-        None => None,
+    let (gravity, offset) = match nonempty(args, 2) {
+        Some(_) => {
+            let (g, o) = parse_gravity(&args[2..])?;
+            (Some(g), o)
+        }
+        None => (None, [0, 0]),
     };
     spec.crop = Some(Crop {
-        width: parse_dimension(args[0], cx.limits.max_dimension)?,
-        height: parse_dimension(args[1], cx.limits.max_dimension)?,
+        width: parse_crop_size(args[0], cx.limits.max_dimension)?,
+        height: parse_crop_size(args[1], cx.limits.max_dimension)?,
         gravity,
+        offset,
     });
     Ok(())
 }
@@ -423,7 +599,13 @@ fn crop(spec: &mut TransformSpec, args: &[&str], cx: &Cx<'_>) -> Result<(), Pars
 fn write_crop(spec: &TransformSpec, out: &mut String) {
     if let Some(c) = spec.crop {
         let g = c.gravity.map_or_else(|| "-".to_owned(), Gravity::canonical);
-        let _ = write!(out, "/c:{}:{}:{g}", c.width, c.height);
+        let _ = write!(
+            out,
+            "/c:{}:{}:{g}{}",
+            milli_text(c.width.into()),
+            milli_text(c.height.into()),
+            offset_text(c.offset)
+        );
     }
 }
 
@@ -513,27 +695,95 @@ fn write_padding(spec: &TransformSpec, out: &mut String) {
 }
 
 fn extend(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseError> {
-    spec.extend = if parse_bool(args[0])? {
-        let g = if args.len() > 1 {
-            parse_gravity(&args[1..])?
-        } else {
-            Gravity::Center
-        };
-        if g == Gravity::Smart {
-            return Err(ParseError::InvalidOption(
-                "extend cannot use smart gravity".into(),
-            ));
-        }
-        Some(g)
+    (spec.extend, spec.extend_offset) = if parse_bool(args[0])? {
+        let (g, o) = extend_gravity(&args[1..])?;
+        (Some(g), o)
     } else {
-        None
+        (None, [0, 0])
     };
     Ok(())
 }
 
 fn write_extend(spec: &TransformSpec, out: &mut String) {
     if let Some(g) = spec.extend {
-        let _ = write!(out, "/ex:{}", g.canonical());
+        let _ = write!(
+            out,
+            "/ex:{}{}",
+            g.canonical(),
+            offset_text(spec.extend_offset)
+        );
+    }
+}
+
+/// `exar:enabled[:gravity[:x:y]]` (imgproxy): grow one side so the result takes the
+/// requested box's aspect ratio (only when both width and height are given).
+fn extend_aspect_ratio(
+    spec: &mut TransformSpec,
+    args: &[&str],
+    _: &Cx<'_>,
+) -> Result<(), ParseError> {
+    (spec.extend_aspect, spec.extend_aspect_offset) = if parse_bool(args[0])? {
+        let (g, o) = extend_gravity(&args[1..])?;
+        (Some(g), o)
+    } else {
+        (None, [0, 0])
+    };
+    Ok(())
+}
+
+fn write_extend_aspect_ratio(spec: &TransformSpec, out: &mut String) {
+    if let Some(g) = spec.extend_aspect {
+        let _ = write!(
+            out,
+            "/exar:{}{}",
+            g.canonical(),
+            offset_text(spec.extend_aspect_offset)
+        );
+    }
+}
+
+/// `t:threshold[:colour[:equal_hor[:equal_ver]]]` (imgproxy); an empty threshold turns it off.
+/// Thresholds are per-channel differences, 0..=255 (decimals are rounded).
+fn trim(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseError> {
+    let Some(threshold) = nonempty(args, 0) else {
+        spec.trim = None;
+        return Ok(());
+    };
+    let threshold = match parse_fixed(threshold, 3) {
+        Some(v) if v <= 255_000 => ((v + 500) / 1000) as u8,
+        _ => {
+            return Err(ParseError::InvalidOption(
+                "trim threshold must be in [0, 255]".into(),
+            ));
+        }
+    };
+    let color = match nonempty(args, 1) {
+        Some(hex) => Some(parse_color(&[hex])?),
+        None => None,
+    };
+    let flag = |i: usize| nonempty(args, i).map_or(Ok(false), parse_bool);
+    spec.trim = Some(Trim {
+        threshold,
+        color,
+        equal_hor: flag(2)?,
+        equal_ver: flag(3)?,
+    });
+    Ok(())
+}
+
+fn write_trim(spec: &TransformSpec, out: &mut String) {
+    if let Some(t) = spec.trim {
+        let color = t.color.map_or_else(
+            || "-".to_owned(),
+            |[r, g, b]| format!("{r:02x}{g:02x}{b:02x}"),
+        );
+        let _ = write!(
+            out,
+            "/t:{}:{color}:{}:{}",
+            t.threshold,
+            u8::from(t.equal_hor),
+            u8::from(t.equal_ver)
+        );
     }
 }
 
@@ -607,13 +857,17 @@ fn watermark(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), 
 
 fn write_watermark(spec: &TransformSpec, out: &mut String) {
     if let Some(w) = spec.watermark {
+        let position = if w.replicate {
+            "re".to_owned()
+        } else {
+            w.position.canonical()
+        };
         let _ = write!(
             out,
-            "/wm:{}:{}:{}:{}:{}",
+            "/wm:{}:{position}:{}:{}:{}",
             w.opacity_milli,
-            w.position.canonical(),
-            w.x_offset,
-            w.y_offset,
+            milli_text(w.x_offset.into()),
+            milli_text(w.y_offset.into()),
             w.scale_milli
         );
     }

@@ -28,6 +28,8 @@ pub struct TransformConfig {
     /// and upload validation reserves its estimated peak (see `image::memory_cost`) before it
     /// runs, so N concurrent worst cases stay under this total instead of N × 0.5 GB.
     pub memory_budget_mb: u64,
+    /// `raw` and `sp` may serve originals (metadata removed losslessly); false: `400`.
+    pub allow_raw: bool,
 }
 
 /// A format content negotiation may pick (`transform.auto_formats`).
@@ -58,6 +60,7 @@ impl Default for TransformConfig {
             auto_formats: vec![NegotiableFormat::Webp],
             avif_workers: 1,
             memory_budget_mb: 2048,
+            allow_raw: true,
         }
     }
 }

@@ -23,11 +23,13 @@
 //! leading. Cache hits never wait for a CPU worker, so an overloaded server still serves them.
 //!
 //! Files: `resolve.rs` (the diagram above), `eager.rs` (presets rendered after uploads),
+//! `info.rs` (facts and placeholders of images uploaded before they were computed at upload),
 //! `purge.rs` (deleting an image everywhere), `setup.rs` (the engine and the fingerprint of
 //! byte-changing configuration), `config.rs` (`[transform]`, `[encode]`, `[watermark]`).
 
 pub mod config;
 mod eager;
+mod info;
 mod purge;
 mod resolve;
 mod setup;
@@ -60,7 +62,7 @@ use crate::workers::Workers;
 
 /// Version of the rendering pipeline; part of every cache key and ETag, so a change in how
 /// results are produced never serves stale bytes under an old validator.
-pub const PIPELINE_VERSION: &str = "v2";
+pub const PIPELINE_VERSION: &str = "v3";
 
 pub type Outcome = Result<Arc<CachedResult>, RenderError>;
 
@@ -133,6 +135,8 @@ pub struct Renderer {
     pub workers: Workers,
     /// Computations in flight, by cache key.
     flights: Flights<Outcome>,
+    /// Info computations in flight (images uploaded before info existed), by image id.
+    info_flights: Flights<info::InfoOutcome>,
     /// Uploads waiting for their eager preset renders.
     eager: EagerQueue,
     /// `transform.avif_workers`: AVIF encodes in flight.
@@ -265,6 +269,7 @@ impl Renderer {
                 metrics.queue_wait.clone(),
             ),
             flights: Flights::new(),
+            info_flights: Flights::new(),
             eager: EagerQueue::new(usize::try_from(c.eager_queue).unwrap_or(usize::MAX)),
             avif_permits: Arc::new(Semaphore::new(
                 usize::try_from(t.avif_workers).unwrap_or(usize::MAX),

@@ -14,6 +14,7 @@ mod fleet;
 mod hardening;
 mod identity;
 mod images_api;
+mod imgproxy;
 mod limits;
 mod options;
 mod server;
