@@ -2,8 +2,9 @@
 //!
 //! Invariants: no I/O, no HTTP, no clock, no globals. Every source is probed from its header
 //! ([`probe`]) and checked against [`ImageLimits`] *before* any pixel is decoded, so a
-//! decompression bomb costs a few header bytes. Outputs carry pixels only: no EXIF, GPS, XMP or
-//! ICC from the source survives (the encoders are never given any).
+//! decompression bomb costs a few header bytes. Outputs carry pixels only unless a URL asks
+//! (`kcr`, `scp:0`, and `sm:0` where the operator allows it): then `metadata` puts a scrubbed
+//! subset of the source's EXIF, XMP or ICC into the encoded container.
 //!
 //! Code map: `probe` (format sniffing, header dimensions, EXIF orientation) → `decode` →
 //! `geometry` (what to crop and how big, in oriented coordinates) → `resize`
@@ -16,6 +17,7 @@ pub(crate) mod exif;
 mod geometry;
 pub(crate) mod icc;
 mod info;
+pub(crate) mod metadata;
 mod orient;
 mod pipeline;
 pub(crate) mod probe;
@@ -27,7 +29,9 @@ pub use decode::decode;
 pub use encode::{EncodeSettings, PngCompression, Subsampling, encode};
 pub use geometry::{Geometry, plan};
 pub use info::{ImageInfo, MAX_LQIP_BYTES, analyze, analyze_upload};
-pub use pipeline::{Encoded, Engine, JpegDecoder, caught_panics, jpeg_shrink, validate_upload};
+pub use pipeline::{
+    Encoded, Engine, JpegDecoder, MetadataPolicy, caught_panics, jpeg_shrink, validate_upload,
+};
 pub use probe::{Probe, frame_count, probe, sniff};
 pub use strip::strip_metadata;
 

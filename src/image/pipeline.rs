@@ -8,6 +8,7 @@ use fast_image_resize as fir;
 use super::effects::{self, Fill};
 use super::encode::{EncodeSettings, encode};
 use super::geometry::plan;
+use super::metadata::{self, Embed};
 use super::probe::probe;
 use super::{
     Bitmap, ImageError, ImageFormat, ImageLimits, Probe, decode, icc, orient, smart, turbo,
@@ -47,6 +48,15 @@ pub struct Engine {
     pub jpeg_decoder: JpegDecoder,
     /// The `wm:` image, RGBA.
     pub watermark: Option<Bitmap>,
+    /// What `sm:0` may keep (`transform.allow_keep_metadata`, `transform.keep_gps`).
+    pub metadata: MetadataPolicy,
+}
+
+/// The operator's metadata rules for `sm:0` (see [`super::metadata`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetadataPolicy {
+    pub allow_keep: bool,
+    pub keep_gps: bool,
 }
 
 /// Checks an upload completely: known format, declared pixel count within limits, and a full
@@ -89,6 +99,7 @@ impl Engine {
             encode: EncodeSettings::default(),
             jpeg_decoder: JpegDecoder::Turbo,
             watermark: None,
+            metadata: MetadataPolicy::default(),
         }
     }
 
@@ -115,6 +126,12 @@ impl Engine {
         let p = probe(bytes)?;
         self.limits.check_source(p.width, p.height)?;
         self.limits.check_frames(bytes, p.format)?;
+        let mut embed = self.metadata_for(bytes, p.format, spec);
+        // `eth`: the EXIF thumbnail stands for the source when it gives the same result.
+        let (bytes, p) = match self.thumbnail_for(bytes, p, spec, format) {
+            Some(thumb) => thumb,
+            None => (bytes, p),
+        };
         // `t`: trimmed on the full-size decode (no shrink-on-load, as libvips), which then
         // stands for the source: planning sees the trimmed size.
         let (p, trimmed) = match spec.trim {
@@ -137,9 +154,17 @@ impl Engine {
         };
         let plan = self.plan(p, spec, format)?;
         let (bitmap, profile, window) = self.decode_window(bytes, spec, &plan, trimmed)?;
+        // `scp:0`: the source's profile goes with its unconverted pixels (AVIF carries none:
+        // converted as usual).
+        let profile = if !spec.strip_color_profile && format != OutputFormat::Avif {
+            embed.icc = profile;
+            None
+        } else {
+            profile
+        };
         let image = resize_oriented(bitmap, window, &plan, profile)?;
         let image = self.finish_pixels(image, spec, &plan, format)?;
-        let bytes = self.encode_within(&image, format, quality, spec.max_bytes)?;
+        let bytes = self.encode_within(&image, format, quality, spec.max_bytes, &embed)?;
         Ok(Encoded {
             bytes,
             format,
@@ -159,10 +184,18 @@ impl Engine {
         format: OutputFormat,
         mut quality: u8,
         max_bytes: u64,
+        embed: &Embed,
     ) -> Result<Vec<u8>, ImageError> {
         let mut rounds = 0;
         loop {
             let bytes = encode(image, format, quality, &self.encode)?;
+            let bytes = metadata::embed(
+                bytes,
+                format,
+                embed,
+                (image.width, image.height),
+                image.channels == 4,
+            )?;
             rounds += 1;
             let size = bytes.len() as u64;
             if max_bytes == 0
@@ -185,6 +218,52 @@ impl Engine {
             let next = (f64::from(quality) * factor).round() as u8;
             quality = next.min(quality - 1).max(1);
         }
+    }
+
+    /// The source metadata a result carries: `sm:0` (where allowed) keeps EXIF and XMP
+    /// (scrubbed), `kcr:1` copyright and artist only, otherwise nothing.
+    fn metadata_for(&self, bytes: &[u8], format: ImageFormat, spec: &TransformSpec) -> Embed {
+        let keep_all = !spec.strip_metadata && self.metadata.allow_keep;
+        if !keep_all && !spec.keep_copyright {
+            return Embed::default();
+        }
+        let source = metadata::read(bytes, format);
+        if keep_all {
+            metadata::kept(source, self.metadata.keep_gps)
+        } else {
+            metadata::copyright_only(source)
+        }
+    }
+
+    /// `eth`: a JPEG's EXIF thumbnail (a JPEG itself, same stored orientation) with the
+    /// source's aspect ratio (within 1 %: letterboxed thumbnails are not used), when planning
+    /// on it gives the same result size and canvas as the source would — large enough, so the
+    /// result is the same size, computed from far fewer pixels.
+    fn thumbnail_for<'a>(
+        &self,
+        bytes: &'a [u8],
+        p: Probe,
+        spec: &TransformSpec,
+        format: OutputFormat,
+    ) -> Option<(&'a [u8], Probe)> {
+        if !spec.enforce_thumbnail || p.format != ImageFormat::Jpeg {
+            return None;
+        }
+        let thumb = metadata::exif_thumbnail(metadata::read(bytes, p.format).exif?)?;
+        let tp = probe(thumb)
+            .ok()
+            .filter(|t| t.format == ImageFormat::Jpeg)?;
+        let ratio = |w: u32, h: u32| f64::from(w) / f64::from(h.max(1));
+        if (ratio(tp.width, tp.height) / ratio(p.width, p.height) - 1.0).abs() > 0.01 {
+            return None;
+        }
+        let tp = Probe {
+            orientation: p.orientation,
+            ..tp
+        };
+        let main = self.plan(p, spec, format).ok()?;
+        let small = self.plan(tp, spec, format).ok()?;
+        (main.canvas == small.canvas && main.out_stored == small.out_stored).then_some((thumb, tp))
     }
 
     /// Step 1: everything decided from the header and the spec, before any pixel is decoded:
@@ -1555,5 +1634,167 @@ pub(crate) mod tests {
         for (got, want) in out.data[..3].iter().zip(colour) {
             assert!(got.abs_diff(want) <= 3);
         }
+    }
+
+    /// A 64×48 JPEG of `colour` carrying `exif` (TIFF), XMP and the test P3 profile.
+    fn tagged_jpeg(colour: [u8; 3], exif: &[u8]) -> Vec<u8> {
+        let flat = Bitmap {
+            width: 64,
+            height: 48,
+            channels: 3,
+            data: colour.repeat(64 * 48),
+        };
+        let mut jpeg = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 95);
+        enc.add_app_segment(1, [b"Exif\0\0".as_slice(), exif].concat())
+            .unwrap();
+        enc.add_app_segment(
+            1,
+            [
+                b"http://ns.adobe.com/xap/1.0/\0".as_slice(),
+                super::metadata::tests::SAMPLE_XMP,
+            ]
+            .concat(),
+        )
+        .unwrap();
+        enc.add_icc_profile(&icc::testing::display_p3()).unwrap();
+        enc.encode(&flat.data, 64, 48, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        jpeg
+    }
+
+    fn output_meta(out: &[u8]) -> (Vec<(u16, String)>, String, Option<Vec<u8>>) {
+        let p = probe(out).unwrap();
+        let m = super::metadata::read(out, p.format);
+        (
+            m.exif.map(super::metadata::exif_fields).unwrap_or_default(),
+            m.xmp
+                .map(|x| String::from_utf8_lossy(x).into_owned())
+                .unwrap_or_default(),
+            icc::extract(out, p.format),
+        )
+    }
+
+    #[test]
+    fn metadata_is_stripped_kept_for_copyright_or_kept_when_allowed() {
+        let exif = super::metadata::tests::sample_exif();
+        let src = tagged_jpeg([200, 120, 60], &exif);
+        let engine = Engine::new(LIMITS);
+        let mut allowed = Engine::new(LIMITS);
+        allowed.metadata.allow_keep = true;
+        for format in [OutputFormat::Jpeg, OutputFormat::Png, OutputFormat::Webp] {
+            let out =
+                |e: &Engine, path: &str| e.transform(&src, &spec_of(path), format, 90).unwrap();
+            // Default: nothing.
+            let (fields, xmp, icc) = output_meta(&out(&engine, "w:32").bytes);
+            assert!(
+                fields.is_empty() && xmp.is_empty() && icc.is_none(),
+                "{format:?}"
+            );
+            // kcr: copyright and artist only.
+            let (fields, xmp, _) = output_meta(&out(&engine, "w:32/kcr:1").bytes);
+            let tags: Vec<u16> = fields.iter().map(|(t, _)| *t).collect();
+            assert_eq!(tags, [0x013B, 0x8298], "{format:?}");
+            assert!(xmp.contains("dc:rights") && xmp.contains("dc:creator"));
+            assert!(!xmp.contains("GPS") && !xmp.contains("CreatorTool"));
+            // sm:0 without the operator's consent: still nothing.
+            let (fields, xmp, _) = output_meta(&out(&engine, "w:32/sm:0").bytes);
+            assert!(fields.is_empty() && xmp.is_empty(), "{format:?}");
+            // With it: everything but location, upright.
+            let kept = out(&allowed, "w:32/sm:0").bytes;
+            let (fields, xmp, _) = output_meta(&kept);
+            assert!(
+                fields.contains(&(0x010F, "SecretCam".to_owned())),
+                "{format:?}"
+            );
+            assert!(fields.contains(&(0x0112, "1".to_owned())));
+            let p = probe(&kept).unwrap();
+            let m = super::metadata::read(&kept, p.format);
+            assert_eq!(super::metadata::gps_entries(m.exif.unwrap()), Some(0));
+            assert!(xmp.contains("CreatorTool") && !xmp.contains("GPS"));
+            // Upright pixels (the source's orientation 6 applied: 48×64 shown, 32 wide), and
+            // Orientation 1 says so.
+            let b = decode(&kept, &p).unwrap();
+            assert_eq!((b.width, b.height, p.orientation), (32, 43, 1));
+        }
+    }
+
+    #[test]
+    fn scp_0_embeds_the_source_profile_instead_of_converting() {
+        let exif = super::metadata::tests::sample_exif();
+        let src = tagged_jpeg([200, 120, 60], &exif);
+        let engine = Engine::new(LIMITS);
+        for format in [OutputFormat::Jpeg, OutputFormat::Png, OutputFormat::Webp] {
+            let kept = engine
+                .transform(&src, &spec_of("w:32/scp:0"), format, 95)
+                .unwrap();
+            let converted = engine
+                .transform(&src, &spec_of("w:32"), format, 95)
+                .unwrap();
+            let (_, _, icc) = output_meta(&kept.bytes);
+            assert_eq!(icc, Some(icc::testing::display_p3()), "{format:?}");
+            let a = decode(&kept.bytes, &probe(&kept.bytes).unwrap()).unwrap();
+            let b = decode(&converted.bytes, &probe(&converted.bytes).unwrap()).unwrap();
+            // Unconverted: the source's numbers (±codec error), not the sRGB ones.
+            assert!(
+                a.data[0].abs_diff(200) <= 4,
+                "{format:?} {:?}",
+                &a.data[..3]
+            );
+            assert!(a.data[0].abs_diff(b.data[0]) > 10, "{format:?}");
+        }
+        // AVIF carries no profile here: converted as usual.
+        let avif = engine
+            .transform(&src, &spec_of("w:32/scp:0"), OutputFormat::Avif, 80)
+            .unwrap();
+        assert!(icc::extract(&avif.bytes, ImageFormat::Webp).is_none());
+    }
+
+    /// EXIF with IFD1 holding `thumb` (a JPEG) as its thumbnail.
+    fn exif_with_thumbnail(thumb: &[u8]) -> Vec<u8> {
+        let mut t = b"MM\0\x2a\0\0\0\x08\0\0\0\0\0\x0e".to_vec(); // IFD0: no entries, next at 14
+        let data_at = 14 + 2 + 24 + 4;
+        t.extend_from_slice(&2u16.to_be_bytes());
+        t.extend_from_slice(&[0x02, 0x01, 0, 4, 0, 0, 0, 1]);
+        t.extend_from_slice(&(data_at as u32).to_be_bytes());
+        t.extend_from_slice(&[0x02, 0x02, 0, 4, 0, 0, 0, 1]);
+        t.extend_from_slice(&(thumb.len() as u32).to_be_bytes());
+        t.extend_from_slice(&[0; 4]);
+        t.extend_from_slice(thumb);
+        t
+    }
+
+    #[test]
+    fn enforce_thumbnail_uses_a_large_enough_exif_thumbnail() {
+        let green = Bitmap {
+            width: 32,
+            height: 24,
+            channels: 3,
+            data: [20u8, 200, 20].repeat(32 * 24),
+        };
+        let thumb = encode(&green, OutputFormat::Jpeg, 90).unwrap();
+        let src = tagged_jpeg([200, 20, 20], &exif_with_thumbnail(&thumb));
+        let colour = |path: &str| run(&src, path, OutputFormat::Png).data[..3].to_vec();
+        // 16 px wide: the 32-px thumbnail is large enough (green); 48: it is not (red).
+        assert!(colour("w:16/eth:1")[1] > 150);
+        assert!(colour("w:48/eth:1")[0] > 150);
+        assert!(colour("w:16")[0] > 150);
+        // A letterboxed thumbnail (another aspect ratio) is never used.
+        let square = Bitmap {
+            width: 24,
+            height: 24,
+            channels: 3,
+            data: [20u8, 200, 20].repeat(24 * 24),
+        };
+        let boxed = tagged_jpeg(
+            [200, 20, 20],
+            &exif_with_thumbnail(&encode(&square, OutputFormat::Jpeg, 90).unwrap()),
+        );
+        assert!(run(&boxed, "w:16/eth:1", OutputFormat::Png).data[0] > 150);
+        // A hostile thumbnail pointer is ignored, never a failure.
+        let mut bad = exif_with_thumbnail(&thumb);
+        bad[30..34].copy_from_slice(&u32::MAX.to_be_bytes());
+        let src = tagged_jpeg([200, 20, 20], &bad);
+        assert!(run(&src, "w:16/eth:1", OutputFormat::Png).data[0] > 150);
     }
 }

@@ -196,6 +196,17 @@ pub struct TransformSpec {
     pub raw: bool,
     /// `sp`: source formats (extensions, sorted) whose originals are served as with `raw`.
     pub skip_processing: Vec<String>,
+    /// `sm`: strip metadata (default). `sm:0` keeps the source's only where the operator
+    /// allows it (`transform.allow_keep_metadata`).
+    pub strip_metadata: bool,
+    /// `kcr`: keep copyright and artist (EXIF, XMP) and nothing else. Off by default (imgproxy's
+    /// default is on; pixgate's outputs carry nothing unless asked).
+    pub keep_copyright: bool,
+    /// `scp`: convert to sRGB and drop the profile (default); `scp:0` embeds the source's ICC
+    /// profile and keeps its pixels (not for AVIF, which carries no metadata here).
+    pub strip_color_profile: bool,
+    /// `eth`: render from the JPEG's EXIF thumbnail when it yields the same result size.
+    pub enforce_thumbnail: bool,
     /// `da`: first frame only. Every result is a still today (see `docs/options.md`).
     pub disable_animation: bool,
 }
@@ -291,6 +302,10 @@ impl Default for TransformSpec {
             raw: false,
             skip_processing: Vec::new(),
             disable_animation: false,
+            strip_metadata: true,
+            keep_copyright: false,
+            strip_color_profile: true,
+            enforce_thumbnail: false,
         }
     }
 }

@@ -53,6 +53,10 @@ pub enum OptionName {
     ReturnAttachment,
     FormatQuality,
     MaxBytes,
+    StripMetadata,
+    KeepCopyright,
+    StripColorProfile,
+    EnforceThumbnail,
     SkipProcessing,
     Raw,
     DisableAnimation,
@@ -222,6 +226,34 @@ pub(super) const SLICES: &[Slice] = &[
         1,
         max_bytes,
         Some(write_max_bytes),
+    ),
+    slice(
+        OptionName::StripMetadata,
+        &["strip_metadata", "sm"],
+        1,
+        strip_metadata,
+        Some(write_strip_metadata),
+    ),
+    slice(
+        OptionName::KeepCopyright,
+        &["keep_copyright", "kcr"],
+        1,
+        keep_copyright,
+        Some(write_keep_copyright),
+    ),
+    slice(
+        OptionName::StripColorProfile,
+        &["strip_color_profile", "scp"],
+        1,
+        strip_color_profile,
+        Some(write_strip_color_profile),
+    ),
+    slice(
+        OptionName::EnforceThumbnail,
+        &["enforce_thumbnail", "eth"],
+        1,
+        enforce_thumbnail,
+        Some(write_enforce_thumbnail),
     ),
     slice(
         OptionName::SkipProcessing,
@@ -504,6 +536,58 @@ fn max_bytes(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), 
 fn write_max_bytes(spec: &TransformSpec, out: &mut String) {
     if spec.max_bytes != 0 {
         let _ = write!(out, "/mb:{}", spec.max_bytes);
+    }
+}
+
+fn strip_metadata(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseError> {
+    spec.strip_metadata = parse_bool(args[0])?;
+    Ok(())
+}
+
+fn write_strip_metadata(spec: &TransformSpec, out: &mut String) {
+    if !spec.strip_metadata {
+        out.push_str("/sm:0");
+    }
+}
+
+fn keep_copyright(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseError> {
+    spec.keep_copyright = parse_bool(args[0])?;
+    Ok(())
+}
+
+fn write_keep_copyright(spec: &TransformSpec, out: &mut String) {
+    if spec.keep_copyright {
+        out.push_str("/kcr:1");
+    }
+}
+
+fn strip_color_profile(
+    spec: &mut TransformSpec,
+    args: &[&str],
+    _: &Cx<'_>,
+) -> Result<(), ParseError> {
+    spec.strip_color_profile = parse_bool(args[0])?;
+    Ok(())
+}
+
+fn write_strip_color_profile(spec: &TransformSpec, out: &mut String) {
+    if !spec.strip_color_profile {
+        out.push_str("/scp:0");
+    }
+}
+
+fn enforce_thumbnail(
+    spec: &mut TransformSpec,
+    args: &[&str],
+    _: &Cx<'_>,
+) -> Result<(), ParseError> {
+    spec.enforce_thumbnail = parse_bool(args[0])?;
+    Ok(())
+}
+
+fn write_enforce_thumbnail(spec: &TransformSpec, out: &mut String) {
+    if spec.enforce_thumbnail {
+        out.push_str("/eth:1");
     }
 }
 

@@ -30,6 +30,11 @@ pub struct TransformConfig {
     pub memory_budget_mb: u64,
     /// `raw` and `sp` may serve originals (metadata removed losslessly); false: `400`.
     pub allow_raw: bool,
+    /// `sm:0` may keep the source's EXIF and XMP in results (without GPS unless `keep_gps`).
+    /// Off: results never carry more than `kcr:1`'s copyright and artist.
+    pub allow_keep_metadata: bool,
+    /// With `allow_keep_metadata`, `sm:0` keeps location too.
+    pub keep_gps: bool,
 }
 
 /// A format content negotiation may pick (`transform.auto_formats`).
@@ -61,6 +66,8 @@ impl Default for TransformConfig {
             avif_workers: 1,
             memory_budget_mb: 2048,
             allow_raw: true,
+            allow_keep_metadata: false,
+            keep_gps: false,
         }
     }
 }

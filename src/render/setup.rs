@@ -2,7 +2,7 @@
 //! changes rendered bytes.
 
 use crate::config::Config;
-use crate::image::{Bitmap, Engine, ImageLimits};
+use crate::image::{Bitmap, Engine, ImageLimits, MetadataPolicy};
 
 /// The image engine as configured (start-up code: loads the watermark image).
 pub fn engine(config: &Config, limits: ImageLimits) -> Result<Engine, String> {
@@ -16,6 +16,10 @@ pub fn engine(config: &Config, limits: ImageLimits) -> Result<Engine, String> {
         encode: config.encode.settings(),
         jpeg_decoder: config.transform.jpeg_decoder,
         watermark,
+        metadata: MetadataPolicy {
+            allow_keep: config.transform.allow_keep_metadata,
+            keep_gps: config.transform.keep_gps,
+        },
     })
 }
 
@@ -24,6 +28,10 @@ pub(super) fn fingerprint(engine: &Engine) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(format!("{:?}|{:?}", engine.encode, engine.jpeg_decoder).as_bytes());
+    // Only `sm:0` results depend on it; the default leaves existing keys alone.
+    if engine.metadata != MetadataPolicy::default() {
+        h.update(format!("{:?}", engine.metadata).as_bytes());
+    }
     if let Some(wm) = &engine.watermark {
         h.update(format!("{}x{}x{}", wm.width, wm.height, wm.channels).as_bytes());
         h.update(&wm.data);
@@ -81,7 +89,9 @@ mod tests {
         if let Some(w) = other_mark.watermark.as_mut() {
             w.data[0] = 9;
         }
-        let prints: Vec<String> = [&base, &encode, &decoder, &marked, &other_mark]
+        let mut keeping = base.clone();
+        keeping.metadata.allow_keep = true;
+        let prints: Vec<String> = [&base, &encode, &decoder, &marked, &other_mark, &keeping]
             .iter()
             .map(|e| fingerprint(e))
             .collect();

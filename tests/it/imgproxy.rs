@@ -488,3 +488,63 @@ async fn info_of_an_image_uploaded_before_placeholders_is_computed_once_and_kept
     let r = get(&info_url(&s, &format!("/plain/{id}")), &[]).await;
     assert_eq!(r.status, 404);
 }
+
+/// EXIF with Make, Artist and Copyright (big-endian TIFF, one IFD).
+fn camera_exif() -> Vec<u8> {
+    let fields: [(u16, &[u8]); 3] = [
+        (0x010F, b"SecretCam\0"),
+        (0x013B, b"Ada Lovelace\0"),
+        (0x8298, b"(c) Ada\0"),
+    ];
+    let mut t = b"MM\0\x2a\0\0\0\x08\0\x03".to_vec();
+    let mut at = 8 + 2 + 12 * 3 + 4;
+    let mut data = Vec::new();
+    for (tag, text) in fields {
+        t.extend_from_slice(&tag.to_be_bytes());
+        t.extend_from_slice(&[0, 2]);
+        t.extend_from_slice(&(text.len() as u32).to_be_bytes());
+        t.extend_from_slice(&(at as u32).to_be_bytes());
+        data.extend_from_slice(text);
+        at += text.len();
+    }
+    t.extend_from_slice(&[0; 4]);
+    t.extend_from_slice(&data);
+    t
+}
+
+#[tokio::test]
+async fn result_metadata_follows_kcr_sm_and_the_operators_consent() {
+    let plain = fixture("photo_320x240.jpg");
+    let mut exif = b"Exif\0\0".to_vec();
+    exif.extend(camera_exif());
+    let mut src = plain[..2].to_vec();
+    src.extend(app_segment(0xE1, &exif));
+    src.extend_from_slice(&plain[2..]);
+    let src = Bytes::from(src);
+    let strict = Server::start(Backend::Fs);
+    let open = Server::start_with(
+        Backend::Fs,
+        &[("PIXGATE__TRANSFORM__ALLOW_KEEP_METADATA", "true")],
+    );
+    for s in [&strict, &open] {
+        let r = upload(s, &token("meta", Role::Editor), "image/jpeg", src.clone()).await;
+        assert_eq!(r.status, 201);
+        let id = r.json()["id"].as_str().unwrap().to_owned();
+        for f in ["jpg", "png", "webp"] {
+            let plain = render(s, &format!("w:100/f:{f}"), &id).await.body;
+            assert!(
+                !contains(&plain, b"SecretCam") && !contains(&plain, b"Ada"),
+                "{f}"
+            );
+            let kcr = render(s, &format!("w:100/kcr:1/f:{f}"), &id).await.body;
+            assert!(
+                contains(&kcr, b"Ada Lovelace") && contains(&kcr, b"(c) Ada"),
+                "{f}"
+            );
+            assert!(!contains(&kcr, b"SecretCam"), "{f}");
+            let sm0 = render(s, &format!("w:100/sm:0/f:{f}"), &id).await.body;
+            let consented = std::ptr::eq(s, &open);
+            assert_eq!(contains(&sm0, b"SecretCam"), consented, "{f}");
+        }
+    }
+}
