@@ -22,7 +22,7 @@ fn px(b: &Bitmap, x: u32, y: u32) -> Vec<u8> {
 const BANDS: [[u8; 3]; 4] = [[200, 0, 0], [0, 200, 0], [0, 0, 200], [200, 200, 0]];
 
 /// A 400×100 PNG of four 100-pixel vertical bands (red, green, blue, yellow).
-fn bands_png() -> Bytes {
+pub(crate) fn bands_png() -> Bytes {
     let mut data = Vec::with_capacity(400 * 100 * 3);
     for _ in 0..100 {
         for x in 0..400 {

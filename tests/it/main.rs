@@ -7,6 +7,7 @@ mod audit;
 mod caching;
 mod cli;
 mod clusters;
+mod compat;
 mod deploy;
 mod edge;
 mod faults;
