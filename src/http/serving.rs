@@ -210,10 +210,11 @@ pub(super) fn content_disposition(name: &str, ext: &str, attachment: bool) -> St
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn h(name: http::header::HeaderName, v: &str) -> HeaderMap {
+    /// A header map with one header.
+    pub(in crate::http) fn h(name: http::header::HeaderName, v: &str) -> HeaderMap {
         let mut m = HeaderMap::new();
         m.insert(name, v.parse().unwrap());
         m

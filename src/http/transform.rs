@@ -248,13 +248,8 @@ fn respond(req_headers: &HeaderMap, item: &CachedResult, h: &ResponseHeaders) ->
 mod tests {
     use super::*;
     use crate::http::serving::if_none_match;
+    use crate::http::serving::tests::h;
     use http::header::IF_NONE_MATCH;
-
-    fn h(name: http::header::HeaderName, v: &str) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        m.insert(name, v.parse().unwrap());
-        m
-    }
 
     #[test]
     fn conditional_and_accept_parsing() {

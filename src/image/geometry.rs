@@ -290,17 +290,7 @@ mod tests {
         assert_eq!(plan(4000, 3000, &s).crop.0, 500.0);
     }
 
-    fn parsed(path: &str) -> TransformSpec {
-        crate::options::parse_path(
-            &format!("/{path}/plain/0123456789abcdef0123456789abcdef"),
-            &crate::options::ParseLimits {
-                max_dimension: 16_383,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .spec
-    }
+    use crate::image::pipeline::tests::spec_of as parsed;
 
     /// imgproxy's calcScale/calcSizes, case by case (worked through its Go code).
     #[test]

@@ -8,7 +8,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use super::pipeline::resize_to;
+use super::pipeline::{preview, resize_to};
 use super::{Bitmap, ImageError, ImageLimits, Probe, icc, orient, probe};
 use crate::options::OutputFormat;
 
@@ -70,7 +70,8 @@ fn info_of(
     } else {
         (w, h)
     };
-    let mut small = super::to_rgba(resize_to(bitmap, small_size)?);
+    let mut small = super::to_rgba(preview(&bitmap, small_size)?);
+    drop(bitmap);
     if let Some(profile) = profile {
         icc::to_srgb(&mut small, profile);
     }

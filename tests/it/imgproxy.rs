@@ -548,3 +548,88 @@ async fn result_metadata_follows_kcr_sm_and_the_operators_consent() {
         }
     }
 }
+
+/// A 320×240 JPEG of `colour` whose EXIF holds `thumb` as its IFD1 thumbnail.
+fn jpeg_with_thumbnail(colour: [u8; 3], thumb: &[u8]) -> Bytes {
+    let main = Bitmap {
+        width: 320,
+        height: 240,
+        channels: 3,
+        data: colour.repeat(320 * 240),
+    };
+    let main = encode(&main, OutputFormat::Jpeg, 90, &EncodeSettings::default()).unwrap();
+    // IFD0 without entries, IFD1 at 14 with JPEGInterchangeFormat and its length.
+    let mut tiff = b"MM\0\x2a\0\0\0\x08\0\0\0\0\0\x0e\0\x02".to_vec();
+    tiff.extend_from_slice(&[0x02, 0x01, 0, 4, 0, 0, 0, 1, 0, 0, 0, 44]);
+    tiff.extend_from_slice(&[0x02, 0x02, 0, 4, 0, 0, 0, 1]);
+    tiff.extend_from_slice(&(thumb.len() as u32).to_be_bytes());
+    tiff.extend_from_slice(&[0; 4]);
+    tiff.extend_from_slice(thumb);
+    let mut out = main[..2].to_vec();
+    out.extend(app_segment(0xE1, &[b"Exif\0\0".as_slice(), &tiff].concat()));
+    out.extend_from_slice(&main[2..]);
+    Bytes::from(out)
+}
+
+#[tokio::test]
+async fn enforce_thumbnail_renders_from_a_large_enough_exif_thumbnail() {
+    let s = Server::start(Backend::Fs);
+    let green = Bitmap {
+        width: 80,
+        height: 60,
+        channels: 3,
+        data: [20u8, 200, 20].repeat(80 * 60),
+    };
+    let thumb = encode(&green, OutputFormat::Jpeg, 90, &EncodeSettings::default()).unwrap();
+    let src = jpeg_with_thumbnail([200, 20, 20], &thumb);
+    let r = upload(&s, &token("eth", Role::Editor), "image/jpeg", src).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let centre = |r: &Resp| {
+        let b = bitmap(&r.body);
+        px(&b, b.width / 2, b.height / 2)
+    };
+    // 64 px wide from an 80-px thumbnail: green; 160 px needs the source: red.
+    let small = render(&s, "w:64/eth:1/f:png", &id).await;
+    assert_eq!(probe(&small.body).unwrap().width, 64);
+    assert!(centre(&small)[1] > 150, "{:?}", centre(&small));
+    let large = render(&s, "w:160/eth:1/f:png", &id).await;
+    assert!(centre(&large)[0] > 150);
+    assert!(centre(&render(&s, "w:64/f:png", &id).await)[0] > 150);
+    // Part of the cache key: a different result, a different ETag.
+    assert_ne!(
+        render(&s, "w:64/f:png", &id).await.header("etag"),
+        small.header("etag")
+    );
+}
+
+#[tokio::test]
+async fn scp_0_carries_the_source_profile() {
+    let s = Server::start(Backend::Fs);
+    let plain = fixture("photo_320x240.jpg");
+    let profile: Vec<u8> = (0..200u8).map(|i| i.wrapping_mul(7)).collect();
+    let mut src = plain[..2].to_vec();
+    src.extend(app_segment(
+        0xE2,
+        &[b"ICC_PROFILE\0\x01\x01".as_slice(), &profile].concat(),
+    ));
+    src.extend_from_slice(&plain[2..]);
+    let r = upload(
+        &s,
+        &token("scp", Role::Editor),
+        "image/jpeg",
+        Bytes::from(src),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let kept = render(&s, "w:100/scp:0/f:jpg", &id).await.body;
+    assert!(contains(&kept, &profile));
+    let webp = render(&s, "w:100/scp:0/f:webp", &id).await.body;
+    assert!(contains(&webp, b"ICCP") && contains(&webp, &profile));
+    let png = render(&s, "w:100/scp:0/f:png", &id).await.body;
+    assert!(contains(&png, b"iCCP"));
+    assert_eq!(probe(&png).unwrap().width, 100);
+    let default = render(&s, "w:100/f:jpg", &id).await.body;
+    assert!(!contains(&default, &profile) && !contains(&default, b"ICC_PROFILE"));
+}
