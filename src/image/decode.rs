@@ -2,7 +2,7 @@
 //!
 //! JPEG: zune-jpeg (memory-safe Rust) in strict mode, so a truncated or corrupt stream is an
 //! error rather than a grey-filled picture. PNG: the `png` crate (palette, 16-bit, grey, alpha,
-//! interlace expanded). WebP: libwebp through the `webp` crate. GIF: the first frame composited
+//! interlace expanded). WebP: `image-webp` (pure Rust; libwebp only encodes). GIF: the first frame composited
 //! on a transparent canvas. Callers must have checked [`super::ImageLimits`] on the [`Probe`]
 //! first; the decoders are additionally given the probed size so a stream cannot grow past it.
 
@@ -26,7 +26,10 @@ pub fn decode_with_icc(
             super::icc::extract(bytes, probe.format),
         ),
         ImageFormat::Png => (png(bytes, probe)?, super::icc::extract(bytes, probe.format)),
-        ImageFormat::Webp => (webp(bytes)?, super::icc::extract(bytes, probe.format)),
+        ImageFormat::Webp => (
+            webp(bytes, probe)?,
+            super::icc::extract(bytes, probe.format),
+        ),
         ImageFormat::Gif => (gif(bytes, probe)?, None),
     };
     if (bitmap.width, bitmap.height) != (probe.width, probe.height) {
@@ -104,15 +107,24 @@ fn png(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
     })
 }
 
-fn webp(bytes: &[u8]) -> Result<Bitmap, ImageError> {
-    let img = webp::Decoder::new(bytes)
-        .decode()
-        .ok_or_else(|| corrupt("invalid or animated WebP"))?;
+/// WebP through `image-webp` (memory-safe Rust; libwebp only encodes our own pixels). Lossy,
+/// lossless, alpha, and the first frame of an animation.
+fn webp(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
+    let mut d = image_webp::WebPDecoder::new(Cursor::new(bytes)).map_err(corrupt)?;
+    let (width, height) = d.dimensions();
+    if (width, height) != (probe.width, probe.height) {
+        return Err(corrupt("WebP canvas differs from its header"));
+    }
+    let size = d
+        .output_buffer_size()
+        .ok_or_else(|| corrupt("WebP size overflows"))?;
+    let mut data = vec![0; size];
+    d.read_image(&mut data).map_err(corrupt)?;
     Ok(Bitmap {
-        width: img.width(),
-        height: img.height(),
-        channels: if img.is_alpha() { 4 } else { 3 },
-        data: img.to_vec(),
+        width,
+        height,
+        channels: if d.has_alpha() { 4 } else { 3 },
+        data,
     })
 }
 

@@ -160,7 +160,7 @@ pub fn memory_cost(p: &Probe) -> u64 {
         ImageFormat::Jpeg => 9,
         // Decoder output (≤ 4 after STRIP_16) + grey/alpha expansion or alpha drop copy (4).
         ImageFormat::Png => 8,
-        // libwebp's RGBA (4) + the copy out of it (4) + an alpha-dropping copy (3).
+        // image-webp: output (≤ 4) + its RGBA scratch for opaque lossless (4) + an alpha drop (3).
         ImageFormat::Webp => 11,
         // Canvas (4) + the frame buffer (4) + an alpha-dropping copy (3).
         ImageFormat::Gif => 11,

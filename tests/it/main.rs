@@ -12,6 +12,7 @@ mod deploy;
 mod edge;
 mod faults;
 mod fleet;
+mod formats;
 mod hardening;
 mod identity;
 mod images_api;
