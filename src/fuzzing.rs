@@ -129,6 +129,9 @@ pub fn probe(data: &[u8]) {
         ImageFormat::Png,
         ImageFormat::Webp,
         ImageFormat::Gif,
+        ImageFormat::Bmp,
+        ImageFormat::Ico,
+        ImageFormat::Tiff,
     ] {
         let n = image::frame_count(data, format, 50);
         assert!(n <= 51, "frame count went past its stop");
@@ -186,6 +189,9 @@ pub fn exif_icc(data: &[u8]) {
         ImageFormat::Png,
         ImageFormat::Webp,
         ImageFormat::Gif,
+        ImageFormat::Bmp,
+        ImageFormat::Ico,
+        ImageFormat::Tiff,
     ] {
         if let Some(profile) = image::icc::extract(data, format) {
             assert!(

@@ -338,9 +338,9 @@ impl From<StorageError> for Error {
 impl From<ImageError> for Error {
     fn from(e: ImageError) -> Self {
         match e {
-            ImageError::UnknownFormat => {
-                Error::UnsupportedMediaType("not a JPEG, PNG, WebP or GIF image".to_owned())
-            }
+            ImageError::UnknownFormat => Error::UnsupportedMediaType(
+                "not a JPEG, PNG, WebP, GIF, BMP, ICO or TIFF image".to_owned(),
+            ),
             ImageError::TooManyPixels {
                 width,
                 height,

@@ -204,7 +204,9 @@ async fn validate(
         return Err(Error::InvalidImage("empty body".into()));
     }
     let sniffed = image::sniff(bytes).ok_or_else(|| {
-        Error::UnsupportedMediaType("the body is not a JPEG, PNG, WebP or GIF image".into())
+        Error::UnsupportedMediaType(
+            "the body is not a JPEG, PNG, WebP, GIF, BMP, ICO or TIFF image".into(),
+        )
     })?;
     if sniffed != declared {
         return Err(Error::UnsupportedMediaType(format!(

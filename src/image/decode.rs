@@ -31,6 +31,7 @@ pub fn decode_with_icc(
             super::icc::extract(bytes, probe.format),
         ),
         ImageFormat::Gif => (gif(bytes, probe)?, None),
+        ImageFormat::Bmp | ImageFormat::Ico | ImageFormat::Tiff => (image_rs(bytes, probe)?, None),
     };
     if (bitmap.width, bitmap.height) != (probe.width, probe.height) {
         return Err(ImageError::Corrupt(
@@ -42,6 +43,45 @@ pub fn decode_with_icc(
         return Err(ImageError::Corrupt("short pixel buffer".into()));
     }
     Ok((bitmap, icc))
+}
+
+/// BMP, ICO (the largest entry) and TIFF (the first page) through image-rs's pure-Rust codecs,
+/// told the probed size and a matching allocation bound, then converted to 8-bit RGB or RGBA.
+fn image_rs(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
+    let format = match probe.format {
+        ImageFormat::Bmp => image::ImageFormat::Bmp,
+        ImageFormat::Ico => image::ImageFormat::Ico,
+        _ => image::ImageFormat::Tiff,
+    };
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(probe.width);
+    limits.max_image_height = Some(probe.height);
+    // 16 bytes per pixel covers 16-bit RGBA and the decoder's strips.
+    limits.max_alloc = Some(
+        u64::from(probe.width)
+            .saturating_mul(u64::from(probe.height))
+            .saturating_mul(16)
+            .saturating_add(1 << 20),
+    );
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
+    reader.limits(limits);
+    let img = reader.decode().map_err(corrupt)?;
+    let (width, height) = (img.width(), img.height());
+    Ok(if img.color().has_alpha() {
+        Bitmap {
+            width,
+            height,
+            channels: 4,
+            data: img.into_rgba8().into_raw(),
+        }
+    } else {
+        Bitmap {
+            width,
+            height,
+            channels: 3,
+            data: img.into_rgb8().into_raw(),
+        }
+    })
 }
 
 fn corrupt(e: impl std::fmt::Display) -> ImageError {

@@ -21,7 +21,7 @@ pub fn extract(bytes: &[u8], format: ImageFormat) -> Option<Vec<u8>> {
         ImageFormat::Jpeg => jpeg(bytes),
         ImageFormat::Webp => webp(bytes),
         ImageFormat::Png => png(bytes),
-        ImageFormat::Gif => None,
+        ImageFormat::Gif | ImageFormat::Bmp | ImageFormat::Ico | ImageFormat::Tiff => None,
     }
 }
 

@@ -9,6 +9,7 @@
 //! encoder's output ([`embed`]) without touching the compressed image. AVIF results carry no
 //! metadata (the encoder has no place for it here).
 
+use super::tiff::{MAX_ENTRIES, Tiff, entries_value};
 use super::{ImageError, ImageFormat};
 use crate::options::OutputFormat;
 
@@ -38,8 +39,6 @@ const XMP_JPEG: &[u8] = b"http://ns.adobe.com/xap/1.0/\0";
 const XMP_PNG: &[u8] = b"XML:com.adobe.xmp";
 /// Largest XMP packet or EXIF block carried (one JPEG segment holds ~64 KiB).
 const MAX_BLOCK: usize = 65_000;
-/// IFD entries read per directory.
-const MAX_ENTRIES: usize = 512;
 
 const TAG_ORIENTATION: u16 = 0x0112;
 const TAG_ARTIST: u16 = 0x013B;
@@ -52,7 +51,9 @@ pub fn read(bytes: &[u8], format: ImageFormat) -> SourceMeta<'_> {
         ImageFormat::Jpeg => read_jpeg(bytes),
         ImageFormat::Png => read_png(bytes),
         ImageFormat::Webp => read_webp(bytes),
-        ImageFormat::Gif => SourceMeta::default(),
+        ImageFormat::Gif | ImageFormat::Bmp | ImageFormat::Ico | ImageFormat::Tiff => {
+            SourceMeta::default()
+        }
     }
 }
 
@@ -137,100 +138,6 @@ fn read_webp(b: &[u8]) -> SourceMeta<'_> {
         pos += 8 + len + (len & 1);
     }
     m
-}
-
-/// A bounds-checked view of a TIFF structure.
-struct Tiff<'a> {
-    b: &'a [u8],
-    le: bool,
-}
-
-/// One IFD entry: where it sits, and its fields.
-#[derive(Clone, Copy)]
-struct Entry {
-    at: usize,
-    tag: u16,
-    kind: u16,
-    count: u32,
-}
-
-impl<'a> Tiff<'a> {
-    fn new(b: &'a [u8]) -> Option<Tiff<'a>> {
-        let le = match b.get(0..2)? {
-            b"II" => true,
-            b"MM" => false,
-            _ => return None,
-        };
-        let t = Tiff { b, le };
-        (t.u16(2)? == 42).then_some(t)
-    }
-
-    fn u16(&self, off: usize) -> Option<u16> {
-        let v: [u8; 2] = self.b.get(off..off.checked_add(2)?)?.try_into().ok()?;
-        Some(if self.le {
-            u16::from_le_bytes(v)
-        } else {
-            u16::from_be_bytes(v)
-        })
-    }
-
-    fn u32(&self, off: usize) -> Option<usize> {
-        let v: [u8; 4] = self.b.get(off..off.checked_add(4)?)?.try_into().ok()?;
-        usize::try_from(if self.le {
-            u32::from_le_bytes(v)
-        } else {
-            u32::from_be_bytes(v)
-        })
-        .ok()
-    }
-
-    fn ifd0(&self) -> Option<usize> {
-        self.u32(4)
-    }
-
-    fn entries(&self, ifd: usize) -> Option<Vec<Entry>> {
-        let n = usize::from(self.u16(ifd)?).min(MAX_ENTRIES);
-        (0..n)
-            .map(|i| {
-                let at = ifd.checked_add(2 + 12 * i)?;
-                Some(Entry {
-                    at,
-                    tag: self.u16(at)?,
-                    kind: self.u16(at + 2)?,
-                    count: u32::try_from(self.u32(at + 4)?).ok()?,
-                })
-            })
-            .collect()
-    }
-
-    /// Where an entry's value lives, and its length.
-    fn value(&self, e: Entry) -> Option<(usize, usize)> {
-        let unit = match e.kind {
-            1 | 2 | 6 | 7 => 1,
-            3 | 8 => 2,
-            4 | 9 | 11 => 4,
-            5 | 10 | 12 => 8,
-            _ => return None,
-        };
-        let len = usize::try_from(e.count).ok()?.checked_mul(unit)?;
-        let at = if len <= 4 {
-            e.at + 8
-        } else {
-            self.u32(e.at + 8)?
-        };
-        self.b.get(at..at.checked_add(len)?)?;
-        Some((at, len))
-    }
-
-    fn ascii(&self, e: Entry) -> Option<&'a [u8]> {
-        if e.kind != 2 {
-            return None;
-        }
-        let (at, len) = self.value(e)?;
-        let s = &self.b[at..at + len];
-        let s = &s[..s.iter().position(|&c| c == 0).unwrap_or(s.len())];
-        (!s.is_empty() && s.len() <= 4096).then_some(s)
-    }
 }
 
 /// `kcr:1`: a new EXIF block with only the source's Artist and Copyright, and a new XMP packet
@@ -403,16 +310,6 @@ fn scrub_exif(b: &[u8], keep_gps: bool) -> Option<Vec<u8>> {
         zero(&mut out, next, 4);
     }
     Some(out)
-}
-
-/// The numeric value of `tag` in the IFD at `ifd`.
-fn entries_value(t: &Tiff<'_>, ifd: usize, tag: u16) -> Option<usize> {
-    let e = t.entries(ifd)?.into_iter().find(|e| e.tag == tag)?;
-    match e.kind {
-        3 => t.u16(e.at + 8).map(usize::from),
-        4 => t.u32(e.at + 8),
-        _ => None,
-    }
 }
 
 /// An XMP packet without its `…:GPS…` properties (attribute and element forms).

@@ -23,6 +23,7 @@ mod pipeline;
 pub(crate) mod probe;
 mod smart;
 mod strip;
+mod tiff;
 mod turbo;
 
 pub use decode::decode;
@@ -43,16 +44,19 @@ pub enum ImageFormat {
     Png,
     Webp,
     Gif,
+    Bmp,
+    /// Windows icon: the largest entry (BMP or PNG inside).
+    Ico,
+    /// Baseline TIFF: the first page.
+    Tiff,
 }
 
 impl ImageFormat {
-    /// The file extension (`jpg`, `png`, `webp`, `gif`).
+    /// The file extension (`jpg`, `png`, `webp`, `gif`, `bmp`, `ico`, `tiff`).
     pub fn extension(self) -> &'static str {
         match self {
             ImageFormat::Jpeg => "jpg",
-            ImageFormat::Png => "png",
-            ImageFormat::Webp => "webp",
-            ImageFormat::Gif => "gif",
+            other => other.as_str(),
         }
     }
 
@@ -62,6 +66,9 @@ impl ImageFormat {
             ImageFormat::Png => "image/png",
             ImageFormat::Webp => "image/webp",
             ImageFormat::Gif => "image/gif",
+            ImageFormat::Bmp => "image/bmp",
+            ImageFormat::Ico => "image/x-icon",
+            ImageFormat::Tiff => "image/tiff",
         }
     }
 
@@ -78,6 +85,9 @@ impl ImageFormat {
             "image/png" => Some(ImageFormat::Png),
             "image/webp" => Some(ImageFormat::Webp),
             "image/gif" => Some(ImageFormat::Gif),
+            "image/bmp" | "image/x-bmp" | "image/x-ms-bmp" => Some(ImageFormat::Bmp),
+            "image/x-icon" | "image/vnd.microsoft.icon" => Some(ImageFormat::Ico),
+            "image/tiff" => Some(ImageFormat::Tiff),
             _ => None,
         }
     }
@@ -88,6 +98,9 @@ impl ImageFormat {
             ImageFormat::Png => "png",
             ImageFormat::Webp => "webp",
             ImageFormat::Gif => "gif",
+            ImageFormat::Bmp => "bmp",
+            ImageFormat::Ico => "ico",
+            ImageFormat::Tiff => "tiff",
         }
     }
 }
@@ -125,7 +138,7 @@ pub struct Bitmap {
 /// What can go wrong inside the engine.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ImageError {
-    #[error("not a JPEG, PNG, WebP or GIF image")]
+    #[error("not a JPEG, PNG, WebP, GIF, BMP, ICO or TIFF image")]
     UnknownFormat,
     #[error("{width}x{height} is more than {limit} pixels")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
@@ -164,6 +177,10 @@ pub fn memory_cost(p: &Probe) -> u64 {
         ImageFormat::Webp => 11,
         // Canvas (4) + the frame buffer (4) + an alpha-dropping copy (3).
         ImageFormat::Gif => 11,
+        // image-rs's decode (≤ 4, or 8 for 16-bit TIFF) + its conversion to 8-bit RGB(A) (4)
+        // + an alpha-dropping copy (3).
+        ImageFormat::Bmp | ImageFormat::Ico => 11,
+        ImageFormat::Tiff => 15,
     };
     pixels.saturating_mul(per_pixel).saturating_add(COST_BASE)
 }

@@ -406,7 +406,7 @@ impl Engine {
             );
             window = Rect { x, y, ..window }.clamp(bitmap.width, bitmap.height);
         }
-        if p.format == ImageFormat::Gif || bitmap.channels == 4 {
+        if bitmap.channels == 4 {
             bitmap = drop_opaque_alpha(bitmap);
         }
         Ok((bitmap, profile, window))

@@ -37,6 +37,12 @@ pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
         Some(ImageFormat::Webp)
     } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
         Some(ImageFormat::Gif)
+    } else if bytes.starts_with(b"BM") && bytes.len() >= 26 {
+        Some(ImageFormat::Bmp)
+    } else if bytes.starts_with(&[0, 0, 1, 0]) && bytes.len() >= 22 {
+        Some(ImageFormat::Ico)
+    } else if bytes.starts_with(b"II\x2a\0") || bytes.starts_with(b"MM\0\x2a") {
+        Some(ImageFormat::Tiff)
     } else {
         None
     }
@@ -50,6 +56,9 @@ pub fn probe(bytes: &[u8]) -> Result<Probe, ImageError> {
         ImageFormat::Png => png(bytes),
         ImageFormat::Webp => webp(bytes),
         ImageFormat::Gif => gif(bytes),
+        ImageFormat::Bmp => bmp(bytes),
+        ImageFormat::Ico => ico(bytes),
+        ImageFormat::Tiff => tiff(bytes),
     }
     .ok_or_else(|| ImageError::Corrupt(format!("unreadable {} header", format.as_str())))?;
     Ok(Probe {
@@ -218,7 +227,12 @@ fn webp(b: &[u8]) -> Option<(u32, u32, u8)> {
 /// descriptors. Malformed structure counts what was seen (the decoders reject it later).
 pub fn frame_count(bytes: &[u8], format: ImageFormat, stop_after: u64) -> u64 {
     match format {
-        ImageFormat::Jpeg | ImageFormat::Png => 1,
+        // TIFF pages are not frames: the first is the source.
+        ImageFormat::Jpeg
+        | ImageFormat::Png
+        | ImageFormat::Bmp
+        | ImageFormat::Ico
+        | ImageFormat::Tiff => 1,
         ImageFormat::Webp => webp_frames(bytes, stop_after),
         ImageFormat::Gif => gif_frames(bytes, stop_after),
     }
@@ -342,6 +356,63 @@ fn gif_frames(b: &[u8], stop_after: u64) -> u64 {
 
 fn gif(b: &[u8]) -> Option<(u32, u32, u8)> {
     Some((u32::from(le16(b, 6)?), u32::from(le16(b, 8)?), 1))
+}
+
+/// A BMP's DIB header: BITMAPCOREHEADER (12 bytes, 16-bit sizes) or a later one (32-bit,
+/// height negative for top-down rows).
+fn dib(b: &[u8], at: usize) -> Option<(u32, u32)> {
+    let size = le32(b, at)?;
+    let (w, h) = if size == 12 {
+        (i64::from(le16(b, at + 4)?), i64::from(le16(b, at + 6)?))
+    } else {
+        let w = i64::from(le32(b, at + 4)? as i32);
+        let h = i64::from(le32(b, at + 8)? as i32);
+        (w, h.abs())
+    };
+    (w > 0 && h > 0)
+        .then(|| (u32::try_from(w).ok(), u32::try_from(h).ok()))
+        .and_then(|(w, h)| Some((w?, h?)))
+}
+
+fn bmp(b: &[u8]) -> Option<(u32, u32, u8)> {
+    let (w, h) = dib(b, 14)?;
+    Some((w, h, 1))
+}
+
+/// The entry image-rs decodes (its `best_entry`: highest bits per pixel, then largest area,
+/// the last of equals), sized from its own data: a PNG's IHDR (a directory size byte of 0
+/// matches any PNG of 256 or more), or the BMP DIB (height doubled for the AND mask).
+fn ico(b: &[u8]) -> Option<(u32, u32, u8)> {
+    let count = usize::from(le16(b, 4)?);
+    if count == 0 || count > 256 {
+        return None;
+    }
+    let mut best: Option<((u16, u32), usize)> = None;
+    for i in 0..count {
+        let e = 6 + 16 * i;
+        let side = |v: u8| if v == 0 { 256u32 } else { u32::from(v) };
+        let score = (le16(b, e + 6)?, side(*b.get(e)?) * side(*b.get(e + 1)?));
+        if best.is_none_or(|(s, _)| score >= s) {
+            best = Some((score, e));
+        }
+    }
+    let (_, e) = best?;
+    let at = usize::try_from(le32(b, e + 12)?).ok()?;
+    let data = b.get(at..)?;
+    let (w, h) = if data.starts_with(b"\x89PNG\r\n\x1a\n") {
+        let (w, h, _) = png(data)?;
+        (w, h)
+    } else {
+        let (w, h) = dib(b, at)?;
+        (w, h / 2)
+    };
+    Some((w, h, 1))
+}
+
+/// A TIFF's first page: IFD0's ImageWidth/ImageLength (SHORT or LONG) and Orientation.
+fn tiff(b: &[u8]) -> Option<(u32, u32, u8)> {
+    let (w, h) = super::tiff::tiff_size(b)?;
+    Some((w, h, exif::orientation(b)))
 }
 
 #[cfg(test)]

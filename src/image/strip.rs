@@ -30,6 +30,17 @@ pub fn strip_metadata(bytes: &[u8], format: ImageFormat) -> Result<Vec<u8>, Imag
         ImageFormat::Png => png(bytes),
         ImageFormat::Webp => webp(bytes),
         ImageFormat::Gif => gif(bytes),
+        // Nothing to remove: no metadata in the format (ICO entries are BMP or PNG images;
+        // a PNG entry's text chunks are left, within the 256×256 icon).
+        ImageFormat::Bmp | ImageFormat::Ico => Some(bytes.to_vec()),
+        // Tags anywhere in the IFD chain, pointed to by offsets: no lossless removal here.
+        ImageFormat::Tiff => {
+            return Err(ImageError::Unsupported(
+                "originals of TIFF sources are not served: their metadata cannot be removed \
+                 without re-encoding"
+                    .into(),
+            ));
+        }
     };
     out.ok_or_else(|| ImageError::Corrupt("the container structure does not parse".into()))
 }

@@ -80,6 +80,9 @@ impl Default for LimitsConfig {
                 ImageFormat::Png,
                 ImageFormat::Webp,
                 ImageFormat::Gif,
+                ImageFormat::Bmp,
+                ImageFormat::Ico,
+                ImageFormat::Tiff,
             ],
             uploads_per_hour: 100,
             transforms_per_hour: 1000,
@@ -195,6 +198,6 @@ mod tests {
             }),
             "limits.plans.a b"
         );
-        assert!(toml::from_str::<LimitsConfig>("upload_formats = [\"tiff\"]").is_err());
+        assert!(toml::from_str::<LimitsConfig>("upload_formats = [\"heic\"]").is_err());
     }
 }

@@ -240,7 +240,13 @@ pub fn fallback_format(source: ImageFormat) -> OutputFormat {
     match source {
         ImageFormat::Jpeg => OutputFormat::Jpeg,
         // PNG keeps alpha and palette-style sharpness for PNG, GIF and (possibly alpha) WebP.
-        ImageFormat::Png | ImageFormat::Gif | ImageFormat::Webp => OutputFormat::Png,
+        // TIFF is mostly photographs (scans, cameras).
+        ImageFormat::Tiff => OutputFormat::Jpeg,
+        ImageFormat::Png
+        | ImageFormat::Gif
+        | ImageFormat::Webp
+        | ImageFormat::Bmp
+        | ImageFormat::Ico => OutputFormat::Png,
     }
 }
 

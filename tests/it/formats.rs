@@ -43,3 +43,210 @@ async fn animated_webp_is_accepted_and_renders_its_first_frame() {
     let out = get(&s.url(&signed(&format!("/w:100/f:png/plain/{id}"))), &[]).await;
     assert_eq!(probe(&out.body).unwrap().width, 100);
 }
+
+/// Mean RGB of a decoded result.
+fn mean(body: &[u8]) -> [f64; 3] {
+    let b = decode(body, &probe(body).unwrap()).unwrap();
+    let c = usize::from(b.channels);
+    let n = (b.data.len() / c) as f64;
+    let mut m = [0.0; 3];
+    for px in b.data.chunks_exact(c) {
+        for i in 0..3 {
+            m[i] += f64::from(px[i]) / n;
+        }
+    }
+    m
+}
+
+/// BMP, ICO (largest entry) and TIFF (first page) through image-rs's Rust codecs: accepted
+/// under their MIME types, sized from their own headers, rendered like any source.
+#[tokio::test]
+async fn bmp_ico_and_tiff_sources() {
+    let s = Server::start(Backend::Fs);
+    let owner = token("formats", Role::Editor);
+    let reference = upload_fixture(&s, "formats", "photo_320x240.jpg", "image/jpeg").await;
+    let want = mean(
+        &get(
+            &s.url(&signed(&format!("/w:80/f:png/plain/{reference}"))),
+            &[],
+        )
+        .await
+        .body,
+    );
+    for (file, mime, format, size, out) in [
+        (
+            "photo_160x120.bmp",
+            "image/bmp",
+            "bmp",
+            (160, 120),
+            (80, 60),
+        ),
+        (
+            "pages_160x120.tif",
+            "image/tiff",
+            "tiff",
+            (160, 120),
+            (80, 60),
+        ),
+        (
+            "icon_64.ico",
+            "image/vnd.microsoft.icon",
+            "ico",
+            (64, 64),
+            (64, 64),
+        ),
+    ] {
+        let r = upload(&s, &owner, mime, fixture(file)).await;
+        assert_eq!(r.status, 201, "{file}: {:?}", r.body);
+        let j = r.json();
+        assert_eq!(j["format"], format);
+        assert_eq!(
+            (j["width"].as_u64(), j["height"].as_u64()),
+            (Some(size.0), Some(size.1))
+        );
+        let id = j["id"].as_str().unwrap().to_owned();
+        let r = get(&s.url(&signed(&format!("/w:80/f:png/plain/{id}"))), &[]).await;
+        assert_eq!(r.status, 200, "{file}");
+        let p = probe(&r.body).unwrap();
+        assert_eq!((p.width, p.height), out, "{file}");
+        if format != "ico" {
+            // The same picture as the JPEG it was made from (the TIFF's first page, not its
+            // small grey second page).
+            let got = mean(&r.body);
+            for c in 0..3 {
+                assert!(
+                    (got[c] - want[c]).abs() < 6.0,
+                    "{file}: {got:?} vs {want:?}"
+                );
+            }
+        }
+        // Negotiated without WebP: TIFF falls back to JPEG, the others to PNG.
+        let r = get(
+            &s.url(&signed(&format!("/w:40/plain/{id}"))),
+            &[("accept", "image/png")],
+        )
+        .await;
+        let fallback = if format == "tiff" {
+            "image/jpeg"
+        } else {
+            "image/png"
+        };
+        assert_eq!(r.header("content-type"), Some(fallback), "{file}");
+        // Originals: BMP and ICO carry no metadata (served as stored); TIFF's cannot be
+        // removed losslessly, so its original is not served.
+        let r = get(&s.url(&signed(&format!("/raw:1/plain/{id}"))), &[]).await;
+        if format == "tiff" {
+            assert_eq!((r.status, r.code().as_str()), (400, "invalid_option"));
+        } else {
+            assert_eq!(r.body, fixture(file), "{file}");
+        }
+    }
+}
+
+fn bmp_header(width: i32, height: i32) -> Vec<u8> {
+    let mut b = b"BM".to_vec();
+    b.extend_from_slice(&[0; 12]);
+    b.extend_from_slice(&40u32.to_le_bytes());
+    b.extend_from_slice(&width.to_le_bytes());
+    b.extend_from_slice(&height.to_le_bytes());
+    b.extend_from_slice(&[1, 0, 24, 0]);
+    b.extend_from_slice(&[0; 24]);
+    b
+}
+
+fn tiff_header(width: u32, height: u32) -> Vec<u8> {
+    let mut t = b"II\x2a\0\x08\0\0\0\x02\0".to_vec();
+    for (tag, v) in [(256u16, width), (257, height)] {
+        t.extend_from_slice(&tag.to_le_bytes());
+        t.extend_from_slice(&4u16.to_le_bytes());
+        t.extend_from_slice(&1u32.to_le_bytes());
+        t.extend_from_slice(&v.to_le_bytes());
+    }
+    t.extend_from_slice(&[0; 4]);
+    t
+}
+
+/// Hostile headers are refused from the header, before any allocation of their size.
+#[tokio::test]
+async fn hostile_bmp_ico_and_tiff_are_refused_with_stable_codes() {
+    let s = Server::start(Backend::Fs);
+    let owner = token("hostile", Role::Editor);
+    let mut ico_past_end = vec![0, 0, 1, 0, 1, 0, 64, 64, 0, 0, 1, 0, 32, 0];
+    ico_past_end.extend_from_slice(&100u32.to_le_bytes());
+    ico_past_end.extend_from_slice(&0xFFFF_FF00u32.to_le_bytes());
+    let mut ico_png_bomb = vec![0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 32, 0];
+    ico_png_bomb.extend_from_slice(&100u32.to_le_bytes());
+    ico_png_bomb.extend_from_slice(&22u32.to_le_bytes());
+    ico_png_bomb.extend_from_slice(
+        b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0\x75\x30\0\0\x75\x30\x08\x06\0\0\0",
+    );
+    let truncated_tiff = fixture("pages_160x120.tif").slice(..4000);
+    for (name, mime, body, status, code) in [
+        (
+            "bmp 100000²",
+            "image/bmp",
+            bmp_header(100_000, 100_000),
+            422,
+            "too_many_pixels",
+        ),
+        (
+            "bmp 40000×1 (side)",
+            "image/bmp",
+            bmp_header(40_000, 1),
+            422,
+            "dimension_too_large",
+        ),
+        (
+            "bmp top-down, no pixels",
+            "image/bmp",
+            bmp_header(64, -64),
+            422,
+            "invalid_image",
+        ),
+        (
+            "bmp zero width",
+            "image/bmp",
+            bmp_header(0, 10),
+            422,
+            "invalid_image",
+        ),
+        (
+            "tiff 70000²",
+            "image/tiff",
+            tiff_header(70_000, 70_000),
+            422,
+            "too_many_pixels",
+        ),
+        (
+            "tiff truncated",
+            "image/tiff",
+            truncated_tiff.to_vec(),
+            422,
+            "invalid_image",
+        ),
+        (
+            "ico entry past the end",
+            "image/x-icon",
+            ico_past_end,
+            422,
+            "invalid_image",
+        ),
+        (
+            "ico with a 30000² PNG",
+            "image/x-icon",
+            ico_png_bomb,
+            422,
+            "too_many_pixels",
+        ),
+        (
+            "ico declared, bmp sent",
+            "image/x-icon",
+            fixture("photo_160x120.bmp").to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+    ] {
+        let r = upload(&s, &owner, mime, bytes::Bytes::from(body)).await;
+        assert_eq!((r.status, r.code().as_str()), (status, code), "{name}");
+    }
+}
