@@ -121,7 +121,41 @@ fn cases() -> Vec<Case> {
             make: || webp(16_383, 3_051),
             refused: None,
         },
+        Case {
+            name: "bmp_7071x7071_24bit",
+            make: || bmp(7_071, 7_071),
+            refused: None,
+        },
+        Case {
+            name: "tiff_5000x5000_rgba16_deflate",
+            make: || tiff_rgba16(5_000, 5_000),
+            refused: None,
+        },
     ]
+}
+
+fn bmp(w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::bmp::BmpEncoder::new(&mut out)
+        .encode(&gradient(w, h, 3), w, h, image::ExtendedColorType::Rgb8)
+        .expect("bmp");
+    out
+}
+
+/// 16-bit RGBA, deflated: a small file that decodes to 8 bytes per pixel.
+fn tiff_rgba16(w: u32, h: u32) -> Vec<u8> {
+    use tiff::encoder::{Compression, DeflateLevel, TiffEncoder, colortype};
+    let data: Vec<u16> = gradient(w, h, 4)
+        .iter()
+        .map(|&v| u16::from(v) * 257)
+        .collect();
+    let mut out = std::io::Cursor::new(Vec::new());
+    TiffEncoder::new(&mut out)
+        .expect("tiff")
+        .with_compression(Compression::Deflate(DeflateLevel::Fast))
+        .write_image::<colortype::RGBA16>(w, h, &data)
+        .expect("tiff");
+    out.into_inner()
 }
 
 fn gradient(w: u32, h: u32, channels: usize) -> Vec<u8> {
