@@ -92,6 +92,19 @@ def images():
     jpeg = bytearray(out["baseline.jpg"])
     jpeg[-2:-2] = b"\x12\x34\x56"
     out["regress-extraneous-before-eoi.jpg"] = bytes(jpeg)
+    # Issue 19's sources: BMP, ICO (two RGBA entries), a two-page TIFF, an animated WebP.
+    small = Image.open(os.path.join(FIXTURES, "photo_320x240.jpg")).convert("RGB").resize((12, 9))
+    for name, kwargs in [
+        ("small.bmp", {}),
+        ("small.ico", {"sizes": [(8, 8), (12, 12)]}),
+        ("pages.tif", {"compression": "tiff_lzw", "save_all": True,
+                       "append_images": [small.convert("L").resize((4, 3))]}),
+    ]:
+        buf = io.BytesIO()
+        (small.convert("RGBA") if name.endswith(".ico") else small).save(buf, format=name.split(".")[1].replace("tif", "tiff"), **kwargs)
+        out[name] = buf.getvalue()
+    with open(os.path.join(FIXTURES, "anim_3x64x48.webp"), "rb") as f:
+        out["animated.webp"] = f.read()
     return out
 
 

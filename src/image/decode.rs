@@ -31,7 +31,11 @@ pub fn decode_with_icc(
             super::icc::extract(bytes, probe.format),
         ),
         ImageFormat::Gif => (gif(bytes, probe)?, None),
-        ImageFormat::Bmp | ImageFormat::Ico | ImageFormat::Tiff => (image_rs(bytes, probe)?, None),
+        ImageFormat::Bmp | ImageFormat::Ico => (image_rs(bytes, probe)?, None),
+        ImageFormat::Tiff => (
+            image_rs(bytes, probe)?,
+            super::icc::extract(bytes, probe.format),
+        ),
     };
     if (bitmap.width, bitmap.height) != (probe.width, probe.height) {
         return Err(ImageError::Corrupt(

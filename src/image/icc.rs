@@ -21,7 +21,8 @@ pub fn extract(bytes: &[u8], format: ImageFormat) -> Option<Vec<u8>> {
         ImageFormat::Jpeg => jpeg(bytes),
         ImageFormat::Webp => webp(bytes),
         ImageFormat::Png => png(bytes),
-        ImageFormat::Gif | ImageFormat::Bmp | ImageFormat::Ico | ImageFormat::Tiff => None,
+        ImageFormat::Tiff => tiff(bytes),
+        ImageFormat::Gif | ImageFormat::Bmp | ImageFormat::Ico => None,
     }
 }
 
@@ -49,6 +50,17 @@ fn png(b: &[u8]) -> Option<Vec<u8>> {
         pos = end.checked_add(4)?; // CRC
     }
     None
+}
+
+/// TIFF: IFD0's InterColorProfile (tag 34675, UNDEFINED bytes).
+fn tiff(b: &[u8]) -> Option<Vec<u8>> {
+    let t = super::tiff::Tiff::new(b)?;
+    let e = t
+        .entries(t.ifd0()?)?
+        .into_iter()
+        .find(|e| e.tag == 34675 && e.kind == 7)?;
+    let (at, len) = t.value(e)?;
+    (len <= MAX_PROFILE_BYTES).then(|| b[at..at + len].to_vec())
 }
 
 fn jpeg(b: &[u8]) -> Option<Vec<u8>> {
@@ -344,6 +356,22 @@ mod tests {
         assert_eq!(description(&v4).as_deref(), Some("sRGB"));
         v4[164..168].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(description(&v4), None);
+    }
+
+    #[test]
+    fn tiff_profile_is_read_from_ifd0() {
+        let profile = testing::display_p3();
+        let mut t = b"II\x2a\0\x08\0\0\0\x01\0".to_vec();
+        t.extend_from_slice(&34675u16.to_le_bytes());
+        t.extend_from_slice(&7u16.to_le_bytes());
+        t.extend_from_slice(&(profile.len() as u32).to_le_bytes());
+        t.extend_from_slice(&26u32.to_le_bytes());
+        t.extend_from_slice(&[0; 4]);
+        t.extend_from_slice(&profile);
+        assert_eq!(extract(&t, ImageFormat::Tiff), Some(profile.clone()));
+        // A length past the end: none.
+        t[14..18].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(extract(&t, ImageFormat::Tiff), None);
     }
 
     #[test]
