@@ -73,6 +73,7 @@ impl App {
             max_result_pixels: l.max_result_pixels,
             max_result_dimension: l.max_result_dimension as u32,
             max_frames: l.max_frames,
+            max_animation_pixels: l.max_animation_pixels,
         };
         // Before anything with side effects (the audit spool): a bad watermark fails first.
         let engine = crate::render::engine(&config, image_limits)?;

@@ -43,7 +43,7 @@ pub fn analyze_upload(
     super::pipeline::contained(|| {
         let p = probe(bytes)?;
         limits.check_source(p.width, p.height)?;
-        limits.check_frames(bytes, p.format)?;
+        limits.check_frames(bytes, &p)?;
         let (bitmap, profile) = super::decode::decode_with_icc(bytes, &p)?;
         let info = info_of(bytes, &p, bitmap, profile.as_deref(), limits)?;
         Ok((p, info))

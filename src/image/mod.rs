@@ -123,6 +123,8 @@ pub struct ImageLimits {
     /// Animation frames a source may have (only the first is rendered; more are refused so a
     /// stored file cannot be an unbounded animation).
     pub max_frames: u64,
+    /// Pixels of all frames of an animation together (`limits.max_animation_pixels`).
+    pub max_animation_pixels: u64,
 }
 
 /// Decoded pixels, 8 bits per channel, RGB (3) or RGBA (4, not premultiplied); a few internal
@@ -230,6 +232,7 @@ impl Default for ImageLimits {
             max_result_pixels: 40_000_000,
             max_result_dimension: 16_383,
             max_frames: 1000,
+            max_animation_pixels: 200_000_000,
         }
     }
 }
@@ -260,11 +263,20 @@ impl ImageLimits {
 
     /// Refuses a source with more animation frames than allowed, or a JPEG with more
     /// progressive scans than [`MAX_JPEG_SCANS`] (structure walks, no decode).
-    pub fn check_frames(&self, bytes: &[u8], format: ImageFormat) -> Result<(), ImageError> {
-        if probe::frame_count(bytes, format, self.max_frames) > self.max_frames {
+    pub fn check_frames(&self, bytes: &[u8], p: &Probe) -> Result<(), ImageError> {
+        let format = p.format;
+        let frames = probe::frame_count(bytes, format, self.max_frames);
+        if frames > self.max_frames {
             return Err(ImageError::TooManyFrames {
                 limit: self.max_frames,
             });
+        }
+        // All frames together: at this canvas size, at most this many (imgproxy's
+        // max_animation_frame_resolution × frames, as one bound).
+        let canvas = u64::from(p.width) * u64::from(p.height);
+        let allowed = self.max_animation_pixels / canvas.max(1);
+        if frames > 1 && frames > allowed {
+            return Err(ImageError::TooManyFrames { limit: allowed });
         }
         if format == ImageFormat::Jpeg
             && probe::jpeg_scan_count(bytes, MAX_JPEG_SCANS) > MAX_JPEG_SCANS

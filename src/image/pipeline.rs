@@ -67,7 +67,7 @@ pub fn validate_upload(bytes: &[u8], limits: &ImageLimits) -> Result<Probe, Imag
     contained(|| {
         let p = probe(bytes)?;
         limits.check_source(p.width, p.height)?;
-        limits.check_frames(bytes, p.format)?;
+        limits.check_frames(bytes, &p)?;
         decode(bytes, &p)?;
         Ok(p)
     })
@@ -127,7 +127,7 @@ impl Engine {
     ) -> Result<Encoded, ImageError> {
         let p = probe(bytes)?;
         self.limits.check_source(p.width, p.height)?;
-        self.limits.check_frames(bytes, p.format)?;
+        self.limits.check_frames(bytes, &p)?;
         let mut embed = self.metadata_for(bytes, p.format, spec);
         // `eth`: the EXIF thumbnail stands for the source when it gives the same result.
         let (bytes, p) = match self.thumbnail_for(bytes, p, spec, format) {
@@ -860,6 +860,7 @@ pub(crate) mod tests {
         max_result_pixels: 1_000_000,
         max_result_dimension: 4096,
         max_frames: 10,
+        max_animation_pixels: 200_000_000,
     };
 
     /// A gradient test card: left half red-ish, right half blue-ish.

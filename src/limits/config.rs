@@ -23,6 +23,10 @@ pub struct LimitsConfig {
     /// Largest width or height a URL may ask for (libwebp's own ceiling is 16383).
     pub max_result_dimension: u64,
     pub max_frames: u64,
+    /// Pixels of all frames of an animation together (frames × canvas), checked from the
+    /// header before decoding: bounds what a many-frame animation costs once frames are
+    /// rendered (imgproxy's `max_animation_frame_resolution`).
+    pub max_animation_pixels: u64,
     /// Formats accepted for upload (`jpeg`, `png`, `webp`, `gif`).
     pub upload_formats: Vec<ImageFormat>,
     /// Per-user quotas per rolling hour (the free tier and plans without an override).
@@ -75,6 +79,7 @@ impl Default for LimitsConfig {
             max_result_pixels: 40_000_000,
             max_result_dimension: 16_383,
             max_frames: 1000,
+            max_animation_pixels: 200_000_000,
             upload_formats: vec![
                 ImageFormat::Jpeg,
                 ImageFormat::Png,
@@ -110,6 +115,7 @@ impl LimitsConfig {
         )?;
         positive("limits.max_result_pixels", self.max_result_pixels)?;
         positive("limits.max_frames", self.max_frames)?;
+        positive("limits.max_animation_pixels", self.max_animation_pixels)?;
         require(
             self.upload_formats.is_empty(),
             "limits.upload_formats",

@@ -70,6 +70,7 @@ mod tests {
             max_result_pixels: 1_000,
             max_result_dimension: 100,
             max_frames: 1,
+            max_animation_pixels: 200_000_000,
         };
         let base = Engine::new(limits);
         let same = Engine::new(limits);

@@ -250,3 +250,49 @@ async fn hostile_bmp_ico_and_tiff_are_refused_with_stable_codes() {
         assert_eq!((r.status, r.code().as_str()), (status, code), "{name}");
     }
 }
+
+/// A GIF with a `w`×`h` logical screen and `frames` one-pixel frames.
+fn gif_frames(w: u16, h: u16, frames: usize) -> Vec<u8> {
+    let mut g = b"GIF89a".to_vec();
+    g.extend_from_slice(&w.to_le_bytes());
+    g.extend_from_slice(&h.to_le_bytes());
+    g.extend_from_slice(&[0x80, 0, 0, 0, 0, 0, 255, 255, 255]); // 2-colour global table
+    for _ in 0..frames {
+        g.extend_from_slice(b"\x21\xF9\x04\x00\x0a\x00\x00\x00"); // 100 ms
+        g.extend_from_slice(b"\x2C\0\0\0\0\x01\0\x01\0\0\x02\x02\x44\x01\0");
+    }
+    g.push(0x3B);
+    g
+}
+
+/// `limits.max_animation_pixels` (default 200 MP): frames × canvas, checked from the header.
+/// A 2000×2000 screen may have 50 frames; 60 are refused before any decode, naming the 50.
+#[tokio::test]
+async fn animation_pixels_are_bounded_across_frames() {
+    let s = Server::start(Backend::Fs);
+    let owner = token("frames", Role::Editor);
+    let r = upload(&s, &owner, "image/gif", gif_frames(2000, 2000, 50).into()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = upload(&s, &owner, "image/gif", gif_frames(2000, 2000, 60).into()).await;
+    assert_eq!((r.status, r.code().as_str()), (422, "too_many_frames"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("50"),
+        "{:?}",
+        r.body
+    );
+    // Small canvases keep the frame limit of their own (1000 by default).
+    let r = upload(&s, &owner, "image/gif", gif_frames(100, 100, 900).into()).await;
+    assert_eq!(r.status, 201);
+    // A lower operator bound.
+    let tight = Server::start_with(
+        Backend::Fs,
+        &[("PIXGATE__LIMITS__MAX_ANIMATION_PIXELS", "100000")],
+    );
+    let r = upload(&tight, &owner, "image/gif", gif_frames(100, 100, 11).into()).await;
+    assert_eq!((r.status, r.code().as_str()), (422, "too_many_frames"));
+    let r = upload(&tight, &owner, "image/gif", gif_frames(100, 100, 10).into()).await;
+    assert_eq!(r.status, 201);
+}
