@@ -65,7 +65,27 @@ pub fn encode(
         OutputFormat::Png => png(bitmap, settings),
         OutputFormat::Webp => webp(bitmap, quality, settings),
         OutputFormat::Avif => avif(bitmap, quality, settings),
+        OutputFormat::Gif => gif(bitmap),
     }
+}
+
+/// A still GIF: NeuQuant to 256 colours (the `gif` crate, speed 10 of 1..=30); pixels with
+/// alpha 0 become transparent, other alpha is dropped (GIF has one transparent index).
+fn gif(bitmap: &Bitmap) -> Result<Vec<u8>, ImageError> {
+    let w = u16::try_from(bitmap.width).map_err(err)?;
+    let h = u16::try_from(bitmap.height).map_err(err)?;
+    let frame = if bitmap.channels == 4 {
+        let mut rgba = bitmap.data.clone();
+        gif::Frame::from_rgba_speed(w, h, &mut rgba, 10)
+    } else {
+        gif::Frame::from_rgb_speed(w, h, &bitmap.data, 10)
+    };
+    let mut out = Vec::with_capacity(bitmap.data.len() / 4);
+    {
+        let mut encoder = gif::Encoder::new(&mut out, w, h, &[]).map_err(err)?;
+        encoder.write_frame(&frame).map_err(err)?;
+    }
+    Ok(out)
 }
 
 fn err(e: impl std::fmt::Display) -> ImageError {

@@ -379,7 +379,7 @@ pub fn embed(
         OutputFormat::Jpeg => Ok(embed_jpeg(encoded, e)),
         OutputFormat::Png => embed_png(encoded, e),
         OutputFormat::Webp => embed_webp(&encoded, e, size, alpha),
-        OutputFormat::Avif => Ok(encoded),
+        OutputFormat::Avif | OutputFormat::Gif => Ok(encoded),
     }
 }
 

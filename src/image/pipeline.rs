@@ -158,7 +158,7 @@ impl Engine {
         let (bitmap, profile, window) = self.decode_window(bytes, spec, &plan, trimmed)?;
         // `scp:0`: the source's profile goes with its unconverted pixels (AVIF carries none:
         // converted as usual).
-        let profile = if !spec.strip_color_profile && format != OutputFormat::Avif {
+        let profile = if !spec.strip_color_profile && format.carries_metadata() {
             embed.icc = profile;
             None
         } else {
@@ -203,7 +203,7 @@ impl Engine {
             rounds += 1;
             let size = bytes.len() as u64;
             if max_bytes == 0
-                || format == OutputFormat::Png
+                || !format.has_quality()
                 || size <= max_bytes
                 || quality <= 10
                 || rounds >= MAX_BYTES_ROUNDS

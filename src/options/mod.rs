@@ -125,6 +125,8 @@ pub enum OutputFormat {
     Png,
     Webp,
     Avif,
+    /// A still GIF (256 colours, NeuQuant); animation out is issue 19's next step.
+    Gif,
 }
 
 /// A parsed, bounded transform. Defaults follow imgproxy.
@@ -357,13 +359,14 @@ impl Gravity {
 }
 
 impl OutputFormat {
-    /// Parses an extension or format name (`jpg`, `jpeg`, `png`, `webp`, `avif`).
+    /// Parses an extension or format name (`jpg`, `jpeg`, `png`, `webp`, `avif`, `gif`).
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         Ok(match s {
             "jpg" | "jpeg" => OutputFormat::Jpeg,
             "png" => OutputFormat::Png,
             "webp" => OutputFormat::Webp,
             "avif" => OutputFormat::Avif,
+            "gif" => OutputFormat::Gif,
             other => return Err(ParseError::UnsupportedFormat(clip(other))),
         })
     }
@@ -374,6 +377,7 @@ impl OutputFormat {
             OutputFormat::Png => "png",
             OutputFormat::Webp => "webp",
             OutputFormat::Avif => "avif",
+            OutputFormat::Gif => "gif",
         }
     }
 
@@ -383,7 +387,24 @@ impl OutputFormat {
             OutputFormat::Png => "image/png",
             OutputFormat::Webp => "image/webp",
             OutputFormat::Avif => "image/avif",
+            OutputFormat::Gif => "image/gif",
         }
+    }
+
+    /// Whether results carry a quality (`q`, `fq`, `mb` apply).
+    pub fn has_quality(self) -> bool {
+        matches!(
+            self,
+            OutputFormat::Jpeg | OutputFormat::Webp | OutputFormat::Avif
+        )
+    }
+
+    /// Whether results can carry metadata and an ICC profile (`kcr`, `sm:0`, `scp:0`).
+    pub fn carries_metadata(self) -> bool {
+        matches!(
+            self,
+            OutputFormat::Jpeg | OutputFormat::Png | OutputFormat::Webp
+        )
     }
 }
 
@@ -1159,7 +1180,7 @@ mod tests {
         for bad in [
             "fq:webp",
             "fq:webp:101",
-            "fq:gif:50",
+            "fq:bmp:50",
             "fq:webp:x",
             "fq:webp:-1",
         ] {
@@ -1340,7 +1361,6 @@ mod tests {
             (format!("/exp:soon/plain/{ID}"), "invalid_option"),
             (format!("/cb:a%2Fb/plain/{ID}"), "invalid_option"),
             (format!("/f:heic/plain/{ID}"), "unsupported_format"),
-            (format!("/f:gif/plain/{ID}"), "unsupported_format"),
             (format!("/plain/{ID}@tiff"), "unsupported_format"),
             (format!("/f:png/plain/{ID}@webp"), "invalid_option"),
             (format!("/plain/{ID}/extra"), "invalid_source"),

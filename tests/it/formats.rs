@@ -296,3 +296,44 @@ async fn animation_pixels_are_bounded_across_frames() {
     let r = upload(&tight, &owner, "image/gif", gif_frames(100, 100, 10).into()).await;
     assert_eq!(r.status, 201);
 }
+
+/// `f:gif` (and `@gif`): a still GIF, 256 colours; transparency kept as GIF's one
+/// transparent index; no quality (`q`, `mb` do not apply).
+#[tokio::test]
+async fn gif_output() {
+    let s = Server::start(Backend::Fs);
+    let photo = upload_fixture(&s, "gif", "photo_320x240.jpg", "image/jpeg").await;
+    let r = get(&s.url(&signed(&format!("/w:160/f:gif/plain/{photo}"))), &[]).await;
+    assert_eq!(
+        (r.status, r.header("content-type")),
+        (200, Some("image/gif"))
+    );
+    let p = probe(&r.body).unwrap();
+    assert_eq!(
+        (p.format, p.width, p.height),
+        (pixgate::image::ImageFormat::Gif, 160, 120)
+    );
+    let png = get(&s.url(&signed(&format!("/w:160/f:png/plain/{photo}"))), &[]).await;
+    let (a, b) = (mean(&r.body), mean(&png.body));
+    for c in 0..3 {
+        assert!((a[c] - b[c]).abs() < 4.0, "{a:?} vs {b:?}");
+    }
+    let ext = get(&s.url(&signed(&format!("/w:160/plain/{photo}@gif"))), &[]).await;
+    assert_eq!(ext.header("content-type"), Some("image/gif"));
+    let q = get(
+        &s.url(&signed(&format!("/w:160/q:10/mb:100/f:gif/plain/{photo}"))),
+        &[],
+    )
+    .await;
+    assert_eq!(q.body, r.body);
+    // Transparency: the padding (transparent without `bg`) stays transparent, the photo opaque.
+    let r = get(
+        &s.url(&signed(&format!("/w:160/pd:10/f:gif/plain/{photo}"))),
+        &[],
+    )
+    .await;
+    let b = decode(&r.body, &probe(&r.body).unwrap()).unwrap();
+    assert_eq!((b.width, b.height, b.channels), (180, 140, 4));
+    let alpha_at = |x: u32, y: u32| b.data[((y * b.width + x) * 4 + 3) as usize];
+    assert_eq!((alpha_at(2, 2), alpha_at(90, 70)), (0, 255));
+}
