@@ -343,10 +343,14 @@ fn count(statuses: &[u16], status: u16) -> usize {
 async fn wait_redis_ok(servers: &[&Server], max: Duration) -> Duration {
     let start = Instant::now();
     loop {
+        // Readiness probes Redis on its own; the limiter leaves its fallback on its own
+        // recovery probe, a moment later: both must say so (`/v1/usage` names the limiter).
+        let probe_user = token(&unique("rc-probe"), Role::Viewer);
         let mut all = true;
         for s in servers {
             let r = get(&s.url("/readyz"), &[]).await;
             all &= r.json()["checks"]["redis"] == "ok";
+            all &= crate::limits::usage(s, &probe_user).await["limiter"] == "redis";
         }
         if all {
             return start.elapsed();
