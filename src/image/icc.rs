@@ -30,26 +30,15 @@ pub fn extract(bytes: &[u8], format: ImageFormat) -> Option<Vec<u8>> {
 /// decoder is told to skip the chunk, since its own bound is the image size: a small file with
 /// a deflate-bomb profile would otherwise inflate hundreds of MB on every transform).
 fn png(b: &[u8]) -> Option<Vec<u8>> {
-    let mut pos = 8usize;
-    while let (Some(len), Some(kind)) = (b.get(pos..pos + 4), b.get(pos + 4..pos + 8)) {
-        let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
-        let start = pos + 8;
-        let end = start.checked_add(len)?;
-        if kind == b"IDAT" || kind == b"IEND" {
-            return None;
-        }
-        if kind == b"iCCP" {
-            let data = b.get(start..end)?;
-            let nul = data.iter().take(80).position(|&c| c == 0)?;
-            if *data.get(nul + 1)? != 0 {
-                return None; // unknown compression method
-            }
-            return fdeflate::decompress_to_vec_bounded(data.get(nul + 2..)?, MAX_PROFILE_BYTES)
-                .ok();
-        }
-        pos = end.checked_add(4)?; // CRC
+    let chunk = super::chunks::png(b)
+        .take_while(|c| c.kind != b"IDAT" && c.kind != b"IEND")
+        .find(|c| c.kind == b"iCCP")?;
+    let data = chunk.data;
+    let nul = data.iter().take(80).position(|&c| c == 0)?;
+    if *data.get(nul + 1)? != 0 {
+        return None; // unknown compression method
     }
-    None
+    fdeflate::decompress_to_vec_bounded(data.get(nul + 2..)?, MAX_PROFILE_BYTES).ok()
 }
 
 /// TIFF: IFD0's InterColorProfile (tag 34675, UNDEFINED bytes).
@@ -91,20 +80,10 @@ fn webp(b: &[u8]) -> Option<Vec<u8>> {
     if b.get(12..16)? != b"VP8X" {
         return None;
     }
-    let mut pos = 12usize;
-    while let (Some(kind), Some(len)) = (b.get(pos..pos + 4), b.get(pos + 4..pos + 8)) {
-        let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
-        let start = pos + 8;
-        let end = start.checked_add(len)?;
-        if kind == b"ICCP" {
-            if len > MAX_PROFILE_BYTES {
-                return None;
-            }
-            return b.get(start..end).map(<[u8]>::to_vec);
-        }
-        pos = end.checked_add(len & 1)?;
-    }
-    None
+    super::chunks::riff(b)
+        .find(|c| c.kind == b"ICCP")
+        .filter(|c| c.data.len() <= MAX_PROFILE_BYTES)
+        .map(|c| c.data.to_vec())
 }
 
 /// Converts `bitmap` from the colour space `profile` describes to sRGB, in place. Returns true

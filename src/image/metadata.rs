@@ -74,33 +74,23 @@ fn read_jpeg(b: &[u8]) -> SourceMeta<'_> {
 
 fn read_png(b: &[u8]) -> SourceMeta<'_> {
     let mut m = SourceMeta::default();
-    let mut pos = 8usize;
-    while let (Some(len), Some(kind)) = (b.get(pos..pos + 4), b.get(pos + 4..pos + 8)) {
-        let Ok(len) = <[u8; 4]>::try_from(len) else {
-            break;
-        };
-        let len = u32::from_be_bytes(len) as usize;
-        let Some(data) = pos.checked_add(8 + len).and_then(|end| b.get(pos + 8..end)) else {
-            break;
-        };
-        match kind {
+    for c in super::chunks::png(b).take_while(|c| c.kind != b"IDAT" && c.kind != b"IEND") {
+        match c.kind {
             b"eXIf" => {
-                m.exif.get_or_insert(data);
+                m.exif.get_or_insert(c.data);
             }
             // Keyword, NUL, compression flag 0 (uncompressed only), method, language NUL,
             // translated keyword NUL, text.
-            b"iTXt" if data.starts_with(XMP_PNG) && data.get(XMP_PNG.len()) == Some(&0) => {
-                let rest = &data[XMP_PNG.len() + 1..];
+            b"iTXt" if c.data.starts_with(XMP_PNG) && c.data.get(XMP_PNG.len()) == Some(&0) => {
+                let rest = &c.data[XMP_PNG.len() + 1..];
                 if rest.first() == Some(&0)
                     && let Some(text) = skip_nuls(rest.get(2..).unwrap_or_default(), 2)
                 {
                     m.xmp.get_or_insert(text);
                 }
             }
-            b"IDAT" | b"IEND" => break,
             _ => {}
         }
-        pos += 12 + len;
     }
     m
 }
@@ -116,26 +106,17 @@ fn skip_nuls(mut data: &[u8], n: usize) -> Option<&[u8]> {
 
 fn read_webp(b: &[u8]) -> SourceMeta<'_> {
     let mut m = SourceMeta::default();
-    let mut pos = 12usize;
-    while let (Some(kind), Some(len)) = (b.get(pos..pos + 4), b.get(pos + 4..pos + 8)) {
-        let Ok(len) = <[u8; 4]>::try_from(len) else {
-            break;
-        };
-        let len = u32::from_le_bytes(len) as usize;
-        let Some(data) = pos.checked_add(8 + len).and_then(|end| b.get(pos + 8..end)) else {
-            break;
-        };
-        match kind {
+    for c in super::chunks::riff(b) {
+        match c.kind {
             b"EXIF" => {
                 m.exif
-                    .get_or_insert(data.strip_prefix(b"Exif\0\0").unwrap_or(data));
+                    .get_or_insert(c.data.strip_prefix(b"Exif\0\0").unwrap_or(c.data));
             }
             b"XMP " => {
-                m.xmp.get_or_insert(data);
+                m.xmp.get_or_insert(c.data);
             }
             _ => {}
         }
-        pos += 8 + len + (len & 1);
     }
     m
 }

@@ -10,6 +10,7 @@
 //! `geometry` (what to crop and how big, in oriented coordinates) → `resize`
 //! (fast_image_resize, Lanczos3) → `orient` → `encode`; `pipeline` strings them together.
 
+mod chunks;
 mod decode;
 mod effects;
 mod encode;

@@ -441,31 +441,22 @@ impl Engine {
             None if format == OutputFormat::Jpeg => Fill::Color([255, 255, 255]),
             None => Fill::Transparent,
         };
-        let (fw, fh) = plan.frame;
-        if let Some(g) = spec.extend
-            && (fw, fh) != (image.width, image.height)
-        {
-            let (x, y) = effects::anchor_offset(
-                g,
-                spec.extend_offset,
-                (fw, fh),
-                (image.width, image.height),
-                plan.dpr_scale,
-            );
-            image = effects::place(&image, fw, fh, x, y, fill);
-        }
-        let (aw, ah) = plan.aspect_frame;
-        if let Some(g) = spec.extend_aspect
-            && (aw, ah) != (image.width, image.height)
-        {
-            let (x, y) = effects::anchor_offset(
-                g,
+        // `ex` to the box, then `exar` to its aspect ratio.
+        for (gravity, offset, (w, h)) in [
+            (spec.extend, spec.extend_offset, plan.frame),
+            (
+                spec.extend_aspect,
                 spec.extend_aspect_offset,
-                (aw, ah),
-                (image.width, image.height),
-                plan.dpr_scale,
-            );
-            image = effects::place(&image, aw, ah, x, y, fill);
+                plan.aspect_frame,
+            ),
+        ] {
+            if let Some(g) = gravity
+                && (w, h) != (image.width, image.height)
+            {
+                let inner = (image.width, image.height);
+                let (x, y) = effects::anchor_offset(g, offset, (w, h), inner, plan.dpr_scale);
+                image = effects::place(&image, w, h, x, y, fill);
+            }
         }
         let [pt, _, _, pl] = plan.padding;
         if plan.padding != [0; 4] {

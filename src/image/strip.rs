@@ -153,21 +153,15 @@ fn png(b: &[u8]) -> Option<Vec<u8>> {
     }
     let mut out = Vec::with_capacity(b.len());
     out.extend_from_slice(&b[..8]);
-    let mut pos = 8usize;
-    loop {
-        let len =
-            usize::try_from(u32::from_be_bytes(b.get(pos..pos + 4)?.try_into().ok()?)).ok()?;
-        let kind = b.get(pos + 4..pos + 8)?;
-        let end = pos.checked_add(12)?.checked_add(len)?;
-        let chunk = b.get(pos..end)?;
-        if !matches!(kind, b"eXIf" | b"tEXt" | b"zTXt" | b"iTXt" | b"tIME") {
-            out.extend_from_slice(chunk);
+    for c in super::chunks::png(b) {
+        if !matches!(c.kind, b"eXIf" | b"tEXt" | b"zTXt" | b"iTXt" | b"tIME") {
+            out.extend_from_slice(b.get(c.at..c.end)?);
         }
-        if kind == b"IEND" {
+        if c.kind == b"IEND" {
             return Some(out);
         }
-        pos = end;
     }
+    None // no IEND: truncated
 }
 
 fn webp(b: &[u8]) -> Option<Vec<u8>> {
