@@ -74,6 +74,7 @@ impl App {
             max_result_dimension: l.max_result_dimension as u32,
             max_frames: l.max_frames,
             max_animation_pixels: l.max_animation_pixels,
+            max_result_bytes: l.max_result_bytes,
         };
         // Before anything with side effects (the audit spool): a bad watermark fails first.
         let engine = crate::render::engine(&config, image_limits)?;

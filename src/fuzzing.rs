@@ -52,6 +52,7 @@ pub fn fuzz_limits() -> ImageLimits {
         max_result_dimension: 16_383,
         max_frames: 1000,
         max_animation_pixels: 200_000_000,
+        max_result_bytes: 64 << 20,
     }
 }
 

@@ -7,7 +7,7 @@
 //! memory (`VmHWM`, reset through `/proc/self/clear_refs` after the source is loaded) and its
 //! wall time, so allocator state from one case cannot hide or inflate another's.
 //!
-//! The test fails when a case's peak exceeds `image::memory_cost` — the estimate the CPU pool
+//! The test fails when a case's peak exceeds `Engine::memory_estimate` — the estimate the CPU pool
 //! reserves from `transform.memory_budget_mb` — or its time exceeds the stated bound; the
 //! bounds and the measured table are in `docs/decoders.md` ("Bounds"). Sources the limits must
 //! refuse (50,000,000×1) are checked to be refused from the header, in microseconds.
@@ -15,7 +15,8 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use pixgate::image::{Engine, ImageLimits, memory_cost, probe};
+use pixgate::image::{Engine, ImageLimits, frame_count, probe};
+use pixgate::options::TransformSpec;
 use pixgate::options::{OutputFormat, ParseLimits, parse_path};
 
 /// Wall-time bound of one case: a fixed part plus a per-source-pixel part. Generous enough
@@ -91,6 +92,28 @@ fn cases() -> Vec<Case> {
             name: "gif_1000_frames_400x300",
             make: || gif_screen(400, 300, 400, 1000),
             refused: None,
+        },
+        Case {
+            // The reference animation: every frame rendered (animated WebP out).
+            name: "gif_100_frames_800x600_animated",
+            make: || gif_screen(800, 600, 800, 100),
+            refused: None,
+        },
+        Case {
+            // frames × canvas at `max_animation_pixels` (200 MP): 50 frames of 2000².
+            name: "gif_50_frames_2000x2000_animated",
+            make: || gif_screen(2_000, 2_000, 2_000, 50),
+            refused: None,
+        },
+        Case {
+            name: "webp_animated_30_frames_2000x2000",
+            make: || webp_animation(2_000, 2_000, 30),
+            refused: None,
+        },
+        Case {
+            name: "gif_51_frames_2000x2000_refused",
+            make: || gif_screen(2_000, 2_000, 1, 51),
+            refused: Some("too_many_frames"),
         },
         Case {
             name: "jpeg_7071x7071_progressive_444",
@@ -307,6 +330,39 @@ fn webp(w: u32, h: u32) -> Vec<u8> {
     webp::Encoder::from_rgb(&data, w, h).encode(75.0).to_vec()
 }
 
+/// An animated WebP of `frames` full-canvas frames (libwebp's animation encoder).
+fn webp_animation(w: u32, h: u32, frames: usize) -> Vec<u8> {
+    let data: Vec<Vec<u8>> = (0..frames)
+        .map(|i| {
+            let mut d = gradient(w, h, 4);
+            let shift = (i * 4 * 37) % d.len();
+            d.rotate_left(shift);
+            d
+        })
+        .collect();
+    let config = webp::WebPConfig::new().expect("webp config");
+    let mut enc = webp::AnimEncoder::new(w, h, &config);
+    for (i, d) in data.iter().enumerate() {
+        enc.add_frame(webp::AnimFrame::from_rgba(d, w, h, (i * 100) as i32));
+    }
+    enc.try_encode().expect("animated webp").to_vec()
+}
+
+/// The transform every case runs.
+fn spec() -> TransformSpec {
+    let limits = ParseLimits {
+        max_dimension: ImageLimits::default().max_result_dimension,
+        presets: Default::default(),
+        presets_only: false,
+    };
+    parse_path(
+        "/rs:fit:800:800/plain/0123456789abcdef0123456789abcdef",
+        &limits,
+    )
+    .expect("spec")
+    .spec
+}
+
 /// `VmHWM` or `VmRSS` of this process, bytes.
 fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -322,17 +378,7 @@ fn status_kib(field: &str) -> u64 {
 /// The child: transform the file named by the environment, print one result line.
 fn child(case: &str, file: &str) {
     let bytes = std::fs::read(file).expect("read case file");
-    let limits = ParseLimits {
-        max_dimension: ImageLimits::default().max_result_dimension,
-        presets: Default::default(),
-        presets_only: false,
-    };
-    let spec = parse_path(
-        "/rs:fit:800:800/plain/0123456789abcdef0123456789abcdef",
-        &limits,
-    )
-    .expect("spec")
-    .spec;
+    let spec = spec();
     let engine = Engine::new(ImageLimits::default());
     // Reset the high-water mark to the current RSS: what follows is the transform alone.
     std::fs::write("/proc/self/clear_refs", "5").expect("clear_refs");
@@ -378,8 +424,14 @@ fn main() {
         }
         let bytes = (case.make)();
         let p = probe(&bytes).expect("probe");
-        let pixels = u64::from(p.width) * u64::from(p.height);
-        let cost = memory_cost(&p);
+        // Every frame is rendered: time grows with all of them.
+        let frames = frame_count(&bytes, p.format, ImageLimits::default().max_frames);
+        let pixels = u64::from(p.width) * u64::from(p.height) * frames;
+        let cost = Engine::new(ImageLimits::default()).memory_estimate(
+            &bytes,
+            &spec(),
+            OutputFormat::Webp,
+        );
         let path = dir.path().join(case.name);
         std::fs::write(&path, &bytes).expect("write case");
         drop(bytes);

@@ -86,6 +86,9 @@ pub enum Error {
     StorageCorrupt(String),
     #[error("image has more than {limit} animation frames")]
     TooManyFrames { limit: u64 },
+    /// The encoded result passed `limits.max_result_bytes` (an animation, mostly).
+    #[error("the result is over the limit of {limit} bytes")]
+    ResultTooManyBytes { limit: u64 },
     #[error("requested result of {width}x{height} pixels is over the limit of {limit}")]
     ResultTooLarge { width: u32, height: u32, limit: u64 },
     #[error("bad request: {0}")]
@@ -131,6 +134,7 @@ impl Error {
             Error::TooManyPixels { .. }
             | Error::DimensionTooLarge { .. }
             | Error::TooManyFrames { .. }
+            | Error::ResultTooManyBytes { .. }
             | Error::InvalidImage(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Overloaded | Error::Timeout | Error::StorageUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -166,6 +170,7 @@ impl Error {
             Error::DimensionTooLarge { .. } => "dimension_too_large",
             Error::StorageCorrupt(_) => "storage_corrupt",
             Error::TooManyFrames { .. } => "too_many_frames",
+            Error::ResultTooManyBytes { .. } => "result_too_many_bytes",
             Error::InvalidImage(_) => "invalid_image",
             Error::ResultTooLarge { .. } => "result_too_large",
             Error::BadRequest(_) => "bad_request",
@@ -193,6 +198,7 @@ impl Error {
             | Error::TooManyPixels { .. }
             | Error::DimensionTooLarge { .. }
             | Error::TooManyFrames { .. }
+            | Error::ResultTooManyBytes { .. }
             | Error::ResultTooLarge { .. }
             | Error::TooManyApiKeys { .. }
             | Error::ExportInProgress
@@ -369,6 +375,7 @@ impl From<ImageError> for Error {
                 limit,
             },
             ImageError::TooManyFrames { limit } => Error::TooManyFrames { limit },
+            ImageError::OutputTooLarge { limit } => Error::ResultTooManyBytes { limit },
             ImageError::Corrupt(msg) => Error::InvalidImage(msg),
             ImageError::Encode(msg) => Error::Internal(format!("encode failed: {msg}")),
             ImageError::Unsupported(msg) => Error::InvalidOption(msg),
@@ -436,6 +443,11 @@ mod tests {
                 "too_many_pixels",
             ),
             (Error::TooManyFrames { limit: 1 }, 422, "too_many_frames"),
+            (
+                Error::ResultTooManyBytes { limit: 1 },
+                422,
+                "result_too_many_bytes",
+            ),
             (
                 Error::DimensionTooLarge {
                     width: 1,

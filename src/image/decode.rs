@@ -26,11 +26,13 @@ pub fn decode_with_icc(
             super::icc::extract(bytes, probe.format),
         ),
         ImageFormat::Png => (png(bytes, probe)?, super::icc::extract(bytes, probe.format)),
+        // image-webp (memory-safe Rust; libwebp only encodes our own pixels) and the `gif`
+        // crate: the first frame of an animation, composited on a transparent canvas.
         ImageFormat::Webp => (
-            webp(bytes, probe)?,
+            super::anim::Frames::first(bytes, probe)?,
             super::icc::extract(bytes, probe.format),
         ),
-        ImageFormat::Gif => (gif(bytes, probe)?, None),
+        ImageFormat::Gif => (super::anim::Frames::first(bytes, probe)?, None),
         ImageFormat::Bmp | ImageFormat::Ico => (image_rs(bytes, probe)?, None),
         ImageFormat::Tiff => (
             image_rs(bytes, probe)?,
@@ -151,113 +153,10 @@ fn png(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
     })
 }
 
-/// WebP through `image-webp` (memory-safe Rust; libwebp only encodes our own pixels). Lossy,
-/// lossless, alpha, and the first frame of an animation.
-fn webp(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
-    let mut d = image_webp::WebPDecoder::new(Cursor::new(bytes)).map_err(corrupt)?;
-    let (width, height) = d.dimensions();
-    if (width, height) != (probe.width, probe.height) {
-        return Err(corrupt("WebP canvas differs from its header"));
-    }
-    let size = d
-        .output_buffer_size()
-        .ok_or_else(|| corrupt("WebP size overflows"))?;
-    let mut data = vec![0; size];
-    d.read_image(&mut data).map_err(corrupt)?;
-    Ok(Bitmap {
-        width,
-        height,
-        channels: if d.has_alpha() { 4 } else { 3 },
-        data,
-    })
-}
-
-fn gif(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
-    let mut options = gif::DecodeOptions::new();
-    options.set_color_output(gif::ColorOutput::RGBA);
-    let canvas_bytes = (probe.width as usize)
-        .saturating_mul(probe.height as usize)
-        .saturating_mul(4);
-    let budget = (canvas_bytes as u64).saturating_add(1 << 16);
-    options.set_memory_limit(match std::num::NonZeroU64::new(budget) {
-        Some(n) => gif::MemoryLimit::Bytes(n),
-        None => gif::MemoryLimit::Unlimited,
-    });
-    let mut decoder = options.read_info(Cursor::new(bytes)).map_err(corrupt)?;
-    let (w, h) = (u32::from(decoder.width()), u32::from(decoder.height()));
-    let frame = decoder
-        .read_next_frame()
-        .map_err(corrupt)?
-        .ok_or_else(|| corrupt("GIF has no frames"))?;
-    // Composite the first frame onto a transparent canvas of the logical screen size.
-    let mut data = vec![0u8; canvas_bytes];
-    let (fx, fy) = (usize::from(frame.left), usize::from(frame.top));
-    let (fw, fh) = (usize::from(frame.width), usize::from(frame.height));
-    let cw = w as usize;
-    // Frames may lie partly or wholly outside the screen (the decoder does not check by
-    // default, and browsers just clip): copy only the visible part.
-    let visible = fw.min(cw.saturating_sub(fx));
-    if visible > 0 {
-        for row in 0..fh.min((h as usize).saturating_sub(fy)) {
-            let src_start = row * fw * 4;
-            let dst_start = ((fy + row) * cw + fx) * 4;
-            let (Some(src), Some(dst)) = (
-                frame.buffer.get(src_start..src_start + visible * 4),
-                data.get_mut(dst_start..dst_start + visible * 4),
-            ) else {
-                return Err(corrupt("GIF frame buffer is shorter than its size"));
-            };
-            dst.copy_from_slice(src);
-        }
-    }
-    Ok(Bitmap {
-        width: w,
-        height: h,
-        channels: 4,
-        data,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::image::probe;
-
-    fn gif_with_frame(screen: (u16, u16), left: u16, top: u16, size: (u16, u16)) -> Vec<u8> {
-        let mut out = Vec::new();
-        {
-            let palette = [0u8, 0, 0, 255, 255, 255];
-            let mut enc = gif::Encoder::new(&mut out, screen.0, screen.1, &palette).unwrap();
-            let mut frame = gif::Frame {
-                left,
-                top,
-                width: size.0,
-                height: size.1,
-                buffer: std::borrow::Cow::Owned(vec![
-                    1u8;
-                    usize::from(size.0) * usize::from(size.1)
-                ]),
-                ..gif::Frame::default()
-            };
-            frame.palette = None;
-            enc.write_frame(&frame).unwrap();
-        }
-        out
-    }
-
-    #[test]
-    fn gif_frames_outside_the_screen_are_clipped_not_a_panic() {
-        for (left, top) in [(10, 0), (0, 10), (3, 3), (100, 100), (4, 0)] {
-            let bytes = gif_with_frame((4, 4), left, top, (2, 2));
-            let p = probe(&bytes).unwrap();
-            let b = decode(&bytes, &p).unwrap();
-            assert_eq!((b.width, b.height), (4, 4));
-        }
-        // A frame inside the screen lands where it says.
-        let bytes = gif_with_frame((4, 4), 1, 2, (2, 2));
-        let b = decode(&bytes, &probe(&bytes).unwrap()).unwrap();
-        let px = |x: usize, y: usize| &b.data[(y * 4 + x) * 4..(y * 4 + x) * 4 + 4];
-        assert_eq!(px(1, 2), &[255, 255, 255, 255]);
-        assert_eq!(px(0, 0)[3], 0);
-    }
+/// Decodes every frame after the first of an animation (the first was decoded by the caller):
+/// an upload is accepted only if all of them render.
+pub fn check_all_frames(bytes: &[u8], probe: &Probe) -> Result<(), ImageError> {
+    let mut frames = super::anim::Frames::open(bytes, probe)?;
+    while frames.next_frame()?.is_some() {}
+    Ok(())
 }

@@ -69,17 +69,12 @@ pub fn encode(
     }
 }
 
-/// A still GIF: NeuQuant to 256 colours (the `gif` crate, speed 10 of 1..=30); pixels with
-/// alpha 0 become transparent, other alpha is dropped (GIF has one transparent index).
+/// A still GIF: NeuQuant to 256 colours (the `gif` crate); alpha below 128 becomes the
+/// transparent index ([`super::anim::gif_frame`]).
 fn gif(bitmap: &Bitmap) -> Result<Vec<u8>, ImageError> {
     let w = u16::try_from(bitmap.width).map_err(err)?;
     let h = u16::try_from(bitmap.height).map_err(err)?;
-    let frame = if bitmap.channels == 4 {
-        let mut rgba = bitmap.data.clone();
-        gif::Frame::from_rgba_speed(w, h, &mut rgba, 10)
-    } else {
-        gif::Frame::from_rgb_speed(w, h, &bitmap.data, 10)
-    };
+    let frame = super::anim::gif_frame(bitmap, (w, h))?;
     let mut out = Vec::with_capacity(bitmap.data.len() / 4);
     {
         let mut encoder = gif::Encoder::new(&mut out, w, h, &[]).map_err(err)?;
@@ -145,6 +140,19 @@ fn webp(bitmap: &Bitmap, quality: u8, settings: &EncodeSettings) -> Result<Vec<u
         webp::Encoder::from_rgb(&bitmap.data, bitmap.width, bitmap.height)
     };
     let mut config = webp::WebPConfig::new().map_err(|()| err("libwebp config"))?;
+    configure_webp(&mut config, quality, settings);
+    let mem = encoder
+        .encode_advanced(&config)
+        .map_err(|e| err(format!("{e:?}")))?;
+    Ok(mem.to_vec())
+}
+
+/// libwebp settings for stills and animations alike.
+pub(super) fn configure_webp(
+    config: &mut webp::WebPConfig,
+    quality: u8,
+    settings: &EncodeSettings,
+) {
     config.lossless = i32::from(settings.webp_lossless);
     config.quality = if settings.webp_lossless {
         // For lossless, "quality" is compression effort; keep it tied to the method.
@@ -153,10 +161,6 @@ fn webp(bitmap: &Bitmap, quality: u8, settings: &EncodeSettings) -> Result<Vec<u
         f32::from(quality.clamp(1, 100))
     };
     config.method = i32::from(settings.webp_method.min(6));
-    let mem = encoder
-        .encode_advanced(&config)
-        .map_err(|e| err(format!("{e:?}")))?;
-    Ok(mem.to_vec())
 }
 
 fn avif(bitmap: &Bitmap, quality: u8, settings: &EncodeSettings) -> Result<Vec<u8>, ImageError> {

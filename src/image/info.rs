@@ -35,7 +35,8 @@ pub struct ImageInfo {
     pub lqip: String,
 }
 
-/// An upload's full check ([`super::validate_upload`]) and its info, from one decode.
+/// An upload's full check ([`super::validate_upload`]) and its info, from one decode (and
+/// one of each later frame of an animation).
 pub fn analyze_upload(
     bytes: &[u8],
     limits: &ImageLimits,
@@ -46,6 +47,9 @@ pub fn analyze_upload(
         limits.check_frames(bytes, &p)?;
         let (bitmap, profile) = super::decode::decode_with_icc(bytes, &p)?;
         let info = info_of(bytes, &p, bitmap, profile.as_deref(), limits)?;
+        if info.animated {
+            super::decode::check_all_frames(bytes, &p)?;
+        }
         Ok((p, info))
     })
 }

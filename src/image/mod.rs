@@ -10,6 +10,7 @@
 //! `geometry` (what to crop and how big, in oriented coordinates) → `resize`
 //! (fast_image_resize, Lanczos3) → `orient` → `encode`; `pipeline` strings them together.
 
+pub mod anim;
 mod chunks;
 mod decode;
 mod effects;
@@ -26,6 +27,7 @@ mod smart;
 mod strip;
 mod tiff;
 mod turbo;
+mod webp_anim;
 
 pub use decode::decode;
 pub use encode::{EncodeSettings, PngCompression, Subsampling, encode};
@@ -124,8 +126,11 @@ pub struct ImageLimits {
     /// Animation frames a source may have (only the first is rendered; more are refused so a
     /// stored file cannot be an unbounded animation).
     pub max_frames: u64,
-    /// Pixels of all frames of an animation together (`limits.max_animation_pixels`).
+    /// Pixels of all frames of an animation together (`limits.max_animation_pixels`), of the
+    /// source and of the result.
     pub max_animation_pixels: u64,
+    /// Largest encoded result (`limits.max_result_bytes`).
+    pub max_result_bytes: u64,
 }
 
 /// Decoded pixels, 8 bits per channel, RGB (3) or RGBA (4, not premultiplied); a few internal
@@ -153,6 +158,9 @@ pub enum ImageError {
     ResultTooLarge { width: u32, height: u32, limit: u64 },
     #[error("corrupt image: {0}")]
     Corrupt(String),
+    /// An encoded result grew past `limits.max_result_bytes`.
+    #[error("the result is over the limit of {limit} bytes")]
+    OutputTooLarge { limit: u64 },
     #[error("encode failed: {0}")]
     Encode(String),
     /// The request asks for something this deployment does not offer (e.g. `wm:` without a
@@ -191,7 +199,7 @@ pub fn memory_cost(p: &Probe) -> u64 {
 }
 
 /// Codec state, the resized result and the encoder's output, beyond the per-pixel part.
-const COST_BASE: u64 = 16 << 20;
+pub(crate) const COST_BASE: u64 = 16 << 20;
 
 /// Maps every `step`-byte pixel of `src` to `N` bytes, into a buffer allocated once at its
 /// exact size. (`flat_map(..).collect()` cannot know the length, so it grows by doubling: up
@@ -234,6 +242,7 @@ impl Default for ImageLimits {
             max_result_dimension: 16_383,
             max_frames: 1000,
             max_animation_pixels: 200_000_000,
+            max_result_bytes: 64 << 20,
         }
     }
 }

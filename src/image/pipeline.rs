@@ -29,6 +29,21 @@ pub struct Encoded {
 /// Most encodes one `mb` result takes (from quality 100, ×0.75 per round reaches 10 in 9).
 pub const MAX_BYTES_ROUNDS: u32 = 10;
 
+/// Most encodes of a whole animation one `mb` result takes: each pass decodes and renders
+/// every frame again.
+pub const MAX_ANIMATED_BYTES_ROUNDS: u32 = 3;
+
+/// Source side of an animated transform, bytes per canvas pixel: the canvas (4), a GIF's
+/// saved canvas for "restore to previous" or image-webp's own canvas (4), the decoder's frame
+/// buffer (≤ 4 plus a lossy frame's YUV planes) and the resizer's premultiplied copy (4);
+/// `tests/bounds.rs` measured 20.5 for a 30-frame 2000² animated WebP.
+pub const ANIMATED_SOURCE_BYTES_PER_PIXEL: u64 = 22;
+
+/// Result side of an animated transform, bytes per result pixel: the frame and its effects'
+/// copies, and libwebp's animation encoder (its current, previous and disposed canvases and
+/// candidate sub-frames); measured by `tests/bounds.rs`.
+pub const ANIMATED_RESULT_BYTES_PER_PIXEL: u64 = 48;
+
 /// Largest AVIF result (pixels): rav1e is single-threaded here and slow.
 pub const MAX_AVIF_PIXELS: u64 = 16_000_000;
 
@@ -52,6 +67,9 @@ pub struct Engine {
     pub watermark: Option<Bitmap>,
     /// What `sm:0` may keep (`transform.allow_keep_metadata`, `transform.keep_gps`).
     pub metadata: MetadataPolicy,
+    /// Animated sources give animated results in formats that animate (`transform.animate`);
+    /// off, or with `da:1`, the first frame.
+    pub animate: bool,
 }
 
 /// The operator's metadata rules for `sm:0` (see [`super::metadata`]).
@@ -62,13 +80,16 @@ pub struct MetadataPolicy {
 }
 
 /// Checks an upload completely: known format, declared pixel count within limits, and a full
-/// decode that succeeds. Returns the probe (format, dimensions).
+/// decode that succeeds (of every frame of an animation). Returns the probe (format, dimensions).
 pub fn validate_upload(bytes: &[u8], limits: &ImageLimits) -> Result<Probe, ImageError> {
     contained(|| {
         let p = probe(bytes)?;
         limits.check_source(p.width, p.height)?;
         limits.check_frames(bytes, &p)?;
         decode(bytes, &p)?;
+        if super::frame_count(bytes, p.format, 2) > 1 {
+            super::decode::check_all_frames(bytes, &p)?;
+        }
         Ok(p)
     })
 }
@@ -102,7 +123,138 @@ impl Engine {
             jpeg_decoder: JpegDecoder::Turbo,
             watermark: None,
             metadata: MetadataPolicy::default(),
+            animate: true,
         }
+    }
+
+    /// Peak memory to reserve for this transform on the CPU pool: [`super::memory_cost`] of
+    /// the source; for an animation, the source canvas and its per-frame copies
+    /// ([`ANIMATED_SOURCE_BYTES_PER_PIXEL`]) plus the result side — a result frame, its
+    /// effects and the encoder's canvases ([`ANIMATED_RESULT_BYTES_PER_PIXEL`] of the result
+    /// canvas). 0 for bytes that do not probe (refused at once, nothing to reserve).
+    pub fn memory_estimate(&self, bytes: &[u8], spec: &TransformSpec, format: OutputFormat) -> u64 {
+        let Ok(p) = probe(bytes) else {
+            return 0;
+        };
+        if !self.animates(bytes, &p, spec, format) {
+            return super::memory_cost(&p);
+        }
+        let source = u64::from(p.width) * u64::from(p.height);
+        let result = self
+            .plan(p, spec, format)
+            .map_or(0, |plan| plan.canvas.0.saturating_mul(plan.canvas.1));
+        source
+            .saturating_mul(ANIMATED_SOURCE_BYTES_PER_PIXEL)
+            .saturating_add(result.saturating_mul(ANIMATED_RESULT_BYTES_PER_PIXEL))
+            .saturating_add(super::COST_BASE)
+    }
+
+    /// Whether this transform renders every frame: animation on, not `da:1`, an output format
+    /// that animates, and a source with more than one frame.
+    pub fn animates(
+        &self,
+        bytes: &[u8],
+        p: &Probe,
+        spec: &TransformSpec,
+        format: OutputFormat,
+    ) -> bool {
+        self.animate
+            && !spec.disable_animation
+            && format.animates()
+            && matches!(p.format, ImageFormat::Gif | ImageFormat::Webp)
+            && super::frame_count(bytes, p.format, 2) > 1
+    }
+
+    /// Every frame through the same plan, one at a time: decoded onto the source canvas,
+    /// cropped (smart gravity looks at the first frame only, so the window does not jump),
+    /// resized, coloured, oriented, finished and encoded before the next is decoded. Frames ×
+    /// result canvas is bounded like the source (`limits.max_animation_pixels`). `t` (trim) is
+    /// not applied to animations, as in imgproxy; results carry no metadata. With `mb`, the
+    /// whole animation is encoded again at a lower quality, at most
+    /// [`MAX_ANIMATED_BYTES_ROUNDS`] times.
+    fn transform_animation(
+        &self,
+        bytes: &[u8],
+        p: Probe,
+        spec: &TransformSpec,
+        format: OutputFormat,
+        mut quality: u8,
+    ) -> Result<Encoded, ImageError> {
+        let plan = self.plan(p, spec, format)?;
+        let frames = super::frame_count(bytes, p.format, self.limits.max_frames);
+        let canvas = plan.canvas.0.saturating_mul(plan.canvas.1).max(1);
+        if frames.saturating_mul(canvas) > self.limits.max_animation_pixels {
+            return Err(ImageError::TooManyFrames {
+                limit: self.limits.max_animation_pixels / canvas,
+            });
+        }
+        let profile = icc::extract(bytes, p.format);
+        let mut rounds = 0;
+        loop {
+            let (out, size) =
+                self.animate_once(bytes, &plan, spec, format, quality, profile.as_deref())?;
+            rounds += 1;
+            let next = next_quality(quality, out.len() as u64, spec.max_bytes, format, rounds)
+                .filter(|_| rounds < MAX_ANIMATED_BYTES_ROUNDS);
+            match next {
+                Some(q) => quality = q,
+                None => {
+                    return Ok(Encoded {
+                        bytes: out,
+                        encodes: rounds,
+                        format,
+                        width: size.0,
+                        height: size.1,
+                    });
+                }
+            }
+        }
+    }
+
+    /// One pass of [`Engine::transform_animation`]: the encoded animation and its size.
+    fn animate_once(
+        &self,
+        bytes: &[u8],
+        plan: &Plan,
+        spec: &TransformSpec,
+        format: OutputFormat,
+        quality: u8,
+        profile: Option<&[u8]>,
+    ) -> Result<(Vec<u8>, (u32, u32)), ImageError> {
+        let mut frames = super::anim::Frames::open(bytes, &plan.probe)?;
+        let plays = frames.plays();
+        let mut window = None;
+        let mut sink = None;
+        let mut size = (0, 0);
+        while let Some((frame, delay)) = frames.next_frame()? {
+            let w = *window.get_or_insert_with(|| self.window(frame, spec, plan));
+            let whole = w == Rect::full(frame.width, frame.height);
+            let mut image = if whole && plan.out_stored == (frame.width, frame.height) {
+                frame.clone()
+            } else {
+                resize(frame, w.tuple(), plan.out_stored)?
+            };
+            if let Some(profile) = profile {
+                icc::to_srgb(&mut image, profile);
+            }
+            let image = orient::apply(plan.orientation, image);
+            let image = self.finish_pixels(image, spec, plan, format)?;
+            size = (image.width, image.height);
+            let sink = match &mut sink {
+                Some(s) => s,
+                None => sink.insert(super::anim::Sink::new(
+                    format,
+                    size,
+                    plays,
+                    quality,
+                    &self.encode,
+                    self.limits.max_result_bytes,
+                )?),
+            };
+            sink.add(&image, delay)?;
+        }
+        let sink = sink.ok_or_else(|| ImageError::Corrupt("animation has no frames".into()))?;
+        Ok((sink.finish()?, size))
     }
 
     /// Runs one transform.
@@ -128,6 +280,9 @@ impl Engine {
         let p = probe(bytes)?;
         self.limits.check_source(p.width, p.height)?;
         self.limits.check_frames(bytes, &p)?;
+        if self.animates(bytes, &p, spec, format) {
+            return self.transform_animation(bytes, p, spec, format, quality);
+        }
         let mut embed = self.metadata_for(bytes, p.format, spec);
         // `eth`: the EXIF thumbnail stands for the source when it gives the same result.
         let (bytes, p) = match self.thumbnail_for(bytes, p, spec, format) {
@@ -201,27 +356,21 @@ impl Engine {
                 image.channels == 4,
             )?;
             rounds += 1;
-            let size = bytes.len() as u64;
-            if max_bytes == 0
-                || !format.has_quality()
-                || size <= max_bytes
-                || quality <= 10
-                || rounds >= MAX_BYTES_ROUNDS
-            {
-                return Ok((bytes, rounds));
+            match next_quality(quality, bytes.len() as u64, max_bytes, format, rounds) {
+                Some(q) => quality = q,
+                None => return self.within_bytes(bytes).map(|b| (b, rounds)),
             }
-            let delta = size as f64 / max_bytes as f64;
-            let factor = if delta > 3.0 {
-                0.25
-            } else if delta > 1.5 {
-                0.5
-            } else {
-                0.75
-            };
-            // imgproxy: max(1, min(q − 1, round(q × factor))).
-            let next = (f64::from(quality) * factor).round() as u8;
-            quality = next.min(quality - 1).max(1);
         }
+    }
+
+    /// Refuses a result over `limits.max_result_bytes`.
+    fn within_bytes(&self, bytes: Vec<u8>) -> Result<Vec<u8>, ImageError> {
+        if bytes.len() as u64 > self.limits.max_result_bytes {
+            return Err(ImageError::OutputTooLarge {
+                limit: self.limits.max_result_bytes,
+            });
+        }
+        Ok(bytes)
     }
 
     /// The source metadata a result carries: `sm:0` (where allowed) keeps EXIF and XMP
@@ -381,6 +530,18 @@ impl Engine {
             Some(d) => d,
             None => self.decode(bytes, p, plan.crop_stored.tuple(), plan.out_stored)?,
         };
+        let window = self.window(&bitmap, spec, plan);
+        if bitmap.channels == 4 {
+            bitmap = drop_opaque_alpha(bitmap);
+        }
+        Ok((bitmap, profile, window))
+    }
+
+    /// The crop window in `bitmap`, a decode of the whole source (perhaps shrunk on load).
+    /// Smart gravity moves it to the most detailed position: anywhere in the image for
+    /// `c:…:sm` (or `g:sm` without `c:`), inside the `c:` region otherwise.
+    fn window(&self, bitmap: &Bitmap, spec: &TransformSpec, plan: &Plan) -> Rect {
+        let p = &plan.probe;
         let (sx, sy) = (
             f64::from(bitmap.width) / f64::from(p.width),
             f64::from(bitmap.height) / f64::from(p.height),
@@ -398,7 +559,7 @@ impl Engine {
                 plan.region_stored.scaled(sx, sy)
             };
             let (x, y) = smart::best_window(
-                &bitmap,
+                bitmap,
                 area.tuple(),
                 window.w,
                 window.h,
@@ -406,10 +567,7 @@ impl Engine {
             );
             window = Rect { x, y, ..window }.clamp(bitmap.width, bitmap.height);
         }
-        if bitmap.channels == 4 {
-            bitmap = drop_opaque_alpha(bitmap);
-        }
-        Ok((bitmap, profile, window))
+        window
     }
 
     /// Step 4: effects on the output-sized bitmap (filter, blur, sharpen), then the canvas
@@ -562,6 +720,38 @@ impl Engine {
         effects::composite(image, mark, x.floor() as i64, y.floor() as i64, opacity);
         Ok(())
     }
+}
+
+/// `mb`'s next quality after an encode of `size` bytes in round `rounds` (imgproxy's loop: ×0.25,
+/// ×0.5 or ×0.75 as the result is over 3×, over 1.5× or within 1.5× of the bound), or `None`
+/// when this result is the one: no bound, no quality in the format, it fits, the quality is 10
+/// or below, or the rounds ([`MAX_BYTES_ROUNDS`]) are spent.
+fn next_quality(
+    quality: u8,
+    size: u64,
+    max_bytes: u64,
+    format: OutputFormat,
+    rounds: u32,
+) -> Option<u8> {
+    if max_bytes == 0
+        || !format.has_quality()
+        || size <= max_bytes
+        || quality <= 10
+        || rounds >= MAX_BYTES_ROUNDS
+    {
+        return None;
+    }
+    let delta = size as f64 / max_bytes as f64;
+    let factor = if delta > 3.0 {
+        0.25
+    } else if delta > 1.5 {
+        0.5
+    } else {
+        0.75
+    };
+    // imgproxy: max(1, min(q − 1, round(q × factor))).
+    let next = (f64::from(quality) * factor).round() as u8;
+    Some(next.min(quality - 1).max(1))
 }
 
 /// `c:` — the region of the oriented source kept before resizing (whole pixels).
@@ -852,6 +1042,7 @@ pub(crate) mod tests {
         max_result_dimension: 4096,
         max_frames: 10,
         max_animation_pixels: 200_000_000,
+        max_result_bytes: 64 << 20,
     };
 
     /// A gradient test card: left half red-ish, right half blue-ish.

@@ -27,7 +27,10 @@ pub struct LimitsConfig {
     /// header before decoding: bounds what a many-frame animation costs once frames are
     /// rendered (imgproxy's `max_animation_frame_resolution`).
     pub max_animation_pixels: u64,
-    /// Formats accepted for upload (`jpeg`, `png`, `webp`, `gif`).
+    /// Largest encoded result, bytes: an animation's encoder stops as its output passes it
+    /// (`422 result_too_large`); a still is checked once encoded.
+    pub max_result_bytes: u64,
+    /// Formats accepted for upload (`jpeg`, `png`, `webp`, `gif`, `bmp`, `ico`, `tiff`).
     pub upload_formats: Vec<ImageFormat>,
     /// Per-user quotas per rolling hour (the free tier and plans without an override).
     pub uploads_per_hour: u64,
@@ -80,6 +83,7 @@ impl Default for LimitsConfig {
             max_result_dimension: 16_383,
             max_frames: 1000,
             max_animation_pixels: 200_000_000,
+            max_result_bytes: 64 << 20,
             upload_formats: vec![
                 ImageFormat::Jpeg,
                 ImageFormat::Png,
@@ -116,6 +120,7 @@ impl LimitsConfig {
         positive("limits.max_result_pixels", self.max_result_pixels)?;
         positive("limits.max_frames", self.max_frames)?;
         positive("limits.max_animation_pixels", self.max_animation_pixels)?;
+        positive("limits.max_result_bytes", self.max_result_bytes)?;
         require(
             self.upload_formats.is_empty(),
             "limits.upload_formats",

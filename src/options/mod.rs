@@ -209,7 +209,7 @@ pub struct TransformSpec {
     pub strip_color_profile: bool,
     /// `eth`: render from the JPEG's EXIF thumbnail when it yields the same result size.
     pub enforce_thumbnail: bool,
-    /// `da`: first frame only. Every result is a still today (see `docs/options.md`).
+    /// `da`: first frame only (an animated source gives a still).
     pub disable_animation: bool,
 }
 
@@ -397,6 +397,11 @@ impl OutputFormat {
             self,
             OutputFormat::Jpeg | OutputFormat::Webp | OutputFormat::Avif
         )
+    }
+
+    /// Whether results can be animated (an animated source renders every frame).
+    pub fn animates(self) -> bool {
+        matches!(self, OutputFormat::Webp | OutputFormat::Gif)
     }
 
     /// Whether results can carry metadata and an ICC profile (`kcr`, `sm:0`, `scp:0`).
@@ -1229,7 +1234,7 @@ mod tests {
         assert_eq!(
             s.canonical(),
             "rt:fit/w:0/h:0/dpr:1000/el:0/g:no:0:10/mw:150/mh:90/z:1500:2000\
-             /c:0.5:0.25:ea:-0.1:12.5/ex:sowe:3:4/exar:no/t:10:ffffff:1:0/mb:10000"
+             /c:0.5:0.25:ea:-0.1:12.5/ex:sowe:3:4/exar:no/t:10:ffffff:1:0/mb:10000/da:1"
         );
         // One zoom factor zooms both axes; `z:1`, `t:` (empty threshold) and `exar:0` are off.
         let s = parse(&format!("/z:2/plain/{ID}")).unwrap().spec;

@@ -268,7 +268,7 @@ pub(super) const SLICES: &[Slice] = &[
         &["disable_animation", "da"],
         1,
         disable_animation,
-        None,
+        Some(write_disable_animation),
     ),
     slice(
         OptionName::Preset,
@@ -627,8 +627,7 @@ fn raw(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseE
     Ok(())
 }
 
-/// `da:1` (imgproxy): the first frame of an animation. Every source is rendered from its first
-/// frame today, so this changes nothing yet; it is accepted so that imgproxy URLs work.
+/// `da:1` (imgproxy): the first frame of an animation, whatever the output format.
 fn disable_animation(
     spec: &mut TransformSpec,
     args: &[&str],
@@ -636,6 +635,12 @@ fn disable_animation(
 ) -> Result<(), ParseError> {
     spec.disable_animation = parse_bool(args[0])?;
     Ok(())
+}
+
+fn write_disable_animation(spec: &TransformSpec, out: &mut String) {
+    if spec.disable_animation {
+        out.push_str("/da:1");
+    }
 }
 
 fn expires(spec: &mut TransformSpec, args: &[&str], _: &Cx<'_>) -> Result<(), ParseError> {

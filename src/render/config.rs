@@ -35,6 +35,30 @@ pub struct TransformConfig {
     pub allow_keep_metadata: bool,
     /// With `allow_keep_metadata`, `sm:0` keeps location too.
     pub keep_gps: bool,
+    /// Animated GIF and WebP sources give animated results in formats that animate (WebP,
+    /// GIF); off, every result is the first frame (as `da:1` asks per URL).
+    pub animate: bool,
+    /// Formats a negotiated result of an animated source may take, in order of preference:
+    /// the first the client accepts (GIF counts as accepted by every client). Empty: animated
+    /// sources negotiate like stills (a first frame unless the still format animates).
+    pub animated_formats: Vec<AnimatedFormat>,
+}
+
+/// A format negotiation may pick for an animated source (`transform.animated_formats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnimatedFormat {
+    Webp,
+    Gif,
+}
+
+impl AnimatedFormat {
+    pub fn output(self) -> OutputFormat {
+        match self {
+            AnimatedFormat::Webp => OutputFormat::Webp,
+            AnimatedFormat::Gif => OutputFormat::Gif,
+        }
+    }
 }
 
 /// A format content negotiation may pick (`transform.auto_formats`).
@@ -68,6 +92,8 @@ impl Default for TransformConfig {
             allow_raw: true,
             allow_keep_metadata: false,
             keep_gps: false,
+            animate: true,
+            animated_formats: vec![AnimatedFormat::Webp, AnimatedFormat::Gif],
         }
     }
 }

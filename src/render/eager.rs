@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use super::{Bill, FormatChoice, Renderer, Target};
 use crate::catalog::CatalogError;
 use crate::catalog::ImageMeta;
-use crate::options::ParseError;
 use crate::options::parse_path;
+use crate::options::{OutputFormat, ParseError};
 
 /// Uploads waiting for their eager renders, and the one-at-a-time permit that keeps eager work
 /// from taking more than one CPU worker away from requests.
@@ -126,7 +126,19 @@ impl Renderer {
                     .collect(),
             };
             for choice in choices {
-                let variant = self.variant(&parsed.image, &parsed.spec, choice);
+                // The animated pick of the client this choice stands for: one that accepts
+                // the chosen format and those after it in `auto_formats` (a browser that takes
+                // AVIF takes WebP too); none for the fallback.
+                let accepted: &[OutputFormat] = match choice {
+                    FormatChoice::Negotiated(f) => {
+                        let all = &self.settings.auto_formats;
+                        let at = all.iter().position(|x| *x == f).unwrap_or(all.len());
+                        &all[at..]
+                    }
+                    _ => &[],
+                };
+                let animated = self.animated_pick(&|f| accepted.contains(&f));
+                let variant = self.variant(&parsed.image, &parsed.spec, choice, animated);
                 targets.push(self.target(variant, meta, Instant::now()));
             }
         }

@@ -62,7 +62,7 @@ use crate::workers::Workers;
 
 /// Version of the rendering pipeline; part of every cache key and ETag, so a change in how
 /// results are produced never serves stale bytes under an old validator.
-pub const PIPELINE_VERSION: &str = "v3";
+pub const PIPELINE_VERSION: &str = "v4";
 
 pub type Outcome = Result<Arc<CachedResult>, RenderError>;
 
@@ -158,6 +158,9 @@ struct Settings {
     default_quality: u8,
     /// `transform.auto_formats`, in order of preference.
     auto_formats: Vec<OutputFormat>,
+    /// `transform.animated_formats`, in order of preference; empty with `transform.animate`
+    /// off.
+    animated_formats: Vec<OutputFormat>,
     /// `presets.eager`, and what parsing them needs.
     eager_presets: Vec<String>,
     parse_limits: ParseLimits,
@@ -211,7 +214,11 @@ pub struct Variant {
     pub spec: TransformSpec,
     pub quality: u8,
     pub choice: FormatChoice,
-    /// `{pipeline}-{fingerprint}|{image}|{canonical spec}|q{quality}|{format token}`.
+    /// For a negotiated format: what an animated source gets instead (the first of
+    /// `transform.animated_formats` the client accepts, GIF always), unless `da:1`.
+    pub animated: Option<OutputFormat>,
+    /// `{pipeline}-{fingerprint}|{image}|{canonical spec}|q{quality}|{format token}`, the token
+    /// ending in `~{animated format}` when there is one.
     /// Its digest (ETag, derived object name) is taken only past the memory cache, in
     /// [`Renderer::target`]: a hit needs neither.
     pub key: String,
@@ -247,6 +254,16 @@ pub fn fallback_format(source: ImageFormat) -> OutputFormat {
         | ImageFormat::Webp
         | ImageFormat::Bmp
         | ImageFormat::Ico => OutputFormat::Png,
+    }
+}
+
+/// Whether an image may be animated: its upload info says so; images uploaded before that
+/// info existed are taken at their format's word (GIF and WebP can animate; a still one
+/// rendered in an animated format is a one-frame result, still correct).
+fn may_animate(meta: &ImageMeta) -> bool {
+    match &meta.info {
+        Some(info) => info.animated,
+        None => matches!(meta.format, ImageFormat::Gif | ImageFormat::Webp),
     }
 }
 
@@ -286,6 +303,11 @@ impl Renderer {
             settings: Settings {
                 default_quality: t.quality(),
                 auto_formats: t.negotiable(),
+                animated_formats: if t.animate {
+                    t.animated_formats.iter().map(|f| f.output()).collect()
+                } else {
+                    Vec::new()
+                },
                 eager_presets: config.presets.eager.clone(),
                 parse_limits: config.parse_limits(),
                 derived: c.derived,
@@ -297,17 +319,39 @@ impl Renderer {
         }
     }
 
-    /// The variant `spec` names in format `choice`.
-    pub fn variant(&self, image: &ImageId, spec: &TransformSpec, choice: FormatChoice) -> Variant {
+    /// The variant `spec` names in format `choice` (and `animated` for animated sources).
+    pub fn variant(
+        &self,
+        image: &ImageId,
+        spec: &TransformSpec,
+        choice: FormatChoice,
+        animated: Option<OutputFormat>,
+    ) -> Variant {
         let quality = self.quality(spec);
-        let key = self.cache_key(image, spec, quality, &choice.token());
+        let animated = animated.filter(|_| choice.negotiated() && !spec.disable_animation);
+        let mut token = choice.token();
+        if let Some(a) = animated {
+            token = format!("{token}~{}", a.extension());
+        }
+        let key = self.cache_key(image, spec, quality, &token);
         Variant {
             image: image.clone(),
             spec: spec.clone(),
             quality,
             choice,
+            animated,
             key,
         }
+    }
+
+    /// The animated format a client gets: the first of `transform.animated_formats` it
+    /// accepts, GIF counting as accepted by every client (it is the format they all show).
+    fn animated_pick(&self, accepts: &impl Fn(OutputFormat) -> bool) -> Option<OutputFormat> {
+        self.settings
+            .animated_formats
+            .iter()
+            .copied()
+            .find(|f| *f == OutputFormat::Gif || accepts(*f))
     }
 
     /// The variant a request gets: its own format, or the first of `transform.auto_formats`
@@ -321,8 +365,9 @@ impl Renderer {
         accepts: impl Fn(OutputFormat) -> bool,
     ) -> Variant {
         if let Some(f) = spec.format {
-            return self.variant(image, spec, FormatChoice::Fixed(f));
+            return self.variant(image, spec, FormatChoice::Fixed(f), None);
         }
+        let animated = self.animated_pick(&accepts);
         let accepted: Vec<OutputFormat> = self
             .settings
             .auto_formats
@@ -342,6 +387,7 @@ impl Renderer {
             image,
             spec,
             pick.map_or(FormatChoice::Fallback, FormatChoice::Negotiated),
+            animated,
         )
     }
 
@@ -352,15 +398,17 @@ impl Renderer {
 
     /// The computation of `variant` for an image whose metadata was read at `checked`.
     pub fn target(&self, variant: Variant, meta: &ImageMeta, checked: Instant) -> Target {
+        let format = match variant.animated {
+            Some(f) if may_animate(meta) => f,
+            _ => variant.choice.output(meta.format),
+        };
         Target {
-            format: variant.choice.output(meta.format),
+            format,
             image: variant.image,
             owner: meta.owner.clone(),
             digest: cache::digest(&variant.key),
             key: variant.key,
-            quality: variant
-                .spec
-                .quality_for(variant.choice.output(meta.format), variant.quality),
+            quality: variant.spec.quality_for(format, variant.quality),
             spec: variant.spec,
             last_modified: self.last_modified(meta),
             checked,

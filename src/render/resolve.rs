@@ -160,7 +160,8 @@ impl Renderer {
         let (format, quality) = (target.format, target.quality);
         let timer = self.metrics.transform_duration.clone();
         // A header that does not probe fails at once on the worker; it reserves nothing.
-        let memory = crate::image::probe(&original).map_or(0, |p| crate::image::memory_cost(&p));
+        // (Planned from the header: an animation's estimate depends on its result size.)
+        let memory = engine.memory_estimate(&original, &spec, format);
         let encoded = self
             .workers
             .run_admitted(admission, memory, move || {

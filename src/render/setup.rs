@@ -20,6 +20,7 @@ pub fn engine(config: &Config, limits: ImageLimits) -> Result<Engine, String> {
             allow_keep: config.transform.allow_keep_metadata,
             keep_gps: config.transform.keep_gps,
         },
+        animate: config.transform.animate,
     })
 }
 
@@ -31,6 +32,10 @@ pub(super) fn fingerprint(engine: &Engine) -> String {
     // Only `sm:0` results depend on it; the default leaves existing keys alone.
     if engine.metadata != MetadataPolicy::default() {
         h.update(format!("{:?}", engine.metadata).as_bytes());
+    }
+    // Off, animated sources render as stills under the same keys: a different print.
+    if !engine.animate {
+        h.update(b"stills");
     }
     if let Some(wm) = &engine.watermark {
         h.update(format!("{}x{}x{}", wm.width, wm.height, wm.channels).as_bytes());
@@ -71,6 +76,7 @@ mod tests {
             max_result_dimension: 100,
             max_frames: 1,
             max_animation_pixels: 200_000_000,
+            max_result_bytes: 64 << 20,
         };
         let base = Engine::new(limits);
         let same = Engine::new(limits);
@@ -92,10 +98,20 @@ mod tests {
         }
         let mut keeping = base.clone();
         keeping.metadata.allow_keep = true;
-        let prints: Vec<String> = [&base, &encode, &decoder, &marked, &other_mark, &keeping]
-            .iter()
-            .map(|e| fingerprint(e))
-            .collect();
+        let mut stills = base.clone();
+        stills.animate = false;
+        let prints: Vec<String> = [
+            &base,
+            &encode,
+            &decoder,
+            &marked,
+            &other_mark,
+            &keeping,
+            &stills,
+        ]
+        .iter()
+        .map(|e| fingerprint(e))
+        .collect();
         for (i, a) in prints.iter().enumerate() {
             for b in &prints[i + 1..] {
                 assert_ne!(a, b);

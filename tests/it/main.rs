@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod animation;
 mod audit;
 mod caching;
 mod cli;
