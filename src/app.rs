@@ -67,15 +67,7 @@ impl App {
         );
         let auth = authenticator(&config, &store).await?;
         let l = &config.limits;
-        let image_limits = ImageLimits {
-            max_source_pixels: l.max_source_pixels,
-            max_source_dimension: l.max_source_dimension as u32,
-            max_result_pixels: l.max_result_pixels,
-            max_result_dimension: l.max_result_dimension as u32,
-            max_frames: l.max_frames,
-            max_animation_pixels: l.max_animation_pixels,
-            max_result_bytes: l.max_result_bytes,
-        };
+        let image_limits = l.image_limits();
         // Before anything with side effects (the audit spool): a bad watermark fails first.
         let engine = crate::render::engine(&config, image_limits)?;
         let limiter = Limiter::new(&config.limits, &config.redis, redis, &metrics);

@@ -350,7 +350,7 @@ impl GifSink {
     }
 
     fn add(&mut self, frame: &Bitmap, delay_ms: u32) -> Result<(), ImageError> {
-        let mut gif_frame = gif_frame(frame, self.size)?;
+        let mut gif_frame = super::encode::gif_frame(frame, self.size)?;
         gif_frame.delay = u16::try_from(delay_ms.div_ceil(10)).unwrap_or(u16::MAX);
         // Every frame covers the whole screen; clearing first lets a transparent pixel show
         // through instead of the frame before.
@@ -369,32 +369,6 @@ impl GifSink {
         self.encoder.into_inner().map_err(encode_err)
     }
 }
-
-/// One GIF frame of `bitmap` (`size`): RGB is quantised as is; RGBA has alpha below 128
-/// transparent and the rest opaque (GIF has one transparent index; the `gif` crate would make
-/// every non-zero alpha opaque, leaving a fringe of resampled edge pixels).
-pub(super) fn gif_frame(
-    bitmap: &Bitmap,
-    (w, h): (u16, u16),
-) -> Result<gif::Frame<'static>, ImageError> {
-    if (u32::from(w), u32::from(h)) != (bitmap.width, bitmap.height) {
-        return Err(encode_err("frame size differs from the animation"));
-    }
-    Ok(if bitmap.channels == 4 {
-        let mut rgba = bitmap.data.clone();
-        for px in rgba.chunks_exact_mut(4) {
-            if px[3] < 128 {
-                px.copy_from_slice(&[0; 4]);
-            }
-        }
-        gif::Frame::from_rgba_speed(w, h, &mut rgba, GIF_QUANT_SPEED)
-    } else {
-        gif::Frame::from_rgb_speed(w, h, &bitmap.data, GIF_QUANT_SPEED)
-    })
-}
-
-/// NeuQuant's sampling factor (1..=30): 10 is the crate's "good compromise".
-const GIF_QUANT_SPEED: i32 = 10;
 
 fn encode_err(e: impl std::fmt::Display) -> ImageError {
     ImageError::Encode(e.to_string())

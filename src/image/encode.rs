@@ -70,11 +70,11 @@ pub fn encode(
 }
 
 /// A still GIF: NeuQuant to 256 colours (the `gif` crate); alpha below 128 becomes the
-/// transparent index ([`super::anim::gif_frame`]).
+/// transparent index ([`gif_frame`]).
 fn gif(bitmap: &Bitmap) -> Result<Vec<u8>, ImageError> {
     let w = u16::try_from(bitmap.width).map_err(err)?;
     let h = u16::try_from(bitmap.height).map_err(err)?;
-    let frame = super::anim::gif_frame(bitmap, (w, h))?;
+    let frame = gif_frame(bitmap, (w, h))?;
     let mut out = Vec::with_capacity(bitmap.data.len() / 4);
     {
         let mut encoder = gif::Encoder::new(&mut out, w, h, &[]).map_err(err)?;
@@ -82,6 +82,32 @@ fn gif(bitmap: &Bitmap) -> Result<Vec<u8>, ImageError> {
     }
     Ok(out)
 }
+
+/// One GIF frame of `bitmap` (`size`): RGB is quantised as is; RGBA has alpha below 128
+/// transparent and the rest opaque (GIF has one transparent index; the `gif` crate would make
+/// every non-zero alpha opaque, leaving a fringe of resampled edge pixels).
+pub(super) fn gif_frame(
+    bitmap: &Bitmap,
+    (w, h): (u16, u16),
+) -> Result<gif::Frame<'static>, ImageError> {
+    if (u32::from(w), u32::from(h)) != (bitmap.width, bitmap.height) {
+        return Err(err("frame size differs from the animation"));
+    }
+    Ok(if bitmap.channels == 4 {
+        let mut rgba = bitmap.data.clone();
+        for px in rgba.chunks_exact_mut(4) {
+            if px[3] < 128 {
+                px.copy_from_slice(&[0; 4]);
+            }
+        }
+        gif::Frame::from_rgba_speed(w, h, &mut rgba, GIF_QUANT_SPEED)
+    } else {
+        gif::Frame::from_rgb_speed(w, h, &bitmap.data, GIF_QUANT_SPEED)
+    })
+}
+
+/// NeuQuant's sampling factor (1..=30): 10 is the crate's "good compromise".
+const GIF_QUANT_SPEED: i32 = 10;
 
 fn err(e: impl std::fmt::Display) -> ImageError {
     ImageError::Encode(e.to_string())

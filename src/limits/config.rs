@@ -109,6 +109,19 @@ impl Default for LimitsConfig {
 }
 
 impl LimitsConfig {
+    /// The engine's bounds (validated: the sides fit in `u32`).
+    pub fn image_limits(&self) -> crate::image::ImageLimits {
+        crate::image::ImageLimits {
+            max_source_pixels: self.max_source_pixels,
+            max_source_dimension: u32::try_from(self.max_source_dimension).unwrap_or(u32::MAX),
+            max_result_pixels: self.max_result_pixels,
+            max_result_dimension: u32::try_from(self.max_result_dimension).unwrap_or(u32::MAX),
+            max_frames: self.max_frames,
+            max_animation_pixels: self.max_animation_pixels,
+            max_result_bytes: self.max_result_bytes,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         positive("limits.max_source_bytes", self.max_source_bytes)?;
         positive("limits.max_source_pixels", self.max_source_pixels)?;
