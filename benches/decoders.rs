@@ -5,7 +5,13 @@
 //!   `webp` crate (C; still pixgate's encoder), on the 12 MP photo encoded lossy (q80) and on
 //!   the 2000² PNG photo encoded lossless.
 //!
-//! Run with `cargo bench --bench decoders` (`PIXGATE_PHOTOS=/dir` for other photos).
+//! - JPEG XL: jxl-oxide (pure Rust, pixgate's) against libjxl 0.11 (C++, the reference
+//!   decoder, through Python's `imagecodecs`, timed in the same run by a child process: there
+//!   is no maintained Rust binding to build offline), on the 12 MP photo encoded lossy
+//!   (distance 1) and the 2000² photo encoded lossless, both by libjxl.
+//!
+//! Run with `cargo bench --bench decoders` (`PIXGATE_PHOTOS=/dir` for other photos; the
+//! JPEG XL part needs `pip install imagecodecs` and is skipped without it).
 
 // Only `photos_dir` of the shared bench helpers is used here.
 #[allow(dead_code)]
@@ -68,5 +74,77 @@ fn webp_decoders(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, webp_decoders);
+/// Encodes the photos to JPEG XL with libjxl (imagecodecs) into a temporary directory.
+fn jxl_files(dir: &std::path::Path) -> Vec<(&'static str, std::path::PathBuf)> {
+    let photos = common::photos_dir();
+    let script = format!(
+        "import imagecodecs, numpy as np\nfrom PIL import Image\n\
+         a = np.asarray(Image.open('{}').convert('RGB'))\n\
+         open('{}/lossy.jxl', 'wb').write(imagecodecs.jpegxl_encode(a, distance=1.0, effort=7))\n\
+         b = np.asarray(Image.open('{}').convert('RGB'))\n\
+         open('{}/lossless.jxl', 'wb').write(imagecodecs.jpegxl_encode(b, lossless=True, effort=3))\n",
+        photos.join("photo_4000x3000_q90.jpg").display(),
+        dir.display(),
+        photos.join("photo_2000x2000.png").display(),
+        dir.display(),
+    );
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        return Vec::new();
+    }
+    vec![
+        ("12MP lossy d1", dir.join("lossy.jxl")),
+        ("2000x2000 lossless", dir.join("lossless.jxl")),
+    ]
+}
+
+/// libjxl's median decode time of `file`, ms, over 10 runs (single thread, as pixgate).
+fn libjxl_ms(file: &std::path::Path) -> Option<f64> {
+    let script = format!(
+        "import imagecodecs, time, statistics\n\
+         d = open('{}', 'rb').read()\nt = []\n\
+         for _ in range(10):\n    s = time.perf_counter(); imagecodecs.jpegxl_decode(d, numthreads=1); \
+         t.append(time.perf_counter() - s)\n\
+         print(statistics.median(t) * 1000)\n",
+        file.display()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+fn jxl_decoders(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = jxl_files(dir.path());
+    if files.is_empty() {
+        eprintln!("skipping JPEG XL: photos or imagecodecs not found");
+        return;
+    }
+    let mut group = c.benchmark_group("jxl decode");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    for (name, path) in &files {
+        let bytes = std::fs::read(path).expect("read jxl");
+        let p = probe(&bytes).expect("probe jxl");
+        eprintln!("{name}: {} bytes, {}x{}", bytes.len(), p.width, p.height);
+        group.bench_function(format!("{name} jxl-oxide (Rust)"), |b| {
+            b.iter(|| decode(&bytes, &p).expect("decode"))
+        });
+        match libjxl_ms(path) {
+            Some(ms) => {
+                eprintln!("jxl decode/{name} libjxl (C++, same file, median of 10): {ms:.1} ms")
+            }
+            None => eprintln!("jxl decode/{name} libjxl: not measured"),
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, webp_decoders, jxl_decoders);
 criterion_main!(benches);

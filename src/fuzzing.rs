@@ -134,6 +134,7 @@ pub fn probe(data: &[u8]) {
         ImageFormat::Bmp,
         ImageFormat::Ico,
         ImageFormat::Tiff,
+        ImageFormat::Jxl,
     ] {
         let n = image::frame_count(data, format, 50);
         assert!(n <= 51, "frame count went past its stop");

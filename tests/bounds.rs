@@ -145,6 +145,16 @@ fn cases() -> Vec<Case> {
             refused: None,
         },
         Case {
+            name: "jxl_7000x7000_lossy",
+            make: || fixture("gradient_7000x7000.jxl"),
+            refused: None,
+        },
+        Case {
+            name: "jxl_7000x7000_rgba_lossless",
+            make: || fixture("gradient_rgba_7000x7000_lossless.jxl"),
+            refused: None,
+        },
+        Case {
             name: "bmp_7071x7071_24bit",
             make: || bmp(7_071, 7_071),
             refused: None,

@@ -34,6 +34,11 @@ pub fn decode_with_icc(
         ),
         ImageFormat::Gif => (super::anim::Frames::first(bytes, probe)?, None),
         ImageFormat::Bmp | ImageFormat::Ico => (image_rs(bytes, probe)?, None),
+        ImageFormat::Jxl => super::jxl::decode(
+            bytes,
+            (probe.width, probe.height),
+            super::ImageLimits::default().max_frames,
+        )?,
         ImageFormat::Tiff => (
             image_rs(bytes, probe)?,
             super::icc::extract(bytes, probe.format),

@@ -51,9 +51,11 @@ pub fn read(bytes: &[u8], format: ImageFormat) -> SourceMeta<'_> {
         ImageFormat::Jpeg => read_jpeg(bytes),
         ImageFormat::Png => read_png(bytes),
         ImageFormat::Webp => read_webp(bytes),
-        ImageFormat::Gif | ImageFormat::Bmp | ImageFormat::Ico | ImageFormat::Tiff => {
-            SourceMeta::default()
-        }
+        ImageFormat::Gif
+        | ImageFormat::Bmp
+        | ImageFormat::Ico
+        | ImageFormat::Tiff
+        | ImageFormat::Jxl => SourceMeta::default(),
     }
 }
 

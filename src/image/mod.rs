@@ -19,6 +19,7 @@ pub(crate) mod exif;
 mod geometry;
 pub(crate) mod icc;
 mod info;
+mod jxl;
 pub(crate) mod metadata;
 mod orient;
 mod pipeline;
@@ -52,6 +53,8 @@ pub enum ImageFormat {
     Ico,
     /// Baseline TIFF: the first page.
     Tiff,
+    /// JPEG XL (codestream or container): the first frame.
+    Jxl,
 }
 
 impl ImageFormat {
@@ -72,6 +75,7 @@ impl ImageFormat {
             ImageFormat::Bmp => "image/bmp",
             ImageFormat::Ico => "image/x-icon",
             ImageFormat::Tiff => "image/tiff",
+            ImageFormat::Jxl => "image/jxl",
         }
     }
 
@@ -91,6 +95,7 @@ impl ImageFormat {
             "image/bmp" | "image/x-bmp" | "image/x-ms-bmp" => Some(ImageFormat::Bmp),
             "image/x-icon" | "image/vnd.microsoft.icon" => Some(ImageFormat::Ico),
             "image/tiff" => Some(ImageFormat::Tiff),
+            "image/jxl" => Some(ImageFormat::Jxl),
             _ => None,
         }
     }
@@ -104,6 +109,7 @@ impl ImageFormat {
             ImageFormat::Bmp => "bmp",
             ImageFormat::Ico => "ico",
             ImageFormat::Tiff => "tiff",
+            ImageFormat::Jxl => "jxl",
         }
     }
 }
@@ -146,7 +152,7 @@ pub struct Bitmap {
 /// What can go wrong inside the engine.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ImageError {
-    #[error("not a JPEG, PNG, WebP, GIF, BMP, ICO or TIFF image")]
+    #[error("not a JPEG, PNG, WebP, GIF, BMP, ICO, TIFF or JPEG XL image")]
     UnknownFormat,
     #[error("{width}x{height} is more than {limit} pixels")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
@@ -194,6 +200,9 @@ pub fn memory_cost(p: &Probe) -> u64 {
         // 16-bit RGBA: the tiff decoder's samples and image-rs's image of them overlap (8 + up
         // to 8), then the 8-bit conversion (4); measured 16.7 B/px (`tests/bounds.rs`).
         ImageFormat::Tiff => 20,
+        // jxl-oxide's tracked allocations (its bound) + the 8-bit samples (4) + a grey
+        // expansion (4).
+        ImageFormat::Jxl => jxl::MAX_BYTES_PER_PIXEL + 8,
     };
     pixels.saturating_mul(per_pixel).saturating_add(COST_BASE)
 }

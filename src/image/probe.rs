@@ -43,6 +43,8 @@ pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
         Some(ImageFormat::Ico)
     } else if bytes.starts_with(b"II\x2a\0") || bytes.starts_with(b"MM\0\x2a") {
         Some(ImageFormat::Tiff)
+    } else if super::jxl::sniff(bytes) {
+        Some(ImageFormat::Jxl)
     } else {
         None
     }
@@ -59,6 +61,8 @@ pub fn probe(bytes: &[u8]) -> Result<Probe, ImageError> {
         ImageFormat::Bmp => bmp(bytes),
         ImageFormat::Ico => ico(bytes),
         ImageFormat::Tiff => tiff(bytes),
+        // Upright already (jxl-oxide renders with the orientation applied).
+        ImageFormat::Jxl => super::jxl::header(bytes).map(|h| (h.width, h.height, 1)),
     }
     .ok_or_else(|| ImageError::Corrupt(format!("unreadable {} header", format.as_str())))?;
     Ok(Probe {
@@ -232,7 +236,8 @@ pub fn frame_count(bytes: &[u8], format: ImageFormat, stop_after: u64) -> u64 {
         | ImageFormat::Png
         | ImageFormat::Bmp
         | ImageFormat::Ico
-        | ImageFormat::Tiff => 1,
+        | ImageFormat::Tiff
+        | ImageFormat::Jxl => 1,
         ImageFormat::Webp => webp_frames(bytes, stop_after),
         ImageFormat::Gif => gif_frames(bytes, stop_after),
     }

@@ -41,6 +41,16 @@ pub fn strip_metadata(bytes: &[u8], format: ImageFormat) -> Result<Vec<u8>, Imag
                     .into(),
             ));
         }
+        // A bare codestream has no metadata boxes; a container's boxes (Exif, xml, jumb,
+        // brob-compressed ones) are not stripped here.
+        ImageFormat::Jxl if bytes.starts_with(&[0xFF, 0x0A]) => Some(bytes.to_vec()),
+        ImageFormat::Jxl => {
+            return Err(ImageError::Unsupported(
+                "originals of JPEG XL container files are not served: their metadata boxes \
+                 are not removed here"
+                    .into(),
+            ));
+        }
     };
     out.ok_or_else(|| ImageError::Corrupt("the container structure does not parse".into()))
 }

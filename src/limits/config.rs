@@ -92,6 +92,7 @@ impl Default for LimitsConfig {
                 ImageFormat::Bmp,
                 ImageFormat::Ico,
                 ImageFormat::Tiff,
+                ImageFormat::Jxl,
             ],
             uploads_per_hour: 100,
             transforms_per_hour: 1000,

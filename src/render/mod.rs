@@ -253,7 +253,9 @@ pub fn fallback_format(source: ImageFormat) -> OutputFormat {
         | ImageFormat::Gif
         | ImageFormat::Webp
         | ImageFormat::Bmp
-        | ImageFormat::Ico => OutputFormat::Png,
+        | ImageFormat::Ico
+        // JPEG XL may carry alpha (and lossless JPEG XL is often graphics).
+        | ImageFormat::Jxl => OutputFormat::Png,
     }
 }
 

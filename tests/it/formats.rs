@@ -337,3 +337,100 @@ async fn gif_output() {
     let alpha_at = |x: u32, y: u32| b.data[((y * b.width + x) * 4 + 3) as usize];
     assert_eq!((alpha_at(2, 2), alpha_at(90, 70)), (0, 255));
 }
+
+/// JPEG XL through jxl-oxide (pure Rust): a lossy VarDCT codestream and a lossless RGBA file
+/// in the ISO BMFF container.
+#[tokio::test]
+async fn jpeg_xl_sources() {
+    let s = Server::start(Backend::Fs);
+    let owner = token("jxl", Role::Editor);
+    let reference = upload_fixture(&s, "jxl", "photo_320x240.jpg", "image/jpeg").await;
+    let want = mean(
+        &get(
+            &s.url(&signed(&format!("/w:80/f:png/plain/{reference}"))),
+            &[],
+        )
+        .await
+        .body,
+    );
+    let r = upload(&s, &owner, "image/jxl", fixture("photo_160x120.jxl")).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let j = r.json();
+    assert_eq!(
+        (j["format"].as_str(), j["width"].as_u64()),
+        (Some("jxl"), Some(160))
+    );
+    let id = j["id"].as_str().unwrap().to_owned();
+    let r = get(&s.url(&signed(&format!("/w:80/f:png/plain/{id}"))), &[]).await;
+    let got = mean(&r.body);
+    for c in 0..3 {
+        assert!((got[c] - want[c]).abs() < 6.0, "{got:?} vs {want:?}");
+    }
+    // The bare codestream has no metadata: its original is served as stored.
+    let r = get(&s.url(&signed(&format!("/raw:1/plain/{id}"))), &[]).await;
+    assert_eq!(
+        (r.status, r.body.len()),
+        (200, fixture("photo_160x120.jxl").len())
+    );
+
+    let r = upload(
+        &s,
+        &owner,
+        "image/jxl",
+        fixture("alpha_160x120_lossless.jxl"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let r = get(&s.url(&signed(&format!("/w:80/f:png/plain/{id}"))), &[]).await;
+    let b = decode(&r.body, &probe(&r.body).unwrap()).unwrap();
+    assert_eq!((b.width, b.height, b.channels), (80, 60, 4));
+    let alpha = |x: usize| b.data[(30 * 80 + x) * 4 + 3];
+    assert_eq!((alpha(10), alpha(70)), (0, 255));
+    // A container's metadata boxes are not stripped: its original is refused, not leaked.
+    let r = get(&s.url(&signed(&format!("/raw:1/plain/{id}"))), &[]).await;
+    assert_eq!((r.status, r.code().as_str()), (400, "invalid_option"));
+    // Negotiated without WebP: PNG (JPEG XL may carry alpha).
+    let r = get(
+        &s.url(&signed(&format!("/w:40/plain/{id}"))),
+        &[("accept", "image/png")],
+    )
+    .await;
+    assert_eq!(r.header("content-type"), Some("image/png"));
+}
+
+/// Hostile JPEG XL: sizes from the header are limited before jxl-oxide sees the file; a
+/// truncated or corrupt stream is `invalid_image`.
+#[tokio::test]
+async fn hostile_jpeg_xl_is_refused_with_stable_codes() {
+    let s = Server::start(Backend::Fs);
+    let owner = token("jxl-hostile", Role::Editor);
+    let photo = fixture("photo_160x120.jxl");
+    // A 1,073,741,824 × 1,073,741,824 header (30-bit sizes, ratio 0): 10 bytes.
+    let huge: &[u8] = &[
+        0xFF, 0x0A, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x07,
+    ];
+    let mut flipped = photo.to_vec();
+    for b in flipped.iter_mut().skip(40).step_by(7) {
+        *b ^= 0x5A;
+    }
+    for (name, body, status, code) in [
+        ("huge header", huge.to_vec(), 422, "too_many_pixels"),
+        (
+            "truncated",
+            photo[..photo.len() / 2].to_vec(),
+            422,
+            "invalid_image",
+        ),
+        ("corrupt", flipped, 422, "invalid_image"),
+        ("signature only", vec![0xFF, 0x0A], 422, "invalid_image"),
+    ] {
+        let r = upload(&s, &owner, "image/jxl", body.into()).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (status, code),
+            "{name}: {:?}",
+            r.body
+        );
+    }
+}
