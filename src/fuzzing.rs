@@ -135,6 +135,7 @@ pub fn probe(data: &[u8]) {
         ImageFormat::Ico,
         ImageFormat::Tiff,
         ImageFormat::Jxl,
+        ImageFormat::Svg,
     ] {
         let n = image::frame_count(data, format, 50);
         assert!(n <= 51, "frame count went past its stop");

@@ -39,6 +39,11 @@ pub fn decode_with_icc(
             (probe.width, probe.height),
             super::ImageLimits::default().max_frames,
         )?,
+        // Drawn at the intrinsic size, or smaller when its layers need the memory.
+        ImageFormat::Svg => {
+            let b = super::svg::decode(bytes, (probe.width, probe.height))?;
+            return Ok((b, None));
+        }
         ImageFormat::Tiff => (
             image_rs(bytes, probe)?,
             super::icc::extract(bytes, probe.format),

@@ -23,7 +23,11 @@ pub fn extract(bytes: &[u8], format: ImageFormat) -> Option<Vec<u8>> {
         ImageFormat::Png => png(bytes),
         ImageFormat::Tiff => tiff(bytes),
         // JPEG XL's profile is the one its render is in: returned by its decode.
-        ImageFormat::Gif | ImageFormat::Bmp | ImageFormat::Ico | ImageFormat::Jxl => None,
+        ImageFormat::Gif
+        | ImageFormat::Bmp
+        | ImageFormat::Ico
+        | ImageFormat::Jxl
+        | ImageFormat::Svg => None,
     }
 }
 

@@ -55,7 +55,8 @@ pub fn read(bytes: &[u8], format: ImageFormat) -> SourceMeta<'_> {
         | ImageFormat::Bmp
         | ImageFormat::Ico
         | ImageFormat::Tiff
-        | ImageFormat::Jxl => SourceMeta::default(),
+        | ImageFormat::Jxl
+        | ImageFormat::Svg => SourceMeta::default(),
     }
 }
 

@@ -26,6 +26,8 @@ mod pipeline;
 pub(crate) mod probe;
 mod smart;
 mod strip;
+mod svg;
+mod svg_header;
 mod tiff;
 mod turbo;
 mod webp_anim;
@@ -55,6 +57,8 @@ pub enum ImageFormat {
     Tiff,
     /// JPEG XL (codestream or container): the first frame.
     Jxl,
+    /// SVG, rasterised (opt-in).
+    Svg,
 }
 
 impl ImageFormat {
@@ -76,6 +80,7 @@ impl ImageFormat {
             ImageFormat::Ico => "image/x-icon",
             ImageFormat::Tiff => "image/tiff",
             ImageFormat::Jxl => "image/jxl",
+            ImageFormat::Svg => "image/svg+xml",
         }
     }
 
@@ -96,6 +101,7 @@ impl ImageFormat {
             "image/x-icon" | "image/vnd.microsoft.icon" => Some(ImageFormat::Ico),
             "image/tiff" => Some(ImageFormat::Tiff),
             "image/jxl" => Some(ImageFormat::Jxl),
+            "image/svg+xml" => Some(ImageFormat::Svg),
             _ => None,
         }
     }
@@ -110,6 +116,7 @@ impl ImageFormat {
             ImageFormat::Ico => "ico",
             ImageFormat::Tiff => "tiff",
             ImageFormat::Jxl => "jxl",
+            ImageFormat::Svg => "svg",
         }
     }
 }
@@ -152,7 +159,7 @@ pub struct Bitmap {
 /// What can go wrong inside the engine.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ImageError {
-    #[error("not a JPEG, PNG, WebP, GIF, BMP, ICO, TIFF or JPEG XL image")]
+    #[error("not a JPEG, PNG, WebP, GIF, BMP, ICO, TIFF, JPEG XL or SVG image")]
     UnknownFormat,
     #[error("{width}x{height} is more than {limit} pixels")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
@@ -184,6 +191,11 @@ pub enum ImageError {
 /// inputs of each format (see `docs/decoders.md`, "Bounds"); that test fails if a measured
 /// peak ever exceeds this estimate.
 pub fn memory_cost(p: &Probe) -> u64 {
+    if p.format == ImageFormat::Svg {
+        // Drawing is bounded by its own budget whatever the size (layers shrink the canvas);
+        // the parsed tree of a 4 MiB document stays well under 128 MiB.
+        return svg::RENDER_BYTES + (128 << 20) + COST_BASE;
+    }
     let pixels = u64::from(p.width) * u64::from(p.height);
     let per_pixel = match p.format {
         // RGB decode (3) + a progressive file's coefficients (2 per sample, 3 samples at 4:4:4).
@@ -203,6 +215,7 @@ pub fn memory_cost(p: &Probe) -> u64 {
         // jxl-oxide's tracked allocations (its bound) + the 8-bit samples (4) + a grey
         // expansion (4).
         ImageFormat::Jxl => jxl::MAX_BYTES_PER_PIXEL + 8,
+        ImageFormat::Svg => 0,
     };
     pixels.saturating_mul(per_pixel).saturating_add(COST_BASE)
 }

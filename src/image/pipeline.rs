@@ -643,6 +643,22 @@ impl Engine {
         crop: (f64, f64, f64, f64),
         out: (u32, u32),
     ) -> Result<(Bitmap, Option<Vec<u8>>), ImageError> {
+        if p.format == ImageFormat::Svg {
+            // Vectors are drawn at the size the result needs (a crop drawn at least at the
+            // output's scale), within the source limits; the resize then only fine-tunes.
+            let scale =
+                (f64::from(out.0) / crop.2.max(1e-9)).max(f64::from(out.1) / crop.3.max(1e-9));
+            let pixels = f64::from(p.width) * f64::from(p.height) * scale * scale;
+            let cap = (self.limits.max_source_pixels as f64 / pixels)
+                .sqrt()
+                .min(1.0);
+            let size = |v: u32| {
+                ((f64::from(v) * scale * cap).ceil() as u32)
+                    .clamp(1, self.limits.max_source_dimension)
+            };
+            let bitmap = super::svg::decode(bytes, (size(p.width), size(p.height)))?;
+            return Ok((bitmap, None));
+        }
         if p.format == ImageFormat::Jpeg && self.jpeg_decoder == JpegDecoder::Turbo {
             let shrink = jpeg_shrink(crop, out);
             // `Ok(None)`: CMYK/YCCK, lossless or 12-bit, which TurboJPEG cannot render here.

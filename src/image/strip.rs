@@ -44,6 +44,12 @@ pub fn strip_metadata(bytes: &[u8], format: ImageFormat) -> Result<Vec<u8>, Imag
         // A bare codestream has no metadata boxes; a container's boxes (Exif, xml, jumb,
         // brob-compressed ones) are not stripped here.
         ImageFormat::Jxl if bytes.starts_with(&[0xFF, 0x0A]) => Some(bytes.to_vec()),
+        // An SVG served from this origin could run scripts in its context: never.
+        ImageFormat::Svg => {
+            return Err(ImageError::Unsupported(
+                "originals of SVG sources are never served: they are rasterised".into(),
+            ));
+        }
         ImageFormat::Jxl => {
             return Err(ImageError::Unsupported(
                 "originals of JPEG XL container files are not served: their metadata boxes \

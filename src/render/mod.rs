@@ -255,7 +255,9 @@ pub fn fallback_format(source: ImageFormat) -> OutputFormat {
         | ImageFormat::Bmp
         | ImageFormat::Ico
         // JPEG XL may carry alpha (and lossless JPEG XL is often graphics).
-        | ImageFormat::Jxl => OutputFormat::Png,
+        | ImageFormat::Jxl
+        // Drawings: sharp edges and transparency.
+        | ImageFormat::Svg => OutputFormat::Png,
     }
 }
 

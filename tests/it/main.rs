@@ -21,5 +21,6 @@ mod imgproxy;
 mod limits;
 mod options;
 mod server;
+mod svg;
 mod transform;
 mod upload;
