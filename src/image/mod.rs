@@ -11,6 +11,7 @@
 //! (fast_image_resize, Lanczos3) → `orient` → `encode`; `pipeline` strings them together.
 
 pub mod anim;
+mod avif;
 mod chunks;
 mod decode;
 mod effects;
@@ -59,6 +60,8 @@ pub enum ImageFormat {
     Jxl,
     /// SVG, rasterised (opt-in).
     Svg,
+    /// AVIF: the primary item (no grids).
+    Avif,
 }
 
 impl ImageFormat {
@@ -81,6 +84,7 @@ impl ImageFormat {
             ImageFormat::Tiff => "image/tiff",
             ImageFormat::Jxl => "image/jxl",
             ImageFormat::Svg => "image/svg+xml",
+            ImageFormat::Avif => "image/avif",
         }
     }
 
@@ -102,6 +106,7 @@ impl ImageFormat {
             "image/tiff" => Some(ImageFormat::Tiff),
             "image/jxl" => Some(ImageFormat::Jxl),
             "image/svg+xml" => Some(ImageFormat::Svg),
+            "image/avif" => Some(ImageFormat::Avif),
             _ => None,
         }
     }
@@ -117,6 +122,7 @@ impl ImageFormat {
             ImageFormat::Tiff => "tiff",
             ImageFormat::Jxl => "jxl",
             ImageFormat::Svg => "svg",
+            ImageFormat::Avif => "avif",
         }
     }
 }
@@ -159,7 +165,7 @@ pub struct Bitmap {
 /// What can go wrong inside the engine.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ImageError {
-    #[error("not a JPEG, PNG, WebP, GIF, BMP, ICO, TIFF, JPEG XL or SVG image")]
+    #[error("not a JPEG, PNG, WebP, GIF, BMP, ICO, TIFF, JPEG XL, AVIF or SVG image")]
     UnknownFormat,
     #[error("{width}x{height} is more than {limit} pixels")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
@@ -216,6 +222,7 @@ pub fn memory_cost(p: &Probe) -> u64 {
         // expansion (4).
         ImageFormat::Jxl => jxl::MAX_BYTES_PER_PIXEL + 8,
         ImageFormat::Svg => 0,
+        ImageFormat::Avif => avif::MAX_BYTES_PER_PIXEL,
     };
     pixels.saturating_mul(per_pixel).saturating_add(COST_BASE)
 }
