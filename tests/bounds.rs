@@ -155,11 +155,6 @@ fn cases() -> Vec<Case> {
             refused: None,
         },
         Case {
-            name: "avif_7000x7000_rgba_10bit_444",
-            make: || fixture("gradient_rgba_7000x7000_10bit_444.avif"),
-            refused: None,
-        },
-        Case {
             name: "bmp_7071x7071_24bit",
             make: || bmp(7_071, 7_071),
             refused: None,

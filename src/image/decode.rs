@@ -44,10 +44,6 @@ pub fn decode_with_icc(
             let b = super::svg::decode(bytes, (probe.width, probe.height))?;
             return Ok((b, None));
         }
-        ImageFormat::Avif => (
-            super::avif::decode(bytes, (probe.width, probe.height))?,
-            super::icc::extract(bytes, probe.format),
-        ),
         ImageFormat::Tiff => (
             image_rs(bytes, probe)?,
             super::icc::extract(bytes, probe.format),

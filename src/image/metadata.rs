@@ -56,8 +56,7 @@ pub fn read(bytes: &[u8], format: ImageFormat) -> SourceMeta<'_> {
         | ImageFormat::Ico
         | ImageFormat::Tiff
         | ImageFormat::Jxl
-        | ImageFormat::Svg
-        | ImageFormat::Avif => SourceMeta::default(),
+        | ImageFormat::Svg => SourceMeta::default(),
     }
 }
 

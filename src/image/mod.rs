@@ -11,7 +11,6 @@
 //! (fast_image_resize, Lanczos3) → `orient` → `encode`; `pipeline` strings them together.
 
 pub mod anim;
-mod avif;
 mod chunks;
 mod decode;
 mod effects;
@@ -60,8 +59,6 @@ pub enum ImageFormat {
     Jxl,
     /// SVG, rasterised (opt-in).
     Svg,
-    /// AVIF: the primary item (no grids).
-    Avif,
 }
 
 impl ImageFormat {
@@ -84,7 +81,6 @@ impl ImageFormat {
             ImageFormat::Tiff => "image/tiff",
             ImageFormat::Jxl => "image/jxl",
             ImageFormat::Svg => "image/svg+xml",
-            ImageFormat::Avif => "image/avif",
         }
     }
 
@@ -106,7 +102,6 @@ impl ImageFormat {
             "image/tiff" => Some(ImageFormat::Tiff),
             "image/jxl" => Some(ImageFormat::Jxl),
             "image/svg+xml" => Some(ImageFormat::Svg),
-            "image/avif" => Some(ImageFormat::Avif),
             _ => None,
         }
     }
@@ -122,7 +117,6 @@ impl ImageFormat {
             ImageFormat::Tiff => "tiff",
             ImageFormat::Jxl => "jxl",
             ImageFormat::Svg => "svg",
-            ImageFormat::Avif => "avif",
         }
     }
 }
@@ -165,7 +159,7 @@ pub struct Bitmap {
 /// What can go wrong inside the engine.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ImageError {
-    #[error("not a JPEG, PNG, WebP, GIF, BMP, ICO, TIFF, JPEG XL, AVIF or SVG image")]
+    #[error("not a JPEG, PNG, WebP, GIF, BMP, ICO, TIFF, JPEG XL or SVG image")]
     UnknownFormat,
     #[error("{width}x{height} is more than {limit} pixels")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
@@ -222,7 +216,6 @@ pub fn memory_cost(p: &Probe) -> u64 {
         // expansion (4).
         ImageFormat::Jxl => jxl::MAX_BYTES_PER_PIXEL + 8,
         ImageFormat::Svg => 0,
-        ImageFormat::Avif => avif::MAX_BYTES_PER_PIXEL,
     };
     pixels.saturating_mul(per_pixel).saturating_add(COST_BASE)
 }

@@ -45,8 +45,6 @@ pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
         Some(ImageFormat::Tiff)
     } else if super::jxl::sniff(bytes) {
         Some(ImageFormat::Jxl)
-    } else if super::avif::sniff(bytes) {
-        Some(ImageFormat::Avif)
     } else if super::svg_header::sniff(bytes) {
         Some(ImageFormat::Svg)
     } else {
@@ -68,7 +66,6 @@ pub fn probe(bytes: &[u8]) -> Result<Probe, ImageError> {
         // Upright already (jxl-oxide renders with the orientation applied).
         ImageFormat::Jxl => super::jxl::header(bytes).map(|h| (h.width, h.height, 1)),
         ImageFormat::Svg => super::svg_header::header(bytes).map(|(w, h)| (w, h, 1)),
-        ImageFormat::Avif => super::avif::header(bytes).map(|h| (h.width, h.height, h.orientation)),
     }
     .ok_or_else(|| ImageError::Corrupt(format!("unreadable {} header", format.as_str())))?;
     Ok(Probe {
@@ -244,8 +241,7 @@ pub fn frame_count(bytes: &[u8], format: ImageFormat, stop_after: u64) -> u64 {
         | ImageFormat::Ico
         | ImageFormat::Tiff
         | ImageFormat::Jxl
-        | ImageFormat::Svg
-        | ImageFormat::Avif => 1,
+        | ImageFormat::Svg => 1,
         ImageFormat::Webp => webp_frames(bytes, stop_after),
         ImageFormat::Gif => gif_frames(bytes, stop_after),
     }

@@ -44,13 +44,6 @@ pub fn strip_metadata(bytes: &[u8], format: ImageFormat) -> Result<Vec<u8>, Imag
         // A bare codestream has no metadata boxes; a container's boxes (Exif, xml, jumb,
         // brob-compressed ones) are not stripped here.
         ImageFormat::Jxl if bytes.starts_with(&[0xFF, 0x0A]) => Some(bytes.to_vec()),
-        ImageFormat::Avif => {
-            return Err(ImageError::Unsupported(
-                "originals of AVIF sources are not served: their Exif and XMP items are not \
-                 removed here"
-                    .into(),
-            ));
-        }
         // An SVG served from this origin could run scripts in its context: never.
         ImageFormat::Svg => {
             return Err(ImageError::Unsupported(

@@ -93,7 +93,6 @@ impl Default for LimitsConfig {
                 ImageFormat::Ico,
                 ImageFormat::Tiff,
                 ImageFormat::Jxl,
-                ImageFormat::Avif,
             ],
             uploads_per_hour: 100,
             transforms_per_hour: 1000,

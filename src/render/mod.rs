@@ -256,7 +256,6 @@ pub fn fallback_format(source: ImageFormat) -> OutputFormat {
         | ImageFormat::Ico
         // JPEG XL may carry alpha (and lossless JPEG XL is often graphics).
         | ImageFormat::Jxl
-        | ImageFormat::Avif
         // Drawings: sharp edges and transparency.
         | ImageFormat::Svg => OutputFormat::Png,
     }
