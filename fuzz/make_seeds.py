@@ -103,8 +103,25 @@ def images():
         buf = io.BytesIO()
         (small.convert("RGBA") if name.endswith(".ico") else small).save(buf, format=name.split(".")[1].replace("tif", "tiff"), **kwargs)
         out[name] = buf.getvalue()
-    with open(os.path.join(FIXTURES, "anim_3x64x48.webp"), "rb") as f:
-        out["animated.webp"] = f.read()
+    for fixture, name in [("anim_3x64x48.webp", "animated.webp"), ("anim_3x64x48.gif", "animated.gif"),
+                          ("photo_160x120.jxl", "photo.jxl")]:
+        with open(os.path.join(FIXTURES, fixture), "rb") as f:
+            out[name] = f.read()
+    # SVG: shapes, text, an entity, an inline PNG, a <use> and a filter (the parser's paths).
+    png = io.BytesIO()
+    small.save(png, format="png")
+    out["drawing.svg"] = (
+        '<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY c "#3070c0">]>'
+        '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+        'viewBox="0 0 32 24" width="32" height="24"><defs><filter id="b"><feGaussianBlur '
+        'stdDeviation="1"/></filter><circle id="d" r="3" fill="&c;"/></defs>'
+        '<rect width="16" height="24" fill="red" opacity="0.5" filter="url(#b)"/>'
+        '<use xlink:href="#d" x="20" y="8"/><text x="1" y="20" font-size="6">Ab</text>'
+        '<image href="data:image/png;base64,' + base64.b64encode(png.getvalue()).decode()
+        + '" x="20" y="14" width="8" height="8"/></svg>'
+    ).encode()
+    # Regression: a viewBox of three numbers made the SVG probe index a fourth (panic).
+    out["regress-svg-viewbox-3-numbers.svg"] = b'<svg viewBox="0 0 10"/>'
     return out
 
 

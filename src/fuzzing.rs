@@ -169,10 +169,16 @@ pub fn decode(data: &[u8]) {
             height: 48,
             ..TransformSpec::default()
         };
-        for (engine, format) in engines()
-            .iter()
-            .zip([OutputFormat::Jpeg, OutputFormat::Png])
-        {
+        // JPEG and PNG through both JPEG decoders; WebP and GIF (the animation path for
+        // animated sources) through the first.
+        let engines = engines();
+        let runs = [
+            (&engines[0], OutputFormat::Jpeg),
+            (&engines[1], OutputFormat::Png),
+            (&engines[0], OutputFormat::Webp),
+            (&engines[0], OutputFormat::Gif),
+        ];
+        for (engine, format) in runs {
             if let Err(e) = engine.transform(data, &spec, format, 80) {
                 panic!(
                     "accepted upload does not render ({:?}): {e}",

@@ -46,6 +46,16 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Length of `<!DOCTYPE …>`, skipping a `[…]` internal subset.
 fn doctype_len(b: &[u8]) -> Option<usize> {
+    closing(b, true).map(|i| i + 1)
+}
+
+/// Index of the `>` closing a start tag, outside quoted attribute values.
+fn tag_end(b: &[u8]) -> Option<usize> {
+    closing(b, false)
+}
+
+/// Index of the first `>` outside quotes (and, with `subset`, outside `[…]`).
+fn closing(b: &[u8], subset: bool) -> Option<usize> {
     let mut in_subset = false;
     let mut quote = None;
     for (i, &c) in b.iter().enumerate() {
@@ -53,24 +63,9 @@ fn doctype_len(b: &[u8]) -> Option<usize> {
             (Some(q), _) if c == q => quote = None,
             (Some(_), _) => {}
             (None, b'"' | b'\'') => quote = Some(c),
-            (None, b'[') => in_subset = true,
-            (None, b']') => in_subset = false,
-            (None, b'>') if !in_subset => return Some(i + 1),
-            _ => {}
-        }
-    }
-    None
-}
-
-/// Index of the `>` closing a start tag, outside quoted attribute values.
-fn tag_end(b: &[u8]) -> Option<usize> {
-    let mut quote = None;
-    for (i, &c) in b.iter().enumerate() {
-        match (quote, c) {
-            (Some(q), _) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, b'"' | b'\'') => quote = Some(c),
-            (None, b'>') => return Some(i),
+            (None, b'[') if subset => in_subset = true,
+            (None, b']') if subset => in_subset = false,
+            (None, b'>') if !in_subset => return Some(i),
             _ => {}
         }
     }
@@ -133,7 +128,7 @@ pub fn header(bytes: &[u8]) -> Option<(u32, u32)> {
             .collect::<Result<_, _>>()
             .ok()?;
         (n.len() == 4 && n[2] > 0.0 && n[3] > 0.0 && n[2].is_finite() && n[3].is_finite())
-            .then_some((n[2], n[3]))
+            .then(|| (n[2], n[3]))
     });
     let side = |name: &str, from_box: Option<f64>| -> f64 {
         let raw = attribute(attrs, name);
@@ -179,5 +174,7 @@ mod tests {
         );
         assert_eq!(size("<html><svg/></html>"), None);
         assert_eq!(size(r#"<svg width="-5" height="0"/>"#), Some((100, 100)));
+        // Found by the fuzz smoke run: a viewBox of three numbers indexed a fourth.
+        assert_eq!(size(r#"<svg viewBox="0 0 10"/>"#), Some((100, 100)));
     }
 }

@@ -44,6 +44,17 @@ async fn animated_webp_is_accepted_and_renders_its_first_frame() {
     assert_eq!(probe(&out.body).unwrap().width, 100);
 }
 
+/// Mean RGB of the photo fixture `reference` rendered 80 px wide: what the same photo in
+/// another format should come close to.
+async fn reference_mean(s: &Server, reference: &str) -> [f64; 3] {
+    let r = get(
+        &s.url(&signed(&format!("/w:80/f:png/plain/{reference}"))),
+        &[],
+    )
+    .await;
+    mean(&r.body)
+}
+
 /// Mean RGB of a decoded result.
 fn mean(body: &[u8]) -> [f64; 3] {
     let b = decode(body, &probe(body).unwrap()).unwrap();
@@ -65,14 +76,7 @@ async fn bmp_ico_and_tiff_sources() {
     let s = Server::start(Backend::Fs);
     let owner = token("formats", Role::Editor);
     let reference = upload_fixture(&s, "formats", "photo_320x240.jpg", "image/jpeg").await;
-    let want = mean(
-        &get(
-            &s.url(&signed(&format!("/w:80/f:png/plain/{reference}"))),
-            &[],
-        )
-        .await
-        .body,
-    );
+    let want = reference_mean(&s, &reference).await;
     for (file, mime, format, size, out) in [
         (
             "photo_160x120.bmp",
@@ -345,14 +349,7 @@ async fn jpeg_xl_sources() {
     let s = Server::start(Backend::Fs);
     let owner = token("jxl", Role::Editor);
     let reference = upload_fixture(&s, "jxl", "photo_320x240.jpg", "image/jpeg").await;
-    let want = mean(
-        &get(
-            &s.url(&signed(&format!("/w:80/f:png/plain/{reference}"))),
-            &[],
-        )
-        .await
-        .body,
-    );
+    let want = reference_mean(&s, &reference).await;
     let r = upload(&s, &owner, "image/jxl", fixture("photo_160x120.jxl")).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let j = r.json();
