@@ -30,9 +30,13 @@ fn time_bound(pixels: u64) -> Duration {
 struct Case {
     name: &'static str,
     make: fn() -> Vec<u8>,
+    /// The transform's options (most cases: fit into 800×800).
+    options: &'static str,
     /// `None`: the transform succeeds; `Some(code)`: it is refused with that error.
     refused: Option<&'static str>,
 }
+
+const FIT_800: &str = "rs:fit:800:800";
 
 fn cases() -> Vec<Case> {
     vec![
@@ -40,31 +44,37 @@ fn cases() -> Vec<Case> {
             name: "png_50000000x1_refused",
             make: || png_header_only(50_000_000, 1),
             refused: Some("dimension_too_large"),
+            options: FIT_800,
         },
         Case {
             name: "png_1x50000000_refused",
             make: || png_header_only(1, 50_000_000),
             refused: Some("dimension_too_large"),
+            options: FIT_800,
         },
         Case {
             name: "png_32768x1_widest",
             make: || png_rgb(32_768, 1, png::BitDepth::Eight, png::ColorType::Rgb),
             refused: None,
+            options: FIT_800,
         },
         Case {
             name: "png_1x32768_tallest",
             make: || png_rgb(1, 32_768, png::BitDepth::Eight, png::ColorType::Rgb),
             refused: None,
+            options: FIT_800,
         },
         Case {
             name: "png_32768x1525_widest_at_pixel_cap",
             make: || png_rgb(32_768, 1_525, png::BitDepth::Eight, png::ColorType::Rgba),
             refused: None,
+            options: FIT_800,
         },
         Case {
             name: "png_7071x7071_rgba16",
             make: || png_rgb(7_071, 7_071, png::BitDepth::Sixteen, png::ColorType::Rgba),
             refused: None,
+            options: FIT_800,
         },
         Case {
             name: "png_7071x7071_grey_alpha",
@@ -77,53 +87,63 @@ fn cases() -> Vec<Case> {
                 )
             },
             refused: None,
+            options: FIT_800,
         },
         Case {
             name: "gif_7071x7071_screen_one_pixel_frame",
             make: || gif_screen(7_071, 7_071, 1, 1),
             refused: None,
+            options: FIT_800,
         },
         Case {
             name: "gif_7071x5303_full_frame",
             make: || gif_screen(7_071, 5_303, 7_071, 1),
             refused: None,
+            options: FIT_800,
         },
         Case {
             name: "gif_1000_frames_400x300",
             make: || gif_screen(400, 300, 400, 1000),
             refused: None,
+            options: FIT_800,
         },
         Case {
             // The issue's reference animation: every frame rendered (animated WebP out).
             name: "gif_100_frames_800x600_animated",
             make: || gif_screen(800, 600, 800, 100),
             refused: None,
+            options: FIT_800,
         },
         Case {
             // frames × canvas at `max_animation_pixels` (200 MP): 50 frames of 2000².
             name: "gif_50_frames_2000x2000_animated",
             make: || gif_screen(2_000, 2_000, 2_000, 50),
             refused: None,
+            options: FIT_800,
         },
         Case {
             name: "webp_animated_30_frames_2000x2000",
             make: || webp_animation(2_000, 2_000, 30),
             refused: None,
+            options: FIT_800,
         },
         Case {
             name: "gif_51_frames_2000x2000_refused",
             make: || gif_screen(2_000, 2_000, 1, 51),
             refused: Some("too_many_frames"),
+            options: FIT_800,
         },
         Case {
             name: "jpeg_7071x7071_progressive_444",
             make: || jpeg(7_071, 7_071, true),
             refused: None,
+            options: FIT_800,
         },
         Case {
             name: "jpeg_32768x1525_baseline",
             make: || jpeg(32_768, 1_525, false),
             refused: None,
+            options: FIT_800,
         },
         Case {
             // The scan limit (100) reached: one DC scan and 99 one-band AC scans, each a
@@ -131,6 +151,7 @@ fn cases() -> Vec<Case> {
             name: "jpeg_2000x2000_100_scans",
             make: || fixture("progressive_100_scans_2000x2000.jpg"),
             refused: None,
+            options: FIT_800,
         },
         Case {
             // The largest metadata the parsers accept, on a full-size image: a 4 MiB ICC
@@ -138,31 +159,52 @@ fn cases() -> Vec<Case> {
             name: "jpeg_7071x7071_max_icc_and_exif",
             make: || with_max_icc_and_exif(jpeg(7_071, 7_071, false)),
             refused: None,
+            options: FIT_800,
         },
         Case {
             name: "webp_16383x3051",
             make: || webp(16_383, 3_051),
             refused: None,
+            options: FIT_800,
         },
         Case {
             name: "jxl_7000x7000_lossy",
             make: || fixture("gradient_7000x7000.jxl"),
             refused: None,
+            options: FIT_800,
         },
         Case {
             name: "jxl_7000x7000_rgba_lossless",
             make: || fixture("gradient_rgba_7000x7000_lossless.jxl"),
+            refused: None,
+            options: FIT_800,
+        },
+        Case {
+            // An enlargement: the result (36 MP) dwarfs the source (1 MP).
+            name: "png_1000x1000_enlarged_to_6000x6000",
+            make: || png_rgb(1_000, 1_000, png::BitDepth::Eight, png::ColorType::Rgba),
+            options: "rs:fit:6000:6000/el:1",
+            refused: None,
+        },
+        Case {
+            // SVG drawing at a large output: 16 nested layers (opacity, a filter) and a blur over a 6000²
+            // canvas (the 256 MiB drawing budget shrinks it; the result is enlarged to 36 MP).
+            name: "svg_6000x6000_16_layers",
+            make: svg_layers,
+            options: "rs:fit:6000:6000",
             refused: None,
         },
         Case {
             name: "bmp_7071x7071_24bit",
             make: || bmp(7_071, 7_071),
             refused: None,
+            options: FIT_800,
         },
         Case {
             name: "tiff_5000x5000_rgba16_deflate",
             make: || tiff_rgba16(5_000, 5_000),
             refused: None,
+            options: FIT_800,
         },
     ]
 }
@@ -358,15 +400,35 @@ fn webp_animation(w: u32, h: u32, frames: usize) -> Vec<u8> {
     enc.try_encode().expect("animated webp").to_vec()
 }
 
-/// The transform every case runs.
-fn spec() -> TransformSpec {
+/// 15 nested opacity groups around a blurred full-canvas rectangle (a 16th layer), 6000×6000.
+fn svg_layers() -> Vec<u8> {
+    let mut s = String::from(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="6000" height="6000"><filter id="b"><feGaussianBlur stdDeviation="20"/></filter>"#,
+    );
+    for i in 0..15 {
+        s.push_str(&format!(
+            r#"<g opacity="0.95"><circle cx="{}" cy="3000" r="2000" fill="rgb({},80,160)"/>"#,
+            1000 + i * 250,
+            i * 15
+        ));
+    }
+    s.push_str(
+        r#"<rect width="6000" height="6000" fill="orange" opacity="0.3" filter="url(#b)"/>"#,
+    );
+    s.push_str(&"</g>".repeat(15));
+    s.push_str("</svg>");
+    s.into_bytes()
+}
+
+/// The transform a case runs (`options`, then the fixed source).
+fn spec(options: &str) -> TransformSpec {
     let limits = ParseLimits {
         max_dimension: ImageLimits::default().max_result_dimension,
         presets: Default::default(),
         presets_only: false,
     };
     parse_path(
-        "/rs:fit:800:800/plain/0123456789abcdef0123456789abcdef",
+        &format!("/{options}/plain/0123456789abcdef0123456789abcdef"),
         &limits,
     )
     .expect("spec")
@@ -388,7 +450,8 @@ fn status_kib(field: &str) -> u64 {
 /// The child: transform the file named by the environment, print one result line.
 fn child(case: &str, file: &str) {
     let bytes = std::fs::read(file).expect("read case file");
-    let spec = spec();
+    let options = std::env::var("PIXGATE_BOUNDS_OPTIONS").unwrap_or_else(|_| FIT_800.into());
+    let spec = spec(&options);
     let engine = Engine::new(ImageLimits::default());
     // Reset the high-water mark to the current RSS: what follows is the transform alone.
     std::fs::write("/proc/self/clear_refs", "5").expect("clear_refs");
@@ -439,7 +502,7 @@ fn main() {
         let pixels = u64::from(p.width) * u64::from(p.height) * frames;
         let cost = Engine::new(ImageLimits::default()).memory_estimate(
             &bytes,
-            &spec(),
+            &spec(case.options),
             OutputFormat::Webp,
         );
         let path = dir.path().join(case.name);
@@ -447,6 +510,7 @@ fn main() {
         drop(bytes);
         let out = std::process::Command::new(&exe)
             .env("PIXGATE_BOUNDS_CASE", case.name)
+            .env("PIXGATE_BOUNDS_OPTIONS", case.options)
             .env("PIXGATE_BOUNDS_FILE", &path)
             .output()
             .expect("run case");
@@ -469,7 +533,13 @@ fn main() {
         let peak: u64 = field("peak=").parse().unwrap_or(u64::MAX);
         let ms: u64 = field("ms=").parse().unwrap_or(u64::MAX);
         let outcome = line.split("outcome=").nth(1).unwrap_or("").to_owned();
-        let bound = time_bound(pixels);
+        // Enlargements cost by their result.
+        let result_pixels = outcome
+            .strip_prefix("ok ")
+            .and_then(|d| d.split_once('x'))
+            .and_then(|(w, h)| Some(w.parse::<u64>().ok()? * h.parse::<u64>().ok()?))
+            .unwrap_or(0);
+        let bound = time_bound(pixels.max(result_pixels));
         println!(
             "{:<40} {:>13} {:>11.1} {:>10.1} {:>9} {:>9}  {outcome}",
             case.name,
