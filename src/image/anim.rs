@@ -502,6 +502,34 @@ mod tests {
     }
 
     #[test]
+    fn delays_are_capped_at_gifs_longest() {
+        // WebP may store durations up to 2^24 - 1 ms; they are read back at most MAX_DELAY_MS.
+        let frame = Bitmap {
+            width: 4,
+            height: 4,
+            channels: 3,
+            data: vec![9; 48],
+        };
+        let mut other = frame.clone();
+        other.data.fill(200);
+        let mut sink = Sink::new(
+            OutputFormat::Webp,
+            (4, 4),
+            0,
+            80,
+            &EncodeSettings::default(),
+            1 << 20,
+        )
+        .unwrap();
+        sink.add(&frame, 1_000_000).unwrap();
+        sink.add(&other, 100).unwrap();
+        let bytes = sink.finish().unwrap();
+        let mut f = Frames::open(&bytes, &probe(&bytes).unwrap()).unwrap();
+        assert_eq!(f.next_frame().unwrap().unwrap().1, MAX_DELAY_MS);
+        assert_eq!(f.next_frame().unwrap().unwrap().1, 100);
+    }
+
+    #[test]
     fn sinks_stop_at_the_byte_bound() {
         let noise = Bitmap {
             width: 64,

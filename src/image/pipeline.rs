@@ -943,26 +943,10 @@ pub(super) fn resize_to(src: Bitmap, size: (u32, u32)) -> Result<Bitmap, ImageEr
 /// A small preview of all of `src` (placeholders): nearest-neighbour to 4× `size`, then a box
 /// filter (fast_image_resize's super-sampling) — a quarter of the Lanczos pass's time on a
 /// 12 MP photo, and an average is all a placeholder keeps.
-pub(super) fn preview(src: &Bitmap, (dw, dh): (u32, u32)) -> Result<Bitmap, ImageError> {
-    let pixel_type = if src.channels == 4 {
-        fir::PixelType::U8x4
-    } else {
-        fir::PixelType::U8x3
-    };
-    let src_view = fir::images::ImageRef::new(src.width, src.height, &src.data, pixel_type)
-        .map_err(|e| ImageError::Corrupt(e.to_string()))?;
-    let mut dst = fir::images::Image::new(dw, dh, pixel_type);
+pub(super) fn preview(src: &Bitmap, size: (u32, u32)) -> Result<Bitmap, ImageError> {
     let options = fir::ResizeOptions::new()
         .resize_alg(fir::ResizeAlg::SuperSampling(fir::FilterType::Box, 4));
-    fir::Resizer::new()
-        .resize(&src_view, &mut dst, &options)
-        .map_err(|e| ImageError::Encode(format!("resize: {e}")))?;
-    Ok(Bitmap {
-        width: dw,
-        height: dh,
-        channels: src.channels,
-        data: dst.into_vec(),
-    })
+    resample(src, size, &options)
 }
 
 /// [`resize`] of a bitmap the caller no longer needs: RGBA is premultiplied in place, so the
@@ -1015,7 +999,20 @@ fn resize_owned(
 fn resize(
     src: &Bitmap,
     (x, y, w, h): (f64, f64, f64, f64),
+    size: (u32, u32),
+) -> Result<Bitmap, ImageError> {
+    // Alpha is premultiplied around the convolution by default (no dark fringes).
+    let options = fir::ResizeOptions::new()
+        .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Lanczos3))
+        .crop(x, y, w, h);
+    resample(src, size, &options)
+}
+
+/// `src` (RGB or RGBA) resampled to `size` by fast_image_resize with `options`.
+fn resample(
+    src: &Bitmap,
     (dw, dh): (u32, u32),
+    options: &fir::ResizeOptions,
 ) -> Result<Bitmap, ImageError> {
     let pixel_type = if src.channels == 4 {
         fir::PixelType::U8x4
@@ -1025,12 +1022,8 @@ fn resize(
     let src_view = fir::images::ImageRef::new(src.width, src.height, &src.data, pixel_type)
         .map_err(|e| ImageError::Corrupt(e.to_string()))?;
     let mut dst = fir::images::Image::new(dw, dh, pixel_type);
-    let options = fir::ResizeOptions::new()
-        .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Lanczos3))
-        .crop(x, y, w, h);
-    // Alpha is premultiplied around the convolution by default (no dark fringes).
     fir::Resizer::new()
-        .resize(&src_view, &mut dst, &options)
+        .resize(&src_view, &mut dst, options)
         .map_err(|e| ImageError::Encode(format!("resize: {e}")))?;
     Ok(Bitmap {
         width: dw,

@@ -207,6 +207,30 @@ async fn nothing_is_fetched_and_hostile_documents_are_refused() {
         r#"<g opacity="0.9">"#.repeat(40),
         "</g>".repeat(40)
     );
+    // An inline PNG whose header claims 30000² (900 MP in a few hundred bytes): over the
+    // inline bound, so it is not decoded; the document around it renders at once.
+    let bomb = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fuzz/corpus/decode/regress-bomb-30000x30000.png"
+    ))
+    .unwrap();
+    let with_bomb = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="40" height="40"><rect width="40" height="40" fill="blue"/><image href="data:image/png;base64,{}" width="40" height="40"/></svg>"#,
+        base64::engine::general_purpose::STANDARD.encode(&bomb)
+    );
+    let started = std::time::Instant::now();
+    let r = upload(&s, &owner, "image/svg+xml", with_bomb.into_bytes().into()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let r = get(&s.url(&signed(&format!("/f:png/plain/{id}"))), &[]).await;
+    let b = decode(&r.body, &probe(&r.body).unwrap()).unwrap();
+    assert_eq!(
+        &b.data[..3],
+        &[0, 0, 255],
+        "the bomb drew nothing over the rectangle"
+    );
+    assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         (
             "100000² viewBox",
