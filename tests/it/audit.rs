@@ -237,6 +237,11 @@ async fn every_action_emits_exactly_one_event(backend: Backend) {
             // A CDN purge hook nobody answers: failed purges are audited too.
             ("PIXGATE__CDN__PURGE_URL", "http://127.0.0.1:9/purge/{key}"),
             ("PIXGATE__CDN__PURGE_ATTEMPTS", "1"),
+            // A delete purges twice: at once and again after request_timeout_secs +
+            // revocation_cache_secs (the straggler window, 60 s by default). A run slowed past
+            // that window (CI on two loaded cores) saw the second failed purge and a spooled
+            // event mid-flight; with a long timeout the repeat falls after the test.
+            ("PIXGATE__SERVER__REQUEST_TIMEOUT_SECS", "600"),
         ],
     );
     let (alice, bob, carol, dave) = (
