@@ -10,6 +10,10 @@
 //!   is no maintained Rust binding to build offline), on the 12 MP photo encoded lossy
 //!   (distance 1) and the 2000² photo encoded lossless, both by libjxl.
 //!
+//! - AVIF: rav1d (Rust port of dav1d, pixgate's, plus its YUV→RGB) against libavif 1.4 with
+//!   its C decoder (imagecodecs, child process, one thread), on the 12 MP photo encoded by
+//!   libavif at quality 60 (8-bit 4:2:0).
+//!
 //! Run with `cargo bench --bench decoders` (`PIXGATE_PHOTOS=/dir` for other photos; the
 //! JPEG XL part needs `pip install imagecodecs` and is skipped without it).
 
@@ -103,10 +107,16 @@ fn jxl_files(dir: &std::path::Path) -> Vec<(&'static str, std::path::PathBuf)> {
 
 /// libjxl's median decode time of `file`, ms, over 10 runs (single thread, as pixgate).
 fn libjxl_ms(file: &std::path::Path) -> Option<f64> {
+    c_decoder_ms(file, "jpegxl_decode")
+}
+
+/// The median time of imagecodecs' `function` (a C/C++ decoder) on `file`, ms, over 10 runs,
+/// one thread.
+fn c_decoder_ms(file: &std::path::Path, function: &str) -> Option<f64> {
     let script = format!(
         "import imagecodecs, time, statistics\n\
          d = open('{}', 'rb').read()\nt = []\n\
-         for _ in range(10):\n    s = time.perf_counter(); imagecodecs.jpegxl_decode(d, numthreads=1); \
+         for _ in range(10):\n    s = time.perf_counter(); imagecodecs.{function}(d, numthreads=1); \
          t.append(time.perf_counter() - s)\n\
          print(statistics.median(t) * 1000)\n",
         file.display()
@@ -146,5 +156,43 @@ fn jxl_decoders(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, webp_decoders, jxl_decoders);
+fn avif_decoders(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("photo.avif");
+    let script = format!(
+        "import imagecodecs, numpy as np\nfrom PIL import Image\n\
+         a = np.asarray(Image.open('{}').convert('RGB'))\n\
+         open('{}', 'wb').write(imagecodecs.avif_encode(a, level=60, speed=6))\n",
+        common::photos_dir()
+            .join("photo_4000x3000_q90.jpg")
+            .display(),
+        path.display(),
+    );
+    let made = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .is_ok_and(|s| s.success());
+    let Some(bytes) = made.then(|| std::fs::read(&path).ok()).flatten() else {
+        eprintln!("skipping AVIF: photos or imagecodecs not found");
+        return;
+    };
+    let p = probe(&bytes).expect("probe avif");
+    eprintln!("12MP q60: {} bytes, {}x{}", bytes.len(), p.width, p.height);
+    let mut group = c.benchmark_group("avif decode");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    group.bench_function("12MP q60 rav1d (Rust)", |b| {
+        b.iter(|| decode(&bytes, &p).expect("decode"))
+    });
+    group.finish();
+    match c_decoder_ms(&path, "avif_decode") {
+        Some(ms) => {
+            eprintln!("avif decode/12MP q60 libavif (C, same file, median of 10): {ms:.1} ms")
+        }
+        None => eprintln!("avif decode/12MP q60 libavif: not measured"),
+    }
+}
+
+criterion_group!(benches, webp_decoders, jxl_decoders, avif_decoders);
 criterion_main!(benches);

@@ -136,6 +136,8 @@ pub fn probe(data: &[u8]) {
         ImageFormat::Tiff,
         ImageFormat::Jxl,
         ImageFormat::Svg,
+        ImageFormat::Avif,
+        ImageFormat::Heic,
     ] {
         let n = image::frame_count(data, format, 50);
         assert!(n <= 51, "frame count went past its stop");

@@ -21,6 +21,8 @@
 //! - [`audit`] audit events: log stream, hash-chained archive with spool, queries, verify, sweep
 //! - [`zipstream`] streaming ZIP writer (the GDPR export)
 //! - [`workers`] the bounded CPU pool
+//! - [`sandbox`] the decoder child AVIF and HEIC are decoded in (limits, seccomp), behind
+//!   `image::isolated`
 //! - [`image`] pure image engine: probe, decode (shrink-on-load), resize, effects, encode
 //! - `fuzzing` (hidden): the fuzz targets `fuzz/` and `tests/fuzz_smoke.rs` drive
 //! - [`config`] the loader; each section lives with its domain (`server::config`, …)
@@ -53,6 +55,7 @@ pub mod options;
 pub mod outbound;
 pub mod reload;
 pub mod render;
+pub mod sandbox;
 pub mod server;
 pub mod signature;
 pub mod storage;

@@ -73,6 +73,21 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The sandboxed decoder child (internal: spawned by the server for AVIF and HEIC).
+    #[command(hide = true)]
+    DecodeWorker {
+        /// Lock down, try what an exploited decoder would, exit 0 if all of it is refused.
+        #[arg(long)]
+        check: bool,
+        #[arg(default_value = "")]
+        format: String,
+        #[arg(default_value_t = 0)]
+        width: u32,
+        #[arg(default_value_t = 0)]
+        height: u32,
+        #[arg(default_value_t = 0)]
+        memory: u64,
+    },
     /// Storage consistency: finds (and with --repair removes) what interrupted writes and
     /// crashes leave behind — originals without metadata, metadata without an original, owner
     /// index entries and derived objects of missing images, API key lookups and markers of
@@ -104,6 +119,14 @@ enum AuditJob {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::DecodeWorker { check: true, .. } => return pixgate::sandbox::check_main(),
+        Command::DecodeWorker {
+            format,
+            width,
+            height,
+            memory,
+            ..
+        } => return pixgate::sandbox::child_main(&format, width, height, memory),
         Command::Serve { config } => serve(config),
         Command::Sign {
             config,
@@ -383,6 +406,7 @@ fn serve(file: Option<PathBuf>) -> Result<(), String> {
     pixgate::tune_allocator();
     let config = load_config(file.clone())?;
     init_tracing(&config);
+    start_decoder_sandbox();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -392,6 +416,22 @@ fn serve(file: Option<PathBuf>) -> Result<(), String> {
     // disk) must not hold the process open: dropping a runtime would wait for them forever.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// AVIF and HEIC decode in a sandboxed child of this binary (`pixgate::sandbox`). Checked
+/// once here: where the kernel refuses the seccomp filter those uploads and transforms are
+/// refused, and the log says why; the server runs either way.
+fn start_decoder_sandbox() {
+    if let Err(e) = pixgate::sandbox::ChildDecoder::install_current_exe() {
+        tracing::error!(error = %e, "AVIF and HEIC sources are unavailable");
+        return;
+    }
+    match pixgate::sandbox::self_check() {
+        Ok(()) => tracing::info!("decoder sandbox ready (AVIF, HEIC)"),
+        Err(e) => {
+            tracing::error!(error = %e, "decoder sandbox unavailable: AVIF and HEIC sources will be refused")
+        }
+    }
 }
 
 /// On `SIGHUP`: re-reads the configuration (file, environment, `file:` secrets) and swaps in

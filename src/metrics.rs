@@ -39,6 +39,7 @@ pub const FLEET_BUS_UP: &str = "pixgate_fleet_bus_up";
 pub const FLEET_EVENTS_TOTAL: &str = "pixgate_fleet_events_total";
 pub const FLEET_ACK_SECONDS: &str = "pixgate_fleet_ack_seconds";
 pub const FLEET_UNACKNOWLEDGED_TOTAL: &str = "pixgate_fleet_unacknowledged_total";
+pub const DECODER_CRASHES_TOTAL: &str = "pixgate_decoder_crashes_total";
 
 /// Redis calls on loopback take tens of microseconds; the deadline is tens of milliseconds.
 const REDIS_BUCKETS: &[f64] = &[
@@ -116,6 +117,9 @@ pub struct Metrics {
     pub fleet_ack: Histogram,
     /// Live instances that did not acknowledge an event within `fleet.ack_timeout_ms`.
     pub fleet_unacknowledged: IntCounter,
+    /// Sandboxed decoder children (AVIF, HEIC) that crashed or were killed: each one a source
+    /// answered `invalid_image`; brought up to date from `sandbox::crashes` at every scrape.
+    pub decoder_crashes: IntCounter,
 }
 
 impl Metrics {
@@ -156,12 +160,17 @@ impl Metrics {
             fleet_events: counter_vec(&r, FLEET_EVENTS_TOTAL, "Fleet events sent by this instance or applied from others, by kind.", &["kind", "outcome"])?,
             fleet_ack: histogram(&r, FLEET_ACK_SECONDS, "Time from publishing a fleet event to the acknowledgement of every live instance.", ACK_BUCKETS)?,
             fleet_unacknowledged: counter(&r, FLEET_UNACKNOWLEDGED_TOTAL, "Live instances that did not acknowledge a fleet event in time.")?,
+            decoder_crashes: counter(&r, DECODER_CRASHES_TOTAL, "Sandboxed decoder processes (AVIF, HEIC) that crashed or were killed on a source.")?,
             registry: r,
         })
     }
 
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
+        let crashes = crate::sandbox::crashes();
+        if let Some(new) = crashes.checked_sub(self.decoder_crashes.get()) {
+            self.decoder_crashes.inc_by(new);
+        }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "metrics encoding failed");

@@ -345,7 +345,7 @@ impl From<ImageError> for Error {
     fn from(e: ImageError) -> Self {
         match e {
             ImageError::UnknownFormat => Error::UnsupportedMediaType(
-                "not a JPEG, PNG, WebP, GIF, BMP, ICO, TIFF, JPEG XL or SVG image".to_owned(),
+                "not a JPEG, PNG, WebP, GIF, BMP, ICO, TIFF, JPEG XL, AVIF or SVG image".to_owned(),
             ),
             ImageError::TooManyPixels {
                 width,

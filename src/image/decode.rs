@@ -44,6 +44,11 @@ pub fn decode_with_icc(
             let b = super::svg::decode(bytes, (probe.width, probe.height))?;
             return Ok((b, None));
         }
+        // In the sandboxed child: rav1d (AVIF) and libheif (HEIC).
+        ImageFormat::Avif | ImageFormat::Heic => (
+            super::isolated::decode(bytes, probe)?,
+            super::icc::extract(bytes, probe.format),
+        ),
         ImageFormat::Tiff => (
             image_rs(bytes, probe)?,
             super::icc::extract(bytes, probe.format),

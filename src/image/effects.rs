@@ -125,7 +125,7 @@ fn premultiply(data: &mut [u8]) {
 }
 
 /// Premultiplied RGBA → RGBA, in place.
-fn unpremultiply(data: &mut [u8]) {
+pub(super) fn unpremultiply(data: &mut [u8]) {
     for px in data.chunks_exact_mut(4) {
         let a = u16::from(px[3]);
         for v in &mut px[..3] {

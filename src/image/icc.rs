@@ -22,6 +22,7 @@ pub fn extract(bytes: &[u8], format: ImageFormat) -> Option<Vec<u8>> {
         ImageFormat::Webp => webp(bytes),
         ImageFormat::Png => png(bytes),
         ImageFormat::Tiff => tiff(bytes),
+        ImageFormat::Avif | ImageFormat::Heic => super::bmff::icc(bytes),
         // JPEG XL's profile is the one its render is in: returned by its decode.
         ImageFormat::Gif
         | ImageFormat::Bmp

@@ -56,7 +56,9 @@ pub fn read(bytes: &[u8], format: ImageFormat) -> SourceMeta<'_> {
         | ImageFormat::Ico
         | ImageFormat::Tiff
         | ImageFormat::Jxl
-        | ImageFormat::Svg => SourceMeta::default(),
+        | ImageFormat::Svg
+        | ImageFormat::Avif
+        | ImageFormat::Heic => SourceMeta::default(),
     }
 }
 

@@ -11,14 +11,18 @@
 //! (fast_image_resize, Lanczos3) → `orient` → `encode`; `pipeline` strings them together.
 
 pub mod anim;
+mod avif;
+mod bmff;
 mod chunks;
 mod decode;
 mod effects;
 mod encode;
 pub(crate) mod exif;
 mod geometry;
+mod heic;
 pub(crate) mod icc;
 mod info;
+pub mod isolated;
 mod jxl;
 pub(crate) mod metadata;
 mod orient;
@@ -59,6 +63,11 @@ pub enum ImageFormat {
     Jxl,
     /// SVG, rasterised (opt-in).
     Svg,
+    /// AVIF: the primary item (no grids); decoded in the sandboxed child.
+    Avif,
+    /// HEIC/HEIF (HEVC): the primary item, grids included; decoded by libheif in the
+    /// sandboxed child (opt-in).
+    Heic,
 }
 
 impl ImageFormat {
@@ -81,6 +90,8 @@ impl ImageFormat {
             ImageFormat::Tiff => "image/tiff",
             ImageFormat::Jxl => "image/jxl",
             ImageFormat::Svg => "image/svg+xml",
+            ImageFormat::Avif => "image/avif",
+            ImageFormat::Heic => "image/heic",
         }
     }
 
@@ -102,6 +113,10 @@ impl ImageFormat {
             "image/tiff" => Some(ImageFormat::Tiff),
             "image/jxl" => Some(ImageFormat::Jxl),
             "image/svg+xml" => Some(ImageFormat::Svg),
+            "image/avif" => Some(ImageFormat::Avif),
+            "image/heic" | "image/heif" | "image/heic-sequence" | "image/heif-sequence" => {
+                Some(ImageFormat::Heic)
+            }
             _ => None,
         }
     }
@@ -117,6 +132,8 @@ impl ImageFormat {
             ImageFormat::Tiff => "tiff",
             ImageFormat::Jxl => "jxl",
             ImageFormat::Svg => "svg",
+            ImageFormat::Avif => "avif",
+            ImageFormat::Heic => "heic",
         }
     }
 }
@@ -159,7 +176,7 @@ pub struct Bitmap {
 /// What can go wrong inside the engine.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ImageError {
-    #[error("not a JPEG, PNG, WebP, GIF, BMP, ICO, TIFF, JPEG XL or SVG image")]
+    #[error("not a JPEG, PNG, WebP, GIF, BMP, ICO, TIFF, JPEG XL, AVIF, HEIC or SVG image")]
     UnknownFormat,
     #[error("{width}x{height} is more than {limit} pixels")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
@@ -216,6 +233,8 @@ pub fn memory_cost(p: &Probe) -> u64 {
         // expansion (4).
         ImageFormat::Jxl => jxl::MAX_BYTES_PER_PIXEL + 8,
         ImageFormat::Svg => 0,
+        ImageFormat::Avif => avif::MAX_BYTES_PER_PIXEL + isolated::PARENT_BYTES_PER_PIXEL,
+        ImageFormat::Heic => heic::MAX_BYTES_PER_PIXEL + isolated::PARENT_BYTES_PER_PIXEL,
     };
     pixels.saturating_mul(per_pixel).saturating_add(COST_BASE)
 }

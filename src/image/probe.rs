@@ -45,6 +45,8 @@ pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
         Some(ImageFormat::Tiff)
     } else if super::jxl::sniff(bytes) {
         Some(ImageFormat::Jxl)
+    } else if let Some(heif) = super::bmff::sniff(bytes) {
+        Some(heif)
     } else if super::svg_header::sniff(bytes) {
         Some(ImageFormat::Svg)
     } else {
@@ -66,6 +68,11 @@ pub fn probe(bytes: &[u8]) -> Result<Probe, ImageError> {
         // Upright already (jxl-oxide renders with the orientation applied).
         ImageFormat::Jxl => super::jxl::header(bytes).map(|h| (h.width, h.height, 1)),
         ImageFormat::Svg => super::svg_header::header(bytes).map(|(w, h)| (w, h, 1)),
+        // The coded size; `irot`/`imir` become the orientation (an Exif orientation inside
+        // is informative only, as libheif and browsers treat it).
+        ImageFormat::Avif | ImageFormat::Heic => {
+            super::bmff::header(bytes).map(|h| (h.width, h.height, h.orientation))
+        }
     }
     .ok_or_else(|| ImageError::Corrupt(format!("unreadable {} header", format.as_str())))?;
     Ok(Probe {
@@ -241,7 +248,9 @@ pub fn frame_count(bytes: &[u8], format: ImageFormat, stop_after: u64) -> u64 {
         | ImageFormat::Ico
         | ImageFormat::Tiff
         | ImageFormat::Jxl
-        | ImageFormat::Svg => 1,
+        | ImageFormat::Svg
+        | ImageFormat::Avif
+        | ImageFormat::Heic => 1,
         ImageFormat::Webp => webp_frames(bytes, stop_after),
         ImageFormat::Gif => gif_frames(bytes, stop_after),
     }

@@ -44,6 +44,13 @@ pub fn strip_metadata(bytes: &[u8], format: ImageFormat) -> Result<Vec<u8>, Imag
         // A bare codestream has no metadata boxes; a container's boxes (Exif, xml, jumb,
         // brob-compressed ones) are not stripped here.
         ImageFormat::Jxl if bytes.starts_with(&[0xFF, 0x0A]) => Some(bytes.to_vec()),
+        ImageFormat::Avif | ImageFormat::Heic => {
+            return Err(ImageError::Unsupported(
+                "originals of AVIF and HEIC sources are not served: their Exif and XMP items are not \
+                 removed here"
+                    .into(),
+            ));
+        }
         // An SVG served from this origin could run scripts in its context: never.
         ImageFormat::Svg => {
             return Err(ImageError::Unsupported(

@@ -93,6 +93,8 @@ impl Default for LimitsConfig {
                 ImageFormat::Ico,
                 ImageFormat::Tiff,
                 ImageFormat::Jxl,
+                ImageFormat::Avif,
+                ImageFormat::Heic,
             ],
             uploads_per_hour: 100,
             transforms_per_hour: 1000,

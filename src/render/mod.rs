@@ -256,6 +256,9 @@ pub fn fallback_format(source: ImageFormat) -> OutputFormat {
         | ImageFormat::Ico
         // JPEG XL may carry alpha (and lossless JPEG XL is often graphics).
         | ImageFormat::Jxl
+        | ImageFormat::Avif
+        // Camera photos, but HEIC may carry alpha (and a depth map, not rendered).
+        | ImageFormat::Heic
         // Drawings: sharp edges and transparency.
         | ImageFormat::Svg => OutputFormat::Png,
     }
