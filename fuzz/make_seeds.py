@@ -104,7 +104,10 @@ def images():
         (small.convert("RGBA") if name.endswith(".ico") else small).save(buf, format=name.split(".")[1].replace("tif", "tiff"), **kwargs)
         out[name] = buf.getvalue()
     for fixture, name in [("anim_3x64x48.webp", "animated.webp"), ("anim_3x64x48.gif", "animated.gif"),
-                          ("photo_160x120.jxl", "photo.jxl")]:
+                          ("photo_160x120.jxl", "photo.jxl"), ("photo_160x120.avif", "photo.avif"),
+                          ("photo_160x120.heic", "photo.heic"),
+                          # rav1d panics (aborts) on it: contained by the decoder child.
+                          ("crash_rav1d_panic.avif", "regress-rav1d-panic.avif")]:
         with open(os.path.join(FIXTURES, fixture), "rb") as f:
             out[name] = f.read()
     # SVG: shapes, text, an entity, an inline PNG, a <use> and a filter (the parser's paths).

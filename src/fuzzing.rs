@@ -162,6 +162,7 @@ fn engines() -> &'static [Engine; 2] {
 /// upload that every `<img>` shows broken is a finding), and no codec may panic (a panic the
 /// engine contains is still a bug in a decoder).
 pub fn decode(data: &[u8]) {
+    decoder_child_from_env();
     let panics = image::caught_panics();
     let limits = fuzz_limits();
     let accepted = image::validate_upload(data, &limits).is_ok();
@@ -565,4 +566,16 @@ fn read_zip(b: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
         return Err("directory size does not match its headers".into());
     }
     Ok(out)
+}
+
+/// Under cargo-fuzz: AVIF and HEIC decode in the child `PIXGATE_DECODER_EXE` names (a built
+/// `pixgate` binary); without it they are refused as unavailable and only the header walk is
+/// fuzzed. The smoke test installs the child itself.
+fn decoder_child_from_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Some(exe) = std::env::var_os("PIXGATE_DECODER_EXE") {
+            image::isolated::install(Box::new(crate::sandbox::ChildDecoder::new(exe.into())));
+        }
+    });
 }

@@ -95,7 +95,7 @@ impl Runner for ChildDecoder {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| ImageError::Unsupported(format!("cannot start the decoder child: {e}")))?;
+            .map_err(|e| ImageError::Unavailable(format!("cannot start the decoder child: {e}")))?;
         // A child that blocks without spending CPU (a decoder deadlock) is killed after
         // WALL_SECONDS; the pipes then close and the reads below return. The kill comes before
         // the wait, so the pid cannot have been reused.
@@ -142,7 +142,7 @@ impl Runner for ChildDecoder {
             Ok(Err(e)) => Err(e),
             _ if status.code() == Some(SANDBOX_UNAVAILABLE) => {
                 tracing::error!(reason = %first_line, "the decoder sandbox cannot be set up");
-                Err(ImageError::Unsupported(format!(
+                Err(ImageError::Unavailable(format!(
                     "{} decoding is unavailable on this server",
                     job.format.as_str()
                 )))

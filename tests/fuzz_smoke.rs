@@ -206,6 +206,10 @@ fn probe() {
 
 #[test]
 fn decode() {
+    // AVIF and HEIC mutations go through the real decoder child, sandbox and all.
+    pixgate::image::isolated::install(Box::new(pixgate::sandbox::ChildDecoder::new(
+        env!("CARGO_BIN_EXE_pixgate").into(),
+    )));
     smoke("decode");
 }
 

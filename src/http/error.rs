@@ -345,7 +345,8 @@ impl From<ImageError> for Error {
     fn from(e: ImageError) -> Self {
         match e {
             ImageError::UnknownFormat => Error::UnsupportedMediaType(
-                "not a JPEG, PNG, WebP, GIF, BMP, ICO, TIFF, JPEG XL, AVIF or SVG image".to_owned(),
+                "not a JPEG, PNG, WebP, GIF, BMP, ICO, TIFF, JPEG XL, AVIF, HEIC or SVG image"
+                    .to_owned(),
             ),
             ImageError::TooManyPixels {
                 width,
@@ -379,6 +380,7 @@ impl From<ImageError> for Error {
             ImageError::Corrupt(msg) => Error::InvalidImage(msg),
             ImageError::Encode(msg) => Error::Internal(format!("encode failed: {msg}")),
             ImageError::Unsupported(msg) => Error::InvalidOption(msg),
+            ImageError::Unavailable(msg) => Error::Internal(format!("decoder unavailable: {msg}")),
         }
     }
 }

@@ -47,7 +47,7 @@ pub fn isolated(format: ImageFormat) -> bool {
 /// the probe: size, channel count and buffer length.
 pub(super) fn decode(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> {
     let runner = RUNNER.get().ok_or_else(|| {
-        ImageError::Unsupported(format!(
+        ImageError::Unavailable(format!(
             "{} sources need the sandboxed decoder, which this process has not started",
             probe.format.as_str()
         ))

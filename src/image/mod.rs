@@ -197,6 +197,10 @@ pub enum ImageError {
     /// configured watermark).
     #[error("{0}")]
     Unsupported(String),
+    /// This process cannot decode the format now (the decoder sandbox did not start): the
+    /// server's problem, not the source's.
+    #[error("decoder unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Estimated peak memory, in bytes, of validating or transforming a source with this header:
