@@ -12,7 +12,14 @@
 //!
 //! - AVIF: rav1d (Rust port of dav1d, pixgate's, plus its YUV→RGB) against libavif 1.4 with
 //!   its C decoder (imagecodecs, child process, one thread), on the 12 MP photo encoded by
-//!   libavif at quality 60 (8-bit 4:2:0).
+//!   libavif at quality 60 (8-bit 4:2:0). rav1d is timed twice: as pixgate runs it, in the
+//!   sandboxed decoder child (spawn, limits, seccomp, pixels back through a pipe), and in this
+//!   process — the difference is what the sandbox costs.
+//!
+//! - HEIC: libheif 1.15 + libde265 (Debian's; no memory-safe HEVC decoder exists, so the
+//!   rejected alternative is running it unsandboxed) in the decoder child and in this process,
+//!   next to libheif 1.23 through pillow-heif (child process, decode only, one thread), on the 12 MP photo
+//!   encoded by pillow-heif at quality 80 (8-bit 4:2:0, as a phone writes it).
 //!
 //! Run with `cargo bench --bench decoders` (`PIXGATE_PHOTOS=/dir` for other photos; the
 //! JPEG XL part needs `pip install imagecodecs` and is skipped without it).
@@ -182,9 +189,7 @@ fn avif_decoders(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(10));
-    group.bench_function("12MP q60 rav1d (Rust)", |b| {
-        b.iter(|| decode(&bytes, &p).expect("decode"))
-    });
+    sandboxed(&mut group, "12MP q60 rav1d", &bytes, &p);
     group.finish();
     match c_decoder_ms(&path, "avif_decode") {
         Some(ms) => {
@@ -194,5 +199,144 @@ fn avif_decoders(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, webp_decoders, jxl_decoders, avif_decoders);
+/// Times a sandboxed format as pixgate decodes it (in the child) and in this process.
+fn sandboxed(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    bytes: &[u8],
+    p: &pixgate::image::Probe,
+) {
+    pixgate::image::isolated::install(Box::new(pixgate::sandbox::ChildDecoder::new(
+        env!("CARGO_BIN_EXE_pixgate").into(),
+    )));
+    group.bench_function(format!("{name} in the decoder child (pixgate)"), |b| {
+        b.iter(|| decode(bytes, p).expect("decode"))
+    });
+    let job = pixgate::image::isolated::Job {
+        format: p.format,
+        width: p.width,
+        height: p.height,
+        memory: u64::MAX,
+    };
+    group.bench_function(format!("{name} in process (no sandbox)"), |b| {
+        b.iter(|| pixgate::image::isolated::decode_here(&job, bytes).expect("decode"))
+    });
+}
+
+fn heic_decoders(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("photo.heic");
+    let script = format!(
+        "import pillow_heif\nfrom PIL import Image\npillow_heif.register_heif_opener()\n\
+         Image.open('{}').convert('RGB').save('{}', quality=80)\n",
+        common::photos_dir()
+            .join("photo_4000x3000_q90.jpg")
+            .display(),
+        path.display(),
+    );
+    let made = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .is_ok_and(|s| s.success());
+    let Some(bytes) = made.then(|| std::fs::read(&path).ok()).flatten() else {
+        eprintln!("skipping HEIC: photos or pillow-heif not found");
+        return;
+    };
+    let p = probe(&bytes).expect("probe heic");
+    eprintln!(
+        "12MP q80 HEIC: {} bytes, {}x{}",
+        bytes.len(),
+        p.width,
+        p.height
+    );
+    let mut group = c.benchmark_group("heic decode");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    sandboxed(&mut group, "12MP q80 libheif", &bytes, &p);
+    group.finish();
+    let script = format!(
+        "import pillow_heif, time, statistics\npillow_heif.options.DECODE_THREADS = 1\n\
+         d = open('{}', 'rb').read()\nt = []\n\
+         for _ in range(10):\n    s = time.perf_counter(); \
+         pillow_heif.open_heif(d, convert_hdr_to_8bit=True).load(); \
+         t.append(time.perf_counter() - s)\n\
+         print(statistics.median(t) * 1000)\n",
+        path.display()
+    );
+    let ms = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        });
+    match ms {
+        Some(ms) => eprintln!(
+            "heic decode/12MP q80 libheif 1.23 via pillow-heif (same file, median of 10): {ms:.1} ms"
+        ),
+        None => eprintln!("heic decode/12MP q80 pillow-heif: not measured"),
+    }
+}
+
+/// The Rust decoders with no alternative in the tree, on reference files: what the summary
+/// table of `docs/decoders.md` reports (full decode through `pixgate::image::decode`).
+fn other_decoders(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let photos = common::photos_dir();
+    let script = format!(
+        "from PIL import Image\nim = Image.open('{}').convert('RGB')\n\
+         im.save('{d}/photo.bmp')\nim.save('{d}/photo.tif', compression='tiff_lzw')\n\
+         im.save('{d}/photo.gif')\nim.resize((256, 256)).save('{d}/icon.ico', sizes=[(256, 256)])\n",
+        photos.join("photo_2000x2000.png").display(),
+        d = dir.path().display(),
+    );
+    let made = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut files: Vec<(&str, std::path::PathBuf)> = vec![
+        (
+            "JPEG 12MP q90 zune-jpeg",
+            photos.join("photo_4000x3000_q90.jpg"),
+        ),
+        ("PNG 2000x2000 png", photos.join("photo_2000x2000.png")),
+    ];
+    if made {
+        files.extend([
+            ("BMP 2000x2000 image-rs", dir.path().join("photo.bmp")),
+            ("TIFF 2000x2000 LZW image-rs", dir.path().join("photo.tif")),
+            ("GIF 2000x2000 gif", dir.path().join("photo.gif")),
+            (
+                "ICO 256x256 PNG entry image-rs",
+                dir.path().join("icon.ico"),
+            ),
+        ]);
+    }
+    let mut group = c.benchmark_group("other decoders");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(6));
+    for (name, path) in files {
+        let Ok(bytes) = std::fs::read(&path) else {
+            eprintln!("skipping {name}: {} not found", path.display());
+            continue;
+        };
+        let p = probe(&bytes).expect("probe");
+        group.bench_function(name, |b| b.iter(|| decode(&bytes, &p).expect("decode")));
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    other_decoders,
+    webp_decoders,
+    jxl_decoders,
+    avif_decoders,
+    heic_decoders
+);
 criterion_main!(benches);

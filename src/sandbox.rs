@@ -78,9 +78,9 @@ fn corrupt(msg: impl Into<String>) -> ImageError {
     ImageError::Corrupt(msg.into())
 }
 
-impl Runner for ChildDecoder {
-    fn decode(&self, job: &Job, bytes: &[u8]) -> Result<Bitmap, ImageError> {
-        let mut child = Command::new(&self.exe)
+impl ChildDecoder {
+    fn spawn(&self, job: &Job) -> Result<std::process::Child, ImageError> {
+        Command::new(&self.exe)
             .arg("decode-worker")
             .arg(job.format.as_str())
             .arg(job.width.to_string())
@@ -95,20 +95,49 @@ impl Runner for ChildDecoder {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| ImageError::Unavailable(format!("cannot start the decoder child: {e}")))?;
-        // A child that blocks without spending CPU (a decoder deadlock) is killed after
-        // WALL_SECONDS; the pipes then close and the reads below return. The kill comes before
-        // the wait, so the pid cannot have been reused.
+            .map_err(|e| ImageError::Unavailable(format!("cannot start the decoder child: {e}")))
+    }
+}
+
+/// Kills a child that blocks without spending CPU (a decoder deadlock) after [`WALL_SECONDS`];
+/// its pipes then close and the parent's reads return. Dropped (stopped) before the child is
+/// waited for, so the pid it signals cannot have been reused.
+struct Watchdog {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(pid: u32) -> Watchdog {
         let (done, stop) = std::sync::mpsc::channel::<()>();
-        let pid = child.id();
-        let watchdog = std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 stop.recv_timeout(std::time::Duration::from_secs(WALL_SECONDS))
             {
-                // SAFETY: a signal to our own unreaped child.
+                // SAFETY: a signal to our own child, not yet reaped.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             }
         });
+        Watchdog {
+            done: Some(done),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Runner for ChildDecoder {
+    fn decode(&self, job: &Job, bytes: &[u8]) -> Result<Bitmap, ImageError> {
+        let mut child = self.spawn(job)?;
+        let watchdog = Watchdog::start(child.id());
         // The child reads all of its input before it writes: no deadlock. A child that died
         // early closes the pipe (EPIPE); its status says why.
         if let Some(mut stdin) = child.stdin.take() {
@@ -127,8 +156,7 @@ impl Runner for ChildDecoder {
         if result.is_err() {
             let _ = child.kill();
         }
-        drop(done);
-        let _ = watchdog.join();
+        drop(watchdog);
         let status = child
             .wait()
             .map_err(|e| corrupt(format!("decoder child: {e}")))?;
@@ -137,29 +165,39 @@ impl Runner for ChildDecoder {
             .next()
             .unwrap_or("")
             .to_owned();
-        match result {
-            Ok(record) if status.success() => record,
-            Ok(Err(e)) => Err(e),
-            _ if status.code() == Some(SANDBOX_UNAVAILABLE) => {
-                tracing::error!(reason = %first_line, "the decoder sandbox cannot be set up");
-                Err(ImageError::Unavailable(format!(
-                    "{} decoding is unavailable on this server",
-                    job.format.as_str()
-                )))
-            }
-            _ => {
-                CRASHES.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    format = job.format.as_str(),
-                    status = %status,
-                    stderr = %first_line,
-                    "decoder child failed on a source; answered invalid_image"
-                );
-                Err(corrupt(format!(
-                    "the {} decoder stopped on malformed data",
-                    job.format.as_str()
-                )))
-            }
+        outcome(job, result, status, &first_line)
+    }
+}
+
+/// The answer for a finished child: its record when it exited cleanly, else a refusal.
+fn outcome(
+    job: &Job,
+    record: Result<Result<Bitmap, ImageError>, ImageError>,
+    status: std::process::ExitStatus,
+    first_line: &str,
+) -> Result<Bitmap, ImageError> {
+    match record {
+        Ok(record) if status.success() => record,
+        Ok(Err(e)) => Err(e),
+        _ if status.code() == Some(SANDBOX_UNAVAILABLE) => {
+            tracing::error!(reason = %first_line, "the decoder sandbox cannot be set up");
+            Err(ImageError::Unavailable(format!(
+                "{} decoding is unavailable on this server",
+                job.format.as_str()
+            )))
+        }
+        _ => {
+            CRASHES.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                format = job.format.as_str(),
+                status = %status,
+                stderr = %first_line,
+                "decoder child failed on a source; answered invalid_image"
+            );
+            Err(corrupt(format!(
+                "the {} decoder stopped on malformed data",
+                job.format.as_str()
+            )))
         }
     }
 }

@@ -164,7 +164,11 @@ impl Drop for Decoded {
 /// Decodes the primary item to 8-bit RGB or RGBA at its coded size, which must be
 /// `(width, height)` (the probed `ispe`).
 pub fn decode(bytes: &[u8], (width, height): (u32, u32)) -> Result<Bitmap, ImageError> {
-    let side = c_int::try_from(width.max(height)).map_err(corrupt)?;
+    // libheif 1.15 refuses a size whose side reaches this limit, and a grid's tiles may cover
+    // more than its output (phones pad the last row and column): twice the probed side bounds
+    // its intermediate images without refusing real grids. The probe's limits and the
+    // child's memory cap are the real bounds.
+    let side = c_int::try_from(u64::from(width.max(height)) * 2 + 64).map_err(corrupt)?;
     // SAFETY: allocation of an empty context; checked for null below.
     let ctx = Ctx(unsafe { heif_context_alloc() });
     if ctx.0.is_null() {

@@ -127,6 +127,7 @@ mod tests {
         for (name, format, channels) in [
             ("photo_160x120.heic", ImageFormat::Heic, 3),
             ("photo_160x120_10bit.heic", ImageFormat::Heic, 3),
+            ("grid_2x2_160x120.heic", ImageFormat::Heic, 3),
             ("alpha_160x120.heic", ImageFormat::Heic, 4),
             ("photo_160x120.avif", ImageFormat::Avif, 3),
             ("alpha_160x120.avif", ImageFormat::Avif, 4),
