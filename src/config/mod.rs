@@ -422,7 +422,7 @@ mod tests {
             ("PIXGATE__STORAGE__S3_SSE", "aes", "storage.s3_sse"),
             (
                 "PIXGATE__LIMITS__UPLOAD_FORMATS",
-                "heic",
+                "psd",
                 "limits.upload_formats",
             ),
             (

@@ -225,6 +225,6 @@ mod tests {
             }),
             "limits.plans.a b"
         );
-        assert!(toml::from_str::<LimitsConfig>("upload_formats = [\"heic\"]").is_err());
+        assert!(toml::from_str::<LimitsConfig>("upload_formats = [\"psd\"]").is_err());
     }
 }
