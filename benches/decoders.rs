@@ -163,6 +163,15 @@ fn jxl_decoders(c: &mut Criterion) {
     group.finish();
 }
 
+/// Runs a Python `script` that writes `path`, and reads what it wrote.
+fn python_made(script: &str, path: &std::path::Path) -> Option<Vec<u8>> {
+    let made = std::process::Command::new("python3")
+        .args(["-c", script])
+        .status()
+        .is_ok_and(|s| s.success());
+    made.then(|| std::fs::read(path).ok()).flatten()
+}
+
 fn avif_decoders(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("photo.avif");
@@ -175,11 +184,7 @@ fn avif_decoders(c: &mut Criterion) {
             .display(),
         path.display(),
     );
-    let made = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .status()
-        .is_ok_and(|s| s.success());
-    let Some(bytes) = made.then(|| std::fs::read(&path).ok()).flatten() else {
+    let Some(bytes) = python_made(&script, &path) else {
         eprintln!("skipping AVIF: photos or imagecodecs not found");
         return;
     };
@@ -234,11 +239,7 @@ fn heic_decoders(c: &mut Criterion) {
             .display(),
         path.display(),
     );
-    let made = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .status()
-        .is_ok_and(|s| s.success());
-    let Some(bytes) = made.then(|| std::fs::read(&path).ok()).flatten() else {
+    let Some(bytes) = python_made(&script, &path) else {
         eprintln!("skipping HEIC: photos or pillow-heif not found");
         return;
     };
@@ -259,7 +260,7 @@ fn heic_decoders(c: &mut Criterion) {
         "import pillow_heif, time, statistics\npillow_heif.options.DECODE_THREADS = 1\n\
          d = open('{}', 'rb').read()\nt = []\n\
          for _ in range(10):\n    s = time.perf_counter(); \
-         pillow_heif.open_heif(d, convert_hdr_to_8bit=True).load(); \
+         pillow_heif.open_heif(d, convert_hdr_to_8bit=True)[0].load(); \
          t.append(time.perf_counter() - s)\n\
          print(statistics.median(t) * 1000)\n",
         path.display()
@@ -290,7 +291,7 @@ fn other_decoders(c: &mut Criterion) {
     let script = format!(
         "from PIL import Image\nim = Image.open('{}').convert('RGB')\n\
          im.save('{d}/photo.bmp')\nim.save('{d}/photo.tif', compression='tiff_lzw')\n\
-         im.save('{d}/photo.gif')\nim.resize((256, 256)).save('{d}/icon.ico', sizes=[(256, 256)])\n",
+         im.save('{d}/photo.gif')\nim.convert('RGBA').resize((256, 256)).save('{d}/icon.ico', sizes=[(256, 256)])\n",
         photos.join("photo_2000x2000.png").display(),
         d = dir.path().display(),
     );

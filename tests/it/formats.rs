@@ -432,107 +432,14 @@ async fn hostile_jpeg_xl_is_refused_with_stable_codes() {
     }
 }
 
-/// AVIF through avif-parse and rav1d (in the sandboxed decoder child): 8-bit, 10-bit and an
-/// alpha item, sized from `ispe`, converted from YUV by the matrix and range the AV1 stream
-/// declares.
-#[tokio::test]
-async fn avif_sources() {
-    let s = Server::start(Backend::Fs);
-    let owner = token("avif", Role::Editor);
-    let reference = upload_fixture(&s, "avif", "photo_320x240.jpg", "image/jpeg").await;
-    let want = mean(
-        &get(
-            &s.url(&signed(&format!("/w:80/f:png/plain/{reference}"))),
-            &[],
-        )
-        .await
-        .body,
-    );
-    for file in ["photo_160x120.avif", "photo_160x120_10bit.avif"] {
-        let r = upload(&s, &owner, "image/avif", fixture(file)).await;
-        assert_eq!(r.status, 201, "{file}: {:?}", r.body);
-        let j = r.json();
-        assert_eq!(
-            (j["format"].as_str(), j["width"].as_u64()),
-            (Some("avif"), Some(160))
-        );
-        let id = j["id"].as_str().unwrap().to_owned();
-        let r = get(&s.url(&signed(&format!("/w:80/f:png/plain/{id}"))), &[]).await;
-        let got = mean(&r.body);
-        for c in 0..3 {
-            assert!(
-                (got[c] - want[c]).abs() < 6.0,
-                "{file}: {got:?} vs {want:?}"
-            );
-        }
-        // Its Exif/XMP items are not stripped: the original is refused, not leaked.
-        let r = get(&s.url(&signed(&format!("/raw:1/plain/{id}"))), &[]).await;
-        assert_eq!(
-            (r.status, r.code().as_str()),
-            (400, "invalid_option"),
-            "{file}"
-        );
-    }
-    let r = upload(&s, &owner, "image/avif", fixture("alpha_160x120.avif")).await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let id = r.json()["id"].as_str().unwrap().to_owned();
-    let r = get(&s.url(&signed(&format!("/w:80/f:png/plain/{id}"))), &[]).await;
-    let b = decode(&r.body, &probe(&r.body).unwrap()).unwrap();
-    assert_eq!((b.width, b.height, b.channels), (80, 60, 4));
-    let alpha = |x: usize| b.data[(30 * 80 + x) * 4 + 3];
-    assert_eq!((alpha(10), alpha(70)), (0, 255));
-
-    // Hostile: a truncated file, a corrupted AV1 payload, an `ispe` claiming 100000².
-    let photo = fixture("photo_160x120.avif").to_vec();
-    // The AV1 data's first OBU header with its forbidden bit set (AV1 decoders are tolerant
-    // of damaged coefficients, not of broken OBU framing).
-    let mut flipped = photo.clone();
-    let mdat = flipped.windows(4).position(|w| w == b"mdat").unwrap() + 4;
-    flipped[mdat..mdat + 4].copy_from_slice(&[0xFF; 4]);
-    let mut huge = photo.clone();
-    let at = huge.windows(4).position(|w| w == b"ispe").unwrap() + 8;
-    huge[at..at + 8].copy_from_slice(&[0, 1, 0x86, 0xA0, 0, 1, 0x86, 0xA0]);
-    for (name, body, code) in [
-        (
-            "truncated",
-            photo[..photo.len() / 2].to_vec(),
-            "invalid_image",
-        ),
-        ("corrupt", flipped, "invalid_image"),
-        ("100000² ispe", huge, "too_many_pixels"),
-    ] {
-        let r = upload(&s, &owner, "image/avif", body.into()).await;
-        assert_eq!(
-            (r.status, r.code().as_str()),
-            (422, code),
-            "{name}: {:?}",
-            r.body
-        );
-    }
-}
-
-/// HEIC through libheif in the sandboxed decoder child: 8-bit, 10-bit (sent as `image/heif`),
-/// an alpha item, and `irot` applied as the orientation (an iPhone photo shot in portrait).
-#[tokio::test]
-async fn heic_sources() {
-    let s = Server::start(Backend::Fs);
-    let owner = token("heic", Role::Editor);
-    let reference = upload_fixture(&s, "heic", "photo_320x240.jpg", "image/jpeg").await;
-    let want = mean(
-        &get(
-            &s.url(&signed(&format!("/w:80/f:png/plain/{reference}"))),
-            &[],
-        )
-        .await
-        .body,
-    );
-    for (file, mime) in [
-        ("photo_160x120.heic", "image/heic"),
-        ("photo_160x120_10bit.heic", "image/heif"),
-        // Tiles, the bottom row padded past the output: how phones store every photo.
-        ("grid_2x2_160x120.heic", "image/heic"),
-    ] {
-        let r = upload(&s, &owner, mime, fixture(file)).await;
+/// Uploads each HEIF-family `(file, mime)` and checks its format, stored size, colours against
+/// the same photo's JPEG, and that its original is refused (Exif/XMP items are not stripped:
+/// refused, not leaked).
+async fn heif_uploads(s: &Server, owner: &str, format: &str, files: &[(&str, &str)]) {
+    let reference = upload_fixture(s, owner, "photo_320x240.jpg", "image/jpeg").await;
+    let want = reference_mean(s, &reference).await;
+    for (file, mime) in files {
+        let r = upload(s, &token(owner, Role::Editor), mime, fixture(file)).await;
         assert_eq!(r.status, 201, "{file}: {:?}", r.body);
         let j = r.json();
         assert_eq!(
@@ -541,36 +448,29 @@ async fn heic_sources() {
                 j["width"].as_u64(),
                 j["height"].as_u64()
             ),
-            (Some("heic"), Some(160), Some(120))
+            (Some(format), Some(160), Some(120)),
+            "{file}"
         );
         let id = j["id"].as_str().unwrap().to_owned();
-        let r = get(&s.url(&signed(&format!("/w:80/f:png/plain/{id}"))), &[]).await;
-        assert_eq!(r.status, 200, "{file}");
-        let got = mean(&r.body);
+        let got = reference_mean(s, &id).await;
         for c in 0..3 {
             assert!(
                 (got[c] - want[c]).abs() < 6.0,
                 "{file}: {got:?} vs {want:?}"
             );
         }
-        // Exif/XMP items are not stripped: the original is refused, not leaked.
         let r = get(&s.url(&signed(&format!("/raw:1/plain/{id}"))), &[]).await;
-        assert_eq!((r.status, r.code().as_str()), (400, "invalid_option"));
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "invalid_option"),
+            "{file}"
+        );
     }
-    // Stored 160x120 with `irot`: shown (and reported) as 120x160.
-    let r = upload(&s, &owner, "image/heic", fixture("orient6_160x120.heic")).await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let j = r.json();
-    assert_eq!(
-        (j["width"].as_u64(), j["height"].as_u64()),
-        (Some(120), Some(160))
-    );
-    let id = j["id"].as_str().unwrap().to_owned();
-    let r = get(&s.url(&signed(&format!("/f:png/plain/{id}"))), &[]).await;
-    let p = probe(&r.body).unwrap();
-    assert_eq!((p.width, p.height), (120, 160));
-    // Alpha: the left half transparent.
-    let r = upload(&s, &owner, "image/heic", fixture("alpha_160x120.heic")).await;
+}
+
+/// The alpha fixture of a HEIF-family format renders its transparent left half.
+async fn heif_alpha(s: &Server, owner: &str, mime: &str, file: &str) {
+    let r = upload(s, &token(owner, Role::Editor), mime, fixture(file)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let id = r.json()["id"].as_str().unwrap().to_owned();
     let r = get(&s.url(&signed(&format!("/w:80/f:png/plain/{id}"))), &[]).await;
@@ -583,14 +483,12 @@ async fn heic_sources() {
         alpha(10),
         alpha(70)
     );
+}
 
-    // Hostile: truncated, the HEVC data overwritten, an `ispe` claiming 100000².
-    let photo = fixture("photo_160x120.heic").to_vec();
-    let mut garbage = photo.clone();
-    let mdat = garbage.windows(4).position(|w| w == b"mdat").unwrap() + 4;
-    let end = garbage.len();
-    garbage[mdat..end].fill(0xA5);
-    let mut huge = photo.clone();
+/// Hostile HEIF-family uploads: truncated, `damaged` (its coded data broken), and an `ispe`
+/// claiming 100000² (refused from the header, before any decode).
+async fn hostile_heif(s: &Server, owner: &str, mime: &str, photo: &[u8], damaged: Vec<u8>) {
+    let mut huge = photo.to_vec();
     let at = huge.windows(4).position(|w| w == b"ispe").unwrap() + 8;
     huge[at..at + 8].copy_from_slice(&[0, 1, 0x86, 0xA0, 0, 1, 0x86, 0xA0]);
     for (name, body, code) in [
@@ -599,10 +497,10 @@ async fn heic_sources() {
             photo[..photo.len() / 2].to_vec(),
             "invalid_image",
         ),
-        ("garbage HEVC", garbage, "invalid_image"),
+        ("damaged", damaged, "invalid_image"),
         ("100000² ispe", huge, "too_many_pixels"),
     ] {
-        let r = upload(&s, &owner, "image/heic", body.into()).await;
+        let r = upload(s, &token(owner, Role::Editor), mime, body.into()).await;
         assert_eq!(
             (r.status, r.code().as_str()),
             (422, code),
@@ -610,6 +508,62 @@ async fn heic_sources() {
             r.body
         );
     }
+}
+
+/// AVIF through avif-parse and rav1d (in the sandboxed decoder child): 8-bit, 10-bit and an
+/// alpha item, sized from `ispe`, converted from YUV by the matrix and range the AV1 stream
+/// declares.
+#[tokio::test]
+async fn avif_sources() {
+    let s = Server::start(Backend::Fs);
+    let files = [
+        ("photo_160x120.avif", "image/avif"),
+        ("photo_160x120_10bit.avif", "image/avif"),
+    ];
+    heif_uploads(&s, "avif", "avif", &files).await;
+    heif_alpha(&s, "avif", "image/avif", "alpha_160x120.avif").await;
+    // The AV1 data's first OBU header with its forbidden bit set (AV1 decoders are tolerant
+    // of damaged coefficients, not of broken OBU framing).
+    let photo = fixture("photo_160x120.avif").to_vec();
+    let mut flipped = photo.clone();
+    let mdat = flipped.windows(4).position(|w| w == b"mdat").unwrap() + 4;
+    flipped[mdat..mdat + 4].copy_from_slice(&[0xFF; 4]);
+    hostile_heif(&s, "avif", "image/avif", &photo, flipped).await;
+}
+
+/// HEIC through libheif in the sandboxed decoder child: 8-bit, 10-bit (sent as `image/heif`),
+/// a grid, an alpha item, and `irot` applied as the orientation (a photo shot in portrait).
+#[tokio::test]
+async fn heic_sources() {
+    let s = Server::start(Backend::Fs);
+    let files = [
+        ("photo_160x120.heic", "image/heic"),
+        ("photo_160x120_10bit.heic", "image/heif"),
+        // Tiles, the bottom row padded past the output: how phones store every photo.
+        ("grid_2x2_160x120.heic", "image/heic"),
+    ];
+    heif_uploads(&s, "heic", "heic", &files).await;
+    heif_alpha(&s, "heic", "image/heic", "alpha_160x120.heic").await;
+    // Stored 160x120 with `irot`: shown (and reported) as 120x160.
+    let owner = token("heic", Role::Editor);
+    let r = upload(&s, &owner, "image/heic", fixture("orient6_160x120.heic")).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let j = r.json();
+    assert_eq!(
+        (j["width"].as_u64(), j["height"].as_u64()),
+        (Some(120), Some(160))
+    );
+    let id = j["id"].as_str().unwrap().to_owned();
+    let r = get(&s.url(&signed(&format!("/f:png/plain/{id}"))), &[]).await;
+    let p = probe(&r.body).unwrap();
+    assert_eq!((p.width, p.height), (120, 160));
+    // The HEVC data overwritten with garbage.
+    let photo = fixture("photo_160x120.heic").to_vec();
+    let mut garbage = photo.clone();
+    let mdat = garbage.windows(4).position(|w| w == b"mdat").unwrap() + 4;
+    let end = garbage.len();
+    garbage[mdat..end].fill(0xA5);
+    hostile_heif(&s, "heic", "image/heic", &photo, garbage).await;
 }
 
 /// A source that crashes its decoder takes down only the decoder child: rav1d aborts on this
