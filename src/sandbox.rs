@@ -67,11 +67,21 @@ impl ChildDecoder {
 
     /// Installs a child decoder running this very binary (the server, `pixgate` commands).
     pub fn install_current_exe() -> Result<(), String> {
-        let exe = std::env::current_exe()
-            .map_err(|e| format!("cannot find this executable for the decoder child: {e}"))?;
-        crate::image::isolated::install(Box::new(ChildDecoder::new(exe)));
+        crate::image::isolated::install(Box::new(ChildDecoder::new(this_binary()?)));
         Ok(())
     }
+}
+
+/// The running binary: `/proc/self/exe` names its inode, so a package upgrade that replaces the
+/// file on disk (the path then reads "… (deleted)") cannot leave the server spawning a
+/// missing or different program.
+fn this_binary() -> Result<PathBuf, String> {
+    let proc_exe = PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe);
+    }
+    std::env::current_exe()
+        .map_err(|e| format!("cannot find this executable for the decoder child: {e}"))
 }
 
 fn corrupt(msg: impl Into<String>) -> ImageError {
@@ -489,8 +499,7 @@ pub fn check_main() -> ExitCode {
 /// Runs `decode-worker --check` with the installed executable: `Ok` when the kernel takes the
 /// filter and the child cannot open, connect or exec.
 pub fn self_check() -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = Command::new(exe)
+    let out = Command::new(this_binary()?)
         .args(["decode-worker", "--check"])
         .env_clear()
         .env("MIMALLOC_ARENA_RESERVE", "0")

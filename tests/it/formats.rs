@@ -600,3 +600,23 @@ async fn a_decoder_crash_is_one_refused_source() {
         "open refused: true; socket refused: true; exec refused: true"
     );
 }
+
+/// The decoder child is this very program even after its file is replaced or removed (a
+/// package upgrade under a running server): the server spawns `/proc/self/exe`, not a path.
+#[tokio::test]
+async fn the_decoder_child_outlives_a_removed_binary() {
+    // `sh -c` copies the binary into the server's directory and runs the copy.
+    let s = Server::start_wrapped(
+        Backend::Fs,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "cp \"$0\" ./pixgate-old && exec ./pixgate-old \"$@\"",
+        ],
+    );
+    std::fs::remove_file(s.dir.path().join("pixgate-old")).unwrap();
+    let owner = token("upgraded", Role::Editor);
+    let r = upload(&s, &owner, "image/heic", fixture("photo_160x120.heic")).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+}
