@@ -370,20 +370,7 @@ async fn jpeg_xl_sources() {
         (200, fixture("photo_160x120.jxl").len())
     );
 
-    let r = upload(
-        &s,
-        &owner,
-        "image/jxl",
-        fixture("alpha_160x120_lossless.jxl"),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let id = r.json()["id"].as_str().unwrap().to_owned();
-    let r = get(&s.url(&signed(&format!("/w:80/f:png/plain/{id}"))), &[]).await;
-    let b = decode(&r.body, &probe(&r.body).unwrap()).unwrap();
-    assert_eq!((b.width, b.height, b.channels), (80, 60, 4));
-    let alpha = |x: usize| b.data[(30 * 80 + x) * 4 + 3];
-    assert_eq!((alpha(10), alpha(70)), (0, 255));
+    let id = transparent_left_half(&s, "jxl", "image/jxl", "alpha_160x120_lossless.jxl").await;
     // A container's metadata boxes are not stripped: its original is refused, not leaked.
     let r = get(&s.url(&signed(&format!("/raw:1/plain/{id}"))), &[]).await;
     assert_eq!((r.status, r.code().as_str()), (400, "invalid_option"));
@@ -468,8 +455,8 @@ async fn heif_uploads(s: &Server, owner: &str, format: &str, files: &[(&str, &st
     }
 }
 
-/// The alpha fixture of a HEIF-family format renders its transparent left half.
-async fn heif_alpha(s: &Server, owner: &str, mime: &str, file: &str) {
+/// An alpha fixture (the left half transparent) is accepted and renders that half; its id.
+async fn transparent_left_half(s: &Server, owner: &str, mime: &str, file: &str) -> String {
     let r = upload(s, &token(owner, Role::Editor), mime, fixture(file)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let id = r.json()["id"].as_str().unwrap().to_owned();
@@ -483,6 +470,7 @@ async fn heif_alpha(s: &Server, owner: &str, mime: &str, file: &str) {
         alpha(10),
         alpha(70)
     );
+    id
 }
 
 /// Hostile HEIF-family uploads: truncated, `damaged` (its coded data broken), and an `ispe`
@@ -521,7 +509,7 @@ async fn avif_sources() {
         ("photo_160x120_10bit.avif", "image/avif"),
     ];
     heif_uploads(&s, "avif", "avif", &files).await;
-    heif_alpha(&s, "avif", "image/avif", "alpha_160x120.avif").await;
+    transparent_left_half(&s, "avif", "image/avif", "alpha_160x120.avif").await;
     // The AV1 data's first OBU header with its forbidden bit set (AV1 decoders are tolerant
     // of damaged coefficients, not of broken OBU framing).
     let photo = fixture("photo_160x120.avif").to_vec();
@@ -543,7 +531,7 @@ async fn heic_sources() {
         ("grid_2x2_160x120.heic", "image/heic"),
     ];
     heif_uploads(&s, "heic", "heic", &files).await;
-    heif_alpha(&s, "heic", "image/heic", "alpha_160x120.heic").await;
+    transparent_left_half(&s, "heic", "image/heic", "alpha_160x120.heic").await;
     // Stored 160x120 with `irot`: shown (and reported) as 120x160.
     let owner = token("heic", Role::Editor);
     let r = upload(&s, &owner, "image/heic", fixture("orient6_160x120.heic")).await;
