@@ -58,11 +58,16 @@ pub fn crashes() -> u64 {
 #[derive(Debug, Clone)]
 pub struct ChildDecoder {
     exe: PathBuf,
+    /// Wall-clock time before the watchdog kills a child ([`WALL_SECONDS`]).
+    wall: std::time::Duration,
 }
 
 impl ChildDecoder {
     pub fn new(exe: PathBuf) -> ChildDecoder {
-        ChildDecoder { exe }
+        ChildDecoder {
+            exe,
+            wall: std::time::Duration::from_secs(WALL_SECONDS),
+        }
     }
 
     /// Installs a child decoder running this very binary (the server, `pixgate` commands).
@@ -118,12 +123,10 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn start(pid: u32) -> Watchdog {
+    fn start(pid: u32, wall: std::time::Duration) -> Watchdog {
         let (done, stop) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                stop.recv_timeout(std::time::Duration::from_secs(WALL_SECONDS))
-            {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(wall) {
                 // SAFETY: a signal to our own child, not yet reaped.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             }
@@ -147,7 +150,17 @@ impl Drop for Watchdog {
 impl Runner for ChildDecoder {
     fn decode(&self, job: &Job, bytes: &[u8]) -> Result<Bitmap, ImageError> {
         let mut child = self.spawn(job)?;
-        let watchdog = Watchdog::start(child.id());
+        let watchdog = Watchdog::start(child.id(), self.wall);
+        // stderr is drained beside the rest (kept up to STDERR_BYTES), so a child that writes
+        // a lot of it cannot block on a full pipe while the parent waits for stdout.
+        let stderr = child.stderr.take().map(|mut err| {
+            std::thread::spawn(move || {
+                let mut kept = Vec::new();
+                let _ = (&mut err).take(STDERR_BYTES).read_to_end(&mut kept);
+                let _ = std::io::copy(&mut err, &mut std::io::sink());
+                kept
+            })
+        });
         // The child reads all of its input before it writes: no deadlock. A child that died
         // early closes the pipe (EPIPE); its status says why.
         if let Some(mut stdin) = child.stdin.take() {
@@ -158,24 +171,45 @@ impl Runner for ChildDecoder {
             .take()
             .map(|out| read_record(out, job))
             .unwrap_or_else(|| Err(corrupt("no output pipe")));
-        let mut diagnostics = Vec::new();
-        if let Some(err) = child.stderr.take() {
-            let _ = err.take(STDERR_BYTES).read_to_end(&mut diagnostics);
-        }
-        // A child still running past a refused record is stopped; the wait reaps it.
+        // A child still running past a refused record is stopped.
         if result.is_err() {
             let _ = child.kill();
         }
+        // A child that sent its record and then closed its pipes and blocked would hold this
+        // pool thread forever: its exit is awaited with the watchdog still armed, and without
+        // reaping it, so the watchdog's pid stays this child's until `wait` below.
+        await_exit(child.id());
         drop(watchdog);
         let status = child
             .wait()
             .map_err(|e| corrupt(format!("decoder child: {e}")))?;
+        let diagnostics = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
         let first_line = String::from_utf8_lossy(&diagnostics)
             .lines()
             .next()
             .unwrap_or("")
             .to_owned();
         outcome(job, result, status, &first_line)
+    }
+}
+
+/// Blocks until child `pid` has exited, leaving it to be reaped (`WNOWAIT`).
+fn await_exit(pid: u32) {
+    loop {
+        // SAFETY: waitid fills the zeroed siginfo it is given; WNOWAIT leaves the child
+        // waitable.
+        let r = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
+        }
     }
 }
 
@@ -243,8 +277,11 @@ fn read_record(mut out: impl Read, job: &Job) -> Result<Result<Bitmap, ImageErro
     if (width, height) != (job.width, job.height) || !matches!(channels, 3 | 4) {
         return Err(corrupt("decoder child: a size other than the probed one"));
     }
-    let len = usize::try_from(u64::from(width) * u64::from(height) * u64::from(channels))
-        .map_err(|_| corrupt("decoder child: too large"))?;
+    let len = u64::from(width)
+        .checked_mul(u64::from(height))
+        .and_then(|n| n.checked_mul(u64::from(channels)))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| corrupt("decoder child: too large"))?;
     let mut data = vec![0u8; len];
     out.read_exact(&mut data).map_err(broken)?;
     // Nothing may follow the pixels.
@@ -272,6 +309,7 @@ pub fn child_main(format: &str, width: u32, height: u32, memory: u64) -> ExitCod
         height,
         memory,
     };
+    close_inherited();
     if let Err(e) = limit_self(memory) {
         eprintln!("decode-worker: {e}");
         return ExitCode::from(SANDBOX_UNAVAILABLE as u8);
@@ -350,6 +388,15 @@ fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> Resul
     Ok(())
 }
 
+/// Closes every descriptor past stdin, stdout and stderr: the filter lets the child read and
+/// write whatever it holds, so it must hold nothing else (the server opens its own
+/// close-on-exec; this covers any that is not).
+fn close_inherited() {
+    // SAFETY: close_range(2) on descriptors this process owns; an old kernel without it
+    // answers ENOSYS and nothing changes.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+}
+
 /// Caps the child's data segment and CPU time, and turns core dumps (image bytes) off.
 fn limit_self(memory: u64) -> Result<(), String> {
     let data = memory.saturating_add(CHILD_BASE_BYTES);
@@ -365,7 +412,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_write,
     libc::SYS_writev,
     libc::SYS_close,
-    libc::SYS_mmap,
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_mprotect,
@@ -382,7 +428,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_sigaltstack,
     libc::SYS_gettid,
     libc::SYS_getpid,
-    libc::SYS_tgkill,
     libc::SYS_exit,
     libc::SYS_exit_group,
     // Threads (libde265's workers), which glibc sets up with these; `clone` itself is checked
@@ -400,6 +445,18 @@ const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
 const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
 const SECCOMP_RET_ALLOW: u32 = 0x7FFF_0000;
 
+const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+const RET_EPERM: u32 = SECCOMP_RET_ERRNO | libc::EPERM as u32;
+// struct seccomp_data: int nr (0); __u32 arch (4); __u64 ip (8); __u64 args[6] (16…),
+// little-endian: the low half of args[n] at 16 + 8n.
+const NR: u32 = 0;
+const ARCH: u32 = 4;
+const ARG0: u32 = 16;
+const ARG3: u32 = 40;
+
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
     libc::sock_filter {
         code,
@@ -413,31 +470,56 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-/// The filter: a foreign architecture is killed; `clone3` answers `ENOSYS` (glibc then uses
-/// `clone`, whose flags a filter can read); `clone` passes only for a thread (`CLONE_THREAD`:
-/// no new process); each allowed call number jumps to ALLOW; everything else returns `EPERM`.
-fn filter() -> Vec<libc::sock_filter> {
-    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
-    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-    let nr = |n: libc::c_long| u32::try_from(n).unwrap_or(u32::MAX);
-    // struct seccomp_data: int nr (0); __u32 arch (4); __u64 ip (8); __u64 args[6] (16…),
-    // little-endian: the low half of args[0] at 16.
+fn nr(call: libc::c_long) -> u32 {
+    u32::try_from(call).unwrap_or(u32::MAX)
+}
+
+/// `call` passes only when `test` (`JEQ_K` or `JSET_K` against `k`) on the 32-bit word at
+/// `offset` comes out `pass_if`; otherwise `EPERM`. Other calls fall through, the call number
+/// loaded again.
+fn guard(f: &mut Vec<libc::sock_filter>, call: libc::c_long, word: (u32, u16, u32), pass_if: bool) {
+    let (offset, test, k) = word;
+    f.push(jump(JEQ_K, nr(call), 0, 4));
+    f.push(stmt(LD_W_ABS, offset));
+    f.push(if pass_if {
+        jump(test, k, 0, 1)
+    } else {
+        jump(test, k, 1, 0)
+    });
+    f.push(stmt(RET_K, SECCOMP_RET_ALLOW));
+    f.push(stmt(RET_K, RET_EPERM));
+    f.push(stmt(LD_W_ABS, NR));
+}
+
+/// The filter for process `pid`: a foreign architecture is killed; `clone3` answers `ENOSYS`
+/// (glibc then uses `clone`, whose flags a filter can read); `clone` passes only for a thread
+/// (`CLONE_THREAD`: no new process); `tgkill` only towards `pid` itself (`abort`; never the
+/// server or another child, which run as the same user); `mmap` never shared or grow-down
+/// (`RLIMIT_DATA` counts only private writable mappings: those would escape the memory cap);
+/// each allowed call number jumps to ALLOW; everything else returns `EPERM`.
+fn filter(pid: u32) -> Vec<libc::sock_filter> {
     let mut f = vec![
-        stmt(LD_W_ABS, 4),
+        stmt(LD_W_ABS, ARCH),
         jump(JEQ_K, AUDIT_ARCH, 1, 0),
         stmt(RET_K, SECCOMP_RET_KILL_PROCESS),
-        stmt(LD_W_ABS, 0),
+        stmt(LD_W_ABS, NR),
         jump(JEQ_K, nr(libc::SYS_clone3), 0, 1),
         stmt(RET_K, SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
-        jump(JEQ_K, nr(libc::SYS_clone), 0, 4),
-        stmt(LD_W_ABS, 16),
-        jump(JSET_K, libc::CLONE_THREAD as u32, 0, 1),
-        stmt(RET_K, SECCOMP_RET_ALLOW),
-        stmt(RET_K, SECCOMP_RET_ERRNO | libc::EPERM as u32),
-        stmt(LD_W_ABS, 0),
     ];
+    guard(
+        &mut f,
+        libc::SYS_clone,
+        (ARG0, JSET_K, libc::CLONE_THREAD as u32),
+        true,
+    );
+    guard(&mut f, libc::SYS_tgkill, (ARG0, JEQ_K, pid), true);
+    let shared_or_grows_down = (libc::MAP_SHARED | libc::MAP_GROWSDOWN) as u32;
+    guard(
+        &mut f,
+        libc::SYS_mmap,
+        (ARG3, JSET_K, shared_or_grows_down),
+        false,
+    );
     let n = ALLOWED.len();
     for (i, call) in ALLOWED.iter().enumerate() {
         // Past the remaining comparisons and the EPERM return, to ALLOW.
@@ -448,14 +530,14 @@ fn filter() -> Vec<libc::sock_filter> {
             0,
         ));
     }
-    f.push(stmt(RET_K, SECCOMP_RET_ERRNO | libc::EPERM as u32));
+    f.push(stmt(RET_K, RET_EPERM));
     f.push(stmt(RET_K, SECCOMP_RET_ALLOW));
     f
 }
 
 /// `no_new_privs`, then the seccomp filter, for this (single-threaded) process.
 pub fn lock_down() -> Result<(), String> {
-    let program = filter();
+    let program = filter(std::process::id());
     let fprog = libc::sock_fprog {
         len: u16::try_from(program.len()).map_err(|_| "filter too long".to_owned())?,
         filter: program.as_ptr().cast_mut(),
@@ -479,8 +561,11 @@ pub fn lock_down() -> Result<(), String> {
 }
 
 /// `pixgate decode-worker --check`: locks itself down, then tries what an exploited decoder
-/// would: open a file, create a socket, start a process. Exits 0 only if all three fail.
+/// would: open a file, create a socket, start a process, signal its parent (the server),
+/// map shared memory (outside the memory cap). Exits 0 only if all of it is refused.
 pub fn check_main() -> ExitCode {
+    // SAFETY: plain system calls without arguments.
+    let parent = unsafe { libc::getppid() };
     if let Err(e) = limit_self(256 << 20).and_then(|()| lock_down()) {
         eprintln!("decode-worker: {e}");
         return ExitCode::from(SANDBOX_UNAVAILABLE as u8);
@@ -488,8 +573,28 @@ pub fn check_main() -> ExitCode {
     let open = std::fs::File::open("/etc/hostname").is_err();
     let socket = std::net::TcpListener::bind("127.0.0.1:0").is_err();
     let spawn = Command::new("/bin/true").status().is_err();
-    println!("open refused: {open}; socket refused: {socket}; exec refused: {spawn}");
-    if open && socket && spawn {
+    // SAFETY: signal 0 to the parent only checks permission; delivers nothing.
+    let signal = unsafe { libc::syscall(libc::SYS_tgkill, parent, parent, 0) } != 0;
+    // SAFETY: an anonymous mapping of our own; unmapped below if it was granted.
+    let shared = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            1 << 20,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p != libc::MAP_FAILED {
+            libc::munmap(p, 1 << 20);
+        }
+        p == libc::MAP_FAILED
+    };
+    println!(
+        "open refused: {open}; socket refused: {socket}; exec refused: {spawn}; \
+         signal refused: {signal}; shared memory refused: {shared}"
+    );
+    if open && socket && spawn && signal && shared {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -571,9 +676,52 @@ mod tests {
         assert!(read_record(&long[..], &job()).is_err());
     }
 
+    /// A stand-in child: a shell script (the record protocol is all the parent knows).
+    fn script(dir: &std::path::Path, body: &str) -> ChildDecoder {
+        let path = dir.join("child.sh");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        ChildDecoder {
+            exe: path,
+            wall: std::time::Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn a_child_that_answers_then_hangs_or_floods_stderr_does_not_hold_the_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        // A valid refusal record, then both pipes closed and a sleep that costs no CPU.
+        let hang = script(
+            dir.path(),
+            "cat >/dev/null; printf 'PXG1\\001\\003\\000\\000\\000why'; \
+             exec 1>&- 2>&-; sleep 1000",
+        );
+        let started = std::time::Instant::now();
+        let r = hang.decode(&job(), b"input");
+        assert!(
+            matches!(r, Err(ImageError::Corrupt(ref m)) if m == "why"),
+            "{r:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        // 1 MiB of stderr before the record: drained beside stdout, no watchdog needed.
+        let flood = script(
+            dir.path(),
+            "cat >/dev/null; head -c 1048576 /dev/zero >&2; \
+             printf 'PXG1\\002\\003\\000\\000\\000why'",
+        );
+        let started = std::time::Instant::now();
+        let r = flood.decode(&job(), b"input");
+        assert!(
+            matches!(r, Err(ImageError::Unsupported(ref m)) if m == "why"),
+            "{r:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
     #[test]
     fn every_filter_jump_lands_inside_the_program() {
-        let f = filter();
+        let f = filter(4242);
         let jmp = (libc::BPF_JMP) as u16;
         for (i, ins) in f.iter().enumerate() {
             if ins.code & 0x07 == jmp {

@@ -82,8 +82,12 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Reads the primary item's size, orientation and kind from `meta`.
-pub fn header(bytes: &[u8]) -> Option<Header> {
+/// A property box: type and payload.
+type Property<'a> = ([u8; 4], &'a [u8]);
+
+/// The primary item's id, its `meta` payload and the properties associated with it, in
+/// association order.
+fn primary_properties(bytes: &[u8]) -> Option<(u32, &[u8], Vec<Property<'_>>)> {
     sniff(bytes)?;
     // `meta` is a full box: version and flags first.
     let meta = find_box(bytes, b"meta")?.get(4..)?;
@@ -93,15 +97,27 @@ pub fn header(bytes: &[u8]) -> Option<Header> {
     } else {
         be32(pitm, 4)?
     };
-    let grid = item_type(meta, primary)? == *b"grid";
     let iprp = find_box(meta, b"iprp")?;
-    let properties: Vec<([u8; 4], &[u8])> = boxes(find_box(iprp, b"ipco")?).collect();
+    let properties: Vec<Property<'_>> = boxes(find_box(iprp, b"ipco")?).collect();
+    let mine = associations(find_box(iprp, b"ipma")?, primary)?
+        .into_iter()
+        .filter_map(|index| {
+            index
+                .checked_sub(1)
+                .and_then(|i| properties.get(i))
+                .copied()
+        })
+        .collect();
+    Some((primary, meta, mine))
+}
+
+/// Reads the primary item's size, orientation and kind from `meta`.
+pub fn header(bytes: &[u8]) -> Option<Header> {
+    let (primary, meta, properties) = primary_properties(bytes)?;
+    let grid = item_type(meta, primary)? == *b"grid";
     let (mut size, mut rotation, mut mirror) = (None, 0u16, None);
-    for index in associations(find_box(iprp, b"ipma")?, primary)? {
-        let Some((kind, p)) = index.checked_sub(1).and_then(|i| properties.get(i)) else {
-            continue;
-        };
-        match kind {
+    for (kind, p) in properties {
+        match &kind {
             b"ispe" => size = Some((be32(p, 4)?, be32(p, 8)?)),
             b"irot" => rotation = u16::from(p.first()? & 3),
             b"imir" => mirror = Some(p.first()? & 1),
@@ -175,16 +191,18 @@ fn associations(ipma: &[u8], item: u32) -> Option<Vec<usize>> {
     Some(Vec::new())
 }
 
-/// The primary item's ICC profile (`colr` of type `prof` or `rICC`), if any.
+/// The primary item's ICC profile (a `colr` of type `prof` or `rICC` associated with it), if
+/// any; at most 4 MiB, checked before anything is copied.
 pub fn icc(bytes: &[u8]) -> Option<Vec<u8>> {
-    let meta = find_box(bytes, b"meta")?.get(4..)?;
-    let ipco = find_box(find_box(meta, b"iprp")?, b"ipco")?;
-    boxes(ipco)
+    let (_, _, properties) = primary_properties(bytes)?;
+    properties
+        .into_iter()
         .filter(|(k, _)| k == b"colr")
         .find_map(|(_, p)| {
-            (p.get(..4) == Some(b"prof") || p.get(..4) == Some(b"rICC")).then(|| p[4..].to_vec())
+            let profile = p.get(4..)?;
+            (matches!(p.get(..4), Some(b"prof" | b"rICC")) && profile.len() <= 4 << 20)
+                .then(|| profile.to_vec())
         })
-        .filter(|p| p.len() <= 4 << 20)
 }
 
 /// Whether an `iref` of type `prem` says the colour is premultiplied by the alpha item.

@@ -164,6 +164,9 @@ impl Drop for Decoded {
 /// Decodes the primary item to 8-bit RGB or RGBA at its coded size, which must be
 /// `(width, height)` (the probed `ispe`).
 pub fn decode(bytes: &[u8], (width, height): (u32, u32)) -> Result<Bitmap, ImageError> {
+    if width == 0 || height == 0 {
+        return Err(corrupt("an empty image"));
+    }
     // libheif 1.15 refuses a size whose side reaches this limit, and a grid's tiles may cover
     // more than its output (phones pad the last row and column): twice the probed side bounds
     // its intermediate images without refusing real grids. The probe's limits and the
@@ -259,7 +262,12 @@ fn copy_out(
     let rows = height as usize;
     // SAFETY: libheif allocated the plane with `stride` bytes for each of `height` rows; the
     // last row is read only up to its pixels.
-    let plane = unsafe { std::slice::from_raw_parts(base, stride * (rows - 1) + row) };
+    let len = stride
+        .checked_mul(rows.saturating_sub(1))
+        .and_then(|n| n.checked_add(row))
+        .ok_or_else(|| corrupt("plane too large"))?;
+    // SAFETY: as above; `rows` ≥ 1 (empty images are refused before decoding).
+    let plane = unsafe { std::slice::from_raw_parts(base, len) };
     let mut data = Vec::with_capacity(row * rows);
     for y in 0..rows {
         data.extend_from_slice(&plane[y * stride..y * stride + row]);

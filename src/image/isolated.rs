@@ -59,10 +59,12 @@ pub(super) fn decode(bytes: &[u8], probe: &Probe) -> Result<Bitmap, ImageError> 
         memory: super::memory_cost(probe),
     };
     let bitmap = runner.decode(&job, bytes)?;
-    let expected = u64::from(job.width) * u64::from(job.height) * u64::from(bitmap.channels);
+    let expected = u64::from(job.width)
+        .checked_mul(u64::from(job.height))
+        .and_then(|n| n.checked_mul(u64::from(bitmap.channels)));
     if (bitmap.width, bitmap.height) != (job.width, job.height)
         || !matches!(bitmap.channels, 3 | 4)
-        || bitmap.data.len() as u64 != expected
+        || Some(bitmap.data.len() as u64) != expected
     {
         return Err(ImageError::Corrupt(
             "the sandboxed decoder returned another size".into(),

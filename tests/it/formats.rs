@@ -585,7 +585,8 @@ async fn a_decoder_crash_is_one_refused_source() {
     assert!(out.status.success(), "{said}");
     assert_eq!(
         said.trim(),
-        "open refused: true; socket refused: true; exec refused: true"
+        "open refused: true; socket refused: true; exec refused: true; \
+         signal refused: true; shared memory refused: true"
     );
 }
 
