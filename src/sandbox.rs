@@ -93,19 +93,26 @@ fn corrupt(msg: impl Into<String>) -> ImageError {
     ImageError::Corrupt(msg.into())
 }
 
+/// `exe decode-worker` with nothing of the server's: an empty environment (no secrets), `/`
+/// as working directory.
+fn worker_command(exe: &std::path::Path) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("decode-worker")
+        .env_clear()
+        // mimalloc reserves a 1 GiB arena up front by default: writable address space that
+        // RLIMIT_DATA counts. Without the reservation it maps what it uses.
+        .env("MIMALLOC_ARENA_RESERVE", "0")
+        .current_dir("/");
+    cmd
+}
+
 impl ChildDecoder {
     fn spawn(&self, job: &Job) -> Result<std::process::Child, ImageError> {
-        Command::new(&self.exe)
-            .arg("decode-worker")
+        worker_command(&self.exe)
             .arg(job.format.as_str())
             .arg(job.width.to_string())
             .arg(job.height.to_string())
             .arg(job.memory.to_string())
-            .env_clear()
-            // mimalloc reserves a 1 GiB arena up front by default: writable address space that
-            // RLIMIT_DATA counts. Without the reservation it maps what it uses.
-            .env("MIMALLOC_ARENA_RESERVE", "0")
-            .current_dir("/")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -601,14 +608,11 @@ pub fn check_main() -> ExitCode {
     }
 }
 
-/// Runs `decode-worker --check` with the installed executable: `Ok` when the kernel takes the
-/// filter and the child cannot open, connect or exec.
+/// Runs `decode-worker --check` with this binary: `Ok` when the kernel takes the filter and
+/// the child can neither open, connect, exec, signal its parent nor map shared memory.
 pub fn self_check() -> Result<(), String> {
-    let out = Command::new(this_binary()?)
-        .args(["decode-worker", "--check"])
-        .env_clear()
-        .env("MIMALLOC_ARENA_RESERVE", "0")
-        .current_dir("/")
+    let out = worker_command(&this_binary()?)
+        .arg("--check")
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot start the decoder child: {e}"))?;

@@ -425,6 +425,17 @@ mod tests {
             (Error::CorsForbidden, 403, "cors_origin_not_allowed"),
             (Error::TokenExpired, 401, "token_expired"),
             (Error::NotFound, 404, "not_found"),
+            // The decoder sandbox did not start: the server's fault, not the source's.
+            (
+                ImageError::Unavailable("no seccomp".into()).into(),
+                500,
+                "internal",
+            ),
+            (
+                ImageError::Corrupt("child crashed".into()).into(),
+                422,
+                "invalid_image",
+            ),
             (
                 Error::PayloadTooLarge { limit: 1 },
                 413,

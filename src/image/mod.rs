@@ -66,7 +66,7 @@ pub enum ImageFormat {
     /// AVIF: the primary item (no grids); decoded in the sandboxed child.
     Avif,
     /// HEIC/HEIF (HEVC): the primary item, grids included; decoded by libheif in the
-    /// sandboxed child (opt-in).
+    /// sandboxed child.
     Heic,
 }
 

@@ -609,3 +609,29 @@ async fn the_decoder_child_outlives_a_removed_binary() {
     let r = upload(&s, &owner, "image/heic", fixture("photo_160x120.heic")).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
 }
+
+/// The decoder child cannot allocate past the memory it is given: the 36 MP 10-bit 4:4:4 HEIC
+/// decodes within its reservation (`memory_cost`) and is refused — the child's allocation
+/// fails, `invalid_image` — under the bare 128 MiB base.
+#[test]
+fn the_decoder_child_is_held_to_its_memory_reservation() {
+    use pixgate::image::isolated::{Job, Runner};
+    let bytes = fixture("gradient_rgba_6000x6000_10bit_444.heic");
+    let p = probe(&bytes).unwrap();
+    let child = pixgate::sandbox::ChildDecoder::new(env!("CARGO_BIN_EXE_pixgate").into());
+    let job = |memory| Job {
+        format: p.format,
+        width: p.width,
+        height: p.height,
+        memory,
+    };
+    let reserved = pixgate::image::memory_cost(&p);
+    let b = child.decode(&job(reserved), &bytes).unwrap();
+    assert_eq!((b.width, b.height, b.channels), (6000, 6000, 4));
+    let r = child.decode(&job(0), &bytes);
+    assert!(
+        matches!(r, Err(pixgate::image::ImageError::Corrupt(_))),
+        "{:?}",
+        r.map(|b| b.width)
+    );
+}
