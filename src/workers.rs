@@ -16,9 +16,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use prometheus::{Histogram, IntGauge};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A job for a worker thread.
 type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -231,9 +232,88 @@ impl Backlog {
     }
 }
 
+/// A few permits for a scarce kind of work (AVIF encodes) with a bounded, time-limited queue
+/// in front: a permit at once when one is free; otherwise a place among at most `queue`
+/// waiters for at most `wait`; `overloaded` when the queue is full or the wait runs out. A
+/// cancelled waiter gives its place back.
+pub struct Gate {
+    permits: Arc<Semaphore>,
+    waiting: Backlog,
+    wait: Duration,
+}
+
+impl Gate {
+    pub fn new(permits: usize, queue: usize, wait: Duration) -> Gate {
+        Gate {
+            permits: Arc::new(Semaphore::new(permits)),
+            waiting: Backlog::new(queue),
+            wait,
+        }
+    }
+
+    /// Every permit is taken (a caller with an alternative should use it).
+    pub fn busy(&self) -> bool {
+        self.permits.available_permits() == 0
+    }
+
+    /// A permit, held until dropped.
+    pub async fn enter(&self) -> Result<OwnedSemaphorePermit, WorkerError> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let _place = self.waiting.try_enter().ok_or(WorkerError::Overloaded)?;
+        match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(WorkerError::Failed("gate closed".into())),
+            Err(_) => Err(WorkerError::Overloaded),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_gate_queues_a_few_for_a_while_and_refuses_the_rest() {
+        let gate = Arc::new(Gate::new(1, 2, Duration::from_millis(300)));
+        let held = gate.enter().await.unwrap();
+        assert!(gate.busy());
+        // Two wait; the third is refused at once.
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let g = gate.clone();
+                tokio::spawn(async move { g.enter().await.map(drop) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t = std::time::Instant::now();
+        assert_eq!(gate.enter().await.unwrap_err(), WorkerError::Overloaded);
+        assert!(t.elapsed() < Duration::from_millis(100));
+        // Releasing the permit serves the waiters in turn.
+        drop(held);
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
+        assert!(!gate.busy());
+        // A waiter whose wait runs out is refused, and its place comes back.
+        let held = gate.enter().await.unwrap();
+        let t = std::time::Instant::now();
+        assert_eq!(gate.enter().await.unwrap_err(), WorkerError::Overloaded);
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        // A cancelled waiter gives its place back too.
+        let g = gate.clone();
+        let cancelled = tokio::spawn(async move { g.enter().await.map(drop) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cancelled.abort();
+        let _ = cancelled.await;
+        assert!(gate.waiting.is_empty());
+        drop(held);
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
 
     use super::*;
 

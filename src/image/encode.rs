@@ -1,7 +1,7 @@
 //! Encoders. Each is handed raw pixels only, so no source metadata (EXIF, GPS, XMP, ICC) can
 //! reach an output.
 //!
-//! JPEG: jpeg-encoder (pure Rust, AVX2 when available). PNG: the `png` crate. WebP: libwebp
+//! JPEG: libjpeg-turbo (SIMD; Huffman tables optimised per image by default). PNG: the `png` crate. WebP: libwebp
 //! through the `webp` crate. AVIF: rav1e through `ravif` (pure Rust), one thread per encode.
 
 use super::{Bitmap, ImageError};
@@ -31,6 +31,9 @@ pub enum PngCompression {
 #[derive(Debug, Clone, Copy)]
 pub struct EncodeSettings {
     pub jpeg_progressive: bool,
+    /// Huffman tables computed for each image (a second pass over the coefficients) instead
+    /// of the standard ones: 5–8 % smaller JPEGs at the same pixels.
+    pub jpeg_optimize_coding: bool,
     pub jpeg_subsampling: Subsampling,
     pub png_compression: PngCompression,
     /// libwebp method 0 (fastest) ..= 6 (smallest).
@@ -44,6 +47,7 @@ impl Default for EncodeSettings {
     fn default() -> Self {
         EncodeSettings {
             jpeg_progressive: false,
+            jpeg_optimize_coding: true,
             jpeg_subsampling: Subsampling::S420,
             png_compression: PngCompression::Fast,
             webp_method: 2,
@@ -124,17 +128,28 @@ fn jpeg(bitmap: &Bitmap, quality: u8, settings: &EncodeSettings) -> Result<Vec<u
     } else {
         &bitmap.data
     };
-    let mut out = Vec::with_capacity(pixels.len() / 8);
-    let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
-    encoder.set_sampling_factor(match settings.jpeg_subsampling {
-        Subsampling::S420 => jpeg_encoder::SamplingFactor::R_4_2_0,
-        Subsampling::S444 => jpeg_encoder::SamplingFactor::R_4_4_4,
-    });
-    encoder.set_progressive(settings.jpeg_progressive);
-    encoder
-        .encode(pixels, w, h, jpeg_encoder::ColorType::Rgb)
+    // libjpeg-turbo's compressor (SIMD colour conversion, DCT and Huffman coding) through the
+    // turbojpeg crate's safe API: our own pixels, never untrusted bytes. Issue 20 replaced
+    // jpeg-encoder 0.7, whose optimised Huffman tables decoded as garbage.
+    let mut c = turbojpeg::Compressor::new().map_err(err)?;
+    c.set_quality(i32::from(quality.clamp(1, 100)))
         .map_err(err)?;
-    Ok(out)
+    c.set_subsamp(match settings.jpeg_subsampling {
+        Subsampling::S420 => turbojpeg::Subsamp::Sub2x2,
+        Subsampling::S444 => turbojpeg::Subsamp::None,
+    })
+    .map_err(err)?;
+    c.set_optimize(settings.jpeg_optimize_coding).map_err(err)?;
+    c.set_progressive(settings.jpeg_progressive).map_err(err)?;
+    let (w, h) = (usize::from(w), usize::from(h));
+    c.compress_to_vec(turbojpeg::Image {
+        pixels,
+        width: w,
+        pitch: w * 3,
+        height: h,
+        format: turbojpeg::PixelFormat::RGB,
+    })
+    .map_err(err)
 }
 
 fn png(bitmap: &Bitmap, settings: &EncodeSettings) -> Result<Vec<u8>, ImageError> {
@@ -235,6 +250,19 @@ mod tests {
         // SOF2 marks a progressive JPEG.
         assert!(p.windows(2).any(|w| w == [0xFF, 0xC2]));
         assert!(!a.windows(2).any(|w| w == [0xFF, 0xC2]));
+        // Optimised Huffman tables: a smaller file with the same pixels.
+        let standard = EncodeSettings {
+            jpeg_optimize_coding: false,
+            ..base
+        };
+        let s = encode(&b, OutputFormat::Jpeg, 80, &standard).unwrap();
+        assert!(a.len() < s.len(), "{} >= {}", a.len(), s.len());
+        let pixels = |j: &[u8]| {
+            zune_jpeg::JpegDecoder::new(zune_core::bytestream::ZCursor::new(j))
+                .decode()
+                .unwrap()
+        };
+        assert_eq!(pixels(&a), pixels(&s));
         let lossless = EncodeSettings {
             webp_lossless: true,
             ..base

@@ -28,6 +28,7 @@ pub(crate) mod metadata;
 mod orient;
 mod pipeline;
 pub(crate) mod probe;
+mod progressive;
 mod smart;
 mod strip;
 mod svg;

@@ -98,7 +98,8 @@ pub fn scaled_size(w: u32, h: u32, shrink: u32) -> (u32, u32) {
 /// Decodes `bytes` at 1/`shrink` scale (1, 2, 4 or 8) into an RGB bitmap, refusing images over
 /// `max_pixels` (full-size pixel count) inside the library as well. `Ok(None)`: a JPEG this
 /// path does not render (CMYK/YCCK, lossless, not 8-bit) — the caller uses zune-jpeg. Errors
-/// (corrupt or truncated data, too many scans) are final.
+/// (corrupt or truncated data, too many scans) are final. A progressive file decoded at a
+/// shrink stops after the scans [`super::progressive::needed_prefix`] names.
 pub fn decode_scaled(
     bytes: &[u8],
     shrink: u32,
@@ -145,6 +146,10 @@ pub fn decode_scaled(
         .checked_mul(h as usize)
         .ok_or_else(|| ImageError::Corrupt("JPEG too large".into()))?;
     let mut data = vec![0u8; len];
+    // A progressive file scaled down: only the scans the scaled IDCT needs (issue 20).
+    let prefix = super::progressive::needed_prefix(bytes, shrink)
+        .map(|len| super::progressive::cut(bytes, len));
+    let bytes = prefix.as_deref().unwrap_or(bytes);
     // SAFETY: `bytes` is a live slice of `bytes.len()` bytes; `data` is a live, initialised
     // buffer of exactly pitch × h bytes, and pitch × h is what tj3Decompress8 writes for a
     // lossy 8-bit JPEG of this size at this scale with TJPF_RGB (3 bytes per pixel); lossless
@@ -197,4 +202,86 @@ fn read_header(handle: &Handle, bytes: &[u8]) -> Result<Header, ImageError> {
         lossless,
         precision,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test photo re-encoded as a progressive JPEG by libjpeg-turbo (its standard ten-scan
+    /// script, as jpegtran and most tools write).
+    fn progressive_photo() -> (Vec<u8>, u32, u32) {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/photo_320x240.jpg"
+        );
+        let image =
+            turbojpeg::decompress(&std::fs::read(path).unwrap(), turbojpeg::PixelFormat::RGB)
+                .unwrap();
+        let mut c = turbojpeg::Compressor::new().unwrap();
+        c.set_quality(90).unwrap();
+        c.set_progressive(true).unwrap();
+        let jpeg = c.compress_to_vec(image.as_deref()).unwrap();
+        (jpeg, image.width as u32, image.height as u32)
+    }
+
+    /// Every scan, at 1/`shrink`, through the crate's own decompressor.
+    fn all_scans(jpeg: &[u8], shrink: usize) -> Vec<u8> {
+        let mut d = turbojpeg::Decompressor::new().unwrap();
+        d.set_scaling_factor(turbojpeg::ScalingFactor::new(1, shrink))
+            .unwrap();
+        let h = d.read_header(jpeg).unwrap();
+        let scaled = h.scaled(turbojpeg::ScalingFactor::new(1, shrink));
+        let mut pixels = vec![0u8; scaled.width * scaled.height * 3];
+        d.decompress(
+            jpeg,
+            turbojpeg::Image {
+                pixels: &mut pixels[..],
+                width: scaled.width,
+                pitch: scaled.width * 3,
+                height: scaled.height,
+                format: turbojpeg::PixelFormat::RGB,
+            },
+        )
+        .unwrap();
+        pixels
+    }
+
+    fn psnr(a: &[u8], b: &[u8]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        let mse = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+            .sum::<f64>()
+            / a.len() as f64;
+        10.0 * (255.0f64 * 255.0 / mse.max(1e-9)).log10()
+    }
+
+    #[test]
+    fn a_shrunk_progressive_decode_stops_early_and_stays_close() {
+        let (jpeg, w, h) = progressive_photo();
+        for shrink in [2u32, 4, 8] {
+            let cut = super::super::progressive::needed_prefix(&jpeg, shrink);
+            assert!(
+                cut.is_some_and(|n| n < jpeg.len() / 2),
+                "1/{shrink}: {cut:?}"
+            );
+            let early = decode_scaled(&jpeg, shrink, u64::MAX, (w, h))
+                .unwrap()
+                .unwrap();
+            assert_eq!((early.width, early.height), scaled_size(w, h, shrink));
+            let full = all_scans(&jpeg, shrink as usize);
+            let p = psnr(&early.data, &full);
+            eprintln!(
+                "1/{shrink}: {} of {} bytes, {p:.2} dB",
+                cut.unwrap_or(0),
+                jpeg.len()
+            );
+            assert!(p > 33.0, "1/{shrink}: {p:.2} dB");
+        }
+        // At full size every scan is decoded: the same pixels as the crate's decoder.
+        let whole = decode_scaled(&jpeg, 1, u64::MAX, (w, h)).unwrap().unwrap();
+        assert_eq!(whole.data, all_scans(&jpeg, 1));
+    }
 }

@@ -24,6 +24,10 @@ pub struct TransformConfig {
     pub auto_formats: Vec<NegotiableFormat>,
     /// AVIF encodes allowed at once (they are slow); others wait their turn.
     pub avif_workers: u64,
+    /// Explicit `f:avif` requests that may wait for an AVIF encoder; beyond, `503`.
+    pub avif_queue_len: u64,
+    /// How long such a request waits for an AVIF encoder before `503`, ms.
+    pub avif_queue_wait_ms: u64,
     /// Process-wide budget for the decode memory of jobs on the CPU pool, MiB: each transform
     /// and upload validation reserves its estimated peak (see `image::memory_cost`) before it
     /// runs, so N concurrent worst cases stay under this total instead of N × 0.5 GB.
@@ -88,6 +92,8 @@ impl Default for TransformConfig {
             presets_only: false,
             auto_formats: vec![NegotiableFormat::Webp],
             avif_workers: 1,
+            avif_queue_len: 32,
+            avif_queue_wait_ms: 15_000,
             memory_budget_mb: 2048,
             allow_raw: true,
             allow_keep_metadata: false,
@@ -102,6 +108,11 @@ impl TransformConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         within("transform.default_quality", self.default_quality, 1..=100)?;
         positive("transform.avif_workers", self.avif_workers)?;
+        within(
+            "transform.avif_queue_wait_ms",
+            self.avif_queue_wait_ms,
+            0..=600_000,
+        )?;
         within(
             "transform.memory_budget_mb",
             self.memory_budget_mb,
@@ -132,6 +143,8 @@ impl TransformConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct EncodeConfig {
     pub jpeg_progressive: bool,
+    /// Huffman tables optimised per image (smaller files, same pixels).
+    pub jpeg_optimize_coding: bool,
     /// `420` or `444`.
     pub jpeg_subsampling: Subsampling,
     /// `fast`, `balanced` or `high`.
@@ -149,6 +162,7 @@ impl Default for EncodeConfig {
         let s = EncodeSettings::default();
         EncodeConfig {
             jpeg_progressive: s.jpeg_progressive,
+            jpeg_optimize_coding: s.jpeg_optimize_coding,
             jpeg_subsampling: s.jpeg_subsampling,
             png_compression: s.png_compression,
             webp_method: u64::from(s.webp_method),
@@ -168,6 +182,7 @@ impl EncodeConfig {
     pub fn settings(&self) -> EncodeSettings {
         EncodeSettings {
             jpeg_progressive: self.jpeg_progressive,
+            jpeg_optimize_coding: self.jpeg_optimize_coding,
             jpeg_subsampling: self.jpeg_subsampling,
             png_compression: self.png_compression,
             webp_method: u8::try_from(self.webp_method).unwrap_or(6),

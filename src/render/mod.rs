@@ -43,7 +43,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
 
 use crate::cache::{self, CachedResult, DerivedStore, Flights, MemoryCache};
 use crate::catalog::CatalogError;
@@ -58,11 +57,11 @@ use crate::metrics::Metrics;
 use crate::options::{OutputFormat, ParseLimits, TransformSpec};
 use crate::storage::StorageError;
 use crate::workers::WorkerError;
-use crate::workers::Workers;
+use crate::workers::{Gate, Workers};
 
 /// Version of the rendering pipeline; part of every cache key and ETag, so a change in how
 /// results are produced never serves stale bytes under an old validator.
-pub const PIPELINE_VERSION: &str = "v4";
+pub const PIPELINE_VERSION: &str = "v5";
 
 pub type Outcome = Result<Arc<CachedResult>, RenderError>;
 
@@ -139,8 +138,8 @@ pub struct Renderer {
     info_flights: Flights<info::InfoOutcome>,
     /// Uploads waiting for their eager preset renders.
     eager: EagerQueue,
-    /// `transform.avif_workers`: AVIF encodes in flight.
-    avif_permits: Arc<Semaphore>,
+    /// `transform.avif_workers` AVIF encodes in flight, `transform.avif_queue_len` waiting.
+    avif: Gate,
     /// Hash of the configuration that changes rendered bytes (encoder settings, JPEG decoder,
     /// watermark image): part of every cache key and ETag, so a configuration change never
     /// serves or validates old bytes under the same key.
@@ -301,9 +300,11 @@ impl Renderer {
             flights: Flights::new(),
             info_flights: Flights::new(),
             eager: EagerQueue::new(usize::try_from(c.eager_queue).unwrap_or(usize::MAX)),
-            avif_permits: Arc::new(Semaphore::new(
+            avif: Gate::new(
                 usize::try_from(t.avif_workers).unwrap_or(usize::MAX),
-            )),
+                usize::try_from(t.avif_queue_len).unwrap_or(usize::MAX),
+                Duration::from_millis(t.avif_queue_wait_ms),
+            ),
             catalog,
             cdn,
             metrics,
@@ -364,7 +365,7 @@ impl Renderer {
     /// The variant a request gets: its own format, or the first of `transform.auto_formats`
     /// the client `accepts`. AVIF encoders are few (`transform.avif_workers`): when none is
     /// free and the AVIF result is not cached, the request gets the next format it accepts
-    /// instead of waiting.
+    /// instead of waiting (an explicit `f:avif` waits in a bounded queue instead).
     pub fn negotiate(
         &self,
         image: &ImageId,
@@ -383,7 +384,7 @@ impl Renderer {
             .filter(|f| accepts(*f))
             .collect();
         let mut pick = accepted.first().copied();
-        if pick == Some(OutputFormat::Avif) && self.avif_permits.available_permits() == 0 {
+        if pick == Some(OutputFormat::Avif) && self.avif.busy() {
             let token = FormatChoice::Negotiated(OutputFormat::Avif).token();
             let avif_key = self.cache_key(image, spec, self.quality(spec), &token);
             if self.cache.get(&avif_key).is_none() {

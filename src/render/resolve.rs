@@ -65,7 +65,7 @@ impl Renderer {
             };
             // Being overloaded is not this request's own failure: waiters get the same answer
             // instead of each retrying (and each reading the derived store again).
-            let (admission, avif) = match self.admit(target.format) {
+            let (admission, avif) = match self.admit(target.format).await {
                 Ok(a) => a,
                 Err(e) => {
                     lead.finish(Err(e.clone()));
@@ -120,8 +120,12 @@ impl Renderer {
 
     /// A CPU-queue place, reserved before the original is fetched: at most workers + queue_len
     /// originals are held at once, and a full queue refuses at once. AVIF encodes are slow: at
-    /// most `transform.avif_workers` at once, no waiting either.
-    fn admit(
+    /// most `transform.avif_workers` at once; an AVIF job first waits for one of those (a few
+    /// for a while: `transform.avif_queue_len`, `transform.avif_queue_wait_ms`; a page of AVIF
+    /// `<img>` tags loads in turn instead of getting 503s) and only then takes its CPU-queue
+    /// place, so AVIF waiters never crowd other formats out of the CPU queue. Negotiated
+    /// requests do not get here while the encoders are busy: they fall back (`negotiate`).
+    async fn admit(
         &self,
         format: OutputFormat,
     ) -> Result<
@@ -131,14 +135,12 @@ impl Renderer {
         ),
         RenderError,
     > {
-        let admission = self.workers.admit()?;
         let avif = if format == OutputFormat::Avif {
-            let permit = self.avif_permits.clone().try_acquire_owned();
-            Some(permit.map_err(|_| RenderError::Overloaded)?)
+            Some(self.avif.enter().await?)
         } else {
             None
         };
-        Ok((admission, avif))
+        Ok((self.workers.admit()?, avif))
     }
 
     /// Fetches the original (unless given), computes on the CPU pool, fills both caches.

@@ -227,6 +227,25 @@ async fn avif_output_explicit_and_negotiated() {
     assert_ne!(avif.header("etag"), webp.header("etag"));
 }
 
+/// A page of twelve AVIF `<img>` tags on a cold cache (issue 20): the one AVIF encoder serves
+/// them in turn, every one 200 (it used to answer all but one with 503 `overloaded`).
+#[tokio::test]
+async fn a_page_of_avif_images_loads_without_errors() {
+    let s = Server::start(Backend::Fs);
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let requests: Vec<_> = (0..12u32)
+        .map(|i| {
+            let url = s.url(&signed(&format!("/w:{}/f:avif/plain/{id}", 200 + i)));
+            tokio::spawn(async move { get(&url, &[]).await })
+        })
+        .collect();
+    for (i, r) in requests.into_iter().enumerate() {
+        let r = r.await.unwrap();
+        assert_eq!((i, r.status), (i, 200), "{:?}", r.body);
+        assert_eq!(r.header("content-type"), Some("image/avif"));
+    }
+}
+
 /// imgproxy's `fn` / `att`: `Content-Disposition` with the output format's extension and an
 /// RFC 6266 `filename*`, from one cached result; `f:auto` negotiates from `Accept` (it was
 /// described in the configuration sample but refused); hostile names are `400 invalid_option`.
