@@ -13,8 +13,14 @@
 //! (`transform.memory_budget_mb`) before running: the job count alone lets N concurrent
 //! worst-case inputs (a 50 MP PNG is ~0.5 GB) reach N × that. A job larger than the whole
 //! budget takes all of it and runs alone.
+//!
+//! Jobs are also refused when the queue would hold them too long (`transform.max_queue_wait_ms`):
+//! the expected wait of a new job is the jobs ahead of it over the workers, times a moving
+//! average of job run time. Under overload the excess gets `503` with `Retry-After` at once,
+//! admitted requests keep a latency near the uncontended one, and only that many originals wait
+//! in memory (issue 20: 32 concurrent misses on 2 cores).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -46,8 +52,20 @@ pub struct Workers {
     memory_kib: u32,
     admitted: Arc<AtomicUsize>,
     max_admitted: usize,
+    workers: usize,
+    /// Moving average of a job's run time, µs (0 before the first job).
+    run_us: Arc<AtomicU64>,
+    /// `transform.max_queue_wait_ms`; `None`: the queue length alone bounds waiting.
+    max_wait: Option<Duration>,
     depth: IntGauge,
     wait: Histogram,
+}
+
+/// Queue bounds: places beyond the workers, and the longest expected wait to admit.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueBounds {
+    pub len: usize,
+    pub max_wait: Option<Duration>,
 }
 
 /// A reserved place in the pool (queued or running), released on drop. Taking it before
@@ -67,7 +85,7 @@ impl Drop for QueuePlace {
 impl Workers {
     pub fn new(
         workers: usize,
-        queue_len: usize,
+        bounds: QueueBounds,
         memory_bytes: u64,
         depth: IntGauge,
         wait: Histogram,
@@ -108,13 +126,17 @@ impl Workers {
             memory: Arc::new(Semaphore::new(memory_kib as usize)),
             memory_kib,
             admitted: Arc::new(AtomicUsize::new(0)),
-            max_admitted: workers + queue_len,
+            max_admitted: workers + bounds.len,
+            workers,
+            run_us: Arc::new(AtomicU64::new(0)),
+            max_wait: bounds.max_wait,
             depth,
             wait,
         }
     }
 
-    /// Reserves a place, or refuses at once with `overloaded` when the queue is full.
+    /// Reserves a place, or refuses at once with `overloaded` when the queue is full or the
+    /// expected wait is over `max_wait`.
     pub fn admit(&self) -> Result<QueuePlace, WorkerError> {
         let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
         let admission = QueuePlace {
@@ -125,7 +147,20 @@ impl Workers {
         if prev >= self.max_admitted {
             return Err(WorkerError::Overloaded); // `admission` drops and undoes the increment
         }
+        if let Some(max) = self.max_wait
+            && self.expected_wait(prev) > max
+        {
+            return Err(WorkerError::Overloaded);
+        }
         Ok(admission)
+    }
+
+    /// How long a job admitted behind `ahead` others waits for a worker: the jobs that must
+    /// finish first over the workers, times the average run time.
+    fn expected_wait(&self, ahead: usize) -> Duration {
+        let to_finish = (ahead + 1).saturating_sub(self.workers) as u64;
+        let run = self.run_us.load(Ordering::Relaxed);
+        Duration::from_micros(to_finish.saturating_mul(run) / self.workers as u64)
     }
 
     /// Runs `f`, which needs about `memory` bytes at its peak, on a worker thread once a
@@ -170,10 +205,13 @@ impl Workers {
             .map_err(|_| WorkerError::Failed("worker pool closed".into()))?;
         waited.observe_duration();
         let (done, result) = tokio::sync::oneshot::channel();
+        let run_us = self.run_us.clone();
         let job: Job = Box::new(move || {
             // Held until the work is done, even if the caller went away; released before the
             // result is handed over, so a caller that has its result sees its place free.
+            let started = std::time::Instant::now();
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            record_run(&run_us, started.elapsed());
             drop((permit, reserved, admission));
             let _ = done.send(r);
         });
@@ -186,6 +224,18 @@ impl Workers {
             Err(_) => Err(WorkerError::Failed("worker thread gone".into())),
         }
     }
+}
+
+/// Folds a job's run time into the moving average (weight 1/8; the first job sets it).
+fn record_run(avg: &AtomicU64, took: Duration) {
+    let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+    let _ = avg.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+        Some(if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        })
+    });
 }
 
 /// A bounded count of background jobs (derived writes, eager renders, CDN purges): a job
@@ -317,6 +367,13 @@ mod pool_tests {
 
     use super::*;
 
+    fn queue(len: usize) -> QueueBounds {
+        QueueBounds {
+            len,
+            max_wait: None,
+        }
+    }
+
     fn wait() -> Histogram {
         Histogram::with_opts(prometheus::HistogramOpts::new("w", "w")).unwrap()
     }
@@ -325,7 +382,7 @@ mod pool_tests {
     async fn full_queue_is_refused_fast_and_recovers() {
         let w = Arc::new(Workers::new(
             1,
-            1,
+            queue(1),
             1 << 30,
             IntGauge::new("d", "d").unwrap(),
             wait(),
@@ -359,7 +416,7 @@ mod pool_tests {
         // Two workers, a 10 MiB budget: two 6 MiB jobs cannot run together.
         let w = Arc::new(Workers::new(
             2,
-            4,
+            queue(4),
             10 << 20,
             IntGauge::new("d", "d").unwrap(),
             wait(),
@@ -398,6 +455,32 @@ mod pool_tests {
         assert_eq!(w.memory.available_permits(), 10 << 10);
     }
 
+    #[tokio::test]
+    async fn jobs_expected_to_wait_too_long_are_refused_at_once() {
+        let bounds = QueueBounds {
+            len: 10,
+            max_wait: Some(Duration::from_millis(150)),
+        };
+        let w = Workers::new(1, bounds, 1 << 30, IntGauge::new("d", "d").unwrap(), wait());
+        // Before any job has run nothing is known: the queue length alone applies.
+        let places: Vec<_> = (0..5).map(|_| w.admit().unwrap()).collect();
+        drop(places);
+        w.run(0, || std::thread::sleep(Duration::from_millis(100)))
+            .await
+            .unwrap();
+        // Jobs take ~100 ms: one running and one waiting (~100 ms) are admitted; a third
+        // would wait ~200 ms and is refused without waiting.
+        let running = w.admit().unwrap();
+        let queued = w.admit().unwrap();
+        let t = std::time::Instant::now();
+        assert!(matches!(w.admit(), Err(WorkerError::Overloaded)));
+        assert!(t.elapsed() < Duration::from_millis(20));
+        assert_eq!(w.admitted.load(Ordering::Acquire), 2);
+        drop(queued);
+        let _again = w.admit().unwrap();
+        drop(running);
+    }
+
     #[test]
     fn backlog_is_bounded_and_slots_come_back() {
         let b = Backlog::new(2);
@@ -413,7 +496,13 @@ mod pool_tests {
 
     #[tokio::test]
     async fn a_panicking_job_is_an_error_and_its_thread_serves_on() {
-        let w = Workers::new(1, 1, 1 << 30, IntGauge::new("d", "d").unwrap(), wait());
+        let w = Workers::new(
+            1,
+            queue(1),
+            1 << 30,
+            IntGauge::new("d", "d").unwrap(),
+            wait(),
+        );
         let first = w.run(0, || -> u32 { panic!("codec bug") }).await;
         assert!(matches!(first, Err(WorkerError::Failed(_))), "{first:?}");
         // The one worker thread is still there, and the job's place was given back.
@@ -430,7 +519,7 @@ mod pool_tests {
     async fn cancelled_waiter_frees_its_slot() {
         let w = Arc::new(Workers::new(
             1,
-            1,
+            queue(1),
             1 << 30,
             IntGauge::new("d", "d").unwrap(),
             wait(),

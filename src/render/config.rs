@@ -14,6 +14,9 @@ pub struct TransformConfig {
     pub workers: u64,
     /// Transforms allowed to wait for a worker before new ones get 503.
     pub queue_len: u64,
+    /// A job whose expected wait for a worker exceeds this gets 503 at once, ms; 0: only
+    /// `queue_len` bounds the queue.
+    pub max_queue_wait_ms: u64,
     pub default_quality: u64,
     /// `turbo` (libjpeg-turbo, shrink-on-load) or `zune` (pure Rust, full-size decode).
     pub jpeg_decoder: JpegDecoder,
@@ -87,6 +90,7 @@ impl Default for TransformConfig {
         TransformConfig {
             workers: 0,
             queue_len: 64,
+            max_queue_wait_ms: 1000,
             default_quality: 80,
             jpeg_decoder: JpegDecoder::Turbo,
             presets_only: false,
@@ -118,6 +122,15 @@ impl TransformConfig {
             self.memory_budget_mb,
             64..=1_048_576,
         )
+    }
+
+    /// The CPU queue's bounds.
+    pub fn queue(&self) -> crate::workers::QueueBounds {
+        crate::workers::QueueBounds {
+            len: usize::try_from(self.queue_len).unwrap_or(usize::MAX),
+            max_wait: (self.max_queue_wait_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.max_queue_wait_ms)),
+        }
     }
 
     /// Number of CPU workers after resolving `0` to the core count.

@@ -292,7 +292,7 @@ impl Renderer {
             engine: Arc::new(engine),
             workers: Workers::new(
                 t.worker_count(),
-                usize::try_from(t.queue_len).unwrap_or(usize::MAX),
+                t.queue(),
                 t.memory_budget_mb.saturating_mul(1 << 20),
                 metrics.queue_depth.clone(),
                 metrics.queue_wait.clone(),
