@@ -16,7 +16,7 @@ async def one(host, port, urls, stats, deadline):
         if not status_line:
             break
         status = int(status_line.split()[1])
-        length, close = 0, False
+        length, close, retry = 0, False, 0.0
         while True:
             line = await reader.readline()
             if line in (b"\r\n", b""):
@@ -27,8 +27,14 @@ async def one(host, port, urls, stats, deadline):
                 length = int(v.strip())
             elif k == "connection" and v.strip().lower() == "close":
                 close = True
+            elif k == "retry-after":
+                retry = min(float(v.strip() or 1), 5.0)
         await reader.readexactly(length)
         stats.setdefault(status, []).append(time.monotonic() - t)
+        if status in (429, 503):
+            # A well-behaved client (a CDN, a browser's retry) honours Retry-After instead of
+            # hammering: without this the bench measures a 503 loop, not the server.
+            await asyncio.sleep(retry or 1.0)
         if close:
             writer.close()
             reader, writer = await asyncio.open_connection(host, port)

@@ -90,7 +90,7 @@ impl Default for TransformConfig {
         TransformConfig {
             workers: 0,
             queue_len: 64,
-            max_queue_wait_ms: 1000,
+            max_queue_wait_ms: 0,
             default_quality: 80,
             jpeg_decoder: JpegDecoder::Turbo,
             presets_only: false,
