@@ -135,7 +135,7 @@ pub fn needed_prefix(b: &[u8], shrink: u32) -> Option<usize> {
         }
         let (cov, n) = components.as_mut()?;
         record_scan(&mut cov[..*n], segment)?;
-        pos = entropy_end(b, pos);
+        pos = super::strip::skip_entropy(b, pos);
         if cov[..*n].iter().all(|c| c.complete(&need)) {
             // Met by this scan: cut here unless nothing but the end marker follows.
             let rest = b.get(pos..)?;
@@ -185,21 +185,6 @@ fn record_scan(cov: &mut [Coverage], seg: &[u8]) -> Option<()> {
         }
     }
     Some(())
-}
-
-/// Position of the marker that ends the entropy-coded data starting at `pos` (stuffed bytes
-/// and restart markers are part of the data), or the end of `b`.
-fn entropy_end(b: &[u8], mut pos: usize) -> usize {
-    loop {
-        match memchr::memchr(0xFF, b.get(pos..).unwrap_or_default()) {
-            Some(i) => pos += i,
-            None => return b.len(),
-        }
-        match b.get(pos + 1) {
-            Some(0x00 | 0xD0..=0xD7) => pos += 2,
-            _ => return pos,
-        }
-    }
 }
 
 /// `b[..len]` followed by an EOI marker.

@@ -157,7 +157,7 @@ fn jpeg(b: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Past entropy-coded data: to the next `FF` that is neither a stuffed byte nor a restart.
-fn skip_entropy(b: &[u8], mut pos: usize) -> usize {
+pub(super) fn skip_entropy(b: &[u8], mut pos: usize) -> usize {
     loop {
         match memchr::memchr(0xFF, b.get(pos..).unwrap_or_default()) {
             Some(i) => pos += i,
