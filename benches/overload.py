@@ -2,7 +2,8 @@
 """Load client of benches/overload.sh: N connections (HTTP/1.1 keep-alive), each requesting the
 next URL of a shared list (every URL distinct: every request a miss) until the time is up.
 Prints one JSON line: per-status counts, latency percentiles of the 200s, requests per second,
-and the server's peak RSS (VmHWM of --pid, read at the end)."""
+the server's RSS before the load and its peak during the load (VmRSS of --pid sampled every
+20 ms: VmHWM would include the upload's validation before the run), and its thread count."""
 import argparse, asyncio, json, time
 
 async def one(host, port, urls, stats, deadline):
@@ -40,6 +41,17 @@ async def one(host, port, urls, stats, deadline):
             reader, writer = await asyncio.open_connection(host, port)
     writer.close()
 
+def status_kib(pid, field):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field):
+            return int(line.split()[1])
+    return 0
+
+async def sample_rss(pid, peak, deadline):
+    while time.monotonic() < deadline + 1:
+        peak[0] = max(peak[0], status_kib(pid, "VmRSS:"))
+        await asyncio.sleep(0.02)
+
 def pct(v, p):
     v = sorted(v)
     return round(v[min(len(v) - 1, int(len(v) * p))] * 1000, 1) if v else None
@@ -58,20 +70,22 @@ async def main():
     stats = {}
     start = time.monotonic()
     deadline = start + args.secs
+    before = status_kib(args.pid, "VmRSS:") if args.pid else 0
+    rss = [before]
+    sampler = asyncio.create_task(sample_rss(args.pid, rss, deadline)) if args.pid else None
     await asyncio.gather(*(one(args.host, args.port, urls, stats, deadline) for _ in range(args.conns)))
     took = time.monotonic() - start
+    if sampler:
+        sampler.cancel()
     ok = stats.get(200, [])
-    peak = None
-    if args.pid:
-        for line in open(f"/proc/{args.pid}/status"):
-            if line.startswith("VmHWM:"):
-                peak = round(int(line.split()[1]) / 1024, 1)
+    peak = round(rss[0] / 1024, 1) if args.pid else None
+    threads = status_kib(args.pid, "Threads:") if args.pid else None
     print(json.dumps({
         "conns": args.conns, "secs": round(took, 1),
         "status": {str(k): len(v) for k, v in sorted(stats.items())},
         "ok_per_sec": round(len(ok) / took, 1),
         "p50_ms": pct(ok, 0.50), "p99_ms": pct(ok, 0.99), "max_ms": pct(ok, 1.0),
-        "peak_rss_mib": peak, "urls_left": len(urls),
+        "rss_before_mib": round(before / 1024, 1), "peak_rss_mib": peak, "threads": threads, "urls_left": len(urls),
     }))
 
 asyncio.run(main())

@@ -3,8 +3,8 @@
 # distinct-URL misses (T1: the 12 MP JPEG -> ~800 px JPEG), against the same server
 # uncontended (one connection). For each transform.max_queue_wait_ms given (0 = off: only
 # queue_len bounds the queue, the behaviour before issue 20) prints, from one fresh server each:
-# requests answered 200 and 503, admitted p50/p99, the uncontended p99, and the server's peak
-# RSS (VmHWM). Issue 20's goal: p99 of admitted <= 3x uncontended p99, peak RSS <= 256 MiB.
+# requests answered 200 and 503, admitted p50/p99, the uncontended p99, and the server's RSS
+# before the load and its peak during it (sampled every 20 ms). Issue 20's goal: p99 of admitted <= 3x uncontended p99, peak RSS <= 256 MiB.
 #
 #   cargo build --release && bash benches/overload.sh [WAITS...]     # default: 0 1000 200
 set -euo pipefail
@@ -60,6 +60,7 @@ run_one() { # $1 = max_queue_wait_ms
     --secs "$secs" --pid "$pid")
   echo "$storm" >> "${OVERLOAD_RAW:-/dev/null}"
   kill "$pid"; wait "$pid" 2>/dev/null || true
+  [ -z "${OVERLOAD_STDERR:-}" ] || cp "$work/err" "$OVERLOAD_STDERR"
   rm -rf "$work"
   python3 - "$1" "$calm" "$storm" <<'PY'
 import json, sys
@@ -68,10 +69,10 @@ s = storm["status"]
 other = sum(n for k, n in s.items() if k not in ("200", "503"))
 print(f"{wait:>18} {calm['p99_ms']:>10} {s.get('200', 0):>6} {s.get('503', 0):>6} {other:>6} "
       f"{storm['ok_per_sec']:>7} {storm['p50_ms']:>8} {storm['p99_ms']:>8} "
-      f"{storm['p99_ms'] / calm['p99_ms']:>7.1f}x {storm['peak_rss_mib']:>9}")
+      f"{storm['p99_ms'] / calm['p99_ms']:>7.1f}x {storm['rss_before_mib']:>7} {storm['peak_rss_mib']:>9}")
 PY
 }
 
 echo "pixgate overload: $conns connections of distinct-URL T1 misses for ${secs}s, 2 workers, fs backend"
-printf '%18s %10s %6s %6s %6s %7s %8s %8s %8s %9s\n' max_queue_wait_ms calm_p99 200s 503s other ok/s p50 p99 p99/calm peak_MiB
+printf '%18s %10s %6s %6s %6s %7s %8s %8s %8s %7s %9s\n' max_queue_wait_ms calm_p99 200s 503s other ok/s p50 p99 p99/calm rss_MiB peak_MiB
 for w in "${waits[@]}"; do run_one "$w"; done
