@@ -17,7 +17,10 @@ fn pipeline(c: &mut Criterion) {
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(4));
-    for task in common::tasks().into_iter().filter(|t| t.id != "T5") {
+    for task in common::tasks()
+        .into_iter()
+        .filter(|t| t.id != "T5" && t.id != "T6")
+    {
         let name = format!("{} {}", task.id, task.name);
         let Ok(bytes) = std::fs::read(common::photos_dir().join(task.file)) else {
             eprintln!(

@@ -235,7 +235,22 @@ fn main() {
     report();
 }
 
+/// AVIF outputs are decoded in this process for the PSNR (they are our own and sharp's
+/// outputs; the server decodes AVIF in its sandboxed child).
+struct DecodeHere;
+
+impl pixgate::image::isolated::Runner for DecodeHere {
+    fn decode(
+        &self,
+        job: &pixgate::image::isolated::Job,
+        bytes: &[u8],
+    ) -> Result<Bitmap, pixgate::image::ImageError> {
+        pixgate::image::isolated::decode_here(job, bytes)
+    }
+}
+
 fn report() {
+    pixgate::image::isolated::install(Box::new(DecodeHere));
     let dir = photos_dir();
     let out_dir = std::env::var_os("PIXGATE_COMPARE").map_or_else(
         || std::env::temp_dir().join("pixgate-compare"),

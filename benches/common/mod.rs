@@ -36,7 +36,7 @@ pub fn engine() -> Engine {
     Engine::new(ImageLimits::default())
 }
 
-/// T1–T4 from the issue, plus T5 (progressive camera JPEG).
+/// T1–T4 from the issue, T5 (progressive camera JPEG) and T6 (AVIF output, issue 20).
 pub fn tasks() -> Vec<Task> {
     let jpeg12 = "photo_4000x3000_q90.jpg";
     vec![
@@ -74,6 +74,13 @@ pub fn tasks() -> Vec<Task> {
             file: "src_elephants_5640x3172_progressive.jpg",
             spec: spec(ResizingType::Fit, 800, 0),
             format: OutputFormat::Webp,
+        },
+        Task {
+            id: "T6",
+            name: "4000x3000 JPEG -> 800px AVIF q80",
+            file: jpeg12,
+            spec: spec(ResizingType::Fit, 800, 0),
+            format: OutputFormat::Avif,
         },
     ]
 }
