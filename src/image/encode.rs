@@ -52,7 +52,7 @@ impl Default for EncodeSettings {
             png_compression: PngCompression::Fast,
             webp_method: 2,
             webp_lossless: false,
-            avif_speed: 8,
+            avif_speed: 9,
         }
     }
 }

@@ -442,6 +442,49 @@ async fn overload_still_serves_cache_hits() {
     assert_eq!(slow.await.unwrap().status, 200);
 }
 
+/// `transform.max_queue_wait_ms` (issue 20): with room in the queue, a computation that would
+/// wait longer than the bound behind the running one is refused at once with 503 +
+/// `Retry-After`, while hits are still served.
+#[tokio::test]
+async fn a_computation_expected_to_wait_too_long_is_shed() {
+    let s = Server::start_with(
+        Backend::Fs,
+        &[
+            ("PIXGATE__TRANSFORM__WORKERS", "1"),
+            ("PIXGATE__TRANSFORM__QUEUE_LEN", "64"),
+            ("PIXGATE__TRANSFORM__MAX_QUEUE_WAIT_MS", "1"),
+        ],
+    );
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let cached = s.url(&signed(&format!("/w:100/f:webp/plain/{id}")));
+    assert_eq!(get(&cached, &[]).await.status, 200);
+    // A slow computation teaches the pool its job time (far above 1 ms)...
+    let slow = |blur: u32| {
+        s.url(&signed(&format!(
+            "/rs:fit:4000:3000/el:1/bl:{blur}/f:png/plain/{id}"
+        )))
+    };
+    assert_eq!(get(&slow(3), &[]).await.status, 200);
+    // ...then another one runs while a third asks for a place.
+    let running_url = slow(4);
+    let running = tokio::spawn(async move { get(&running_url, &[]).await });
+    let depth = |m: &str| metric(m, "pixgate_transform_queue_depth", "");
+    wait_for(&s, "the slow computation to be admitted", |m| {
+        depth(m) == 1.0
+    })
+    .await;
+    let refused = get(&s.url(&signed(&format!("/w:101/f:webp/plain/{id}"))), &[]).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.code(), "overloaded");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(get(&cached, &[]).await.status, 200);
+    assert_eq!(depth(&metrics(&s).await), 1.0, "still running");
+    assert_eq!(running.await.unwrap().status, 200);
+    // With the pool idle again, the same request is computed.
+    let r = get(&s.url(&signed(&format!("/w:101/f:webp/plain/{id}"))), &[]).await;
+    assert_eq!(r.status, 200);
+}
+
 /// `If-Modified-Since`, `Vary` only when negotiated, and error caching.
 #[tokio::test]
 async fn conditional_requests_and_error_caching() {
