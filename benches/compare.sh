@@ -22,7 +22,7 @@ if ! (cd "$SHARP_DIR" && node -e "require('sharp')" >/dev/null 2>&1); then
   npm install --prefix "$SHARP_DIR" --no-audit --no-fund --loglevel=error "sharp@$SHARP_VERSION" >&2
 fi
 # Same encoder effort on both sides (pixgate's defaults; override with the PIXGATE__ variables).
-WEBP_METHOD="${PIXGATE__ENCODE__WEBP_METHOD:-2}"
+WEBP_METHOD="${PIXGATE__ENCODE__WEBP_METHOD:-4}"
 case "${PIXGATE__ENCODE__PNG_COMPRESSION:-fast}" in
   fast) PNG_LEVEL=1 ;; balanced) PNG_LEVEL=6 ;; high) PNG_LEVEL=9 ;;
 esac

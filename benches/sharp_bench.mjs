@@ -21,9 +21,9 @@ sharp.simd(true);
 
 const effort = Number(webpEffort);
 const tasks = {
-  T1: ['photo_4000x3000_q90.jpg', (s) => s.resize(800).jpeg({ quality: 80 }), 'jpg'],
+  T1: ['photo_4000x3000_q90.jpg', (s) => s.resize(800).jpeg({ quality: 80, progressive: true }), 'jpg'],
   T2: ['photo_4000x3000_q90.jpg', (s) => s.resize(800).webp({ quality: 80, effort }), 'webp'],
-  T3: ['photo_4000x3000_q90.jpg', (s) => s.resize(300, 300, { fit: 'cover' }).jpeg({ quality: 80 }), 'jpg'],
+  T3: ['photo_4000x3000_q90.jpg', (s) => s.resize(300, 300, { fit: 'cover' }).jpeg({ quality: 80, progressive: true }), 'jpg'],
   T4: ['photo_2000x2000.png', (s) => s.resize(400).png({ compressionLevel: Number(pngLevel) }), 'png'],
   T5: ['src_elephants_5640x3172_progressive.jpg', (s) => s.resize(800).webp({ quality: 80, effort }), 'webp'],
   // sharp's AVIF is libheif + aom at its default effort (4), 8-bit 4:2:0 like pixgate's rav1e.

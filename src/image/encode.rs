@@ -46,11 +46,14 @@ pub struct EncodeSettings {
 impl Default for EncodeSettings {
     fn default() -> Self {
         EncodeSettings {
-            jpeg_progressive: false,
+            // Issue 20, measured at matched output against ipx and thumbor (benches/peers.sh):
+            // progressive JPEG is 5.4 % smaller for ~3 ms at 800 px; WebP method 4 (libwebp's
+            // own default) 2.3 % smaller and 0.2 dB better than 2 for ~30 ms.
+            jpeg_progressive: true,
             jpeg_optimize_coding: true,
             jpeg_subsampling: Subsampling::S420,
             png_compression: PngCompression::Fast,
-            webp_method: 2,
+            webp_method: 4,
             webp_lossless: false,
             avif_speed: 9,
         }
@@ -240,12 +243,13 @@ mod tests {
     #[test]
     fn settings_change_the_output() {
         let b = card();
-        let base = EncodeSettings::default();
-        let a = encode(&b, OutputFormat::Jpeg, 80, &base).unwrap();
-        let progressive = EncodeSettings {
-            jpeg_progressive: true,
-            ..base
+        let base = EncodeSettings {
+            jpeg_progressive: false,
+            ..EncodeSettings::default()
         };
+        let a = encode(&b, OutputFormat::Jpeg, 80, &base).unwrap();
+        let progressive = EncodeSettings::default();
+        assert!(progressive.jpeg_progressive, "the default since issue 20");
         let p = encode(&b, OutputFormat::Jpeg, 80, &progressive).unwrap();
         // SOF2 marks a progressive JPEG.
         assert!(p.windows(2).any(|w| w == [0xFF, 0xC2]));

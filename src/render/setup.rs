@@ -82,7 +82,7 @@ mod tests {
         let same = Engine::new(limits);
         assert_eq!(fingerprint(&base), fingerprint(&same));
         let mut encode = base.clone();
-        encode.encode.webp_method = 4;
+        encode.encode.webp_method = 2;
         let mut decoder = base.clone();
         decoder.jpeg_decoder = JpegDecoder::Zune;
         let mut marked = base.clone();
