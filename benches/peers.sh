@@ -33,12 +33,8 @@ fi
 vips=$(pkg-config --modversion vips 2>/dev/null || echo none)
 echo "imgforge: skipped (needs libvips >= 8.15; this machine has: $vips)"
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 
 # pixgate: release build, fs backend, 2 workers, defaults otherwise.
 key=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')

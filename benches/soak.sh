@@ -23,12 +23,8 @@ cargo bench --locked --bench soak_load --no-run >&2 2>/dev/null || cargo bench -
 load=$(ls -t target/release/deps/soak_load-* | grep -v '\.d$' | head -1)
 bin=target/release/pixgate
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 
 export PIXGATE__SERVER__LISTEN=127.0.0.1:0
 export PIXGATE__STORAGE__FS_ROOT="$work/data"

@@ -36,8 +36,9 @@ pub const MAX_ANIMATED_BYTES_ROUNDS: u32 = 3;
 /// Result side of a still transform, bytes per result pixel: the resized bitmap (≤ 4), a
 /// canvas or flattening copy (≤ 4) and the encoder's working planes (libwebp's ARGB and YUV
 /// copies, the PNG filter rows); `tests/bounds.rs` measured 25.5 for a 1 MP RGBA PNG enlarged
-/// to a 36 MP WebP (before this term, such a job reserved 24 MiB and peaked at 900).
-pub const STILL_RESULT_BYTES_PER_PIXEL: u64 = 28;
+/// to a 36 MP WebP at method 2 (before this term, such a job reserved 24 MiB and peaked at 900)
+/// and 30.5 at method 4, the default since issue 20 (its analysis keeps more per pixel).
+pub const STILL_RESULT_BYTES_PER_PIXEL: u64 = 32;
 
 /// Source side of an animated transform, bytes per canvas pixel: the canvas (4), a GIF's
 /// saved canvas for "restore to previous" or image-webp's own canvas (4), the decoder's frame
