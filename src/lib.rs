@@ -50,7 +50,6 @@ pub mod id;
 pub mod image;
 pub mod kv;
 pub mod limits;
-pub mod logwriter;
 pub mod metrics;
 pub mod options;
 pub mod outbound;

@@ -364,8 +364,7 @@ fn fsck(file: Option<PathBuf>, repair: bool, min_age: &str) -> Result<bool, Stri
     Ok(report.is_clean())
 }
 
-/// Installs the log subscriber; the returned guard writes out queued lines when dropped.
-fn init_tracing(config: &Config) -> Result<pixgate::logwriter::Flush, String> {
+fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
     // The audit log stream stays on unless the filter says otherwise about it.
     let level = if config.log.level.contains("audit") {
@@ -375,13 +374,10 @@ fn init_tracing(config: &Config) -> Result<pixgate::logwriter::Flush, String> {
     };
     let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    // Lines are written to stderr by one thread in batches, not by each request's thread.
-    let (writer, flush) = pixgate::logwriter::start(std::io::stderr())
-        .map_err(|e| format!("cannot start the log writer thread: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
+        .with_writer(std::io::stderr);
     if config.log.format == pixgate::config::LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {
@@ -404,13 +400,12 @@ fn init_tracing(config: &Config) -> Result<pixgate::logwriter::Flush, String> {
         let message: String = message.chars().take(300).collect();
         tracing::error!(target: "panic", %location, %message, "panic");
     }));
-    Ok(flush)
 }
 
 fn serve(file: Option<PathBuf>) -> Result<(), String> {
     pixgate::tune_allocator();
     let config = load_config(file.clone())?;
-    let _flush_logs = init_tracing(&config)?;
+    init_tracing(&config);
     start_decoder_sandbox();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
