@@ -511,6 +511,11 @@ mod tests {
                 "transform.avif_workers",
             ),
             (
+                "PIXGATE__TRANSFORM__AVIF_QUEUE_WAIT_MS",
+                "600001",
+                "transform.avif_queue_wait_ms",
+            ),
+            (
                 "PIXGATE__TRANSFORM__PRESETS_ONLY",
                 "true",
                 "transform.presets_only",
