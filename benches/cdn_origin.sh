@@ -10,7 +10,7 @@
 #   cargo build --release && bash benches/cdn_origin.sh [PHOTO]
 #
 # Environment: ROUNDS (3), SECS (10) per hit round, CONNS (32) hit connections, MISS_SECS (20),
-# MISS_CONNS (4), HIT_WIDTH (800). LOGS=1 logs every request on both sides (pixgate at `info`,
+# MISS_CONNS (4), HIT_WIDTH (800), LOG_PIPE (below), PIXGATE_BIN (target/release/pixgate: another build to compare). LOGS=1 logs every request on both sides (pixgate at `info`,
 # nginx's access log to a file); by default neither does. pixgate always writes its audit
 # trail (one event per request, archived under $work/data/audit) and, by default, the `audit`
 # log stream; AUDIT_LOG=0 turns that stream off (`audit=off`), keeping the archive. Installs
@@ -20,26 +20,13 @@ cd "$(dirname "$0")/.."
 photo=${1:-../shared/fixtures/photos/photo_4000x3000_q90.jpg}
 rounds=${ROUNDS:-3} secs=${SECS:-10} conns=${CONNS:-32}
 miss_secs=${MISS_SECS:-20} miss_conns=${MISS_CONNS:-4}
-bin=target/release/pixgate
+bin=${PIXGATE_BIN:-target/release/pixgate}
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 [ -f "$photo" ] || { echo "photo not found: $photo" >&2; exit 1; }
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-missing=()
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-[ -x /usr/sbin/nginx ] || missing+=(nginx)
-if [ "${#missing[@]}" -gt 0 ]; then
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+need_debs wrk:wrk nginx:/usr/sbin/nginx
 # Debugging: KEEP=1 keeps the work directory.
 [ -n "${KEEP:-}" ] && trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; echo "kept $work"' EXIT
 
@@ -51,14 +38,19 @@ export PIXGATE__STORAGE__FS_ROOT="$work/data"
 export PIXGATE__SIGNING__KEYS=$(hex 32) PIXGATE__SIGNING__SALTS=$(hex 16)
 export PIXGATE__AUTH__JWT_HS256_SECRET=$(hex 32)
 export PIXGATE__AUTH__JWT_ISSUER=bench PIXGATE__AUTH__JWT_AUDIENCE=bench
-if [ -n "${LOGS:-}" ]; then log_level=info; access_log="access_log $work/access.log;"; else
-  log_level=warn; access_log="access_log off;"; fi
+if [ -n "${LOGS:-}" ]; then log_level=info; else log_level=warn; fi
 if [ "${AUDIT_LOG:-1}" = 0 ]; then log_level="$log_level,audit=off"; fi
 export PIXGATE__LOG__LEVEL=$log_level PIXGATE__TRANSFORM__WORKERS=2
 export PIXGATE__LIMITS__IP_REQUESTS_PER_MINUTE=1000000000
 export PIXGATE__LIMITS__TRANSFORMS_PER_HOUR=1000000000
 export PIXGATE__LIMITS__UPLOADS_PER_HOUR=1000000000
-"$bin" serve > "$work/out" 2> "$work/err" &
+# LOG_PIPE=1: standard error through a pipe to a reader, as under a container runtime or
+# systemd (each write wakes the reader), instead of into a file.
+if [ -n "${LOG_PIPE:-}" ]; then
+  "$bin" serve > "$work/out" 2> >(cat > "$work/err") &
+else
+  "$bin" serve > "$work/out" 2> "$work/err" &
+fi
 pids+=($!)
 for _ in $(seq 200); do grep -q "listening on" "$work/out" 2>/dev/null && break; sleep 0.05; done
 base=$(sed -n 's/^pixgate listening on //p' "$work/out")
@@ -74,59 +66,37 @@ id=$(sed -n 's/.*"id":"\([0-9a-f]*\)".*/\1/p' "$work/meta.json")
 hit_w=${HIT_WIDTH:-800}
 hit_path=$("$bin" sign "/rs:fit:$hit_w:0/f:webp/plain/$id")
 mkdir -p "$work/www"
-# nginx workers run as an unprivileged user: let them read the file.
-chmod 755 "$work" "$work/www"
 curl -sf -o "$work/www/hit.webp" "$base$hit_path"
 chmod 644 "$work/www/hit.webp"
 curl -sf -o /dev/null "$base$hit_path"
 bytes=$(stat -c %s "$work/www/hit.webp")
 
-# --- nginx: 2 workers (the machine's cores), static file with sendfile, no access log, the
-# same Content-Type and an ETag; keep-alive as pixgate.
-nport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$work/nginx.conf" <<EOF
-worker_processes 2;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  $access_log
-  sendfile on; tcp_nopush on;
-  keepalive_requests 1000000;
-  types { image/webp webp; }
-  server {
-    listen 127.0.0.1:$nport;
-    root $work/www;
-    location / { add_header Cache-Control "public, max-age=31536000, immutable"; }
-  }
-}
-EOF
-/usr/sbin/nginx -c "$work/nginx.conf" -g 'daemon off;' -p "$work" &
-pids+=($!)
-for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$nport/hit.webp" && break; sleep 0.05; done
+# --- nginx: the same bytes as a static file (benches/lib.sh).
+nport=$(free_port)
+access_log=${LOGS:+$work/access.log}
+if [ -n "${LOGS:-}" ] && [ -n "${LOG_PIPE:-}" ]; then
+  # nginx's access log through a pipe too, as a container's /dev/stdout would be.
+  mkfifo "$work/access.fifo"
+  cat "$work/access.fifo" > "$work/access.log" &
+  pids+=($!)
+  access_log=$work/access.fifo
+fi
+nginx_serve "$work/www" "$nport" $access_log
 curl -s -o "$work/nginx.webp" "http://127.0.0.1:$nport/hit.webp"
 cmp -s "$work/www/hit.webp" "$work/nginx.webp" \
   || { echo "nginx does not serve the same bytes" >&2; exit 1; }
-
-# wrk prints "Requests/sec:" and, if any, "Non-2xx or 3xx responses:".
-rps() { # $1 = url, $2 = seconds, $3 = connections
-  local out; out=$(wrk -t1 -c"$3" -d"$2s" --latency "$1")
-  if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx responses from $1:" >&2; echo "$out" >&2; exit 1; fi
-  awk '/Requests\/sec:/ {print $2}' <<<"$out"
-}
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo "CDN-origin benchmark: $(nproc) cores, wrk -t1 -c$conns, ${secs}s x $rounds alternating rounds"
 echo "hit body: ${bytes} bytes ($hit_w px WebP of $(basename "$photo"))"
 p_runs=() n_runs=()
 for r in $(seq "$rounds"); do
-  p=$(rps "$base$hit_path" "$secs" "$conns"); p_runs+=("$p")
-  n=$(rps "http://127.0.0.1:$nport/hit.webp" "$secs" "$conns"); n_runs+=("$n")
+  p=$(wrk_rps "$base$hit_path" "$secs" "$conns"); p_runs+=("$p")
+  n=$(wrk_rps "http://127.0.0.1:$nport/hit.webp" "$secs" "$conns"); n_runs+=("$n")
   printf '  round %d: pixgate %10.0f req/s   nginx %10.0f req/s\n' "$r" "$p" "$n"
 done
 pm=$(printf '%s\n' "${p_runs[@]}" | median)
 nm=$(printf '%s\n' "${n_runs[@]}" | median)
-printf 'cache hit, median: pixgate %.0f req/s, nginx %.0f req/s, ratio %.2fx (goal >= 0.80x)\n' \
+printf 'cache hit, median: pixgate %.0f req/s, nginx %.0f req/s, ratio %.2fx (goal >= 0.95x, issue 20)\n' \
   "$pm" "$nm" "$(awk -v a="$pm" -v b="$nm" 'BEGIN {print a/b}')"
 
 # --- misses: distinct widths, so every request computes.

@@ -10,7 +10,13 @@
 # own defaults, as a user would get them; the table prints every output's bytes and PSNR against
 # a full-decode Lanczos3 reference (libvips), so speed is read at the output each one gives.
 #
-#   cargo build --release && bash benches/peers.sh        # ROUNDS (default 9) per task
+# Then, one server at a time on T1 (distinct URLs): miss throughput with 4 connections and an
+# overload of 32 connections (p99 of the 200s, 503s, peak RSS of the server process, through
+# benches/overload.py); and hits: pixgate serving one URL from its cache against nginx serving
+# the same bytes as a file (wrk; ipx and thumbor keep no results here).
+#
+#   cargo build --release && bash benches/peers.sh
+#   ROUNDS (9) latency rounds per task; MISS_SECS (20), STORM_SECS (20), HIT_SECS (10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -47,11 +53,11 @@ export PIXGATE__LIMITS__TRANSFORMS_PER_HOUR=100000000 PIXGATE__LIMITS__UPLOADS_P
 pg_port=$(free_port)
 PIXGATE__SERVER__LISTEN=127.0.0.1:$pg_port PIXGATE__STORAGE__FS_ROOT="$work/data" \
   PIXGATE__TRANSFORM__WORKERS=2 "$bin" serve > "$work/pixgate.out" 2> "$work/pixgate.err" &
-pids+=($!)
+pids+=($!); pid_pixgate=$!
 # ipx: the photos directory, its defaults.
 ipx_port=$(free_port)
-(cd "$photos" && PORT=$ipx_port HOST=127.0.0.1 "$root/$peers/ipx/node_modules/.bin/ipx" serve --dir "$photos" > "$work/ipx.out" 2>&1) &
-pids+=($!)
+(cd "$photos" && PORT=$ipx_port HOST=127.0.0.1 exec "$root/$peers/ipx/node_modules/.bin/ipx" serve --dir "$photos" > "$work/ipx.out" 2>&1) &
+pids+=($!); pid_ipx=$!
 # thumbor: file loader on the photos directory, unsafe URLs, one process.
 cat > "$work/thumbor.conf" <<CONF
 LOADER = 'thumbor.loaders.file_loader'
@@ -61,7 +67,7 @@ RESULT_STORAGE = None
 CONF
 th_port=$(free_port)
 "$peers/thumbor-venv/bin/thumbor" -p "$th_port" -c "$work/thumbor.conf" -l error > "$work/thumbor.out" 2>&1 &
-pids+=($!)
+pids+=($!); pid_thumbor=$!
 wait_port "$pg_port"; wait_port "$ipx_port"; wait_port "$th_port"
 
 token=$("$bin" token --sub bench --role editor)
@@ -119,6 +125,21 @@ for task in tasks:
             ms, _ = fetch(url(s, task, w0 + r))
             results[task][s]["ms"].append(ms)
 json.dump(results, open(f"{work}/results.json", "w"))
+# Load runs (T1 at widths 501-999, all a 1/4-scale decode, times qualities 70-89: every
+# request a distinct URL, so a miss everywhere): paths per server, shuffled alike.
+import random
+combos = [(w, q) for w in range(501, 1000) for q in range(70, 90)]
+random.Random(20).shuffle(combos)
+t1 = {"pixgate": "/rs:fit:{w}:0/f:jpg/q:{q}/plain/" + ids["jpg12"],
+      "ipx": "/w_{w},f_jpeg,q_{q}/" + files["jpg12"],
+      "thumbor": "/unsafe/{w}x0/filters:quality({q})/" + files["jpg12"]}
+for s in servers:
+    half = len(combos) // 2
+    for name, part in (("miss", combos[:half]), ("storm", combos[half:])):
+        with open(f"{work}/{name}_{s}", "w") as f:
+            for w, q in part:
+                path = t1[s].format(w=w, q=q)
+                f.write((signed(path) if s == "pixgate" else path) + "\n")
 PY
 
 node - "$root/target/sharp-bench" "$photos" "$work" <<'JS'
@@ -158,3 +179,47 @@ const median = (v) => { const s = [...v].sort((a, b) => a - b); return s[Math.fl
   }
 })();
 JS
+
+# --- Throughput and overload (one server at a time, the others idle), then hits.
+miss_secs=${MISS_SECS:-20} storm_secs=${STORM_SECS:-20}
+echo
+echo "T1 load (12 MP JPEG -> 501-999 px JPEG, distinct URLs): miss throughput with 4 connections for ${miss_secs}s;"
+echo "overload with 32 connections for ${storm_secs}s (p99 of the 200s, peak RSS of the server process)"
+printf '%-9s %12s %10s %10s %8s %8s %13s\n' server "miss req/s" "miss p99" "32c ok/s" "32c 503" "32c p99" "peak RSS MiB"
+for s in pixgate ipx thumbor; do
+  port_var="${s/pixgate/pg}_port"; [ "$s" = thumbor ] && port_var=th_port
+  pid_var="pid_$s"
+  miss=$(python3 benches/overload.py --port "${!port_var}" --urls "$work/miss_$s" --conns 4 --secs "$miss_secs")
+  storm=$(python3 benches/overload.py --port "${!port_var}" --urls "$work/storm_$s" --conns 32 --secs "$storm_secs" --pid "${!pid_var}")
+  python3 - "$s" "$miss" "$storm" <<'PY'
+import json, sys
+s, m, o = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+print(f"{s:<9} {m['ok_per_sec']:>12} {m['p99_ms']:>10} {o['ok_per_sec']:>10} {o['status'].get('503', 0):>8} "
+      f"{o['p99_ms']:>8} {o['peak_rss_mib']:>13}")
+PY
+done
+
+# Hits: pixgate answering one URL from its memory cache against nginx serving the same bytes
+# (ipx and thumbor, as configured here, keep no results: every request of theirs is a miss).
+need_debs wrk:wrk nginx:/usr/sbin/nginx
+hit_path=$(python3 -c '
+import base64, hashlib, hmac, sys
+key, salt = bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])
+path = "/rs:fit:800:0/f:webp/q:80/plain/" + sys.argv[3]
+print("/" + base64.urlsafe_b64encode(hmac.new(key, salt + path.encode(), hashlib.sha256).digest()).rstrip(b"=").decode() + path)
+' "$key" "$salt" "$id12")
+mkdir -p "$work/www"
+curl -sf -o "$work/www/hit.webp" "http://127.0.0.1:$pg_port$hit_path"
+ng_port=$(free_port)
+nginx_serve "$work/www" "$ng_port"
+hit_secs=${HIT_SECS:-10}
+p_runs=() n_runs=()
+for _ in 1 2 3; do
+  p_runs+=("$(wrk_rps "http://127.0.0.1:$pg_port$hit_path" "$hit_secs" 32)")
+  n_runs+=("$(wrk_rps "http://127.0.0.1:$ng_port/hit.webp" "$hit_secs" 32)")
+done
+pm=$(printf '%s\n' "${p_runs[@]}" | median)
+nm=$(printf '%s\n' "${n_runs[@]}" | median)
+echo
+printf 'hits (800 px WebP, %s bytes, wrk 32 connections, median of 3 alternated %ss rounds): pixgate %.0f req/s, nginx %.0f req/s (%.2fx); ipx, thumbor: no result cache\n' \
+  "$(stat -c %s "$work/www/hit.webp")" "$hit_secs" "$pm" "$nm" "$(awk -v a="$pm" -v b="$nm" 'BEGIN {print a/b}')"

@@ -50,6 +50,7 @@ pub mod id;
 pub mod image;
 pub mod kv;
 pub mod limits;
+pub mod logsink;
 pub mod metrics;
 pub mod options;
 pub mod outbound;

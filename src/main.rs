@@ -377,7 +377,7 @@ fn init_tracing(config: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(pixgate::logsink::Stderr);
     if config.log.format == pixgate::config::LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {
@@ -407,8 +407,12 @@ fn serve(file: Option<PathBuf>) -> Result<(), String> {
     let config = load_config(file.clone())?;
     init_tracing(&config);
     start_decoder_sandbox();
+    // Worker threads batch their log lines and write them out as they park (`logsink`).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_unpark(pixgate::logsink::unparked)
+        .on_thread_park(pixgate::logsink::flush)
+        .on_thread_stop(pixgate::logsink::flush)
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     let result = runtime.block_on(run(config, file));

@@ -502,8 +502,23 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
+    /// The server's log so far. A worker thread writes its lines out as it parks (`logsink`),
+    /// moments after the response that a test has just read: this waits until the file has
+    /// not grown for 20 ms (at most 2 s).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        let path = self.dir.path().join("server.log");
+        let size = || std::fs::metadata(&path).map_or(0, |m| m.len());
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut last = size();
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = size();
+            if now == last || Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
+        std::fs::read_to_string(&path).unwrap_or_default()
     }
 
     pub fn pid(&self) -> i32 {
