@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Overload: a release pixgate (fs backend, 2 workers) under 32 concurrent connections of
-# distinct-URL misses (T1: the 12 MP JPEG -> ~800 px JPEG), against the same server
+# distinct-URL misses (T1: the 12 MP JPEG -> 400-499 px JPEG at qualities 60-99), against the same server
 # uncontended (one connection). For each transform.max_queue_wait_ms given (0 = off: only
 # queue_len bounds the queue, the behaviour before issue 20) prints, from one fresh server each:
 # requests answered 200 and 503, admitted p50/p99, the uncontended p99, and the server's RSS
@@ -27,13 +27,17 @@ export PIXGATE__LOG__LEVEL=error PIXGATE__TRANSFORM__WORKERS=2
 export PIXGATE__LIMITS__REQUESTS_PER_MINUTE=100000000 PIXGATE__LIMITS__IP_REQUESTS_PER_MINUTE=100000000
 export PIXGATE__LIMITS__TRANSFORMS_PER_HOUR=100000000 PIXGATE__LIMITS__UPLOADS_PER_HOUR=100000000
 
-# Signed paths (imgproxy's scheme: base64url(HMAC-SHA256(key, salt + path))), `n` distinct widths.
-paths() { # $1 = image id, $2 = first width, $3 = count
+# Signed paths (imgproxy's scheme: base64url(HMAC-SHA256(key, salt + path))): `n` distinct
+# URLs from the `first`-th of one shuffled list of T1 widths 400-499 (all a 1/8-scale decode of
+# the 4000 px photo, so calm and storm requests cost the same) times qualities 60-99.
+paths() { # $1 = image id, $2 = first, $3 = count
   python3 - "$key" "$salt" "$1" "$2" "$3" <<'PY'
-import base64, hashlib, hmac, sys
+import base64, hashlib, hmac, random, sys
 key, salt, image, first, n = bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-for w in range(first, first + n):
-    path = f"/rs:fit:{w}:0/f:jpg/plain/{image}"
+combos = [(w, q) for w in range(400, 500) for q in range(60, 100)]
+random.Random(20).shuffle(combos)
+for w, q in combos[first:first + n]:
+    path = f"/rs:fit:{w}:0/f:jpg/q:{q}/plain/{image}"
     sig = base64.urlsafe_b64encode(hmac.new(key, salt + path.encode(), hashlib.sha256).digest()).rstrip(b"=").decode()
     print(f"/{sig}{path}")
 PY
@@ -52,8 +56,8 @@ run_one() { # $1 = max_queue_wait_ms
   id=$(curl -s -X POST "$base/v1/images" -H "Authorization: Bearer $token" \
     -H "Content-Type: image/jpeg" --data-binary @"$photo" | sed -n 's/.*"id":"\([0-9a-f]*\)".*/\1/p')
   [ -n "$id" ] || { cat "$work/err" >&2; kill "$pid"; exit 1; }
-  paths "$id" 400 60 > "$work/calm"
-  paths "$id" 1000 4000 > "$work/storm"
+  paths "$id" 0 60 > "$work/calm"
+  paths "$id" 60 3940 > "$work/storm"
   local calm storm
   calm=$(python3 benches/overload.py --port "$port" --urls "$work/calm" --conns 1 --secs 60)
   storm=$(python3 benches/overload.py --port "$port" --urls "$work/storm" --conns "$conns" \

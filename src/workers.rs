@@ -14,6 +14,11 @@
 //! worst-case inputs (a 50 MP PNG is ~0.5 GB) reach N × that. A job larger than the whole
 //! budget takes all of it and runs alone.
 //!
+//! The originals of queued and running jobs count too (`transform.originals_budget_mb`): a job
+//! reserves its input's stored size ([`Workers::hold_input`]) before fetching it, and waits
+//! while the budget is taken, holding no bytes. Without it every admitted job fetched its
+//! original at once and 32 queued 12 MP JPEGs held 134 MB before any of them ran.
+//!
 //! Jobs are also refused when the queue would hold them too long (`transform.max_queue_wait_ms`):
 //! the expected wait of a new job is the jobs ahead of it over the workers, times a moving
 //! average of job run time. Under overload the excess gets `503` with `Retry-After` at once,
@@ -50,6 +55,9 @@ pub struct Workers {
     /// The memory budget in KiB permits.
     memory: Arc<Semaphore>,
     memory_kib: u32,
+    /// The originals budget in KiB permits (`QueueBounds::originals_bytes`).
+    originals: Arc<Semaphore>,
+    originals_kib: u32,
     admitted: Arc<AtomicUsize>,
     max_admitted: usize,
     workers: usize,
@@ -66,6 +74,21 @@ pub struct Workers {
 pub struct QueueBounds {
     pub len: usize,
     pub max_wait: Option<Duration>,
+    /// Bytes of job inputs (originals) held at once by queued and running jobs.
+    pub originals_bytes: u64,
+}
+
+/// KiB permits for `bytes`, at least 1 and at most `cap` (a reservation larger than the whole
+/// budget takes all of it: it waits for the others and then runs alone).
+fn kib_permits(bytes: u64, cap: u32) -> u32 {
+    u32::try_from(bytes.div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .clamp(1, cap)
+}
+
+/// A budget's size in KiB permits.
+fn budget_kib(bytes: u64) -> u32 {
+    u32::try_from(bytes / 1024).unwrap_or(u32::MAX).max(1)
 }
 
 /// A reserved place in the pool (queued or running), released on drop. Taking it before
@@ -91,9 +114,8 @@ impl Workers {
         wait: Histogram,
     ) -> Workers {
         let workers = workers.max(1);
-        let memory_kib = u32::try_from(memory_bytes / 1024)
-            .unwrap_or(u32::MAX)
-            .max(1);
+        let memory_kib = budget_kib(memory_bytes);
+        let originals_kib = budget_kib(bounds.originals_bytes);
         // A job is sent only while holding one of `workers` permits, so the channel never
         // holds more than `workers` jobs and `try_send` never finds it full.
         let (jobs, queue) = mpsc::sync_channel::<Job>(workers);
@@ -125,6 +147,8 @@ impl Workers {
             permits: Arc::new(Semaphore::new(workers)),
             memory: Arc::new(Semaphore::new(memory_kib as usize)),
             memory_kib,
+            originals: Arc::new(Semaphore::new(originals_kib as usize)),
+            originals_kib,
             admitted: Arc::new(AtomicUsize::new(0)),
             max_admitted: workers + bounds.len,
             workers,
@@ -163,6 +187,17 @@ impl Workers {
         Duration::from_micros(to_finish.saturating_mul(run) / self.workers as u64)
     }
 
+    /// Reserves room for a job's input of `bytes` (its stored original) in the originals
+    /// budget, waiting while it is taken; hold the permit until the job is done with the input.
+    /// Take it after the queue place and before fetching, so queued jobs wait without bytes.
+    pub async fn hold_input(&self, bytes: u64) -> Result<OwnedSemaphorePermit, WorkerError> {
+        self.originals
+            .clone()
+            .acquire_many_owned(kib_permits(bytes, self.originals_kib))
+            .await
+            .map_err(|_| WorkerError::Failed("worker pool closed".into()))
+    }
+
     /// Runs `f`, which needs about `memory` bytes at its peak, on a worker thread once a
     /// worker and that much of the memory budget are free.
     pub async fn run<T, F>(&self, memory: u64, f: F) -> Result<T, WorkerError>
@@ -188,9 +223,7 @@ impl Workers {
         let waited = self.wait.start_timer();
         // Memory first, then a worker: a job holding a worker while it waits for memory would
         // idle a core. Both waits happen inside the request's deadline.
-        let kib = u32::try_from(memory.div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.memory_kib);
+        let kib = kib_permits(memory, self.memory_kib);
         let reserved = self
             .memory
             .clone()
@@ -371,7 +404,40 @@ mod pool_tests {
         QueueBounds {
             len,
             max_wait: None,
+            originals_bytes: 1 << 30,
         }
+    }
+
+    #[tokio::test]
+    async fn queued_jobs_wait_for_room_before_holding_their_inputs() {
+        // A 10 MiB originals budget: two 4 MiB inputs fit, the third waits until one is done.
+        let bounds = QueueBounds {
+            originals_bytes: 10 << 20,
+            ..queue(8)
+        };
+        let w = Workers::new(2, bounds, 1 << 30, IntGauge::new("d", "d").unwrap(), wait());
+        let first = w.hold_input(4 << 20).await.unwrap();
+        let _second = w.hold_input(4 << 20).await.unwrap();
+        let third = w.hold_input(4 << 20);
+        tokio::pin!(third);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut third)
+                .await
+                .is_err(),
+            "no room: the third input is not fetched yet"
+        );
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("room once the first job let go of its input")
+            .unwrap();
+        drop(third);
+        // An input larger than the whole budget waits for all of it, then holds it alone.
+        drop(_second);
+        let huge = w.hold_input(u64::MAX).await.unwrap();
+        assert_eq!(w.originals.available_permits(), 0);
+        drop(huge);
+        assert_eq!(w.originals.available_permits(), 10 << 10);
     }
 
     fn wait() -> Histogram {
@@ -458,6 +524,7 @@ mod pool_tests {
     #[tokio::test]
     async fn jobs_expected_to_wait_too_long_are_refused_at_once() {
         let bounds = QueueBounds {
+            originals_bytes: 1 << 30,
             len: 10,
             max_wait: Some(Duration::from_millis(150)),
         };

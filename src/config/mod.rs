@@ -496,6 +496,11 @@ mod tests {
                 "transform.memory_budget_mb",
             ),
             (
+                "PIXGATE__TRANSFORM__ORIGINALS_BUDGET_MB",
+                "0",
+                "transform.originals_budget_mb",
+            ),
+            (
                 "PIXGATE__TRANSFORM__JPEG_DECODER",
                 "libjpeg",
                 "transform.jpeg_decoder",

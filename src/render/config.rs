@@ -35,6 +35,10 @@ pub struct TransformConfig {
     /// and upload validation reserves its estimated peak (see `image::memory_cost`) before it
     /// runs, so N concurrent worst cases stay under this total instead of N × 0.5 GB.
     pub memory_budget_mb: u64,
+    /// Originals held in memory at once by queued and running transforms, MiB: a job reserves
+    /// its original's stored size before fetching it and waits (within the request deadline)
+    /// while the budget is taken. An original larger than the budget is fetched alone.
+    pub originals_budget_mb: u64,
     /// `raw` and `sp` may serve originals (metadata removed losslessly); false: `400`.
     pub allow_raw: bool,
     /// `sm:0` may keep the source's EXIF and XMP in results (without GPS unless `keep_gps`).
@@ -99,6 +103,7 @@ impl Default for TransformConfig {
             avif_queue_len: 32,
             avif_queue_wait_ms: 15_000,
             memory_budget_mb: 2048,
+            originals_budget_mb: 64,
             allow_raw: true,
             allow_keep_metadata: false,
             keep_gps: false,
@@ -118,6 +123,11 @@ impl TransformConfig {
             0..=600_000,
         )?;
         within(
+            "transform.originals_budget_mb",
+            self.originals_budget_mb,
+            1..=1_048_576,
+        )?;
+        within(
             "transform.memory_budget_mb",
             self.memory_budget_mb,
             64..=1_048_576,
@@ -130,6 +140,7 @@ impl TransformConfig {
             len: usize::try_from(self.queue_len).unwrap_or(usize::MAX),
             max_wait: (self.max_queue_wait_ms > 0)
                 .then(|| std::time::Duration::from_millis(self.max_queue_wait_ms)),
+            originals_bytes: self.originals_budget_mb.saturating_mul(1 << 20),
         }
     }
 
@@ -232,6 +243,14 @@ mod tests {
         assert_eq!(
             budget.validate().unwrap_err().key,
             "transform.memory_budget_mb"
+        );
+        let originals = TransformConfig {
+            originals_budget_mb: 0,
+            ..TransformConfig::default()
+        };
+        assert_eq!(
+            originals.validate().unwrap_err().key,
+            "transform.originals_budget_mb"
         );
         let webp = EncodeConfig {
             webp_method: 7,

@@ -239,6 +239,8 @@ pub struct Target {
     pub checked: Instant,
     /// The original, when the caller already holds it (eager renders).
     pub original: Option<Bytes>,
+    /// The stored original's size (what fetching it holds in memory).
+    pub original_bytes: u64,
 }
 
 /// Output format when the client did not ask for one and accepts none of `auto_formats`.
@@ -421,6 +423,7 @@ impl Renderer {
             last_modified: self.last_modified(meta),
             checked,
             original: None,
+            original_bytes: meta.bytes,
         }
     }
 

@@ -152,10 +152,14 @@ impl Renderer {
         admission: crate::workers::QueuePlace,
         avif: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Outcome {
-        // Dropping `charge` on an early return gives the quota unit back.
-        let original = match target.original.take() {
-            Some(bytes) => bytes,
-            None => self.catalog.original(&target.image).await?,
+        // Dropping `charge` on an early return gives the quota unit back. Room for the
+        // original is reserved before it is fetched and held until the job is done with it.
+        let (original, _held) = match target.original.take() {
+            Some(bytes) => (bytes, None),
+            None => {
+                let held = self.workers.hold_input(target.original_bytes).await?;
+                (self.catalog.original(&target.image).await?, Some(held))
+            }
         };
         let engine = self.engine.clone();
         let spec = target.spec.clone();
