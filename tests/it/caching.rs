@@ -485,6 +485,36 @@ async fn a_computation_expected_to_wait_too_long_is_shed() {
     assert_eq!(r.status, 200);
 }
 
+/// `transform.originals_budget_mb`: with room for a few originals at once, many concurrent
+/// misses still all complete (queued jobs wait for room, then fetch; the room comes back when
+/// each job is done: a leak would stall every request after the first few).
+#[tokio::test]
+async fn a_small_originals_budget_serves_every_concurrent_miss() {
+    let s = Server::start_with(
+        Backend::Fs,
+        &[
+            ("PIXGATE__TRANSFORM__WORKERS", "2"),
+            ("PIXGATE__TRANSFORM__ORIGINALS_BUDGET_MB", "1"),
+        ],
+    );
+    // 194 KB: five fit in the budget at once.
+    let id = upload_fixture(&s, "alice", "alpha_320x240.png", "image/png").await;
+    for round in 0..2 {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..12 {
+            let url = s.url(&signed(&format!(
+                "/w:{}/f:webp/plain/{id}",
+                40 + round * 20 + i
+            )));
+            set.spawn(async move { get(&url, &[]).await.status });
+        }
+        let statuses = tokio::time::timeout(Duration::from_secs(60), set.join_all())
+            .await
+            .expect("every miss completes");
+        assert!(statuses.iter().all(|&st| st == 200), "{statuses:?}");
+    }
+}
+
 /// `If-Modified-Since`, `Vary` only when negotiated, and error caching.
 #[tokio::test]
 async fn conditional_requests_and_error_caching() {
