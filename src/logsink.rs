@@ -14,7 +14,9 @@
 //! split or reordered within a thread; between threads their order is the order of the writes,
 //! as it was. What a `SIGKILL` loses is what the worker threads held: at most
 //! [`FLUSH_BYTES`] each, never more than [`MAX_AGE`] of lines from a thread that is still
-//! logging. The durable record is the audit archive, which does not go through here.
+//! logging; so does a worker still blocked when the runtime's shutdown grace (1 s) ends. A
+//! graceful stop writes them out (`on_thread_stop`), and the panic hook writes out its thread's
+//! buffer at once. The durable record is the audit archive, which does not go through here.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -69,7 +71,8 @@ thread_local! {
 /// The runtime's `on_thread_unpark` hook: from now on this thread batches its lines. Only
 /// worker threads park (the blocking pool's threads never call the hook), so only they batch.
 pub fn unparked() {
-    PENDING.with(|p| {
+    // `try_with`: during thread teardown the buffer may already be gone.
+    let _ = PENDING.try_with(|p| {
         if let Ok(mut p) = p.try_borrow_mut()
             && p.is_none()
         {
@@ -84,7 +87,7 @@ pub fn unparked() {
 /// The runtime's `on_thread_park` and `on_thread_stop` hooks: writes out what this thread
 /// holds.
 pub fn flush() {
-    PENDING.with(|p| {
+    let _ = PENDING.try_with(|p| {
         if let Ok(mut p) = p.try_borrow_mut()
             && let Some(p) = p.as_mut()
         {
@@ -95,7 +98,8 @@ pub fn flush() {
 
 /// Buffers `line` if this thread batches; otherwise hands it back.
 fn buffer(line: &[u8]) -> Option<&[u8]> {
-    PENDING.with(|p| {
+    // Gone (thread teardown: a destructor logging): written at once.
+    let held = PENDING.try_with(|p| {
         let Ok(mut p) = p.try_borrow_mut() else {
             return Some(line);
         };
@@ -114,7 +118,8 @@ fn buffer(line: &[u8]) -> Option<&[u8]> {
         p.buf.extend_from_slice(line);
         p.since.get_or_insert(now);
         None
-    })
+    });
+    held.unwrap_or(Some(line))
 }
 
 /// The `tracing_subscriber` writer: standard error through the thread's batch.

@@ -399,6 +399,9 @@ fn init_tracing(config: &Config) {
             .unwrap_or_default();
         let message: String = message.chars().take(300).collect();
         tracing::error!(target: "panic", %location, %message, "panic");
+        // If this panic ends the process (a panic while unwinding aborts), its line must not
+        // stay in this thread's log buffer.
+        pixgate::logsink::flush();
     }));
 }
 

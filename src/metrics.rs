@@ -16,6 +16,8 @@ pub const INFLIGHT_REQUESTS: &str = "pixgate_inflight_requests";
 pub const TRANSFORM_DURATION_SECONDS: &str = "pixgate_transform_duration_seconds";
 pub const TRANSFORM_QUEUE_DEPTH: &str = "pixgate_transform_queue_depth";
 pub const TRANSFORM_QUEUE_WAIT_SECONDS: &str = "pixgate_transform_queue_wait_seconds";
+pub const TRANSFORM_ORIGINALS_BYTES: &str = "pixgate_transform_originals_bytes";
+pub const TRANSFORM_ORIGINALS_WAITS_TOTAL: &str = "pixgate_transform_originals_waits_total";
 pub const CACHE_REQUESTS_TOTAL: &str = "pixgate_cache_requests_total";
 pub const CACHE_MEMORY_BYTES: &str = "pixgate_cache_memory_bytes";
 pub const CONNECTIONS_OPEN: &str = "pixgate_connections_open";
@@ -72,6 +74,8 @@ pub struct Metrics {
     pub transform_duration: Histogram,
     pub queue_depth: IntGauge,
     pub queue_wait: Histogram,
+    pub originals_bytes: IntGauge,
+    pub originals_waits: IntCounter,
     /// `{layer, result}`
     pub cache_requests: IntCounterVec,
     pub cache_memory_bytes: IntGauge,
@@ -137,6 +141,8 @@ impl Metrics {
             transform_duration: histogram(&r, TRANSFORM_DURATION_SECONDS, "CPU time of actual transform computations (decode, resize, encode).", LATENCY_BUCKETS)?,
             queue_depth: gauge(&r, TRANSFORM_QUEUE_DEPTH, "CPU jobs waiting for or holding a worker.")?,
             queue_wait: histogram(&r, TRANSFORM_QUEUE_WAIT_SECONDS, "Time an admitted transform waited for a CPU worker.", LATENCY_BUCKETS)?,
+            originals_bytes: gauge(&r, TRANSFORM_ORIGINALS_BYTES, "Bytes of originals reserved by queued and running CPU jobs (transform.originals_budget_mb).")?,
+            originals_waits: counter(&r, TRANSFORM_ORIGINALS_WAITS_TOTAL, "CPU jobs that waited for room in the originals budget before fetching their original.")?,
             cache_requests: counter_vec(&r, CACHE_REQUESTS_TOTAL, "Cache lookups by layer and result.", &["layer", "result"])?,
             cache_memory_bytes: gauge(&r, CACHE_MEMORY_BYTES, "Bytes held by the memory cache.")?,
             connections: gauge(&r, CONNECTIONS_OPEN, "Open client connections.")?,

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use prometheus::{Histogram, IntGauge};
+use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A job for a worker thread.
@@ -67,6 +67,16 @@ pub struct Workers {
     max_wait: Option<Duration>,
     depth: IntGauge,
     wait: Histogram,
+    originals_bytes: IntGauge,
+    originals_waits: IntCounter,
+}
+
+/// The pool's metrics: queue depth, the wait for a worker, originals held and waits for room.
+pub struct PoolMetrics {
+    pub depth: IntGauge,
+    pub wait: Histogram,
+    pub originals_bytes: IntGauge,
+    pub originals_waits: IntCounter,
 }
 
 /// Queue bounds: places beyond the workers, and the longest expected wait to admit.
@@ -105,14 +115,33 @@ impl Drop for QueuePlace {
     }
 }
 
+/// Room for one job's input in the originals budget ([`Workers::hold_input`]), given back
+/// on drop.
+pub struct InputHeld {
+    _permit: OwnedSemaphorePermit,
+    bytes: i64,
+    gauge: IntGauge,
+}
+
+impl Drop for InputHeld {
+    fn drop(&mut self) {
+        self.gauge.sub(self.bytes);
+    }
+}
+
 impl Workers {
     pub fn new(
         workers: usize,
         bounds: QueueBounds,
         memory_bytes: u64,
-        depth: IntGauge,
-        wait: Histogram,
+        metrics: PoolMetrics,
     ) -> Workers {
+        let PoolMetrics {
+            depth,
+            wait,
+            originals_bytes,
+            originals_waits,
+        } = metrics;
         let workers = workers.max(1);
         let memory_kib = budget_kib(memory_bytes);
         let originals_kib = budget_kib(bounds.originals_bytes);
@@ -156,6 +185,8 @@ impl Workers {
             max_wait: bounds.max_wait,
             depth,
             wait,
+            originals_bytes,
+            originals_waits,
         }
     }
 
@@ -190,12 +221,26 @@ impl Workers {
     /// Reserves room for a job's input of `bytes` (its stored original) in the originals
     /// budget, waiting while it is taken; hold the permit until the job is done with the input.
     /// Take it after the queue place and before fetching, so queued jobs wait without bytes.
-    pub async fn hold_input(&self, bytes: u64) -> Result<OwnedSemaphorePermit, WorkerError> {
-        self.originals
-            .clone()
-            .acquire_many_owned(kib_permits(bytes, self.originals_kib))
-            .await
-            .map_err(|_| WorkerError::Failed("worker pool closed".into()))
+    pub async fn hold_input(&self, bytes: u64) -> Result<InputHeld, WorkerError> {
+        let kib = kib_permits(bytes, self.originals_kib);
+        let permit = match self.originals.clone().try_acquire_many_owned(kib) {
+            Ok(p) => p,
+            Err(_) => {
+                self.originals_waits.inc();
+                self.originals
+                    .clone()
+                    .acquire_many_owned(kib)
+                    .await
+                    .map_err(|_| WorkerError::Failed("worker pool closed".into()))?
+            }
+        };
+        let held = i64::from(kib) * 1024;
+        self.originals_bytes.add(held);
+        Ok(InputHeld {
+            _permit: permit,
+            bytes: held,
+            gauge: self.originals_bytes.clone(),
+        })
     }
 
     /// Runs `f`, which needs about `memory` bytes at its peak, on a worker thread once a
@@ -400,6 +445,15 @@ mod pool_tests {
 
     use super::*;
 
+    fn pool_metrics() -> PoolMetrics {
+        PoolMetrics {
+            depth: IntGauge::new("d", "d").unwrap(),
+            wait: wait(),
+            originals_bytes: IntGauge::new("o", "o").unwrap(),
+            originals_waits: IntCounter::new("w", "w").unwrap(),
+        }
+    }
+
     fn queue(len: usize) -> QueueBounds {
         QueueBounds {
             len,
@@ -415,7 +469,7 @@ mod pool_tests {
             originals_bytes: 10 << 20,
             ..queue(8)
         };
-        let w = Workers::new(2, bounds, 1 << 30, IntGauge::new("d", "d").unwrap(), wait());
+        let w = Workers::new(2, bounds, 1 << 30, pool_metrics());
         let first = w.hold_input(4 << 20).await.unwrap();
         let _second = w.hold_input(4 << 20).await.unwrap();
         let third = w.hold_input(4 << 20);
@@ -426,18 +480,22 @@ mod pool_tests {
                 .is_err(),
             "no room: the third input is not fetched yet"
         );
+        assert_eq!(w.originals_bytes.get(), 8 << 20, "two inputs held");
+        assert_eq!(w.originals_waits.get(), 1, "the third one waits");
         drop(first);
         let third = tokio::time::timeout(Duration::from_secs(5), third)
             .await
             .expect("room once the first job let go of its input")
             .unwrap();
         drop(third);
+        assert_eq!(w.originals_bytes.get(), 4 << 20);
         // An input larger than the whole budget waits for all of it, then holds it alone.
         drop(_second);
         let huge = w.hold_input(u64::MAX).await.unwrap();
         assert_eq!(w.originals.available_permits(), 0);
         drop(huge);
         assert_eq!(w.originals.available_permits(), 10 << 10);
+        assert_eq!(w.originals_bytes.get(), 0);
     }
 
     fn wait() -> Histogram {
@@ -446,13 +504,7 @@ mod pool_tests {
 
     #[tokio::test]
     async fn full_queue_is_refused_fast_and_recovers() {
-        let w = Arc::new(Workers::new(
-            1,
-            queue(1),
-            1 << 30,
-            IntGauge::new("d", "d").unwrap(),
-            wait(),
-        ));
+        let w = Arc::new(Workers::new(1, queue(1), 1 << 30, pool_metrics()));
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let rx = Arc::new(std::sync::Mutex::new(rx));
         let block = |rx: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>| {
@@ -480,13 +532,7 @@ mod pool_tests {
     #[tokio::test]
     async fn the_memory_budget_bounds_concurrent_jobs_and_a_huge_job_runs_alone() {
         // Two workers, a 10 MiB budget: two 6 MiB jobs cannot run together.
-        let w = Arc::new(Workers::new(
-            2,
-            queue(4),
-            10 << 20,
-            IntGauge::new("d", "d").unwrap(),
-            wait(),
-        ));
+        let w = Arc::new(Workers::new(2, queue(4), 10 << 20, pool_metrics()));
         let running = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let job = |running: Arc<AtomicUsize>, peak: Arc<AtomicUsize>| {
@@ -528,7 +574,7 @@ mod pool_tests {
             len: 10,
             max_wait: Some(Duration::from_millis(150)),
         };
-        let w = Workers::new(1, bounds, 1 << 30, IntGauge::new("d", "d").unwrap(), wait());
+        let w = Workers::new(1, bounds, 1 << 30, pool_metrics());
         // Before any job has run nothing is known: the queue length alone applies.
         let places: Vec<_> = (0..5).map(|_| w.admit().unwrap()).collect();
         drop(places);
@@ -563,13 +609,7 @@ mod pool_tests {
 
     #[tokio::test]
     async fn a_panicking_job_is_an_error_and_its_thread_serves_on() {
-        let w = Workers::new(
-            1,
-            queue(1),
-            1 << 30,
-            IntGauge::new("d", "d").unwrap(),
-            wait(),
-        );
+        let w = Workers::new(1, queue(1), 1 << 30, pool_metrics());
         let first = w.run(0, || -> u32 { panic!("codec bug") }).await;
         assert!(matches!(first, Err(WorkerError::Failed(_))), "{first:?}");
         // The one worker thread is still there, and the job's place was given back.
@@ -584,13 +624,7 @@ mod pool_tests {
 
     #[tokio::test]
     async fn cancelled_waiter_frees_its_slot() {
-        let w = Arc::new(Workers::new(
-            1,
-            queue(1),
-            1 << 30,
-            IntGauge::new("d", "d").unwrap(),
-            wait(),
-        ));
+        let w = Arc::new(Workers::new(1, queue(1), 1 << 30, pool_metrics()));
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let w1 = w.clone();
         let running = tokio::spawn(async move {

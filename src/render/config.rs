@@ -35,9 +35,11 @@ pub struct TransformConfig {
     /// and upload validation reserves its estimated peak (see `image::memory_cost`) before it
     /// runs, so N concurrent worst cases stay under this total instead of N × 0.5 GB.
     pub memory_budget_mb: u64,
-    /// Originals held in memory at once by queued and running transforms, MiB: a job reserves
-    /// its original's stored size before fetching it and waits (within the request deadline)
-    /// while the budget is taken. An original larger than the budget is fetched alone.
+    /// Originals held in memory at once by queued and running transforms and info analyses,
+    /// MiB: a job reserves its original's stored size before fetching it and waits while the
+    /// budget is taken (the job runs in a task of its own: a request that times out meanwhile
+    /// is answered, its job still completes and fills the caches). An original larger than the
+    /// budget is fetched alone. Eager renders after an upload use the upload's bytes in hand.
     pub originals_budget_mb: u64,
     /// `raw` and `sp` may serve originals (metadata removed losslessly); false: `400`.
     pub allow_raw: bool,

@@ -32,7 +32,7 @@ impl Renderer {
         for _ in 0..MAX_ROUNDS {
             match self.info_flights.join(&meta.id) {
                 Joined::Leader(lead) => {
-                    let outcome = self.compute_info(&id).await;
+                    let outcome = self.compute_info(&id, meta.bytes).await;
                     lead.finish(outcome.clone());
                     meta.info = Some(outcome?);
                     return Ok(meta);
@@ -48,13 +48,19 @@ impl Renderer {
         Err(RenderError::Overloaded)
     }
 
-    async fn compute_info(&self, id: &ImageId) -> InfoOutcome {
+    /// A CPU-queue place, then room for the original (`bytes`, its stored size) in the
+    /// originals budget, then the fetch: as a transform does (`resolve::compute`).
+    async fn compute_info(&self, id: &ImageId, bytes: u64) -> InfoOutcome {
+        let place = self.workers.admit()?;
+        let _held = self.workers.hold_input(bytes).await?;
         let original = self.catalog.original(id).await?;
         let limits = self.engine.limits;
         let memory = crate::image::probe(&original).map_or(0, |p| crate::image::memory_cost(&p));
         let info = self
             .workers
-            .run(memory, move || crate::image::analyze(&original, &limits))
+            .run_admitted(place, memory, move || {
+                crate::image::analyze(&original, &limits)
+            })
             .await??;
         self.catalog.put_info(id, &info).await?;
         Ok(info)

@@ -502,9 +502,10 @@ async fn a_small_originals_budget_serves_every_concurrent_miss() {
     for round in 0..2 {
         let mut set = tokio::task::JoinSet::new();
         for i in 0..12 {
+            // Enlarged and blurred: each job takes long enough for the twelve to overlap.
             let url = s.url(&signed(&format!(
-                "/w:{}/f:webp/plain/{id}",
-                40 + round * 20 + i
+                "/rs:fit:{}:0/el:1/bl:2/f:png/plain/{id}",
+                1200 + round * 20 + i
             )));
             set.spawn(async move { get(&url, &[]).await.status });
         }
@@ -513,6 +514,12 @@ async fn a_small_originals_budget_serves_every_concurrent_miss() {
             .expect("every miss completes");
         assert!(statuses.iter().all(|&st| st == 200), "{statuses:?}");
     }
+    let m = metrics(&s).await;
+    assert!(
+        metric(&m, "pixgate_transform_originals_waits_total", "") > 0.0,
+        "with room for five originals, some of twelve concurrent jobs waited before fetching"
+    );
+    assert_eq!(metric(&m, "pixgate_transform_originals_bytes", ""), 0.0);
 }
 
 /// `If-Modified-Since`, `Vary` only when negotiated, and error caching.
