@@ -572,7 +572,7 @@ async fn every_action_emits_exactly_one_event(backend: Backend) {
         raw.extend(archive.get(&k).await);
     }
     let raw = String::from_utf8(raw).unwrap();
-    let log = s.log();
+    let log = s.log_with(&["t-upload"]);
     assert!(
         log.contains("t-upload"),
         "the audit log stream carries events"
@@ -1466,9 +1466,10 @@ async fn a_full_spool_drops_batches_visibly() {
     })
     .await;
     assert_eq!(metric(&m, "pixgate_audit_spooled_events", ""), 2.0);
-    assert!(s.log().contains("audit spool full"), "the drop is logged");
+    let log = s.log_with(&["audit spool full", "f-5"]);
+    assert!(log.contains("audit spool full"), "the drop is logged");
     // The dropped events are still in the audit log stream.
-    assert!(s.log().contains("f-5"));
+    assert!(log.contains("f-5"));
 }
 
 #[tokio::test]
@@ -1562,7 +1563,12 @@ async fn a_full_queue_drops_visibly_and_the_log_stream_keeps_everything() {
         dropped > 0,
         "the burst overflowed the queue ({archived} archived)"
     );
-    let log = s.log();
+    let ids: Vec<String> = (0..N)
+        .map(|i| format!("\"request_id\":\"q-{i}\""))
+        .collect();
+    let mut needles: Vec<&str> = ids.iter().map(String::as_str).collect();
+    needles.push("not queued for the archive");
+    let log = s.log_with(&needles);
     assert!(log.contains("not queued for the archive"));
     for i in 0..N {
         assert!(

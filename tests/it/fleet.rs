@@ -241,7 +241,7 @@ async fn a_silent_instance_is_named_and_the_bound_is_stated() {
     let owner = unique("fleet-dead-owner");
     let jwt = token(&owner, Role::Editor);
     let id = upload_fixture(&fleet[0], &owner, "photo_320x240.jpg", "image/jpeg").await;
-    let log = fleet[1].log();
+    let log = fleet[1].log_with(&["subscribed to the event bus"]);
     let silent = log
         .lines()
         .find(|l| l.contains("subscribed to the event bus"))
@@ -264,7 +264,7 @@ async fn a_silent_instance_is_named_and_the_bound_is_stated() {
     );
     let m = metrics(&fleet[0]).await;
     assert_eq!(metric(&m, "pixgate_fleet_unacknowledged_total", ""), 1.0);
-    let log = fleet[0].log();
+    let log = fleet[0].log_with(&["did not acknowledge"]);
     assert!(
         log.contains("did not acknowledge") && log.contains(&silent),
         "{silent} not named:\n{log}"

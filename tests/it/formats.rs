@@ -574,7 +574,10 @@ async fn a_decoder_crash_is_one_refused_source() {
     assert_eq!(r.status, 201, "{:?}", r.body);
     let m = metrics(&s).await;
     assert_eq!(metric(&m, "pixgate_decoder_crashes_total", ""), 2.0);
-    assert!(s.log().contains("decoder child failed"));
+    assert!(
+        s.log_with(&["decoder child failed"])
+            .contains("decoder child failed")
+    );
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pixgate"))
         .args(["decode-worker", "--check"])

@@ -521,6 +521,19 @@ impl Server {
         std::fs::read_to_string(&path).unwrap_or_default()
     }
 
+    /// The server's log once it holds every one of `needles` (at most 10 s; then the log as it
+    /// is, for the caller's assertion to show): a line written as a worker thread parks may
+    /// land a moment after the response that caused it.
+    pub fn log_with(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if needles.iter().all(|n| log.contains(n)) || Instant::now() > deadline {
+                return log;
+            }
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
