@@ -246,6 +246,67 @@ async fn a_page_of_avif_images_loads_without_errors() {
     }
 }
 
+/// Beyond the AVIF queue (`transform.avif_queue_len` waiting, for at most
+/// `transform.avif_queue_wait_ms`), an explicit `f:avif` gets `503 overloaded` with
+/// `Retry-After` over HTTP, and a negotiated one falls back to WebP instead of failing.
+#[tokio::test]
+async fn beyond_the_avif_queue_explicit_avif_is_503_and_negotiated_falls_back() {
+    let s = Server::start_with(
+        Backend::Fs,
+        &[
+            ("PIXGATE__TRANSFORM__AVIF_QUEUE_LEN", "1"),
+            ("PIXGATE__TRANSFORM__AVIF_QUEUE_WAIT_MS", "0"),
+            ("PIXGATE__TRANSFORM__AUTO_FORMATS", "avif,webp"),
+        ],
+    );
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    // Large AVIF encodes (an enlargement), so the encoder stays busy while the others ask.
+    let requests: Vec<_> = (0..6u32)
+        .map(|i| {
+            let url = s.url(&signed(&format!(
+                "/rs:fit:{}:0/el:1/f:avif/plain/{id}",
+                1600 + i
+            )));
+            tokio::spawn(async move { get(&url, &[]).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for r in requests {
+        let r = r.await.unwrap();
+        if r.status == 503 {
+            assert_eq!(r.code(), "overloaded");
+            assert!(r.header("retry-after").is_some(), "503 without Retry-After");
+        }
+        statuses.push(r.status);
+    }
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|&st| st == 200 || st == 503),
+        "{statuses:?}"
+    );
+    // A negotiated request while the encoder is busy: WebP, never a 503.
+    let busy = s.url(&signed(&format!("/rs:fit:1700:0/el:1/f:avif/plain/{id}")));
+    let running = tokio::spawn(async move { get(&busy, &[]).await });
+    // The AVIF permit is taken before the CPU-queue place: once the job is in the queue, the
+    // encoder is busy.
+    wait_for(&s, "the AVIF job to be admitted", |m| {
+        metric(m, "pixgate_transform_queue_depth", "") >= 1.0
+    })
+    .await;
+    let r = get(
+        &s.url(&signed(&format!("/w:90/plain/{id}"))),
+        &[("accept", "image/avif,image/webp,*/*")],
+    )
+    .await;
+    assert_eq!(
+        r.status, 200,
+        "a negotiated request falls back, never refused"
+    );
+    assert_eq!(r.header("content-type"), Some("image/webp"));
+    assert_eq!(running.await.unwrap().status, 200);
+}
+
 /// imgproxy's `fn` / `att`: `Content-Disposition` with the output format's extension and an
 /// RFC 6266 `filename*`, from one cached result; `f:auto` negotiates from `Accept` (it was
 /// described in the configuration sample but refused); hostile names are `400 invalid_option`.
