@@ -187,11 +187,11 @@ echo "T1 load (12 MP JPEG -> 501-999 px JPEG, distinct URLs): miss throughput wi
 echo "overload with 32 connections for ${storm_secs}s (p99 of the 200s; RSS of the server process before the"
 echo "overload and its peak: pixgate's includes its result cache, filled by the runs before)"
 printf '%-9s %12s %10s %10s %8s %8s %20s\n' server "miss req/s" "miss p99" "32c ok/s" "32c 503" "32c p99" "RSS MiB before→peak"
+declare -A port=([pixgate]=$pg_port [ipx]=$ipx_port [thumbor]=$th_port)
+declare -A pid=([pixgate]=$pid_pixgate [ipx]=$pid_ipx [thumbor]=$pid_thumbor)
 for s in pixgate ipx thumbor; do
-  port_var="${s/pixgate/pg}_port"; [ "$s" = thumbor ] && port_var=th_port
-  pid_var="pid_$s"
-  miss=$(python3 benches/overload.py --port "${!port_var}" --urls "$work/miss_$s" --conns 4 --secs "$miss_secs")
-  storm=$(python3 benches/overload.py --port "${!port_var}" --urls "$work/storm_$s" --conns 32 --secs "$storm_secs" --pid "${!pid_var}")
+  miss=$(python3 benches/overload.py --port "${port[$s]}" --urls "$work/miss_$s" --conns 4 --secs "$miss_secs")
+  storm=$(python3 benches/overload.py --port "${port[$s]}" --urls "$work/storm_$s" --conns 32 --secs "$storm_secs" --pid "${pid[$s]}")
   python3 - "$s" "$miss" "$storm" <<'PY'
 import json, sys
 s, m, o = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
@@ -203,12 +203,8 @@ done
 # Hits: pixgate answering one URL from its memory cache against nginx serving the same bytes
 # (ipx and thumbor, as configured here, keep no results: every request of theirs is a miss).
 need_debs wrk:wrk nginx:/usr/sbin/nginx
-hit_path=$(python3 -c '
-import base64, hashlib, hmac, sys
-key, salt = bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])
-path = "/rs:fit:800:0/f:webp/q:80/plain/" + sys.argv[3]
-print("/" + base64.urlsafe_b64encode(hmac.new(key, salt + path.encode(), hashlib.sha256).digest()).rstrip(b"=").decode() + path)
-' "$key" "$salt" "$id12")
+# Signed with the keys exported above.
+hit_path=$("$bin" sign "/rs:fit:800:0/f:webp/q:80/plain/$id12")
 mkdir -p "$work/www"
 curl -sf -o "$work/www/hit.webp" "http://127.0.0.1:$pg_port$hit_path"
 ng_port=$(free_port)

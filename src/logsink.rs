@@ -1,8 +1,10 @@
 //! Where the log streams go: standard error, written in batches by the runtime's worker threads.
 //!
-//! Every request writes a log line and an audit line. One `write(2)` per line costs more than
-//! the rest of a cache hit (measured: the audit stream alone took the hit path from 0.96x to
-//! 0.82x of nginx). Here a tokio worker thread appends its whole, formatted lines to a buffer of
+//! Every request writes a log line and an audit line. Under a container runtime or systemd,
+//! standard error is a pipe and each `write(2)` wakes its reader: one write per line held
+//! cache hits at 0.88x of nginx (also logging through a pipe), batching brings them to
+//! 1.00-1.06x (`benches/cdn_origin.sh`, `LOGS=1 LOG_PIPE=1`); into a file the difference is
+//! within noise. Here a tokio worker thread appends its whole, formatted lines to a buffer of
 //! its own and writes the buffer out in one call when it is about to park (it has nothing left
 //! to run), when the buffer holds [`FLUSH_BYTES`], when its oldest line is [`MAX_AGE`] old at the
 //! next line, and when the thread stops. Under load that is dozens of lines per write; an idle

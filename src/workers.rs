@@ -570,9 +570,8 @@ mod pool_tests {
     #[tokio::test]
     async fn jobs_expected_to_wait_too_long_are_refused_at_once() {
         let bounds = QueueBounds {
-            originals_bytes: 1 << 30,
-            len: 10,
             max_wait: Some(Duration::from_millis(150)),
+            ..queue(10)
         };
         let w = Workers::new(1, bounds, 1 << 30, pool_metrics());
         // Before any job has run nothing is known: the queue length alone applies.
