@@ -384,9 +384,14 @@ impl Gate {
         self.permits.available_permits() == 0
     }
 
+    /// A permit if one is free now, without queueing.
+    pub fn try_enter(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
     /// A permit, held until dropped.
     pub async fn enter(&self) -> Result<OwnedSemaphorePermit, WorkerError> {
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+        if let Some(permit) = self.try_enter() {
             return Ok(permit);
         }
         let _place = self.waiting.try_enter().ok_or(WorkerError::Overloaded)?;
@@ -407,6 +412,7 @@ mod tests {
         let gate = Arc::new(Gate::new(1, 2, Duration::from_millis(300)));
         let held = gate.enter().await.unwrap();
         assert!(gate.busy());
+        assert!(gate.try_enter().is_none(), "try_enter never queues");
         // Two wait; the third is refused at once.
         let waiters: Vec<_> = (0..2)
             .map(|_| {

@@ -283,7 +283,8 @@ impl From<RenderError> for Error {
     fn from(e: RenderError) -> Self {
         match e {
             RenderError::NotFound => Error::NotFound,
-            RenderError::Overloaded => Error::Overloaded,
+            // Handled by the transform route (negotiated again); anywhere else, try later.
+            RenderError::Overloaded | RenderError::AvifBusy => Error::Overloaded,
             RenderError::Refused(r) => Error::from(r),
             RenderError::Catalog(e) => Error::from(e),
             RenderError::Image(e) => Error::from(e),

@@ -29,8 +29,8 @@ use crate::app::App;
 use crate::cache::CachedResult;
 use crate::catalog::CatalogError;
 use crate::limits::{ChargeObserver, Payer};
-use crate::options::{TransformRequest, parse_path};
-use crate::render::{Bill, Target, Variant};
+use crate::options::{OutputFormat, TransformRequest, parse_path};
+use crate::render::{Bill, RenderError, Target, Variant};
 use crate::signature::unix_now;
 
 pub async fn handle(
@@ -42,9 +42,14 @@ pub async fn handle(
     let (signature, tail) = split_signature(parts.uri.path())?;
     let caller = verify(app, signature, tail, &parts.headers, ctx).await?;
     let (request, now) = parse(app, tail, ctx)?;
-    let variant = app.render.negotiate(&request.image, &request.spec, |f| {
-        accepts(&parts.headers, f.mime())
-    });
+    // AVIF leaves the negotiation once a negotiated AVIF found every encoder busy.
+    let mut without_avif = false;
+    let negotiate = |without_avif: bool| {
+        app.render.negotiate(&request.image, &request.spec, |f| {
+            !(without_avif && f == OutputFormat::Avif) && accepts(&parts.headers, f.mime())
+        })
+    };
+    let mut variant = negotiate(without_avif);
     let headers = response_headers(app, &caller, &request, &variant, now);
     if (request.spec.raw || !request.spec.skip_processing.is_empty())
         && let Some(original) =
@@ -52,15 +57,24 @@ pub async fn handle(
     {
         return Ok(original);
     }
-    if let Some(hit) = serve_hit(app, &caller, &variant, ctx).await? {
-        return Ok(respond(&parts.headers, &hit, &headers));
+    loop {
+        if let Some(hit) = serve_hit(app, &caller, &variant, ctx).await? {
+            return Ok(respond(&parts.headers, &hit, &headers));
+        }
+        let target = match preconditions(app, &caller, variant, &parts.headers, ctx).await? {
+            Ok(target) => target,
+            Err(not_modified) => return Ok(not_modified.response(&headers)),
+        };
+        match compute(app, &caller, target, ctx).await {
+            Ok(result) => return Ok(respond(&parts.headers, &result, &headers)),
+            // Its quota unit was given back; the next negotiation cannot pick AVIF again.
+            Err(RenderError::AvifBusy) if !without_avif => {
+                without_avif = true;
+                variant = negotiate(without_avif);
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    let target = match preconditions(app, &caller, variant, &parts.headers, ctx).await? {
-        Ok(target) => target,
-        Err(not_modified) => return Ok(not_modified.response(&headers)),
-    };
-    let result = compute(app, &caller, target, ctx).await?;
-    Ok(respond(&parts.headers, &result, &headers))
 }
 
 /// Phase 2: the typed, bounded transform, refused once its `exp` has passed. Returns the
@@ -190,7 +204,7 @@ async fn compute(
     caller: &Caller,
     target: Target,
     ctx: &Ctx,
-) -> Result<Arc<CachedResult>, Error> {
+) -> Result<Arc<CachedResult>, RenderError> {
     let payer = match caller {
         Caller::Bearer(p) => Payer::Caller {
             user: p.user_id.clone(),
@@ -205,7 +219,7 @@ async fn compute(
         Caller::Signed => None,
     };
     let bill = Bill::To(&app.limiter, payer, observer);
-    Ok(app.render.resolve(target, bill).await?)
+    app.render.resolve(target, bill).await
 }
 
 fn accepts(headers: &HeaderMap, mime: &str) -> bool {

@@ -75,6 +75,11 @@ pub enum RenderError {
     /// No CPU-queue place or AVIF encoder, or a waiter's leaders kept giving up: try later.
     #[error("server overloaded")]
     Overloaded,
+    /// A negotiated AVIF found every encoder busy when it came to be computed (it was free
+    /// when the request was negotiated): the caller negotiates again without AVIF instead of
+    /// waiting in the queue meant for explicit `f:avif` ([`Variant::avif_fallback`]).
+    #[error("every AVIF encoder is busy")]
+    AvifBusy,
     /// The payer's quota is spent (or the limiter is busy).
     #[error(transparent)]
     Refused(Refusal),
@@ -221,6 +226,10 @@ pub struct Variant {
     /// Its digest (ETag, derived object name) is taken only past the memory cache, in
     /// [`Renderer::target`]: a hit needs neither.
     pub key: String,
+    /// A negotiated AVIF whose client accepts another of `auto_formats`: if every AVIF encoder
+    /// is busy when it is to be computed, it fails with [`RenderError::AvifBusy`] at once (and
+    /// is negotiated again without AVIF) instead of waiting.
+    pub avif_fallback: bool,
 }
 
 /// A variant of an image known to exist: what a computation needs.
@@ -241,6 +250,8 @@ pub struct Target {
     pub original: Option<Bytes>,
     /// The stored original's size (what fetching it holds in memory).
     pub original_bytes: u64,
+    /// See [`Variant::avif_fallback`].
+    pub avif_fallback: bool,
 }
 
 /// Output format when the client did not ask for one and accepts none of `auto_formats`.
@@ -355,6 +366,7 @@ impl Renderer {
             choice,
             animated,
             key,
+            avif_fallback: false,
         }
     }
 
@@ -371,7 +383,9 @@ impl Renderer {
     /// The variant a request gets: its own format, or the first of `transform.auto_formats`
     /// the client `accepts`. AVIF encoders are few (`transform.avif_workers`): when none is
     /// free and the AVIF result is not cached, the request gets the next format it accepts
-    /// instead of waiting (an explicit `f:avif` waits in a bounded queue instead).
+    /// instead of waiting (an explicit `f:avif` waits in a bounded queue instead). An encoder
+    /// free now may be taken before this request computes: the variant then says it may fall
+    /// back ([`Variant::avif_fallback`]) and the caller negotiates again without AVIF.
     pub fn negotiate(
         &self,
         image: &ImageId,
@@ -397,12 +411,14 @@ impl Renderer {
                 pick = accepted.get(1).copied();
             }
         }
-        self.variant(
+        let mut variant = self.variant(
             image,
             spec,
             pick.map_or(FormatChoice::Fallback, FormatChoice::Negotiated),
             animated,
-        )
+        );
+        variant.avif_fallback = pick == Some(OutputFormat::Avif) && accepted.len() > 1;
+        variant
     }
 
     /// Whether responses for `variant` depend on `Accept` (`Vary: Accept`).
@@ -428,6 +444,7 @@ impl Renderer {
             checked,
             original: None,
             original_bytes: meta.bytes,
+            avif_fallback: variant.avif_fallback && format == OutputFormat::Avif,
         }
     }
 

@@ -65,7 +65,7 @@ impl Renderer {
             };
             // Being overloaded is not this request's own failure: waiters get the same answer
             // instead of each retrying (and each reading the derived store again).
-            let (admission, avif) = match self.admit(target.format).await {
+            let (admission, avif) = match self.admit(target.format, target.avif_fallback).await {
                 Ok(a) => a,
                 Err(e) => {
                     lead.finish(Err(e.clone()));
@@ -124,10 +124,13 @@ impl Renderer {
     /// for a while: `transform.avif_queue_len`, `transform.avif_queue_wait_ms`; a page of AVIF
     /// `<img>` tags loads in turn instead of getting 503s) and only then takes its CPU-queue
     /// place, so AVIF waiters never crowd other formats out of the CPU queue. Negotiated
-    /// requests do not get here while the encoders are busy: they fall back (`negotiate`).
+    /// requests do not get here while the encoders are busy: they fall back (`negotiate`); one
+    /// that finds them busy here all the same (taken since it was negotiated) never waits:
+    /// [`RenderError::AvifBusy`] sends it back to negotiate without AVIF.
     async fn admit(
         &self,
         format: OutputFormat,
+        may_fall_back: bool,
     ) -> Result<
         (
             crate::workers::QueuePlace,
@@ -135,10 +138,12 @@ impl Renderer {
         ),
         RenderError,
     > {
-        let avif = if format == OutputFormat::Avif {
-            Some(self.avif.enter().await?)
-        } else {
+        let avif = if format != OutputFormat::Avif {
             None
+        } else if may_fall_back {
+            Some(self.avif.try_enter().ok_or(RenderError::AvifBusy)?)
+        } else {
+            Some(self.avif.enter().await?)
         };
         Ok((self.workers.admit()?, avif))
     }

@@ -5,6 +5,7 @@ use pixgate::auth::Role;
 use pixgate::image::{ImageFormat, decode, probe};
 
 use crate::harness::*;
+use crate::limits::usage;
 
 fn dims(body: &[u8]) -> (ImageFormat, u32, u32) {
     let p = probe(body).expect("an image");
@@ -305,6 +306,57 @@ async fn beyond_the_avif_queue_explicit_avif_is_503_and_negotiated_falls_back() 
     );
     assert_eq!(r.header("content-type"), Some("image/webp"));
     assert_eq!(running.await.unwrap().status, 200);
+}
+
+/// Negotiated requests that all find the AVIF encoder free when they are negotiated (a cold
+/// page of `<picture>` elements) race for it: the ones that lose get WebP, never a wait in the
+/// explicit-AVIF queue or a `503` (here the queue refuses at once), and each is charged one
+/// transform (the lost AVIF attempt's unit is given back).
+#[tokio::test]
+async fn negotiated_avif_that_loses_the_encoder_race_falls_back_to_webp() {
+    let s = Server::start_with(
+        Backend::Fs,
+        &[
+            ("PIXGATE__TRANSFORM__AVIF_QUEUE_LEN", "1"),
+            ("PIXGATE__TRANSFORM__AVIF_QUEUE_WAIT_MS", "0"),
+            ("PIXGATE__TRANSFORM__AUTO_FORMATS", "avif,webp"),
+        ],
+    );
+    let id = upload_fixture(&s, "alice", "photo_320x240.jpg", "image/jpeg").await;
+    let before = usage(&s, &token("alice", Role::Viewer)).await["quotas"]["transforms"]["used"]
+        .as_u64()
+        .unwrap();
+    let n = 8u32;
+    let requests: Vec<_> = (0..n)
+        .map(|i| {
+            let url = s.url(&signed(&format!("/rs:fit:{}:0/el:1/plain/{id}", 1200 + i)));
+            tokio::spawn(async move { get(&url, &[("accept", "image/avif,image/webp,*/*")]).await })
+        })
+        .collect();
+    let mut types = Vec::new();
+    for r in requests {
+        let r = r.await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("vary"), Some("Accept"));
+        let t = r.header("content-type").unwrap().to_owned();
+        let want = if t == "image/avif" {
+            ImageFormat::Avif
+        } else {
+            ImageFormat::Webp
+        };
+        assert_eq!(probe(&r.body).unwrap().format, want, "{t}");
+        types.push(t);
+    }
+    assert!(types.iter().any(|t| t == "image/avif"), "{types:?}");
+    assert!(types.iter().any(|t| t == "image/webp"), "{types:?}");
+    let after = usage(&s, &token("alice", Role::Viewer)).await["quotas"]["transforms"]["used"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        after - before,
+        u64::from(n),
+        "one unit per result delivered"
+    );
 }
 
 /// imgproxy's `fn` / `att`: `Content-Disposition` with the output format's extension and an
