@@ -46,6 +46,8 @@ pub struct App {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub image_limits: ImageLimits,
     pub parse_limits: ParseLimits,
+    /// `sources.legacy`: `s3://` source URLs of imported objects.
+    pub legacy: crate::import::legacy::Legacy,
 }
 
 impl App {
@@ -120,6 +122,9 @@ impl App {
             trusted_proxies: config.server.trusted_networks(),
             image_limits,
             parse_limits: config.parse_limits(),
+            legacy: crate::import::legacy::Legacy::new(
+                config.sources.resolved().map_err(|e| e.to_string())?,
+            ),
             config,
         })
     }

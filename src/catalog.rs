@@ -103,6 +103,32 @@ pub struct ImageMeta {
     /// (`Catalog::info`), never by rewriting this record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<crate::image::ImageInfo>,
+    /// Where `pixgate import` found the original (`s3://BUCKET/KEY`, `dir:/path`); the bytes
+    /// are pixgate's own copy. Its source-index entry is turned into a tombstone when the
+    /// image is deleted ([`SourceEntry`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// An entry of the source index, `sources/{sha256(uri)}.json`: the image an imported object
+/// became (written before the image, so an interrupted import finishes under the same id), or
+/// a tombstone once that image was deleted (a later import skips it; a legacy URL gets `404`).
+/// A tombstone holds no id and no key: only the hash of the address it was imported from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+fn source_key(uri: &str) -> Result<ObjectKey, CatalogError> {
+    use sha2::{Digest, Sha256};
+    ObjectKey::new(format!(
+        "sources/{}.json",
+        hex::encode(Sha256::digest(uri.as_bytes()))
+    ))
+    .map_err(CatalogError::from)
 }
 
 /// A metadata change: `None` leaves a field alone, `Some(None)` clears it.
@@ -113,7 +139,7 @@ pub struct MetaPatch {
     pub tags: Option<Vec<String>>,
 }
 
-fn check_text(field: &str, v: &str) -> Result<(), CatalogError> {
+pub(crate) fn check_text(field: &str, v: &str) -> Result<(), CatalogError> {
     if v.chars().count() > MAX_TITLE_CHARS || v.chars().any(char::is_control) {
         return Err(CatalogError::InvalidField(format!(
             "{field}: at most {MAX_TITLE_CHARS} characters, no control characters"
@@ -319,6 +345,63 @@ impl Catalog {
             }
         }
         Ok(())
+    }
+
+    /// The source-index entry of `uri`, if any.
+    pub async fn source_entry(&self, uri: &str) -> Result<Option<SourceEntry>, CatalogError> {
+        match self
+            .store
+            .get(Bucket::Originals, &source_key(uri)?, MAX_META_BYTES)
+            .await
+        {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| CatalogError::Internal(format!("source index entry: {e}"))),
+            Err(StorageError::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records that `uri` becomes image `id` (before the image is created).
+    pub async fn put_source_entry(&self, uri: &str, id: &ImageId) -> Result<(), CatalogError> {
+        self.write_source_entry(
+            uri,
+            &SourceEntry {
+                id: Some(id.to_string()),
+                deleted: false,
+            },
+        )
+        .await
+    }
+
+    async fn write_source_entry(&self, uri: &str, e: &SourceEntry) -> Result<(), CatalogError> {
+        let json = serde_json::to_vec(e).map_err(|e| CatalogError::Internal(e.to_string()))?;
+        self.store
+            .put(
+                Bucket::Originals,
+                &source_key(uri)?,
+                Bytes::from(json),
+                "application/json",
+            )
+            .await
+            .map_err(CatalogError::from)
+    }
+
+    /// The image imported from `uri`; `NotFound` if none was (or it was deleted).
+    pub async fn imported(&self, uri: &str) -> Result<ImageMeta, CatalogError> {
+        let id = self
+            .source_entry(uri)
+            .await?
+            .filter(|e| !e.deleted)
+            .and_then(|e| e.id)
+            .and_then(|id| ImageId::parse(&id))
+            .ok_or(CatalogError::NotFound)?;
+        let meta = self.meta(&id).await?;
+        // The entry and the record must agree (an entry is never re-pointed).
+        if meta.source.as_deref() != Some(uri) {
+            return Err(CatalogError::NotFound);
+        }
+        Ok(meta)
     }
 
     /// The metadata of an image; `NotFound` if it does not exist or is being deleted.
@@ -543,6 +626,17 @@ impl Catalog {
                 )
                 .await?;
         }
+        // An imported image: never imported again (nor served by its legacy URL).
+        if let Some(uri) = &meta.source {
+            self.write_source_entry(
+                uri,
+                &SourceEntry {
+                    id: None,
+                    deleted: true,
+                },
+            )
+            .await?;
+        }
         self.store
             .delete(Bucket::Originals, &key(&id, "original")?)
             .await?;
@@ -629,6 +723,7 @@ mod tests {
             tags: Vec::new(),
             deleting: false,
             info: None,
+            source: None,
         }
     }
 

@@ -859,6 +859,7 @@ mod tests {
             tags: Vec::new(),
             deleting: false,
             info: None,
+            source: None,
         }
     }
 

@@ -10,6 +10,8 @@
 //! - [`auth`] bearer JWTs, principals and roles
 //! - [`catalog`] image records (original + metadata) over [`storage`]
 //! - [`fsck`] beside `catalog`: finds (and repairs) what interrupted writes left in [`storage`]
+//! - [`import`] beside `fsck`: registers a bucket or directory of existing originals as images,
+//!   through the upload's checks, resumably
 //! - [`storage`] the `ObjectStore` trait; `fs` and `s3` backends
 //! - [`cache`] result caches: memory LRU, derived objects, single-flight
 //! - [`render`] the `Renderer`: results through the caches; eager presets; purging an image
@@ -48,6 +50,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod id;
 pub mod image;
+pub mod import;
 pub mod kv;
 pub mod limits;
 pub mod logsink;

@@ -1,5 +1,5 @@
 //! The `pixgate` binary: `serve`, `sign`, `token`, `check-config`, `audit verify`, `sweep`,
-//! `fsck`.
+//! `fsck`, `import`.
 //!
 //! Start-up code: errors are printed with the offending config key and the process exits
 //! non-zero. Nothing here runs on a request path.
@@ -104,6 +104,55 @@ enum Command {
         #[arg(long, default_value = "15m")]
         min_age: String,
     },
+    /// Registers existing originals (an S3 bucket and prefix, or a directory) as pixgate images
+    /// without re-uploading them through HTTP: each object passes the upload's checks, gets an
+    /// owner, metadata, placeholders and an `image.import` audit event; quotas are not charged.
+    /// Resumable (a checkpoint in the storage) and idempotent. JSON lines per object on a
+    /// non-terminal stdout, a progress line on a terminal, a JSON summary at the end. Exits 0
+    /// when done without failures, 1 when some objects failed (listed with their codes), 3
+    /// when interrupted (run it again to continue), 2 on errors.
+    Import(ImportArgs),
+}
+
+/// `pixgate import`'s arguments.
+#[derive(clap::Args)]
+struct ImportArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// `s3://BUCKET/PREFIX` or a local directory.
+    source: String,
+    /// Every object belongs to this user.
+    #[arg(long, group = "owners")]
+    owner: Option<String>,
+    /// The owner is a segment of the key, e.g. `users/{owner}/**` (`*`: any one segment; a
+    /// final `**`: one or more).
+    #[arg(long, group = "owners")]
+    owner_pattern: Option<String>,
+    /// CSV rows `key,owner[,title,alt_text,tags]` (tags `;`-separated; a header row is
+    /// allowed); keys not listed fail with `not_in_manifest`.
+    #[arg(long, group = "owners")]
+    manifest: Option<PathBuf>,
+    /// Objects in flight at once (at most the CPU pool's workers + queue).
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// At most this many objects started per second (spares the source).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Read and validate everything, write nothing; report what would be imported and what
+    /// would fail.
+    #[arg(long)]
+    dry_run: bool,
+    /// The source's S3 endpoint (default: `storage.s3_endpoint`). Credentials: the
+    /// `PIXGATE_IMPORT_ACCESS_KEY_ID` / `PIXGATE_IMPORT_SECRET_ACCESS_KEY` variables if set,
+    /// otherwise the standard AWS chain.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// The source's region (default: `storage.s3_region`).
+    #[arg(long)]
+    region: Option<String>,
+    /// Recorded as the operator in each `image.import` audit event (default: `$USER`).
+    #[arg(long)]
+    operator: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -148,6 +197,11 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Sweep { config } => sweep(config),
+        Command::Import(args) => match import(args) {
+            Ok(0) => Ok(()),
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
         Command::Fsck {
             config,
             repair,
@@ -362,6 +416,153 @@ fn fsck(file: Option<PathBuf>, repair: bool, min_age: &str) -> Result<bool, Stri
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     println!("{json}");
     Ok(report.is_clean())
+}
+
+/// `pixgate import`; `Ok(code)`: 0 complete without failures, 1 complete with failures in the
+/// scan (this run's or an interrupted run's it continued), 3 interrupted (the checkpoint is
+/// saved; run it again to continue).
+fn import(args: ImportArgs) -> Result<u8, String> {
+    use std::io::IsTerminal;
+    let mut config = load_config(args.config.clone())?;
+    // The import's audit events get a spool (and chain) of their own: the spool directory is
+    // locked by a server running beside it on the same storage root.
+    let spool = config.audit.spool_dir(&config.storage.fs_root);
+    config.audit.spool_dir = format!("{}-import", spool.display());
+    // Objects wait for the CPU pool instead of being shed (there are no clients to protect).
+    config.transform.max_queue_wait_ms = 0;
+    // Warnings on stderr; the audit events go to the archive (through the spool), not to the
+    // terminal, one line per image.
+    config.log.level = "warn,audit=off".to_owned();
+    init_tracing(&config);
+    let owners = import_owners(&args)?;
+    let operator = args
+        .operator
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let terminal = std::io::stderr().is_terminal();
+    let lines = !std::io::stdout().is_terminal();
+    runtime.block_on(async move {
+        start_decoder_sandbox();
+        let source = import_source(&args, &config).await?;
+        let app = Arc::new(App::build(config).await?);
+        // Never more in flight than the CPU pool admits (workers + queue): a full queue would
+        // fail objects that only had to wait.
+        let capacity = app.render.workers.capacity();
+        let plan = pixgate::import::Plan {
+            source,
+            owners,
+            jobs: args.jobs.clamp(1, capacity.max(1)),
+            rate: args.rate,
+            dry_run: args.dry_run,
+            operator,
+        };
+        let started = std::time::Instant::now();
+        let mut done = 0u64;
+        let mut total: Option<u64> = None;
+        let mut stdout = std::io::stdout().lock();
+        let on_event = |e: pixgate::import::Event<'_>| match e {
+            pixgate::import::Event::Total(n) => total = Some(n),
+            pixgate::import::Event::Object { key, outcome } => {
+                done += 1;
+                if lines {
+                    let line = serde_json::json!({"key": key, "result": outcome});
+                    let _ = writeln!(stdout, "{line}");
+                }
+                if terminal && (done.is_multiple_of(10) || total == Some(done)) {
+                    let secs = started.elapsed().as_secs_f64().max(0.001);
+                    let rate = done as f64 / secs;
+                    let eta = total
+                        .map(|t| {
+                            let left = t.saturating_sub(done) as f64 / rate.max(0.001);
+                            format!(
+                                "  ETA {}",
+                                humantime::format_duration(Duration::from_secs(left as u64))
+                            )
+                        })
+                        .unwrap_or_default();
+                    let of = total.map(|t| format!("/{t}")).unwrap_or_default();
+                    eprint!("\r\x1b[2Kimport: {done}{of} objects  {rate:.1}/s{eta}");
+                }
+            }
+        };
+        let stop = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        let summary = pixgate::import::run(&app, plan, on_event, stop).await;
+        // The import's audit events are archived (or spooled, for the next run) before exit.
+        app.audit.shutdown(Duration::from_secs(30)).await;
+        let summary = summary?;
+        if terminal {
+            eprintln!();
+        }
+        let json = serde_json::to_string(&serde_json::json!({"summary": summary}))
+            .map_err(|e| e.to_string())?;
+        println!("{json}");
+        Ok(if !summary.complete {
+            3
+        } else if summary.scan.failed_total() > 0 {
+            1
+        } else {
+            0
+        })
+    })
+}
+
+fn import_owners(args: &ImportArgs) -> Result<pixgate::import::owners::Owners, String> {
+    use pixgate::import::owners::{Owners, Pattern, parse_manifest, valid_owner};
+    match (&args.owner, &args.owner_pattern, &args.manifest) {
+        (Some(o), None, None) if valid_owner(o) => Ok(Owners::Fixed(o.clone())),
+        (Some(_), None, None) => Err("--owner: 1..=256 characters, no control characters".into()),
+        (None, Some(p), None) => Pattern::parse(p)
+            .map(Owners::Pattern)
+            .map_err(|e| format!("--owner-pattern: {e}")),
+        (None, None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--manifest {}: {e}", path.display()))?;
+            parse_manifest(&text).map(Owners::Manifest)
+        }
+        _ => Err("one of --owner, --owner-pattern or --manifest is required".into()),
+    }
+}
+
+async fn import_source(
+    args: &ImportArgs,
+    config: &Config,
+) -> Result<Arc<dyn pixgate::import::source::Source>, String> {
+    use pixgate::import::source::{DirSource, S3Source, parse_s3};
+    if let Some((bucket, prefix)) = parse_s3(&args.source) {
+        let s = &config.storage;
+        let endpoint = args
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| s.s3_endpoint.clone());
+        let region = args.region.clone().unwrap_or_else(|| s.s3_region.clone());
+        let credentials = match (
+            std::env::var("PIXGATE_IMPORT_ACCESS_KEY_ID"),
+            std::env::var("PIXGATE_IMPORT_SECRET_ACCESS_KEY"),
+        ) {
+            (Ok(id), Ok(secret)) => Some((id, secret)),
+            _ => None,
+        };
+        let conf = pixgate::storage::client_config(s, &endpoint, &region, credentials).await;
+        return Ok(Arc::new(S3Source::new(
+            aws_sdk_s3::Client::from_conf(conf),
+            bucket,
+            prefix,
+            Duration::from_secs(s.timeout_secs),
+        )));
+    }
+    if args.source.contains("://") {
+        return Err("SOURCE must be s3://BUCKET/PREFIX or a local directory".into());
+    }
+    Ok(Arc::new(DirSource::new(std::path::Path::new(
+        &args.source,
+    ))?))
 }
 
 fn init_tracing(config: &Config) {

@@ -190,6 +190,11 @@ impl Workers {
         }
     }
 
+    /// Jobs admitted at once: the workers and the queue behind them.
+    pub fn capacity(&self) -> usize {
+        self.max_admitted
+    }
+
     /// Reserves a place, or refuses at once with `overloaded` when the queue is full or the
     /// expected wait is over `max_wait`.
     pub fn admit(&self) -> Result<QueuePlace, WorkerError> {

@@ -67,6 +67,9 @@ pub struct Actor {
     /// actions (a failed CDN purge).
     pub auth: String,
     pub api_key_id: Option<String>,
+    /// For `system` actions an operator started (`pixgate import`): who ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
 }
 
 /// What was acted on.

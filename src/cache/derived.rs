@@ -324,6 +324,7 @@ mod tests {
             tags: Vec::new(),
             deleting: false,
             info: None,
+            source: None,
         }
     }
 

@@ -210,6 +210,20 @@ fn check_types(
             path.pop();
             continue;
         }
+        if path.len() == 2 && path[0] == "sources" && path[1] == "legacy" {
+            // Tables in a file, strings from the environment (checked by `validate`).
+            if !v
+                .as_array()
+                .is_some_and(|a| a.iter().all(|e| e.is_str() || e.is_table()))
+            {
+                return Err(ConfigError::new(
+                    &key,
+                    "must be a list of tables or strings",
+                ));
+            }
+            path.pop();
+            continue;
+        }
         if path.len() == 3 && path[0] == "limits" && path[1] == "plans" {
             // Free-form plan names, each a table of known integer keys.
             let toml::Value::Table(plan) = v else {

@@ -27,6 +27,7 @@ pub use crate::auth::config::AuthConfig;
 pub use crate::cache::config::CacheConfig;
 pub use crate::cdn::config::CdnConfig;
 pub use crate::fleet::config::FleetConfig;
+pub use crate::import::config::SourcesConfig;
 pub use crate::kv::config::RedisConfig;
 pub use crate::limits::config::{LimitsConfig, PlanLimits};
 pub use crate::options::presets::Presets;
@@ -54,6 +55,8 @@ pub struct Config {
     pub log: LogConfig,
     pub encode: EncodeConfig,
     pub watermark: WatermarkConfig,
+    /// `[sources]`: legacy `s3://` source URLs during a migration.
+    pub sources: SourcesConfig,
     /// `presets.<name>` = option string; `presets.eager` = list of preset names.
     pub presets: Presets,
     /// True when neither a file nor an environment override was given.
@@ -115,6 +118,7 @@ impl Config {
         )?;
         self.cache.validate()?;
         self.cdn.validate()?;
+        self.sources.validate()?;
         self.audit.validate()
     }
 

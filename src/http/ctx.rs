@@ -82,6 +82,7 @@ impl Ctx {
                 AuthMethod::ApiKey { key_id, .. } => Some(key_id.clone()),
                 AuthMethod::Jwt => None,
             },
+            operator: None,
         });
     }
 

@@ -154,6 +154,7 @@ pub async fn create(
         tags: patch.tags.unwrap_or_default(),
         deleting: false,
         info: Some(info),
+        source: None,
     };
     // The durable write runs in its own task: if this request is cancelled (deadline, client
     // reset), the write and its cleanup still finish instead of stopping half-way.
@@ -200,6 +201,19 @@ async fn validate(
     declared: ImageFormat,
     charge: Charge,
 ) -> Result<(image::Probe, image::ImageInfo, String), Error> {
+    validate_original(app, bytes, Some(declared), move || charge.commit()).await
+}
+
+/// The checks every original passes before it is stored, uploads and imports alike: not
+/// empty, a known signature, the declared type if any (otherwise the sniffed type must be one
+/// `limits.upload_formats` allows), header pixel count, then a full decode (which also gives
+/// the placeholders) and the SHA-256 on the CPU pool. `started` runs when the decode starts.
+pub(crate) async fn validate_original(
+    app: &App,
+    bytes: &Bytes,
+    declared: Option<ImageFormat>,
+    started: impl FnOnce() + Send + 'static,
+) -> Result<(image::Probe, image::ImageInfo, String), Error> {
     if bytes.is_empty() {
         return Err(Error::InvalidImage("empty body".into()));
     }
@@ -208,12 +222,18 @@ async fn validate(
             "the body is not a JPEG, PNG, WebP, GIF, BMP, ICO or TIFF image".into(),
         )
     })?;
-    if sniffed != declared {
-        return Err(Error::UnsupportedMediaType(format!(
-            "declared {} but the body is {}",
-            declared.mime(),
-            sniffed.mime()
-        )));
+    match declared {
+        Some(declared) if sniffed != declared => {
+            return Err(Error::UnsupportedMediaType(format!(
+                "declared {} but the body is {}",
+                declared.mime(),
+                sniffed.mime()
+            )));
+        }
+        Some(_) => {}
+        None => {
+            declared_format(&app.config.limits.upload_formats, sniffed.mime())?;
+        }
     }
     // Header-only check on the async side: cheap, and refuses pixel floods before any work
     // is queued.
@@ -225,7 +245,7 @@ async fn validate(
         .render
         .workers
         .run(image::memory_cost(&probe), move || {
-            charge.commit();
+            started();
             // The full decode that validates the upload also gives the placeholders.
             let (probe, info) = image::analyze_upload(&job, &limits)?;
             Ok::<_, image::ImageError>((probe, info, hex::encode(Sha256::digest(&job))))

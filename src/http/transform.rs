@@ -29,7 +29,7 @@ use crate::app::App;
 use crate::cache::CachedResult;
 use crate::catalog::CatalogError;
 use crate::limits::{ChargeObserver, Payer};
-use crate::options::{OutputFormat, TransformRequest, parse_path};
+use crate::options::{OutputFormat, SourceRef, TransformRequest, parse_path_with_source};
 use crate::render::{Bill, RenderError, Target, Variant};
 use crate::signature::unix_now;
 
@@ -41,7 +41,7 @@ pub async fn handle(
     let (parts, _body) = req.into_parts();
     let (signature, tail) = split_signature(parts.uri.path())?;
     let caller = verify(app, signature, tail, &parts.headers, ctx).await?;
-    let (request, now) = parse(app, tail, ctx)?;
+    let (request, now) = parse(app, tail, ctx).await?;
     // AVIF leaves the negotiation once a negotiated AVIF found every encoder busy.
     let mut without_avif = false;
     let negotiate = |without_avif: bool| {
@@ -78,15 +78,20 @@ pub async fn handle(
 }
 
 /// Phase 2: the typed, bounded transform, refused once its `exp` has passed. Returns the
-/// clock reading the expiry was checked against.
-fn parse(app: &App, tail: &str, ctx: &Ctx) -> Result<(TransformRequest, u64), Error> {
-    let request = parse_path(tail, &app.parse_limits)?;
-    ctx.set_image(request.image.as_str(), None);
+/// clock reading the expiry was checked against. A legacy `s3://` source is resolved to the
+/// image imported from it (after the expiry check: the first storage read of the request).
+async fn parse(app: &App, tail: &str, ctx: &Ctx) -> Result<(TransformRequest, u64), Error> {
+    let (spec, source) = parse_path_with_source(tail, &app.parse_limits)?;
     let now = unix_now();
-    if request.spec.expires.is_some_and(|exp| now >= exp) {
+    if spec.expires.is_some_and(|exp| now >= exp) {
         return Err(Error::UrlExpired);
     }
-    Ok((request, now))
+    let image = match source {
+        SourceRef::Image(id) => id,
+        SourceRef::S3 { bucket, key } => app.legacy.resolve(app, &bucket, &key, ctx).await?,
+    };
+    ctx.set_image(image.as_str(), None);
+    Ok((TransformRequest { spec, image }, now))
 }
 
 fn response_headers(

@@ -230,6 +230,53 @@ pub struct TransformRequest {
     pub image: ImageId,
 }
 
+/// What a transform path names: a pixgate image, or (imgproxy's migration form) an object
+/// by its `s3://BUCKET/KEY` address, which only `sources.legacy` can turn into an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceRef {
+    Image(ImageId),
+    /// `s3://BUCKET/KEY`, percent-decoded.
+    S3 {
+        bucket: String,
+        key: String,
+    },
+}
+
+impl SourceRef {
+    /// The object's address as `pixgate import` records it.
+    pub fn uri(bucket: &str, key: &str) -> String {
+        format!("s3://{bucket}/{key}")
+    }
+}
+
+/// Longest `s3://` key accepted (S3's own limit is 1024 bytes).
+const MAX_S3_KEY: usize = 1024;
+
+/// `s3://BUCKET/KEY` (its key percent-encoded or not) → bucket and key. Buckets follow S3's
+/// naming rules; keys are UTF-8 without control characters, at most [`MAX_S3_KEY`] bytes.
+fn parse_s3_source(raw: &str) -> Result<SourceRef, ParseError> {
+    let bad = |m: &str| ParseError::InvalidSource(format!("s3:// source: {m}"));
+    let rest = raw
+        .strip_prefix("s3://")
+        .ok_or_else(|| bad("must start with s3://"))?;
+    let (bucket, key) = rest.split_once('/').ok_or_else(|| bad("no key"))?;
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !bucket_ok {
+        return Err(bad("invalid bucket name"));
+    }
+    let key = percent_decode(key).ok_or_else(|| bad("invalid percent-encoding"))?;
+    if key.is_empty() || key.len() > MAX_S3_KEY || key.chars().any(char::is_control) {
+        return Err(bad("invalid key"));
+    }
+    Ok(SourceRef::S3 {
+        bucket: bucket.to_owned(),
+        key,
+    })
+}
+
 const MAX_DPR_MILLI: u32 = 8000;
 /// Largest zoom per axis (imgproxy has none; the result limits bound it anyway).
 const MAX_ZOOM_MILLI: u32 = 100_000;
@@ -455,8 +502,24 @@ impl TransformSpec {
     }
 }
 
-/// Parses the path after the signature segment (it starts with `/`).
+/// Parses the path after the signature segment (it starts with `/`). An `s3://` source is
+/// refused here (`400 invalid_source`); the transform route resolves those through
+/// [`parse_path_with_source`].
 pub fn parse_path(path: &str, limits: &ParseLimits) -> Result<TransformRequest, ParseError> {
+    match parse_path_with_source(path, limits)? {
+        (spec, SourceRef::Image(image)) => Ok(TransformRequest { spec, image }),
+        (_, SourceRef::S3 { .. }) => Err(ParseError::InvalidSource(
+            "s3:// sources are served only under sources.legacy".into(),
+        )),
+    }
+}
+
+/// [`parse_path`], also accepting imgproxy's `plain/s3://BUCKET/KEY[@ext]` and its base64url
+/// form.
+pub fn parse_path_with_source(
+    path: &str,
+    limits: &ParseLimits,
+) -> Result<(TransformSpec, SourceRef), ParseError> {
     let rest = path
         .strip_prefix('/')
         .ok_or_else(|| ParseError::InvalidSource("path must start with /".into()))?;
@@ -468,7 +531,7 @@ pub fn parse_path(path: &str, limits: &ParseLimits) -> Result<TransformRequest, 
     }
     let mut seen: Vec<OptionName> = Vec::new();
     let mut source_ext: Option<OutputFormat> = None;
-    let mut image: Option<ImageId> = None;
+    let mut image: Option<SourceRef> = None;
 
     let mut i = 0;
     while i < segments.len() {
@@ -478,8 +541,8 @@ pub fn parse_path(path: &str, limits: &ParseLimits) -> Result<TransformRequest, 
         }
         if seg == "plain" {
             let raw = segments[i + 1..].join("/");
-            let (id, ext) = split_plain(&raw)?;
-            image = Some(id);
+            let (source, ext) = split_plain_source(&raw)?;
+            image = Some(source);
             source_ext = ext;
             break;
         }
@@ -490,8 +553,8 @@ pub fn parse_path(path: &str, limits: &ParseLimits) -> Result<TransformRequest, 
         }
         // First segment without ':' starts a base64url source, which may be split by '/'.
         let raw = segments[i..].concat();
-        let (id, ext) = split_encoded(&raw)?;
-        image = Some(id);
+        let (source, ext) = split_encoded_source(&raw)?;
+        image = Some(source);
         source_ext = ext;
         break;
     }
@@ -507,7 +570,7 @@ pub fn parse_path(path: &str, limits: &ParseLimits) -> Result<TransformRequest, 
             _ => spec.format = Some(ext),
         }
     }
-    Ok(TransformRequest { spec, image })
+    Ok((spec, image))
 }
 
 /// A parsed `/info/{signature}/{options}/{source}` path (after the signature).
@@ -639,6 +702,42 @@ fn split_plain(raw: &str) -> Result<(ImageId, Option<OutputFormat>), ParseError>
     let id = ImageId::parse(id)
         .ok_or_else(|| ParseError::InvalidSource("plain source must be an image id".into()))?;
     Ok((id, ext))
+}
+
+/// A plain source: an image id, or `s3://BUCKET/KEY`; either with an `@ext`.
+fn split_plain_source(raw: &str) -> Result<(SourceRef, Option<OutputFormat>), ParseError> {
+    if raw.starts_with("s3://") || raw.to_ascii_lowercase().starts_with("s3%3a%2f%2f") {
+        let (src, ext) = match raw.rsplit_once('@') {
+            Some((src, ext)) => (src, Some(OutputFormat::parse(ext)?)),
+            None => (raw, None),
+        };
+        let src = if src.starts_with("s3://") {
+            src.to_owned()
+        } else {
+            percent_decode(src).ok_or_else(|| {
+                ParseError::InvalidSource("s3:// source: invalid percent-encoding".into())
+            })?
+        };
+        return Ok((parse_s3_source(&src)?, ext));
+    }
+    let (id, ext) = split_plain(raw)?;
+    Ok((SourceRef::Image(id), ext))
+}
+
+/// A base64url source: of an image id, or of `s3://BUCKET/KEY`.
+fn split_encoded_source(raw: &str) -> Result<(SourceRef, Option<OutputFormat>), ParseError> {
+    let (enc, ext) = match raw.split_once('.') {
+        Some((enc, ext)) => (enc, Some(OutputFormat::parse(ext)?)),
+        None => (raw, None),
+    };
+    if let Ok(bytes) = URL_SAFE_NO_PAD.decode(enc.trim_end_matches('='))
+        && let Ok(text) = std::str::from_utf8(&bytes)
+        && text.starts_with("s3://")
+    {
+        return Ok((parse_s3_source(text)?, ext));
+    }
+    let (id, ext) = split_encoded(raw)?;
+    Ok((SourceRef::Image(id), ext))
 }
 
 fn split_encoded(raw: &str) -> Result<(ImageId, Option<OutputFormat>), ParseError> {

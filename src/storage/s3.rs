@@ -37,31 +37,7 @@ impl S3Store {
     /// Builds the client (no network I/O happens here).
     pub async fn new(cfg: &StorageConfig) -> S3Store {
         let timeout = Duration::from_secs(cfg.timeout_secs);
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(cfg.s3_region.clone()))
-            .timeout_config({
-                let t = TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3).min(timeout))
-                    .operation_timeout(timeout);
-                match cfg.s3_attempt_timeout_ms {
-                    0 => t,
-                    ms => t.operation_attempt_timeout(Duration::from_millis(ms)),
-                }
-                .build()
-            })
-            .retry_config(
-                aws_config::retry::RetryConfig::standard()
-                    .with_max_attempts(u32::try_from(cfg.s3_max_attempts).unwrap_or(3)),
-            );
-        if !cfg.s3_endpoint.is_empty() {
-            loader = loader.endpoint_url(cfg.s3_endpoint.clone());
-        }
-        let shared = loader.load().await;
-        let conf = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(cfg.s3_force_path_style)
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .build();
+        let conf = client_config(cfg, &cfg.s3_endpoint, &cfg.s3_region, None).await;
         S3Store {
             client: Client::from_conf(conf),
             originals: cfg.s3_bucket.clone(),
@@ -103,6 +79,52 @@ where
         return StorageError::Timeout;
     }
     StorageError::Backend(DisplayErrorContext(&e).to_string())
+}
+
+/// An S3 client with `cfg`'s timeouts, retries, path style and checksum policy, for `endpoint`
+/// (empty: AWS) and `region`; credentials from the standard AWS chain unless `credentials`
+/// (access key id, secret) are given. `pixgate import` reads other services with it.
+pub async fn client_config(
+    cfg: &StorageConfig,
+    endpoint: &str,
+    region: &str,
+    credentials: Option<(String, String)>,
+) -> aws_sdk_s3::Config {
+    let timeout = Duration::from_secs(cfg.timeout_secs);
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .timeout_config({
+            let t = TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3).min(timeout))
+                .operation_timeout(timeout);
+            match cfg.s3_attempt_timeout_ms {
+                0 => t,
+                ms => t.operation_attempt_timeout(Duration::from_millis(ms)),
+            }
+            .build()
+        })
+        .retry_config(
+            aws_config::retry::RetryConfig::standard()
+                .with_max_attempts(u32::try_from(cfg.s3_max_attempts).unwrap_or(3)),
+        );
+    if !endpoint.is_empty() {
+        loader = loader.endpoint_url(endpoint.to_owned());
+    }
+    if let Some((id, secret)) = credentials {
+        loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+            id,
+            secret,
+            None,
+            None,
+            "pixgate-import",
+        ));
+    }
+    let shared = loader.load().await;
+    aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(cfg.s3_force_path_style)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build()
 }
 
 #[async_trait]

@@ -851,7 +851,7 @@ async fn archive_outage_spools_then_drains_without_loss_s3() {
 }
 
 /// The entries of a ZIP by name (reading checks every CRC).
-fn unzip(body: &[u8]) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn unzip(body: &[u8]) -> BTreeMap<String, Vec<u8>> {
     let mut z = zip::ZipArchive::new(std::io::Cursor::new(body.to_vec())).expect("a ZIP");
     let mut out = BTreeMap::new();
     for i in 0..z.len() {

@@ -18,6 +18,7 @@ mod hardening;
 mod identity;
 mod images_api;
 mod imgproxy;
+mod import;
 mod limits;
 mod options;
 mod server;

@@ -1,0 +1,457 @@
+//! `pixgate import` against a real Garage (a source bucket of generated originals, killed
+//! half-way and run again) and a directory, and legacy `s3://` source URLs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use bytes::Bytes;
+use http::Method;
+use pixgate::auth::Role;
+use serde_json::Value;
+
+use crate::audit::unzip;
+use crate::harness::*;
+use crate::identity::unique;
+
+/// A `side`×`side` PNG of one colour from `seed`: every generated original is distinct.
+fn png(seed: u32, side: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, side, side);
+        enc.set_color(png::ColorType::Rgb);
+        let mut w = enc.write_header().unwrap();
+        let px = [(seed & 0xff) as u8, ((seed >> 8) & 0xff) as u8, 7];
+        let data: Vec<u8> = (0..side * side).flat_map(|_| px).collect();
+        w.write_image_data(&data).unwrap();
+    }
+    out
+}
+
+async fn put(client: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec<u8>) {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body.into())
+        .send()
+        .await
+        .expect("put source object");
+}
+
+fn import_cmd(
+    env: &[(String, String)],
+    dir: &std::path::Path,
+    args: &[&str],
+) -> std::process::Command {
+    let mut cmd = pixgate_cmd(env);
+    cmd.arg("import").args(args).current_dir(dir);
+    cmd
+}
+
+/// The JSON summary line of an import's stdout.
+fn summary(stdout: &str) -> Value {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("{\"summary\""))
+        .unwrap_or_else(|| panic!("no summary in:\n{stdout}"));
+    serde_json::from_str::<Value>(line).unwrap()["summary"].clone()
+}
+
+async fn all_images(s: &Server, owner: &str) -> Vec<Value> {
+    let t = token(owner, Role::Editor);
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("/v1/images?limit=100&cursor={c}"),
+            None => "/v1/images?limit=100".to_owned(),
+        };
+        let r = get(&s.url(&q), &[("authorization", &bearer(&t))]).await;
+        assert_eq!(r.status, 200);
+        let j = r.json();
+        out.extend(j["items"].as_array().unwrap().iter().cloned());
+        match j["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// 2,000 generated originals under `users/{owner}/…` plus corrupt ones, a non-image, a pixel
+/// bomb and a key outside the pattern. The import is killed (SIGKILL) part-way and run again:
+/// every valid object is imported exactly once with its owner, every invalid one is reported
+/// with its code; the owners list, transform, export and erase them; a rerun after erasure
+/// imports nothing again; legacy `s3://` URLs serve imported images and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bucket_imports_exactly_once_across_a_kill_and_serves_legacy_urls() {
+    let buckets = own_buckets("imp");
+    let src = format!("imp-src-{}", unique("s").to_lowercase());
+    create_bucket(&src);
+    let client = s3_client().await;
+    let owners: Vec<String> = (0..5).map(|i| unique(&format!("own{i}"))).collect();
+    let mut valid: BTreeMap<String, String> = BTreeMap::new(); // key → owner
+    let mut puts = Vec::new();
+    for n in 0..2000u32 {
+        let owner = owners[(n % 5) as usize].clone();
+        let key = format!("users/{owner}/{n:05}.png");
+        valid.insert(key.clone(), owner);
+        let (client, src) = (client.clone(), src.clone());
+        puts.push(tokio::spawn(async move {
+            put(&client, &src, &key, png(n, 8)).await
+        }));
+        if puts.len() == 64 {
+            for p in puts.drain(..) {
+                p.await.unwrap();
+            }
+        }
+    }
+    for p in puts {
+        p.await.unwrap();
+    }
+    let o0 = owners[0].clone();
+    let broken = png(1, 8);
+    let invalid: [(String, Vec<u8>, &str); 5] = [
+        (
+            format!("users/{o0}/broken-a.png"),
+            broken[..broken.len() - 20].to_vec(),
+            "invalid_image",
+        ),
+        (
+            format!("users/{o0}/broken-b.png"),
+            broken[..30].to_vec(),
+            "invalid_image",
+        ),
+        (
+            format!("users/{o0}/notes.txt"),
+            b"not an image\n".to_vec(),
+            "unsupported_media_type",
+        ),
+        (
+            format!("users/{o0}/bomb.png"),
+            fixture("bomb_30000x30000.png").to_vec(),
+            "too_many_pixels",
+        ),
+        (
+            "misc/stray.png".to_owned(),
+            png(9, 8),
+            "owner_pattern_mismatch",
+        ),
+    ];
+    for (k, b, _) in &invalid {
+        put(&client, &src, k, b.clone()).await;
+    }
+
+    let legacy = format!("s3://{src}/users/ owner_pattern=users/{{owner}}/**");
+    let mut extra: Vec<(&str, &str)> = buckets
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    extra.push(("PIXGATE__SOURCES__LEGACY", &legacy));
+    let s = Server::start_with(Backend::S3, &extra);
+    let env = server_env(Backend::S3, s.dir.path(), &extra);
+    let source = format!("s3://{src}/");
+    let args = [
+        "--owner-pattern",
+        "users/{owner}/**",
+        "--jobs",
+        "4",
+        "--operator",
+        "ops-test",
+    ];
+    let mut all_args = vec![source.as_str()];
+    all_args.extend(args);
+
+    // First run: killed once a third of the objects are done.
+    let mut child = import_cmd(&env, s.dir.path(), &all_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut first_done = 0;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line.starts_with("{\"key\"") {
+            first_done += 1;
+            if first_done == 700 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(
+        first_done, 700,
+        "the first run was killed before it finished"
+    );
+
+    // Second run: continues after the checkpoint and finishes.
+    let out = import_cmd(&env, s.dir.path(), &all_args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "failures were reported: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sum = summary(&text);
+    assert!(sum["resumed_after"].is_string(), "resumed: {sum}");
+    assert_eq!(sum["complete"], true);
+    let scan = &sum["scan"];
+    assert_eq!(
+        scan["imported"].as_u64().unwrap() + scan["skipped"].as_u64().unwrap(),
+        2000,
+        "{scan}"
+    );
+    let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, _, code) in &invalid {
+        *codes.entry((*code).to_owned()).or_default() += 1;
+    }
+    let reported: BTreeMap<String, u64> = serde_json::from_value(scan["failed"].clone()).unwrap();
+    assert_eq!(reported, codes);
+    let failures: BTreeSet<(String, String)> = sum["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["key"].as_str().unwrap().to_owned(),
+                f["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> = invalid
+        .iter()
+        .map(|(k, _, c)| (k.clone(), (*c).to_owned()))
+        .collect();
+    assert_eq!(
+        failures, want,
+        "each invalid object listed once with its code"
+    );
+
+    // Exactly once, with the right owner.
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut by_owner: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for o in &owners {
+        let imgs = all_images(&s, o).await;
+        for img in &imgs {
+            let uri = img["source"]
+                .as_str()
+                .expect("imported images name their source")
+                .to_owned();
+            let key = uri
+                .strip_prefix(&format!("s3://{src}/"))
+                .unwrap()
+                .to_owned();
+            assert!(
+                seen.insert(key.clone(), o.clone()).is_none(),
+                "{key} imported twice"
+            );
+            assert_eq!(img["owner"], o.as_str());
+            assert!(img["blurhash"].is_string(), "placeholders computed: {img}");
+        }
+        by_owner.insert(o.clone(), imgs);
+    }
+    assert_eq!(seen, valid, "every valid object, once, under its owner");
+
+    // A third run imports nothing new.
+    let out = import_cmd(&env, s.dir.path(), &all_args).output().unwrap();
+    let sum = summary(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(sum["run"]["imported"], 0);
+    assert_eq!(sum["run"]["skipped"], 2000);
+
+    // The owner transforms, and a legacy URL names the same image.
+    let img = &by_owner[&o0][0];
+    let id = img["id"].as_str().unwrap();
+    let key = img["source"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("s3://")
+        .unwrap()
+        .split_once('/')
+        .unwrap()
+        .1
+        .to_owned();
+    let native = get(&s.url(&signed(&format!("/w:4/f:png/plain/{id}"))), &[]).await;
+    assert_eq!(native.status, 200);
+    let via_legacy = get(
+        &s.url(&signed(&format!("/w:4/f:png/plain/s3://{src}/{key}"))),
+        &[],
+    )
+    .await;
+    assert_eq!(via_legacy.status, 200, "{:?}", via_legacy.json());
+    assert_eq!(via_legacy.body, native.body);
+    assert_eq!(via_legacy.header("etag"), native.header("etag"));
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("s3://{src}/{key}"));
+    let r = get(&s.url(&signed(&format!("/w:4/{b64}.png"))), &[]).await;
+    assert_eq!(r.status, 200);
+    // Outside the configured prefix, another bucket, another scheme: 400; not imported: 404.
+    for (path, status) in [
+        (format!("/w:4/plain/s3://{src}/misc/stray.png"), 400),
+        (
+            format!("/w:4/plain/s3://other-bucket/users/{o0}/00000.png"),
+            400,
+        ),
+        ("/w:4/plain/http://example.com/a.png".to_owned(), 400),
+        ("/w:4/plain/local:///etc/passwd".to_owned(), 400),
+        (format!("/w:4/plain/s3://{src}/users/{o0}/missing.png"), 404),
+        (format!("/w:4/plain/s3://{src}/users/{o0}/notes.txt"), 404),
+    ] {
+        let r = get(&s.url(&signed(&path)), &[]).await;
+        assert_eq!(
+            r.status,
+            status,
+            "{path}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+
+    // Audited as `image.import` by `system`, naming the operator: every imported image at
+    // least once (a resumed run records again what the killed run may not have archived).
+    let admin = token("root", Role::Admin);
+    let mut audited: BTreeSet<String> = BTreeSet::new();
+    let q = "/v1/admin/audit?action=image.import&since=0&limit=1000";
+    let mut next = Some(q.to_owned());
+    while let Some(path) = next {
+        let r = get(&s.url(&path), &[("authorization", &bearer(&admin))]).await;
+        assert_eq!(r.status, 200);
+        let j = r.json();
+        for e in j["items"].as_array().unwrap() {
+            assert_eq!(e["actor"]["auth"], "system");
+            assert_eq!(e["actor"]["operator"], "ops-test");
+            assert!(e["status"] == 201 || e["status"] == 200, "{e}");
+            assert!(e["request_id"].as_str().unwrap().starts_with("import-"));
+            audited.insert(e["resource"]["image"].as_str().unwrap().to_owned());
+        }
+        next = j["next_cursor"]
+            .as_str()
+            .map(|c| format!("{q}&cursor={}", c.replace('~', "%7E")));
+    }
+    let imported: BTreeSet<String> = by_owner
+        .values()
+        .flatten()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(audited, imported, "every imported image has its event");
+
+    // Export includes the imported originals; erasure removes them; a rerun leaves them gone.
+    let t0 = token(&o0, Role::Editor);
+    let r = get(&s.url("/v1/me/export"), &[("authorization", &bearer(&t0))]).await;
+    assert_eq!(r.status, 200);
+    let files = unzip(&r.body);
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    assert_eq!(manifest["images"].as_array().unwrap().len(), 400);
+    assert_eq!(files[&format!("images/{id}.png")], png(key_seed(&key), 8));
+    let r = request(
+        Method::DELETE,
+        &s.url("/v1/me"),
+        &[("authorization", &bearer(&t0))],
+        Bytes::new(),
+    )
+    .await;
+    assert!(r.status == 202 || r.status == 204, "{}", r.status);
+    wait_until_empty(&s, &o0).await;
+    let gone = get(
+        &s.url(&signed(&format!("/w:4/f:png/plain/s3://{src}/{key}"))),
+        &[],
+    )
+    .await;
+    assert_eq!(gone.status, 404);
+    let out = import_cmd(&env, s.dir.path(), &all_args).output().unwrap();
+    let sum = summary(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        sum["run"]["imported"], 0,
+        "erased images are never imported again: {sum}"
+    );
+    assert!(all_images(&s, &o0).await.is_empty());
+    // The foreign objects are the source's: never touched.
+    assert_eq!(s3_keys(&client, &src).await.len(), 2000 + invalid.len());
+}
+
+fn key_seed(key: &str) -> u32 {
+    key.rsplit('/')
+        .next()
+        .unwrap()
+        .trim_end_matches(".png")
+        .parse()
+        .unwrap()
+}
+
+async fn wait_until_empty(s: &Server, owner: &str) {
+    for _ in 0..100 {
+        if all_images(s, owner).await.is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("erasure did not finish");
+}
+
+/// A directory with a manifest: owners, titles and tags from the CSV; a dry run writes nothing
+/// and reports what would fail; keys missing from the manifest fail with their code.
+#[tokio::test]
+async fn a_directory_imports_with_a_manifest_and_a_dry_run_writes_nothing() {
+    let s = Server::start(Backend::Fs);
+    let env = server_env(Backend::Fs, s.dir.path(), &[]);
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("a")).unwrap();
+    std::fs::write(src.path().join("a/one.png"), png(1, 16)).unwrap();
+    std::fs::write(src.path().join("a/two.jpg"), fixture("photo_320x240.jpg")).unwrap();
+    std::fs::write(src.path().join("a/unlisted.png"), png(3, 16)).unwrap();
+    std::fs::write(src.path().join("bad.png"), b"\x89PNG\r\n\x1a\nshort").unwrap();
+    let carol = unique("carol");
+    let manifest = src.path().join("../manifest.csv");
+    std::fs::write(
+        &manifest,
+        format!("key,owner,title,alt_text,tags\na/one.png,{carol},\"One, first\",,red;blue\na/two.jpg,{carol}\nbad.png,{carol}\n"),
+    )
+    .unwrap();
+    let src_arg = src.path().display().to_string();
+    let m_arg = manifest.display().to_string();
+    let args = [src_arg.as_str(), "--manifest", m_arg.as_str()];
+    let mut dry = args.to_vec();
+    dry.push("--dry-run");
+    let out = import_cmd(&env, s.dir.path(), &dry).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let sum = summary(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(sum["dry_run"], true);
+    assert_eq!(sum["run"]["imported"], 2, "would import: {sum}");
+    assert_eq!(sum["run"]["failed"]["not_in_manifest"], 1);
+    assert_eq!(sum["run"]["failed"]["invalid_image"], 1);
+    assert!(
+        all_images(&s, &carol).await.is_empty(),
+        "a dry run writes nothing"
+    );
+
+    let out = import_cmd(&env, s.dir.path(), &args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let imgs = all_images(&s, &carol).await;
+    assert_eq!(imgs.len(), 2);
+    let one = imgs.iter().find(|i| i["format"] == "png").unwrap();
+    assert_eq!(one["title"], "One, first");
+    assert_eq!(one["tags"], serde_json::json!(["red", "blue"]));
+    // A fixed owner on the same directory: objects already imported are skipped by address.
+    let out = import_cmd(&env, s.dir.path(), &[src_arg.as_str(), "--owner", &carol])
+        .output()
+        .unwrap();
+    let sum = summary(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(sum["run"]["skipped"], 2);
+    assert_eq!(
+        sum["run"]["imported"], 1,
+        "only the unlisted one is new: {sum}"
+    );
+    // Bad arguments: exit 2 with a message, nothing written.
+    for bad in [
+        vec![src_arg.as_str()],
+        vec![src_arg.as_str(), "--owner-pattern", "users/*"],
+        vec!["http://example.com/x", "--owner", "x"],
+        vec!["/nonexistent/dir", "--owner", "x"],
+    ] {
+        let out = import_cmd(&env, s.dir.path(), &bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(!out.stderr.is_empty());
+    }
+}
