@@ -124,6 +124,7 @@ impl App {
             parse_limits: config.parse_limits(),
             legacy: crate::import::legacy::Legacy::new(
                 config.sources.resolved().map_err(|e| e.to_string())?,
+                legacy_lazy(&config).await,
             ),
             config,
         })
@@ -179,6 +180,20 @@ impl Apply for App {
         self.auth.api_keys.forget_all();
         self.auth.revocations.forget_all();
     }
+}
+
+/// `sources.legacy_lazy`: lazy imports read the legacy buckets from the storage's S3 service
+/// (validation makes sure the backend is S3).
+async fn legacy_lazy(config: &Config) -> Option<crate::import::legacy::Lazy> {
+    let s = &config.storage;
+    if !config.sources.legacy_lazy || s.backend != Backend::S3 {
+        return None;
+    }
+    let conf = crate::storage::client_config(s, &s.s3_endpoint, &s.s3_region, None).await;
+    Some(crate::import::legacy::Lazy {
+        client: aws_sdk_s3::Client::from_conf(conf),
+        timeout: Duration::from_secs(s.timeout_secs),
+    })
 }
 
 /// Bearer credentials: the JWT verifier (fetches a JWKS URL once), API keys and revocation

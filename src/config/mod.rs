@@ -119,6 +119,11 @@ impl Config {
         self.cache.validate()?;
         self.cdn.validate()?;
         self.sources.validate()?;
+        types::require(
+            self.sources.legacy_lazy && self.storage.backend != crate::storage::Backend::S3,
+            "sources.legacy_lazy",
+            "needs storage.backend = \"s3\" (legacy buckets are read from its service)",
+        )?;
         self.audit.validate()
     }
 

@@ -375,78 +375,130 @@ fn count(t: &mut Totals, outcome: &Outcome) {
     }
 }
 
-fn failed(code: &str, message: impl Into<String>) -> Outcome {
-    Outcome::Failed {
-        code: code.to_owned(),
-        message: message.into(),
+/// Why one object was not imported: a code of the import's own, or the upload check's error.
+pub enum Fail {
+    Code(&'static str, String),
+    Check(crate::http::error::Error),
+}
+
+impl Fail {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Fail::Code(c, _) => c,
+            Fail::Check(e) => e.code(),
+        }
     }
+
+    fn outcome(self) -> Outcome {
+        let code = self.code().to_owned();
+        let message = match self {
+            Fail::Code(_, m) => m,
+            Fail::Check(e) => e.to_string(),
+        };
+        Outcome::Failed { code, message }
+    }
+}
+
+fn failed(code: &'static str, message: impl Into<String>) -> Fail {
+    Fail::Code(code, message.into())
+}
+
+/// What one object is imported with.
+pub struct Job<'a> {
+    pub source: &'a dyn Source,
+    pub owners: &'a Owners,
+    pub dry_run: bool,
+    pub operator: &'a str,
+    /// This run continues a killed one (see [`import_object`]).
+    pub resumed: bool,
+    /// The `request_id` of its audit event.
+    pub run_id: &'a str,
+}
+
+async fn one(app: &App, plan: &Plan, item: Listed, resumed: bool, run_id: &str) -> Outcome {
+    let job = Job {
+        source: plan.source.as_ref(),
+        owners: &plan.owners,
+        dry_run: plan.dry_run,
+        operator: &plan.operator,
+        resumed,
+        run_id,
+    };
+    import_object(app, &job, item)
+        .await
+        .unwrap_or_else(Fail::outcome)
 }
 
 /// One object: owner, source index, read, validate, write, audit. `resumed`: this run
 /// continues a killed one, whose events after its last checkpoint may have died with it: an
 /// object found imported is recorded again (status 200; a fresh import is 201), so the trail
 /// may hold an import twice but never miss one.
-async fn one(app: &App, plan: &Plan, item: Listed, resumed: bool, run_id: &str) -> Outcome {
-    let assigned = match plan.owners.assign(&item.key) {
+pub async fn import_object(app: &App, job: &Job<'_>, item: Listed) -> Result<Outcome, Fail> {
+    let assigned = match job.owners.assign(&item.key) {
         Ok(a) => a,
-        Err(code) => return failed(code, "no owner for this key"),
+        Err(code) => return Err(failed(code, "no owner for this key")),
     };
     let cap = app.config.limits.max_source_bytes;
     if item.size > cap {
-        return failed(
+        return Err(failed(
             "payload_too_large",
             format!("{} bytes, limit {cap}", item.size),
-        );
+        ));
     }
-    let uri = plan.source.uri(&item.key);
+    let uri = job.source.uri(&item.key);
     let known = match app.catalog.source_entry(&uri).await {
         Ok(e) => e,
-        Err(e) => return failed("storage_error", e.to_string()),
+        Err(e) => return Err(failed("storage_error", e.to_string())),
     };
     let id = match &known {
         Some(SourceEntry { deleted: true, .. }) => {
-            return Outcome::Skipped {
+            return Ok(Outcome::Skipped {
                 reason: "deleted".into(),
-            };
+            });
         }
         Some(SourceEntry { id: Some(id), .. }) => match ImageId::parse(id) {
             Some(id) => match app.catalog.meta_for_delete(&id).await {
                 Ok(meta) => {
-                    if resumed && !plan.dry_run {
-                        audit_import(app, plan, run_id, &meta, 200);
+                    if job.resumed && !job.dry_run {
+                        audit_import(app, job, &meta, 200);
                     }
-                    return Outcome::Skipped {
+                    return Ok(Outcome::Skipped {
                         reason: "already_imported".into(),
-                    };
+                    });
                 }
                 // Killed between the entry and the image: finish it under that id.
                 Err(CatalogError::NotFound) => Some(id),
-                Err(e) => return failed("storage_error", e.to_string()),
+                Err(e) => return Err(failed("storage_error", e.to_string())),
             },
-            None => return failed("internal_error", "source index entry names a bad id"),
+            None => {
+                return Err(failed(
+                    "internal_error",
+                    "source index entry names a bad id",
+                ));
+            }
         },
         _ => None,
     };
-    let bytes = match plan.source.read(&item.key, cap).await {
+    let bytes = match job.source.read(&item.key, cap).await {
         Ok(b) => b,
-        Err(ReadError::Gone) => return failed("source_gone", "gone since it was listed"),
+        Err(ReadError::Gone) => return Err(failed("source_gone", "gone since it was listed")),
         Err(ReadError::TooLarge { limit }) => {
-            return failed("payload_too_large", format!("limit {limit}"));
+            return Err(failed("payload_too_large", format!("limit {limit}")));
         }
-        Err(ReadError::Failed(m)) => return failed("source_error", m),
+        Err(ReadError::Failed(m)) => return Err(failed("source_error", m)),
     };
     let (probe, info, sha256) =
         match crate::http::images::validate_original(app, &bytes, None, || {}).await {
             Ok(v) => v,
-            Err(e) => return failed(e.code(), e.to_string()),
+            Err(e) => return Err(Fail::Check(e)),
         };
     let (width, height) = probe.oriented_dimensions();
     let len = bytes.len() as u64;
-    if plan.dry_run {
-        return Outcome::WouldImport {
+    if job.dry_run {
+        return Ok(Outcome::WouldImport {
             owner: assigned.owner,
             bytes: len,
-        };
+        });
     }
     // A manifest's fields obey the API's own limits.
     let fields = crate::catalog::check_text("title", assigned.title.as_deref().unwrap_or(""))
@@ -456,16 +508,16 @@ async fn one(app: &App, plan: &Plan, item: Listed, resumed: bool, run_id: &str) 
         .and_then(|()| crate::catalog::normalise_tags(assigned.tags));
     let tags = match fields {
         Ok(t) => t,
-        Err(e) => return failed("invalid_field", e.to_string()),
+        Err(e) => return Err(failed("invalid_field", e.to_string())),
     };
     let id = match id {
         Some(id) => id,
         None => {
             let Ok(id) = ImageId::generate() else {
-                return failed("internal_error", "id generation failed");
+                return Err(failed("internal_error", "id generation failed"));
             };
             if let Err(e) = app.catalog.put_source_entry(&uri, &id).await {
-                return failed("storage_error", e.to_string());
+                return Err(failed("storage_error", e.to_string()));
             }
             id
         }
@@ -487,24 +539,24 @@ async fn one(app: &App, plan: &Plan, item: Listed, resumed: bool, run_id: &str) 
         source: Some(uri),
     };
     if let Err(e) = app.catalog.create(&meta, bytes).await {
-        return failed("storage_error", e.to_string());
+        return Err(failed("storage_error", e.to_string()));
     }
-    audit_import(app, plan, run_id, &meta, 201);
-    Outcome::Imported {
+    audit_import(app, job, &meta, 201);
+    Ok(Outcome::Imported {
         id: meta.id,
         owner: meta.owner,
         bytes: len,
-    }
+    })
 }
 
 /// The `image.import` event of `meta`: actor `system`, naming the operator.
-fn audit_import(app: &App, plan: &Plan, run_id: &str, meta: &ImageMeta, status: u16) {
+fn audit_import(app: &App, job: &Job<'_>, meta: &ImageMeta, status: u16) {
     let mut event = crate::audit::Event::new(
-        run_id,
+        job.run_id,
         "image.import",
         crate::audit::Actor {
             auth: "system".to_owned(),
-            operator: Some(plan.operator.clone()),
+            operator: Some(job.operator.to_owned()),
             ..crate::audit::Actor::default()
         },
     );

@@ -455,3 +455,89 @@ async fn a_directory_imports_with_a_manifest_and_a_dry_run_writes_nothing() {
         assert!(!out.stderr.is_empty());
     }
 }
+
+/// `sources.legacy_lazy`: an object under a legacy prefix is imported on its first request
+/// (once, even for concurrent first requests), audited with the request's id, served, and
+/// never imported again once deleted; invalid objects get the upload's error, missing ones 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lazy_legacy_imports_on_first_request_once() {
+    let src = format!("imp-lazy-{}", unique("s").to_lowercase());
+    create_bucket(&src);
+    let client = s3_client().await;
+    let dora = unique("dora");
+    put(&client, &src, &format!("users/{dora}/a.png"), png(11, 12)).await;
+    put(&client, &src, &format!("users/{dora}/b.png"), png(12, 12)).await;
+    put(
+        &client,
+        &src,
+        &format!("users/{dora}/c.txt"),
+        b"text".to_vec(),
+    )
+    .await;
+    let legacy = format!("s3://{src}/users/ owner_pattern=users/{{owner}}/**");
+    let s = Server::start_with(
+        Backend::S3,
+        &[
+            ("PIXGATE__SOURCES__LEGACY", &legacy),
+            ("PIXGATE__SOURCES__LEGACY_LAZY", "true"),
+            ("PIXGATE__AUDIT__FLUSH_SECONDS", "1"),
+        ],
+    );
+    let url = |k: &str| {
+        s.url(&signed(&format!(
+            "/w:6/f:png/plain/s3://{src}/users/{dora}/{k}"
+        )))
+    };
+    let r = get(&url("a.png"), &[("x-request-id", "lazy-first")]).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let imgs = all_images(&s, &dora).await;
+    assert_eq!(imgs.len(), 1);
+    assert_eq!(imgs[0]["source"], format!("s3://{src}/users/{dora}/a.png"));
+    let id = imgs[0]["id"].as_str().unwrap().to_owned();
+    // Concurrent first requests for another object: one import.
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            let u = url("b.png");
+            tokio::spawn(async move { get(&u, &[]).await.status })
+        })
+        .collect();
+    for b in burst {
+        assert_eq!(b.await.unwrap(), 200);
+    }
+    assert_eq!(all_images(&s, &dora).await.len(), 2, "imported once");
+    assert_eq!(get(&url("c.txt"), &[]).await.status, 415);
+    assert_eq!(get(&url("missing.png"), &[]).await.status, 404);
+    let outside = s.url(&signed(&format!("/w:6/plain/s3://{src}/other/a.png")));
+    assert_eq!(get(&outside, &[]).await.status, 400);
+    // Audited with the request's id (archived within a flush interval).
+    let admin = token("root", Role::Admin);
+    let mut items = Vec::new();
+    for _ in 0..50 {
+        let r = get(
+            &s.url(&format!(
+                "/v1/admin/audit?action=image.import&image={id}&since=0"
+            )),
+            &[("authorization", &bearer(&admin))],
+        )
+        .await;
+        items = r.json()["items"].as_array().unwrap().clone();
+        if !items.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["request_id"], "lazy-first");
+    assert_eq!(items[0]["actor"]["operator"], "legacy_lazy");
+    // Deleted through pixgate: gone for good, never re-imported by the next request.
+    let r = request(
+        Method::DELETE,
+        &s.url(&format!("/v1/images/{id}")),
+        &[("authorization", &bearer(&token(&dora, Role::Editor)))],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(get(&url("a.png"), &[]).await.status, 404);
+    assert_eq!(all_images(&s, &dora).await.len(), 1);
+}
