@@ -55,3 +55,41 @@ wrk_rps() { # $1 = url, $2 = seconds, $3 = connections
   awk '/Requests\/sec:/ {print $2}' <<<"$out"
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# A private Garage (S3) on free ports under $work, with one key and the buckets named in "$@"
+# (read/write/owner for that key). Sets GARAGE_S3 (endpoint URL), GARAGE_KEY_ID and
+# GARAGE_SECRET; `g ARGS` runs the garage CLI against it.
+start_garage() {
+  local garage=${GARAGE_BIN:-$HOME/.cargo/bin/garage} rpc s3 admin node b
+  rpc=$(free_port); s3=$(free_port); admin=$(free_port)
+  cat > "$work/garage.toml" <<EOF
+metadata_dir = "$work/garage-meta"
+data_dir = "$work/garage-data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpc"
+rpc_public_addr = "127.0.0.1:$rpc"
+rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$s3"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:$admin"
+EOF
+  "$garage" -c "$work/garage.toml" server > /dev/null 2> "$work/garage.log" &
+  pids+=($!)
+  wait_port "$s3"; wait_port "$rpc"
+  g() { for _ in $(seq 50); do "$garage" -c "$work/garage.toml" "$@" 2>/dev/null && return 0; sleep 0.2; done; echo "garage $*" >&2; exit 1; }
+  node=$(g node id -q | cut -d@ -f1)
+  g layout assign -z dc1 -c 10G "$node" > /dev/null
+  g layout apply --version 1 > /dev/null
+  GARAGE_KEY_ID=GK0123456789abcdef01234567
+  GARAGE_SECRET=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+  g key import --yes -n bench "$GARAGE_KEY_ID" "$GARAGE_SECRET" > /dev/null
+  for b in "$@"; do
+    g bucket create "$b" > /dev/null
+    g bucket allow --read --write --owner "$b" --key bench > /dev/null
+  done
+  GARAGE_S3="http://127.0.0.1:$s3"
+}

@@ -39,42 +39,13 @@ export PIXGATE__LIMITS__AUTH_FAILURES_PER_IP=10000000
 export PIXGATE__LIMITS__UPLOADS_PER_HOUR=10000000 PIXGATE__LIMITS__TRANSFORMS_PER_HOUR=10000000
 
 if [ "$mode" = s3 ]; then
-  garage=${GARAGE_BIN:-$HOME/.cargo/bin/garage}
   rport=$(free_port)
   redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no > /dev/null &
   pids+=($!)
   wait_port "$rport"
-  rpc=$(free_port); s3=$(free_port); admin=$(free_port)
-  cat > "$work/garage.toml" <<EOF
-metadata_dir = "$work/garage-meta"
-data_dir = "$work/garage-data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$rpc"
-rpc_public_addr = "127.0.0.1:$rpc"
-rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:$s3"
-root_domain = ".s3.garage.localhost"
-[admin]
-api_bind_addr = "127.0.0.1:$admin"
-EOF
-  "$garage" -c "$work/garage.toml" server > /dev/null 2> "$work/garage.log" &
-  pids+=($!)
-  wait_port "$s3"; wait_port "$rpc"
-  g() { for _ in $(seq 50); do "$garage" -c "$work/garage.toml" "$@" 2>/dev/null && return 0; sleep 0.2; done; echo "garage $*" >&2; exit 1; }
-  node=$(g node id -q | cut -d@ -f1)
-  g layout assign -z dc1 -c 10G "$node" > /dev/null
-  g layout apply --version 1 > /dev/null
-  key_id=GK0123456789abcdef01234567
-  secret=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
-  g key import --yes -n soak "$key_id" "$secret" > /dev/null
-  for b in soak-originals soak-derived soak-audit; do
-    g bucket create "$b" > /dev/null
-    g bucket allow --read --write --owner "$b" --key soak > /dev/null
-  done
-  export PIXGATE__STORAGE__BACKEND=s3 PIXGATE__STORAGE__S3_ENDPOINT="http://127.0.0.1:$s3"
+  start_garage soak-originals soak-derived soak-audit
+  key_id=$GARAGE_KEY_ID secret=$GARAGE_SECRET
+  export PIXGATE__STORAGE__BACKEND=s3 PIXGATE__STORAGE__S3_ENDPOINT="$GARAGE_S3"
   export PIXGATE__STORAGE__S3_REGION=garage PIXGATE__STORAGE__S3_FORCE_PATH_STYLE=true
   export PIXGATE__STORAGE__S3_BUCKET=soak-originals PIXGATE__STORAGE__S3_DERIVED_BUCKET=soak-derived
   export PIXGATE__STORAGE__S3_AUDIT_BUCKET=soak-audit

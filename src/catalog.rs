@@ -122,6 +122,28 @@ pub struct SourceEntry {
     pub deleted: bool,
 }
 
+/// Turns `uri`'s source-index entry into a tombstone (its image is being deleted). `fsck`
+/// does the same when it finishes an interrupted delete.
+pub(crate) async fn tombstone_source(
+    store: &dyn ObjectStore,
+    uri: &str,
+) -> Result<(), CatalogError> {
+    let json = serde_json::to_vec(&SourceEntry {
+        id: None,
+        deleted: true,
+    })
+    .map_err(|e| CatalogError::Internal(e.to_string()))?;
+    store
+        .put(
+            Bucket::Originals,
+            &source_key(uri)?,
+            Bytes::from(json),
+            "application/json",
+        )
+        .await
+        .map_err(CatalogError::from)
+}
+
 fn source_key(uri: &str) -> Result<ObjectKey, CatalogError> {
     use sha2::{Digest, Sha256};
     ObjectKey::new(format!(
@@ -628,14 +650,7 @@ impl Catalog {
         }
         // An imported image: never imported again (nor served by its legacy URL).
         if let Some(uri) = &meta.source {
-            self.write_source_entry(
-                uri,
-                &SourceEntry {
-                    id: None,
-                    deleted: true,
-                },
-            )
-            .await?;
+            tombstone_source(self.store.as_ref(), uri).await?;
         }
         self.store
             .delete(Bucket::Originals, &key(&id, "original")?)

@@ -397,6 +397,11 @@ async fn finish_delete(
             if !listed(store, Bucket::Originals, &marker).await? {
                 return Ok(false);
             }
+            // The delete may have been killed before its tombstone: an imported image's
+            // source entry must not lead a later import back to it.
+            if let Some(uri) = meta.as_ref().and_then(|m| m.source.as_deref()) {
+                catalog::tombstone_source(store, uri).await?;
+            }
             store.delete(Bucket::Originals, &original).await?;
         }
         Step::Derived => {
@@ -983,8 +988,14 @@ mod tests {
 
         // interrupted_delete: a delete killed right after marking the image (marker, metadata
         // rewritten with `deleting`): invisible at once, finished by the repair.
+        // It was imported: the repair leaves its source entry a tombstone, as the delete would.
         let marked = ImageId::generate().unwrap();
-        let marked_meta = meta(&marked, "alice");
+        let marked_uri = "s3://legacy/users/alice/a.jpg";
+        let marked_meta = ImageMeta {
+            source: Some(marked_uri.to_owned()),
+            ..meta(&marked, "alice")
+        };
+        images.put_source_entry(marked_uri, &marked).await.unwrap();
         images
             .create(&marked_meta, Bytes::from_static(b"abc"))
             .await
@@ -1099,6 +1110,8 @@ mod tests {
             assert_eq!(r.found(kind), 1, "{}: {r:?}", kind.name());
             assert_eq!(r.repaired_of(kind), 1, "{}: {r:?}", kind.name());
         }
+        let entry = images.source_entry(marked_uri).await.unwrap().unwrap();
+        assert!(entry.deleted && entry.id.is_none(), "{entry:?}");
         assert_eq!(r.skipped_recent, 1, "{r:?}");
         assert!(r.is_clean(), "{r:?}");
         // Exactly the orphans are gone (and the half-deleted image's index entry and derived

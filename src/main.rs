@@ -435,6 +435,11 @@ fn import(args: ImportArgs) -> Result<u8, String> {
     config.log.level = "warn,audit=off".to_owned();
     init_tracing(&config);
     let owners = import_owners(&args)?;
+    if let Some(r) = args.rate
+        && !(r.is_finite() && (0.001..=1e6).contains(&r))
+    {
+        return Err("--rate must be objects per second, 0.001 to 1000000".into());
+    }
     let operator = args
         .operator
         .clone()
@@ -503,9 +508,15 @@ fn import(args: ImportArgs) -> Result<u8, String> {
         let json = serde_json::to_string(&serde_json::json!({"summary": summary}))
             .map_err(|e| e.to_string())?;
         println!("{json}");
+        if summary.audit_events_dropped > 0 {
+            eprintln!(
+                "pixgate: {} image.import audit event(s) could not be archived (audit.queue or audit.spool_max_bytes)",
+                summary.audit_events_dropped
+            );
+        }
         Ok(if !summary.complete {
             3
-        } else if summary.scan.failed_total() > 0 {
+        } else if summary.scan.failed_total() > 0 || summary.audit_events_dropped > 0 {
             1
         } else {
             0

@@ -41,7 +41,7 @@ pub async fn handle(
     let (parts, _body) = req.into_parts();
     let (signature, tail) = split_signature(parts.uri.path())?;
     let caller = verify(app, signature, tail, &parts.headers, ctx).await?;
-    let (request, now) = parse(app, tail, ctx).await?;
+    let (request, now) = parse(app, &caller, tail, ctx).await?;
     // AVIF leaves the negotiation once a negotiated AVIF found every encoder busy.
     let mut without_avif = false;
     let negotiate = |without_avif: bool| {
@@ -80,7 +80,12 @@ pub async fn handle(
 /// Phase 2: the typed, bounded transform, refused once its `exp` has passed. Returns the
 /// clock reading the expiry was checked against. A legacy `s3://` source is resolved to the
 /// image imported from it (after the expiry check: the first storage read of the request).
-async fn parse(app: &App, tail: &str, ctx: &Ctx) -> Result<(TransformRequest, u64), Error> {
+async fn parse(
+    app: &App,
+    caller: &Caller,
+    tail: &str,
+    ctx: &Ctx,
+) -> Result<(TransformRequest, u64), Error> {
     let (spec, source) = parse_path_with_source(tail, &app.parse_limits)?;
     let now = unix_now();
     if spec.expires.is_some_and(|exp| now >= exp) {
@@ -88,7 +93,13 @@ async fn parse(app: &App, tail: &str, ctx: &Ctx) -> Result<(TransformRequest, u6
     }
     let image = match source {
         SourceRef::Image(id) => id,
-        SourceRef::S3 { bucket, key } => app.legacy.resolve(app, &bucket, &key, ctx).await?,
+        SourceRef::S3 { bucket, key } => {
+            let bearer = match caller {
+                Caller::Bearer(p) => Some(p),
+                Caller::Signed => None,
+            };
+            app.legacy.resolve(app, &bucket, &key, bearer, ctx).await?
+        }
     };
     ctx.set_image(image.as_str(), None);
     Ok((TransformRequest { spec, image }, now))

@@ -34,6 +34,8 @@ const REMEMBERED: usize = 16_384;
 
 /// Lock stripes for lazy imports (one address imports once per instance).
 const STRIPES: usize = 64;
+/// How long a lazy import waits for its stripe.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How lazy imports read the legacy buckets: the storage's own S3 service.
 pub struct Lazy {
@@ -63,11 +65,15 @@ impl Legacy {
     /// The image an `s3://` source names: `400 invalid_source` outside `sources.legacy`,
     /// `404` when nothing was imported from it (or its image was deleted), unless
     /// `sources.legacy_lazy` imports it now.
+    /// A bearer caller (`bearer`) must own the object by the entry's owner mapping before
+    /// anything is read: otherwise `404`, as for another user's image, and nothing is
+    /// imported on its behalf. A signed URL is its own authorisation (the operator signed it).
     pub async fn resolve(
         &self,
         app: &App,
         bucket: &str,
         key: &str,
+        bearer: Option<&crate::auth::Principal>,
         ctx: &Ctx,
     ) -> Result<ImageId, Error> {
         let Some(entry) = covering(&self.sources, bucket, key) else {
@@ -75,6 +81,13 @@ impl Legacy {
                 "this s3:// source is not under sources.legacy".into(),
             ));
         };
+        if let Some(p) = bearer {
+            let mine = entry.owners.assign(key).is_ok_and(|a| p.owns(&a.owner));
+            if !mine {
+                ctx.set_denied();
+                return Err(Error::NotFound);
+            }
+        }
         let uri = SourceRef::uri(bucket, key);
         if let Some(id) = self.lock().get(&uri).cloned() {
             return Ok(id);
@@ -85,7 +98,10 @@ impl Legacy {
         let Some(lazy) = &self.lazy else {
             return Err(Error::NotFound);
         };
-        let _one_at_a_time = self.locks[stripe_of(&uri)].lock().await;
+        // Bounded: a stripe held by a slow import answers the others `503` after a while.
+        let _one_at_a_time = tokio::time::timeout(LOCK_WAIT, self.locks[stripe_of(&uri)].lock())
+            .await
+            .map_err(|_| Error::Overloaded)?;
         // Another request may have imported it while this one waited.
         if let Some(id) = self.lookup(app, &uri).await? {
             return Ok(id);
@@ -119,7 +135,11 @@ impl Legacy {
             // Deleted since (a tombstone), or imported meanwhile by another instance.
             Ok(_) => self.lookup(app, &uri).await?.ok_or(Error::NotFound),
             Err(Fail::Check(e)) => Err(e),
-            Err(Fail::Code(code, message)) => Err(lazy_error(code, message)),
+            Err(Fail::Code(code, message)) => Err(lazy_error(
+                code,
+                message,
+                app.config.limits.max_source_bytes,
+            )),
         }
     }
 
@@ -150,9 +170,9 @@ fn stripe_of(uri: &str) -> usize {
 
 /// A lazy import's own failures as the request's answer: no such object (or no owner for it)
 /// is `404`, too large is `413`, an unreachable source or store is a storage error.
-fn lazy_error(code: &str, message: String) -> Error {
+fn lazy_error(code: &str, message: String, limit: u64) -> Error {
     match code {
-        "payload_too_large" => Error::PayloadTooLarge { limit: 0 },
+        "payload_too_large" => Error::PayloadTooLarge { limit },
         "source_error" | "storage_error" => {
             Error::from(crate::storage::StorageError::Backend(message))
         }

@@ -140,6 +140,11 @@ pub struct Summary {
     /// runs that continue an interrupted one add to it.
     pub scan: Totals,
     pub resumed_after: Option<String>,
+    /// This run continued an interrupted one.
+    pub resumed: bool,
+    /// `image.import` events that could not be queued for the archive (queue or spool full);
+    /// they are not in the log stream either (the CLI keeps it off the terminal).
+    pub audit_events_dropped: u64,
     pub complete: bool,
     pub duration_secs: f64,
     pub failures: Vec<Failure>,
@@ -204,12 +209,16 @@ pub async fn run(
         "import-{}",
         crate::id::random_hex(8).map_err(|e| format!("run id: {e}"))?
     );
-    let mut checkpoint = if plan.dry_run {
+    let loaded = if plan.dry_run {
         None
     } else {
         load_checkpoint(app, &source_name).await?
-    }
-    .unwrap_or_else(|| Checkpoint {
+    };
+    // This run continues one that did not finish (killed before or after its first save: the
+    // checkpoint is written before any object starts). Its objects found imported are
+    // recorded again, since the killed run's last events may not have reached the spool.
+    let resumed = loaded.as_ref().is_some_and(|c| !c.complete);
+    let mut checkpoint = loaded.unwrap_or_else(|| Checkpoint {
         source: source_name.clone(),
         ..Checkpoint::default()
     });
@@ -226,6 +235,9 @@ pub async fn run(
     checkpoint.after = resumed_after.clone();
     checkpoint.complete = false;
     checkpoint.runs += 1;
+    if !plan.dry_run {
+        save_checkpoint(app, &checkpoint).await?;
+    }
     let mut run_totals = Totals::default();
     let mut failures_this_run = Vec::new();
 
@@ -284,7 +296,6 @@ pub async fn run(
             }
             let (app, plan) = (app.clone(), plan.clone());
             let key = item.key.clone();
-            let resumed = resumed_after.is_some();
             let run_id = run_id.clone();
             inflight.push_back((
                 key,
@@ -294,16 +305,15 @@ pub async fn run(
         let Some((key, handle)) = inflight.pop_front() else {
             break;
         };
-        let outcome = tokio::select! {
-            r = handle => r.unwrap_or_else(|e| Outcome::Failed {
-                code: "internal_error".into(),
-                message: format!("import task: {e}"),
-            }),
-            () = &mut stop, if !stopping => {
-                stopping = true;
-                // Put it back and wait for it like the others.
-                inflight.push_front((key, tokio::spawn(async { Outcome::Skipped { reason: "requeued".into() } })));
-                continue;
+        // Ctrl-C stops new starts; what is in flight finishes and is recorded.
+        let mut handle = handle;
+        let outcome = loop {
+            tokio::select! {
+                r = &mut handle => break r.unwrap_or_else(|e| Outcome::Failed {
+                    code: "internal_error".into(),
+                    message: format!("import task: {e}"),
+                }),
+                () = &mut stop, if !stopping => stopping = true,
             }
         };
         if let Ok(n) = total_rx.try_recv() {
@@ -354,6 +364,8 @@ pub async fn run(
         run: run_totals,
         scan: checkpoint.totals.clone(),
         resumed_after,
+        resumed,
+        audit_events_dropped: app.metrics.audit_dropped.get(),
         complete: checkpoint.complete,
         duration_secs: started.elapsed().as_secs_f64(),
         failures: if plan.dry_run {

@@ -253,7 +253,20 @@ impl Source for DirSource {
             if meta.len() > cap {
                 return Err(ReadError::TooLarge { limit: cap });
             }
-            let file = std::fs::File::open(&path).map_err(|e| ReadError::Failed(e.to_string()))?;
+            // Swapped for a symbolic link (or a FIFO) since the check: refused at open.
+            let mut open = std::fs::OpenOptions::new();
+            open.read(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                open.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+            }
+            let file = open
+                .open(&path)
+                .map_err(|e| ReadError::Failed(e.to_string()))?;
+            if !file.metadata().is_ok_and(|m| m.is_file()) {
+                return Err(ReadError::Gone);
+            }
             let mut buf = Vec::with_capacity(meta.len() as usize);
             file.take(cap + 1)
                 .read_to_end(&mut buf)

@@ -268,7 +268,15 @@ fn parse_s3_source(raw: &str) -> Result<SourceRef, ParseError> {
         return Err(bad("invalid bucket name"));
     }
     let key = percent_decode(key).ok_or_else(|| bad("invalid percent-encoding"))?;
-    if key.is_empty() || key.len() > MAX_S3_KEY || key.chars().any(char::is_control) {
+    // No empty, `.` or `..` segment: an endpoint (or a proxy before it) that normalises paths
+    // would otherwise read a key outside the prefix the owner mapping was checked against.
+    if key.is_empty()
+        || key.len() > MAX_S3_KEY
+        || key.chars().any(char::is_control)
+        || key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
         return Err(bad("invalid key"));
     }
     Ok(SourceRef::S3 {

@@ -297,6 +297,11 @@ async fn a_bucket_imports_exactly_once_across_a_kill_and_serves_legacy_urls() {
         ),
         ("/w:4/plain/http://example.com/a.png".to_owned(), 400),
         ("/w:4/plain/local:///etc/passwd".to_owned(), 400),
+        (
+            format!("/w:4/plain/s3://{src}/users/{o0}/../x/00000.png"),
+            400,
+        ),
+        (format!("/w:4/plain/s3://{src}/users//00000.png"), 400),
         (format!("/w:4/plain/s3://{src}/users/{o0}/missing.png"), 404),
         (format!("/w:4/plain/s3://{src}/users/{o0}/notes.txt"), 404),
     ] {
@@ -449,6 +454,8 @@ async fn a_directory_imports_with_a_manifest_and_a_dry_run_writes_nothing() {
         vec![src_arg.as_str(), "--owner-pattern", "users/*"],
         vec!["http://example.com/x", "--owner", "x"],
         vec!["/nonexistent/dir", "--owner", "x"],
+        vec![src_arg.as_str(), "--owner", "x", "--rate", "inf"],
+        vec![src_arg.as_str(), "--owner", "x", "--rate", "0"],
     ] {
         let out = import_cmd(&env, s.dir.path(), &bad).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
@@ -506,6 +513,19 @@ async fn lazy_legacy_imports_on_first_request_once() {
     }
     assert_eq!(all_images(&s, &dora).await.len(), 2, "imported once");
     assert_eq!(get(&url("c.txt"), &[]).await.status, 415);
+    // A bearer caller must own the object by the owner mapping, before anything is read.
+    let bearer_url = |k: &str| s.url(&format!("/_/w:6/f:png/plain/s3://{src}/users/{dora}/{k}"));
+    let stranger = token(&unique("eve"), Role::Editor);
+    for k in ["a.png", "new.png"] {
+        let r = get(&bearer_url(k), &[("authorization", &bearer(&stranger))]).await;
+        assert_eq!(r.status, 404, "{k}");
+    }
+    let r = get(
+        &bearer_url("a.png"),
+        &[("authorization", &bearer(&token(&dora, Role::Viewer)))],
+    )
+    .await;
+    assert_eq!(r.status, 200);
     assert_eq!(get(&url("missing.png"), &[]).await.status, 404);
     let outside = s.url(&signed(&format!("/w:6/plain/s3://{src}/other/a.png")));
     assert_eq!(get(&outside, &[]).await.status, 400);
@@ -540,4 +560,48 @@ async fn lazy_legacy_imports_on_first_request_once() {
     assert_eq!(r.status, 204);
     assert_eq!(get(&url("a.png"), &[]).await.status, 404);
     assert_eq!(all_images(&s, &dora).await.len(), 1);
+}
+
+/// Ctrl-C (SIGINT): objects in flight finish, the checkpoint is saved, exit 3; the next run
+/// continues and the two runs import every object once.
+#[tokio::test]
+async fn an_interrupted_import_exits_3_and_the_next_run_finishes_it() {
+    let s = Server::start(Backend::Fs);
+    let env = server_env(Backend::Fs, s.dir.path(), &[]);
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..40u32 {
+        std::fs::write(src.path().join(format!("{i:03}.png")), png(i, 8)).unwrap();
+    }
+    let erin = unique("erin");
+    let src_arg = src.path().display().to_string();
+    let args = [src_arg.as_str(), "--owner", erin.as_str(), "--rate", "20"];
+    let mut child = import_cmd(&env, s.dir.path(), &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..5 {
+        lines.next().unwrap().unwrap();
+    }
+    signal(child.id(), libc::SIGINT);
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(3));
+    let first = summary(&rest.join("\n"));
+    assert_eq!(first["complete"], false);
+    let done_first = first["run"]["imported"].as_u64().unwrap();
+    assert!((5..40).contains(&done_first), "{first}");
+    let out = import_cmd(
+        &env,
+        s.dir.path(),
+        &[src_arg.as_str(), "--owner", erin.as_str()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let second = summary(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(second["complete"], true);
+    assert_eq!(second["scan"]["imported"], 40, "{second}");
+    assert_eq!(all_images(&s, &erin).await.len(), 40);
 }
