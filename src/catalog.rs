@@ -128,11 +128,19 @@ pub(crate) async fn tombstone_source(
     store: &dyn ObjectStore,
     uri: &str,
 ) -> Result<(), CatalogError> {
-    let json = serde_json::to_vec(&SourceEntry {
+    let tombstone = SourceEntry {
         id: None,
         deleted: true,
-    })
-    .map_err(|e| CatalogError::Internal(e.to_string()))?;
+    };
+    write_source_entry(store, uri, &tombstone).await
+}
+
+async fn write_source_entry(
+    store: &dyn ObjectStore,
+    uri: &str,
+    e: &SourceEntry,
+) -> Result<(), CatalogError> {
+    let json = serde_json::to_vec(e).map_err(|e| CatalogError::Internal(e.to_string()))?;
     store
         .put(
             Bucket::Originals,
@@ -386,27 +394,11 @@ impl Catalog {
 
     /// Records that `uri` becomes image `id` (before the image is created).
     pub async fn put_source_entry(&self, uri: &str, id: &ImageId) -> Result<(), CatalogError> {
-        self.write_source_entry(
-            uri,
-            &SourceEntry {
-                id: Some(id.to_string()),
-                deleted: false,
-            },
-        )
-        .await
-    }
-
-    async fn write_source_entry(&self, uri: &str, e: &SourceEntry) -> Result<(), CatalogError> {
-        let json = serde_json::to_vec(e).map_err(|e| CatalogError::Internal(e.to_string()))?;
-        self.store
-            .put(
-                Bucket::Originals,
-                &source_key(uri)?,
-                Bytes::from(json),
-                "application/json",
-            )
-            .await
-            .map_err(CatalogError::from)
+        let entry = SourceEntry {
+            id: Some(id.to_string()),
+            deleted: false,
+        };
+        write_source_entry(self.store.as_ref(), uri, &entry).await
     }
 
     /// The image imported from `uri`; `NotFound` if none was (or it was deleted).

@@ -423,16 +423,7 @@ fn fsck(file: Option<PathBuf>, repair: bool, min_age: &str) -> Result<bool, Stri
 /// saved; run it again to continue).
 fn import(args: ImportArgs) -> Result<u8, String> {
     use std::io::IsTerminal;
-    let mut config = load_config(args.config.clone())?;
-    // The import's audit events get a spool (and chain) of their own: the spool directory is
-    // locked by a server running beside it on the same storage root.
-    let spool = config.audit.spool_dir(&config.storage.fs_root);
-    config.audit.spool_dir = format!("{}-import", spool.display());
-    // Objects wait for the CPU pool instead of being shed (there are no clients to protect).
-    config.transform.max_queue_wait_ms = 0;
-    // Warnings on stderr; the audit events go to the archive (through the spool), not to the
-    // terminal, one line per image.
-    config.log.level = "warn,audit=off".to_owned();
+    let config = import_config(&args)?;
     init_tracing(&config);
     let owners = import_owners(&args)?;
     if let Some(r) = args.rate
@@ -461,40 +452,21 @@ fn import(args: ImportArgs) -> Result<u8, String> {
         let plan = pixgate::import::Plan {
             source,
             owners,
+            checks: Arc::new(pixgate::http::legacy::UploadChecks::new(app.clone())),
             jobs: args.jobs.clamp(1, capacity.max(1)),
             rate: args.rate,
             dry_run: args.dry_run,
             operator,
         };
-        let started = std::time::Instant::now();
-        let mut done = 0u64;
-        let mut total: Option<u64> = None;
-        let mut stdout = std::io::stdout().lock();
-        let on_event = |e: pixgate::import::Event<'_>| match e {
-            pixgate::import::Event::Total(n) => total = Some(n),
-            pixgate::import::Event::Object { key, outcome } => {
-                done += 1;
-                if lines {
-                    let line = serde_json::json!({"key": key, "result": outcome});
-                    let _ = writeln!(stdout, "{line}");
-                }
-                if terminal && (done.is_multiple_of(10) || total == Some(done)) {
-                    let secs = started.elapsed().as_secs_f64().max(0.001);
-                    let rate = done as f64 / secs;
-                    let eta = total
-                        .map(|t| {
-                            let left = t.saturating_sub(done) as f64 / rate.max(0.001);
-                            format!(
-                                "  ETA {}",
-                                humantime::format_duration(Duration::from_secs(left as u64))
-                            )
-                        })
-                        .unwrap_or_default();
-                    let of = total.map(|t| format!("/{t}")).unwrap_or_default();
-                    eprint!("\r\x1b[2Kimport: {done}{of} objects  {rate:.1}/s{eta}");
-                }
-            }
+        let mut out = ImportOutput {
+            started: std::time::Instant::now(),
+            done: 0,
+            total: None,
+            terminal,
+            lines,
+            stdout: std::io::stdout().lock(),
         };
+        let on_event = |e: pixgate::import::Event<'_>| out.event(e);
         let stop = async {
             let _ = tokio::signal::ctrl_c().await;
         };
@@ -522,6 +494,65 @@ fn import(args: ImportArgs) -> Result<u8, String> {
             0
         })
     })
+}
+
+/// The configuration an import runs with: the server's, adjusted for an operator job.
+fn import_config(args: &ImportArgs) -> Result<Config, String> {
+    let mut config = load_config(args.config.clone())?;
+    // The import's audit events get a spool (and chain) of their own: the spool directory is
+    // locked by a server running beside it on the same storage root.
+    let spool = config.audit.spool_dir(&config.storage.fs_root);
+    config.audit.spool_dir = format!("{}-import", spool.display());
+    // Objects wait for the CPU pool instead of being shed (there are no clients to protect).
+    config.transform.max_queue_wait_ms = 0;
+    // Warnings on stderr; the audit events go to the archive (through the spool), not to the
+    // terminal, one line per image.
+    config.log.level = "warn,audit=off".to_owned();
+    Ok(config)
+}
+
+/// What `pixgate import` prints as it goes: a JSON line per object off a terminal, a
+/// progress line (rate, ETA once the source is counted) on one.
+struct ImportOutput<'a> {
+    started: std::time::Instant,
+    done: u64,
+    total: Option<u64>,
+    terminal: bool,
+    lines: bool,
+    stdout: std::io::StdoutLock<'a>,
+}
+
+impl ImportOutput<'_> {
+    fn event(&mut self, e: pixgate::import::Event<'_>) {
+        let (key, outcome) = match e {
+            pixgate::import::Event::Total(n) => {
+                self.total = Some(n);
+                return;
+            }
+            pixgate::import::Event::Object { key, outcome } => (key, outcome),
+        };
+        self.done += 1;
+        if self.lines {
+            let line = serde_json::json!({"key": key, "result": outcome});
+            let _ = writeln!(self.stdout, "{line}");
+        }
+        if self.terminal && (self.done.is_multiple_of(10) || self.total == Some(self.done)) {
+            let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+            let eta = self
+                .total
+                .map(|t| {
+                    let left = t.saturating_sub(self.done) as f64 / rate.max(0.001);
+                    let left = humantime::format_duration(Duration::from_secs(left as u64));
+                    format!("  ETA {left}")
+                })
+                .unwrap_or_default();
+            let of = self.total.map(|t| format!("/{t}")).unwrap_or_default();
+            eprint!(
+                "\r\x1b[2Kimport: {}{of} objects  {rate:.1}/s{eta}",
+                self.done
+            );
+        }
+    }
 }
 
 fn import_owners(args: &ImportArgs) -> Result<pixgate::import::owners::Owners, String> {

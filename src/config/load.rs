@@ -194,50 +194,10 @@ fn check_types(
     for (k, v) in table {
         path.push(k.clone());
         let key = path.join(".");
-        if path.len() == 2 && path[0] == "presets" {
-            // Free-form names: `eager` lists preset names, every other key is an option
-            // string (checked against the grammar by `validate`).
-            if path[1] == crate::options::presets::EAGER_KEY {
-                if !v
-                    .as_array()
-                    .is_some_and(|a| a.iter().all(toml::Value::is_str))
-                {
-                    return Err(ConfigError::new(&key, "must be a list of preset names"));
-                }
-            } else if !v.is_str() {
-                return Err(ConfigError::new(&key, "must be an option string"));
-            }
-            path.pop();
-            continue;
-        }
-        if path.len() == 2 && path[0] == "sources" && path[1] == "legacy" {
-            // Tables in a file, strings from the environment (checked by `validate`).
-            if !v
-                .as_array()
-                .is_some_and(|a| a.iter().all(|e| e.is_str() || e.is_table()))
-            {
-                return Err(ConfigError::new(
-                    &key,
-                    "must be a list of tables or strings",
-                ));
-            }
-            path.pop();
-            continue;
-        }
-        if path.len() == 3 && path[0] == "limits" && path[1] == "plans" {
-            // Free-form plan names, each a table of known integer keys.
-            let toml::Value::Table(plan) = v else {
-                return Err(ConfigError::new(&key, "must be a table"));
-            };
-            for (k, pv) in plan {
-                let full = format!("{key}.{k}");
-                if !PLAN_KEYS.contains(&k.as_str()) {
-                    return Err(ConfigError::new(&full, "unknown configuration key"));
-                }
-                if !matches!(pv, toml::Value::Integer(i) if *i >= 0) {
-                    return Err(ConfigError::new(&full, "must be a non-negative integer"));
-                }
-            }
+        // Free-form keys (preset and plan names, `sources.legacy` entries) are checked
+        // apart, not against a default.
+        if let Some(checked) = free_form(path, v, &key) {
+            checked?;
             path.pop();
             continue;
         }
@@ -270,6 +230,63 @@ fn check_types(
         path.pop();
     }
     Ok(())
+}
+
+/// The keys whose names are free (`presets.<name>`, `limits.plans.<plan>.*`) or whose values
+/// are not typed by a default (`sources.legacy`: tables in a file, strings from the
+/// environment); `None` for every other key.
+fn free_form(path: &[String], v: &toml::Value, key: &str) -> Option<Result<(), ConfigError>> {
+    if path.len() == 2 && path[0] == "presets" {
+        // `eager` lists preset names, every other key is an option string (checked against
+        // the grammar by `validate`).
+        let ok = if path[1] == crate::options::presets::EAGER_KEY {
+            v.as_array()
+                .is_some_and(|a| a.iter().all(toml::Value::is_str))
+        } else {
+            v.is_str()
+        };
+        let what = if path[1] == crate::options::presets::EAGER_KEY {
+            "must be a list of preset names"
+        } else {
+            "must be an option string"
+        };
+        return Some(if ok {
+            Ok(())
+        } else {
+            Err(ConfigError::new(key, what))
+        });
+    }
+    if path.len() == 2 && path[0] == "sources" && path[1] == "legacy" {
+        // Checked by `validate`.
+        let ok = v
+            .as_array()
+            .is_some_and(|a| a.iter().all(|e| e.is_str() || e.is_table()));
+        return Some(if ok {
+            Ok(())
+        } else {
+            Err(ConfigError::new(key, "must be a list of tables or strings"))
+        });
+    }
+    if path.len() == 3 && path[0] == "limits" && path[1] == "plans" {
+        // Free-form plan names, each a table of known integer keys.
+        let toml::Value::Table(plan) = v else {
+            return Some(Err(ConfigError::new(key, "must be a table")));
+        };
+        for (k, pv) in plan {
+            let full = format!("{key}.{k}");
+            if !PLAN_KEYS.contains(&k.as_str()) {
+                return Some(Err(ConfigError::new(&full, "unknown configuration key")));
+            }
+            if !matches!(pv, toml::Value::Integer(i) if *i >= 0) {
+                return Some(Err(ConfigError::new(
+                    &full,
+                    "must be a non-negative integer",
+                )));
+            }
+        }
+        return Some(Ok(()));
+    }
+    None
 }
 
 /// Converts an environment string to the type of the key's default.

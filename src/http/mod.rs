@@ -27,6 +27,7 @@ pub(crate) mod images;
 mod info;
 pub mod jobs;
 mod keys;
+pub mod legacy;
 mod ops;
 mod original;
 mod propagate;

@@ -98,7 +98,7 @@ async fn parse(
                 Caller::Bearer(p) => Some(p),
                 Caller::Signed => None,
             };
-            app.legacy.resolve(app, &bucket, &key, bearer, ctx).await?
+            super::legacy::resolve(app, &bucket, &key, bearer, ctx).await?
         }
     };
     ctx.set_image(image.as_str(), None);

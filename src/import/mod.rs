@@ -2,9 +2,9 @@
 //! as pixgate images without sending them through the HTTP API.
 //!
 //! Place in the architecture: an operator job beside `fsck` and `sweep`, built on the same
-//! [`App`] as the server. Each object goes through the upload's own checks
-//! ([`crate::http::images::validate_original`]: magic bytes, `limits.upload_formats`, header
-//! limits, a full decode on the CPU pool) and is written by [`Catalog::create`] with the same
+//! [`App`] as the server, below the HTTP layer. Each object goes through the upload's own
+//! checks (handed in as [`Checks`]: `http::images::validate_original`'s magic bytes,
+//! `limits.upload_formats`, header limits, a full decode on the CPU pool) and is written by [`Catalog::create`] with the same
 //! metadata, owner index entry and placeholders, plus an `image.import` audit event (actor
 //! `system`, naming the operator). Quotas are not charged: an import is the operator's act.
 //!
@@ -31,6 +31,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio::sync::oneshot;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +54,8 @@ const PAGE: usize = 1000;
 pub struct Plan {
     pub source: Arc<dyn Source>,
     pub owners: Owners,
+    /// The upload's checks (`http::legacy::UploadChecks`).
+    pub checks: Arc<dyn Checks>,
     /// Objects in flight at once.
     pub jobs: usize,
     /// At most this many objects started per second.
@@ -193,6 +197,146 @@ async fn save_checkpoint(app: &App, c: &Checkpoint) -> Result<(), String> {
         .map_err(|e| format!("checkpoint {key}: {e}"))
 }
 
+/// A run's bookkeeping: the checkpoint it carries forward, its own counts, when it last saved.
+struct Progress {
+    run_id: String,
+    resumed: bool,
+    resumed_after: Option<String>,
+    checkpoint: Checkpoint,
+    totals: Totals,
+    failures: Vec<Failure>,
+    since_save: u64,
+    last_save: Instant,
+}
+
+impl Progress {
+    /// Loads (or starts) the checkpoint of `source` and saves it before any object starts, so
+    /// a run killed at once is still known as unfinished.
+    async fn begin(app: &App, source: &str, dry_run: bool) -> Result<Progress, String> {
+        let run_id = format!(
+            "import-{}",
+            crate::id::random_hex(8).map_err(|e| format!("run id: {e}"))?
+        );
+        let loaded = if dry_run {
+            None
+        } else {
+            load_checkpoint(app, source).await?
+        };
+        // This run continues one that did not finish: its objects found imported are recorded
+        // again, since the killed run's last events may not have reached the spool.
+        let resumed = loaded.as_ref().is_some_and(|c| !c.complete);
+        let mut checkpoint = loaded.unwrap_or_else(|| Checkpoint {
+            source: source.to_owned(),
+            ..Checkpoint::default()
+        });
+        // A complete import's rerun scans again (new objects may sort anywhere), its counts
+        // from zero; an interrupted one continues after its last finished key.
+        let resumed_after = if checkpoint.complete {
+            checkpoint.totals = Totals::default();
+            checkpoint.failures.clear();
+            None
+        } else {
+            checkpoint.after.clone()
+        };
+        checkpoint.after = resumed_after.clone();
+        checkpoint.complete = false;
+        checkpoint.runs += 1;
+        if !dry_run {
+            save_checkpoint(app, &checkpoint).await?;
+        }
+        Ok(Progress {
+            run_id,
+            resumed,
+            resumed_after,
+            checkpoint,
+            totals: Totals::default(),
+            failures: Vec::new(),
+            since_save: 0,
+            last_save: Instant::now(),
+        })
+    }
+
+    /// Counts `key`'s outcome; every key up to it is done.
+    fn record(&mut self, key: String, outcome: &Outcome) {
+        count(&mut self.totals, outcome);
+        count(&mut self.checkpoint.totals, outcome);
+        if let Outcome::Failed { code, message } = outcome {
+            let f = Failure {
+                key: key.clone(),
+                code: code.clone(),
+                message: message.clone(),
+            };
+            if self.checkpoint.failures.len() < MAX_FAILURES_KEPT {
+                self.checkpoint.failures.push(f.clone());
+            }
+            if self.failures.len() < MAX_FAILURES_KEPT {
+                self.failures.push(f);
+            }
+        }
+        self.checkpoint.after = Some(key);
+        self.since_save += 1;
+    }
+
+    /// Saves the checkpoint (every [`CHECKPOINT_EVERY`] objects or [`CHECKPOINT_INTERVAL`], or
+    /// when `now`), after sealing the audit batch that holds the events it covers.
+    async fn save(&mut self, app: &App, now: bool) -> Result<(), String> {
+        if now
+            || self.since_save >= CHECKPOINT_EVERY
+            || self.last_save.elapsed() >= CHECKPOINT_INTERVAL
+        {
+            app.audit.flush().await;
+            save_checkpoint(app, &self.checkpoint).await?;
+            self.since_save = 0;
+            self.last_save = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+/// The source's objects in key order, a page at a time, after a key.
+struct Lister {
+    page: VecDeque<Listed>,
+    after: Option<String>,
+    done: bool,
+}
+
+impl Lister {
+    async fn next(&mut self, source: &dyn Source) -> Result<Option<Listed>, String> {
+        if self.page.is_empty() && !self.done {
+            let next = source.list(self.after.as_deref(), PAGE).await?;
+            match next.last() {
+                Some(last) => self.after = Some(last.key.clone()),
+                None => self.done = true,
+            }
+            self.page.extend(next);
+        }
+        Ok(self.page.pop_front())
+    }
+
+    fn exhausted(&self) -> bool {
+        self.done && self.page.is_empty()
+    }
+}
+
+/// Counts the source beside the run (listing only), for the progress line's ETA.
+fn count_source(source: Arc<dyn Source>) -> (tokio::task::JoinHandle<()>, oneshot::Receiver<u64>) {
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut n = 0u64;
+        let mut after: Option<String> = None;
+        loop {
+            let Ok(page) = source.list(after.as_deref(), PAGE).await else {
+                return;
+            };
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            n += page.len() as u64;
+        }
+        let _ = tx.send(n);
+    });
+    (task, rx)
+}
+
 /// Runs the import to the end of the source, or until `stop` resolves (Ctrl-C): objects in
 /// flight finish and the checkpoint is written either way. Errors are for the run as a whole
 /// (the source cannot be listed, the checkpoint cannot be written); one object's failure is
@@ -205,108 +349,40 @@ pub async fn run(
 ) -> Result<Summary, String> {
     let started = Instant::now();
     let source_name = plan.source.describe();
-    let run_id = format!(
-        "import-{}",
-        crate::id::random_hex(8).map_err(|e| format!("run id: {e}"))?
-    );
-    let loaded = if plan.dry_run {
-        None
-    } else {
-        load_checkpoint(app, &source_name).await?
-    };
-    // This run continues one that did not finish (killed before or after its first save: the
-    // checkpoint is written before any object starts). Its objects found imported are
-    // recorded again, since the killed run's last events may not have reached the spool.
-    let resumed = loaded.as_ref().is_some_and(|c| !c.complete);
-    let mut checkpoint = loaded.unwrap_or_else(|| Checkpoint {
-        source: source_name.clone(),
-        ..Checkpoint::default()
-    });
-    // A complete import's rerun scans again (new objects may sort anywhere); an interrupted
-    // one continues after its last finished key.
-    let resumed_after = if checkpoint.complete {
-        // A new scan: its counts start again (imported objects are skipped by their entries).
-        checkpoint.totals = Totals::default();
-        checkpoint.failures.clear();
-        None
-    } else {
-        checkpoint.after.clone()
-    };
-    checkpoint.after = resumed_after.clone();
-    checkpoint.complete = false;
-    checkpoint.runs += 1;
-    if !plan.dry_run {
-        save_checkpoint(app, &checkpoint).await?;
-    }
-    let mut run_totals = Totals::default();
-    let mut failures_this_run = Vec::new();
-
-    // Count the source beside the run (listing only), for the progress line's ETA.
-    let (total_tx, mut total_rx) = tokio::sync::oneshot::channel();
-    let counter = {
-        let source = plan.source.clone();
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            let mut after: Option<String> = None;
-            loop {
-                let Ok(page) = source.list(after.as_deref(), PAGE).await else {
-                    return;
-                };
-                let Some(last) = page.last() else { break };
-                after = Some(last.key.clone());
-                n += page.len() as u64;
-            }
-            let _ = total_tx.send(n);
-        })
-    };
-
+    let mut progress = Progress::begin(app, &source_name, plan.dry_run).await?;
+    let (counter, mut total) = count_source(plan.source.clone());
     let plan = Arc::new(plan);
-    let jobs = plan.jobs.max(1);
-    let mut interval = plan.rate.filter(|r| *r > 0.0).map(|r| {
+    let mut interval = plan.rate.filter(|r| (0.001..=1e6).contains(r)).map(|r| {
         let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
-    let mut page: VecDeque<Listed> = VecDeque::new();
-    let mut listed_after = resumed_after.clone();
-    let mut listing_done = false;
+    let mut lister = Lister {
+        page: VecDeque::new(),
+        after: progress.resumed_after.clone(),
+        done: false,
+    };
     let mut inflight: VecDeque<(String, tokio::task::JoinHandle<Outcome>)> = VecDeque::new();
-    let mut since_save = 0u64;
-    let mut last_save = Instant::now();
     let mut stopping = false;
     tokio::pin!(stop);
-
     loop {
-        // Start objects until `jobs` are in flight.
-        while !stopping && inflight.len() < jobs {
-            if page.is_empty() && !listing_done {
-                let next = plan.source.list(listed_after.as_deref(), PAGE).await?;
-                match next.last() {
-                    Some(last) => listed_after = Some(last.key.clone()),
-                    None => listing_done = true,
-                }
-                page.extend(next);
-            }
-            let Some(item) = page.pop_front() else { break };
+        // Start objects until `jobs` are in flight (at the rate cap).
+        while !stopping && inflight.len() < plan.jobs.max(1) {
+            let Some(item) = lister.next(plan.source.as_ref()).await? else {
+                break;
+            };
             if let Some(i) = interval.as_mut() {
                 tokio::select! {
                     _ = i.tick() => {}
-                    () = &mut stop => { stopping = true; page.push_front(item); break; }
+                    () = &mut stop => { stopping = true; lister.page.push_front(item); break; }
                 }
             }
-            let (app, plan) = (app.clone(), plan.clone());
-            let key = item.key.clone();
-            let run_id = run_id.clone();
-            inflight.push_back((
-                key,
-                tokio::spawn(async move { one(&app, &plan, item, resumed, &run_id).await }),
-            ));
+            inflight.push_back(spawn_one(app, &plan, item, &progress));
         }
-        let Some((key, handle)) = inflight.pop_front() else {
+        let Some((key, mut handle)) = inflight.pop_front() else {
             break;
         };
-        // Ctrl-C stops new starts; what is in flight finishes and is recorded.
-        let mut handle = handle;
+        // Ctrl-C stops new starts; what is in flight finishes and is recorded, in key order.
         let outcome = loop {
             tokio::select! {
                 r = &mut handle => break r.unwrap_or_else(|e| Outcome::Failed {
@@ -316,64 +392,60 @@ pub async fn run(
                 () = &mut stop, if !stopping => stopping = true,
             }
         };
-        if let Ok(n) = total_rx.try_recv() {
+        if let Ok(n) = total.try_recv() {
             on_event(Event::Total(n));
         }
         on_event(Event::Object {
             key: &key,
             outcome: &outcome,
         });
-        for t in [&mut run_totals, &mut checkpoint.totals] {
-            count(t, &outcome);
-        }
-        if let Outcome::Failed { code, message } = &outcome {
-            let f = Failure {
-                key: key.clone(),
-                code: code.clone(),
-                message: message.clone(),
-            };
-            if checkpoint.failures.len() < MAX_FAILURES_KEPT {
-                checkpoint.failures.push(f.clone());
-            }
-            if failures_this_run.len() < MAX_FAILURES_KEPT {
-                failures_this_run.push(f);
-            }
-        }
-        checkpoint.after = Some(key);
-        since_save += 1;
-        if !plan.dry_run
-            && (since_save >= CHECKPOINT_EVERY || last_save.elapsed() >= CHECKPOINT_INTERVAL)
-        {
-            // The events of everything the checkpoint covers are sealed (spooled) first.
-            app.audit.flush().await;
-            save_checkpoint(app, &checkpoint).await?;
-            since_save = 0;
-            last_save = Instant::now();
+        progress.record(key, &outcome);
+        if !plan.dry_run {
+            progress.save(app, false).await?;
         }
     }
     counter.abort();
-    checkpoint.complete = !stopping && listing_done && page.is_empty();
+    progress.checkpoint.complete = !stopping && lister.exhausted();
     if !plan.dry_run {
-        app.audit.flush().await;
-        save_checkpoint(app, &checkpoint).await?;
+        progress.save(app, true).await?;
     }
-    Ok(Summary {
-        run_id,
-        source: source_name,
-        dry_run: plan.dry_run,
-        run: run_totals,
-        scan: checkpoint.totals.clone(),
-        resumed_after,
-        resumed,
-        audit_events_dropped: app.metrics.audit_dropped.get(),
-        complete: checkpoint.complete,
-        duration_secs: started.elapsed().as_secs_f64(),
-        failures: if plan.dry_run {
-            failures_this_run
-        } else {
-            checkpoint.failures
-        },
-    })
+    Ok(progress.summary(app, source_name, plan.dry_run, started))
+}
+
+/// One object's import in a task of its own (the runtime's threads share the I/O).
+fn spawn_one(
+    app: &Arc<App>,
+    plan: &Arc<Plan>,
+    item: Listed,
+    progress: &Progress,
+) -> (String, tokio::task::JoinHandle<Outcome>) {
+    let (app, plan) = (app.clone(), plan.clone());
+    let (resumed, run_id) = (progress.resumed, progress.run_id.clone());
+    let key = item.key.clone();
+    let task = async move { one(&app, &plan, item, resumed, &run_id).await };
+    (key, tokio::spawn(task))
+}
+
+impl Progress {
+    fn summary(self, app: &App, source: String, dry_run: bool, started: Instant) -> Summary {
+        Summary {
+            run_id: self.run_id,
+            source,
+            dry_run,
+            run: self.totals,
+            scan: self.checkpoint.totals,
+            resumed_after: self.resumed_after,
+            resumed: self.resumed,
+            audit_events_dropped: app.metrics.audit_dropped.get(),
+            complete: self.checkpoint.complete,
+            duration_secs: started.elapsed().as_secs_f64(),
+            failures: if dry_run {
+                self.failures
+            } else {
+                self.checkpoint.failures
+            },
+        }
+    }
 }
 
 fn count(t: &mut Totals, outcome: &Outcome) {
@@ -387,27 +459,41 @@ fn count(t: &mut Totals, outcome: &Outcome) {
     }
 }
 
-/// Why one object was not imported: a code of the import's own, or the upload check's error.
+/// What an original that passed the upload's checks carries on.
+pub struct Checked {
+    pub probe: crate::image::Probe,
+    pub info: crate::image::ImageInfo,
+    pub sha256: String,
+}
+
+/// The upload's checks (`http::images::validate_original`), handed in by the caller so this
+/// module stays below the HTTP layer (`http::legacy::UploadChecks`). A refusal is its stable
+/// error code and message.
+#[async_trait::async_trait]
+pub trait Checks: Send + Sync {
+    async fn check(&self, bytes: &Bytes) -> Result<Checked, (&'static str, String)>;
+}
+
+/// Why one object was not imported: a code of the import's own, or the upload checks'.
 pub enum Fail {
     Code(&'static str, String),
-    Check(crate::http::error::Error),
+    Check(&'static str, String),
 }
 
 impl Fail {
     pub fn code(&self) -> &'static str {
         match self {
-            Fail::Code(c, _) => c,
-            Fail::Check(e) => e.code(),
+            Fail::Code(c, _) | Fail::Check(c, _) => c,
         }
     }
 
     fn outcome(self) -> Outcome {
-        let code = self.code().to_owned();
-        let message = match self {
-            Fail::Code(_, m) => m,
-            Fail::Check(e) => e.to_string(),
-        };
-        Outcome::Failed { code, message }
+        match self {
+            Fail::Code(code, message) | Fail::Check(code, message) => Outcome::Failed {
+                code: code.to_owned(),
+                message,
+            },
+        }
     }
 }
 
@@ -419,6 +505,7 @@ fn failed(code: &'static str, message: impl Into<String>) -> Fail {
 pub struct Job<'a> {
     pub source: &'a dyn Source,
     pub owners: &'a Owners,
+    pub checks: &'a dyn Checks,
     pub dry_run: bool,
     pub operator: &'a str,
     /// This run continues a killed one (see [`import_object`]).
@@ -431,6 +518,7 @@ async fn one(app: &App, plan: &Plan, item: Listed, resumed: bool, run_id: &str) 
     let job = Job {
         source: plan.source.as_ref(),
         owners: &plan.owners,
+        checks: plan.checks.as_ref(),
         dry_run: plan.dry_run,
         operator: &plan.operator,
         resumed,
@@ -441,15 +529,53 @@ async fn one(app: &App, plan: &Plan, item: Listed, resumed: bool, run_id: &str) 
         .unwrap_or_else(Fail::outcome)
 }
 
+/// What the source index says of an address.
+enum Known {
+    /// Nothing to do: imported already, or deleted since.
+    Done(Outcome),
+    /// An entry without its image (a run killed between the two): finish under this id.
+    Resume(ImageId),
+    New,
+}
+
+async fn known(app: &App, job: &Job<'_>, uri: &str) -> Result<Known, Fail> {
+    let entry = app
+        .catalog
+        .source_entry(uri)
+        .await
+        .map_err(|e| failed("storage_error", e.to_string()))?;
+    let skipped = |reason: &str| {
+        Known::Done(Outcome::Skipped {
+            reason: reason.into(),
+        })
+    };
+    match entry {
+        Some(SourceEntry { deleted: true, .. }) => Ok(skipped("deleted")),
+        Some(SourceEntry { id: Some(id), .. }) => {
+            let id = ImageId::parse(&id)
+                .ok_or_else(|| failed("internal_error", "source index entry names a bad id"))?;
+            match app.catalog.meta_for_delete(&id).await {
+                Ok(meta) => {
+                    if job.resumed && !job.dry_run {
+                        audit_import(app, job, &meta, 200);
+                    }
+                    Ok(skipped("already_imported"))
+                }
+                Err(CatalogError::NotFound) => Ok(Known::Resume(id)),
+                Err(e) => Err(failed("storage_error", e.to_string())),
+            }
+        }
+        _ => Ok(Known::New),
+    }
+}
+
 /// One object: owner, source index, read, validate, write, audit. `resumed`: this run
 /// continues a killed one, whose events after its last checkpoint may have died with it: an
 /// object found imported is recorded again (status 200; a fresh import is 201), so the trail
 /// may hold an import twice but never miss one.
 pub async fn import_object(app: &App, job: &Job<'_>, item: Listed) -> Result<Outcome, Fail> {
-    let assigned = match job.owners.assign(&item.key) {
-        Ok(a) => a,
-        Err(code) => return Err(failed(code, "no owner for this key")),
-    };
+    let assigned =
+        (job.owners.assign(&item.key)).map_err(|c| failed(c, "no owner for this key"))?;
     let cap = app.config.limits.max_source_bytes;
     if item.size > cap {
         return Err(failed(
@@ -458,52 +584,25 @@ pub async fn import_object(app: &App, job: &Job<'_>, item: Listed) -> Result<Out
         ));
     }
     let uri = job.source.uri(&item.key);
-    let known = match app.catalog.source_entry(&uri).await {
-        Ok(e) => e,
-        Err(e) => return Err(failed("storage_error", e.to_string())),
+    let id = match known(app, job, &uri).await? {
+        Known::Done(outcome) => return Ok(outcome),
+        Known::Resume(id) => Some(id),
+        Known::New => None,
     };
-    let id = match &known {
-        Some(SourceEntry { deleted: true, .. }) => {
-            return Ok(Outcome::Skipped {
-                reason: "deleted".into(),
-            });
-        }
-        Some(SourceEntry { id: Some(id), .. }) => match ImageId::parse(id) {
-            Some(id) => match app.catalog.meta_for_delete(&id).await {
-                Ok(meta) => {
-                    if job.resumed && !job.dry_run {
-                        audit_import(app, job, &meta, 200);
-                    }
-                    return Ok(Outcome::Skipped {
-                        reason: "already_imported".into(),
-                    });
-                }
-                // Killed between the entry and the image: finish it under that id.
-                Err(CatalogError::NotFound) => Some(id),
-                Err(e) => return Err(failed("storage_error", e.to_string())),
-            },
-            None => {
-                return Err(failed(
-                    "internal_error",
-                    "source index entry names a bad id",
-                ));
-            }
-        },
-        _ => None,
-    };
-    let bytes = match job.source.read(&item.key, cap).await {
-        Ok(b) => b,
-        Err(ReadError::Gone) => return Err(failed("source_gone", "gone since it was listed")),
-        Err(ReadError::TooLarge { limit }) => {
-            return Err(failed("payload_too_large", format!("limit {limit}")));
-        }
-        Err(ReadError::Failed(m)) => return Err(failed("source_error", m)),
-    };
-    let (probe, info, sha256) =
-        match crate::http::images::validate_original(app, &bytes, None, || {}).await {
-            Ok(v) => v,
-            Err(e) => return Err(Fail::Check(e)),
-        };
+    let bytes = job.source.read(&item.key, cap).await.map_err(|e| match e {
+        ReadError::Gone => failed("source_gone", "gone since it was listed"),
+        ReadError::TooLarge { limit } => failed("payload_too_large", format!("limit {limit}")),
+        ReadError::Failed(m) => failed("source_error", m),
+    })?;
+    let Checked {
+        probe,
+        info,
+        sha256,
+    } = job
+        .checks
+        .check(&bytes)
+        .await
+        .map_err(|(code, message)| Fail::Check(code, message))?;
     let (width, height) = probe.oriented_dimensions();
     let len = bytes.len() as u64;
     if job.dry_run {
@@ -512,25 +611,15 @@ pub async fn import_object(app: &App, job: &Job<'_>, item: Listed) -> Result<Out
             bytes: len,
         });
     }
-    // A manifest's fields obey the API's own limits.
-    let fields = crate::catalog::check_text("title", assigned.title.as_deref().unwrap_or(""))
-        .and_then(|()| {
-            crate::catalog::check_text("alt_text", assigned.alt_text.as_deref().unwrap_or(""))
-        })
-        .and_then(|()| crate::catalog::normalise_tags(assigned.tags));
-    let tags = match fields {
-        Ok(t) => t,
-        Err(e) => return Err(failed("invalid_field", e.to_string())),
-    };
+    let tags = checked_fields(&assigned)?;
     let id = match id {
         Some(id) => id,
         None => {
-            let Ok(id) = ImageId::generate() else {
-                return Err(failed("internal_error", "id generation failed"));
-            };
-            if let Err(e) = app.catalog.put_source_entry(&uri, &id).await {
-                return Err(failed("storage_error", e.to_string()));
-            }
+            let id = ImageId::generate().map_err(|_| failed("internal_error", "id generation"))?;
+            app.catalog
+                .put_source_entry(&uri, &id)
+                .await
+                .map_err(|e| failed("storage_error", e.to_string()))?;
             id
         }
     };
@@ -550,15 +639,25 @@ pub async fn import_object(app: &App, job: &Job<'_>, item: Listed) -> Result<Out
         info: Some(info),
         source: Some(uri),
     };
-    if let Err(e) = app.catalog.create(&meta, bytes).await {
-        return Err(failed("storage_error", e.to_string()));
-    }
+    app.catalog
+        .create(&meta, bytes)
+        .await
+        .map_err(|e| failed("storage_error", e.to_string()))?;
     audit_import(app, job, &meta, 201);
     Ok(Outcome::Imported {
         id: meta.id,
         owner: meta.owner,
         bytes: len,
     })
+}
+
+/// A manifest's title, alt text and tags, checked against the API's own limits; the tags
+/// normalised.
+fn checked_fields(a: &owners::Assigned) -> Result<Vec<String>, Fail> {
+    crate::catalog::check_text("title", a.title.as_deref().unwrap_or(""))
+        .and_then(|()| crate::catalog::check_text("alt_text", a.alt_text.as_deref().unwrap_or("")))
+        .and_then(|()| crate::catalog::normalise_tags(a.tags.clone()))
+        .map_err(|e| failed("invalid_field", e.to_string()))
 }
 
 /// The `image.import` event of `meta`: actor `system`, naming the operator.

@@ -77,17 +77,7 @@ impl Archive {
     async fn put(&self, key: &str, body: Vec<u8>) {
         match self {
             Archive::Fs(root) => std::fs::write(root.join(key), body).unwrap(),
-            Archive::S3(bucket) => {
-                s3_client()
-                    .await
-                    .put_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .body(body.into())
-                    .send()
-                    .await
-                    .unwrap();
-            }
+            Archive::S3(bucket) => s3_put(&s3_client().await, bucket, key, body).await,
         }
     }
 

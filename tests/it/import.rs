@@ -29,14 +29,7 @@ fn png(seed: u32, side: u32) -> Vec<u8> {
 }
 
 async fn put(client: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec<u8>) {
-    client
-        .put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(body.into())
-        .send()
-        .await
-        .expect("put source object");
+    s3_put(client, bucket, key, body).await;
 }
 
 fn import_cmd(

@@ -1,0 +1,182 @@
+//! Legacy source URLs during a migration: `plain/s3://BUCKET/KEY` (or its base64url form)
+//! under a `sources.legacy` bucket and prefix is served as the image imported from that
+//! object; anything else stays `400 invalid_source`, and no other scheme is ever fetched.
+//!
+//! With `sources.legacy_lazy`, an object not imported yet is imported on its first request,
+//! through the same code as `pixgate import` (the upload's checks, source index, `image.import`
+//! event with operator `legacy_lazy` and the request's id); not charged to a quota (the
+//! transform is, to the mapped owner). Concurrent first requests on one instance import once
+//! (a lock per address stripe, waited for at most [`LOCK_WAIT`], then a re-check). Across
+//! instances two first requests at the same moment may both import (the source-index write is
+//! not create-only): the entry keeps one, the other image stays in its owner's listing.
+//!
+//! The address → image id mapping is the source index `pixgate import` writes
+//! ([`crate::catalog::SourceEntry`]), remembered in `import::legacy::Legacy`'s LRU.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::Ctx;
+use super::error::Error;
+use crate::app::App;
+use crate::auth::Principal;
+use crate::catalog::CatalogError;
+use crate::id::ImageId;
+use crate::import::source::{Listed, S3Source};
+use crate::import::{Checked, Checks, Fail, Job, Outcome};
+use crate::options::SourceRef;
+
+/// How long a lazy import waits for its stripe.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The upload's checks for an import, keeping the last refusal as the HTTP error it is (the
+/// lazy path answers with it; `pixgate import` reports its code).
+pub struct UploadChecks<A> {
+    app: A,
+    last: Mutex<Option<Error>>,
+}
+
+impl<A> UploadChecks<A> {
+    /// Over `app` (`&App`, or `Arc<App>` for a whole import run).
+    pub fn new(app: A) -> UploadChecks<A> {
+        UploadChecks {
+            app,
+            last: Mutex::new(None),
+        }
+    }
+
+    fn take(&self) -> Option<Error> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+#[async_trait]
+impl<A: std::ops::Deref<Target = App> + Send + Sync> Checks for UploadChecks<A> {
+    async fn check(&self, bytes: &Bytes) -> Result<Checked, (&'static str, String)> {
+        match super::images::validate_original(&self.app, bytes, None, || {}).await {
+            Ok((probe, info, sha256)) => Ok(Checked {
+                probe,
+                info,
+                sha256,
+            }),
+            Err(e) => {
+                let refusal = (e.code(), e.to_string());
+                *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Err(refusal)
+            }
+        }
+    }
+}
+
+/// The image an `s3://` source names: `400 invalid_source` outside `sources.legacy`, `404`
+/// when nothing was imported from it (or its image was deleted), unless `sources.legacy_lazy`
+/// imports it now. A bearer caller (`bearer`) must own the object by the entry's owner
+/// mapping before anything is read (`404` otherwise, and nothing is imported on its behalf);
+/// a signed URL is its own authorisation (the operator's key signed it).
+pub async fn resolve(
+    app: &App,
+    bucket: &str,
+    key: &str,
+    bearer: Option<&Principal>,
+    ctx: &Ctx,
+) -> Result<ImageId, Error> {
+    let legacy = &app.legacy;
+    let Some(entry) = legacy.covering(bucket, key) else {
+        return Err(Error::InvalidSource(
+            "this s3:// source is not under sources.legacy".into(),
+        ));
+    };
+    if let Some(p) = bearer
+        && !entry.owners.assign(key).is_ok_and(|a| p.owns(&a.owner))
+    {
+        ctx.set_denied();
+        return Err(Error::NotFound);
+    }
+    let uri = SourceRef::uri(bucket, key);
+    if let Some(id) = legacy.remembered(&uri) {
+        return Ok(id);
+    }
+    if let Some(id) = lookup(app, &uri).await? {
+        return Ok(id);
+    }
+    let Some(lazy) = legacy.lazy() else {
+        return Err(Error::NotFound);
+    };
+    // Bounded: a stripe held by a slow import answers the others `503` after a while.
+    let _one_at_a_time = tokio::time::timeout(LOCK_WAIT, legacy.stripe(&uri).lock())
+        .await
+        .map_err(|_| Error::Overloaded)?;
+    // Another request may have imported it while this one waited.
+    if let Some(id) = lookup(app, &uri).await? {
+        return Ok(id);
+    }
+    let source = S3Source::new(
+        lazy.client.clone(),
+        bucket.to_owned(),
+        String::new(),
+        lazy.timeout,
+    );
+    let checks = UploadChecks::new(app);
+    let job = Job {
+        source: &source,
+        owners: &entry.owners,
+        checks: &checks,
+        dry_run: false,
+        operator: "legacy_lazy",
+        resumed: false,
+        run_id: &ctx.request_id,
+    };
+    let item = Listed {
+        key: key.to_owned(),
+        size: 0,
+    };
+    match crate::import::import_object(app, &job, item).await {
+        Ok(Outcome::Imported { id, .. }) => {
+            tracing::info!(request_id = %ctx.request_id, image = %id, "imported a legacy source on its first request");
+            let id = ImageId::parse(&id).ok_or_else(|| Error::Internal("bad image id".into()))?;
+            legacy.remember(&uri, &id);
+            Ok(id)
+        }
+        // Deleted since (a tombstone), or imported meanwhile by another instance.
+        Ok(_) => lookup(app, &uri).await?.ok_or(Error::NotFound),
+        Err(Fail::Check(..)) => Err(checks
+            .take()
+            .unwrap_or_else(|| Error::Internal("a check failed without its error".into()))),
+        Err(Fail::Code(code, message)) => Err(lazy_error(
+            code,
+            message,
+            app.config.limits.max_source_bytes,
+        )),
+    }
+}
+
+/// The image imported from `uri`, remembered; `None` if there is none.
+async fn lookup(app: &App, uri: &str) -> Result<Option<ImageId>, Error> {
+    match app.catalog.imported(uri).await {
+        Ok(meta) => {
+            let id = ImageId::parse(&meta.id)
+                .ok_or_else(|| Error::Internal("bad image id in a record".into()))?;
+            app.legacy.remember(uri, &id);
+            Ok(Some(id))
+        }
+        Err(CatalogError::NotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A lazy import's own failures as the request's answer: no such object (or no owner for it)
+/// is `404`, too large is `413`, an unreachable source or store is a storage error.
+fn lazy_error(code: &str, message: String, limit: u64) -> Error {
+    match code {
+        "payload_too_large" => Error::PayloadTooLarge { limit },
+        "source_error" | "storage_error" => {
+            Error::from(crate::storage::StorageError::Backend(message))
+        }
+        "internal_error" => Error::Internal(message),
+        "invalid_field" => Error::InvalidField(message),
+        // source_gone, owner_pattern_mismatch, invalid_owner, not_in_manifest
+        _ => Error::NotFound,
+    }
+}
