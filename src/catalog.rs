@@ -118,6 +118,10 @@ pub struct ImageMeta {
 pub struct SourceEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The image's `created_at`, fixed with its id: an import that finishes an interrupted one
+    /// writes the same owner-index key (the index key holds the creation time), not a second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
 }
@@ -129,8 +133,8 @@ pub(crate) async fn tombstone_source(
     uri: &str,
 ) -> Result<(), CatalogError> {
     let tombstone = SourceEntry {
-        id: None,
         deleted: true,
+        ..SourceEntry::default()
     };
     write_source_entry(store, uri, &tombstone).await
 }
@@ -392,10 +396,16 @@ impl Catalog {
         }
     }
 
-    /// Records that `uri` becomes image `id` (before the image is created).
-    pub async fn put_source_entry(&self, uri: &str, id: &ImageId) -> Result<(), CatalogError> {
+    /// Records that `uri` becomes image `id`, created at `created_at` (before the image is).
+    pub async fn put_source_entry(
+        &self,
+        uri: &str,
+        id: &ImageId,
+        created_at: &str,
+    ) -> Result<(), CatalogError> {
         let entry = SourceEntry {
             id: Some(id.to_string()),
+            created_at: Some(created_at.to_owned()),
             deleted: false,
         };
         write_source_entry(self.store.as_ref(), uri, &entry).await

@@ -995,7 +995,10 @@ mod tests {
             source: Some(marked_uri.to_owned()),
             ..meta(&marked, "alice")
         };
-        images.put_source_entry(marked_uri, &marked).await.unwrap();
+        images
+            .put_source_entry(marked_uri, &marked, &marked_meta.created_at)
+            .await
+            .unwrap();
         images
             .create(&marked_meta, Bytes::from_static(b"abc"))
             .await

@@ -533,8 +533,9 @@ async fn one(app: &App, plan: &Plan, item: Listed, resumed: bool, run_id: &str) 
 enum Known {
     /// Nothing to do: imported already, or deleted since.
     Done(Outcome),
-    /// An entry without its image (a run killed between the two): finish under this id.
-    Resume(ImageId),
+    /// An entry without its image (a run killed between the two): finish under this id and
+    /// creation time (so the owner-index key is the one that run may have written).
+    Resume(ImageId, Option<String>),
     New,
 }
 
@@ -551,7 +552,11 @@ async fn known(app: &App, job: &Job<'_>, uri: &str) -> Result<Known, Fail> {
     };
     match entry {
         Some(SourceEntry { deleted: true, .. }) => Ok(skipped("deleted")),
-        Some(SourceEntry { id: Some(id), .. }) => {
+        Some(SourceEntry {
+            id: Some(id),
+            created_at,
+            ..
+        }) => {
             let id = ImageId::parse(&id)
                 .ok_or_else(|| failed("internal_error", "source index entry names a bad id"))?;
             match app.catalog.meta_for_delete(&id).await {
@@ -561,7 +566,7 @@ async fn known(app: &App, job: &Job<'_>, uri: &str) -> Result<Known, Fail> {
                     }
                     Ok(skipped("already_imported"))
                 }
-                Err(CatalogError::NotFound) => Ok(Known::Resume(id)),
+                Err(CatalogError::NotFound) => Ok(Known::Resume(id, created_at)),
                 Err(e) => Err(failed("storage_error", e.to_string())),
             }
         }
@@ -586,7 +591,7 @@ pub async fn import_object(app: &App, job: &Job<'_>, item: Listed) -> Result<Out
     let uri = job.source.uri(&item.key);
     let id = match known(app, job, &uri).await? {
         Known::Done(outcome) => return Ok(outcome),
-        Known::Resume(id) => Some(id),
+        Known::Resume(id, created_at) => Some((id, created_at)),
         Known::New => None,
     };
     let bytes = job.source.read(&item.key, cap).await.map_err(|e| match e {
@@ -612,15 +617,17 @@ pub async fn import_object(app: &App, job: &Job<'_>, item: Listed) -> Result<Out
         });
     }
     let tags = checked_fields(&assigned)?;
-    let id = match id {
-        Some(id) => id,
+    let now = || humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let (id, created_at) = match id {
+        Some((id, created_at)) => (id, created_at.unwrap_or_else(now)),
         None => {
             let id = ImageId::generate().map_err(|_| failed("internal_error", "id generation"))?;
+            let created_at = now();
             app.catalog
-                .put_source_entry(&uri, &id)
+                .put_source_entry(&uri, &id, &created_at)
                 .await
                 .map_err(|e| failed("storage_error", e.to_string()))?;
-            id
+            (id, created_at)
         }
     };
     let meta = ImageMeta {
@@ -631,7 +638,7 @@ pub async fn import_object(app: &App, job: &Job<'_>, item: Listed) -> Result<Out
         height,
         bytes: len,
         sha256,
-        created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        created_at,
         title: assigned.title,
         alt_text: assigned.alt_text,
         tags,

@@ -598,3 +598,41 @@ async fn an_interrupted_import_exits_3_and_the_next_run_finishes_it() {
     assert_eq!(second["scan"]["imported"], 40, "{second}");
     assert_eq!(all_images(&s, &erin).await.len(), 40);
 }
+
+/// An import killed between an image's owner-index entry and its metadata (simulated by removing
+/// the metadata) is finished by the next run under the same id and index entry: the owner
+/// lists the image once.
+#[tokio::test]
+async fn a_resumed_object_keeps_its_id_and_index_entry() {
+    let s = Server::start(Backend::Fs);
+    let env = server_env(Backend::Fs, s.dir.path(), &[]);
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("one.png"), png(5, 8)).unwrap();
+    let fay = unique("fay");
+    let src_arg = src.path().display().to_string();
+    let args = [src_arg.as_str(), "--owner", fay.as_str()];
+    let out = import_cmd(&env, s.dir.path(), &args).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let first = all_images(&s, &fay).await;
+    assert_eq!(first.len(), 1);
+    let id = first[0]["id"].as_str().unwrap().to_owned();
+    let meta = s
+        .dir
+        .path()
+        .join(format!("data/originals/images/{id}/meta.json"));
+    std::fs::remove_file(&meta).unwrap();
+    assert!(
+        all_images(&s, &fay).await.is_empty(),
+        "no metadata, no image"
+    );
+    // Index keys hold the creation second: a rerun in a later second must reuse the first.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let out = import_cmd(&env, s.dir.path(), &args).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let sum = summary(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(sum["run"]["imported"], 1, "{sum}");
+    let again = all_images(&s, &fay).await;
+    assert_eq!(again.len(), 1, "listed once: {again:?}");
+    assert_eq!(again[0]["id"], id.as_str(), "the same id");
+    assert_eq!(again[0]["created_at"], first[0]["created_at"]);
+}
