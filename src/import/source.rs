@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::DisplayErrorContext;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 /// One object a source lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,23 +127,14 @@ impl Source for S3Source {
                     ReadError::Failed(DisplayErrorContext(&e).to_string())
                 }
             })?;
-            let declared = out.content_length().unwrap_or(0).max(0) as u64;
-            if declared > cap {
-                return Err(ReadError::TooLarge { limit: cap });
-            }
-            let mut body = out.body;
-            let mut buf = BytesMut::with_capacity(declared as usize);
-            while let Some(chunk) = body
-                .try_next()
+            crate::storage::read_capped(out, cap)
                 .await
-                .map_err(|e| ReadError::Failed(DisplayErrorContext(&e).to_string()))?
-            {
-                if (buf.len() + chunk.len()) as u64 > cap {
-                    return Err(ReadError::TooLarge { limit: cap });
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            Ok(buf.freeze())
+                .map_err(|e| match e {
+                    crate::storage::StorageError::TooLarge { limit } => {
+                        ReadError::TooLarge { limit }
+                    }
+                    other => ReadError::Failed(other.to_string()),
+                })
         };
         tokio::time::timeout(self.timeout, read)
             .await

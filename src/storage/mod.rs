@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 pub use config::{Backend, Sse, StorageConfig};
 pub use fs::FsStore;
-pub use s3::{S3Store, client_config};
+pub use s3::{S3Store, client_config, read_capped};
 
 /// Which logical bucket an object lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -127,6 +127,31 @@ pub async fn client_config(
         .build()
 }
 
+/// The body of a GET, at most `max_bytes`: refused from `Content-Length` before streaming,
+/// and stopped at the cap while streaming (a lying length cannot make it read more).
+pub async fn read_capped(
+    out: aws_sdk_s3::operation::get_object::GetObjectOutput,
+    max_bytes: u64,
+) -> Result<Bytes, StorageError> {
+    let declared = out.content_length().unwrap_or(0).max(0) as u64;
+    if declared > max_bytes {
+        return Err(StorageError::TooLarge { limit: max_bytes });
+    }
+    let mut body = out.body;
+    let mut buf = BytesMut::with_capacity(declared as usize);
+    while let Some(chunk) = body
+        .try_next()
+        .await
+        .map_err(|e| StorageError::Backend(DisplayErrorContext(&e).to_string()))?
+    {
+        if (buf.len() + chunk.len()) as u64 > max_bytes {
+            return Err(StorageError::TooLarge { limit: max_bytes });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn put(
@@ -164,23 +189,7 @@ impl ObjectStore for S3Store {
             .key(key.as_str());
         with_deadline(self.timeout, async move {
             let out = req.send().await.map_err(sdk_err)?;
-            let declared = out.content_length().unwrap_or(0).max(0) as u64;
-            if declared > max_bytes {
-                return Err(StorageError::TooLarge { limit: max_bytes });
-            }
-            let mut body = out.body;
-            let mut buf = BytesMut::with_capacity(declared as usize);
-            while let Some(chunk) = body
-                .try_next()
-                .await
-                .map_err(|e| StorageError::Backend(DisplayErrorContext(&e).to_string()))?
-            {
-                if (buf.len() + chunk.len()) as u64 > max_bytes {
-                    return Err(StorageError::TooLarge { limit: max_bytes });
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            Ok(buf.freeze())
+            read_capped(out, max_bytes).await
         })
         .await
     }
