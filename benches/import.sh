@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `pixgate import` throughput and memory on this machine: a private Garage with a source bucket
 # of real photos (JPEGs cut from the 12 MP fixture at 800–2400 px, ~0.1–1 MB each, plus the
-# 12 MP original itself) under users/{owner}/…, imported into pixgate's own buckets (copy); then
-# the same photos from a directory into filesystem storage. Prints objects/s, MB/s and the
+# 12 MP original itself) under users/{owner}/…, imported into pixgate's own buckets by copy, then
+# into a second set of buckets in place (`--in-place`: stubs instead of copies); then the same
+# photos from a directory into filesystem storage. Prints objects/s, MB/s and the
 # import process's peak RSS (GNU time) per run, and checks every object was imported.
 #
 #   bash benches/import.sh            # 240 photos, --jobs 4
@@ -53,7 +54,7 @@ bytes=$(du -sb "$work/photos" | cut -f1)
 echo "# $n photos, $((bytes / 1000000)) MB, --jobs $jobs, $(nproc) cores ($(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
 
 # Source and target buckets on one Garage (the copy reads and writes the same service).
-start_garage src px-originals px-derived px-audit
+start_garage src px-originals px-derived px-audit pi-originals pi-derived pi-audit
 ( cd "$work/photos" && find . -type f | sed 's|^\./||' ) | while read -r k; do
   curl -sf -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" --aws-sigv4 "aws:amz:garage:s3" --user "$GARAGE_KEY_ID:$GARAGE_SECRET" \
     -T "$work/photos/$k" "$GARAGE_S3/src/$k" > /dev/null
@@ -85,6 +86,9 @@ print(f"{label:<28} {n / s:7.1f} objects/s {b / s / 1e6:7.1f} MB/s   {s:6.1f} s 
   export PIXGATE__STORAGE__S3_AUDIT_BUCKET=px-audit PIXGATE__STORAGE__FS_ROOT="$work/s3-local"
   export AWS_ACCESS_KEY_ID=$GARAGE_KEY_ID AWS_SECRET_ACCESS_KEY=$GARAGE_SECRET AWS_EC2_METADATA_DISABLED=true
   run "S3 -> S3 (Garage), copy" "s3://src/"
+  export PIXGATE__STORAGE__S3_BUCKET=pi-originals PIXGATE__STORAGE__S3_DERIVED_BUCKET=pi-derived
+  export PIXGATE__STORAGE__S3_AUDIT_BUCKET=pi-audit PIXGATE__STORAGE__FS_ROOT="$work/s3-local-inplace"
+  run "S3 (Garage), in place" "s3://src/" --in-place
 )
 (
   export PIXGATE__STORAGE__FS_ROOT="$work/fs"

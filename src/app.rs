@@ -74,7 +74,7 @@ impl App {
         let engine = crate::render::engine(&config, image_limits)?;
         let limiter = Limiter::new(&config.limits, &config.redis, redis, &metrics);
         limiter.warm_up().await;
-        let catalog = Catalog::new(store.clone(), l.max_source_bytes);
+        let (catalog, foreign) = catalog(&config, &store).await;
         let c = &config.cache;
         let derived = Arc::new(DerivedStore::new(
             store.clone(),
@@ -124,7 +124,7 @@ impl App {
             parse_limits: config.parse_limits(),
             legacy: crate::import::legacy::Legacy::new(
                 config.sources.resolved().map_err(|e| e.to_string())?,
-                legacy_lazy(&config).await,
+                legacy_lazy(&config, foreign.as_deref()),
             ),
             config,
         })
@@ -182,17 +182,33 @@ impl Apply for App {
     }
 }
 
+/// The catalog, with the reader of in-place originals: the storage's own S3 service, which
+/// lazy legacy imports read too (returned for them).
+async fn catalog(
+    config: &Config,
+    store: &Arc<dyn ObjectStore>,
+) -> (Catalog, Option<Arc<crate::storage::foreign::S3Foreign>>) {
+    let foreign = crate::storage::foreign::S3Foreign::from_config(&config.storage)
+        .await
+        .map(Arc::new);
+    let catalog = Catalog::new(store.clone(), config.limits.max_source_bytes).with_foreign(
+        foreign
+            .clone()
+            .map(|f| f as Arc<dyn crate::storage::foreign::Foreign>),
+    );
+    (catalog, foreign)
+}
+
 /// `sources.legacy_lazy`: lazy imports read the legacy buckets from the storage's S3 service
 /// (validation makes sure the backend is S3).
-async fn legacy_lazy(config: &Config) -> Option<crate::import::legacy::Lazy> {
-    let s = &config.storage;
-    if !config.sources.legacy_lazy || s.backend != Backend::S3 {
-        return None;
-    }
-    let conf = crate::storage::client_config(s, &s.s3_endpoint, &s.s3_region, None).await;
+fn legacy_lazy(
+    config: &Config,
+    foreign: Option<&crate::storage::foreign::S3Foreign>,
+) -> Option<crate::import::legacy::Lazy> {
+    let foreign = foreign.filter(|_| config.sources.legacy_lazy)?;
     Some(crate::import::legacy::Lazy {
-        client: aws_sdk_s3::Client::from_conf(conf),
-        timeout: Duration::from_secs(s.timeout_secs),
+        client: foreign.client().clone(),
+        timeout: foreign.timeout(),
     })
 }
 

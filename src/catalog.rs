@@ -1,7 +1,9 @@
 //! Image records over the object store: originals, their metadata, and each owner's index.
 //!
 //! Layout in the originals bucket:
-//! - `images/{id}/original` — the uploaded bytes, unchanged;
+//! - `images/{id}/original` — the uploaded bytes, unchanged; or, for an original imported in
+//!   place (`pixgate import --in-place`), a reference stub naming the foreign object
+//!   ([`crate::storage::foreign`]), which [`Catalog::original`] resolves;
 //! - `images/{id}/meta.json` — [`ImageMeta`]; an image exists exactly when this exists;
 //! - `users/{user}/images/{inverted created_at}-{id}` — the owner's index (empty objects), so
 //!   listing is one prefix listing, newest first, paginated by `start_after`.
@@ -25,6 +27,7 @@ use serde_json::Value;
 
 use crate::id::{ImageId, user_segment};
 use crate::image::ImageFormat;
+use crate::storage::foreign::{self, Foreign, ForeignError, Reference};
 use crate::storage::{Bucket, ObjectKey, ObjectStore, StorageError};
 
 /// Metadata cap: a record is a few hundred bytes (a few KB with full titles and tags).
@@ -51,6 +54,12 @@ pub enum CatalogError {
     Storage(StorageError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// An in-place original (`pixgate import --in-place`) is gone from its bucket.
+    #[error("the referenced original is gone")]
+    SourceGone,
+    /// An in-place original was replaced since it was imported and validated.
+    #[error("the referenced original changed since it was imported")]
+    SourceChanged,
 }
 
 impl From<StorageError> for CatalogError {
@@ -108,6 +117,10 @@ pub struct ImageMeta {
     /// image is deleted ([`SourceEntry`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// `pixgate import --in-place`: the original is this foreign object, not a copy (the
+    /// stub at `images/{id}/original` says the same; this copy is what deletes read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
 }
 
 /// An entry of the source index, `sources/{sha256(uri)}.json`: the image an imported object
@@ -154,6 +167,14 @@ async fn write_source_entry(
         )
         .await
         .map_err(CatalogError::from)
+}
+
+fn imported_entry(id: &ImageId, created_at: &str) -> SourceEntry {
+    SourceEntry {
+        id: Some(id.to_string()),
+        created_at: Some(created_at.to_owned()),
+        deleted: false,
+    }
 }
 
 fn source_key(uri: &str) -> Result<ObjectKey, CatalogError> {
@@ -282,6 +303,8 @@ pub struct Page {
 #[derive(Clone)]
 pub struct Catalog {
     store: Arc<dyn ObjectStore>,
+    /// Reads (and, for owned references, deletes) in-place originals; `None` without S3.
+    foreign: Option<Arc<dyn Foreign>>,
     max_source_bytes: u64,
     locks: Arc<Vec<tokio::sync::Mutex<()>>>,
 }
@@ -324,9 +347,16 @@ impl Catalog {
     pub fn new(store: Arc<dyn ObjectStore>, max_source_bytes: u64) -> Catalog {
         Catalog {
             store,
+            foreign: None,
             max_source_bytes,
             locks: Arc::new((0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect()),
         }
+    }
+
+    /// With the reader of in-place originals.
+    pub fn with_foreign(mut self, foreign: Option<Arc<dyn Foreign>>) -> Catalog {
+        self.foreign = foreign;
+        self
     }
 
     fn lock_for(&self, id: &ImageId) -> &tokio::sync::Mutex<()> {
@@ -340,6 +370,27 @@ impl Catalog {
     /// Stores an original, its index entry and then its metadata; returns only when all are
     /// durable. On failure nothing stays behind.
     pub async fn create(&self, meta: &ImageMeta, original: Bytes) -> Result<(), CatalogError> {
+        self.create_with(meta, original, meta.format.mime()).await
+    }
+
+    /// As [`Catalog::create`], for an original referenced in place (`meta.reference`): its
+    /// stub takes the original's place.
+    pub async fn create_in_place(&self, meta: &ImageMeta) -> Result<(), CatalogError> {
+        let r = meta
+            .reference
+            .as_ref()
+            .ok_or_else(|| CatalogError::Internal("in-place image without a reference".into()))?;
+        let stub = foreign::stub(r).map_err(CatalogError::Internal)?;
+        self.create_with(meta, stub, foreign::STUB_CONTENT_TYPE)
+            .await
+    }
+
+    async fn create_with(
+        &self,
+        meta: &ImageMeta,
+        original: Bytes,
+        content_type: &str,
+    ) -> Result<(), CatalogError> {
         let id = ImageId::parse(&meta.id)
             .ok_or_else(|| CatalogError::Internal("bad image id".into()))?;
         let original_key = key(&id, "original")?;
@@ -348,7 +399,7 @@ impl Catalog {
         let json = serde_json::to_vec(meta).map_err(|e| CatalogError::Internal(e.to_string()))?;
         let mut written: Vec<&ObjectKey> = Vec::new();
         let steps: [(&ObjectKey, Bytes, &str); 3] = [
-            (&original_key, original, meta.format.mime()),
+            (&original_key, original, content_type),
             (&index, Bytes::new(), "application/octet-stream"),
             (&meta_key, Bytes::from(json), "application/json"),
         ];
@@ -403,12 +454,29 @@ impl Catalog {
         id: &ImageId,
         created_at: &str,
     ) -> Result<(), CatalogError> {
-        let entry = SourceEntry {
-            id: Some(id.to_string()),
-            created_at: Some(created_at.to_owned()),
-            deleted: false,
-        };
-        write_source_entry(self.store.as_ref(), uri, &entry).await
+        write_source_entry(self.store.as_ref(), uri, &imported_entry(id, created_at)).await
+    }
+
+    /// As [`Catalog::put_source_entry`], only if `uri` has no entry yet (create-only, see
+    /// [`ObjectStore::put_if_absent`]): `false` if another importer (or a delete's tombstone)
+    /// holds it.
+    pub async fn claim_source(
+        &self,
+        uri: &str,
+        id: &ImageId,
+        created_at: &str,
+    ) -> Result<bool, CatalogError> {
+        let json = serde_json::to_vec(&imported_entry(id, created_at))
+            .map_err(|e| CatalogError::Internal(e.to_string()))?;
+        self.store
+            .put_if_absent(
+                Bucket::Originals,
+                &source_key(uri)?,
+                Bytes::from(json),
+                "application/json",
+            )
+            .await
+            .map_err(CatalogError::from)
     }
 
     /// The image imported from `uri`; `NotFound` if none was (or it was deleted).
@@ -439,16 +507,30 @@ impl Catalog {
         read_meta_any(self.store.as_ref(), id).await
     }
 
-    /// The original bytes of an image.
+    /// The original bytes of an image (for one referenced in place, the foreign object's,
+    /// exactly the version that was validated).
     pub async fn original(&self, id: &ImageId) -> Result<Bytes, CatalogError> {
-        Ok(self
+        let bytes = self
             .store
             .get(
                 Bucket::Originals,
                 &key(id, "original")?,
                 self.max_source_bytes,
             )
-            .await?)
+            .await?;
+        let Some(reference) = foreign::parse_stub(&bytes) else {
+            return Ok(bytes);
+        };
+        let r = reference.map_err(|e| CatalogError::Corrupt(format!("original of {id}: {e}")))?;
+        let foreign = self.foreign.as_ref().ok_or_else(no_foreign)?;
+        foreign
+            .read(&r, self.max_source_bytes)
+            .await
+            .map_err(|e| match e {
+                ForeignError::Gone => CatalogError::SourceGone,
+                ForeignError::Changed => CatalogError::SourceChanged,
+                ForeignError::Storage(e) => CatalogError::Storage(e),
+            })
     }
 
     /// Whether the original of `id` still exists. Deletes remove the original first, so a
@@ -650,13 +732,7 @@ impl Catalog {
                 )
                 .await?;
         }
-        // An imported image: never imported again (nor served by its legacy URL).
-        if let Some(uri) = &meta.source {
-            tombstone_source(self.store.as_ref(), uri).await?;
-        }
-        self.store
-            .delete(Bucket::Originals, &key(&id, "original")?)
-            .await?;
+        release_original(self.store.as_ref(), self.foreign.as_deref(), &id, meta).await?;
         self.delete_prefix(Bucket::Derived, &derived_prefix(&id))
             .await?;
         self.store
@@ -683,6 +759,37 @@ impl Catalog {
         }
         Ok(())
     }
+}
+
+fn no_foreign() -> CatalogError {
+    CatalogError::Storage(StorageError::Backend(
+        "an in-place original needs storage.backend = \"s3\"".into(),
+    ))
+}
+
+/// A delete's step after its marker, shared with `fsck`: an imported image's source entry
+/// becomes a tombstone (never imported again, nor served by its legacy URL); an owned
+/// in-place original is deleted from its bucket if still the imported version (a foreign
+/// object that is not owned is never touched); then `images/{id}/original` goes.
+pub(crate) async fn release_original(
+    store: &dyn ObjectStore,
+    foreign: Option<&dyn Foreign>,
+    id: &ImageId,
+    meta: &ImageMeta,
+) -> Result<(), CatalogError> {
+    if let Some(uri) = &meta.source {
+        tombstone_source(store, uri).await?;
+    }
+    if let Some(r) = meta.reference.as_ref().filter(|r| r.owned) {
+        let foreign = foreign.ok_or_else(no_foreign)?;
+        if !foreign.delete_if_unchanged(r).await? {
+            tracing::warn!(image = %id, "owned in-place original changed or gone: left alone");
+        }
+    }
+    store
+        .delete(Bucket::Originals, &key(id, "original")?)
+        .await?;
+    Ok(())
 }
 
 /// The metadata of a live image: `NotFound` also while (or after) a delete marked it.
@@ -741,6 +848,7 @@ mod tests {
             deleting: false,
             info: None,
             source: None,
+            reference: None,
         }
     }
 
@@ -877,6 +985,125 @@ mod tests {
             .unwrap();
         assert_eq!(catalog.meta(&id).await.unwrap(), meta);
         assert_eq!(catalog.original(&id).await.unwrap(), &b"abc"[..]);
+    }
+
+    /// Foreign objects in memory: (bucket, key) → (etag, bytes); deletes are recorded.
+    #[derive(Default)]
+    struct FakeForeign {
+        objects: std::sync::Mutex<std::collections::HashMap<(String, String), (String, Bytes)>>,
+    }
+
+    impl FakeForeign {
+        fn set(&self, key: &str, etag: &str, bytes: &'static [u8]) {
+            let k = ("photos".to_owned(), key.to_owned());
+            let v = (etag.to_owned(), Bytes::from_static(bytes));
+            self.objects.lock().unwrap().insert(k, v);
+        }
+
+        fn has(&self, key: &str) -> bool {
+            let k = ("photos".to_owned(), key.to_owned());
+            self.objects.lock().unwrap().contains_key(&k)
+        }
+    }
+
+    #[async_trait]
+    impl Foreign for FakeForeign {
+        async fn read(&self, r: &Reference, cap: u64) -> Result<Bytes, ForeignError> {
+            let k = (r.bucket.clone(), r.key.clone());
+            match self.objects.lock().unwrap().get(&k) {
+                None => Err(ForeignError::Gone),
+                Some((etag, b)) if *etag != r.etag || b.len() as u64 > cap => {
+                    Err(ForeignError::Changed)
+                }
+                Some((_, b)) => Ok(b.clone()),
+            }
+        }
+
+        async fn delete_if_unchanged(&self, r: &Reference) -> Result<bool, StorageError> {
+            let k = (r.bucket.clone(), r.key.clone());
+            let mut objects = self.objects.lock().unwrap();
+            if objects.get(&k).is_some_and(|(etag, _)| *etag == r.etag) {
+                objects.remove(&k);
+                return Ok(true);
+            }
+            Ok(false)
+        }
+    }
+
+    fn in_place_meta(key: &str, owned: bool) -> ImageMeta {
+        let id = ImageId::generate().unwrap();
+        ImageMeta {
+            source: Some(format!("s3://photos/{key}")),
+            reference: Some(Reference {
+                bucket: "photos".into(),
+                key: key.into(),
+                etag: "\"v1\"".into(),
+                bytes: 3,
+                owned,
+            }),
+            ..sample_meta(&id)
+        }
+    }
+
+    /// An in-place original is read from its bucket, only as the version imported; deletes
+    /// never touch it unless owned (and then only that version); the stub is what the
+    /// originals bucket holds.
+    #[tokio::test]
+    async fn in_place_originals_are_pinned_and_deleted_only_when_owned() {
+        let (_dir, store) = crate::storage::temp_store();
+        let foreign = Arc::new(FakeForeign::default());
+        let catalog = Catalog::new(store.clone(), 1024)
+            .with_foreign(Some(foreign.clone() as Arc<dyn Foreign>));
+        let ids = |m: &ImageMeta| ImageId::parse(&m.id).unwrap();
+        // Not owned: read through, then a delete leaves the foreign object.
+        let kept = in_place_meta("a.png", false);
+        foreign.set("a.png", "\"v1\"", b"abc");
+        catalog.create_in_place(&kept).await.unwrap();
+        assert_eq!(catalog.original(&ids(&kept)).await.unwrap(), &b"abc"[..]);
+        let stub = store
+            .get(
+                Bucket::Originals,
+                &key(&ids(&kept), "original").unwrap(),
+                4096,
+            )
+            .await
+            .unwrap();
+        assert!(stub.starts_with(foreign::STUB_MAGIC), "a stub, not a copy");
+        catalog.delete(&kept).await.unwrap();
+        assert!(foreign.has("a.png"), "never touched without --owned");
+        assert!(matches!(
+            catalog.meta(&ids(&kept)).await,
+            Err(CatalogError::NotFound)
+        ));
+        // Replaced after import: refused, never read unvalidated; gone: its own error.
+        let changed = in_place_meta("b.png", true);
+        foreign.set("b.png", "\"v1\"", b"abc");
+        catalog.create_in_place(&changed).await.unwrap();
+        foreign.set("b.png", "\"v2\"", b"xyz");
+        assert!(matches!(
+            catalog.original(&ids(&changed)).await,
+            Err(CatalogError::SourceChanged)
+        ));
+        // Owned but changed: the delete finishes and leaves the new version alone.
+        catalog.delete(&changed).await.unwrap();
+        assert!(foreign.has("b.png"));
+        let owned = in_place_meta("c.png", true);
+        catalog.create_in_place(&owned).await.unwrap();
+        assert!(matches!(
+            catalog.original(&ids(&owned)).await,
+            Err(CatalogError::SourceGone)
+        ));
+        foreign.set("c.png", "\"v1\"", b"abc");
+        catalog.delete(&owned).await.unwrap();
+        assert!(!foreign.has("c.png"), "owned: deleted with the image");
+        // Without an S3 service configured, the original cannot be read (a clear error).
+        let other = in_place_meta("d.png", false);
+        let plain = Catalog::new(store.clone(), 1024);
+        plain.create_in_place(&other).await.unwrap();
+        assert!(matches!(
+            plain.original(&ids(&other)).await,
+            Err(CatalogError::Storage(StorageError::Backend(_)))
+        ));
     }
 
     #[tokio::test]

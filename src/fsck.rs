@@ -59,6 +59,7 @@ use crate::auth::api_keys::{self, ApiKeyRecord};
 use crate::catalog;
 use crate::catalog::CatalogError;
 use crate::id::ImageId;
+use crate::storage::foreign::Foreign;
 use crate::storage::{Bucket, ObjectKey, ObjectStore, StorageError};
 
 /// Default grace period: far beyond the seconds an upload or delete takes, short enough that
@@ -196,12 +197,14 @@ impl FsckReport {
 /// only if the store is unreachable at the start; later failures are collected in the report.
 pub async fn fsck(
     store: &dyn ObjectStore,
+    foreign: Option<&dyn Foreign>,
     opts: &FsckOptions,
     progress: &mut (dyn FnMut(&str, u64) + Send),
 ) -> Result<FsckReport, CatalogError> {
     store.check().await?;
     let mut run = Run {
         store,
+        foreign,
         repair: opts.repair,
         // Fixed at the start: whatever is written during a long run stays younger than this.
         cutoff: SystemTime::now()
@@ -378,6 +381,7 @@ enum Step {
 /// (`Step::Derived`).
 async fn finish_delete(
     store: &dyn ObjectStore,
+    foreign: Option<&dyn Foreign>,
     id: &ImageId,
     from: Step,
 ) -> Result<bool, CatalogError> {
@@ -397,12 +401,13 @@ async fn finish_delete(
             if !listed(store, Bucket::Originals, &marker).await? {
                 return Ok(false);
             }
-            // The delete may have been killed before its tombstone: an imported image's
-            // source entry must not lead a later import back to it.
-            if let Some(uri) = meta.as_ref().and_then(|m| m.source.as_deref()) {
-                catalog::tombstone_source(store, uri).await?;
+            match &meta {
+                // The delete may have been killed before its tombstone (an imported image's
+                // source entry must not lead a later import back to it), or before an owned
+                // in-place original was deleted: the same step as the delete's.
+                Some(m) => catalog::release_original(store, foreign, id, m).await?,
+                None => store.delete(Bucket::Originals, &original).await?,
             }
-            store.delete(Bucket::Originals, &original).await?;
         }
         Step::Derived => {
             if listed(store, Bucket::Originals, &original).await? {
@@ -448,6 +453,8 @@ async fn remove_orphan(
 /// One run's state. Two lifetimes: the callback's trait object keeps the caller's.
 struct Run<'a, 'p> {
     store: &'a dyn ObjectStore,
+    /// Owned in-place originals of interrupted deletes are deleted through it.
+    foreign: Option<&'a dyn Foreign>,
     repair: bool,
     /// Objects modified at or after this are recent.
     cutoff: SystemTime,
@@ -581,7 +588,7 @@ impl Run<'_, '_> {
             let kind = Kind::InterruptedDelete;
             let marker = format!("images/{id}/{}", catalog::DELETING_MARKER);
             if self.orphan(kind, marked, &marker) && self.repair {
-                let r = finish_delete(self.store, &id, Step::Original).await;
+                let r = finish_delete(self.store, self.foreign, &id, Step::Original).await;
                 self.outcome(kind, &format!("images/{id}/"), r);
             }
             return;
@@ -599,7 +606,7 @@ impl Run<'_, '_> {
             (None, Some(modified)) => {
                 let kind = Kind::MetaWithoutOriginal;
                 if self.orphan(kind, modified, &format!("images/{id}/meta.json")) && self.repair {
-                    let r = finish_delete(self.store, &id, Step::Derived).await;
+                    let r = finish_delete(self.store, self.foreign, &id, Step::Derived).await;
                     self.outcome(kind, &format!("images/{id}/"), r);
                 }
             }
@@ -865,6 +872,7 @@ mod tests {
             deleting: false,
             info: None,
             source: None,
+            reference: None,
         }
     }
 
@@ -921,7 +929,7 @@ mod tests {
             repair,
             ..FsckOptions::default()
         };
-        let report = fsck(store, &opts, &mut |phase: &str, _scanned: u64| {
+        let report = fsck(store, None, &opts, &mut |phase: &str, _scanned: u64| {
             if phases.last().is_none_or(|p| p != phase) {
                 phases.push(phase.to_owned());
             }
@@ -1196,7 +1204,9 @@ mod tests {
             repair: true,
             min_age: Duration::ZERO,
         };
-        let r = fsck(s, &opts, &mut |_: &str, _: u64| {}).await.unwrap();
+        let r = fsck(s, None, &opts, &mut |_: &str, _: u64| {})
+            .await
+            .unwrap();
         assert_eq!(r.skipped_recent, 0, "{r:?}");
         // Five, not six: the derived result goes with the original it belongs to.
         assert_eq!(r.found(Kind::DerivedOfDeletedImage), 0, "{r:?}");

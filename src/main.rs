@@ -153,6 +153,16 @@ struct ImportArgs {
     /// Recorded as the operator in each `image.import` audit event (default: `$USER`).
     #[arg(long)]
     operator: Option<String>,
+    /// Reference each source object read-only instead of copying it: reads are pinned to the
+    /// ETag that was validated. Needs `storage.backend = "s3"` and a bucket of that same service,
+    /// read with the storage's own credentials (the server reads it later with them).
+    #[arg(long)]
+    in_place: bool,
+    /// With `--in-place`: the source objects are pixgate's, so deleting an image (by its
+    /// owner, an erasure or an admin) deletes its source object too. Without it, they are
+    /// never touched.
+    #[arg(long, requires = "in_place")]
+    owned: bool,
 }
 
 #[derive(Subcommand)]
@@ -399,6 +409,10 @@ fn fsck(file: Option<PathBuf>, repair: bool, min_age: &str) -> Result<bool, Stri
     let started = std::time::Instant::now();
     let report = runtime.block_on(async move {
         let store = pixgate::app::store(&config).await?;
+        let foreign = pixgate::storage::foreign::S3Foreign::from_config(&config.storage).await;
+        let foreign = foreign
+            .as_ref()
+            .map(|f| f as &dyn pixgate::storage::foreign::Foreign);
         let opts = pixgate::fsck::FsckOptions { repair, min_age };
         let mut progress = |phase: &str, scanned: u64| {
             if terminal {
@@ -409,7 +423,7 @@ fn fsck(file: Option<PathBuf>, repair: bool, min_age: &str) -> Result<bool, Stri
                 }
             }
         };
-        pixgate::fsck::fsck(store.as_ref(), &opts, &mut progress)
+        pixgate::fsck::fsck(store.as_ref(), foreign, &opts, &mut progress)
             .await
             .map_err(|e| format!("fsck: {e}"))
     })?;
@@ -456,6 +470,11 @@ fn import(args: ImportArgs) -> Result<u8, String> {
             jobs: args.jobs.clamp(1, capacity.max(1)),
             rate: args.rate,
             dry_run: args.dry_run,
+            mode: if args.in_place {
+                pixgate::import::Mode::InPlace { owned: args.owned }
+            } else {
+                pixgate::import::Mode::Copy
+            },
             operator,
         };
         let mut out = ImportOutput {
@@ -579,6 +598,9 @@ async fn import_source(
     use pixgate::import::source::{DirSource, S3Source, parse_s3};
     if let Some((bucket, prefix)) = parse_s3(&args.source) {
         let s = &config.storage;
+        if args.in_place {
+            check_in_place(args, config, &bucket)?;
+        }
         let endpoint = args
             .endpoint
             .clone()
@@ -602,9 +624,33 @@ async fn import_source(
     if args.source.contains("://") {
         return Err("SOURCE must be s3://BUCKET/PREFIX or a local directory".into());
     }
+    if args.in_place {
+        return Err("--in-place needs an s3:// source (a directory is always copied)".into());
+    }
     Ok(Arc::new(DirSource::new(std::path::Path::new(
         &args.source,
     ))?))
+}
+
+/// `--in-place`: the server must be able to read the source later, with the storage's own
+/// service and credentials, and the source must not be pixgate's own layout.
+fn check_in_place(args: &ImportArgs, config: &Config, bucket: &str) -> Result<(), String> {
+    let s = &config.storage;
+    if s.backend != pixgate::storage::Backend::S3 {
+        return Err("--in-place needs storage.backend = \"s3\"".into());
+    }
+    let other_service = args.endpoint.as_ref().is_some_and(|e| *e != s.s3_endpoint)
+        || args.region.as_ref().is_some_and(|r| *r != s.s3_region)
+        || std::env::var_os("PIXGATE_IMPORT_ACCESS_KEY_ID").is_some();
+    if other_service {
+        return Err("--in-place reads the source with the storage's own endpoint and credentials (the server reads it later with them): drop --endpoint, --region and PIXGATE_IMPORT_* or import by copy".into());
+    }
+    if [&s.s3_bucket, &s.s3_derived_bucket, &s.s3_audit_bucket].contains(&&bucket.to_owned()) {
+        return Err(format!(
+            "--in-place: {bucket} is one of pixgate's own buckets"
+        ));
+    }
+    Ok(())
 }
 
 fn init_tracing(config: &Config) {

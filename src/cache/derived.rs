@@ -325,6 +325,7 @@ mod tests {
             deleting: false,
             info: None,
             source: None,
+            reference: None,
         }
     }
 

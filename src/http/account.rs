@@ -278,6 +278,15 @@ async fn write_originals(
                 Ok(b) => b,
                 // Deleted since it was listed: not part of the export.
                 Err(crate::catalog::CatalogError::NotFound) => continue,
+                // An in-place original gone from (or replaced in) its bucket: the manifest
+                // lists the image, `images/` cannot hold what pixgate no longer has.
+                Err(
+                    crate::catalog::CatalogError::SourceGone
+                    | crate::catalog::CatalogError::SourceChanged,
+                ) => {
+                    tracing::warn!(image = %id, "export: the in-place original is gone or changed");
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             };
             let name = format!("images/{}.{}", meta.id, meta.format.as_str());

@@ -84,6 +84,12 @@ pub enum Error {
     /// a regular file): the operator's problem, reported with a stable code (`pixgate fsck`).
     #[error("stored object damaged: {0}")]
     StorageCorrupt(String),
+    /// An in-place original (`pixgate import --in-place`) is gone from its bucket.
+    #[error("the original this image references is gone")]
+    SourceGone,
+    /// An in-place original was replaced after its import: never decoded unvalidated.
+    #[error("the original this image references changed since it was imported")]
+    SourceChanged,
     #[error("image has more than {limit} animation frames")]
     TooManyFrames { limit: u64 },
     /// The encoded result passed `limits.max_result_bytes` (an animation, mostly).
@@ -115,8 +121,10 @@ impl Error {
             | Error::Forbidden(_)
             | Error::InsufficientScope(_)
             | Error::CorsForbidden => StatusCode::FORBIDDEN,
-            Error::TooManyApiKeys { .. } | Error::ExportInProgress => StatusCode::CONFLICT,
-            Error::UrlExpired => StatusCode::GONE,
+            Error::TooManyApiKeys { .. } | Error::ExportInProgress | Error::SourceChanged => {
+                StatusCode::CONFLICT
+            }
+            Error::UrlExpired | Error::SourceGone => StatusCode::GONE,
             Error::UnknownOption(_)
             | Error::InvalidOption(_)
             | Error::InvalidSource(_)
@@ -169,6 +177,8 @@ impl Error {
             Error::TooManyPixels { .. } => "too_many_pixels",
             Error::DimensionTooLarge { .. } => "dimension_too_large",
             Error::StorageCorrupt(_) => "storage_corrupt",
+            Error::SourceGone => "source_gone",
+            Error::SourceChanged => "source_changed",
             Error::TooManyFrames { .. } => "too_many_frames",
             Error::ResultTooManyBytes { .. } => "result_too_many_bytes",
             Error::InvalidImage(_) => "invalid_image",
@@ -205,7 +215,9 @@ impl Error {
             | Error::QuotaExceeded(_)
             | Error::RateLimited(_) => Category::Limit,
             Error::Overloaded | Error::Timeout => Category::Overload,
-            Error::StorageUnavailable(_) => Category::Upstream,
+            Error::StorageUnavailable(_) | Error::SourceGone | Error::SourceChanged => {
+                Category::Upstream
+            }
             Error::Internal(_) | Error::StorageCorrupt(_) => Category::Internal,
             _ => Category::Client,
         }
@@ -275,6 +287,8 @@ impl From<CatalogError> for Error {
             CatalogError::Corrupt(m) => Error::StorageCorrupt(m),
             CatalogError::Storage(e) => Error::from(e),
             CatalogError::Internal(m) => Error::Internal(m),
+            CatalogError::SourceGone => Error::SourceGone,
+            CatalogError::SourceChanged => Error::SourceChanged,
         }
     }
 }

@@ -96,6 +96,12 @@ async fn owned(
 /// `blurhash`, `lqip`, …) at the top level, as `/info` answers them.
 pub(crate) fn meta_json(meta: &ImageMeta) -> Value {
     let mut v = serde_json::to_value(meta).unwrap_or_default();
+    // Where an in-place original lives is the operator's business: only that it is one shows.
+    if let Some(o) = v.as_object_mut()
+        && o.remove("reference").is_some()
+    {
+        o.insert("in_place".into(), Value::Bool(true));
+    }
     if let Some(Value::Object(info)) = v.as_object_mut().and_then(|o| o.remove("info"))
         && let Some(o) = v.as_object_mut()
     {
@@ -155,6 +161,7 @@ pub async fn create(
         deleting: false,
         info: Some(info),
         source: None,
+        reference: None,
     };
     // The durable write runs in its own task: if this request is cancelled (deadline, client
     // reset), the write and its cleanup still finish instead of stopping half-way.

@@ -7,8 +7,10 @@
 //! event with operator `legacy_lazy` and the request's id); not charged to a quota (the
 //! transform is, to the mapped owner). Concurrent first requests on one instance import once
 //! (a lock per address stripe, waited for at most [`LOCK_WAIT`], then a re-check). Across
-//! instances two first requests at the same moment may both import (the source-index write is
-//! not create-only): the entry keeps one, the other image stays in its owner's listing.
+//! instances the source entry is claimed create-only (`Catalog::claim_source`): the request
+//! that loses the claim waits for the winner's image (at most [`LOCK_WAIT`], then `503`). On a
+//! service that ignores create-only writes (Garage), the importer whose claim was overwritten
+//! removes its image again once it sees the entry name another (`import::import_object`).
 //!
 //! The address → image id mapping is the source index `pixgate import` writes
 //! ([`crate::catalog::SourceEntry`]), remembered in `import::legacy::Legacy`'s LRU.
@@ -30,6 +32,8 @@ use crate::options::SourceRef;
 
 /// How long a lazy import waits for its stripe.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a request waiting for another instance's import of its object looks again.
+const POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The upload's checks for an import, keeping the last refusal as the HTTP error it is (the
 /// lazy path answers with it; `pixgate import` reports its code).
@@ -124,6 +128,7 @@ pub async fn resolve(
         owners: &entry.owners,
         checks: &checks,
         dry_run: false,
+        mode: crate::import::Mode::Copy,
         operator: "legacy_lazy",
         resumed: false,
         run_id: &ctx.request_id,
@@ -132,15 +137,31 @@ pub async fn resolve(
         key: key.to_owned(),
         size: 0,
     };
-    match crate::import::import_object(app, &job, item).await {
+    let outcome = crate::import::import_object(app, &job, item).await;
+    lazy_outcome(app, &uri, outcome, &checks, ctx).await
+}
+
+/// A lazy import's result as the request's image, or its error.
+async fn lazy_outcome(
+    app: &App,
+    uri: &str,
+    outcome: Result<Outcome, Fail>,
+    checks: &UploadChecks<&App>,
+    ctx: &Ctx,
+) -> Result<ImageId, Error> {
+    match outcome {
         Ok(Outcome::Imported { id, .. }) => {
             tracing::info!(request_id = %ctx.request_id, image = %id, "imported a legacy source on its first request");
             let id = ImageId::parse(&id).ok_or_else(|| Error::Internal("bad image id".into()))?;
-            legacy.remember(&uri, &id);
+            app.legacy.remember(uri, &id);
             Ok(id)
         }
+        // Claimed first by another instance, whose import may still be running: its image.
+        Ok(Outcome::Skipped { reason }) if reason == crate::import::CLAIMED_ELSEWHERE => {
+            imported_elsewhere(app, uri).await
+        }
         // Deleted since (a tombstone), or imported meanwhile by another instance.
-        Ok(_) => lookup(app, &uri).await?.ok_or(Error::NotFound),
+        Ok(_) => lookup(app, uri).await?.ok_or(Error::NotFound),
         Err(Fail::Check(..)) => Err(checks
             .take()
             .unwrap_or_else(|| Error::Internal("a check failed without its error".into()))),
@@ -149,6 +170,21 @@ pub async fn resolve(
             message,
             app.config.limits.max_source_bytes,
         )),
+    }
+}
+
+/// The image another instance is importing from `uri`, once it exists: looked up every
+/// [`POLL`] for at most [`LOCK_WAIT`], then `503` (the client retries; its import goes on).
+async fn imported_elsewhere(app: &App, uri: &str) -> Result<ImageId, Error> {
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        if let Some(id) = lookup(app, uri).await? {
+            return Ok(id);
+        }
+        if tokio::time::Instant::now() + POLL > deadline {
+            return Err(Error::Overloaded);
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::App;
 use crate::catalog::{CatalogError, ImageMeta, SourceEntry};
 use crate::id::ImageId;
+use crate::storage::foreign::Reference;
 use crate::storage::{Bucket, ObjectKey, StorageError};
 use owners::Owners;
 use source::{Listed, ReadError, Source};
@@ -62,8 +63,19 @@ pub struct Plan {
     pub rate: Option<f64>,
     /// Read and validate, write nothing.
     pub dry_run: bool,
+    pub mode: Mode,
     /// Who ran it (recorded in each `image.import` event).
     pub operator: String,
+}
+
+/// Where an imported original's bytes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A copy in pixgate's layout (the default).
+    Copy,
+    /// `--in-place`: the source object itself, referenced read-only (pinned to the ETag that
+    /// was validated). `owned` (`--owned`): deleting the image deletes the source object too.
+    InPlace { owned: bool },
 }
 
 /// One object's fate.
@@ -507,6 +519,7 @@ pub struct Job<'a> {
     pub owners: &'a Owners,
     pub checks: &'a dyn Checks,
     pub dry_run: bool,
+    pub mode: Mode,
     pub operator: &'a str,
     /// This run continues a killed one (see [`import_object`]).
     pub resumed: bool,
@@ -520,6 +533,7 @@ async fn one(app: &App, plan: &Plan, item: Listed, resumed: bool, run_id: &str) 
         owners: &plan.owners,
         checks: plan.checks.as_ref(),
         dry_run: plan.dry_run,
+        mode: plan.mode,
         operator: &plan.operator,
         resumed,
         run_id,
@@ -594,11 +608,7 @@ pub async fn import_object(app: &App, job: &Job<'_>, item: Listed) -> Result<Out
         Known::Resume(id, created_at) => Some((id, created_at)),
         Known::New => None,
     };
-    let bytes = job.source.read(&item.key, cap).await.map_err(|e| match e {
-        ReadError::Gone => failed("source_gone", "gone since it was listed"),
-        ReadError::TooLarge { limit } => failed("payload_too_large", format!("limit {limit}")),
-        ReadError::Failed(m) => failed("source_error", m),
-    })?;
+    let (bytes, reference) = read(job, &item.key, cap).await?;
     let Checked {
         probe,
         info,
@@ -617,18 +627,8 @@ pub async fn import_object(app: &App, job: &Job<'_>, item: Listed) -> Result<Out
         });
     }
     let tags = checked_fields(&assigned)?;
-    let now = || humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let (id, created_at) = match id {
-        Some((id, created_at)) => (id, created_at.unwrap_or_else(now)),
-        None => {
-            let id = ImageId::generate().map_err(|_| failed("internal_error", "id generation"))?;
-            let created_at = now();
-            app.catalog
-                .put_source_entry(&uri, &id, &created_at)
-                .await
-                .map_err(|e| failed("storage_error", e.to_string()))?;
-            (id, created_at)
-        }
+    let Some((id, created_at)) = claim(app, &uri, id).await? else {
+        return Ok(claimed_elsewhere());
     };
     let meta = ImageMeta {
         id: id.to_string(),
@@ -645,17 +645,118 @@ pub async fn import_object(app: &App, job: &Job<'_>, item: Listed) -> Result<Out
         deleting: false,
         info: Some(info),
         source: Some(uri),
+        reference,
     };
-    app.catalog
-        .create(&meta, bytes)
-        .await
-        .map_err(|e| failed("storage_error", e.to_string()))?;
+    if !store_image(app, &meta, bytes).await? {
+        return Ok(claimed_elsewhere());
+    }
     audit_import(app, job, &meta, 201);
     Ok(Outcome::Imported {
         id: meta.id,
         owner: meta.owner,
         bytes: len,
     })
+}
+
+/// Another importer (a concurrent run, a lazy import on another instance) holds the object's
+/// source entry: its image is, or is about to be, the object's.
+fn claimed_elsewhere() -> Outcome {
+    Outcome::Skipped {
+        reason: CLAIMED_ELSEWHERE.into(),
+    }
+}
+
+/// [`Outcome::Skipped`]'s reason when another importer claimed the object first.
+pub const CLAIMED_ELSEWHERE: &str = "imported_elsewhere";
+
+/// The id and creation time the object's image gets: those of the entry an interrupted run
+/// left (`resume`), or new ones, claimed create-only; `None` if another importer claimed it
+/// first.
+async fn claim(
+    app: &App,
+    uri: &str,
+    resume: Option<(ImageId, Option<String>)>,
+) -> Result<Option<(ImageId, String)>, Fail> {
+    let now = || humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    if let Some((id, created_at)) = resume {
+        return Ok(Some((id, created_at.unwrap_or_else(now))));
+    }
+    // Looked at again right before the claim: the object was read and checked since `known`,
+    // and on a service that ignores create-only writes this is what keeps the window short.
+    let storage = |e: CatalogError| failed("storage_error", e.to_string());
+    if app
+        .catalog
+        .source_entry(uri)
+        .await
+        .map_err(storage)?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let id = ImageId::generate().map_err(|_| failed("internal_error", "id generation"))?;
+    let created_at = now();
+    let won = app
+        .catalog
+        .claim_source(uri, &id, &created_at)
+        .await
+        .map_err(storage)?;
+    Ok(won.then_some((id, created_at)))
+}
+
+/// Writes the image (a copy, or an in-place stub), then checks its source entry still names
+/// it: a service that ignores create-only writes (`ObjectStore::put_if_absent`) lets a
+/// concurrent importer overwrite the claim, and the image that lost it is removed again (its
+/// records only: never the entry, never a foreign object). `false`: it lost.
+async fn store_image(app: &App, meta: &ImageMeta, bytes: Bytes) -> Result<bool, Fail> {
+    let storage = |e: CatalogError| failed("storage_error", e.to_string());
+    if meta.reference.is_some() {
+        app.catalog.create_in_place(meta).await
+    } else {
+        app.catalog.create(meta, bytes).await
+    }
+    .map_err(storage)?;
+    let uri = meta.source.as_deref().unwrap_or_default();
+    let entry = app.catalog.source_entry(uri).await.map_err(storage)?;
+    let lost = entry.is_some_and(|e| !e.deleted && e.id.as_deref() != Some(&meta.id));
+    if lost {
+        let records_only = ImageMeta {
+            source: None,
+            reference: None,
+            ..meta.clone()
+        };
+        app.catalog.delete(&records_only).await.map_err(storage)?;
+    }
+    Ok(!lost)
+}
+
+/// The object's bytes, and for an in-place import the reference pinned to the version read.
+async fn read(job: &Job<'_>, key: &str, cap: u64) -> Result<(Bytes, Option<Reference>), Fail> {
+    let read_failed = |e| match e {
+        ReadError::Gone => failed("source_gone", "gone since it was listed"),
+        ReadError::TooLarge { limit } => failed("payload_too_large", format!("limit {limit}")),
+        ReadError::Failed(m) => failed("source_error", m),
+    };
+    let Mode::InPlace { owned } = job.mode else {
+        return Ok((job.source.read(key, cap).await.map_err(read_failed)?, None));
+    };
+    let bucket = job
+        .source
+        .bucket()
+        .ok_or_else(|| failed("source_error", "an in-place import needs an s3:// source"))?
+        .to_owned();
+    let (bytes, etag) = job
+        .source
+        .read_pinned(key, cap)
+        .await
+        .map_err(read_failed)?;
+    let reference = Reference {
+        bucket,
+        key: key.to_owned(),
+        etag,
+        bytes: bytes.len() as u64,
+        owned,
+    };
+    Ok((bytes, Some(reference)))
 }
 
 /// A manifest's title, alt text and tags, checked against the API's own limits; the tags

@@ -41,6 +41,16 @@ pub trait Source: Send + Sync {
     async fn list(&self, after: Option<&str>, max: usize) -> Result<Vec<Listed>, String>;
     /// The bytes of `key`, at most `cap`.
     async fn read(&self, key: &str, cap: u64) -> Result<Bytes, ReadError>;
+    /// `--in-place`: the bucket a reference names (S3 sources only).
+    fn bucket(&self) -> Option<&str> {
+        None
+    }
+    /// `--in-place`: the bytes of `key` and the ETag of exactly that version.
+    async fn read_pinned(&self, _key: &str, _cap: u64) -> Result<(Bytes, String), ReadError> {
+        Err(ReadError::Failed(
+            "an in-place import needs an s3:// source".into(),
+        ))
+    }
 }
 
 /// `s3://BUCKET/PREFIX` → (bucket, prefix).
@@ -115,6 +125,26 @@ impl Source for S3Source {
     }
 
     async fn read(&self, key: &str, cap: u64) -> Result<Bytes, ReadError> {
+        self.get(key, cap).await.map(|(bytes, _)| bytes)
+    }
+
+    fn bucket(&self) -> Option<&str> {
+        Some(&self.bucket)
+    }
+
+    async fn read_pinned(&self, key: &str, cap: u64) -> Result<(Bytes, String), ReadError> {
+        match self.get(key, cap).await? {
+            (bytes, Some(etag)) => Ok((bytes, etag)),
+            (_, None) => Err(ReadError::Failed(
+                "the source answered without an ETag".into(),
+            )),
+        }
+    }
+}
+
+impl S3Source {
+    /// The bytes of `key` (at most `cap`) and the ETag the answer carried.
+    async fn get(&self, key: &str, cap: u64) -> Result<(Bytes, Option<String>), ReadError> {
         let req = self.client.get_object().bucket(&self.bucket).key(key);
         let read = async move {
             let out = req.send().await.map_err(|e| {
@@ -127,14 +157,16 @@ impl Source for S3Source {
                     ReadError::Failed(DisplayErrorContext(&e).to_string())
                 }
             })?;
-            crate::storage::read_capped(out, cap)
+            let etag = out.e_tag().map(str::to_owned);
+            let bytes = crate::storage::read_capped(out, cap)
                 .await
                 .map_err(|e| match e {
                     crate::storage::StorageError::TooLarge { limit } => {
                         ReadError::TooLarge { limit }
                     }
                     other => ReadError::Failed(other.to_string()),
-                })
+                })?;
+            Ok((bytes, etag))
         };
         tokio::time::timeout(self.timeout, read)
             .await

@@ -71,6 +71,17 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 fn write_atomic(bucket_root: &Path, path: &Path, body: &[u8]) -> Result<(), StorageError> {
+    write_new(bucket_root, path, body, false).map(|_| ())
+}
+
+/// Writes `body` to a temporary file, then moves it to `path`: by `rename` (replacing), or,
+/// `exclusive`, by `link` (fails on an existing name: `Ok(false)`, nothing written).
+fn write_new(
+    bucket_root: &Path,
+    path: &Path,
+    body: &[u8],
+    exclusive: bool,
+) -> Result<bool, StorageError> {
     let dir = path
         .parent()
         .ok_or_else(|| StorageError::Backend("object path has no parent".into()))?;
@@ -86,7 +97,16 @@ fn write_atomic(bucket_root: &Path, path: &Path, body: &[u8]) -> Result<(), Stor
             .open(&tmp)?;
         f.write_all(body)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
+        if exclusive {
+            let linked = std::fs::hard_link(&tmp, path);
+            std::fs::remove_file(&tmp)?;
+            match linked {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+                other => other?,
+            }
+        } else {
+            std::fs::rename(&tmp, path)?;
+        }
         // Make the rename itself durable, and the entries of directories created for it.
         sync_dir(dir)?;
         if !dir_existed {
@@ -96,7 +116,7 @@ fn write_atomic(bucket_root: &Path, path: &Path, body: &[u8]) -> Result<(), Stor
                 ancestor = d.parent();
             }
         }
-        Ok(())
+        Ok(true)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -279,6 +299,18 @@ impl ObjectStore for FsStore {
         let path = self.path(bucket, key);
         let bucket_root = self.root.join(bucket.as_str());
         Self::blocking(move || write_atomic(&bucket_root, &path, &body)).await
+    }
+
+    async fn put_if_absent(
+        &self,
+        bucket: Bucket,
+        key: &ObjectKey,
+        body: Bytes,
+        _content_type: &str,
+    ) -> Result<bool, StorageError> {
+        let path = self.path(bucket, key);
+        let bucket_root = self.root.join(bucket.as_str());
+        Self::blocking(move || write_new(&bucket_root, &path, &body, true)).await
     }
 
     async fn get(

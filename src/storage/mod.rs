@@ -6,6 +6,7 @@
 //! and every operation has a deadline; "not found" is its own error, distinct from failures.
 
 pub mod config;
+pub mod foreign;
 mod fs;
 mod s3;
 
@@ -171,6 +172,23 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: Bytes,
         content_type: &str,
     ) -> Result<(), StorageError>;
+
+    /// As [`ObjectStore::put`], only if no object exists under `key`: `Ok(false)` (nothing
+    /// written) if one does. `fs` decides it exactly (a hard link, which fails on an existing
+    /// name); `s3` sends `If-None-Match: *`, which AWS S3, MinIO, R2 and others honour and some
+    /// services (Garage 2.x) ignore, overwriting: callers that depend on it check afterwards
+    /// (`import::import_object`). The default (in-memory test stores) writes unconditionally.
+    async fn put_if_absent(
+        &self,
+        bucket: Bucket,
+        key: &ObjectKey,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<bool, StorageError> {
+        self.put(bucket, key, body, content_type)
+            .await
+            .map(|()| true)
+    }
 
     /// Reads an object of at most `max_bytes` bytes.
     async fn get(

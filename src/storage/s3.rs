@@ -176,6 +176,33 @@ impl ObjectStore for S3Store {
         .await
     }
 
+    async fn put_if_absent(
+        &self,
+        bucket: Bucket,
+        key: &ObjectKey,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<bool, StorageError> {
+        let req = self
+            .client
+            .put_object()
+            .bucket(self.bucket(bucket))
+            .key(key.as_str())
+            .content_type(content_type)
+            .if_none_match("*")
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.sse_kms_key_id.clone())
+            .body(ByteStream::from(body));
+        with_deadline(self.timeout, async move {
+            match req.send().await {
+                Ok(_) => Ok(true),
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => Ok(false),
+                Err(e) => Err(sdk_err(e)),
+            }
+        })
+        .await
+    }
+
     async fn get(
         &self,
         bucket: Bucket,
