@@ -299,6 +299,14 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
+/// What [`Catalog::create`] writes as an image's original (and its other objects).
+enum Original<'a> {
+    /// Bytes and their content type.
+    Bytes(Bytes, &'a str),
+    /// A server-side copy of a pinned object of the same S3 service.
+    Copy(&'a Reference),
+}
+
 /// Reads and writes image records.
 #[derive(Clone)]
 pub struct Catalog {
@@ -370,7 +378,19 @@ impl Catalog {
     /// Stores an original, its index entry and then its metadata; returns only when all are
     /// durable. On failure nothing stays behind.
     pub async fn create(&self, meta: &ImageMeta, original: Bytes) -> Result<(), CatalogError> {
-        self.create_with(meta, original, meta.format.mime()).await
+        self.create_from(meta, Original::Bytes(original, meta.format.mime()))
+            .await
+    }
+
+    /// As [`Catalog::create`], the original copied server-side from `from` (an object of the
+    /// storage's own S3 service, pinned to its ETag): `SourceChanged` if it is no longer that
+    /// version, `NotFound` if it is gone.
+    pub async fn create_copied(
+        &self,
+        meta: &ImageMeta,
+        from: &Reference,
+    ) -> Result<(), CatalogError> {
+        self.create_from(meta, Original::Copy(from)).await
     }
 
     /// As [`Catalog::create`], for an original referenced in place (`meta.reference`): its
@@ -381,15 +401,14 @@ impl Catalog {
             .as_ref()
             .ok_or_else(|| CatalogError::Internal("in-place image without a reference".into()))?;
         let stub = foreign::stub(r).map_err(CatalogError::Internal)?;
-        self.create_with(meta, stub, foreign::STUB_CONTENT_TYPE)
+        self.create_from(meta, Original::Bytes(stub, foreign::STUB_CONTENT_TYPE))
             .await
     }
 
-    async fn create_with(
+    async fn create_from(
         &self,
         meta: &ImageMeta,
-        original: Bytes,
-        content_type: &str,
+        original: Original<'_>,
     ) -> Result<(), CatalogError> {
         let id = ImageId::parse(&meta.id)
             .ok_or_else(|| CatalogError::Internal("bad image id".into()))?;
@@ -398,14 +417,32 @@ impl Catalog {
         let meta_key = key(&id, "meta.json")?;
         let json = serde_json::to_vec(meta).map_err(|e| CatalogError::Internal(e.to_string()))?;
         let mut written: Vec<&ObjectKey> = Vec::new();
-        let steps: [(&ObjectKey, Bytes, &str); 3] = [
-            (&original_key, original, content_type),
-            (&index, Bytes::new(), "application/octet-stream"),
-            (&meta_key, Bytes::from(json), "application/json"),
+        let steps: [(&ObjectKey, Original<'_>); 3] = [
+            (&original_key, original),
+            (
+                &index,
+                Original::Bytes(Bytes::new(), "application/octet-stream"),
+            ),
+            (
+                &meta_key,
+                Original::Bytes(Bytes::from(json), "application/json"),
+            ),
         ];
-        for (k, body, ct) in steps {
+        for (k, body) in steps {
             written.push(k);
-            if let Err(e) = self.store.put(Bucket::Originals, k, body, ct).await {
+            let wrote = match body {
+                Original::Bytes(b, ct) => self.store.put(Bucket::Originals, k, b, ct).await,
+                Original::Copy(from) => match self
+                    .store
+                    .copy_in(Bucket::Originals, k, from, meta.format.mime())
+                    .await
+                {
+                    Ok(true) => Ok(()),
+                    Ok(false) => return Err(CatalogError::SourceChanged),
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = wrote {
                 // The client is told the upload failed, so nothing may stay behind. A timed out
                 // S3 PUT may still have landed: remove in reverse order (metadata first, so the
                 // image stops existing before its parts go). In a task of its own, waited for

@@ -459,6 +459,7 @@ fn import(args: ImportArgs) -> Result<u8, String> {
     runtime.block_on(async move {
         start_decoder_sandbox();
         let source = import_source(&args, &config).await?;
+        let mode = import_mode(&args, &config, source.as_ref());
         let app = Arc::new(App::build(config).await?);
         // Never more in flight than the CPU pool admits (workers + queue): a full queue would
         // fail objects that only had to wait.
@@ -470,11 +471,7 @@ fn import(args: ImportArgs) -> Result<u8, String> {
             jobs: args.jobs.clamp(1, capacity.max(1)),
             rate: args.rate,
             dry_run: args.dry_run,
-            mode: if args.in_place {
-                pixgate::import::Mode::InPlace { owned: args.owned }
-            } else {
-                pixgate::import::Mode::Copy
-            },
+            mode,
             operator,
         };
         let mut out = ImportOutput {
@@ -632,6 +629,32 @@ async fn import_source(
     ))?))
 }
 
+/// `--in-place`; else a server-side copy when the service can make it; else a copy.
+fn import_mode(
+    args: &ImportArgs,
+    config: &Config,
+    source: &dyn pixgate::import::source::Source,
+) -> pixgate::import::Mode {
+    use pixgate::import::Mode;
+    if args.in_place {
+        Mode::InPlace { owned: args.owned }
+    } else if source.bucket().is_some() && same_service(args, config) {
+        Mode::ServerCopy
+    } else {
+        Mode::Copy
+    }
+}
+
+/// The source is read from the storage's own S3 service with its own credentials: the server
+/// can read it too (`--in-place`), and the service can copy from it (a server-side copy).
+fn same_service(args: &ImportArgs, config: &Config) -> bool {
+    let s = &config.storage;
+    s.backend == pixgate::storage::Backend::S3
+        && args.endpoint.as_ref().is_none_or(|e| *e == s.s3_endpoint)
+        && args.region.as_ref().is_none_or(|r| *r == s.s3_region)
+        && std::env::var_os("PIXGATE_IMPORT_ACCESS_KEY_ID").is_none()
+}
+
 /// `--in-place`: the server must be able to read the source later, with the storage's own
 /// service and credentials, and the source must not be pixgate's own layout.
 fn check_in_place(args: &ImportArgs, config: &Config, bucket: &str) -> Result<(), String> {
@@ -639,10 +662,7 @@ fn check_in_place(args: &ImportArgs, config: &Config, bucket: &str) -> Result<()
     if s.backend != pixgate::storage::Backend::S3 {
         return Err("--in-place needs storage.backend = \"s3\"".into());
     }
-    let other_service = args.endpoint.as_ref().is_some_and(|e| *e != s.s3_endpoint)
-        || args.region.as_ref().is_some_and(|r| *r != s.s3_region)
-        || std::env::var_os("PIXGATE_IMPORT_ACCESS_KEY_ID").is_some();
-    if other_service {
+    if !same_service(args, config) {
         return Err("--in-place reads the source with the storage's own endpoint and credentials (the server reads it later with them): drop --endpoint, --region and PIXGATE_IMPORT_* or import by copy".into());
     }
     if [&s.s3_bucket, &s.s3_derived_bucket, &s.s3_audit_bucket].contains(&&bucket.to_owned()) {

@@ -128,7 +128,8 @@ pub async fn resolve(
         owners: &entry.owners,
         checks: &checks,
         dry_run: false,
-        mode: crate::import::Mode::Copy,
+        // The legacy buckets are the storage's own service: copied there, server-side.
+        mode: crate::import::Mode::ServerCopy,
         operator: "legacy_lazy",
         resumed: false,
         run_id: &ctx.request_id,

@@ -71,11 +71,27 @@ pub struct Plan {
 /// Where an imported original's bytes live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// A copy in pixgate's layout (the default).
+    /// A copy in pixgate's layout, written by pixgate (a source on another service, or a
+    /// directory).
     Copy,
+    /// A copy in pixgate's layout made by the S3 service itself (`CopyObject`, pinned to the
+    /// ETag of the bytes that were validated): the default when the source is a bucket of the
+    /// storage's own service, read with its credentials.
+    ServerCopy,
     /// `--in-place`: the source object itself, referenced read-only (pinned to the ETag that
     /// was validated). `owned` (`--owned`): deleting the image deletes the source object too.
     InPlace { owned: bool },
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Copy => "copy",
+            Mode::ServerCopy => "server_copy",
+            Mode::InPlace { owned: false } => "in_place",
+            Mode::InPlace { owned: true } => "in_place_owned",
+        }
+    }
 }
 
 /// One object's fate.
@@ -149,6 +165,8 @@ pub struct Summary {
     /// The `request_id` of this run's audit events.
     pub run_id: String,
     pub source: String,
+    /// `copy`, `server_copy`, `in_place` or `in_place_owned`.
+    pub mode: &'static str,
     pub dry_run: bool,
     /// This run: objects finished, and the counts.
     pub run: Totals,
@@ -421,7 +439,9 @@ pub async fn run(
     if !plan.dry_run {
         progress.save(app, true).await?;
     }
-    Ok(progress.summary(app, source_name, plan.dry_run, started))
+    let mut summary = progress.summary(app, source_name, plan.dry_run, started);
+    summary.mode = plan.mode.as_str();
+    Ok(summary)
 }
 
 /// One object's import in a task of its own (the runtime's threads share the I/O).
@@ -443,6 +463,7 @@ impl Progress {
         Summary {
             run_id: self.run_id,
             source,
+            mode: Mode::Copy.as_str(),
             dry_run,
             run: self.totals,
             scan: self.checkpoint.totals,
@@ -608,7 +629,7 @@ pub async fn import_object(app: &App, job: &Job<'_>, item: Listed) -> Result<Out
         Known::Resume(id, created_at) => Some((id, created_at)),
         Known::New => None,
     };
-    let (bytes, reference) = read(job, &item.key, cap).await?;
+    let (bytes, pinned) = read(job, &item.key, cap).await?;
     let Checked {
         probe,
         info,
@@ -645,9 +666,12 @@ pub async fn import_object(app: &App, job: &Job<'_>, item: Listed) -> Result<Out
         deleting: false,
         info: Some(info),
         source: Some(uri),
-        reference,
+        reference: pinned
+            .clone()
+            .filter(|_| matches!(job.mode, Mode::InPlace { .. })),
     };
-    if !store_image(app, &meta, bytes).await? {
+    let copy_from = pinned.filter(|_| job.mode == Mode::ServerCopy);
+    if !store_image(app, &meta, bytes, copy_from.as_ref()).await? {
         return Ok(claimed_elsewhere());
     }
     audit_import(app, job, &meta, 201);
@@ -703,18 +727,28 @@ async fn claim(
     Ok(won.then_some((id, created_at)))
 }
 
-/// Writes the image (a copy, or an in-place stub), then checks its source entry still names
+/// Writes the image (a copy, a server-side copy of `copy_from`, or an in-place stub), then checks its source entry still names
 /// it: a service that ignores create-only writes (`ObjectStore::put_if_absent`) lets a
 /// concurrent importer overwrite the claim, and the image that lost it is removed again (its
 /// records only: never the entry, never a foreign object). `false`: it lost.
-async fn store_image(app: &App, meta: &ImageMeta, bytes: Bytes) -> Result<bool, Fail> {
+async fn store_image(
+    app: &App,
+    meta: &ImageMeta,
+    bytes: Bytes,
+    copy_from: Option<&Reference>,
+) -> Result<bool, Fail> {
     let storage = |e: CatalogError| failed("storage_error", e.to_string());
-    if meta.reference.is_some() {
-        app.catalog.create_in_place(meta).await
-    } else {
-        app.catalog.create(meta, bytes).await
+    match (copy_from, &meta.reference) {
+        (Some(from), _) => app.catalog.create_copied(meta, from).await,
+        (None, Some(_)) => app.catalog.create_in_place(meta).await,
+        (None, None) => app.catalog.create(meta, bytes).await,
     }
-    .map_err(storage)?;
+    .map_err(|e| match e {
+        // The object changed (or went) between the read that was checked and the copy.
+        CatalogError::SourceChanged => failed("source_changed", "changed while it was imported"),
+        CatalogError::NotFound => failed("source_gone", "gone since it was listed"),
+        other => storage(other),
+    })?;
     let uri = meta.source.as_deref().unwrap_or_default();
     let entry = app.catalog.source_entry(uri).await.map_err(storage)?;
     let lost = entry.is_some_and(|e| !e.deleted && e.id.as_deref() != Some(&meta.id));
@@ -729,20 +763,23 @@ async fn store_image(app: &App, meta: &ImageMeta, bytes: Bytes) -> Result<bool, 
     Ok(!lost)
 }
 
-/// The object's bytes, and for an in-place import the reference pinned to the version read.
+/// The object's bytes, and for an in-place import or a server-side copy the reference pinned
+/// to the version read.
 async fn read(job: &Job<'_>, key: &str, cap: u64) -> Result<(Bytes, Option<Reference>), Fail> {
     let read_failed = |e| match e {
         ReadError::Gone => failed("source_gone", "gone since it was listed"),
         ReadError::TooLarge { limit } => failed("payload_too_large", format!("limit {limit}")),
         ReadError::Failed(m) => failed("source_error", m),
     };
-    let Mode::InPlace { owned } = job.mode else {
-        return Ok((job.source.read(key, cap).await.map_err(read_failed)?, None));
+    let owned = match job.mode {
+        Mode::Copy => return Ok((job.source.read(key, cap).await.map_err(read_failed)?, None)),
+        Mode::ServerCopy => false,
+        Mode::InPlace { owned } => owned,
     };
     let bucket = job
         .source
         .bucket()
-        .ok_or_else(|| failed("source_error", "an in-place import needs an s3:// source"))?
+        .ok_or_else(|| failed("source_error", "needs an s3:// source"))?
         .to_owned();
     let (bytes, etag) = job
         .source

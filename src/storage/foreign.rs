@@ -54,6 +54,20 @@ pub fn stub(r: &Reference) -> Result<Bytes, String> {
     Ok(Bytes::from(out))
 }
 
+/// `x-amz-copy-source` for `bucket`/`key`: the key percent-encoded but for `/` and the
+/// unreserved characters.
+pub fn copy_source(bucket: &str, key: &str) -> String {
+    let mut out = format!("{bucket}/");
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `None`: `bytes` is an original itself. `Some(Err)`: a damaged stub.
 pub fn parse_stub(bytes: &[u8]) -> Option<Result<Reference, String>> {
     let json = bytes.strip_prefix(STUB_MAGIC)?;
@@ -221,5 +235,13 @@ mod tests {
         let mut long = STUB_MAGIC.to_vec();
         long.extend(std::iter::repeat_n(b' ', MAX_STUB_BYTES + 1));
         assert!(parse_stub(&long).unwrap().is_err());
+    }
+
+    #[test]
+    fn copy_sources_are_percent_encoded() {
+        assert_eq!(
+            copy_source("b", "users/ann/a b+ü.jpg"),
+            "b/users/ann/a%20b%2B%C3%BC.jpg"
+        );
     }
 }

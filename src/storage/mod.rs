@@ -190,6 +190,21 @@ pub trait ObjectStore: Send + Sync + 'static {
             .map(|()| true)
     }
 
+    /// Copies `from` (an object of the same S3 service) to `key` server-side, the bytes never
+    /// passing through pixgate, only while `from` is still the version its ETag names:
+    /// `Ok(false)` (nothing written) if it is not. `s3` only; other backends answer `Backend`.
+    async fn copy_in(
+        &self,
+        _bucket: Bucket,
+        _key: &ObjectKey,
+        _from: &foreign::Reference,
+        _content_type: &str,
+    ) -> Result<bool, StorageError> {
+        Err(StorageError::Backend(
+            "a server-side copy needs storage.backend = \"s3\"".into(),
+        ))
+    }
+
     /// Reads an object of at most `max_bytes` bytes.
     async fn get(
         &self,

@@ -34,10 +34,18 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    /// Builds the client (no network I/O happens here).
+    /// Builds the client (no network I/O happens here); credentials from the AWS chain.
     pub async fn new(cfg: &StorageConfig) -> S3Store {
+        S3Store::with_credentials(cfg, None).await
+    }
+
+    /// As [`S3Store::new`], with these credentials (access key id, secret) when given.
+    pub async fn with_credentials(
+        cfg: &StorageConfig,
+        credentials: Option<(String, String)>,
+    ) -> S3Store {
         let timeout = Duration::from_secs(cfg.timeout_secs);
-        let conf = client_config(cfg, &cfg.s3_endpoint, &cfg.s3_region, None).await;
+        let conf = client_config(cfg, &cfg.s3_endpoint, &cfg.s3_region, credentials).await;
         S3Store {
             client: Client::from_conf(conf),
             originals: cfg.s3_bucket.clone(),
@@ -172,6 +180,34 @@ impl ObjectStore for S3Store {
             .body(ByteStream::from(body));
         with_deadline(self.timeout, async move {
             req.send().await.map(|_| ()).map_err(sdk_err)
+        })
+        .await
+    }
+
+    async fn copy_in(
+        &self,
+        bucket: Bucket,
+        key: &ObjectKey,
+        from: &super::foreign::Reference,
+        content_type: &str,
+    ) -> Result<bool, StorageError> {
+        let req = self
+            .client
+            .copy_object()
+            .bucket(self.bucket(bucket))
+            .key(key.as_str())
+            .copy_source(super::foreign::copy_source(&from.bucket, &from.key))
+            .copy_source_if_match(&from.etag)
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .content_type(content_type)
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.sse_kms_key_id.clone());
+        with_deadline(self.timeout, async move {
+            match req.send().await {
+                Ok(_) => Ok(true),
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => Ok(false),
+                Err(e) => Err(sdk_err(e)),
+            }
         })
         .await
     }

@@ -190,6 +190,7 @@ async fn a_bucket_imports_exactly_once_across_a_kill_and_serves_legacy_urls() {
         String::from_utf8_lossy(&out.stderr)
     );
     let sum = summary(&text);
+    assert_eq!(sum["mode"], "server_copy", "same service: copied by Garage");
     assert!(sum["resumed_after"].is_string(), "resumed: {sum}");
     assert_eq!(sum["complete"], true);
     let scan = &sum["scan"];
@@ -734,6 +735,34 @@ async fn in_place_imports_reference_the_source_and_delete_it_only_when_owned() {
         summary(&String::from_utf8_lossy(&out.stdout))["run"]["imported"],
         4
     );
+    // With credentials of its own the source is another service to pixgate: a plain copy.
+    let mut own_creds = env.clone();
+    own_creds.push(("PIXGATE_IMPORT_ACCESS_KEY_ID".into(), S3_KEY_ID.into()));
+    own_creds.push(("PIXGATE_IMPORT_SECRET_ACCESS_KEY".into(), S3_SECRET.into()));
+    let copied = format!("s3://{src}/copied/");
+    let cal = unique("cal");
+    put(&client, &src, &format!("copied/{cal}.png"), png(99, 9)).await;
+    let out = import_cmd(&own_creds, s.dir.path(), &[&copied, "--owner", &cal])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let sum = summary(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        (sum["mode"].as_str(), sum["run"]["imported"].as_u64()),
+        (Some("copy"), Some(1))
+    );
+    let out = import_cmd(
+        &own_creds,
+        s.dir.path(),
+        &[&kept, "--owner", &cal, "--in-place"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "in place needs the storage's own credentials"
+    );
     let owned = format!("s3://{src}/owned/");
     let out = run(&[
         &owned,
@@ -755,11 +784,17 @@ async fn in_place_imports_reference_the_source_and_delete_it_only_when_owned() {
         .into_iter()
         .filter(|k| k.ends_with("/original"))
         .collect();
-    assert_eq!(stubs.len(), 6);
+    assert_eq!(stubs.len(), 7, "six stubs and one copy");
+    let mut stub_count = 0;
     for k in &stubs {
         let body = s3_get(&client, &originals, k).await.unwrap();
-        assert!(body.starts_with(b"pixgate-reference/1\n"), "{k} is a stub");
+        if body.starts_with(b"pixgate-reference/1\n") {
+            stub_count += 1;
+        } else {
+            assert_eq!(body, png(99, 9), "the copy holds the bytes");
+        }
     }
+    assert_eq!(stub_count, 6);
 
     let by_key = |imgs: &[Value]| -> BTreeMap<String, String> {
         imgs.iter()
@@ -862,7 +897,10 @@ async fn in_place_imports_reference_the_source_and_delete_it_only_when_owned() {
         .into_iter()
         .filter(|k| k.ends_with("/original"))
         .count();
-    assert_eq!(left, 2, "b and c (not deleted) keep theirs");
+    assert_eq!(
+        left, 3,
+        "b, c (not deleted) keep their stubs, the copy its bytes"
+    );
 }
 
 /// Two imports of the same directory at once (fs backend: create-only source entries are
@@ -915,4 +953,103 @@ async fn concurrent_imports_of_one_source_import_each_object_once() {
     let imgs = all_images(&s, &gus).await;
     let sources: BTreeSet<&str> = imgs.iter().map(|i| i["source"].as_str().unwrap()).collect();
     assert_eq!((imgs.len(), sources.len()), (120, 120), "listed once each");
+}
+
+/// The S3 store's server-side copy against Garage: pinned to the ETag (a replaced source is
+/// refused, nothing written), exact bytes and the given content type when it holds; a missing
+/// source is `NotFound`. And `put_if_absent` answers for both outcomes (Garage ignores
+/// `If-None-Match`, so the second write lands: that is the documented bound, checked here so a
+/// Garage that starts honouring it shows up).
+#[tokio::test]
+async fn the_s3_store_copies_server_side_pinned_to_the_etag() {
+    use pixgate::storage::foreign::Reference;
+    use pixgate::storage::{Bucket, ObjectKey, ObjectStore, S3Store, StorageConfig};
+    let buckets = own_buckets("scp");
+    let src = format!("scp-src-{}", unique("s").to_lowercase());
+    create_bucket(&src);
+    let client = s3_client().await;
+    let cfg = StorageConfig {
+        backend: pixgate::storage::Backend::S3,
+        s3_endpoint: services().s3_endpoint.clone(),
+        s3_region: "garage".into(),
+        s3_bucket: buckets[0].1.clone(),
+        s3_derived_bucket: buckets[1].1.clone(),
+        s3_audit_bucket: buckets[2].1.clone(),
+        s3_force_path_style: true,
+        ..StorageConfig::default()
+    };
+    let store = S3Store::with_credentials(&cfg, Some((S3_KEY_ID.into(), S3_SECRET.into()))).await;
+    let key = "users/ann/a b+ü.png";
+    let v1 = png(1, 8);
+    put(&client, &src, key, v1.clone()).await;
+    let etag = |k: &str| {
+        let (client, src, k) = (client.clone(), src.clone(), k.to_owned());
+        async move {
+            let h = client
+                .head_object()
+                .bucket(&src)
+                .key(&k)
+                .send()
+                .await
+                .unwrap();
+            h.e_tag().unwrap().to_owned()
+        }
+    };
+    let from = Reference {
+        bucket: src.clone(),
+        key: key.into(),
+        etag: etag(key).await,
+        bytes: v1.len() as u64,
+        owned: false,
+    };
+    let dest = ObjectKey::new("images/copytest/original").unwrap();
+    assert!(
+        store
+            .copy_in(Bucket::Originals, &dest, &from, "image/png")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get(Bucket::Originals, &dest, 1 << 20).await.unwrap(),
+        &v1[..]
+    );
+    let head = client
+        .head_object()
+        .bucket(&buckets[0].1)
+        .key(dest.as_str())
+        .send()
+        .await;
+    assert_eq!(head.unwrap().content_type(), Some("image/png"));
+    // Replaced since it was read: refused, the earlier copy untouched.
+    put(&client, &src, key, png(2, 8)).await;
+    let other = ObjectKey::new("images/copytest2/original").unwrap();
+    assert!(
+        !store
+            .copy_in(Bucket::Originals, &other, &from, "image/png")
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        store.get(Bucket::Originals, &other, 1 << 20).await,
+        Err(pixgate::storage::StorageError::NotFound)
+    ));
+    let gone = Reference {
+        key: "users/ann/missing.png".into(),
+        ..from.clone()
+    };
+    assert!(matches!(
+        store
+            .copy_in(Bucket::Originals, &other, &gone, "image/png")
+            .await,
+        Err(pixgate::storage::StorageError::NotFound)
+    ));
+    // Create-only writes: the first lands; Garage 2.x ignores If-None-Match on the second.
+    let claim = ObjectKey::new("sources/claimtest.json").unwrap();
+    let first = store.put_if_absent(Bucket::Originals, &claim, Bytes::from_static(b"1"), "x");
+    assert!(first.await.unwrap());
+    let second = store.put_if_absent(Bucket::Originals, &claim, Bytes::from_static(b"2"), "x");
+    assert!(
+        second.await.unwrap(),
+        "Garage 2.x ignores If-None-Match (documented bound)"
+    );
 }
