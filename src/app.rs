@@ -125,6 +125,7 @@ impl App {
             legacy: crate::import::legacy::Legacy::new(
                 config.sources.resolved().map_err(|e| e.to_string())?,
                 legacy_lazy(&config, foreign.as_deref()),
+                Duration::from_secs(config.sources.legacy_failure_ttl_secs),
             ),
             config,
         })

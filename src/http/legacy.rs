@@ -108,14 +108,16 @@ pub async fn resolve(
     let Some(lazy) = legacy.lazy() else {
         return Err(Error::NotFound);
     };
+    refused_recently(app, &uri)?;
     // Bounded: a stripe held by a slow import answers the others `503` after a while.
     let _one_at_a_time = tokio::time::timeout(LOCK_WAIT, legacy.stripe(&uri).lock())
         .await
         .map_err(|_| Error::Overloaded)?;
-    // Another request may have imported it while this one waited.
+    // Another request may have imported it (or been refused) while this one waited.
     if let Some(id) = lookup(app, &uri).await? {
         return Ok(id);
     }
+    refused_recently(app, &uri)?;
     let source = S3Source::new(
         lazy.client.clone(),
         bucket.to_owned(),
@@ -137,6 +139,7 @@ pub async fn resolve(
     let item = Listed {
         key: key.to_owned(),
         size: 0,
+        modified: None,
     };
     let outcome = crate::import::import_object(app, &job, item).await;
     lazy_outcome(app, &uri, outcome, &checks, ctx).await
@@ -150,27 +153,49 @@ async fn lazy_outcome(
     checks: &UploadChecks<&App>,
     ctx: &Ctx,
 ) -> Result<ImageId, Error> {
-    match outcome {
+    let refused = match outcome {
         Ok(Outcome::Imported { id, .. }) => {
             tracing::info!(request_id = %ctx.request_id, image = %id, "imported a legacy source on its first request");
             let id = ImageId::parse(&id).ok_or_else(|| Error::Internal("bad image id".into()))?;
             app.legacy.remember(uri, &id);
-            Ok(id)
+            return Ok(id);
         }
         // Claimed first by another instance, whose import may still be running: its image.
         Ok(Outcome::Skipped { reason }) if reason == crate::import::CLAIMED_ELSEWHERE => {
-            imported_elsewhere(app, uri).await
+            return imported_elsewhere(app, uri).await;
         }
         // Deleted since (a tombstone), or imported meanwhile by another instance.
-        Ok(_) => lookup(app, uri).await?.ok_or(Error::NotFound),
-        Err(Fail::Check(..)) => Err(checks
+        Ok(_) => return lookup(app, uri).await?.ok_or(Error::NotFound),
+        Err(Fail::Check(..)) => checks
             .take()
-            .unwrap_or_else(|| Error::Internal("a check failed without its error".into()))),
-        Err(Fail::Code(code, message)) => Err(lazy_error(
-            code,
-            message,
-            app.config.limits.max_source_bytes,
-        )),
+            .unwrap_or_else(|| Error::Internal("a check failed without its error".into())),
+        Err(Fail::Code(code, message)) => {
+            lazy_error(code, message, app.config.limits.max_source_bytes)
+        }
+    };
+    // What the object is (or is not) stays so until it changes: remembered for a while, so a
+    // crawler repeating the URL does not cost a read and a decode each time. Failures of the
+    // store, the source or the pool are not: the next request tries again.
+    if !matches!(
+        refused.category(),
+        super::error::Category::Upstream
+            | super::error::Category::Overload
+            | super::error::Category::Internal
+    ) {
+        app.legacy
+            .remember_failure(uri, std::sync::Arc::new(refused.clone()));
+    }
+    Err(refused)
+}
+
+/// The refusal a lazy import of `uri` met recently, if any (`sources.legacy_failure_ttl_secs`).
+fn refused_recently(app: &App, uri: &str) -> Result<(), Error> {
+    match app.legacy.recent_failure(uri) {
+        Some(r) => Err(r
+            .downcast_ref::<Error>()
+            .cloned()
+            .unwrap_or_else(|| Error::Internal("a remembered refusal of another type".into()))),
+        None => Ok(()),
     }
 }
 

@@ -4,6 +4,7 @@
 //! [sources]
 //! legacy = [{ bucket = "photos", prefix = "users/", owner_pattern = "users/{owner}/**" }]
 //! legacy_lazy = false
+//! legacy_failure_ttl_secs = 60
 //! ```
 //!
 //! From the environment each entry is a string, entries comma-separated:
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::owners::{Owners, Pattern, valid_owner};
 use crate::config::types::ConfigError;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SourcesConfig {
     /// Buckets and prefixes whose `s3://` URLs are served, through the images imported from
@@ -24,6 +25,20 @@ pub struct SourcesConfig {
     /// An `s3://` URL under `legacy` whose object was not imported yet is imported on its
     /// first request (same checks as `pixgate import`), instead of `404`.
     pub legacy_lazy: bool,
+    /// A lazy import's lasting refusal of an object (not an image, too large, no such key, no
+    /// owner) is answered from memory for this long, instead of reading and decoding the
+    /// object again on every request. 0 turns it off; at most a day.
+    pub legacy_failure_ttl_secs: u64,
+}
+
+impl Default for SourcesConfig {
+    fn default() -> SourcesConfig {
+        SourcesConfig {
+            legacy: Vec::new(),
+            legacy_lazy: false,
+            legacy_failure_ttl_secs: 60,
+        }
+    }
 }
 
 /// One `sources.legacy` entry, as a table (file) or a string (environment).
@@ -104,6 +119,12 @@ impl LegacyEntry {
 
 impl SourcesConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.legacy_failure_ttl_secs > 86_400 {
+            return Err(ConfigError::new(
+                "sources.legacy_failure_ttl_secs",
+                "at most 86400 (a day)",
+            ));
+        }
         self.resolved().map(|_| ())
     }
 

@@ -6,8 +6,10 @@
 //! Resolved mappings are kept in a bounded LRU, which is safe because ids are never reused: a
 //! deleted image's id answers `404` through the normal checks.
 
+use std::any::Any;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
@@ -16,6 +18,8 @@ use crate::id::ImageId;
 
 /// Addresses whose image id is remembered.
 const REMEMBERED: usize = 16_384;
+/// Addresses whose lazy-import refusal is remembered.
+const FAILURES_REMEMBERED: usize = 16_384;
 /// Lock stripes for lazy imports (one address imports once per instance).
 const STRIPES: usize = 64;
 
@@ -25,20 +29,29 @@ pub struct Lazy {
     pub timeout: std::time::Duration,
 }
 
+/// A remembered refusal: the HTTP layer's error, kept opaque so this module stays below it.
+pub type Refusal = Arc<dyn Any + Send + Sync>;
+
 pub struct Legacy {
     sources: Vec<LegacySource>,
     ids: Mutex<LruCache<String, ImageId>>,
+    failures: Mutex<LruCache<String, (Instant, Refusal)>>,
+    failure_ttl: Duration,
     lazy: Option<Lazy>,
     locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Legacy {
-    pub fn new(sources: Vec<LegacySource>, lazy: Option<Lazy>) -> Legacy {
+    pub fn new(sources: Vec<LegacySource>, lazy: Option<Lazy>, failure_ttl: Duration) -> Legacy {
         Legacy {
             sources,
             ids: Mutex::new(LruCache::new(
                 NonZeroUsize::new(REMEMBERED).unwrap_or(NonZeroUsize::MIN),
             )),
+            failures: Mutex::new(LruCache::new(
+                NonZeroUsize::new(FAILURES_REMEMBERED).unwrap_or(NonZeroUsize::MIN),
+            )),
+            failure_ttl,
             lazy,
             locks: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
@@ -68,6 +81,28 @@ impl Legacy {
 
     pub fn remember(&self, uri: &str, id: &ImageId) {
         self.lock().put(uri.to_owned(), id.clone());
+    }
+
+    /// The refusal a lazy import of `uri` met within `sources.legacy_failure_ttl_secs`.
+    pub fn recent_failure(&self, uri: &str) -> Option<Refusal> {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match failures.get(uri) {
+            Some((at, refusal)) if at.elapsed() < self.failure_ttl => Some(refusal.clone()),
+            Some(_) => {
+                failures.pop(uri);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remembers a lasting refusal of `uri` (bounded: the least recent go first).
+    pub fn remember_failure(&self, uri: &str, refusal: Refusal) {
+        if self.failure_ttl.is_zero() {
+            return;
+        }
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.put(uri.to_owned(), (Instant::now(), refusal));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, ImageId>> {

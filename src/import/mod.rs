@@ -648,7 +648,7 @@ pub async fn import_object(app: &App, job: &Job<'_>, item: Listed) -> Result<Out
         });
     }
     let tags = checked_fields(&assigned)?;
-    let Some((id, created_at)) = claim(app, &uri, id).await? else {
+    let Some((id, created_at)) = claim(app, &uri, id, item.modified).await? else {
         return Ok(claimed_elsewhere());
     };
     let meta = ImageMeta {
@@ -695,13 +695,19 @@ pub const CLAIMED_ELSEWHERE: &str = "imported_elsewhere";
 
 /// The id and creation time the object's image gets: those of the entry an interrupted run
 /// left (`resume`), or new ones, claimed create-only; `None` if another importer claimed it
-/// first.
+/// first. A new image was created when its source object was last modified (`modified`), or
+/// now if that is unknown, before 1970 or in the future.
 async fn claim(
     app: &App,
     uri: &str,
     resume: Option<(ImageId, Option<String>)>,
+    modified: Option<SystemTime>,
 ) -> Result<Option<(ImageId, String)>, Fail> {
-    let now = || humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let now = || {
+        // humantime formats 1970..=now only (it panics before the epoch).
+        let t = modified.filter(|m| *m >= std::time::UNIX_EPOCH && *m <= SystemTime::now());
+        humantime::format_rfc3339_seconds(t.unwrap_or_else(SystemTime::now)).to_string()
+    };
     if let Some((id, created_at)) = resume {
         return Ok(Some((id, created_at.unwrap_or_else(now))));
     }

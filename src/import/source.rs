@@ -3,7 +3,7 @@
 //! resume after the last key it finished, and both read with a byte cap.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -16,6 +16,9 @@ pub struct Listed {
     /// The key inside the source (for a directory: the path below it, `/`-separated).
     pub key: String,
     pub size: u64,
+    /// When the source last modified it (S3 `LastModified`, a file's mtime): the imported
+    /// image's `created_at`, so an owner's library keeps its order.
+    pub modified: Option<SystemTime>,
 }
 
 /// Why one object could not be read.
@@ -110,6 +113,9 @@ impl Source for S3Source {
                 (!key.ends_with('/')).then(|| Listed {
                     key: key.to_owned(),
                     size: o.size().unwrap_or(0).max(0) as u64,
+                    modified: o
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok()),
                 })
             })
             .collect();
@@ -221,8 +227,12 @@ impl DirSource {
                         tracing::warn!(path = %path.display(), "skipped: file name is not UTF-8");
                         continue;
                     };
-                    let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                    out.push(Listed { key, size });
+                    let meta = entry.metadata().ok();
+                    out.push(Listed {
+                        key,
+                        size: meta.as_ref().map_or(0, |m| m.len()),
+                        modified: meta.and_then(|m| m.modified().ok()),
+                    });
                 }
             }
         }

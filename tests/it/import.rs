@@ -400,6 +400,24 @@ async fn a_directory_imports_with_a_manifest_and_a_dry_run_writes_nothing() {
     std::fs::write(src.path().join("a/one.png"), png(1, 16)).unwrap();
     std::fs::write(src.path().join("a/two.jpg"), fixture("photo_320x240.jpg")).unwrap();
     std::fs::write(src.path().join("a/unlisted.png"), png(3, 16)).unwrap();
+    let set_mtime = |name: &str, t: std::time::SystemTime| {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(src.path().join(name))
+            .unwrap();
+        f.set_modified(t).unwrap();
+    };
+    let epoch = std::time::UNIX_EPOCH;
+    set_mtime(
+        "a/one.png",
+        epoch + std::time::Duration::from_secs(1_551_675_967),
+    );
+    // Before 1970 and far in the future: the import's own time instead (never a panic).
+    set_mtime("a/two.jpg", epoch - std::time::Duration::from_secs(86_400));
+    set_mtime(
+        "a/unlisted.png",
+        epoch + std::time::Duration::from_secs(300_000_000_000),
+    );
     std::fs::write(src.path().join("bad.png"), b"\x89PNG\r\n\x1a\nshort").unwrap();
     let carol = unique("carol");
     let manifest = src.path().join("../manifest.csv");
@@ -431,6 +449,8 @@ async fn a_directory_imports_with_a_manifest_and_a_dry_run_writes_nothing() {
     assert_eq!(imgs.len(), 2);
     let one = imgs.iter().find(|i| i["format"] == "png").unwrap();
     assert_eq!(one["title"], "One, first");
+    // created_at is the file's modification time (the library keeps its order).
+    assert_eq!(one["created_at"], "2019-03-04T05:06:07Z");
     assert_eq!(one["tags"], serde_json::json!(["red", "blue"]));
     // A fixed owner on the same directory: objects already imported are skipped by address.
     let out = import_cmd(&env, s.dir.path(), &[src_arg.as_str(), "--owner", &carol])
@@ -441,6 +461,18 @@ async fn a_directory_imports_with_a_manifest_and_a_dry_run_writes_nothing() {
     assert_eq!(
         sum["run"]["imported"], 1,
         "only the unlisted one is new: {sum}"
+    );
+    let year = |i: &Value| {
+        i["created_at"].as_str().unwrap()[..4]
+            .parse::<u32>()
+            .unwrap()
+    };
+    let imgs = all_images(&s, &carol).await;
+    assert_eq!(imgs.len(), 3);
+    let recent = imgs.iter().filter(|i| year(i) >= 2026).count();
+    assert_eq!(
+        recent, 2,
+        "pre-1970 and future times become the import's: {imgs:?}"
     );
     // Bad arguments: exit 2 with a message, nothing written.
     for bad in [
@@ -481,6 +513,7 @@ async fn lazy_legacy_imports_on_first_request_once() {
         &[
             ("PIXGATE__SOURCES__LEGACY", &legacy),
             ("PIXGATE__SOURCES__LEGACY_LAZY", "true"),
+            ("PIXGATE__SOURCES__LEGACY_FAILURE_TTL_SECS", "2"),
             ("PIXGATE__AUDIT__FLUSH_SECONDS", "1"),
         ],
     );
@@ -507,6 +540,16 @@ async fn lazy_legacy_imports_on_first_request_once() {
     }
     assert_eq!(all_images(&s, &dora).await.len(), 2, "imported once");
     assert_eq!(get(&url("c.txt"), &[]).await.status, 415);
+    // A lasting refusal is remembered (no read, no decode) for legacy_failure_ttl_secs: the
+    // object fixed in the bucket is still refused at once, and imported once that has passed.
+    put(&client, &src, &format!("users/{dora}/c.txt"), png(13, 12)).await;
+    assert_eq!(get(&url("c.txt"), &[]).await.status, 415, "remembered");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(
+        get(&url("c.txt"), &[]).await.status,
+        200,
+        "tried again after the TTL"
+    );
     // A bearer caller must own the object by the owner mapping, before anything is read.
     let bearer_url = |k: &str| s.url(&format!("/_/w:6/f:png/plain/s3://{src}/users/{dora}/{k}"));
     let stranger = token(&unique("eve"), Role::Editor);
@@ -553,7 +596,7 @@ async fn lazy_legacy_imports_on_first_request_once() {
     .await;
     assert_eq!(r.status, 204);
     assert_eq!(get(&url("a.png"), &[]).await.status, 404);
-    assert_eq!(all_images(&s, &dora).await.len(), 1);
+    assert_eq!(all_images(&s, &dora).await.len(), 2, "b and the fixed c");
 }
 
 /// Ctrl-C (SIGINT): objects in flight finish, the checkpoint is saved, exit 3; the next run
