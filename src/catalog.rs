@@ -393,6 +393,21 @@ impl Catalog {
         self.create_from(meta, Original::Copy(from)).await
     }
 
+    /// Whether the original of `id` is a copy that turned out to be a reference stub (a
+    /// source object replaced by one between its checks and a server-side copy that ignored
+    /// its precondition). Cheap: anything larger than a stub is refused from its length.
+    async fn copied_a_stub(&self, key: &ObjectKey) -> Result<bool, CatalogError> {
+        match self
+            .store
+            .get(Bucket::Originals, key, foreign::MAX_STUB_LEN)
+            .await
+        {
+            Ok(b) => Ok(foreign::parse_stub(&b).is_some()),
+            Err(StorageError::TooLarge { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// As [`Catalog::create`], for an original referenced in place (`meta.reference`): its
     /// stub takes the original's place.
     pub async fn create_in_place(&self, meta: &ImageMeta) -> Result<(), CatalogError> {
@@ -437,7 +452,13 @@ impl Catalog {
                     .copy_in(Bucket::Originals, k, from, meta.format.mime())
                     .await
                 {
-                    Ok(true) => Ok(()),
+                    Ok(true) => match self.copied_a_stub(k).await {
+                        Ok(false) => Ok(()),
+                        Ok(true) => Err(StorageError::Backend(
+                            "the copied object is a reference stub".into(),
+                        )),
+                        Err(e) => Err(StorageError::Backend(e.to_string())),
+                    },
                     Ok(false) => return Err(CatalogError::SourceChanged),
                     Err(e) => Err(e),
                 },

@@ -110,7 +110,7 @@ pub async fn resolve(
     };
     refused_recently(app, &uri)?;
     // Bounded: a stripe held by a slow import answers the others `503` after a while.
-    let _one_at_a_time = tokio::time::timeout(LOCK_WAIT, legacy.stripe(&uri).lock())
+    let one_at_a_time = tokio::time::timeout(LOCK_WAIT, legacy.stripe(&uri).lock())
         .await
         .map_err(|_| Error::Overloaded)?;
     // Another request may have imported it (or been refused) while this one waited.
@@ -142,6 +142,8 @@ pub async fn resolve(
         modified: None,
     };
     let outcome = crate::import::import_object(app, &job, item).await;
+    // Waiting for another instance's import (`imported_elsewhere`) must not hold the stripe.
+    drop(one_at_a_time);
     lazy_outcome(app, &uri, outcome, &checks, ctx).await
 }
 
@@ -238,6 +240,8 @@ fn lazy_error(code: &str, message: String, limit: u64) -> Error {
         }
         "internal_error" => Error::Internal(message),
         "invalid_field" => Error::InvalidField(message),
+        // Replaced while it was copied: the next request tries again (never remembered).
+        "source_changed" => Error::SourceChanged,
         // source_gone, owner_pattern_mismatch, invalid_owner, not_in_manifest
         _ => Error::NotFound,
     }

@@ -703,17 +703,21 @@ async fn claim(
     resume: Option<(ImageId, Option<String>)>,
     modified: Option<SystemTime>,
 ) -> Result<Option<(ImageId, String)>, Fail> {
+    let storage = |e: CatalogError| failed("storage_error", e.to_string());
     let now = || {
         // humantime formats 1970..=now only (it panics before the epoch).
         let t = modified.filter(|m| *m >= std::time::UNIX_EPOCH && *m <= SystemTime::now());
         humantime::format_rfc3339_seconds(t.unwrap_or_else(SystemTime::now)).to_string()
     };
     if let Some((id, created_at)) = resume {
-        return Ok(Some((id, created_at.unwrap_or_else(now))));
+        // Still this id's, and not deleted since `known` looked (a delete finished meanwhile
+        // leaves a tombstone: the image must not come back).
+        let entry = app.catalog.source_entry(uri).await.map_err(storage)?;
+        let current = entry.is_some_and(|e| !e.deleted && e.id.as_deref() == Some(id.as_str()));
+        return Ok(current.then(|| (id, created_at.unwrap_or_else(now))));
     }
     // Looked at again right before the claim: the object was read and checked since `known`,
     // and on a service that ignores create-only writes this is what keeps the window short.
-    let storage = |e: CatalogError| failed("storage_error", e.to_string());
     if app
         .catalog
         .source_entry(uri)
@@ -725,11 +729,16 @@ async fn claim(
     }
     let id = ImageId::generate().map_err(|_| failed("internal_error", "id generation"))?;
     let created_at = now();
-    let won = app
+    let mut won = app
         .catalog
         .claim_source(uri, &id, &created_at)
         .await
         .map_err(storage)?;
+    if !won {
+        // A retried write whose first attempt landed is refused by that attempt: still ours.
+        let entry = app.catalog.source_entry(uri).await.map_err(storage)?;
+        won = entry.is_some_and(|e| !e.deleted && e.id.as_deref() == Some(id.as_str()));
+    }
     Ok(won.then_some((id, created_at)))
 }
 
@@ -757,7 +766,8 @@ async fn store_image(
     })?;
     let uri = meta.source.as_deref().unwrap_or_default();
     let entry = app.catalog.source_entry(uri).await.map_err(storage)?;
-    let lost = entry.is_some_and(|e| !e.deleted && e.id.as_deref() != Some(&meta.id));
+    // Another id, or a tombstone (the object's image was deleted meanwhile): not ours to keep.
+    let lost = entry.is_none_or(|e| e.deleted || e.id.as_deref() != Some(&meta.id));
     if lost {
         let records_only = ImageMeta {
             source: None,
@@ -782,6 +792,15 @@ async fn read(job: &Job<'_>, key: &str, cap: u64) -> Result<(Bytes, Option<Refer
         Mode::ServerCopy => false,
         Mode::InPlace { owned } => owned,
     };
+    if key
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(failed(
+            "invalid_key",
+            "a key with empty, . or .. segments is not referenced or copied by the service",
+        ));
+    }
     let bucket = job
         .source
         .bucket()

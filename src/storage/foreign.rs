@@ -33,6 +33,8 @@ pub const STUB_MAGIC: &[u8] = b"pixgate-reference/1\n";
 pub const STUB_CONTENT_TYPE: &str = "application/vnd.pixgate.reference+json";
 /// A stub is a few hundred bytes; anything longer after the magic is damage.
 const MAX_STUB_BYTES: usize = 4096;
+/// The longest a stub can be, magic included.
+pub const MAX_STUB_LEN: u64 = (STUB_MAGIC.len() + MAX_STUB_BYTES) as u64;
 
 /// A foreign object an image's original is read from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +107,8 @@ pub trait Foreign: Send + Sync + 'static {
 pub struct S3Foreign {
     client: Client,
     timeout: Duration,
+    /// pixgate's own buckets: never a reference's (a stub naming one is refused).
+    own: Vec<String>,
 }
 
 impl S3Foreign {
@@ -117,6 +121,11 @@ impl S3Foreign {
         Some(S3Foreign {
             client: Client::from_conf(conf),
             timeout: Duration::from_secs(cfg.timeout_secs),
+            own: [&cfg.s3_bucket, &cfg.s3_derived_bucket, &cfg.s3_audit_bucket]
+                .into_iter()
+                .filter(|b| !b.is_empty())
+                .cloned()
+                .collect(),
         })
     }
 
@@ -142,6 +151,11 @@ fn status<E>(
 #[async_trait]
 impl Foreign for S3Foreign {
     async fn read(&self, r: &Reference, cap: u64) -> Result<Bytes, ForeignError> {
+        if self.own.contains(&r.bucket) {
+            return Err(ForeignError::Storage(StorageError::Backend(
+                "a reference names one of pixgate's own buckets".into(),
+            )));
+        }
         let req = self
             .client
             .get_object()
@@ -182,8 +196,18 @@ impl Foreign for S3Foreign {
     }
 
     async fn delete_if_unchanged(&self, r: &Reference) -> Result<bool, StorageError> {
+        if self.own.contains(&r.bucket) {
+            return Ok(false);
+        }
         let head = self.client.head_object().bucket(&r.bucket).key(&r.key);
-        let delete = self.client.delete_object().bucket(&r.bucket).key(&r.key);
+        // Conditional where the service supports it (AWS since 2025); the HEAD covers the rest
+        // but for a replacement landing between the two.
+        let delete = self
+            .client
+            .delete_object()
+            .bucket(&r.bucket)
+            .key(&r.key)
+            .if_match(&r.etag);
         with_deadline(self.timeout, async move {
             let current = match head.send().await {
                 Ok(out) => out.e_tag().map(str::to_owned),
