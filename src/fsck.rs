@@ -968,7 +968,7 @@ mod tests {
         let healthy_derived = format!("derived/{healthy}/{}.webp", "0a".repeat(16));
         put(s, Bucket::Derived, &healthy_derived).await;
         let owner = Principal::jwt("alice", Role::Editor, None);
-        let (_raw, live_key) = keys.create(&owner, "ci", Scopes::READ).await.unwrap();
+        let (_raw, live_key) = keys.create(&owner, "ci", Scopes::READ, &[]).await.unwrap();
         let live_marker = format!("users/{alice}/apikeys/{}.used", live_key.id);
         put(s, Bucket::Originals, &live_marker).await;
 
@@ -1043,7 +1043,7 @@ mod tests {
         // orphan_api_key_lookup: a key created while its owner's keys were being revoked (the
         // creation's own check removes the lookup record, unless its process dies first).
         let bob = Principal::jwt("bob", Role::Editor, None);
-        let (_raw, revoked) = keys.create(&bob, "ci", Scopes::READ).await.unwrap();
+        let (_raw, revoked) = keys.create(&bob, "ci", Scopes::READ, &[]).await.unwrap();
         let bob_record = format!("users/{}/apikeys/{}.json", user_segment("bob"), revoked.id);
         s.delete(Bucket::Originals, &key(&bob_record))
             .await

@@ -39,6 +39,8 @@ use crate::storage::{Bucket, ObjectKey, ObjectStore, StorageError};
 pub const API_KEY_PREFIX: &str = "pxg_live_";
 /// base64url of 32 bytes, unpadded.
 const SECRET_LEN: usize = 43;
+/// Networks one API key may be bound to.
+pub const MAX_NETWORKS: usize = 32;
 pub(crate) const MAX_RECORD_BYTES: u64 = 16 * 1024;
 const MAX_NAME_LEN: usize = 100;
 const CACHE_ENTRIES: usize = 10_000;
@@ -65,6 +67,10 @@ pub struct ApiKeyRecord {
     /// had not yet seen the revocation.
     #[serde(default)]
     pub issued_at: Option<u64>,
+    /// Networks the key may be used from (empty: anywhere), as the client address pixgate
+    /// derives (`server.trusted_proxies`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_cidrs: Vec<String>,
 }
 
 impl ApiKeyRecord {
@@ -75,6 +81,7 @@ impl ApiKeyRecord {
             "name": self.name,
             "owner": self.owner,
             "scopes": self.scopes,
+            "allowed_cidrs": self.allowed_cidrs,
             "created_at": self.created_at,
             "last_used_at": last_used,
             "hint": self.hint,
@@ -172,6 +179,12 @@ impl ApiKeys {
         self.note_use(&record);
         let scopes = Scopes::parse(record.scopes.iter().map(String::as_str))
             .map_err(|e| AuthError::Internal(format!("stored API key {}: {e}", record.id)))?;
+        let networks = record
+            .allowed_cidrs
+            .iter()
+            .map(|c| c.parse::<ipnet::IpNet>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| AuthError::Internal(format!("stored API key {}: {e}", record.id)))?;
         Ok(Principal {
             user_id: record.owner.clone(),
             role: record.role,
@@ -179,6 +192,7 @@ impl ApiKeys {
             method: AuthMethod::ApiKey {
                 key_id: record.id.clone(),
                 scopes,
+                networks,
             },
             issued_at: record.issued_at,
         })
@@ -277,7 +291,13 @@ impl ApiKeys {
         creator: &Principal,
         name: &str,
         requested: Scopes,
+        networks: &[ipnet::IpNet],
     ) -> Result<(String, ApiKeyRecord), AuthError> {
+        if networks.len() > MAX_NETWORKS {
+            return Err(AuthError::InvalidField(format!(
+                "allowed_cidrs: at most {MAX_NETWORKS}"
+            )));
+        }
         if name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
             return Err(AuthError::InvalidField(format!(
                 "name: at most {MAX_NAME_LEN} characters, no control characters"
@@ -310,6 +330,7 @@ impl ApiKeys {
             hint: raw[raw.len() - 4..].to_owned(),
             hash: hash_of(&raw),
             issued_at: creator.issued_at,
+            allowed_cidrs: networks.iter().map(|n| n.trunc().to_string()).collect(),
         };
         let json = Bytes::from(
             serde_json::to_vec(&record).map_err(|e| AuthError::Internal(e.to_string()))?,
@@ -508,7 +529,7 @@ mod tests {
         // the owner's index was emptied.
         let (_dir, keys) = keys();
         let alice = Principal::jwt("alice", Role::Editor, None);
-        let (raw, rec) = keys.create(&alice, "ci", Scopes::READ).await.unwrap();
+        let (raw, rec) = keys.create(&alice, "ci", Scopes::READ, &[]).await.unwrap();
         keys.store
             .delete(
                 Bucket::Originals,
@@ -533,7 +554,7 @@ mod tests {
     async fn orphan_use_markers_are_removed_and_live_ones_kept() {
         let (_dir, keys) = keys();
         let alice = Principal::jwt("alice", Role::Editor, None);
-        let (_raw, rec) = keys.create(&alice, "ci", Scopes::READ).await.unwrap();
+        let (_raw, rec) = keys.create(&alice, "ci", Scopes::READ, &[]).await.unwrap();
         let live = index_key("alice", &rec.id, "used").unwrap();
         let orphan = index_key("alice", "key_0123456789abcdef01234567", "used").unwrap();
         for k in [&live, &orphan] {
@@ -556,7 +577,7 @@ mod tests {
         let (dir, keys) = keys();
         let viewer = Principal::jwt("alice", Role::Viewer, Some("pro".into()));
         let (raw, rec) = keys
-            .create(&viewer, "ci", Scopes::READ | Scopes::UPLOAD)
+            .create(&viewer, "ci", Scopes::READ | Scopes::UPLOAD, &[])
             .await
             .unwrap();
         assert!(raw.starts_with(API_KEY_PREFIX) && raw.len() == API_KEY_PREFIX.len() + 43);
@@ -592,20 +613,20 @@ mod tests {
     async fn keys_cannot_escalate_and_are_capped() {
         let (_dir, keys) = keys();
         let editor = Principal::jwt("bob", Role::Editor, None);
-        let (raw, _) = keys.create(&editor, "", Scopes::MANAGE).await.unwrap();
+        let (raw, _) = keys.create(&editor, "", Scopes::MANAGE, &[]).await.unwrap();
         let via_key = keys.authenticate(&raw).await.unwrap();
         // A manage-only key cannot mint an upload key.
         assert_eq!(
-            keys.create(&via_key, "", Scopes::UPLOAD)
+            keys.create(&via_key, "", Scopes::UPLOAD, &[])
                 .await
                 .unwrap_err()
                 .code(),
             "invalid_field"
         );
-        keys.create(&editor, "", Scopes::ALL).await.unwrap();
-        keys.create(&editor, "", Scopes::ALL).await.unwrap();
+        keys.create(&editor, "", Scopes::ALL, &[]).await.unwrap();
+        keys.create(&editor, "", Scopes::ALL, &[]).await.unwrap();
         assert_eq!(
-            keys.create(&editor, "", Scopes::ALL)
+            keys.create(&editor, "", Scopes::ALL, &[])
                 .await
                 .unwrap_err()
                 .code(),

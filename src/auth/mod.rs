@@ -213,7 +213,12 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthMethod {
     Jwt,
-    ApiKey { key_id: String, scopes: Scopes },
+    ApiKey {
+        key_id: String,
+        scopes: Scopes,
+        /// The key's `allowed_cidrs` (empty: any address); checked by `http::guard`.
+        networks: Vec<ipnet::IpNet>,
+    },
 }
 
 /// An authenticated caller.
@@ -391,6 +396,7 @@ mod tests {
             method: AuthMethod::ApiKey {
                 key_id: "k".into(),
                 scopes,
+                networks: Vec::new(),
             },
             issued_at: None,
         };
@@ -460,12 +466,12 @@ mod tests {
         };
         let (old, _) = auth
             .api_keys
-            .create(&creator(Some(1_000)), "", Scopes::ALL)
+            .create(&creator(Some(1_000)), "", Scopes::ALL, &[])
             .await
             .unwrap();
         let (newer, _) = auth
             .api_keys
-            .create(&creator(Some(5_000)), "", Scopes::ALL)
+            .create(&creator(Some(5_000)), "", Scopes::ALL, &[])
             .await
             .unwrap();
         assert!(auth.authenticate(&header(&old)).await.is_ok());
@@ -480,7 +486,7 @@ mod tests {
         // Within the leeway after the revocation: refused too (an IdP clock running ahead).
         let (edge, _) = auth
             .api_keys
-            .create(&creator(Some(2_020)), "", Scopes::ALL)
+            .create(&creator(Some(2_020)), "", Scopes::ALL, &[])
             .await
             .unwrap();
         assert!(auth.authenticate(&header(&edge)).await.is_err());

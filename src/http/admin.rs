@@ -7,6 +7,11 @@
 //! seconds (default: the last 24 hours); at most `limit` (default 100, at most 1000) per page,
 //! and a page reads a bounded number of batches, so it may hold fewer and still carry a
 //! `next_cursor`. Events appear once their batch is archived (`audit.flush_seconds`).
+//!
+//! `GET /v1/me/activity?action=&image=&since=&until=&limit=&cursor=` — the same reader over
+//! the caller's own events only (`actor.user` is the caller: what they did, from where, when;
+//! never events of others, such as viewers of their images or an admin acting on them). Any
+//! role; an API key needs the `read` scope.
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -63,6 +68,30 @@ fn time_param(query: Option<&str>, name: &str) -> Result<Option<u64>, Error> {
 pub async fn audit(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
     authenticate_for(app, req.headers(), ctx, Action::Admin).await?;
     let q = req.uri().query();
+    audit_page(app, q, query_param(q, "actor")?, query_param(q, "user")?).await
+}
+
+pub async fn activity(
+    app: &App,
+    req: Request<Incoming>,
+    ctx: &Ctx,
+) -> Result<Response<Body>, Error> {
+    let principal = authenticate_for(app, req.headers(), ctx, Action::Read).await?;
+    let q = req.uri().query();
+    // Only the caller's own events: another actor cannot be asked for.
+    if query_param(q, "actor")?.is_some_and(|a| a != principal.user_id) {
+        return Err(Error::InvalidField("actor: only your own activity".into()));
+    }
+    audit_page(app, q, Some(principal.user_id.clone()), None).await
+}
+
+/// One page of the archive's events matching the query's filters, `actor` and `subject`.
+async fn audit_page(
+    app: &App,
+    q: Option<&str>,
+    actor: Option<String>,
+    subject: Option<String>,
+) -> Result<Response<Body>, Error> {
     let until = time_param(q, "until")?.unwrap_or_else(|| query::now_secs() + 1);
     let since = time_param(q, "since")?.unwrap_or_else(|| until.saturating_sub(86_400));
     if since >= until {
@@ -80,10 +109,10 @@ pub async fn audit(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Respo
             .ok_or_else(|| Error::InvalidField("limit: 1..=1000".into()))?,
     };
     let filter = Filter {
-        actor: query_param(q, "actor")?,
+        actor,
         action: query_param(q, "action")?,
         image: query_param(q, "image")?,
-        subject: query_param(q, "user")?,
+        subject,
         since,
         until,
     };

@@ -37,6 +37,18 @@ pub(crate) async fn authenticate(
             return Err(e.into());
         }
     };
+    // A key bound to networks, used from elsewhere (a leaked key): a failed authentication.
+    if let crate::auth::AuthMethod::ApiKey { networks, .. } = &p.method
+        && !networks.is_empty()
+        && !networks
+            .iter()
+            .any(|n| n.contains(&ctx.client_ip.to_canonical()))
+    {
+        app.limiter.auth_failed(ctx.client_ip).await;
+        return Err(
+            AuthError::InvalidToken("API key used outside its allowed_cidrs".into()).into(),
+        );
+    }
     ctx.set_principal(&p);
     ctx.limit(
         app.limiter

@@ -3,7 +3,9 @@
 //! Creating needs the `manage` action; the new key's scopes are the requested ones (default:
 //! all the caller holds) intersected with the caller's, so no key can mint a stronger key. The
 //! raw key is in the `201` body only (`Cache-Control: no-store`) and never logged. Admins manage
-//! another user's keys with `?owner=`.
+//! another user's keys with `?owner=`. `allowed_cidrs` (IPv4/IPv6 networks, at most 32) binds
+//! a key to the client addresses pixgate derives (`server.trusted_proxies`): from elsewhere it
+//! is `401 invalid_token` and counts as a failed authentication.
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -27,9 +29,9 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
     }
     let v = read_json(body, app.config.server.max_body_bytes).await?;
     for k in v.as_object().into_iter().flat_map(|o| o.keys()) {
-        if k != "name" && k != "scopes" {
+        if k != "name" && k != "scopes" && k != "allowed_cidrs" {
             return Err(Error::InvalidField(format!(
-                "`{}` is not an API key field (name, scopes)",
+                "`{}` is not an API key field (name, scopes, allowed_cidrs)",
                 k.chars().take(40).collect::<String>()
             )));
         }
@@ -53,16 +55,44 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
         }
         Some(_) => return Err(Error::InvalidField("scopes: must be a list".into())),
     };
+    let networks = allowed_cidrs(v.get("allowed_cidrs"))?;
     let (raw, record) = app
         .auth
         .api_keys
-        .create(&principal, name, requested)
+        .create(&principal, name, requested, &networks)
         .await?;
     tracing::info!(request_id = %ctx.request_id, key_id = %record.id, "API key created");
     ctx.set_api_key(&record.id);
     let mut body = record.public_json(None);
     body["key"] = Value::String(raw);
     Ok(json_response(StatusCode::CREATED, &body))
+}
+
+/// `allowed_cidrs`: a list of networks (`10.0.0.0/8`, `2001:db8::/32`, a bare address).
+fn allowed_cidrs(v: Option<&Value>) -> Result<Vec<ipnet::IpNet>, Error> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(Error::InvalidField("allowed_cidrs: must be a list".into())),
+    };
+    if items.len() > crate::auth::api_keys::MAX_NETWORKS {
+        return Err(Error::InvalidField(format!(
+            "allowed_cidrs: at most {}",
+            crate::auth::api_keys::MAX_NETWORKS
+        )));
+    }
+    items
+        .iter()
+        .map(|i| {
+            i.as_str()
+                .and_then(|s| crate::config::types::parse_cidr(s).ok())
+                .ok_or_else(|| {
+                    Error::InvalidField(
+                        "allowed_cidrs: each must be a network like 10.0.0.0/8".into(),
+                    )
+                })
+        })
+        .collect()
 }
 
 pub async fn list(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {

@@ -178,6 +178,8 @@ async fn dispatch(
         (Route::Me, _) => Err(Error::MethodNotAllowed("DELETE")),
         (Route::MeExport, _) if get_like => account::export(app, req, ctx).await,
         (Route::MeExport, _) => Err(Error::MethodNotAllowed("GET, HEAD")),
+        (Route::MeActivity, _) if get_like => admin::activity(app, req, ctx).await,
+        (Route::MeActivity, _) => Err(Error::MethodNotAllowed("GET, HEAD")),
         (Route::AdminAudit, _) if get_like => admin::audit(app, req, ctx).await,
         (Route::AdminAudit, _) => Err(Error::MethodNotAllowed("GET, HEAD")),
         (Route::Api, _) => Err(Error::NotFound),

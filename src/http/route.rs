@@ -30,6 +30,8 @@ pub(super) enum Route {
     MeExport,
     /// `/v1/admin/audit`: audit events.
     AdminAudit,
+    /// `/v1/me/activity`: the caller's own audit events.
+    MeActivity,
     /// Any other `/v1` path.
     Api,
     /// `/info/{signature}/…`: an image's facts and placeholders.
@@ -49,7 +51,7 @@ impl Route {
             Route::ApiKeys | Route::ApiKey(_) => "api_keys",
             Route::AdminRevoke(_) | Route::AdminAudit => "admin",
             Route::Usage => "usage",
-            Route::Me | Route::MeExport => "account",
+            Route::Me | Route::MeExport | Route::MeActivity => "account",
             Route::Api => "api",
             Route::Info => "info",
             Route::Transform => "transform",
@@ -74,6 +76,7 @@ impl Route {
             (Route::Usage, _) if get => "usage.read",
             (Route::Me, &Method::DELETE) => "user.erase",
             (Route::MeExport, _) if get => "user.export",
+            (Route::MeActivity, _) if get => "activity.read",
             (Route::Info, _) if get => "image.info",
             (Route::Transform, _) if get => "image.transform",
             _ => return None,
@@ -127,6 +130,7 @@ pub(super) fn classify(path: &str, listener: Listener, app: &App) -> Route {
         ["usage"] => Route::Usage,
         ["me"] => Route::Me,
         ["me", "export"] => Route::MeExport,
+        ["me", "activity"] => Route::MeActivity,
         ["admin", "audit"] => Route::AdminAudit,
         _ if rest.is_empty() || rest.starts_with('/') => Route::Api,
         _ => Route::Transform,

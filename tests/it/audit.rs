@@ -1567,3 +1567,124 @@ async fn a_full_queue_drops_visibly_and_the_log_stream_keeps_everything() {
         );
     }
 }
+
+/// `GET /v1/me/activity`: a user reads exactly their own events (what, from where, when):
+/// never another user's request about their image, never a signed-URL viewer's address;
+/// paginated like the admin reader; `actor=` of someone else is refused; an API key needs
+/// `read`.
+#[tokio::test]
+async fn a_user_reads_exactly_their_own_activity() {
+    let s = Server::start_with(
+        Backend::Fs,
+        &[
+            ("PIXGATE__AUDIT__FLUSH_SECONDS", "1"),
+            ("PIXGATE__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
+        ],
+    );
+    let (ida, eve) = (unique("ida"), unique("eve"));
+    let t = token(&ida, Role::Editor);
+    let auth = bearer(&t);
+    let mine = vec![
+        ("authorization", auth.as_str()),
+        ("x-forwarded-for", "198.51.100.1"),
+    ];
+    let r = request(
+        Method::POST,
+        &s.url("/v1/images"),
+        &[
+            ("authorization", bearer(&t).as_str()),
+            ("x-forwarded-for", "198.51.100.1"),
+            ("content-type", "image/jpeg"),
+            ("x-request-id", "ida-upload"),
+        ],
+        fixture("photo_320x240.jpg"),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(get(&s.url("/v1/images"), &mine).await.status, 200);
+    // Others about her image: eve is refused (404), a viewer of a signed URL from elsewhere.
+    let r = get(
+        &s.url(&format!("/v1/images/{id}")),
+        &[
+            ("authorization", &bearer(&token(&eve, Role::Editor))),
+            ("x-forwarded-for", "203.0.113.66"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let r = get(
+        &s.url(&signed(&format!("/w:10/plain/{id}"))),
+        &[("x-forwarded-for", "203.0.113.77")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // Her activity, once archived: her own events only, from her address.
+    let url = s.url("/v1/me/activity?since=0");
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        let r = get(&url, &mine).await;
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+        items = r.json()["items"].as_array().unwrap().clone();
+        if items.iter().any(|e| e["action"] == "image.list") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let actions: Vec<&str> = items
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"image.upload") && actions.contains(&"image.list"),
+        "{actions:?}"
+    );
+    for e in &items {
+        assert_eq!(e["actor"]["user"], ida.as_str(), "{e}");
+        assert_eq!(e["client_ip"], "198.51.100.1", "{e}");
+    }
+    let text = serde_json::to_string(&items).unwrap();
+    assert!(
+        !text.contains("203.0.113."),
+        "no one else's address: {text}"
+    );
+    assert!(!text.contains(&eve), "no one else's event: {text}");
+    // Paginated: one at a time, the same events in the same order.
+    let mut paged = Vec::new();
+    let mut next = Some("/v1/me/activity?since=0&limit=1".to_owned());
+    while let Some(path) = next {
+        let r = get(&s.url(&path), &mine).await;
+        let j = r.json();
+        paged.extend(
+            j["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].clone()),
+        );
+        next = j["next_cursor"].as_str().map(|c| {
+            format!(
+                "/v1/me/activity?since=0&limit=1&cursor={}",
+                c.replace('~', "%7E")
+            )
+        });
+    }
+    let ids: Vec<Value> = items.iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(paged[..ids.len()], ids[..], "pages hold the same events");
+    // Someone else's activity cannot be asked for.
+    let r = get(&s.url(&format!("/v1/me/activity?actor={eve}")), &mine).await;
+    assert_eq!((r.status, r.code().as_str()), (400, "invalid_field"));
+    // API keys: `read` scope needed.
+    for (scopes, status) in [(r#"["upload"]"#, 403), (r#"["read"]"#, 200)] {
+        let r = request(
+            Method::POST,
+            &s.url("/v1/api-keys"),
+            &[("authorization", &bearer(&t))],
+            Bytes::from(format!("{{\"scopes\":{scopes}}}")),
+        )
+        .await;
+        let key = r.json()["key"].as_str().unwrap().to_owned();
+        let r = get(&url, &[("authorization", &bearer(&key))]).await;
+        assert_eq!(r.status, status, "{scopes}");
+    }
+}

@@ -622,3 +622,110 @@ async fn ownership_matrix_over_every_route() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `allowed_cidrs`: a key bound to networks works from them (the client address derived from
+/// trusted proxies, IPv4 and IPv6) and is `401 invalid_token` elsewhere, counted as a failed
+/// authentication (the per-IP limit then refuses even valid credentials); bad networks are
+/// `400`; the list shows the networks.
+#[tokio::test]
+async fn api_keys_bound_to_networks_work_only_from_them() {
+    let s = Server::start_with(
+        Backend::Fs,
+        &[
+            ("PIXGATE__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
+            ("PIXGATE__LIMITS__AUTH_FAILURES_PER_IP", "3"),
+        ],
+    );
+    let hal = unique("hal");
+    let jwt = token(&hal, Role::Editor);
+    let create = |body: &'static str| {
+        let (url, auth) = (s.url("/v1/api-keys"), bearer(&jwt));
+        async move {
+            request(
+                Method::POST,
+                &url,
+                &[("authorization", &auth)],
+                Bytes::from(body),
+            )
+            .await
+        }
+    };
+    for bad in [
+        r#"{"allowed_cidrs":["10.0.0.0/33"]}"#,
+        r#"{"allowed_cidrs":["nope"]}"#,
+        r#"{"allowed_cidrs":"10.0.0.0/8"}"#,
+        r#"{"allowed_cidrs":[7]}"#,
+    ] {
+        let r = create(bad).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "invalid_field"),
+            "{bad}"
+        );
+    }
+    let many: Vec<String> = (0..33).map(|i| format!("\"10.{i}.0.0/16\"")).collect();
+    let body = format!("{{\"allowed_cidrs\":[{}]}}", many.join(","));
+    let r = request(
+        Method::POST,
+        &s.url("/v1/api-keys"),
+        &[("authorization", &bearer(&jwt))],
+        Bytes::from(body),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "invalid_field"),
+        "33 networks"
+    );
+    let r =
+        create(r#"{"scopes":["read"],"allowed_cidrs":["198.51.100.9/24","2001:db8::1"]}"#).await;
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["allowed_cidrs"],
+        json!(["198.51.100.0/24", "2001:db8::1/128"]),
+        "normalised"
+    );
+    let key = r.json()["key"].as_str().unwrap().to_owned();
+    let from = |ip: &'static str| {
+        let (url, auth) = (s.url("/v1/images"), bearer(&key));
+        async move {
+            let mut h = vec![("authorization", auth.as_str())];
+            if !ip.is_empty() {
+                h.push(("x-forwarded-for", ip));
+            }
+            get(&url, &h).await
+        }
+    };
+    assert_eq!(from("198.51.100.200").await.status, 200);
+    assert_eq!(from("2001:db8::1").await.status, 200);
+    // The proxy itself (no forwarded address) and other clients: refused, as a failed login.
+    for ip in ["", "203.0.113.5", "2001:db8::2"] {
+        let r = from(ip).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (401, "invalid_token"),
+            "{ip:?}"
+        );
+    }
+    // 203.0.113.5 failed once; two more failures from it and even the owner's JWT is refused
+    // there, while the key's own network is unaffected.
+    for _ in 0..2 {
+        assert_eq!(from("203.0.113.5").await.status, 401);
+    }
+    let r = get(
+        &s.url("/v1/images"),
+        &[
+            ("authorization", &bearer(&jwt)),
+            ("x-forwarded-for", "203.0.113.5"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        r.status, 429,
+        "failed authentications counted per client address"
+    );
+    assert_eq!(from("198.51.100.7").await.status, 200);
+    // Listed with its networks.
+    let r = get(&s.url("/v1/api-keys"), &[("authorization", &bearer(&jwt))]).await;
+    assert_eq!(r.json()["items"][0]["allowed_cidrs"][0], "198.51.100.0/24");
+}
