@@ -172,6 +172,8 @@ impl Apply for App {
                 self.auth.revocations.forget(user);
                 self.auth.api_keys.forget_owner(user);
             }
+            Event::Blocked { block } => self.auth.blocks.apply_added(block),
+            Event::Unblocked { id } => self.auth.blocks.apply_removed(id),
         }
         self.metrics.cache_memory_bytes.set(cache.bytes() as i64);
     }
@@ -180,6 +182,13 @@ impl Apply for App {
         self.render.cache.forget_confirmations();
         self.auth.api_keys.forget_all();
         self.auth.revocations.forget_all();
+        // Events may have been missed: the blocklist is read again.
+        let blocks = self.auth.blocks.clone();
+        tokio::spawn(async move {
+            if let Err(e) = blocks.reload().await {
+                tracing::warn!(error = %e, "could not reload the IP blocklist");
+            }
+        });
     }
 }
 
@@ -229,6 +238,17 @@ async fn authenticator(
             usize::try_from(a.max_api_keys_per_user).unwrap_or(usize::MAX),
         ),
         revocations: Revocations::new(store.clone(), revocation_ttl),
+        blocks: {
+            let blocks = Arc::new(crate::auth::blocks::Blocklist::new(
+                store.clone(),
+                revocation_ttl,
+            ));
+            // Unreadable now (storage down at start): empty until the first reload succeeds.
+            if let Err(e) = blocks.reload().await {
+                tracing::warn!(error = %e, "could not load the IP blocklist");
+            }
+            blocks
+        },
         leeway_secs: a.leeway_secs,
     })
 }

@@ -15,6 +15,7 @@
 //!    `404 not_found`, never `403`, so another user's image ids cannot be probed.
 
 pub mod api_keys;
+pub mod blocks;
 pub mod config;
 pub mod jwt;
 pub mod revocation;
@@ -312,6 +313,8 @@ pub struct Authenticator {
     pub jwt: crate::reload::Swap<JwtVerifier>,
     pub api_keys: ApiKeys,
     pub revocations: Revocations,
+    /// The IP blocklist (`POST /v1/admin/blocks`), checked before any other work.
+    pub blocks: std::sync::Arc<blocks::Blocklist>,
     /// `auth.leeway_secs`, also applied to revocation cut-offs.
     pub leeway_secs: u64,
 }
@@ -453,6 +456,7 @@ mod tests {
             ),
             api_keys: ApiKeys::new(store.clone(), ttl, 10),
             revocations: Revocations::new(store.clone(), ttl),
+            blocks: Arc::new(blocks::Blocklist::new(store.clone(), ttl)),
             leeway_secs: 30,
         };
         let header = |key: &str| {

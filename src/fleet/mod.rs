@@ -48,6 +48,10 @@ pub enum Event {
     ApiKeyRevoked { owner: String },
     /// The user's tokens issued at or before `not_before` are void; their API keys too.
     TokensRevoked { user: String, not_before: u64 },
+    /// A client address or network is blocked (applied to the in-memory list).
+    Blocked { block: crate::auth::blocks::Block },
+    /// A block is lifted.
+    Unblocked { id: String },
 }
 
 impl Event {
@@ -58,6 +62,8 @@ impl Event {
             Event::AccountErased { .. } => "account_erased",
             Event::ApiKeyRevoked { .. } => "api_key_revoked",
             Event::TokensRevoked { .. } => "tokens_revoked",
+            Event::Blocked { .. } => "blocked",
+            Event::Unblocked { .. } => "unblocked",
         }
     }
 }

@@ -50,6 +50,74 @@ pub async fn revoke_tokens(
     Ok(super::propagate::propagate(app, event, ctx, resp).await)
 }
 
+/// `POST /v1/admin/blocks` `{cidr, reason, expires_in?}` → `201` with the block: clients in
+/// `cidr` (as derived through `server.trusted_proxies`) get `403 blocked` on every route but the
+/// probes, on every instance (fleet event; else within `auth.revocation_cache_secs`). A block
+/// that would cover the caller's own address is refused (an admin cannot lock themselves out).
+pub async fn block(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
+    let (parts, body) = req.into_parts();
+    let principal = authenticate_for(app, &parts.headers, ctx, Action::Admin).await?;
+    let v = super::read_json(body, app.config.server.max_body_bytes).await?;
+    for k in v.as_object().into_iter().flat_map(|o| o.keys()) {
+        if !["cidr", "reason", "expires_in"].contains(&k.as_str()) {
+            return Err(Error::InvalidField(
+                "fields: cidr, reason, expires_in".into(),
+            ));
+        }
+    }
+    let net = v["cidr"]
+        .as_str()
+        .and_then(|s| crate::config::types::parse_cidr(s).ok())
+        .ok_or_else(|| Error::InvalidField("cidr: a network like 203.0.113.0/24".into()))?;
+    let reason = v["reason"]
+        .as_str()
+        .ok_or_else(|| Error::InvalidField("reason: required, a string".into()))?;
+    let expires_in = match &v["expires_in"] {
+        serde_json::Value::Null => None,
+        e => Some(
+            e.as_u64()
+                .filter(|s| (1..=10 * 365 * 86_400).contains(s))
+                .ok_or_else(|| Error::InvalidField("expires_in: seconds, 1 to 10 years".into()))?,
+        ),
+    };
+    if net.contains(&ctx.client_ip.to_canonical()) {
+        return Err(Error::InvalidField("cidr: covers your own address".into()));
+    }
+    let block = app
+        .auth
+        .blocks
+        .add(net, reason, &principal.user_id, expires_in)
+        .await?;
+    tracing::warn!(request_id = %ctx.request_id, block = %block.id, cidr = %block.cidr, "client network blocked");
+    let body = serde_json::to_value(&block).map_err(|e| Error::Internal(e.to_string()))?;
+    let resp = json_response(StatusCode::CREATED, &body);
+    let event = crate::fleet::Event::Blocked { block };
+    Ok(super::propagate::propagate(app, event, ctx, resp).await)
+}
+
+/// `GET /v1/admin/blocks`: every block (expired ones until they are lifted), oldest first.
+pub async fn blocks(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
+    authenticate_for(app, req.headers(), ctx, Action::Admin).await?;
+    let items = app.auth.blocks.list();
+    Ok(json_response(StatusCode::OK, &json!({ "items": items })))
+}
+
+/// `DELETE /v1/admin/blocks/{id}` → `204`, or `404`.
+pub async fn unblock(
+    app: &App,
+    req: Request<Incoming>,
+    ctx: &Ctx,
+    id: &str,
+) -> Result<Response<Body>, Error> {
+    authenticate_for(app, req.headers(), ctx, Action::Admin).await?;
+    if !app.auth.blocks.remove(id).await? {
+        return Err(Error::NotFound);
+    }
+    tracing::warn!(request_id = %ctx.request_id, block = %id.escape_debug(), "client network unblocked");
+    let event = crate::fleet::Event::Unblocked { id: id.to_owned() };
+    Ok(super::propagate::propagate(app, event, ctx, super::no_content()).await)
+}
+
 /// `since`/`until`: RFC 3339 or Unix seconds.
 fn time_param(query: Option<&str>, name: &str) -> Result<Option<u64>, Error> {
     let Some(v) = query_param(query, name)? else {

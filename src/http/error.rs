@@ -31,6 +31,8 @@ pub enum Category {
     Overload,
     Upstream,
     Internal,
+    /// Refused by the IP blocklist (apart from `auth`: a blocked scanner is not an auth spike).
+    Blocked,
 }
 
 /// Everything that can go wrong while serving a request.
@@ -60,6 +62,9 @@ pub enum Error {
     InsufficientScope(&'static str),
     #[error("origin not allowed")]
     CorsForbidden,
+    /// The client address is on the IP blocklist.
+    #[error("blocked")]
+    Blocked,
     #[error("at most {limit} API keys per user")]
     TooManyApiKeys { limit: u64 },
     #[error("an export of this account is already running")]
@@ -120,7 +125,8 @@ impl Error {
             Error::InvalidSignature
             | Error::Forbidden(_)
             | Error::InsufficientScope(_)
-            | Error::CorsForbidden => StatusCode::FORBIDDEN,
+            | Error::CorsForbidden
+            | Error::Blocked => StatusCode::FORBIDDEN,
             Error::TooManyApiKeys { .. } | Error::ExportInProgress | Error::SourceChanged => {
                 StatusCode::CONFLICT
             }
@@ -167,6 +173,7 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::InsufficientScope(_) => "insufficient_scope",
             Error::CorsForbidden => "cors_origin_not_allowed",
+            Error::Blocked => "blocked",
             Error::TooManyApiKeys { .. } => "too_many_api_keys",
             Error::ExportInProgress => "export_in_progress",
             Error::InvalidField(_) => "invalid_field",
@@ -204,6 +211,7 @@ impl Error {
             | Error::InsufficientScope(_)
             | Error::CorsForbidden => Category::Auth,
             Error::NotFound => Category::NotFound,
+            Error::Blocked => Category::Blocked,
             Error::PayloadTooLarge { .. }
             | Error::TooManyPixels { .. }
             | Error::DimensionTooLarge { .. }
@@ -247,6 +255,7 @@ impl Category {
             Category::Overload => "overload",
             Category::Upstream => "upstream",
             Category::Internal => "internal",
+            Category::Blocked => "blocked",
         }
     }
 }

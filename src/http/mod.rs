@@ -101,6 +101,9 @@ pub async fn handle(
     let origin = cors::origin(req.headers());
     let result = if let Err(e) = check_host(&req) {
         Err(e)
+    } else if route.is_api_or_image() && app.auth.blocks.is_blocked(ctx.client_ip) {
+        // Before any other work (no credential is looked at, no storage touched).
+        Err(Error::Blocked)
     } else if preflight {
         cors::preflight(&app.config.server, req.headers(), route.is_api())
     } else {
@@ -180,6 +183,11 @@ async fn dispatch(
         (Route::MeExport, _) => Err(Error::MethodNotAllowed("GET, HEAD")),
         (Route::MeActivity, _) if get_like => admin::activity(app, req, ctx).await,
         (Route::MeActivity, _) => Err(Error::MethodNotAllowed("GET, HEAD")),
+        (Route::AdminBlocks, Method::POST) => admin::block(app, req, ctx).await,
+        (Route::AdminBlocks, _) if get_like => admin::blocks(app, req, ctx).await,
+        (Route::AdminBlocks, _) => Err(Error::MethodNotAllowed("GET, HEAD, POST")),
+        (Route::AdminBlock(id), Method::DELETE) => admin::unblock(app, req, ctx, id).await,
+        (Route::AdminBlock(_), _) => Err(Error::MethodNotAllowed("DELETE")),
         (Route::AdminAudit, _) if get_like => admin::audit(app, req, ctx).await,
         (Route::AdminAudit, _) => Err(Error::MethodNotAllowed("GET, HEAD")),
         (Route::Api, _) => Err(Error::NotFound),

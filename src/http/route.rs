@@ -32,6 +32,10 @@ pub(super) enum Route {
     AdminAudit,
     /// `/v1/me/activity`: the caller's own audit events.
     MeActivity,
+    /// `/v1/admin/blocks`: the IP blocklist (list, add).
+    AdminBlocks,
+    /// `/v1/admin/blocks/{id}`: lift a block.
+    AdminBlock(String),
     /// Any other `/v1` path.
     Api,
     /// `/info/{signature}/…`: an image's facts and placeholders.
@@ -49,7 +53,10 @@ impl Route {
             Route::Image(_) => "image",
             Route::ImageUrl(_) => "image_url",
             Route::ApiKeys | Route::ApiKey(_) => "api_keys",
-            Route::AdminRevoke(_) | Route::AdminAudit => "admin",
+            Route::AdminRevoke(_)
+            | Route::AdminAudit
+            | Route::AdminBlocks
+            | Route::AdminBlock(_) => "admin",
             Route::Usage => "usage",
             Route::Me | Route::MeExport | Route::MeActivity => "account",
             Route::Api => "api",
@@ -73,6 +80,9 @@ impl Route {
             (Route::ApiKey(_), &Method::DELETE) => "apikey.revoke",
             (Route::AdminRevoke(_), &Method::POST) => "tokens.revoke",
             (Route::AdminAudit, _) if get => "audit.read",
+            (Route::AdminBlocks, &Method::POST) => "block.create",
+            (Route::AdminBlocks, _) if get => "block.list",
+            (Route::AdminBlock(_), &Method::DELETE) => "block.delete",
             (Route::Usage, _) if get => "usage.read",
             (Route::Me, &Method::DELETE) => "user.erase",
             (Route::MeExport, _) if get => "user.export",
@@ -81,6 +91,11 @@ impl Route {
             (Route::Transform, _) if get => "image.transform",
             _ => return None,
         })
+    }
+
+    /// Everything the blocklist refuses: all but the operational routes (probes, metrics).
+    pub(super) fn is_api_or_image(&self) -> bool {
+        !matches!(self, Route::Healthz | Route::Readyz | Route::Metrics)
     }
 
     pub(super) fn is_api(&self) -> bool {
@@ -132,6 +147,8 @@ pub(super) fn classify(path: &str, listener: Listener, app: &App) -> Route {
         ["me", "export"] => Route::MeExport,
         ["me", "activity"] => Route::MeActivity,
         ["admin", "audit"] => Route::AdminAudit,
+        ["admin", "blocks"] => Route::AdminBlocks,
+        ["admin", "blocks", id] => Route::AdminBlock((*id).to_owned()),
         _ if rest.is_empty() || rest.starts_with('/') => Route::Api,
         _ => Route::Transform,
     }

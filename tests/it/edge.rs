@@ -239,3 +239,181 @@ async fn client_ip_comes_from_trusted_proxies_only() {
     );
     assert!(log.contains("client_ip=127.0.0.1"), "{log}");
 }
+
+/// The IP blocklist: an admin blocks a network (with a reason and an expiry); clients in it
+/// get `403 blocked` on every route but the probes, before their credentials are looked at,
+/// on this instance at once and on another within `auth.revocation_cache_secs`; the block
+/// expires, is listed, lifted (`204`, then `404`), audited; an admin cannot block their own
+/// address; non-admins cannot block.
+#[tokio::test]
+async fn blocked_networks_are_refused_before_any_work_on_every_instance() {
+    // Buckets of its own: no other test's server sees these blocks.
+    let buckets = own_buckets("blk");
+    let mut env: Vec<(&str, &str)> = buckets
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    env.extend([
+        ("PIXGATE__SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("PIXGATE__AUTH__REVOCATION_CACHE_SECS", "1"),
+        ("PIXGATE__AUDIT__FLUSH_SECONDS", "1"),
+    ]);
+    // Two instances on the same storage.
+    let (a, b) = (
+        Server::start_with(Backend::S3, &env),
+        Server::start_with(Backend::S3, &env),
+    );
+    let admin = bearer(&token(&unique("root"), Role::Admin));
+    let user = bearer(&token(&unique("uma"), Role::Editor));
+    let post = |s: &Server, from: &'static str, auth: &str, body: String| {
+        let (url, auth) = (s.url("/v1/admin/blocks"), auth.to_owned());
+        async move {
+            request(
+                Method::POST,
+                &url,
+                &[("authorization", &auth), ("x-forwarded-for", from)],
+                Bytes::from(body),
+            )
+            .await
+        }
+    };
+    let from = |s: &Server, ip: &'static str, path: &str, auth: &str| {
+        let (url, auth) = (s.url(path), auth.to_owned());
+        async move { get(&url, &[("authorization", &auth), ("x-forwarded-for", ip)]).await }
+    };
+    // Refusals: a non-admin, the admin's own network, bad input.
+    let body =
+        |cidr: &str, extra: &str| format!("{{\"cidr\":\"{cidr}\",\"reason\":\"scan\"{extra}}}");
+    let r = post(&a, "198.51.100.9", &user, body("203.0.113.0/24", "")).await;
+    assert_eq!(r.status, 403);
+    let r = post(&a, "198.51.100.9", &admin, body("198.51.100.0/24", "")).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "invalid_field"),
+        "own address"
+    );
+    for bad in [
+        body("nope", ""),
+        body("203.0.113.0/24", ",\"expires_in\":0"),
+        "{}".into(),
+    ] {
+        let r = post(&a, "198.51.100.9", &admin, bad.clone()).await;
+        assert_eq!(r.status, 400, "{bad}");
+    }
+    // Blocked here at once: any route, any credential; probes still answer.
+    let r = post(&a, "198.51.100.9", &admin, body("203.0.113.9/24", "")).await;
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+    let block = r.json();
+    assert_eq!(block["cidr"], "203.0.113.0/24");
+    let id = block["id"].as_str().unwrap().to_owned();
+    for path in ["/v1/images", "/v1/usage", "/v1/admin/audit"] {
+        for auth in [&user, &admin] {
+            let r = from(&a, "203.0.113.5", path, auth).await;
+            assert_eq!((r.status, r.code().as_str()), (403, "blocked"), "{path}");
+        }
+    }
+    let r = get(
+        &a.url(&signed("/w:10/plain/none")),
+        &[("x-forwarded-for", "203.0.113.5")],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "blocked"),
+        "transforms too"
+    );
+    let r = get(&a.url("/healthz"), &[("x-forwarded-for", "203.0.113.5")]).await;
+    assert_eq!(r.status, 200, "probes are not refused");
+    assert_eq!(
+        from(&a, "198.51.100.1", "/v1/images", &user).await.status,
+        200
+    );
+    // The other instance: within the bound (its list is reloaded after 1 s).
+    let mut refused = false;
+    for _ in 0..40 {
+        if from(&b, "203.0.113.5", "/v1/images", &user).await.status == 403 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the second instance refuses within the bound");
+    // Listed, lifted, gone: 404 the second time; both instances serve again.
+    let r = from(&a, "198.51.100.9", "/v1/admin/blocks", &admin).await;
+    assert!(
+        r.json()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == id.as_str())
+    );
+    let del = |s: &Server| {
+        let (url, auth) = (s.url(&format!("/v1/admin/blocks/{id}")), admin.clone());
+        async move {
+            request(
+                Method::DELETE,
+                &url,
+                &[
+                    ("authorization", &auth),
+                    ("x-forwarded-for", "198.51.100.9"),
+                ],
+                Bytes::new(),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(del(&a).await, 204);
+    assert_eq!(del(&a).await, 404);
+    assert_eq!(
+        from(&a, "203.0.113.5", "/v1/images", &user).await.status,
+        200
+    );
+    let mut served = false;
+    for _ in 0..40 {
+        if from(&b, "203.0.113.5", "/v1/images", &user).await.status == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(served, "lifted on the second instance within the bound");
+    // An expiring block lapses by itself.
+    let r = post(
+        &a,
+        "198.51.100.9",
+        &admin,
+        body("2001:db8::/32", ",\"expires_in\":1"),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        from(&a, "2001:db8::7", "/v1/images", &user).await.status,
+        403
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        from(&a, "2001:db8::7", "/v1/images", &user).await.status,
+        200
+    );
+    // Audited.
+    let mut actions = Vec::new();
+    for _ in 0..50 {
+        let r = from(
+            &a,
+            "198.51.100.9",
+            "/v1/admin/audit?since=0&action=block.create",
+            &admin,
+        )
+        .await;
+        actions = r.json()["items"].as_array().unwrap().clone();
+        if actions.iter().filter(|e| e["status"] == 201).count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        actions.iter().filter(|e| e["status"] == 201).count() >= 2,
+        "{actions:?}"
+    );
+}
