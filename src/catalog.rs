@@ -163,11 +163,13 @@ async fn write_source_entry(
             Bucket::Originals,
             &source_key(uri)?,
             Bytes::from(json),
-            "application/json",
+            JSON,
         )
         .await
         .map_err(CatalogError::from)
 }
+
+const JSON: &str = "application/json";
 
 fn imported_entry(id: &ImageId, created_at: &str) -> SourceEntry {
     SourceEntry {
@@ -526,13 +528,9 @@ impl Catalog {
     ) -> Result<bool, CatalogError> {
         let json = serde_json::to_vec(&imported_entry(id, created_at))
             .map_err(|e| CatalogError::Internal(e.to_string()))?;
+        let key = source_key(uri)?;
         self.store
-            .put_if_absent(
-                Bucket::Originals,
-                &source_key(uri)?,
-                Bytes::from(json),
-                "application/json",
-            )
+            .put_if_absent(Bucket::Originals, &key, Bytes::from(json), JSON)
             .await
             .map_err(CatalogError::from)
     }
@@ -917,6 +915,8 @@ mod tests {
         fs: FsStore,
         late_put: &'static str,
         failed_delete: &'static str,
+        /// What a server-side copy finds at its source (the service copies it as it is now).
+        copy_source: &'static [u8],
     }
 
     #[async_trait]
@@ -961,6 +961,62 @@ mod tests {
         fn backend(&self) -> &'static str {
             "faulty"
         }
+        async fn copy_in(
+            &self,
+            b: Bucket,
+            k: &ObjectKey,
+            _from: &Reference,
+            ct: &str,
+        ) -> Result<bool, StorageError> {
+            let body = Bytes::from_static(self.copy_source);
+            self.fs.put(b, k, body, ct).await.map(|()| true)
+        }
+    }
+
+    /// A server-side copy that stored a reference stub (its source swapped for one after the
+    /// checks, on a service ignoring the copy precondition) is refused and leaves nothing; a
+    /// real original is kept.
+    #[tokio::test]
+    async fn a_server_side_copy_never_stores_a_stub() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = |copy_source: &'static [u8]| {
+            let fs = FsStore::new(dir.path(), Duration::from_secs(5)).unwrap();
+            let store = Arc::new(Faulty {
+                fs,
+                late_put: "",
+                failed_delete: "",
+                copy_source,
+            });
+            Catalog::new(store, 1 << 20)
+        };
+        let from = Reference {
+            bucket: "photos".into(),
+            key: "a.png".into(),
+            etag: "\"v1\"".into(),
+            bytes: 3,
+            owned: false,
+        };
+        let stub = foreign::stub(&Reference {
+            bucket: "pixgate-originals".into(),
+            ..from.clone()
+        })
+        .unwrap();
+        let swapped = catalog(Box::leak(stub.to_vec().into_boxed_slice()));
+        let meta = sample_meta(&ImageId::generate().unwrap());
+        let id = ImageId::parse(&meta.id).unwrap();
+        assert!(swapped.create_copied(&meta, &from).await.is_err());
+        assert!(matches!(
+            swapped.meta(&id).await,
+            Err(CatalogError::NotFound)
+        ));
+        let original = key(&id, "original").unwrap();
+        assert!(
+            !swapped.original_exists(&id).await.unwrap(),
+            "{original} removed"
+        );
+        let honest = catalog(b"abc");
+        honest.create_copied(&meta, &from).await.unwrap();
+        assert_eq!(honest.original(&id).await.unwrap(), &b"abc"[..]);
     }
 
     #[tokio::test]
@@ -971,6 +1027,7 @@ mod tests {
             fs,
             late_put: "meta.json",
             failed_delete: "",
+            copy_source: b"",
         });
         let catalog = Catalog::new(store.clone(), 1024);
         let id = ImageId::generate().unwrap();
@@ -1000,6 +1057,7 @@ mod tests {
                 fs,
                 late_put: "",
                 failed_delete: "/original",
+                copy_source: b"",
             }),
             1024,
         );

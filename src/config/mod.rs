@@ -124,6 +124,18 @@ impl Config {
             "sources.legacy_lazy",
             "needs storage.backend = \"s3\" (legacy buckets are read from its service)",
         )?;
+        let s = &self.storage;
+        let own = [&s.s3_bucket, &s.s3_derived_bucket, &s.s3_audit_bucket];
+        types::require(
+            s.backend == crate::storage::Backend::S3
+                && self
+                    .sources
+                    .resolved()?
+                    .iter()
+                    .any(|e| own.contains(&&e.bucket)),
+            "sources.legacy",
+            "names one of pixgate's own buckets (storage.s3_bucket, s3_derived_bucket, s3_audit_bucket)",
+        )?;
         self.audit.validate()
     }
 
@@ -304,6 +316,27 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
         // Without dev secrets it is not valid yet.
         assert_eq!(c.validate().unwrap_err().key, "signing.keys");
+    }
+
+    #[test]
+    fn legacy_sources_never_name_pixgates_own_buckets() {
+        let with = |legacy: &str| {
+            let mut e = valid_env();
+            e.extend(env(&[
+                ("PIXGATE__STORAGE__BACKEND", "s3"),
+                ("PIXGATE__STORAGE__S3_BUCKET", "px-originals"),
+                ("PIXGATE__STORAGE__S3_DERIVED_BUCKET", "px-derived"),
+                ("PIXGATE__SOURCES__LEGACY", legacy),
+            ]));
+            Config::load(None, e).unwrap().validate()
+        };
+        with("s3://photos/users/ owner_pattern=users/{owner}/**").unwrap();
+        for own in [
+            "s3://px-originals/images/ owner=a",
+            "s3://px-derived/ owner=a",
+        ] {
+            assert_eq!(with(own).unwrap_err().key, "sources.legacy", "{own}");
+        }
     }
 
     #[test]

@@ -62,6 +62,24 @@ impl S3Store {
         }
     }
 
+    /// A PUT of `body` with the store's encryption settings.
+    fn put_request(
+        &self,
+        bucket: Bucket,
+        key: &ObjectKey,
+        body: Bytes,
+        content_type: &str,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        self.client
+            .put_object()
+            .bucket(self.bucket(bucket))
+            .key(key.as_str())
+            .content_type(content_type)
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.sse_kms_key_id.clone())
+            .body(ByteStream::from(body))
+    }
+
     fn bucket(&self, b: Bucket) -> &str {
         match b {
             Bucket::Originals => &self.originals,
@@ -87,6 +105,22 @@ where
         return StorageError::Timeout;
     }
     StorageError::Backend(DisplayErrorContext(&e).to_string())
+}
+
+/// A conditional request's answer: `true` done, `false` its precondition failed (412).
+fn precondition<T, E>(
+    r: Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+) -> Result<bool, StorageError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>:
+        std::error::Error + 'static,
+{
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => Ok(false),
+        Err(e) => Err(sdk_err(e)),
+    }
 }
 
 /// An S3 client with `cfg`'s timeouts, retries, path style and checksum policy, for `endpoint`
@@ -169,15 +203,7 @@ impl ObjectStore for S3Store {
         body: Bytes,
         content_type: &str,
     ) -> Result<(), StorageError> {
-        let req = self
-            .client
-            .put_object()
-            .bucket(self.bucket(bucket))
-            .key(key.as_str())
-            .content_type(content_type)
-            .set_server_side_encryption(self.sse.clone())
-            .set_ssekms_key_id(self.sse_kms_key_id.clone())
-            .body(ByteStream::from(body));
+        let req = self.put_request(bucket, key, body, content_type);
         with_deadline(self.timeout, async move {
             req.send().await.map(|_| ()).map_err(sdk_err)
         })
@@ -202,14 +228,7 @@ impl ObjectStore for S3Store {
             .content_type(content_type)
             .set_server_side_encryption(self.sse.clone())
             .set_ssekms_key_id(self.sse_kms_key_id.clone());
-        with_deadline(self.timeout, async move {
-            match req.send().await {
-                Ok(_) => Ok(true),
-                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => Ok(false),
-                Err(e) => Err(sdk_err(e)),
-            }
-        })
-        .await
+        with_deadline(self.timeout, async move { precondition(req.send().await) }).await
     }
 
     async fn put_if_absent(
@@ -220,23 +239,9 @@ impl ObjectStore for S3Store {
         content_type: &str,
     ) -> Result<bool, StorageError> {
         let req = self
-            .client
-            .put_object()
-            .bucket(self.bucket(bucket))
-            .key(key.as_str())
-            .content_type(content_type)
-            .if_none_match("*")
-            .set_server_side_encryption(self.sse.clone())
-            .set_ssekms_key_id(self.sse_kms_key_id.clone())
-            .body(ByteStream::from(body));
-        with_deadline(self.timeout, async move {
-            match req.send().await {
-                Ok(_) => Ok(true),
-                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => Ok(false),
-                Err(e) => Err(sdk_err(e)),
-            }
-        })
-        .await
+            .put_request(bucket, key, body, content_type)
+            .if_none_match("*");
+        with_deadline(self.timeout, async move { precondition(req.send().await) }).await
     }
 
     async fn get(
