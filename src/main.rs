@@ -371,6 +371,10 @@ fn sweep(file: Option<PathBuf>) -> Result<(), String> {
         } else {
             println!("derived: kept (cache.derived_ttl_days = 0)");
         }
+        let n = pixgate::auth::blocks::Blocklist::sweep_expired(store.as_ref())
+            .await
+            .map_err(|e| format!("blocks sweep: {e}"))?;
+        println!("blocks: removed {n} expired block(s)");
         // Temporary files of fs writes a crash interrupted (none on S3). An hour is far past
         // any write in progress, so this is safe beside live servers.
         let hour_ago = now

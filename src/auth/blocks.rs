@@ -218,6 +218,26 @@ impl Blocklist {
         Ok(existed)
     }
 
+    /// Removes every expired block record (`pixgate sweep`): an expired block holds a client
+    /// address for no purpose. Instances drop it from memory at their next reload (it is
+    /// ignored there already). Returns how many went.
+    pub async fn sweep_expired(store: &dyn ObjectStore) -> Result<usize, AuthError> {
+        let now = now_secs();
+        let mut removed = 0;
+        for k in store.list(Bucket::Originals, "blocks/").await? {
+            let expired = match store.get(Bucket::Originals, &k, MAX_RECORD_BYTES).await {
+                Ok(b) => serde_json::from_slice::<Block>(&b).is_ok_and(|b| !b.live(now)),
+                Err(StorageError::NotFound) => false,
+                Err(e) => return Err(e.into()),
+            };
+            if expired {
+                store.delete(Bucket::Originals, &k).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// A block made through another instance (fleet event).
     pub fn apply_added(&self, block: &Block) {
         let Some(net) = block.network() else { return };
@@ -269,6 +289,30 @@ mod tests {
         other.apply_removed(&b.id);
         assert!(!other.is_blocked(ip("203.0.113.1")));
         assert_eq!(other.list(), vec![short]);
+        // The sweep removes the expired record only.
+        assert_eq!(
+            Blocklist::sweep_expired(other.store.as_ref())
+                .await
+                .unwrap(),
+            1
+        );
+        other.reload().await.unwrap();
+        assert!(
+            other.list().is_empty(),
+            "the live one was lifted, the expired one swept"
+        );
+        let live = list
+            .add(net("192.0.2.0/24"), "", "root", Some(3600))
+            .await
+            .unwrap();
+        assert_eq!(
+            Blocklist::sweep_expired(other.store.as_ref())
+                .await
+                .unwrap(),
+            0
+        );
+        other.reload().await.unwrap();
+        assert_eq!(other.list(), vec![live]);
         let long = "x".repeat(MAX_REASON_CHARS + 1);
         assert!(
             list.add(net("10.0.0.0/8"), &long, "root", None)
