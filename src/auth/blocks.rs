@@ -6,7 +6,8 @@
 //! (at most [`MAX_BLOCKS`]) and checks each request's client address against it without I/O.
 //! A change reaches the other instances through the fleet bus at once (`fleet::Event::Blocked`
 //! / `Unblocked`, acknowledged like a revocation) and, for an instance that missed it, by the
-//! reload every `auth.revocation_cache_secs` (the same documented bound).
+//! reload every `auth.revocation_cache_secs` (the same documented bound): one listing, plus a
+//! read of each record not held yet (records are immutable).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,16 +112,31 @@ impl Blocklist {
         hit
     }
 
-    /// Reads every record (start-up, and when the list is older than the TTL). Expired
-    /// records are skipped (and left for `list` to show until they are removed).
+    /// Brings the list in line with the records (start-up, and when it is older than the TTL).
+    /// Records never change once written (a block is added or removed, never edited), so only
+    /// records not held yet are read: a steady list costs one listing per TTL, not one read per
+    /// block.
     pub async fn reload(&self) -> Result<(), AuthError> {
+        let keys = self.store.list(Bucket::Originals, "blocks/").await?;
+        let held: std::collections::HashMap<String, (ipnet::IpNet, Block)> = {
+            let guard = self.entries.read().unwrap_or_else(|p| p.into_inner());
+            guard
+                .1
+                .iter()
+                .map(|e| (e.1.id.clone(), e.clone()))
+                .collect()
+        };
         let mut fresh = Vec::new();
-        for k in self.store.list(Bucket::Originals, "blocks/").await? {
-            match self
-                .store
-                .get(Bucket::Originals, &k, MAX_RECORD_BYTES)
-                .await
-            {
+        for k in keys.iter().take(MAX_BLOCKS) {
+            let id = k
+                .as_str()
+                .trim_start_matches("blocks/")
+                .trim_end_matches(".json");
+            if let Some(e) = held.get(id) {
+                fresh.push(e.clone());
+                continue;
+            }
+            match self.store.get(Bucket::Originals, k, MAX_RECORD_BYTES).await {
                 Ok(b) => {
                     let block: Block = serde_json::from_slice(&b)
                         .map_err(|e| AuthError::Internal(format!("block record {k}: {e}")))?;
@@ -130,9 +146,6 @@ impl Blocklist {
                 }
                 Err(StorageError::NotFound) => {}
                 Err(e) => return Err(e.into()),
-            }
-            if fresh.len() >= MAX_BLOCKS {
-                break;
             }
         }
         *self.entries.write().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), fresh);
@@ -288,7 +301,10 @@ mod tests {
         assert!(!list.is_blocked(ip("203.0.113.77")));
         other.apply_removed(&b.id);
         assert!(!other.is_blocked(ip("203.0.113.1")));
-        assert_eq!(other.list(), vec![short]);
+        assert_eq!(other.list(), vec![short.clone()]);
+        // A reload keeps what it holds and drops what is gone from storage.
+        other.reload().await.unwrap();
+        assert_eq!(other.list(), vec![short.clone()]);
         // The sweep removes the expired record only.
         assert_eq!(
             Blocklist::sweep_expired(other.store.as_ref())

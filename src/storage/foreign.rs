@@ -20,11 +20,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{StorageConfig, StorageError, read_capped, with_deadline};
+use super::{StorageConfig, StorageError, precondition, read_capped, sdk_err, with_deadline};
 
 /// The first bytes of a reference stub. Starts with a byte no supported image format starts
 /// with, and is followed by a version.
@@ -169,9 +169,7 @@ impl Foreign for S3Foreign {
                     return Err(match (service_code(&e), status(&e)) {
                         (Some("NoSuchKey" | "NotFound"), _) | (_, Some(404)) => ForeignError::Gone,
                         (Some("PreconditionFailed"), _) | (_, Some(412)) => ForeignError::Changed,
-                        _ => ForeignError::Storage(StorageError::Backend(
-                            DisplayErrorContext(&e).to_string(),
-                        )),
+                        _ => ForeignError::Storage(sdk_err(e)),
                     });
                 }
             };
@@ -212,16 +210,13 @@ impl Foreign for S3Foreign {
             let current = match head.send().await {
                 Ok(out) => out.e_tag().map(str::to_owned),
                 Err(e) if matches!(status(&e), Some(404)) => return Ok(false),
-                Err(e) => return Err(StorageError::Backend(DisplayErrorContext(&e).to_string())),
+                Err(e) => return Err(sdk_err(e)),
             };
             if current.as_deref() != Some(r.etag.as_str()) {
                 return Ok(false);
             }
-            delete
-                .send()
-                .await
-                .map_err(|e| StorageError::Backend(DisplayErrorContext(&e).to_string()))?;
-            Ok(true)
+            // A 412 (replaced since the HEAD, where the service checks If-Match) leaves it.
+            precondition(delete.send().await)
         })
         .await
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod foreign;
 mod fs;
 mod s3;
+use s3::{precondition, sdk_err};
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};

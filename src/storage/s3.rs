@@ -90,7 +90,7 @@ impl S3Store {
 }
 
 /// Maps an SDK error; 404 / NoSuchKey / NoSuchBucket-less "not found" become `NotFound`.
-fn sdk_err<E, R>(e: aws_sdk_s3::error::SdkError<E, R>) -> StorageError
+pub(super) fn sdk_err<E, R>(e: aws_sdk_s3::error::SdkError<E, R>) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
@@ -108,7 +108,7 @@ where
 }
 
 /// A conditional request's answer: `true` done, `false` its precondition failed (412).
-fn precondition<T, E>(
+pub(super) fn precondition<T, E>(
     r: Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
 ) -> Result<bool, StorageError>
 where
