@@ -30,6 +30,8 @@ pub struct App {
     pub signer: Swap<Signer>,
     /// Bearer credentials → principals (JWTs, API keys, revocations).
     pub auth: Authenticator,
+    /// Teams, shares, collections, and how far a principal reaches an image.
+    pub access: crate::access::Access,
     /// Results: caches, single-flight, the engine and its CPU pool, eager renders, deletes.
     pub render: Arc<Renderer>,
     /// The CDN purge hook (a no-op unless `cdn.purge_url` is set).
@@ -106,7 +108,12 @@ impl App {
             cdn.clone(),
             metrics.clone(),
         ));
+        let access = crate::access::Access::new(
+            store.clone(),
+            Duration::from_secs(config.auth.revocation_cache_secs),
+        );
         Ok(App {
+            access,
             limiter,
             fleet,
             catalog,
@@ -161,9 +168,11 @@ impl Apply for App {
         match event {
             Event::ImageDeleted { image } => {
                 cache.purge_image(image);
+                self.access.forget_image(image);
             }
             Event::AccountErased { user } => {
                 cache.purge_owner(user);
+                self.access.forget_all();
                 self.auth.api_keys.forget_owner(user);
                 self.auth.revocations.forget(user);
             }
@@ -174,6 +183,7 @@ impl Apply for App {
             }
             Event::Blocked { block } => self.auth.blocks.apply_added(block),
             Event::Unblocked { id } => self.auth.blocks.apply_removed(id),
+            Event::AccessChanged { changes } => changes.iter().for_each(|c| self.access.apply(c)),
         }
         self.metrics.cache_memory_bytes.set(cache.bytes() as i64);
     }
@@ -182,6 +192,7 @@ impl Apply for App {
         self.render.cache.forget_confirmations();
         self.auth.api_keys.forget_all();
         self.auth.revocations.forget_all();
+        self.access.forget_all();
         // Events may have been missed: the blocklist is read again.
         let blocks = self.auth.blocks.clone();
         tokio::spawn(async move {

@@ -794,6 +794,14 @@ impl Catalog {
         self.store
             .delete(Bucket::Originals, &index_key(meta, &id)?)
             .await?;
+        // The image leaves every collection, and its shares' index copies go (the shares and
+        // back-references themselves are under the prefix).
+        crate::access::account::detach_image(&self.store, id.as_str())
+            .await
+            .map_err(|e| match e {
+                crate::access::AccessError::Storage(s) => CatalogError::Storage(s),
+                other => CatalogError::Internal(format!("detaching access records: {other}")),
+            })?;
         // Anything else under the image's prefix, then the metadata last.
         let meta_key = key(&id, "meta.json")?;
         for k in self

@@ -176,12 +176,16 @@ pub enum Action {
     ManageKeys,
     /// Audit, revocation, acting on behalf of other users.
     Admin,
+    /// Create and manage teams, share one's images and collections.
+    Collaborate,
 }
 
 impl Action {
     fn min_role(self) -> Role {
         match self {
-            Action::Read | Action::Transform | Action::ManageKeys => Role::Viewer,
+            Action::Read | Action::Transform | Action::ManageKeys | Action::Collaborate => {
+                Role::Viewer
+            }
             Action::Upload | Action::Update | Action::Delete => Role::Editor,
             Action::Admin => Role::Admin,
         }
@@ -193,7 +197,7 @@ impl Action {
             Action::Transform => Scopes::TRANSFORM,
             Action::Upload | Action::Update => Scopes::UPLOAD,
             Action::Delete => Scopes::DELETE,
-            Action::ManageKeys | Action::Admin => Scopes::MANAGE,
+            Action::ManageKeys | Action::Admin | Action::Collaborate => Scopes::MANAGE,
         }
     }
 
@@ -206,6 +210,7 @@ impl Action {
             Action::Delete => "deleting requires the editor or admin role",
             Action::ManageKeys => "managing API keys requires the manage scope",
             Action::Admin => "this action requires the admin role",
+            Action::Collaborate => "managing teams and shares requires the manage scope",
         }
     }
 }

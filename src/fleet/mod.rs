@@ -52,6 +52,9 @@ pub enum Event {
     Blocked { block: crate::auth::blocks::Block },
     /// A block is lifted.
     Unblocked { id: String },
+    /// Shares, memberships or collections changed (granted or revoked): the instances forget
+    /// what they cached of them.
+    AccessChanged { changes: Vec<crate::access::Change> },
 }
 
 impl Event {
@@ -64,6 +67,7 @@ impl Event {
             Event::TokensRevoked { .. } => "tokens_revoked",
             Event::Blocked { .. } => "blocked",
             Event::Unblocked { .. } => "unblocked",
+            Event::AccessChanged { .. } => "access_changed",
         }
     }
 }

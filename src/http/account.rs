@@ -14,7 +14,9 @@
 //! own, so a client that hangs up or a request deadline does not stop it half-way, and a
 //! repeated `DELETE` joins the erasure in progress (`AccountJobs::erasures`). Order: every image
 //! through `render::delete_image` (memory purge and tombstone, original, derived prefix, owner
-//! index, metadata, CDN purge), repeated until the owner index is empty; API keys; the
+//! index, metadata, CDN purge), repeated until the owner index is empty; API keys; their
+//! collections, team memberships and the shares they granted or received (`access::account`);
+//! the
 //! anything left under the user's `users/` prefix; the user's limiter state in Redis and in
 //! this process. The user's tokens keep working afterwards, as an empty account — except
 //! tokens an admin revoked before: the revocation record (a hash and a time) is kept. Audit
@@ -145,7 +147,7 @@ async fn export_head(
         "role": own.then(|| principal.role.as_str()),
         "plan": plan.as_deref().unwrap_or(DEFAULT_PLAN),
     });
-    let head = json!({
+    let mut head = json!({
         "schema": EXPORT_SCHEMA,
         "audit_schema": crate::audit::SCHEMA,
         "exported_at": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -153,6 +155,11 @@ async fn export_head(
         "api_keys": keys,
         "usage": usage,
     });
+    // Teams (with the user's role), their collections with items, shares given and received.
+    let access = crate::access::account::export_user(&app.access.store, user).await?;
+    if let (Some(h), Value::Object(a)) = (head.as_object_mut(), access) {
+        h.extend(a);
+    }
     Ok(head)
 }
 
@@ -443,6 +450,12 @@ async fn erase_account(app: &Arc<App>, user: &str) -> Result<usize, Error> {
         }
     }
     app.auth.api_keys.revoke_all(user).await?;
+    // Their collections, memberships, the shares they granted and received; other users'
+    // images, collections and teams stay. The `AccountErased` event makes every instance
+    // forget its cached access state.
+    for c in crate::access::account::erase_user(&app.access.store, user).await? {
+        app.access.apply(&c);
+    }
     // A token revocation an admin made stays (a hash of the user id and a time): deleting it
     // would let tokens revoked because they leaked open the account again. It is a security
     // record, like the audit trail (`docs/privacy.md`).

@@ -69,6 +69,9 @@ pub enum Error {
     TooManyApiKeys { limit: u64 },
     #[error("an export of this account is already running")]
     ExportInProgress,
+    /// The state refuses the change (the last admin of a team, a full collection).
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("invalid field: {0}")]
     InvalidField(String),
     #[error("not found")]
@@ -127,9 +130,10 @@ impl Error {
             | Error::InsufficientScope(_)
             | Error::CorsForbidden
             | Error::Blocked => StatusCode::FORBIDDEN,
-            Error::TooManyApiKeys { .. } | Error::ExportInProgress | Error::SourceChanged => {
-                StatusCode::CONFLICT
-            }
+            Error::TooManyApiKeys { .. }
+            | Error::ExportInProgress
+            | Error::SourceChanged
+            | Error::Conflict(_) => StatusCode::CONFLICT,
             Error::UrlExpired | Error::SourceGone => StatusCode::GONE,
             Error::UnknownOption(_)
             | Error::InvalidOption(_)
@@ -176,6 +180,7 @@ impl Error {
             Error::Blocked => "blocked",
             Error::TooManyApiKeys { .. } => "too_many_api_keys",
             Error::ExportInProgress => "export_in_progress",
+            Error::Conflict(_) => "conflict",
             Error::InvalidField(_) => "invalid_field",
             Error::NotFound => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
@@ -267,6 +272,21 @@ impl From<ParseError> for Error {
             ParseError::InvalidOption(m) => Error::InvalidOption(m),
             ParseError::InvalidSource(m) => Error::InvalidSource(m),
             ParseError::UnsupportedFormat(f) => Error::UnsupportedFormat(f),
+        }
+    }
+}
+
+impl From<crate::access::AccessError> for Error {
+    fn from(e: crate::access::AccessError) -> Self {
+        use crate::access::AccessError as A;
+        match e {
+            A::NotFound => Error::NotFound,
+            A::Forbidden(m) => Error::Forbidden(m),
+            A::InvalidField(m) => Error::InvalidField(m),
+            A::Conflict(m) => Error::Conflict(m),
+            A::Storage(e) => Error::from(e),
+            A::Corrupt(m) => Error::StorageCorrupt(m),
+            A::Internal(m) => Error::Internal(m),
         }
     }
 }

@@ -31,6 +31,7 @@ use super::{
     Body, Ctx, acting_for, authenticate_for, charge_caller, json_response, no_content, query_param,
     read_body, read_json, reject_large_body,
 };
+use crate::access::Level;
 use crate::app::App;
 use crate::auth::{Action, Principal};
 use crate::catalog::{ImageMeta, MetaPatch, normalise_tags};
@@ -48,32 +49,35 @@ const MAX_OPTIONS_LEN: usize = 2048;
 /// Tags a multipart upload may list before de-duplication.
 const MAX_RAW_TAGS: usize = 100;
 
-/// The image `raw_id` if `principal` may touch it; `404` for malformed ids, missing images and
-/// other users' images alike.
-async fn owned_image(
+/// The image `raw_id` if `principal` reaches it at `need` (`access::Level`): `404` for
+/// malformed ids, missing images and images the caller cannot see alike; `403` for an image it
+/// sees (through a share or a collection) but may not act on this way.
+pub(crate) async fn image_for(
+    app: &App,
+    principal: &Principal,
+    raw_id: &str,
+    ctx: &Ctx,
+    need: Level,
+) -> Result<ImageMeta, Error> {
+    reach(app, principal, raw_id, ctx, need, false).await
+}
+
+/// [`image_for`] at `Manage`, also when an interrupted delete marked it `deleting`.
+async fn image_for_delete(
     app: &App,
     principal: &Principal,
     raw_id: &str,
     ctx: &Ctx,
 ) -> Result<ImageMeta, Error> {
-    owned(app, principal, raw_id, ctx, false).await
+    reach(app, principal, raw_id, ctx, Level::Manage, true).await
 }
 
-/// [`owned_image`], also when an interrupted delete marked it `deleting`.
-async fn owned_image_for_delete(
+async fn reach(
     app: &App,
     principal: &Principal,
     raw_id: &str,
     ctx: &Ctx,
-) -> Result<ImageMeta, Error> {
-    owned(app, principal, raw_id, ctx, true).await
-}
-
-async fn owned(
-    app: &App,
-    principal: &Principal,
-    raw_id: &str,
-    ctx: &Ctx,
+    need: Level,
     deleting_too: bool,
 ) -> Result<ImageMeta, Error> {
     ctx.set_image(raw_id, None);
@@ -83,12 +87,23 @@ async fn owned(
     } else {
         app.catalog.meta(&id).await?
     };
-    if !principal.owns(&meta.owner) {
+    let level = app
+        .access
+        .image_level(principal, &meta.id, &meta.owner)
+        .await?;
+    if level == Level::None {
         // Audited as `access.denied`; answered like a missing image.
         ctx.set_denied();
         return Err(Error::NotFound);
     }
     ctx.set_image(raw_id, Some(&meta.owner));
+    if level < need {
+        ctx.set_denied();
+        return Err(Error::Forbidden(match need {
+            Level::Edit => "changing this image needs an edit share",
+            _ => "only the image's owner (or an admin) may do this",
+        }));
+    }
     Ok(meta)
 }
 
@@ -355,20 +370,28 @@ fn multipart_error(e: multer::Error, cap: u64) -> Error {
     }
 }
 
-pub async fn list(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
-    let principal = authenticate_for(app, req.headers(), ctx, Action::Read).await?;
-    let query = req.uri().query();
-    let owner = acting_for(&principal, query)?;
-    ctx.set_subject(&owner);
-    let limit = match query_param(query, "limit")? {
-        None => DEFAULT_PAGE,
+/// `?limit=` (1..=100, default 20).
+pub(crate) fn page_limit(query: Option<&str>) -> Result<usize, Error> {
+    match query_param(query, "limit")? {
+        None => Ok(DEFAULT_PAGE),
         Some(l) => l
             .parse::<usize>()
             .ok()
             .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| Error::InvalidField(format!("limit: 1..={MAX_PAGE}")))?,
-    };
+            .ok_or_else(|| Error::InvalidField(format!("limit: 1..={MAX_PAGE}"))),
+    }
+}
+
+pub async fn list(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>, Error> {
+    let principal = authenticate_for(app, req.headers(), ctx, Action::Read).await?;
+    let query = req.uri().query();
+    let limit = page_limit(query)?;
     let cursor = query_param(query, "cursor")?;
+    if super::shared::wanted(query)? {
+        return super::shared::images(app, &principal, cursor.as_deref(), limit).await;
+    }
+    let owner = acting_for(&principal, query)?;
+    ctx.set_subject(&owner);
     let page = app
         .catalog
         .list(&owner, cursor.as_deref().filter(|c| !c.is_empty()), limit)
@@ -387,7 +410,7 @@ pub async fn get(
     id: &str,
 ) -> Result<Response<Body>, Error> {
     let principal = authenticate_for(app, req.headers(), ctx, Action::Read).await?;
-    let meta = owned_image(app, &principal, id, ctx).await?;
+    let meta = image_for(app, &principal, id, ctx, Level::Read).await?;
     // Images uploaded before placeholders existed get them now (once; see `render::info`).
     // The record is answered without them if that fails: its metadata is still good.
     let meta = match app.render.with_info(meta.clone()).await {
@@ -408,7 +431,7 @@ pub async fn update(
 ) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
     let principal = authenticate_for(app, &parts.headers, ctx, Action::Update).await?;
-    let meta = owned_image(app, &principal, id, ctx).await?;
+    let meta = image_for(app, &principal, id, ctx, Level::Edit).await?;
     let patch = MetaPatch::from_json(&read_json(body, app.config.server.max_body_bytes).await?)?;
     if patch.is_empty() {
         // An empty body or `{}` changes nothing: most likely a client bug, and a 200 would hide it.
@@ -430,7 +453,7 @@ pub async fn delete(
     let principal = authenticate_for(app, req.headers(), ctx, Action::Delete).await?;
     // An image whose delete was interrupted is gone for every reader, but its owner's
     // `DELETE` finishes the job (and answers 204 once everything is gone).
-    let meta = owned_image_for_delete(app, &principal, id, ctx).await?;
+    let meta = image_for_delete(app, &principal, id, ctx).await?;
     // Memory, original, derived objects, metadata; then the CDN purge hook in the background.
     app.render.delete_image(&meta).await?;
     tracing::info!(request_id = %ctx.request_id, image = %meta.id, "image deleted");
@@ -448,7 +471,7 @@ pub async fn sign_url(
 ) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
     let principal = authenticate_for(app, &parts.headers, ctx, Action::Transform).await?;
-    let meta = owned_image(app, &principal, id, ctx).await?;
+    let meta = image_for(app, &principal, id, ctx, Level::Read).await?;
     let req_body = read_json(body, app.config.server.max_body_bytes).await?;
     let s = &app.config.signing;
     let options = match req_body.get("options") {

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::error::Error;
 use super::serving::{
-    Caller, ResponseHeaders, allow_owner, cache_control, common_headers, not_modified,
+    Caller, ResponseHeaders, allow_viewer, cache_control, common_headers, not_modified,
     not_modified_response, split_signature, verify,
 };
 use super::{Body, Ctx};
@@ -48,7 +48,7 @@ pub async fn handle(
         return Err(Error::UrlExpired);
     }
     let meta = app.catalog.meta(&request.image).await?;
-    allow_owner(&caller, &meta.owner, ctx)?;
+    allow_viewer(app, &caller, &meta.id, &meta.owner, ctx).await?;
     let headers = ResponseHeaders {
         cache_control: cache_control(
             matches!(caller, Caller::Bearer(_)),

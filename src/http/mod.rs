@@ -17,6 +17,7 @@ mod account;
 mod admin;
 mod body;
 mod client_ip;
+mod collections;
 mod cors;
 mod ctx;
 pub mod error;
@@ -34,6 +35,9 @@ mod propagate;
 mod ratelimit;
 mod route;
 mod serving;
+mod shared;
+mod shares;
+mod teams;
 mod transform;
 mod usage;
 
@@ -190,9 +194,65 @@ async fn dispatch(
         (Route::AdminBlock(_), _) => Err(Error::MethodNotAllowed("DELETE")),
         (Route::AdminAudit, _) if get_like => admin::audit(app, req, ctx).await,
         (Route::AdminAudit, _) => Err(Error::MethodNotAllowed("GET, HEAD")),
+        (Route::Teams | Route::Team(_) | Route::TeamMembers(_) | Route::TeamMember(..), _) => {
+            access_route(app, route, req, ctx).await
+        }
+        (Route::Shares(_) | Route::Share(..), _) => access_route(app, route, req, ctx).await,
+        (
+            Route::Collections
+            | Route::Collection(_)
+            | Route::CollectionItems(_)
+            | Route::CollectionItem(..),
+            _,
+        ) => access_route(app, route, req, ctx).await,
         (Route::Api, _) => Err(Error::NotFound),
         (Route::Info, _) if get_like => info::handle(app, req, ctx).await,
         (Route::Transform, _) if get_like => transform::handle(app, req, ctx).await,
         _ => Err(Error::MethodNotAllowed("GET, HEAD")),
+    }
+}
+
+/// Teams, shares and collections (`access`).
+async fn access_route(
+    app: &Arc<App>,
+    route: &Route,
+    req: Request<Incoming>,
+    ctx: &Ctx,
+) -> Result<Response<Body>, Error> {
+    let method = req.method().clone();
+    let get_like = method == Method::GET || method == Method::HEAD;
+    match (route, method) {
+        (Route::Teams, Method::POST) => teams::create(app, req, ctx).await,
+        (Route::Teams, _) if get_like => teams::list(app, req, ctx).await,
+        (Route::Teams, _) => Err(Error::MethodNotAllowed("GET, HEAD, POST")),
+        (Route::Team(id), Method::DELETE) => teams::delete(app, req, ctx, id).await,
+        (Route::Team(id), _) if get_like => teams::get(app, req, ctx, id).await,
+        (Route::Team(_), _) => Err(Error::MethodNotAllowed("GET, HEAD, DELETE")),
+        (Route::TeamMembers(id), Method::POST) => teams::add_member(app, req, ctx, id).await,
+        (Route::TeamMember(id, u), Method::DELETE) => {
+            teams::remove_member(app, req, ctx, id, u).await
+        }
+        (Route::TeamMembers(_), _) => Err(Error::MethodNotAllowed("POST")),
+        (Route::Shares(of), Method::POST) => shares::create(app, req, ctx, of.target()).await,
+        (Route::Shares(of), _) if get_like => shares::list(app, req, ctx, of.target()).await,
+        (Route::Shares(_), _) => Err(Error::MethodNotAllowed("GET, HEAD, POST")),
+        (Route::Share(of, s), Method::DELETE) => {
+            shares::revoke(app, req, ctx, of.target(), s).await
+        }
+        (Route::Collections, Method::POST) => collections::create(app, req, ctx).await,
+        (Route::Collections, _) if get_like => collections::list(app, req, ctx).await,
+        (Route::Collections, _) => Err(Error::MethodNotAllowed("GET, HEAD, POST")),
+        (Route::Collection(id), Method::PATCH) => collections::update(app, req, ctx, id).await,
+        (Route::Collection(id), Method::DELETE) => collections::delete(app, req, ctx, id).await,
+        (Route::Collection(id), _) if get_like => collections::get(app, req, ctx, id).await,
+        (Route::Collection(_), _) => Err(Error::MethodNotAllowed("GET, HEAD, PATCH, DELETE")),
+        (Route::CollectionItems(id), Method::POST) => {
+            collections::add_item(app, req, ctx, id).await
+        }
+        (Route::CollectionItems(_), _) => Err(Error::MethodNotAllowed("POST")),
+        (Route::CollectionItem(id, image), Method::DELETE) => {
+            collections::remove_item(app, req, ctx, id, image).await
+        }
+        _ => Err(Error::MethodNotAllowed("DELETE")),
     }
 }

@@ -14,7 +14,7 @@ use http::{HeaderMap, Response};
 
 use super::error::Error;
 use super::serving::{
-    Caller, ResponseHeaders, allow_owner, common_headers, content_disposition,
+    Caller, ResponseHeaders, allow_viewer, common_headers, content_disposition,
     not_modified_response,
 };
 use super::{Body, Ctx};
@@ -48,7 +48,7 @@ pub(super) async fn serve(
         ..headers.clone()
     };
     let meta = app.catalog.meta(&request.image).await?;
-    allow_owner(caller, &meta.owner, ctx)?;
+    allow_viewer(app, caller, &meta.id, &meta.owner, ctx).await?;
     if !request.spec.serves_original(meta.format.extension()) {
         return Ok(None);
     }

@@ -36,6 +36,26 @@ pub(super) enum Route {
     AdminBlocks,
     /// `/v1/admin/blocks/{id}`: lift a block.
     AdminBlock(String),
+    /// `/v1/teams`: list the caller's teams, create one.
+    Teams,
+    /// `/v1/teams/{id}`: read, delete.
+    Team(String),
+    /// `/v1/teams/{id}/members`: add a member or change a role.
+    TeamMembers(String),
+    /// `/v1/teams/{id}/members/{user}`: remove a member.
+    TeamMember(String, String),
+    /// `/v1/images/{id}/shares`, `/v1/collections/{id}/shares`: list, create.
+    Shares(ShareOf),
+    /// `…/shares/{share}`: revoke.
+    Share(ShareOf, String),
+    /// `/v1/collections`: list, create.
+    Collections,
+    /// `/v1/collections/{id}`: read, change, delete.
+    Collection(String),
+    /// `/v1/collections/{id}/items`: add or move an image.
+    CollectionItems(String),
+    /// `/v1/collections/{id}/items/{image}`: remove an image.
+    CollectionItem(String, String),
     /// Any other `/v1` path.
     Api,
     /// `/info/{signature}/…`: an image's facts and placeholders.
@@ -59,6 +79,14 @@ impl Route {
             | Route::AdminBlock(_) => "admin",
             Route::Usage => "usage",
             Route::Me | Route::MeExport | Route::MeActivity => "account",
+            Route::Teams | Route::Team(_) | Route::TeamMembers(_) | Route::TeamMember(..) => {
+                "teams"
+            }
+            Route::Shares(_) | Route::Share(..) => "shares",
+            Route::Collections
+            | Route::Collection(_)
+            | Route::CollectionItems(_)
+            | Route::CollectionItem(..) => "collections",
             Route::Api => "api",
             Route::Info => "info",
             Route::Transform => "transform",
@@ -87,6 +115,22 @@ impl Route {
             (Route::Me, &Method::DELETE) => "user.erase",
             (Route::MeExport, _) if get => "user.export",
             (Route::MeActivity, _) if get => "activity.read",
+            (Route::Teams, &Method::POST) => "team.create",
+            (Route::Teams, _) if get => "team.list",
+            (Route::Team(_), _) if get => "team.read",
+            (Route::Team(_), &Method::DELETE) => "team.delete",
+            (Route::TeamMembers(_), &Method::POST) => "team.member.add",
+            (Route::TeamMember(..), &Method::DELETE) => "team.member.remove",
+            (Route::Shares(_), &Method::POST) => "share.create",
+            (Route::Shares(_), _) if get => "share.list",
+            (Route::Share(..), &Method::DELETE) => "share.revoke",
+            (Route::Collections, &Method::POST) => "collection.create",
+            (Route::Collections, _) if get => "collection.list",
+            (Route::Collection(_), _) if get => "collection.read",
+            (Route::Collection(_), &Method::PATCH) => "collection.update",
+            (Route::Collection(_), &Method::DELETE) => "collection.delete",
+            (Route::CollectionItems(_), &Method::POST) => "collection.item.add",
+            (Route::CollectionItem(..), &Method::DELETE) => "collection.item.remove",
             (Route::Info, _) if get => "image.info",
             (Route::Transform, _) if get => "image.transform",
             _ => return None,
@@ -103,6 +147,22 @@ impl Route {
             self,
             Route::Transform | Route::Info | Route::Healthz | Route::Readyz | Route::Metrics
         )
+    }
+}
+
+/// What a share route is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ShareOf {
+    Image(String),
+    Collection(String),
+}
+
+impl ShareOf {
+    pub(super) fn target(&self) -> super::shares::Target<'_> {
+        match self {
+            ShareOf::Image(id) => super::shares::Target::Image(id),
+            ShareOf::Collection(id) => super::shares::Target::Collection(id),
+        }
     }
 }
 
@@ -139,6 +199,22 @@ pub(super) fn classify(path: &str, listener: Listener, app: &App) -> Route {
         ["images"] => Route::Images,
         ["images", id] => Route::Image((*id).to_owned()),
         ["images", id, "url"] => Route::ImageUrl((*id).to_owned()),
+        ["images", id, "shares"] => Route::Shares(ShareOf::Image((*id).to_owned())),
+        ["images", id, "shares", s] => {
+            Route::Share(ShareOf::Image((*id).to_owned()), (*s).to_owned())
+        }
+        ["teams"] => Route::Teams,
+        ["teams", id] => Route::Team((*id).to_owned()),
+        ["teams", id, "members"] => Route::TeamMembers((*id).to_owned()),
+        ["teams", id, "members", u] => Route::TeamMember((*id).to_owned(), (*u).to_owned()),
+        ["collections"] => Route::Collections,
+        ["collections", id] => Route::Collection((*id).to_owned()),
+        ["collections", id, "items"] => Route::CollectionItems((*id).to_owned()),
+        ["collections", id, "items", i] => Route::CollectionItem((*id).to_owned(), (*i).to_owned()),
+        ["collections", id, "shares"] => Route::Shares(ShareOf::Collection((*id).to_owned())),
+        ["collections", id, "shares", s] => {
+            Route::Share(ShareOf::Collection((*id).to_owned()), (*s).to_owned())
+        }
         ["api-keys"] => Route::ApiKeys,
         ["api-keys", id] => Route::ApiKey((*id).to_owned()),
         ["admin", "users", user, "revoke-tokens"] => Route::AdminRevoke((*user).to_owned()),

@@ -61,21 +61,27 @@ pub(super) fn split_signature(path: &str) -> Result<(&str, &str), Error> {
     Ok((signature, tail))
 }
 
-/// Bearer callers must own the image (or be admin). Another user's image is "not found", so
-/// existence does not leak. Signed-URL holders were authorised by the signature; the image's
-/// owner is then the principal the request counts for (quotas, audit).
-pub(super) fn allow_owner(caller: &Caller, owner: &str, ctx: &Ctx) -> Result<(), Error> {
-    match caller {
-        Caller::Bearer(p) if !p.owns(owner) => {
-            // Audited as `access.denied`; answered like a missing image.
-            ctx.set_denied();
-            Err(Error::NotFound)
-        }
-        _ => {
-            ctx.set_image_owner(owner);
-            Ok(())
-        }
+/// Bearer callers must reach the image: own it (or be admin, both decided without I/O), or
+/// read it through a share or a collection (`access`, cached). Anything else is "not found",
+/// so existence does not leak. Signed-URL holders were authorised by the signature; the
+/// image's owner is then the principal the request counts for (quotas, audit).
+pub(super) async fn allow_viewer(
+    app: &App,
+    caller: &Caller,
+    image: &str,
+    owner: &str,
+    ctx: &Ctx,
+) -> Result<(), Error> {
+    if let Caller::Bearer(p) = caller
+        && !p.owns(owner)
+        && app.access.image_level(p, image, owner).await? < crate::access::Level::Read
+    {
+        // Audited as `access.denied`; answered like a missing image.
+        ctx.set_denied();
+        return Err(Error::NotFound);
     }
+    ctx.set_image_owner(owner);
+    Ok(())
 }
 
 /// Weak comparison, as RFC 9110 §13.1.2 prescribes for `If-None-Match`.

@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 
 use super::error::Error;
 use super::serving::{
-    Caller, ResponseHeaders, allow_owner, cache_control, common_headers, content_disposition,
+    Caller, ResponseHeaders, allow_viewer, cache_control, common_headers, content_disposition,
     not_modified, not_modified_response, split_signature, verify,
 };
 use super::{Body, Ctx};
@@ -153,7 +153,7 @@ async fn serve_hit(
         return Ok(None);
     };
     count_memory(app, "hit");
-    allow_owner(caller, &hit.owner, ctx)?;
+    allow_viewer(app, caller, &hit.image, &hit.owner, ctx).await?;
     let bound = Duration::from_secs(app.config.auth.revocation_cache_secs);
     if cache.stale(&hit.image, bound) {
         match app.catalog.meta(&variant.image).await {
@@ -200,7 +200,7 @@ async fn preconditions(
     ctx: &Ctx,
 ) -> Result<Result<Target, NotModified>, Error> {
     let meta = app.catalog.meta(&variant.image).await?;
-    allow_owner(caller, &meta.owner, ctx)?;
+    allow_viewer(app, caller, &meta.id, &meta.owner, ctx).await?;
     let target = app.render.target(variant, &meta, Instant::now());
     let etag = crate::cache::etag(&target.digest);
     if not_modified(req_headers, &etag, target.last_modified) {
@@ -222,6 +222,9 @@ async fn compute(
     ctx: &Ctx,
 ) -> Result<Arc<CachedResult>, RenderError> {
     let payer = match caller {
+        // A share holder's computations are charged to the image's owner, like a signed URL's
+        // (ownership stays single: quotas are the owner's).
+        Caller::Bearer(p) if !p.owns(&target.owner) => Payer::Owner(target.owner.clone()),
         Caller::Bearer(p) => Payer::Caller {
             user: p.user_id.clone(),
             plan: p.plan.clone(),

@@ -1,0 +1,250 @@
+//! The access decision: how far a principal reaches an image or a collection, from ownership,
+//! team membership, shares and collections, with per-instance caches.
+//!
+//! Owners and admins are decided without I/O. Anyone else costs, at most, the resource's shares
+//! (one listing and a read per share), one membership per team share, and for an image the
+//! collections it is in (one listing) with each collection's record and shares — all cached
+//! for `auth.revocation_cache_secs` (absences too). A change made through this instance applies
+//! here at once ([`Access::apply`]); the others are told by the fleet bus
+//! (`fleet::Event::AccessChanged`), and the cache lifetime bounds an instance that missed it:
+//! the same mechanism, and the same bound, as API-key revocation.
+
+use std::hash::Hash;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+
+use super::collections;
+use super::model::{AccessError, Change, Collection, Grantee, Level, Resource, Share, TeamRole};
+use super::shares;
+use super::teams;
+use crate::auth::{Action, Principal};
+use crate::storage::ObjectStore;
+
+const ENTRIES: usize = 50_000;
+
+/// An LRU whose entries expire.
+struct TtlCache<K: Hash + Eq + Clone, V: Clone> {
+    ttl: Duration,
+    // A std Mutex: held only for map operations, never across an `.await`.
+    inner: Mutex<LruCache<K, (Instant, V)>>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
+    fn new(ttl: Duration) -> Self {
+        let cap = NonZeroUsize::new(ENTRIES).unwrap_or(NonZeroUsize::MIN);
+        TtlCache {
+            ttl,
+            inner: Mutex::new(LruCache::new(cap)),
+        }
+    }
+
+    fn get(&self, k: &K) -> Option<V> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match g.get(k) {
+            Some((at, v)) if at.elapsed() < self.ttl => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, k: K, v: V) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(k, (Instant::now(), v));
+    }
+
+    fn pop_where(&self, f: impl Fn(&K) -> bool) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<K> = g
+            .iter()
+            .filter(|(k, _)| f(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            g.pop(&k);
+        }
+    }
+
+    fn clear(&self) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// Access records and the decision over them, with this instance's caches.
+pub struct Access {
+    pub store: Arc<dyn ObjectStore>,
+    shares: TtlCache<Resource, Arc<Vec<Share>>>,
+    roles: TtlCache<(String, String), Option<TeamRole>>,
+    collections: TtlCache<String, Option<Arc<Collection>>>,
+    holders: TtlCache<String, Arc<Vec<String>>>,
+}
+
+impl Access {
+    pub fn new(store: Arc<dyn ObjectStore>, ttl: Duration) -> Access {
+        Access {
+            store,
+            shares: TtlCache::new(ttl),
+            roles: TtlCache::new(ttl),
+            collections: TtlCache::new(ttl),
+            holders: TtlCache::new(ttl),
+        }
+    }
+
+    /// The shares of `r` (cached).
+    pub async fn shares_of(&self, r: &Resource) -> Result<Arc<Vec<Share>>, AccessError> {
+        if let Some(v) = self.shares.get(r) {
+            return Ok(v);
+        }
+        let v = Arc::new(shares::of(&self.store, r).await?);
+        self.shares.put(r.clone(), v.clone());
+        Ok(v)
+    }
+
+    /// `user`'s role in `team` (cached).
+    pub async fn role(&self, team: &str, user: &str) -> Result<Option<TeamRole>, AccessError> {
+        let k = (team.to_owned(), user.to_owned());
+        if let Some(v) = self.roles.get(&k) {
+            return Ok(v);
+        }
+        let v = teams::membership(self.store.as_ref(), team, user)
+            .await?
+            .map(|m| m.role);
+        self.roles.put(k, v);
+        Ok(v)
+    }
+
+    /// The collection's record (cached).
+    pub async fn collection(&self, id: &str) -> Result<Option<Arc<Collection>>, AccessError> {
+        if let Some(v) = self.collections.get(&id.to_owned()) {
+            return Ok(v);
+        }
+        let v = collections::get(self.store.as_ref(), id)
+            .await?
+            .map(Arc::new);
+        self.collections.put(id.to_owned(), v.clone());
+        Ok(v)
+    }
+
+    async fn holders(&self, image: &str) -> Result<Arc<Vec<String>>, AccessError> {
+        if let Some(v) = self.holders.get(&image.to_owned()) {
+            return Ok(v);
+        }
+        let v = Arc::new(collections::holders(self.store.as_ref(), image).await?);
+        self.holders.put(image.to_owned(), v.clone());
+        Ok(v)
+    }
+
+    /// The most any share of `r` gives `p` (directly, or through a team, capped by the
+    /// member's role).
+    async fn share_level(&self, p: &Principal, r: &Resource) -> Result<Level, AccessError> {
+        let mut best = Level::None;
+        for s in self.shares_of(r).await?.iter() {
+            let l = match &s.grantee {
+                Grantee::User(u) if *u == p.user_id => s.access.level(),
+                Grantee::User(_) => Level::None,
+                Grantee::Team(t) => match self.role(t, &p.user_id).await? {
+                    Some(role) => role.cap(s.access),
+                    None => Level::None,
+                },
+            };
+            best = best.max(l);
+        }
+        Ok(best)
+    }
+
+    /// How far `p` reaches image `image` owned by `owner`: `Manage` for its owner and admins
+    /// (no I/O), else the best of its shares, and `Read` if it is in a collection `p` may read.
+    pub async fn image_level(
+        &self,
+        p: &Principal,
+        image: &str,
+        owner: &str,
+    ) -> Result<Level, AccessError> {
+        if p.owns(owner) {
+            return Ok(Level::Manage);
+        }
+        let shared = self
+            .share_level(p, &Resource::Image(image.to_owned()))
+            .await?;
+        if shared >= Level::Read {
+            return Ok(shared);
+        }
+        for cid in self.holders(image).await?.iter() {
+            if let Some(c) = self.collection(cid).await?
+                && self.collection_level(p, &c).await? >= Level::Read
+            {
+                return Ok(Level::Read);
+            }
+        }
+        Ok(Level::None)
+    }
+
+    /// How far `p` reaches collection `c`: its owner and admins manage it; a team's members
+    /// reach its collections by their role; shares as for images.
+    pub async fn collection_level(
+        &self,
+        p: &Principal,
+        c: &Collection,
+    ) -> Result<Level, AccessError> {
+        if p.allow(Action::Admin).is_ok() || c.owner.as_deref() == Some(p.user_id.as_str()) {
+            return Ok(Level::Manage);
+        }
+        let mut best = Level::None;
+        if let Some(t) = &c.team
+            && let Some(role) = self.role(t, &p.user_id).await?
+        {
+            best = role.collection_level();
+        }
+        if best < Level::Manage {
+            best = best.max(
+                self.share_level(p, &Resource::Collection(c.id.clone()))
+                    .await?,
+            );
+        }
+        Ok(best)
+    }
+
+    /// Forgets what `change` makes stale (a change made here, or told by the fleet bus).
+    pub fn apply(&self, change: &Change) {
+        match change {
+            Change::Shares { resource } => {
+                self.shares.pop_where(|k| k == resource);
+            }
+            Change::Member { team, user } => {
+                self.roles.pop_where(|(t, u)| t == team && u == user);
+            }
+            Change::Team { team } => {
+                self.roles.pop_where(|(t, _)| t == team);
+            }
+            Change::Collection { id } => {
+                self.collections.pop_where(|k| k == id);
+                let r = Resource::Collection(id.clone());
+                self.shares.pop_where(|k| *k == r);
+            }
+            Change::Holders { image } => {
+                self.holders.pop_where(|k| k == image);
+            }
+        }
+    }
+
+    /// An image is gone: its shares and back-references with it.
+    pub fn forget_image(&self, image: &str) {
+        self.apply(&Change::Shares {
+            resource: Resource::Image(image.to_owned()),
+        });
+        self.apply(&Change::Holders {
+            image: image.to_owned(),
+        });
+    }
+
+    /// Forgets everything (fleet events may have been missed; an account was erased).
+    pub fn forget_all(&self) {
+        self.shares.clear();
+        self.roles.clear();
+        self.collections.clear();
+        self.holders.clear();
+    }
+}
