@@ -63,10 +63,15 @@ pub(super) async fn images(
 ) -> Result<Response<Body>, Error> {
     let (shares, next) = page(app, p, cursor, limit).await?;
     let mut items = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for s in &shares {
         let Resource::Image(id) = &s.resource else {
             continue;
         };
+        // Once per page, though shared directly and through a team.
+        if !seen.insert(id.clone()) {
+            continue;
+        }
         let Some(image) = ImageId::parse(id) else {
             continue;
         };
@@ -75,6 +80,10 @@ pub(super) async fn images(
             Err(CatalogError::NotFound) => continue,
             Err(e) => return Err(e.into()),
         };
+        // The caller's own images (shared with a team they are in) are their own listing's.
+        if meta.owner == p.user_id {
+            continue;
+        }
         let level = app.access.image_level(p, &meta.id, &meta.owner).await?;
         if level < Level::Read {
             continue;
@@ -101,13 +110,20 @@ pub(super) async fn collections(
 ) -> Result<Response<Body>, Error> {
     let (shares, next) = page(app, p, cursor, limit).await?;
     let mut items = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for s in &shares {
         let Resource::Collection(id) = &s.resource else {
             continue;
         };
+        if !seen.insert(id.clone()) {
+            continue;
+        }
         let Some(c) = app.access.collection(id).await? else {
             continue;
         };
+        if c.owner.as_deref() == Some(p.user_id.as_str()) {
+            continue;
+        }
         let level = app.access.collection_level(p, &c).await?;
         if level < Level::Read {
             continue;

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod access;
 mod animation;
 mod audit;
 mod caching;
