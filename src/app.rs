@@ -108,10 +108,7 @@ impl App {
             cdn.clone(),
             metrics.clone(),
         ));
-        let access = crate::access::Access::new(
-            store.clone(),
-            Duration::from_secs(config.auth.revocation_cache_secs),
-        );
+        let access = access(&config, &store);
         Ok(App {
             access,
             limiter,
@@ -201,6 +198,12 @@ impl Apply for App {
             }
         });
     }
+}
+
+/// Access records, cached for the credential caches' lifetime (the same revocation bound).
+fn access(config: &Config, store: &Arc<dyn ObjectStore>) -> crate::access::Access {
+    let ttl = Duration::from_secs(config.auth.revocation_cache_secs);
+    crate::access::Access::new(store.clone(), ttl)
 }
 
 /// The catalog, with the reader of in-place originals: the storage's own S3 service, which

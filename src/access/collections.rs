@@ -68,7 +68,7 @@ fn spread(n: usize) -> Vec<String> {
     (1..=n)
         .map(|i| {
             let mut v = i * step;
-            if v % BASE == 0 {
+            if v.is_multiple_of(BASE) {
                 v += 1;
             }
             let d = [v / (BASE * BASE), (v / BASE) % BASE, v % BASE];

@@ -172,7 +172,7 @@ mod tests {
             .unwrap();
         assert!(!new && again.id == s.id && again.access == ShareAccess::Edit);
         assert_eq!(of(&store, &img).await.unwrap(), vec![again.clone()]);
-        let (page, more) = received_page(&store, &[bob.clone()], None, 10)
+        let (page, more) = received_page(&store, std::slice::from_ref(&bob), None, 10)
             .await
             .unwrap();
         assert_eq!((page, more), (vec![again.clone()], None));

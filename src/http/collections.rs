@@ -19,7 +19,9 @@ use super::error::Error;
 use super::teams::{changed, text};
 use super::{Body, Ctx, authenticate_for, json_response, no_content, query_param, read_json};
 use crate::access::model::MAX_ITEMS;
-use crate::access::{Change, Collection, Grantee, Level, TeamRole, account, collections, teams};
+use crate::access::{
+    Change, Collection, Grantee, Level, Resource, TeamRole, account, collections, teams,
+};
 use crate::app::App;
 use crate::auth::{Action, Principal};
 use crate::catalog::CatalogError;
@@ -101,7 +103,7 @@ pub async fn list(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Respon
     if super::shared::wanted(query)? {
         let limit = super::images::page_limit(query)?;
         let cursor = query_param(query, "cursor")?;
-        return super::shared::collections(app, &p, cursor.as_deref(), limit).await;
+        return list_shared(app, &p, cursor.as_deref(), limit).await;
     }
     let store = &app.access.store;
     let mut items: Vec<Value> = collections::owned_by(store, &Grantee::User(p.user_id.clone()))
@@ -256,4 +258,43 @@ pub async fn remove_item(
         image: image.as_str().to_owned(),
     };
     Ok(changed(app, vec![change], ctx, no_content()).await)
+}
+
+/// Collections shared with the caller (directly or through a team).
+pub(super) async fn list_shared(
+    app: &App,
+    p: &Principal,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<Response<Body>, Error> {
+    let (shares, next) = super::shared::page(app, p, cursor, limit).await?;
+    let mut items = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for s in &shares {
+        let Resource::Collection(id) = &s.resource else {
+            continue;
+        };
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let Some(c) = app.access.collection(id).await? else {
+            continue;
+        };
+        if c.owner.as_deref() == Some(p.user_id.as_str()) {
+            continue;
+        }
+        let level = app.access.collection_level(p, &c).await?;
+        if level < Level::Read {
+            continue;
+        }
+        let mut v = collection_json(&c, level);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("shared".into(), super::shared::via(s));
+        }
+        items.push(v);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"items": items, "next_cursor": next}),
+    ))
 }

@@ -31,9 +31,10 @@ use super::{
     Body, Ctx, acting_for, authenticate_for, charge_caller, json_response, no_content, query_param,
     read_body, read_json, reject_large_body,
 };
-use crate::access::Level;
+use crate::access::{Level, Resource};
 use crate::app::App;
 use crate::auth::{Action, Principal};
+use crate::catalog::CatalogError;
 use crate::catalog::{ImageMeta, MetaPatch, normalise_tags};
 use crate::id::ImageId;
 use crate::image::{self, ImageFormat};
@@ -388,7 +389,7 @@ pub async fn list(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Respon
     let limit = page_limit(query)?;
     let cursor = query_param(query, "cursor")?;
     if super::shared::wanted(query)? {
-        return super::shared::images(app, &principal, cursor.as_deref(), limit).await;
+        return list_shared(app, &principal, cursor.as_deref(), limit).await;
     }
     let owner = acting_for(&principal, query)?;
     ctx.set_subject(&owner);
@@ -518,5 +519,52 @@ pub async fn sign_url(
     Ok(json_response(
         StatusCode::OK,
         &json!({"url": url, "expires_at": exp, "expires_in": ttl}),
+    ))
+}
+
+/// Images shared with the caller, newest share last, each with how far the caller reaches it.
+pub(super) async fn list_shared(
+    app: &App,
+    p: &Principal,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<Response<Body>, Error> {
+    let (shares, next) = super::shared::page(app, p, cursor, limit).await?;
+    let mut items = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for s in &shares {
+        let Resource::Image(id) = &s.resource else {
+            continue;
+        };
+        // Once per page, though shared directly and through a team.
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let Some(image) = ImageId::parse(id) else {
+            continue;
+        };
+        let meta = match app.catalog.meta(&image).await {
+            Ok(m) => m,
+            Err(CatalogError::NotFound) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        // The caller's own images (shared with a team they are in) are their own listing's.
+        if meta.owner == p.user_id {
+            continue;
+        }
+        let level = app.access.image_level(p, &meta.id, &meta.owner).await?;
+        if level < Level::Read {
+            continue;
+        }
+        let mut v = meta_json(&meta);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("access".into(), json!(level));
+            o.insert("shared".into(), super::shared::via(s));
+        }
+        items.push(v);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"items": items, "next_cursor": next}),
     ))
 }
