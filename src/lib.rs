@@ -9,6 +9,8 @@
 //! - [`options`] URL grammar → typed, bounded [`options::TransformSpec`]
 //! - [`auth`] bearer JWTs, principals and roles
 //! - [`catalog`] image records (original + metadata) over [`storage`]
+//! - [`access`] beside `catalog`: teams, shares, collections, and how far a principal reaches
+//!   an image or a collection (cached; changes sent on the [`fleet`] bus)
 //! - [`fsck`] beside `catalog`: finds (and repairs) what interrupted writes left in [`storage`]
 //! - [`import`] beside `fsck`: registers a bucket or directory of existing originals as images,
 //!   through the upload's checks, resumably
