@@ -248,3 +248,122 @@ impl Access {
         self.holders.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::model::ShareAccess;
+    use crate::auth::{AuthMethod, Role, Scopes};
+
+    fn p(user: &str) -> Principal {
+        Principal::jwt(user, Role::Editor, None)
+    }
+
+    #[tokio::test]
+    async fn levels_follow_owners_shares_teams_and_collections_and_caches_forget_on_change() {
+        let (_dir, store) = crate::storage::temp_store();
+        let access = Access::new(store.clone(), Duration::from_secs(3600));
+        let img = "0123456789abcdef0123456789abcdef";
+        let level = |who: Principal| {
+            let access = &access;
+            async move { access.image_level(&who, img, "ann").await.unwrap() }
+        };
+        assert_eq!(level(p("ann")).await, Level::Manage);
+        assert_eq!(
+            level(Principal::jwt("root", Role::Admin, None)).await,
+            Level::Manage
+        );
+        // An admin's narrow API key does not reach other users' images.
+        let narrow = Principal {
+            method: AuthMethod::ApiKey {
+                key_id: "k".into(),
+                scopes: Scopes::READ,
+                networks: Vec::new(),
+            },
+            ..Principal::jwt("root", Role::Admin, None)
+        };
+        assert_eq!(level(narrow).await, Level::None);
+        assert_eq!(level(p("bob")).await, Level::None);
+        // A share written through another instance is seen once the change is applied.
+        let r = Resource::Image(img.into());
+        let bob = Grantee::User("bob".into());
+        shares::create(&store, r.clone(), bob, ShareAccess::Read, "ann")
+            .await
+            .unwrap();
+        assert_eq!(level(p("bob")).await, Level::None, "cached absence");
+        access.apply(&Change::Shares {
+            resource: r.clone(),
+        });
+        assert_eq!(level(p("bob")).await, Level::Read);
+        // A team's edit share: editors edit, viewers read.
+        let (team, _) = teams::create(store.as_ref(), "T", "tia").await.unwrap();
+        teams::set_member(&store, &team.id, "vic", TeamRole::Viewer, "tia")
+            .await
+            .unwrap();
+        let to_team = Grantee::Team(team.id.clone());
+        shares::create(&store, r.clone(), to_team, ShareAccess::Edit, "ann")
+            .await
+            .unwrap();
+        access.apply(&Change::Shares {
+            resource: r.clone(),
+        });
+        assert_eq!(
+            level(p("vic")).await,
+            Level::Read,
+            "capped by the viewer role"
+        );
+        assert_eq!(level(p("tia")).await, Level::Edit);
+        // A collection's readers read its images, whatever the collection share gives.
+        let owner = Grantee::User("ann".into());
+        let c = collections::create(store.as_ref(), "C", None, &owner, "ann")
+            .await
+            .unwrap();
+        collections::place(&store, &c.id, img, None, "ann")
+            .await
+            .unwrap();
+        let cole = Grantee::User("cole".into());
+        let cr = Resource::Collection(c.id.clone());
+        shares::create(&store, cr, cole, ShareAccess::Edit, "ann")
+            .await
+            .unwrap();
+        assert_eq!(
+            level(p("cole")).await,
+            Level::None,
+            "cached: not in a collection"
+        );
+        access.apply(&Change::Holders { image: img.into() });
+        assert_eq!(level(p("cole")).await, Level::Read);
+        assert_eq!(
+            access.collection_level(&p("cole"), &c).await.unwrap(),
+            Level::Edit
+        );
+        // Taken out of the collection: gone once the change is applied.
+        collections::remove_item(store.as_ref(), &c.id, img)
+            .await
+            .unwrap();
+        assert_eq!(level(p("cole")).await, Level::Read, "cached");
+        access.apply(&Change::Holders { image: img.into() });
+        assert_eq!(level(p("cole")).await, Level::None);
+        // A membership ended: the same.
+        teams::remove_member(&store, &team.id, "vic", false)
+            .await
+            .unwrap();
+        access.apply(&Change::Member {
+            team: team.id.clone(),
+            user: "vic".into(),
+        });
+        assert_eq!(level(p("vic")).await, Level::None);
+        // A team's collection: members by role.
+        let tc = collections::create(store.as_ref(), "TC", None, &Grantee::Team(team.id), "tia")
+            .await
+            .unwrap();
+        assert_eq!(
+            access.collection_level(&p("tia"), &tc).await.unwrap(),
+            Level::Manage
+        );
+        assert_eq!(
+            access.collection_level(&p("bob"), &tc).await.unwrap(),
+            Level::None
+        );
+    }
+}

@@ -1083,7 +1083,7 @@ async fn export_and_erasure_cover_teams_collections_and_shares() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_access_inputs_get_stable_errors() {
-    let s = Server::start(Backend::Fs);
+    let s = Server::start_with(Backend::Fs, &[("PIXGATE__AUDIT__FLUSH_SECONDS", "1")]);
     let (ann, bob) = (unique("ann"), unique("bob"));
     let (at, bt) = (token(&ann, Role::Editor), token(&bob, Role::Editor));
     let viewer = token(&unique("vic"), Role::Viewer);
@@ -1360,4 +1360,43 @@ async fn hostile_access_inputs_get_stable_errors() {
         .map(|i| i["image"].as_str().unwrap())
         .collect();
     assert_eq!(order, vec![img.as_str(), other.as_str()]);
+    // Every new route is audited, refusals included: ann's own activity names them.
+    let want = [
+        "team.create",
+        "team.member.add",
+        "team.member.remove",
+        "team.read",
+        "share.create",
+        "share.revoke",
+        "collection.create",
+        "collection.update",
+        "collection.item.add",
+        "collection.item.remove",
+        "collection.read",
+    ];
+    let mut actions: Vec<String> = Vec::new();
+    for _ in 0..100 {
+        let r = call(
+            &s,
+            Method::GET,
+            "/v1/me/activity?since=0&limit=1000",
+            &at,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        actions = r.json()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if want.iter().all(|w| actions.iter().any(|a| a == w)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for w in want {
+        assert!(actions.iter().any(|a| a == w), "{w} not in {actions:?}");
+    }
 }
