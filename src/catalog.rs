@@ -796,7 +796,7 @@ impl Catalog {
             .await?;
         // The image leaves every collection, and its shares' index copies go (the shares and
         // back-references themselves are under the prefix).
-        crate::access::account::detach_image(&self.store, id.as_str())
+        crate::access::account::detach_image(self.store.as_ref(), id.as_str())
             .await
             .map_err(|e| match e {
                 crate::access::AccessError::Storage(s) => CatalogError::Storage(s),

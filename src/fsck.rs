@@ -423,6 +423,13 @@ async fn finish_delete(
             .delete(Bucket::Originals, &catalog::index_key(meta, id)?)
             .await?;
     }
+    // As the delete does: out of every collection, the shares' index copies gone.
+    crate::access::account::detach_image(store, id.as_str())
+        .await
+        .map_err(|e| match e {
+            crate::access::AccessError::Storage(s) => CatalogError::Storage(s),
+            other => CatalogError::Internal(format!("detaching access records: {other}")),
+        })?;
     let meta_key = catalog::key(id, "meta.json")?;
     delete_prefix(
         store,

@@ -7,33 +7,43 @@ use serde_json::{Value, json};
 
 use super::collections;
 use super::model::{
-    AccessError, Change, Collection, Grantee, MAX_RECEIVED, MAX_TEAMS_PER_USER, Resource, Share,
+    AccessError, Change, Collection, Grantee, MAX_RECEIVED, MAX_SHARES, Resource, Share,
 };
 use super::records;
 use super::shares;
 use super::teams;
 use crate::storage::{Bucket, ObjectStore};
 
-/// Before an image's prefix is removed (`catalog::Catalog::delete`): its items leave every
-/// collection, and the copies of its shares go (the shares themselves and the back-references
-/// are under the image's prefix, removed with it).
-pub async fn detach_image(store: &Arc<dyn ObjectStore>, image: &str) -> Result<(), AccessError> {
-    for cid in collections::holders(store.as_ref(), image).await? {
-        records::remove(store.as_ref(), &records::item(&cid, image)).await?;
+/// Before an image's prefix is removed (`catalog::Catalog::delete`, `pixgate fsck --repair`
+/// finishing one): its items leave every collection, and the copies of its shares go (the
+/// shares themselves and the back-references are under the image's prefix, removed with it).
+/// A damaged share record goes with the prefix; its copies stay as garbage that grants nothing
+/// (every copy is checked against its authority).
+pub async fn detach_image(store: &dyn ObjectStore, image: &str) -> Result<(), AccessError> {
+    for cid in collections::holders(store, image).await? {
+        records::remove(store, &records::item(&cid, image)).await?;
     }
-    match shares::forget_resource(store, &Resource::Image(image.to_owned())).await {
-        // A damaged share record goes with the image's prefix; its copies stay as garbage
-        // that grants nothing (every copy is checked against its authority).
-        Err(AccessError::Corrupt(m)) => {
-            tracing::warn!(image, error = %m, "a share record of a deleted image is damaged");
-            Ok(())
+    let r = Resource::Image(image.to_owned());
+    for k in records::keys(store, &records::shares_prefix(&r), MAX_SHARES).await? {
+        match records::read::<Share>(store, k.as_str()).await {
+            Ok(Some(s)) => {
+                records::remove(store, &records::received(&s.grantee, &s.id)).await?;
+                records::remove(store, &records::granted(&s.created_by, &s.id)).await?;
+            }
+            Ok(None) => {}
+            Err(AccessError::Corrupt(m)) => {
+                tracing::warn!(image, error = %m, "a share record of a deleted image is damaged");
+            }
+            Err(e) => return Err(e),
         }
-        r => r,
     }
+    Ok(())
 }
 
-/// Deletes a collection: its shares, its items (with their back-references), its owner's
-/// index entry, then its record.
+/// Deletes a collection: its shares, its items (with their back-references), its record and
+/// anything else under its prefix, then its owner's index entry (last: a collection is found
+/// by its owner's erasure until it is wholly gone). One change: the record's (an image's
+/// collection that no longer exists grants nothing, whatever a cache holds of its holders).
 pub async fn delete_collection(
     store: &Arc<dyn ObjectStore>,
     c: &Collection,
@@ -42,10 +52,15 @@ pub async fn delete_collection(
     for s in shares::of(store, &r).await? {
         shares::revoke(store.as_ref(), &s).await?;
     }
-    let mut changes = vec![Change::Collection { id: c.id.clone() }];
     for item in collections::items(store, &c.id).await? {
         collections::remove_item(store.as_ref(), &c.id, &item.image).await?;
-        changes.push(Change::Holders { image: item.image });
+    }
+    records::remove(store.as_ref(), &records::collection_record(&c.id)).await?;
+    for k in store
+        .list(Bucket::Originals, &records::resource_prefix(&r))
+        .await?
+    {
+        store.delete(Bucket::Originals, &k).await?;
     }
     let owner = collections::owner_of(c);
     records::remove(
@@ -53,14 +68,7 @@ pub async fn delete_collection(
         &format!("{}{}", records::owned_collections_prefix(&owner), c.id),
     )
     .await?;
-    // The record last, then anything left under the prefix (records that did not parse).
-    for k in store
-        .list(Bucket::Originals, &records::resource_prefix(&r))
-        .await?
-    {
-        store.delete(Bucket::Originals, &k).await?;
-    }
-    Ok(changes)
+    Ok(vec![Change::Collection { id: c.id.clone() }])
 }
 
 /// Deletes a team: its collections, the shares it received, its members, its record.
@@ -98,42 +106,83 @@ async fn revoke_received(
 }
 
 /// Erasure: the user's collections, their memberships (a team left without members is
-/// deleted), the shares they granted and the shares they received. Other users' images,
-/// collections and teams stay.
+/// deleted; a team they created keeps no trace of it in `created_by`), the shares they granted
+/// and the shares they received. Other users' images, collections and teams stay. Each index
+/// is worked through until it is empty, whatever its bound.
 pub async fn erase_user(
     store: &Arc<dyn ObjectStore>,
     user: &str,
 ) -> Result<Vec<Change>, AccessError> {
     let mut changes = Vec::new();
-    for c in collections::owned_by(store, &Grantee::User(user.to_owned())).await? {
-        changes.extend(delete_collection(store, &c).await?);
-    }
-    for k in records::keys(
-        store.as_ref(),
-        &records::user_teams_prefix(user),
-        MAX_TEAMS_PER_USER,
-    )
-    .await?
-    {
-        let team = records::leaf(&k).to_owned();
-        teams::remove_member(store, &team, user, true).await?;
-        changes.push(Change::Member {
-            team: team.clone(),
-            user: user.to_owned(),
-        });
-        if teams::members(store, &team).await?.is_empty() {
-            changes.extend(delete_team(store, &team).await?);
+    loop {
+        let owned = collections::owned_by(store, &Grantee::User(user.to_owned())).await?;
+        if owned.is_empty() {
+            break;
+        }
+        for c in owned {
+            changes.extend(delete_collection(store, &c).await?);
         }
     }
-    let granted: Vec<Share> =
-        records::read_all(store, &records::granted_prefix(user), MAX_RECEIVED).await?;
-    for s in granted {
-        shares::revoke(store.as_ref(), &s).await?;
-        changes.push(Change::Shares {
-            resource: s.resource,
-        });
+    loop {
+        let teams_of =
+            records::keys(store.as_ref(), &records::user_teams_prefix(user), 1000).await?;
+        if teams_of.is_empty() {
+            break;
+        }
+        for k in teams_of {
+            let team = records::leaf(&k).to_owned();
+            changes.extend(leave_for_good(store, &team, user).await?);
+        }
     }
-    changes.extend(revoke_received(store, &Grantee::User(user.to_owned())).await?);
+    for prefix in [
+        records::granted_prefix(user),
+        records::received_prefix(&Grantee::User(user.to_owned())),
+    ] {
+        loop {
+            let listed = records::keys(store.as_ref(), &prefix, 1000).await?;
+            if listed.is_empty() {
+                break;
+            }
+            for k in listed {
+                match records::read::<Share>(store.as_ref(), k.as_str()).await {
+                    Ok(Some(s)) => {
+                        shares::revoke(store.as_ref(), &s).await?;
+                        changes.push(Change::Shares {
+                            resource: s.resource,
+                        });
+                    }
+                    // Gone meanwhile, or damaged: it names nothing readable.
+                    Ok(None) | Err(AccessError::Corrupt(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                // The copy itself, whatever it said (progress is certain).
+                store.delete(Bucket::Originals, &k).await?;
+            }
+        }
+    }
+    Ok(changes)
+}
+
+/// The erased user leaves `team`: the membership (even the last admin's), their name as its
+/// creator; a team left without members is deleted.
+async fn leave_for_good(
+    store: &Arc<dyn ObjectStore>,
+    team: &str,
+    user: &str,
+) -> Result<Vec<Change>, AccessError> {
+    teams::remove_member(store, team, user, true).await?;
+    let mut changes = vec![Change::Member {
+        team: team.to_owned(),
+        user: user.to_owned(),
+    }];
+    if teams::members(store, team).await?.is_empty() {
+        changes.extend(delete_team(store, team).await?);
+    } else if let Some(mut t) = teams::get(store.as_ref(), team).await?
+        && t.created_by == user
+    {
+        t.created_by = String::new();
+        records::write(store.as_ref(), &records::team_record(team), &t).await?;
+    }
     Ok(changes)
 }
 
@@ -169,4 +218,41 @@ pub async fn export_user(store: &Arc<dyn ObjectStore>, user: &str) -> Result<Val
         "shares_given": given,
         "shares_received": received,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::model::ShareAccess;
+
+    #[tokio::test]
+    async fn a_deleted_image_leaves_every_collection_and_index() {
+        let (_dir, store) = crate::storage::temp_store();
+        let img = "0123456789abcdef0123456789abcdef";
+        let owner = Grantee::User("ann".into());
+        let c = collections::create(store.as_ref(), "C", None, &owner, "ann")
+            .await
+            .unwrap();
+        collections::place(&store, &c.id, img, None, "ann")
+            .await
+            .unwrap();
+        let r = Resource::Image(img.into());
+        let bob = Grantee::User("bob".into());
+        shares::create(&store, r, bob.clone(), ShareAccess::Read, "ann")
+            .await
+            .unwrap();
+        detach_image(store.as_ref(), img).await.unwrap();
+        assert!(collections::items(&store, &c.id).await.unwrap().is_empty());
+        for prefix in [
+            records::received_prefix(&bob),
+            records::granted_prefix("ann"),
+        ] {
+            assert!(
+                records::keys(store.as_ref(), &prefix, 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+    }
 }

@@ -198,12 +198,24 @@ pub async fn read_all<T: DeserializeOwned + Send + 'static>(
     prefix: &str,
     max: usize,
 ) -> Result<Vec<T>, AccessError> {
-    let listed = keys(store.as_ref(), prefix, max).await?;
+    let listed: Vec<String> = keys(store.as_ref(), prefix, max)
+        .await?
+        .iter()
+        .map(|k| k.as_str().to_owned())
+        .collect();
+    read_keys(store, &listed).await
+}
+
+/// The records at `listed`, in order, read at most 16 at a time; missing ones are skipped.
+pub async fn read_keys<T: DeserializeOwned + Send + 'static>(
+    store: &std::sync::Arc<dyn ObjectStore>,
+    listed: &[String],
+) -> Result<Vec<T>, AccessError> {
     let mut out = Vec::with_capacity(listed.len());
     for chunk in listed.chunks(16) {
         let mut set = tokio::task::JoinSet::new();
         for (i, k) in chunk.iter().enumerate() {
-            let (store, k) = (store.clone(), k.as_str().to_owned());
+            let (store, k) = (store.clone(), k.clone());
             set.spawn(async move { (i, read::<T>(store.as_ref(), &k).await) });
         }
         let mut got = Vec::with_capacity(chunk.len());

@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 
 use super::collections;
-use super::model::{AccessError, Change, Collection, Grantee, Level, Resource, Share, TeamRole};
+use super::model::{
+    AccessError, COLLECTION, Change, Collection, Grantee, Level, Resource, Share, TeamRole,
+    valid_id,
+};
 use super::shares;
 use super::teams;
 use crate::auth::{Action, Principal};
@@ -25,11 +28,13 @@ use crate::storage::ObjectStore;
 
 const ENTRIES: usize = 50_000;
 
-/// An LRU whose entries expire.
+/// An LRU whose entries expire. Every removal bumps a generation: a value read from the store
+/// is kept only if no removal happened since the read began, so a read that started before a
+/// revocation cannot put the revoked grant back after it was forgotten.
 struct TtlCache<K: Hash + Eq + Clone, V: Clone> {
     ttl: Duration,
     // A std Mutex: held only for map operations, never across an `.await`.
-    inner: Mutex<LruCache<K, (Instant, V)>>,
+    inner: Mutex<(u64, LruCache<K, (Instant, V)>)>,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
@@ -37,39 +42,55 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
         let cap = NonZeroUsize::new(ENTRIES).unwrap_or(NonZeroUsize::MIN);
         TtlCache {
             ttl,
-            inner: Mutex::new(LruCache::new(cap)),
+            inner: Mutex::new((0, LruCache::new(cap))),
         }
     }
 
-    fn get(&self, k: &K) -> Option<V> {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        match g.get(k) {
-            Some((at, v)) if at.elapsed() < self.ttl => Some(v.clone()),
-            _ => None,
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, LruCache<K, (Instant, V)>)> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live value, or the generation to pass to [`TtlCache::put`] after reading the store.
+    fn get(&self, k: &K) -> Result<V, u64> {
+        let mut g = self.lock();
+        let generation = g.0;
+        match g.1.get(k) {
+            Some((at, v)) if at.elapsed() < self.ttl => Ok(v.clone()),
+            _ => Err(generation),
         }
     }
 
-    fn put(&self, k: K, v: V) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .put(k, (Instant::now(), v));
+    /// Keeps `v` unless something was removed since `generation`.
+    fn put(&self, k: K, v: V, generation: u64) {
+        let mut g = self.lock();
+        if g.0 == generation {
+            g.1.put(k, (Instant::now(), v));
+        }
+    }
+
+    fn pop(&self, k: &K) {
+        let mut g = self.lock();
+        g.0 += 1;
+        g.1.pop(k);
     }
 
     fn pop_where(&self, f: impl Fn(&K) -> bool) {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let gone: Vec<K> = g
-            .iter()
-            .filter(|(k, _)| f(k))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut g = self.lock();
+        g.0 += 1;
+        let gone: Vec<K> =
+            g.1.iter()
+                .filter(|(k, _)| f(k))
+                .map(|(k, _)| k.clone())
+                .collect();
         for k in gone {
-            g.pop(&k);
+            g.1.pop(&k);
         }
     }
 
     fn clear(&self) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let mut g = self.lock();
+        g.0 += 1;
+        g.1.clear();
     }
 }
 
@@ -95,45 +116,52 @@ impl Access {
 
     /// The shares of `r` (cached).
     pub async fn shares_of(&self, r: &Resource) -> Result<Arc<Vec<Share>>, AccessError> {
-        if let Some(v) = self.shares.get(r) {
-            return Ok(v);
-        }
+        let generation = match self.shares.get(r) {
+            Ok(v) => return Ok(v),
+            Err(g) => g,
+        };
         let v = Arc::new(shares::of(&self.store, r).await?);
-        self.shares.put(r.clone(), v.clone());
+        self.shares.put(r.clone(), v.clone(), generation);
         Ok(v)
     }
 
     /// `user`'s role in `team` (cached).
     pub async fn role(&self, team: &str, user: &str) -> Result<Option<TeamRole>, AccessError> {
         let k = (team.to_owned(), user.to_owned());
-        if let Some(v) = self.roles.get(&k) {
-            return Ok(v);
-        }
+        let generation = match self.roles.get(&k) {
+            Ok(v) => return Ok(v),
+            Err(g) => g,
+        };
         let v = teams::membership(self.store.as_ref(), team, user)
             .await?
             .map(|m| m.role);
-        self.roles.put(k, v);
+        self.roles.put(k, v, generation);
         Ok(v)
     }
 
-    /// The collection's record (cached).
+    /// The collection's record (cached; a malformed id is none, and not cached).
     pub async fn collection(&self, id: &str) -> Result<Option<Arc<Collection>>, AccessError> {
-        if let Some(v) = self.collections.get(&id.to_owned()) {
-            return Ok(v);
+        if !valid_id(id, COLLECTION) {
+            return Ok(None);
         }
+        let generation = match self.collections.get(&id.to_owned()) {
+            Ok(v) => return Ok(v),
+            Err(g) => g,
+        };
         let v = collections::get(self.store.as_ref(), id)
             .await?
             .map(Arc::new);
-        self.collections.put(id.to_owned(), v.clone());
+        self.collections.put(id.to_owned(), v.clone(), generation);
         Ok(v)
     }
 
     async fn holders(&self, image: &str) -> Result<Arc<Vec<String>>, AccessError> {
-        if let Some(v) = self.holders.get(&image.to_owned()) {
-            return Ok(v);
-        }
+        let generation = match self.holders.get(&image.to_owned()) {
+            Ok(v) => return Ok(v),
+            Err(g) => g,
+        };
         let v = Arc::new(collections::holders(self.store.as_ref(), image).await?);
-        self.holders.put(image.to_owned(), v.clone());
+        self.holders.put(image.to_owned(), v.clone(), generation);
         Ok(v)
     }
 
@@ -210,23 +238,15 @@ impl Access {
     /// Forgets what `change` makes stale (a change made here, or told by the fleet bus).
     pub fn apply(&self, change: &Change) {
         match change {
-            Change::Shares { resource } => {
-                self.shares.pop_where(|k| k == resource);
-            }
-            Change::Member { team, user } => {
-                self.roles.pop_where(|(t, u)| t == team && u == user);
-            }
-            Change::Team { team } => {
-                self.roles.pop_where(|(t, _)| t == team);
-            }
+            Change::Shares { resource } => self.shares.pop(resource),
+            Change::Member { team, user } => self.roles.pop(&(team.clone(), user.clone())),
+            // Rare (a team deleted): the one change that scans.
+            Change::Team { team } => self.roles.pop_where(|(t, _)| t == team),
             Change::Collection { id } => {
-                self.collections.pop_where(|k| k == id);
-                let r = Resource::Collection(id.clone());
-                self.shares.pop_where(|k| *k == r);
+                self.collections.pop(id);
+                self.shares.pop(&Resource::Collection(id.clone()));
             }
-            Change::Holders { image } => {
-                self.holders.pop_where(|k| k == image);
-            }
+            Change::Holders { image } => self.holders.pop(image),
         }
     }
 
@@ -254,6 +274,20 @@ mod tests {
     use super::*;
     use crate::access::model::ShareAccess;
     use crate::auth::{AuthMethod, Role, Scopes};
+
+    #[test]
+    fn a_read_that_began_before_a_removal_is_not_kept() {
+        let c: TtlCache<String, u32> = TtlCache::new(Duration::from_secs(60));
+        let k = "k".to_owned();
+        let generation = c.get(&k).unwrap_err();
+        // A revocation lands while the read is in flight: the stale answer is not cached.
+        c.pop(&k);
+        c.put(k.clone(), 1, generation);
+        assert!(c.get(&k).is_err());
+        let generation = c.get(&k).unwrap_err();
+        c.put(k.clone(), 2, generation);
+        assert_eq!(c.get(&k), Ok(2));
+    }
 
     fn p(user: &str) -> Principal {
         Principal::jwt(user, Role::Editor, None)

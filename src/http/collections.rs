@@ -68,11 +68,13 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
     let owner = match text(&v, "team")? {
         None => Grantee::User(p.user_id.clone()),
         Some(t) => {
-            let role = teams::membership(app.access.store.as_ref(), t, &p.user_id)
+            let store = app.access.store.as_ref();
+            let role = teams::membership(store, t, &p.user_id)
                 .await?
                 .map(|m| m.role);
-            // A missing team and another team answer alike.
-            if role < Some(TeamRole::Editor) && p.allow(Action::Admin).is_err() {
+            // A missing team and another team answer alike (admins too: a team must exist).
+            let admin = p.allow(Action::Admin).is_ok() && teams::get(store, t).await?.is_some();
+            if role < Some(TeamRole::Editor) && !admin {
                 return Err(Error::Forbidden(
                     "a team's collection is created by its editors and admins",
                 ));
@@ -249,8 +251,20 @@ pub async fn remove_item(
     image: &str,
 ) -> Result<Response<Body>, Error> {
     let p = authenticate_for(app, req.headers(), ctx, Action::Update).await?;
-    collection_for(app, &p, id, Level::Edit).await?;
     let image = ImageId::parse(image).ok_or(Error::NotFound)?;
+    if let Err(refused) = collection_for(app, &p, id, Level::Edit).await {
+        // An image's owner takes it out of any collection, whatever they reach of the
+        // collection (someone else's, whose edit share they lost, or a team they left): an
+        // image stays readable through a collection only while its owner lets it.
+        let owns = match app.catalog.meta(&image).await {
+            Ok(m) => p.owns(&m.owner),
+            Err(CatalogError::NotFound) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !owns {
+            return Err(refused);
+        }
+    }
     if !collections::remove_item(app.access.store.as_ref(), id, image.as_str()).await? {
         return Err(Error::NotFound);
     }

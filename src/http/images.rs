@@ -412,6 +412,13 @@ pub async fn get(
 ) -> Result<Response<Body>, Error> {
     let principal = authenticate_for(app, req.headers(), ctx, Action::Read).await?;
     let meta = image_for(app, &principal, id, ctx, Level::Read).await?;
+    // Its owner sees which collections hold it (and can take it out of any of them).
+    let holders = match principal.owns(&meta.owner) {
+        true => {
+            Some(crate::access::collections::holders(app.access.store.as_ref(), &meta.id).await?)
+        }
+        false => None,
+    };
     // Images uploaded before placeholders existed get them now (once; see `render::info`).
     // The record is answered without them if that fails: its metadata is still good.
     let meta = match app.render.with_info(meta.clone()).await {
@@ -421,7 +428,11 @@ pub async fn get(
             meta
         }
     };
-    Ok(json_response(StatusCode::OK, &meta_json(&meta)))
+    let mut v = meta_json(&meta);
+    if let (Some(h), Some(o)) = (holders, v.as_object_mut()) {
+        o.insert("collections".into(), json!(h));
+    }
+    Ok(json_response(StatusCode::OK, &v))
 }
 
 pub async fn update(

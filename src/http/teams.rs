@@ -119,6 +119,8 @@ pub async fn delete(
     id: &str,
 ) -> Result<Response<Body>, Error> {
     let p = authenticate_for(app, req.headers(), ctx, Action::Collaborate).await?;
+    // It deletes the team's collections too: the delete action as well.
+    p.allow(Action::Delete)?;
     team_for(app, &p, id, true).await?;
     let changes = account::delete_team(&app.access.store, id).await?;
     Ok(changed(app, changes, ctx, no_content()).await)

@@ -1360,6 +1360,140 @@ async fn hostile_access_inputs_get_stable_errors() {
         .map(|i| i["image"].as_str().unwrap())
         .collect();
     assert_eq!(order, vec![img.as_str(), other.as_str()]);
+    // An image's owner takes it out of a collection they no longer reach.
+    let (bob_img, bob_coll) = (
+        upload_fixture(&s, &bob, "photo_320x240.jpg", "image/jpeg").await,
+        format!("/v1/collections/{coll}"),
+    );
+    let share = id_of(
+        &call(
+            &s,
+            Method::POST,
+            &format!("{bob_coll}/shares"),
+            &at,
+            json!({"user": bob, "access": "edit"}),
+        )
+        .await,
+    );
+    let r = call(
+        &s,
+        Method::POST,
+        &format!("{bob_coll}/items"),
+        &bt,
+        json!({"image": bob_img}),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let mine = call(
+        &s,
+        Method::GET,
+        &format!("/v1/images/{bob_img}"),
+        &bt,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        mine.json()["collections"],
+        json!([coll]),
+        "the owner sees where it is"
+    );
+    let r = call(
+        &s,
+        Method::DELETE,
+        &format!("{bob_coll}/shares/{share}"),
+        &at,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        call(&s, Method::GET, &bob_coll, &bt, Value::Null)
+            .await
+            .status,
+        404
+    );
+    let item = format!("{bob_coll}/items/{bob_img}");
+    let r = call(&s, Method::DELETE, &item, &at, Value::Null).await;
+    assert_eq!(r.status, 204, "the collection's owner may too");
+    let r = call(
+        &s,
+        Method::POST,
+        &format!("{bob_coll}/shares"),
+        &at,
+        json!({"user": bob, "access": "edit"}),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let r = call(
+        &s,
+        Method::POST,
+        &format!("{bob_coll}/items"),
+        &bt,
+        json!({"image": bob_img}),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let r = call(
+        &s,
+        Method::DELETE,
+        &format!(
+            "{bob_coll}/shares/{}",
+            r.json()["id"].as_str().unwrap_or("")
+        ),
+        &at,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 404, "not a share id");
+    let listed = call(
+        &s,
+        Method::GET,
+        &format!("{bob_coll}/shares"),
+        &at,
+        Value::Null,
+    )
+    .await
+    .json();
+    let sid = listed["items"][0]["id"].as_str().unwrap().to_owned();
+    let r = call(
+        &s,
+        Method::DELETE,
+        &format!("{bob_coll}/shares/{sid}"),
+        &at,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let r = call(&s, Method::DELETE, &item, &bt, Value::Null).await;
+    assert_eq!(
+        r.status, 204,
+        "the image's owner, without access to the collection"
+    );
+    let r = call(&s, Method::DELETE, &item, &bt, Value::Null).await;
+    assert_eq!(r.status, 404, "gone already");
+    // An admin names an existing team, never a path.
+    let root = token(&unique("root"), Role::Admin);
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/collections",
+        &root,
+        json!({"title": "t", "team": format!("{team}/members/x")}),
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
+    assert_eq!(
+        call(
+            &s,
+            Method::GET,
+            &format!("/v1/teams/{team}"),
+            &at,
+            Value::Null
+        )
+        .await
+        .status,
+        200
+    );
     // Every new route is audited, refusals included: ann's own activity names them.
     let want = [
         "team.create",
