@@ -34,8 +34,11 @@ const ENTRIES: usize = 50_000;
 struct TtlCache<K: Hash + Eq + Clone, V: Clone> {
     ttl: Duration,
     // A std Mutex: held only for map operations, never across an `.await`.
-    inner: Mutex<(u64, LruCache<K, (Instant, V)>)>,
+    inner: Mutex<Generations<K, V>>,
 }
+
+/// The removal count, and the entries with the time each was read.
+type Generations<K, V> = (u64, LruCache<K, (Instant, V)>);
 
 impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
     fn new(ttl: Duration) -> Self {
@@ -46,7 +49,7 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, LruCache<K, (Instant, V)>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations<K, V>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
