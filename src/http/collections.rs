@@ -19,9 +19,7 @@ use super::error::Error;
 use super::teams::{changed, text};
 use super::{Body, Ctx, authenticate_for, json_response, no_content, query_param, read_json};
 use crate::access::model::MAX_ITEMS;
-use crate::access::{
-    Change, Collection, Grantee, Level, Resource, TeamRole, account, collections, teams,
-};
+use crate::access::{Change, Collection, Grantee, Level, TeamRole, account, collections, teams};
 use crate::app::App;
 use crate::auth::{Action, Principal};
 use crate::catalog::CatalogError;
@@ -281,16 +279,9 @@ pub(super) async fn list_shared(
     cursor: Option<&str>,
     limit: usize,
 ) -> Result<Response<Body>, Error> {
-    let (shares, next) = super::shared::page(app, p, cursor, limit).await?;
+    let (shared, next) = super::shared::resources(app, p, cursor, limit, false).await?;
     let mut items = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for s in &shares {
-        let Resource::Collection(id) = &s.resource else {
-            continue;
-        };
-        if !seen.insert(id.clone()) {
-            continue;
-        }
+    for (id, s) in &shared {
         let Some(c) = app.access.collection(id).await? else {
             continue;
         };

@@ -31,7 +31,7 @@ use super::{
     Body, Ctx, acting_for, authenticate_for, charge_caller, json_response, no_content, query_param,
     read_body, read_json, reject_large_body,
 };
-use crate::access::{Level, Resource};
+use crate::access::Level;
 use crate::app::App;
 use crate::auth::{Action, Principal};
 use crate::catalog::CatalogError;
@@ -193,7 +193,12 @@ pub async fn create(
     // views are cache hits.
     app.render.spawn_eager(&meta);
 
-    let mut resp = json_response(StatusCode::CREATED, &meta_json(&meta));
+    // As `GET` shows it to its owner: in no collection yet.
+    let mut created = meta_json(&meta);
+    if let Some(o) = created.as_object_mut() {
+        o.insert("collections".into(), json!([]));
+    }
+    let mut resp = json_response(StatusCode::CREATED, &created);
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/images/{id}")) {
         resp.headers_mut().insert(LOCATION, v);
     }
@@ -540,17 +545,9 @@ pub(super) async fn list_shared(
     cursor: Option<&str>,
     limit: usize,
 ) -> Result<Response<Body>, Error> {
-    let (shares, next) = super::shared::page(app, p, cursor, limit).await?;
+    let (shared, next) = super::shared::resources(app, p, cursor, limit, true).await?;
     let mut items = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for s in &shares {
-        let Resource::Image(id) = &s.resource else {
-            continue;
-        };
-        // Once per page, though shared directly and through a team.
-        if !seen.insert(id.clone()) {
-            continue;
-        }
+    for (id, s) in &shared {
         let Some(image) = ImageId::parse(id) else {
             continue;
         };

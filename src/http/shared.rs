@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::error::Error;
 use super::query_param;
 use crate::access::model::{SHARE, valid_id};
-use crate::access::{Grantee, Share, shares, teams};
+use crate::access::{Grantee, Resource, Share, shares, teams};
 use crate::app::App;
 use crate::auth::Principal;
 
@@ -49,4 +49,29 @@ pub(super) async fn page(
 
 pub(super) fn via(s: &Share) -> Value {
     json!({"share": s.id, "via": s.grantee, "granted_access": s.access})
+}
+
+/// One page of the resources of one kind shared with the caller (`images`: images, else
+/// collections), each once, with the share that lists it; and the next page's cursor.
+pub(super) async fn resources(
+    app: &App,
+    p: &Principal,
+    cursor: Option<&str>,
+    limit: usize,
+    images: bool,
+) -> Result<(Vec<(String, Share)>, Option<String>), Error> {
+    let (shares, next) = page(app, p, cursor, limit).await?;
+    let mut seen = std::collections::HashSet::new();
+    let picked = shares
+        .into_iter()
+        .filter_map(|s| match (&s.resource, images) {
+            (Resource::Image(id), true) | (Resource::Collection(id), false) => {
+                Some((id.clone(), s))
+            }
+            _ => None,
+        })
+        // Once per page, though shared directly and through a team.
+        .filter(|(id, _)| seen.insert(id.clone()))
+        .collect();
+    Ok((picked, next))
 }
