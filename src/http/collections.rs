@@ -285,7 +285,13 @@ pub(super) async fn list_shared(
         let Some(c) = app.access.collection(id).await? else {
             continue;
         };
+        // The caller's own collections, and their teams', are in the plain listing.
         if c.owner.as_deref() == Some(p.user_id.as_str()) {
+            continue;
+        }
+        if let Some(t) = &c.team
+            && app.access.role(t, &p.user_id).await?.is_some()
+        {
             continue;
         }
         let level = app.access.collection_level(p, &c).await?;

@@ -444,6 +444,10 @@ impl World {
             .as_str()
             .unwrap()
             .to_owned();
+        // Shared with its own team too (reaches nothing more; listed once, as the team's).
+        let path = format!("/v1/collections/{}/shares", w.team_coll);
+        let body = json!({"team": w.team, "access": "read"});
+        w.ok(Method::POST, &path, "ta", body).await;
         let body = json!({"scopes": ["read", "transform", "upload", "delete", "manage"], "allowed_cidrs": [KEY_NET]});
         w.key = w.ok(Method::POST, "/v1/api-keys", "alice", body).await["key"]
             .as_str()
@@ -675,6 +679,14 @@ async fn shared_listings_show_exactly_what_was_shared(w: &World) {
         let cols = w
             .ok(Method::GET, "/v1/collections?shared=1", user, Value::Null)
             .await;
+        assert!(
+            cols["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["id"] != w.team_coll.as_str()),
+            "a team's own collection is in its members' plain listing: {cols}"
+        );
         let has = cols["items"]
             .as_array()
             .unwrap()
