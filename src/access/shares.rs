@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use super::model::{
-    AccessError, Grantee, MAX_RECEIVED, MAX_SHARES, Resource, SHARE, Share, ShareAccess, new_id,
-    now_secs, valid_id,
+    AccessError, Grantee, MAX_RECEIVED, MAX_SHARES, Resource, SHARE, Share, ShareAccess, now_secs,
+    valid_id,
 };
 use super::records::{self, leaf};
 use crate::storage::ObjectStore;
@@ -69,7 +69,7 @@ pub async fn create(
         )));
     }
     let s = Share {
-        id: new_id(SHARE)?,
+        id: share_id(&r, &grantee),
         resource: r,
         grantee,
         access,
@@ -78,6 +78,24 @@ pub async fn create(
     };
     write(store.as_ref(), &s).await?;
     Ok((s, true))
+}
+
+/// A share's id: derived from what it is of and for, so two concurrent creations of the same
+/// share (through different instances, on a store without conditional writes) write the same
+/// objects instead of making two shares. Not a secret: only who manages the resource can act
+/// on a share id.
+fn share_id(r: &Resource, g: &Grantee) -> String {
+    use sha2::{Digest, Sha256};
+    let (rk, rid) = match r {
+        Resource::Image(id) => ("image", id),
+        Resource::Collection(id) => ("collection", id),
+    };
+    let (gk, gid) = match g {
+        Grantee::User(u) => ("user", u),
+        Grantee::Team(t) => ("team", t),
+    };
+    let digest = Sha256::digest(format!("pixgate.share/1\0{rk}\0{rid}\0{gk}\0{gid}").as_bytes());
+    format!("{SHARE}{}", &hex::encode(digest)[..24])
 }
 
 /// The copies, then the authority.
@@ -171,6 +189,10 @@ mod tests {
             .await
             .unwrap();
         assert!(!new && again.id == s.id && again.access == ShareAccess::Edit);
+        // The same share created twice at once (neither seeing the other) is one share.
+        assert_eq!(share_id(&img, &bob), s.id);
+        assert!(valid_id(&s.id, SHARE));
+        assert_ne!(share_id(&img, &Grantee::Team("bob".into())), s.id);
         assert_eq!(of(&store, &img).await.unwrap(), vec![again.clone()]);
         let (page, more) = received_page(&store, std::slice::from_ref(&bob), None, 10)
             .await
