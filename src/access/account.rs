@@ -163,8 +163,10 @@ pub async fn erase_user(
     Ok(changes)
 }
 
-/// The erased user leaves `team`: the membership (even the last admin's), their name as its
-/// creator; a team left without members is deleted.
+/// The erased user leaves `team`: the membership (even the last admin's); a team left without
+/// members is deleted; in one that stays, their id goes from the team's `created_by`, the
+/// other members' `added_by` and the team's collections' `created_by` (items they added were
+/// their own images, gone with them).
 async fn leave_for_good(
     store: &Arc<dyn ObjectStore>,
     team: &str,
@@ -175,13 +177,27 @@ async fn leave_for_good(
         team: team.to_owned(),
         user: user.to_owned(),
     }];
-    if teams::members(store, team).await?.is_empty() {
+    let members = teams::members(store, team).await?;
+    if members.is_empty() {
         changes.extend(delete_team(store, team).await?);
-    } else if let Some(mut t) = teams::get(store.as_ref(), team).await?
+        return Ok(changes);
+    }
+    if let Some(mut t) = teams::get(store.as_ref(), team).await?
         && t.created_by == user
     {
         t.created_by = String::new();
         records::write(store.as_ref(), &records::team_record(team), &t).await?;
+    }
+    for mut m in members.into_iter().filter(|m| m.added_by == user) {
+        m.added_by = String::new();
+        teams::rewrite_member(store.as_ref(), &m).await?;
+    }
+    for mut c in collections::owned_by(store, &Grantee::Team(team.to_owned())).await? {
+        if c.created_by == user {
+            c.created_by = String::new();
+            collections::save(store.as_ref(), &c).await?;
+            changes.push(Change::Collection { id: c.id });
+        }
     }
     Ok(changes)
 }

@@ -75,6 +75,11 @@ async fn write_member(store: &dyn ObjectStore, m: &Member, new: bool) -> Result<
     }
 }
 
+/// Rewrites an existing membership (its role unchanged; erasure clears `added_by`).
+pub async fn rewrite_member(store: &dyn ObjectStore, m: &Member) -> Result<(), AccessError> {
+    write_member(store, m, false).await
+}
+
 /// The team, if it exists (a malformed id is none, without I/O).
 pub async fn get(store: &dyn ObjectStore, team: &str) -> Result<Option<Team>, AccessError> {
     if !valid_id(team, TEAM) {

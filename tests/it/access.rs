@@ -14,6 +14,7 @@ use crate::audit::unzip;
 use crate::harness::*;
 use crate::identity::unique;
 use pixgate::auth::Role;
+use sha2::Digest;
 
 /// Where the principals call from (through the trusted proxy).
 const HOME: &str = "192.0.2.10";
@@ -1048,13 +1049,19 @@ async fn export_and_erasure_cover_teams_collections_and_shares() {
     );
     let team = get(format!("/v1/teams/{tc}"), &ct).await.json();
     assert_eq!(team["members"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        get(format!("/v1/collections/{team_board}"), &ct)
-            .await
-            .status,
-        200,
-        "the team's collection stays"
-    );
+    let board = get(format!("/v1/collections/{team_board}"), &ct).await;
+    assert_eq!(board.status, 200, "the team's collection stays");
+    assert_eq!(board.json()["created_by"], "", "without bob's id");
+    // Nor is bob's id left in the memberships he made (carol was added to his team by him).
+    let hash = |u: &str| hex::encode(sha2::Sha256::digest(u.as_bytes()));
+    let record = s
+        .dir
+        .path()
+        .join(format!("data/originals/teams/{tb}/members/{}.json", hash(&carol)));
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert!(!text.contains(&bob), "{text}");
+    let team_record = s.dir.path().join(format!("data/originals/teams/{tb}/team.json"));
+    assert!(!std::fs::read_to_string(team_record).unwrap().contains(&bob));
     assert_eq!(get(format!("/v1/collections/{cb}"), &dt).await.status, 404);
     assert_eq!(
         get(format!("/v1/collections/{cb}"), &root).await.status,
