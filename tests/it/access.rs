@@ -1054,13 +1054,16 @@ async fn export_and_erasure_cover_teams_collections_and_shares() {
     assert_eq!(board.json()["created_by"], "", "without bob's id");
     // Nor is bob's id left in the memberships he made (carol was added to his team by him).
     let hash = |u: &str| hex::encode(sha2::Sha256::digest(u.as_bytes()));
-    let record = s
-        .dir
-        .path()
-        .join(format!("data/originals/teams/{tb}/members/{}.json", hash(&carol)));
+    let record = s.dir.path().join(format!(
+        "data/originals/teams/{tb}/members/{}.json",
+        hash(&carol)
+    ));
     let text = std::fs::read_to_string(&record).unwrap();
     assert!(!text.contains(&bob), "{text}");
-    let team_record = s.dir.path().join(format!("data/originals/teams/{tb}/team.json"));
+    let team_record = s
+        .dir
+        .path()
+        .join(format!("data/originals/teams/{tb}/team.json"));
     assert!(!std::fs::read_to_string(team_record).unwrap().contains(&bob));
     assert_eq!(get(format!("/v1/collections/{cb}"), &dt).await.status, 404);
     assert_eq!(
