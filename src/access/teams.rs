@@ -133,9 +133,11 @@ pub async fn set_member(
     by: &str,
 ) -> Result<(Member, bool), AccessError> {
     let existing = membership(store.as_ref(), team, user).await?;
-    let all = members(store, team).await?;
     if existing.is_none() {
-        if all.len() >= MAX_MEMBERS {
+        let held = records::keys(store.as_ref(), &records::members_prefix(team), MAX_MEMBERS)
+            .await?
+            .len();
+        if held >= MAX_MEMBERS {
             return Err(AccessError::Conflict(format!(
                 "a team has at most {MAX_MEMBERS} members"
             )));
@@ -146,7 +148,7 @@ pub async fn set_member(
         && m.role == TeamRole::Admin
         && role != TeamRole::Admin
     {
-        keep_an_admin(&all, user)?;
+        keep_an_admin(&members(store, team).await?, user)?;
     }
     let m = Member {
         team: team.to_owned(),

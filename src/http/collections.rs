@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 
 use super::error::Error;
 use super::teams::{changed, text};
-use super::{Body, Ctx, authenticate_for, json_response, no_content, query_param, read_json};
+use super::{
+    Body, Ctx, authenticate_for, json_response, no_content, query_param, read_json, with_fields,
+};
 use crate::access::model::MAX_ITEMS;
 use crate::access::{Change, Collection, Grantee, Level, TeamRole, account, collections, teams};
 use crate::app::App;
@@ -27,11 +29,10 @@ use crate::id::ImageId;
 
 /// A collection as the API shows it, with how far the caller reaches it.
 pub(super) fn collection_json(c: &Collection, level: Level) -> Value {
-    let mut v = serde_json::to_value(c).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.insert("access".into(), json!(level));
-    }
-    v
+    with_fields(
+        serde_json::to_value(c).unwrap_or_default(),
+        [("access", json!(level))],
+    )
 }
 
 /// The collection if the caller reaches it at `need`: `404` when it cannot see it, `403` when
@@ -89,10 +90,7 @@ pub async fn create(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Resp
     )
     .await?;
     let level = app.access.collection_level(&p, &c).await?;
-    let mut v = collection_json(&c, level);
-    if let Some(o) = v.as_object_mut() {
-        o.insert("items".into(), json!([]));
-    }
+    let v = with_fields(collection_json(&c, level), [("items", json!([]))]);
     Ok(json_response(StatusCode::CREATED, &v))
 }
 
@@ -137,10 +135,7 @@ pub async fn get(
         .enumerate()
         .map(|(i, it)| json!({"image": it.image, "position": i, "added_by": it.added_by, "added_at": it.added_at}))
         .collect();
-    let mut v = collection_json(&c, level);
-    if let Some(o) = v.as_object_mut() {
-        o.insert("items".into(), Value::Array(items));
-    }
+    let v = with_fields(collection_json(&c, level), [("items", Value::Array(items))]);
     Ok(json_response(StatusCode::OK, &v))
 }
 
@@ -298,11 +293,10 @@ pub(super) async fn list_shared(
         if level < Level::Read {
             continue;
         }
-        let mut v = collection_json(&c, level);
-        if let Some(o) = v.as_object_mut() {
-            o.insert("shared".into(), super::shared::via(s));
-        }
-        items.push(v);
+        items.push(with_fields(
+            collection_json(&c, level),
+            [("shared", super::shared::via(s))],
+        ));
     }
     Ok(json_response(
         StatusCode::OK,

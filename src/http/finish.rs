@@ -330,6 +330,20 @@ pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Res
 }
 
 /// An empty `204 No Content`.
+/// `v` (a JSON object) with `fields` added: how handlers extend a record with what only the
+/// API shows (the caller's access, items, members). Anything but an object is left as it is.
+pub(crate) fn with_fields<const N: usize>(
+    mut v: serde_json::Value,
+    fields: [(&str, serde_json::Value); N],
+) -> serde_json::Value {
+    if let Some(o) = v.as_object_mut() {
+        for (k, f) in fields {
+            o.insert(k.to_owned(), f);
+        }
+    }
+    v
+}
+
 pub(crate) fn no_content() -> Response<Body> {
     let mut resp = Response::new(Body::default());
     *resp.status_mut() = StatusCode::NO_CONTENT;

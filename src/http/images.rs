@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use super::error::Error;
 use super::{
     Body, Ctx, acting_for, authenticate_for, charge_caller, json_response, no_content, query_param,
-    read_body, read_json, reject_large_body,
+    read_body, read_json, reject_large_body, with_fields,
 };
 use crate::access::Level;
 use crate::app::App;
@@ -194,10 +194,7 @@ pub async fn create(
     app.render.spawn_eager(&meta);
 
     // As `GET` shows it to its owner: in no collection yet.
-    let mut created = meta_json(&meta);
-    if let Some(o) = created.as_object_mut() {
-        o.insert("collections".into(), json!([]));
-    }
+    let created = with_fields(meta_json(&meta), [("collections", json!([]))]);
     let mut resp = json_response(StatusCode::CREATED, &created);
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/images/{id}")) {
         resp.headers_mut().insert(LOCATION, v);
@@ -433,10 +430,10 @@ pub async fn get(
             meta
         }
     };
-    let mut v = meta_json(&meta);
-    if let (Some(h), Some(o)) = (holders, v.as_object_mut()) {
-        o.insert("collections".into(), json!(h));
-    }
+    let v = match holders {
+        Some(h) => with_fields(meta_json(&meta), [("collections", json!(h))]),
+        None => meta_json(&meta),
+    };
     Ok(json_response(StatusCode::OK, &v))
 }
 
@@ -564,12 +561,10 @@ pub(super) async fn list_shared(
         if level < Level::Read {
             continue;
         }
-        let mut v = meta_json(&meta);
-        if let Some(o) = v.as_object_mut() {
-            o.insert("access".into(), json!(level));
-            o.insert("shared".into(), super::shared::via(s));
-        }
-        items.push(v);
+        items.push(with_fields(
+            meta_json(&meta),
+            [("access", json!(level)), ("shared", super::shared::via(s))],
+        ));
     }
     Ok(json_response(
         StatusCode::OK,

@@ -58,7 +58,7 @@ use ctx::request_id;
 pub use ctx::{Ctx, LimitState};
 pub(crate) use extract::{percent_decode, query_param, read_body, read_json, reject_large_body};
 use finish::{AuditOnce, Finishing, finish};
-pub(crate) use finish::{json_response, no_content};
+pub(crate) use finish::{json_response, no_content, with_fields};
 pub(crate) use guard::{acting_for, authenticate, authenticate_for, charge_caller};
 pub use route::Listener;
 use route::{Route, classify};

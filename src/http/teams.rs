@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::error::Error;
-use super::{Body, Ctx, authenticate_for, json_response, no_content, read_json};
+use super::{Body, Ctx, authenticate_for, json_response, no_content, read_json, with_fields};
 use crate::access::model::valid_user;
 use crate::access::{Change, Team, TeamRole, account, teams};
 use crate::app::App;
@@ -104,10 +104,7 @@ pub async fn get(
         .iter()
         .map(|m| json!({"user": m.user, "role": m.role, "added_at": m.added_at}))
         .collect();
-    let mut v = team_json(&team, role);
-    if let Some(o) = v.as_object_mut() {
-        o.insert("members".into(), Value::Array(members));
-    }
+    let v = with_fields(team_json(&team, role), [("members", Value::Array(members))]);
     Ok(json_response(StatusCode::OK, &v))
 }
 
